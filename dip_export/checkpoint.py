@@ -1,0 +1,217 @@
+"""Loading DiP weights: the release's Lightning checkpoint, bare state dicts, safetensors, and
+the project's own format (safetensors with the config and sampling defaults in its metadata).
+
+Pickles are opened in weights-only mode: a file that would need to run code is refused unless
+the caller passes `trust=True` (the CLI's `--trust-checkpoint`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dip_export.config import DiPConfig, get_preset
+from dip_export.errors import CheckpointError
+from dip_export.model import DiP
+
+DEMO_CHECKPOINT = Path(__file__).parent / "demo" / "dip-digits.safetensors"
+META_CONFIG = "dip_config"  # safetensors metadata key: JSON of DiPConfig
+META_SAMPLING = "dip_sampling"  # safetensors metadata key: JSON of recommended sampler settings
+PREFIXES = ("model.", "module.", "_orig_mod.")
+MAX_LISTED = 8
+
+
+@dataclass
+class LoadedModel:
+    model: DiP
+    config: DiPConfig
+    name: str  # short name for folders and tables
+    source: str  # path of the checkpoint, "preset:NAME" or the demo path
+    sampling: dict[str, Any] = field(default_factory=dict)  # recommended steps / cfg / ...
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _torch_load(path: Path, trust: bool) -> Any:
+    try:
+        # mmap keeps a multi-GB checkpoint out of RAM; only the zip format supports it
+        return torch.load(path, map_location="cpu", weights_only=not trust, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as err:
+        if trust:
+            raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(err)})") from None
+        raise CheckpointError(
+            f"{path}: refusing to unpickle objects other than tensors and plain containers "
+            f"({_first_line(err)}); if you trust this file, pass --trust-checkpoint"
+        ) from None
+    except Exception as err:  # a damaged file can fail anywhere inside the unpickler
+        raise CheckpointError(f"{path}: truncated or not a checkpoint ({_first_line(err)})") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            return {k: f.get_tensor(k) for k in f.keys()}, meta  # noqa: SIM118 (safe_open has no items)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: truncated or not a safetensors file ({_first_line(err)})") from None
+
+
+def select_state_dict(obj: Any, weights: str = "ema") -> dict[str, Tensor]:
+    """Pick the DiP weights out of whatever the file held."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"expected a dict of tensors, found {type(obj).__name__}")
+    if isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    order = ["ema_denoiser.", "denoiser."] if weights == "ema" else ["denoiser."]
+    for prefix in order:
+        picked = {k[len(prefix) :]: v for k, v in obj.items() if k.startswith(prefix)}
+        if picked:
+            return _tensors_only(picked)
+    if weights == "raw" and any(k.startswith("ema_denoiser.") for k in obj):
+        raise CheckpointError("checkpoint holds only EMA weights (ema_denoiser.*); use --weights ema")
+    state = dict(obj)
+    for prefix in PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return _tensors_only(state)
+
+
+def _tensors_only(state: Mapping[str, Any]) -> dict[str, Tensor]:
+    tensors = {k: v for k, v in state.items() if isinstance(v, Tensor)}
+    if "s_embedder.proj.weight" not in tensors:
+        raise CheckpointError("no DiP weights found (no key s_embedder.proj.weight)")
+    return tensors
+
+
+def infer_config(state: Mapping[str, Tensor]) -> DiPConfig:
+    """Read D, P, depth, classes, heads and the detailer width off the tensor shapes."""
+    try:
+        d, patch_in = state["s_embedder.proj.weight"].shape
+        enc1 = state["local_decoder.enc1.0.weight"]  # (width, C, 3, 3)
+        channels = int(enc1.shape[1])
+        patch = round((patch_in / channels) ** 0.5)
+        depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
+        classes = state["y_embedder.embedding_table.weight"].shape[0] - 1
+        heads = d // state["blocks.0.attn.q_norm.weight"].shape[0]
+        return DiPConfig(
+            hidden_size=int(d),
+            num_heads=int(heads),
+            depth=depth,
+            patch_size=patch,
+            num_classes=int(classes),
+            in_channels=channels,
+            detailer_width=int(enc1.shape[0]),
+        )
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"cannot infer the DiP architecture from the weights (missing {err})") from None
+
+
+def build_model(config: DiPConfig, state: Mapping[str, Tensor] | None = None, seed: int = 0) -> DiP:
+    """A DiP in eval mode: with `state` loaded strictly, or random weights from `seed`."""
+    torch.manual_seed(seed)
+    model = DiP(config)
+    if state is not None:
+        check_state_dict(model, state)
+        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    return model.eval().requires_grad_(False)
+
+
+def check_state_dict(model: DiP, state: Mapping[str, Tensor]) -> None:
+    """One error listing missing and unexpected keys and shape mismatches."""
+    expected = model.state_dict()
+    problems = []
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+        if items:
+            more = f" (+{len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else ""
+            problems.append(f"{label}: {', '.join(items[:MAX_LISTED])}{more}")
+    if problems:
+        raise CheckpointError("weights do not match the DiP architecture; " + "; ".join(problems))
+
+
+def load_checkpoint(
+    path: str | Path,
+    weights: str = "ema",
+    trust: bool = False,
+    config: DiPConfig | None = None,
+) -> LoadedModel:
+    """Load a DiP from a file; `config` overrides the stored or inferred one."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    sampling: dict[str, Any] = {}
+    if path.suffix == ".safetensors":
+        state, meta = _read_safetensors(path)
+        if config is None and META_CONFIG in meta:
+            config = DiPConfig.from_dict(json.loads(meta[META_CONFIG]))
+        sampling = json.loads(meta.get(META_SAMPLING, "{}"))
+        state = select_state_dict(state, weights)
+    else:
+        obj = _torch_load(path, trust)
+        if isinstance(obj, Mapping) and isinstance(obj.get(META_CONFIG), Mapping) and config is None:
+            config = DiPConfig.from_dict(dict(obj[META_CONFIG]))
+        state = select_state_dict(obj, weights)
+    config = config or infer_config(state)
+    model = build_model(config, state)
+    return LoadedModel(model, config, name=path.stem, source=str(path), sampling=sampling)
+
+
+def save_checkpoint(path: str | Path, model: DiP, sampling: Mapping[str, Any] | None = None) -> None:
+    """Write the project's own format: safetensors + config + sampling defaults, atomically."""
+    from safetensors.torch import save_file
+
+    from dip_export.io import atomic_path
+
+    meta = {META_CONFIG: json.dumps(model.cfg.to_dict()), META_SAMPLING: json.dumps(dict(sampling or {}))}
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(Path(path)) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+
+
+def resolve_model(
+    checkpoint: str | Path | None = None,
+    preset: str | None = None,
+    weights: str = "ema",
+    trust: bool = False,
+) -> LoadedModel:
+    """The model a command works on: a checkpoint, a random-weight preset, or the bundled demo."""
+    if checkpoint is not None:
+        config = get_preset(preset) if preset else None
+        return load_checkpoint(checkpoint, weights=weights, trust=trust, config=config)
+    if preset is not None:
+        config = get_preset(preset)
+        return LoadedModel(build_model(config), config, name=preset, source=f"preset:{preset}")
+    if not DEMO_CHECKPOINT.is_file():
+        raise CheckpointError(f"the bundled demo model is missing ({DEMO_CHECKPOINT}); pass a checkpoint or --preset")
+    loaded = load_checkpoint(DEMO_CHECKPOINT)
+    loaded.name = "dip-digits"
+    return loaded

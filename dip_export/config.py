@@ -1,0 +1,79 @@
+"""DiP architecture configuration and the named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from dip_export.errors import UsageError
+
+
+@dataclass(frozen=True)
+class DiPConfig:
+    """Everything that fixes the shapes of a DiP network (defaults: the released DiP-XL/16)."""
+
+    hidden_size: int = 1152  # D: token width of the DiT backbone
+    num_heads: int = 16  # attention heads; head dim = D / heads, must be divisible by 4 (2D RoPE)
+    depth: int = 26  # number of DiT blocks
+    patch_size: int = 16  # P: side of the square patch; a power of two (detailer halves it log2(P) times)
+    num_classes: int = 1000  # real classes; the label table has one more row, the null class
+    in_channels: int = 3  # image channels (RGB)
+    detailer_width: int = 64  # channels of the detailer's first level; doubles at every halving
+    image_size: int = 256  # native training resolution (used for defaults only; RoPE adapts)
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise UsageError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.head_dim % 4:
+            raise UsageError(f"head dim {self.head_dim} must be divisible by 4 for 2D RoPE")
+        p = self.patch_size
+        if p < 2 or p & (p - 1):
+            raise UsageError(f"patch_size must be a power of two >= 2, got {p}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        """SwiGLU hidden width: int(2 * 4D / 3), 3072 for D = 1152."""
+        return int(2 * 4 * self.hidden_size / 3)
+
+    @property
+    def detailer_levels(self) -> int:
+        """Number of 2x halvings from a PxP patch down to 1x1."""
+        return self.patch_size.bit_length() - 1
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+    def num_tokens(self, height: int, width: int) -> int:
+        return (height // self.patch_size) * (width // self.patch_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DiPConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise UsageError(f"unknown DiPConfig fields: {', '.join(unknown)}")
+        return cls(**data)
+
+
+PRESETS: dict[str, DiPConfig] = {
+    "dip-xl-16": DiPConfig(hidden_size=1152, num_heads=16, depth=26),
+    "dip-l-16": DiPConfig(hidden_size=1024, num_heads=16, depth=22),
+    "dip-b-16": DiPConfig(hidden_size=768, num_heads=12, depth=12),
+    "dip-s-16": DiPConfig(hidden_size=384, num_heads=6, depth=12),
+}
+
+
+def get_preset(name: str) -> DiPConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise UsageError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}") from None

@@ -1,0 +1,259 @@
+"""`dip-export onnx`: the backbone and the detailer as two ONNX files, verified against PyTorch.
+
+Reduced precision lives inside the graph (what a strongly typed TensorRT build takes): weights and
+matmul/conv work in fp16 or bf16, while RMSNorm statistics, the timestep sinusoid and RoPE stay in
+float32 (the model computes them so), and the graph's I/O is float32.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from torch import Tensor, nn
+
+from dip_export.checkpoint import LoadedModel, sha256_file
+from dip_export.errors import ExportError, UsageError
+from dip_export.export.manifest import MANIFEST, Manifest, read_manifest, write_manifest
+from dip_export.export.spec import SubModelSpec, backbone_inputs, io_specs
+from dip_export.io import atomic_dir
+from dip_export.model import DiP
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Max |onnx - torch fp32| / max |torch fp32| per output, by precision of the export.
+TOLERANCES = {"fp32": 1e-4, "fp16": 3e-2, "bf16": 6e-2}
+VERIFY_BATCHES = (1, 2)  # dynamic batch is checked at two sizes (2 = one CFG pair)
+DEFAULT_OPSET = 18
+EXTERNAL_DATA_BYTES = 1 << 30  # above this, weights go to a .onnx.data file (protobuf caps at 2 GB)
+EXPORT_ROOT = Path("engines")
+
+
+class _Backbone(nn.Module):
+    def __init__(self, model: DiP, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model, self.dtype = model, dtype
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
+        return self.model.backbone(x.to(self.dtype), t, y).float()
+
+
+class _Detailer(nn.Module):
+    def __init__(self, model: DiP, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model, self.dtype = model, dtype
+
+    def forward(self, x: Tensor, tokens: Tensor) -> Tensor:
+        return self.model.detailer(x.to(self.dtype), tokens.to(self.dtype)).float()
+
+
+def default_export_dir(name: str, precision: str, size: tuple[int, int]) -> Path:
+    return EXPORT_ROOT / f"{name}-{size[0]}x{size[1]}-{precision}"
+
+
+def source_info(loaded: LoadedModel) -> dict[str, str]:
+    path = Path(loaded.source)
+    if path.is_file():
+        return {"path": str(path.resolve()), "sha256": sha256_file(path)}
+    return {"path": loaded.source, "sha256": ""}
+
+
+def export_onnx(
+    loaded: LoadedModel,
+    *,
+    precision: str = "fp32",
+    image_size: tuple[int, int],
+    opset: int = DEFAULT_OPSET,
+    output_dir: Path | None = None,
+    console: Console | None = None,
+) -> Path:
+    """Write backbone.onnx, detailer.onnx and manifest.json into a folder, or nothing at all."""
+    if precision not in DTYPES:
+        raise UsageError(f"--precision must be one of {', '.join(DTYPES)} (int8: see `dip-export onnx --help`)")
+    console = console or Console(stderr=True)
+    out = Path(output_dir) if output_dir else default_export_dir(loaded.name, precision, image_size)
+    specs = io_specs(loaded.config, *image_size)
+    net = loaded.model if precision == "fp32" else copy.deepcopy(loaded.model).to(DTYPES[precision])
+    wrappers = {"backbone": _Backbone(net, DTYPES[precision]), "detailer": _Detailer(net, DTYPES[precision])}
+    started = time.perf_counter()
+    with atomic_dir(out) as tmp:
+        files = {}
+        for role, spec in specs.items():
+            with console.status(f"exporting {role} ({precision}) ..."):
+                files[role] = export_submodel(wrappers[role], spec, loaded, tmp, opset)
+        del net, wrappers
+        with console.status("verifying against PyTorch with ONNX Runtime ..."):
+            report = verify_export(tmp, files, loaded.model, specs, precision)
+        console.print(format_report(report))
+        manifest = Manifest(
+            name=loaded.name,
+            precision=precision,
+            image_size=image_size,
+            config=loaded.config,
+            files=files,
+            source=source_info(loaded),
+            versions=tool_versions(),
+            opset=opset,
+            verification=report,
+            sampling=dict(loaded.sampling),
+            extra={"export_seconds": round(time.perf_counter() - started, 2)},
+        )
+        if not report["passed"]:
+            raise ExportError(
+                f"verification failed: relative error {report['worst_rel']:.3g} > tolerance "
+                f"{report['tolerance']:.3g} for {precision}; nothing was written to {out}"
+            )
+        write_manifest(tmp, manifest)
+    console.print(f"wrote {out}/ ({', '.join(files.values())}, {MANIFEST})")
+    return out
+
+
+def export_submodel(module: nn.Module, spec: SubModelSpec, loaded: LoadedModel, folder: Path, opset: int) -> str:
+    """torch.onnx.export of one sub-model; weights external when the file would be large."""
+    import onnx
+
+    cfg = loaded.config
+    h, w = spec.inputs[0].shape[2], spec.inputs[0].shape[3]
+    feeds = backbone_inputs(cfg, int(h), int(w), batch=2)
+    args: tuple[Tensor, ...]
+    if spec.name == "backbone":
+        args = tuple(torch.from_numpy(feeds[k]) for k in spec.input_names)
+    else:
+        x = torch.from_numpy(feeds["x"])
+        with torch.no_grad():
+            tokens = loaded.model.backbone(x, torch.from_numpy(feeds["t"]), torch.from_numpy(feeds["y"]))
+        args = (x, tokens)
+    path = folder / f"{spec.name}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about python ints from shapes (H, W are fixed)
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=spec.input_names,
+            output_names=spec.output_names,
+            dynamic_axes=spec.dynamic_axes(),
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    model = onnx.load(str(path))
+    large = sum(t.ByteSize() for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
+    model.producer_name = "dip-export"
+    for stray in folder.iterdir():  # the exporter may have written one file per tensor
+        if stray.name not in {path.name} and not stray.name.endswith(".onnx"):
+            stray.unlink()
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=large,
+        all_tensors_to_one_file=True,
+        location=f"{spec.name}.onnx.data",
+    )
+    return path.name
+
+
+def verify_export(
+    folder: Path, files: dict[str, str], reference: DiP, specs: dict[str, SubModelSpec], precision: str
+) -> dict[str, Any]:
+    """Run the ONNX files with ONNX Runtime at two batch sizes against the fp32 PyTorch model."""
+    runners = {role: _runner(folder / rel, precision) for role, rel in files.items()}
+    cfg = reference.cfg
+    _, _, h, w = specs["backbone"].inputs[0].concrete(1)
+    rows = []
+    for batch in VERIFY_BATCHES:
+        feeds = backbone_inputs(cfg, h, w, batch, seed=batch)
+        with torch.no_grad():
+            tokens = reference.backbone(*(torch.from_numpy(feeds[k]) for k in ("x", "t", "y")))
+            v = reference.detailer(torch.from_numpy(feeds["x"]), tokens)
+        got_tokens = runners["backbone"](feeds)
+        got_v = runners["detailer"]({"x": feeds["x"], "tokens": tokens.numpy()})
+        rows.append(_error_row("backbone", "tokens", batch, got_tokens, tokens.numpy()))
+        rows.append(_error_row("detailer", "v", batch, got_v, v.numpy()))
+    worst = max(r["rel_err"] for r in rows)
+    return {
+        "rows": rows,
+        "worst_rel": worst,
+        "tolerance": TOLERANCES[precision],
+        "passed": worst <= TOLERANCES[precision],
+    }
+
+
+def _runner(path: Path, precision: str) -> Any:
+    """ONNX Runtime where it has kernels; ONNX's reference evaluator for bf16 (no ORT CPU kernels)."""
+    if precision == "bf16":
+        from onnx.reference import ReferenceEvaluator
+
+        evaluator = ReferenceEvaluator(str(path))
+
+        def evaluate(feeds: dict[str, np.ndarray]) -> np.ndarray:
+            with np.errstate(all="ignore"):  # exp overflow inside a bf16 sigmoid is harmless
+                outputs: list[Any] = evaluator.run(None, feeds)  # type: ignore[arg-type,assignment]
+                return np.asarray(outputs[0], dtype=np.float32)
+
+        return evaluate
+    from dip_export.runtime.ort_engine import make_session
+
+    session = make_session(path)
+    return lambda feeds: session.run(None, feeds)[0]
+
+
+def _error_row(role: str, output: str, batch: int, got: np.ndarray, want: np.ndarray) -> dict[str, Any]:
+    diff = np.abs(got.astype(np.float64) - want)
+    if not np.isfinite(got).all():
+        return {"model": role, "output": output, "batch": batch, "max_abs": float("inf"), "rel_err": float("inf")}
+    scale = float(np.abs(want).max()) or 1.0
+    return {
+        "model": role,
+        "output": output,
+        "batch": batch,
+        "max_abs": float(diff.max()),
+        "rel_err": float(diff.max()) / scale,
+    }
+
+
+def format_report(report: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"ONNX vs PyTorch fp32 (tolerance {report['tolerance']:.0e} relative)")
+    for col in ("model", "output", "batch", "max abs", "relative"):
+        table.add_column(col, justify="right" if col != "model" else "left")
+    for r in report["rows"]:
+        ok = r["rel_err"] <= report["tolerance"]
+        rel = f"[{'green' if ok else 'red'}]{r['rel_err']:.2e}[/]"
+        table.add_row(r["model"], r["output"], str(r["batch"]), f"{r['max_abs']:.2e}", rel)
+    return table
+
+
+def tool_versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    import dip_export
+
+    return {
+        "dip_export": dip_export.__version__,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def ensure_export(
+    loaded: LoadedModel, *, precision: str, image_size: tuple[int, int], console: Console | None = None
+) -> Path:
+    """The cached export for this model, precision and size under engines/, made when missing or stale."""
+    folder = default_export_dir(loaded.name, precision, image_size)
+    if (folder / MANIFEST).is_file():
+        try:
+            manifest = read_manifest(folder)
+        except ExportError:
+            manifest = None
+        if manifest is not None and manifest.source == source_info(loaded) and manifest.config == loaded.config:
+            return folder
+    return export_onnx(loaded, precision=precision, image_size=image_size, output_dir=folder, console=console)

@@ -1,0 +1,1 @@
+"""Engines: every backend behind the sampler's two calls, `backbone` and `detailer`."""

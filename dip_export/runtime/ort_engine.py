@@ -1,0 +1,119 @@
+"""ONNX Runtime engine: two sessions, tuned CPU provider (or CUDA when onnxruntime-gpu is installed),
+IO binding into preallocated buffers so that sampling allocates nothing per step.
+
+Returned tensors are the engine's own buffers: valid until the next call of the same method.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dip_export.errors import MissingDependencyError, UsageError
+from dip_export.export.manifest import read_manifest
+from dip_export.export.spec import SubModelSpec, io_specs
+
+NP_TO_TORCH = {"float32": torch.float32, "int64": torch.int64, "float16": torch.float16}
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MissingDependencyError(
+            "onnxruntime", "pip install onnxruntime (or onnxruntime-gpu on CUDA machines)"
+        ) from None
+    return onnxruntime
+
+
+def physical_cores() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def make_session(path: Path, device: torch.device | None = None, threads: int | None = None) -> Any:
+    ort = _ort()
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.intra_op_num_threads = threads or physical_cores()
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    providers: list[Any] = ["CPUExecutionProvider"]
+    if device is not None and device.type == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise MissingDependencyError(
+                "onnxruntime-gpu", "pip uninstall -y onnxruntime && pip install onnxruntime-gpu (or use --device cpu)"
+            )
+        providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+
+
+class _BoundSession:
+    """One session with inputs bound from torch tensors and outputs into buffers kept per batch size."""
+
+    def __init__(self, session: Any, spec: SubModelSpec, device: torch.device) -> None:
+        self.session = session
+        self.spec = spec
+        self.device = device
+        self.binding = session.io_binding()
+        self.outputs: dict[int, Tensor] = {}
+        self._dev = ("cuda", device.index or 0) if device.type == "cuda" else ("cpu", 0)
+
+    def _bind(self, name: str, tensor: Tensor, dtype: torch.dtype, out: bool = False) -> None:
+        tensor = tensor if tensor.is_contiguous() else tensor.contiguous()
+        import numpy as np
+
+        np_type = {torch.float32: np.float32, torch.int64: np.int64}[dtype]
+        bind = self.binding.bind_output if out else self.binding.bind_input
+        bind(name, self._dev[0], self._dev[1], np_type, list(tensor.shape), tensor.data_ptr())
+
+    def __call__(self, *inputs: Tensor) -> Tensor:
+        batch = int(inputs[0].shape[0])
+        keep = []  # converted inputs must stay alive until the run is over
+        for spec, tensor in zip(self.spec.inputs, inputs, strict=True):
+            dtype = NP_TO_TORCH[spec.dtype]
+            tensor = tensor.to(device=self.device, dtype=dtype).contiguous()
+            keep.append(tensor)
+            self._bind(spec.name, tensor, dtype)
+        out_spec = self.spec.outputs[0]
+        if batch not in self.outputs:
+            self.outputs[batch] = torch.empty(out_spec.concrete(batch), dtype=torch.float32, device=self.device)
+        out = self.outputs[batch]
+        self._bind(out_spec.name, out, torch.float32, out=True)
+        if self.device.type == "cuda":
+            torch.cuda.current_stream().synchronize()
+        self.session.run_with_iobinding(self.binding)
+        del keep
+        return out
+
+
+class OrtEngine:
+    """backbone / detailer on ONNX Runtime sessions of an export folder."""
+
+    def __init__(self, folder: Path, device: torch.device, threads: int | None = None) -> None:
+        manifest = read_manifest(folder)
+        if manifest.precision == "bf16" and device.type == "cpu":
+            raise UsageError("ONNX Runtime's CPU provider has no bf16 kernels; run bf16 exports with --backend trt")
+        self.manifest = manifest
+        self.device = device
+        specs = io_specs(manifest.config, *manifest.image_size)
+        self._backbone = _BoundSession(
+            make_session(folder / manifest.files["backbone"], device, threads), specs["backbone"], device
+        )
+        self._detailer = _BoundSession(
+            make_session(folder / manifest.files["detailer"], device, threads), specs["detailer"], device
+        )
+
+    @classmethod
+    def from_export(cls, folder: Path, device: torch.device, threads: int | None = None) -> OrtEngine:
+        return cls(Path(folder), device, threads)
+
+    def backbone(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
+        return self._backbone(x, t, y)
+
+    def detailer(self, x: Tensor, tokens: Tensor) -> Tensor:
+        return self._detailer(x, tokens)

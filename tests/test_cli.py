@@ -1,0 +1,99 @@
+"""The commands as users type them: exit codes, one-line errors, files written or not."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from dip_export.cli import export_app, sample_app
+from tests.conftest import lightning_checkpoint
+
+runner = CliRunner()
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory, golden):
+    return lightning_checkpoint(tmp_path_factory.mktemp("ckpt") / "last.ckpt", golden.state, raw_offset=0.5)
+
+
+def _sample_args(golden, case):
+    s = golden.meta["sampler_cases"][case]
+    return [
+        "--image-size", golden.size, "--classes", "0,4", "--seeds", "11,12",
+        "--steps", str(s["steps"]), "--cfg", str(s["cfg"]), "--shift", str(s["shift"]),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", ["cfg2.5", "cfg1_shift2"])
+def test_dip_sample_gives_the_authors_images(tmp_path, ckpt, golden, case):
+    out = tmp_path / "s.npz"
+    result = runner.invoke(sample_app, [str(ckpt), *_sample_args(golden, case), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    images = np.load(out)["arr_0"]
+    assert images.dtype == np.uint8 and images.shape == (2, 32, 64, 3)
+    diff = np.abs(images.astype(int) - golden[f"sample_{case}_uint8"])
+    assert diff.max() <= 1 and (diff == 0).mean() >= 0.995
+    assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_num_samples_cycles_classes_and_batches_do_not_matter(tmp_path, ckpt):
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    common = [str(ckpt), "--image-size", "32", "--steps", "2", "--num-samples", "7", "--seed", "3"]
+    assert runner.invoke(sample_app, [*common, "--batch-size", "7", "--out", str(a)]).exit_code == 0
+    assert runner.invoke(sample_app, [*common, "--batch-size", "3", "--out", str(b)]).exit_code == 0
+    a_img, b_img = np.load(a)["arr_0"], np.load(b)["arr_0"]
+    assert a_img.shape == (7, 32, 32, 3)
+    assert np.abs(a_img.astype(int) - b_img).max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--classes", "9"], "class 9 is out of range"),
+        (["--image-size", "40"], "not a positive multiple of the patch size 16"),
+        (["--steps", "0"], "steps must be >= 1"),
+        (["--cfg", "inf"], "guidance scale must be finite"),
+        (["--classes", "1,2", "--seeds", "1"], "2 classes but 1 seeds"),
+        (["--guidance-interval", "0.5"], "two numbers"),
+        (["--backend", "tpu"], "unknown backend"),
+        (["--out", "x.png"], "must end in .npz"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(tmp_path, ckpt, args, message):
+    out = tmp_path / "x.npz"
+    full = [str(ckpt), *args] if "--out" in args else [str(ckpt), *args, "--out", str(out)]
+    result = runner.invoke(sample_app, full)
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_bad_checkpoints_exit_nonzero_without_output(tmp_path):
+    evil = tmp_path / "evil.ckpt"
+    evil.write_bytes(b"\x80\x04\x95\x1c\x00\x00\x00\x00\x00\x00\x00\x8c\x05posix\x94\x8c\x06system\x94\x93\x94.")
+    for path in (evil, tmp_path / "missing.ckpt"):
+        out = tmp_path / "o.npz"
+        result = runner.invoke(sample_app, [str(path), "--out", str(out)])
+        assert result.exit_code == 1 and "error:" in result.output and "Traceback" not in result.output
+        assert not out.exists()
+
+
+def test_readme_test_command_is_what_ci_runs():
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert ci in (ROOT / "README.md").read_text()
+
+
+def test_export_and_sample_on_onnx(tmp_path, ckpt, golden):
+    folder = tmp_path / "exp"
+    result = runner.invoke(export_app, ["onnx", str(ckpt), "--image-size", golden.size, "--output-dir", str(folder)])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "o.npz"
+    result = runner.invoke(
+        sample_app, [str(folder), "--backend", "onnx", *_sample_args(golden, "cfg2.5")[2:], "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    diff = np.abs(np.load(out)["arr_0"].astype(int) - golden["sample_cfg2.5_uint8"])
+    assert diff.max() <= 1 and (diff == 0).mean() >= 0.995
