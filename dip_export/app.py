@@ -100,3 +100,52 @@ def _export_precision(spec: BackendSpec) -> str:
     if spec.name == "trt" and spec.precision in ("int8", "fp8"):
         return "fp32"
     return spec.precision
+
+
+def run_bench_cmd(
+    *,
+    model: str | None,
+    preset: str | None,
+    steps: int,
+    batch: int,
+    cfg: float,
+    image_size: str | None,
+    backends: str,
+    variants: bool,
+    cache_interval: int,
+    warmup: int,
+    repeats: int,
+    device: str,
+    json_out: Path | None,
+    plot: Path | None,
+    weights: str,
+    trust: bool,
+    console: Console,
+    progress: Progress,
+) -> None:
+    import json
+
+    from dip_export.bench import BenchSettings, plot_report, render_table, run_bench
+    from dip_export.io import atomic_path
+
+    specs = [BackendSpec.parse(b) for b in backends.split(",") if b.strip()]
+    if steps < 1 or batch < 1 or repeats < 1 or warmup < 0:
+        raise UsageError("--steps, --batch and --repeats must be >= 1, --warmup >= 0")
+    dev = resolve_device(device)
+    loaded = resolve_model(Path(model) if model else None, preset, weights=weights, trust=trust)
+    size = parse_image_size(image_size or loaded.config.image_size)
+    check_image_size(*size, loaded.config.patch_size)
+    settings = BenchSettings(
+        steps=steps, batch=batch, cfg=cfg, height=size[0], width=size[1], warmup=warmup, repeats=repeats,
+        cache_interval=cache_interval,
+    )  # fmt: skip
+    SamplerSettings(steps=steps, cfg=cfg, cache_interval=cache_interval)  # validates before any work
+    report = run_bench(loaded, specs, settings, dev, variants=variants, console=console, progress=progress)
+    Console().print(render_table(report))
+    if json_out is not None:
+        with atomic_path(json_out) as tmp:
+            tmp.write_text(json.dumps(report, indent=2) + "\n")
+        console.print(f"wrote {json_out}")
+    if plot is not None:
+        plot_report(report, plot)
+        console.print(f"wrote {plot}")

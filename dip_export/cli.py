@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dip_export.errors import DipError
@@ -29,7 +30,7 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except DipError as err:
-            console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+            console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
             raise typer.Exit(err.exit_code) from None
         except KeyboardInterrupt:
             console.print("[red]interrupted[/red]: nothing partial was kept")
@@ -71,9 +72,7 @@ PresetOpt = Annotated[
 WeightsOpt = Annotated[str, typer.Option("--weights", help="Which weights of a training checkpoint: ema or raw.")]
 TrustOpt = Annotated[
     bool,
-    typer.Option(
-        "--trust-checkpoint", help="Allow a pickle that needs arbitrary code to load (only for files you trust)."
-    ),
+    typer.Option("--trust-checkpoint", help="Allow a pickle that needs arbitrary code to load (only for files you trust)."),
 ]
 
 
@@ -92,17 +91,13 @@ def sample(
     guidance_interval: Annotated[str, typer.Option(help="Guidance applies for lo < t < hi.")] = "0.1,1.0",
     sampler: Annotated[str, typer.Option(help="euler or heun.")] = "euler",
     cache_interval: Annotated[int, typer.Option(help="Run the backbone every K steps, reuse tokens between.")] = 1,
-    image_size: Annotated[
-        str | None, typer.Option(help="Image size: 256 or HxW, e.g. 256x384 [default: the model's].")
-    ] = None,
+    image_size: Annotated[str | None, typer.Option(help="Image size: 256 or HxW, e.g. 256x384 [default: the model's].")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per sampler batch.")] = 16,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     backend: Annotated[str, typer.Option(help="torch[:bf16], compile[:bf16], onnx, trt[:fp16|int8].")] = "torch",
     weights: WeightsOpt = "ema",
     trust_checkpoint: TrustOpt = False,
-    out: Annotated[Path, typer.Option(help="Output .npz (ADM layout); a PNG grid is written beside it.")] = Path(
-        "samples.npz"
-    ),
+    out: Annotated[Path, typer.Option(help="Output .npz (ADM layout); a PNG grid is written beside it.")] = Path("samples.npz"),
 ) -> None:
     """Sample images with the flow-matching Euler/Heun sampler and classifier-free guidance.
 
@@ -155,9 +150,7 @@ def export_onnx_cmd(
     image_size: Annotated[str | None, typer.Option(help="Fixed at export: 256 or HxW [default: the model's].")] = None,
     precision: Annotated[str, typer.Option(help="fp32, fp16 or bf16 inside the graph (I/O stays float32).")] = "fp32",
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
-    output_dir: Annotated[
-        Path | None, typer.Option(help="Folder to write [default: engines/<model>-<HxW>-<precision>].")
-    ] = None,
+    output_dir: Annotated[Path | None, typer.Option(help="Folder to write [default: engines/<model>-<HxW>-<precision>].")] = None,
     weights: WeightsOpt = "ema",
     trust_checkpoint: TrustOpt = False,
 ) -> None:
@@ -178,3 +171,84 @@ def export_onnx_cmd(
 
 def export_main() -> None:
     export_app()
+
+
+# ---------------------------------------------------------------- dip-bench
+bench_app = _app("Benchmark every backend on the same seeds: speed, quality, memory, FLOPs.")
+
+
+@bench_app.command()
+@handle_errors
+def bench(
+    model: Annotated[
+        str | None,
+        typer.Argument(help="Checkpoint file; omitted: --preset or the bundled demo model.", show_default=False),
+    ] = None,
+    preset: PresetOpt = None,
+    steps: Annotated[int, typer.Option(help="Sampler steps per run.")] = 50,
+    batch: Annotated[int, typer.Option(help="Images per run (CFG doubles the network batch).")] = 1,
+    cfg: Annotated[float, typer.Option(help="Guidance scale (1 = no guidance, half the work).")] = 4.0,
+    image_size: Annotated[str | None, typer.Option(help="256 or HxW [default: the model's].")] = None,
+    backends: Annotated[
+        str, typer.Option(help="Comma-separated name[:precision] list.")
+    ] = "torch,torch:bf16,compile,compile:bf16,onnx,onnx:int8,trt:fp16,trt:int8",
+    variants: Annotated[bool, typer.Option(help="Also time the sampler savings (token reuse, guidance-1 skip).")] = False,
+    cache_interval: Annotated[int, typer.Option(help="Backbone every K steps in every row.")] = 1,
+    warmup: Annotated[int, typer.Option(help="Untimed runs before timing.")] = 1,
+    repeats: Annotated[int, typer.Option(help="Timed runs; the median is reported.")] = 3,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write latency bars + speed/quality scatter (PNG).")] = None,
+    weights: WeightsOpt = "ema",
+    trust_checkpoint: TrustOpt = False,
+) -> None:
+    """Time eager PyTorch, torch.compile, ONNX Runtime and TensorRT on the same sampler run.
+
+    Speed-ups are against eager PyTorch fp32 doing the same network evaluations; PSNR compares the
+    final uint8 images with eager fp32 (and for the demo model, a digit classifier scores them).
+    Backends that cannot run here are listed as skipped with the reason. Exports are cached in engines/.
+    """
+    from dip_export.app import run_bench_cmd
+
+    run_bench_cmd(
+        model=model, preset=preset, steps=steps, batch=batch, cfg=cfg, image_size=image_size, backends=backends,
+        variants=variants, cache_interval=cache_interval, warmup=warmup, repeats=repeats, device=device,
+        json_out=json_out, plot=plot, weights=weights, trust=trust_checkpoint, console=console, progress=progress_bar(),
+    )  # fmt: skip
+
+
+def bench_main() -> None:
+    bench_app()
+
+
+@export_app.command("trt")
+@handle_errors
+def export_trt_cmd(
+    fp16: Annotated[bool, typer.Option("--fp16", help="FP16 engine from the fp16 export (the default).")] = False,
+    bf16: Annotated[bool, typer.Option("--bf16", help="BF16 engine from the bf16 export (Ampere or newer).")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="INT8 engine from a symmetric Q/DQ export (calibrated).")] = False,
+    fp8: Annotated[bool, typer.Option("--fp8", help="FP8 engine from an E4M3 Q/DQ export (Ada/Hopper or newer).")] = False,
+    output_dir: Annotated[
+        Path | None, typer.Option(help="Export folder to build from and into [default: the one under engines/].")
+    ] = None,
+    batch: Annotated[str, typer.Option(help="Image batch MIN,OPT,MAX of the profile (CFG doubles the rows).")] = "1,1,8",
+    timing_cache: Annotated[Path | None, typer.Option(help="Timing cache file, read and updated.")] = None,
+    opt_level: Annotated[int, typer.Option(help="Builder optimisation level 0-5 (4-5 help int8/fp8).")] = 3,
+) -> None:
+    """Build strongly typed TensorRT engines (needs an NVIDIA GPU and the gpu extra).
+
+    Precision comes from the ONNX graph (TensorRT 11 has no precision flags); the matching export is
+    made inside the export folder when missing. Engines are named with TensorRT version, GPU and
+    precision and recorded in manifest.json; engines for another GPU or version are rebuilt.
+    """
+    from dip_export.errors import UsageError
+    from dip_export.export.onnx_export import EXPORT_ROOT
+    from dip_export.trt_build import BatchProfile, build_trt
+
+    chosen = [name for name, on in (("fp16", fp16), ("bf16", bf16), ("int8", int8), ("fp8", fp8)) if on] or ["fp16"]
+    if len(chosen) > 1:
+        raise UsageError(f"choose one precision, got {', '.join('--' + c for c in chosen)}")
+    build_trt(
+        precision=chosen[0], output_dir=output_dir, root=EXPORT_ROOT, profile=BatchProfile.parse(batch),
+        timing_cache=timing_cache, opt_level=opt_level, console=console,
+    )  # fmt: skip

@@ -58,9 +58,7 @@ def rope_tables(h: int, w: int, head_dim: int) -> tuple[Tensor, Tensor]:
     """
     quarter = head_dim // 4
     freqs = 1.0 / ROPE_THETA ** (torch.arange(quarter, dtype=torch.float32) * 4 / head_dim)  # (d/4,)
-    ys, xs = torch.meshgrid(
-        torch.linspace(0, ROPE_SPAN, h), torch.linspace(0, ROPE_SPAN, w), indexing="ij"
-    )  # (h, w) each
+    ys, xs = torch.meshgrid(torch.linspace(0, ROPE_SPAN, h), torch.linspace(0, ROPE_SPAN, w), indexing="ij")  # (h, w) each
     ang_x = xs.reshape(-1, 1) * freqs  # (N, d/4)
     ang_y = ys.reshape(-1, 1) * freqs  # (N, d/4)
     angles = torch.stack([ang_x, ang_y], dim=-1).reshape(h * w, head_dim // 2)  # interleave x, y
@@ -252,3 +250,25 @@ class DiP(nn.Module):
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def flops_per_sample(cfg: DiPConfig, height: int, width: int) -> dict[str, float]:
+    """Multiply-add FLOPs (2 per MAC) of one network evaluation of one image: backbone and detailer."""
+    n, d, p = cfg.num_tokens(height, width), cfg.hidden_size, cfg.patch_size
+    per_block = 2 * n * d * (3 * d + d + 3 * cfg.mlp_hidden) + 4 * n * n * d + 2 * d * 6 * d
+    backbone = cfg.depth * per_block + 2 * n * cfg.in_channels * p * p * d + 2 * (TIME_FREQ_DIM * d + d * d)
+    detailer = 0.0
+    side, cin = p, cfg.in_channels
+    widths = [cfg.detailer_width * 2**k for k in range(cfg.detailer_levels)]
+    for c in widths:  # encoder convs 3x3 at each level
+        detailer += 2 * cin * c * 9 * side * side
+        cin, side = c, side // 2
+    detailer += 2 * (widths[-1] + d) * widths[-1]  # bottleneck 1x1 at 1x1
+    for k in range(cfg.detailer_levels, 0, -1):
+        c = widths[k - 1]
+        c_out = widths[k - 2] if k > 1 else widths[0]
+        detailer += 2 * c * c * 4 * side * side  # transposed conv 2x2 stride 2
+        side *= 2
+        detailer += 2 * 2 * c * c_out * 9 * side * side  # decoder conv 3x3 on the concat
+    detailer += 2 * widths[0] * cfg.in_channels * p * p  # out_conv
+    return {"backbone": float(backbone), "detailer": float(detailer * n)}

@@ -65,9 +65,7 @@ def guidance_weight(settings: SamplerSettings, t: float) -> float:
 
 def initial_noise(seeds: Sequence[int], height: int, width: int, channels: int = 3) -> Tensor:
     """Noise exactly as the release draws it: one CPU generator per image, float32."""
-    return torch.stack(
-        [torch.randn((channels, height, width), generator=torch.Generator().manual_seed(int(s))) for s in seeds]
-    )
+    return torch.stack([torch.randn((channels, height, width), generator=torch.Generator().manual_seed(int(s))) for s in seeds])
 
 
 def to_uint8(x: Tensor) -> np.ndarray:

@@ -91,9 +91,7 @@ def test_export_and_sample_on_onnx(tmp_path, ckpt, golden):
     result = runner.invoke(export_app, ["onnx", str(ckpt), "--image-size", golden.size, "--output-dir", str(folder)])
     assert result.exit_code == 0, result.output
     out = tmp_path / "o.npz"
-    result = runner.invoke(
-        sample_app, [str(folder), "--backend", "onnx", *_sample_args(golden, "cfg2.5")[2:], "--out", str(out)]
-    )
+    result = runner.invoke(sample_app, [str(folder), "--backend", "onnx", *_sample_args(golden, "cfg2.5")[2:], "--out", str(out)])
     assert result.exit_code == 0, result.output
     diff = np.abs(np.load(out)["arr_0"].astype(int) - golden["sample_cfg2.5_uint8"])
     assert diff.max() <= 1 and (diff == 0).mean() >= 0.995

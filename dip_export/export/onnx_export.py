@@ -129,6 +129,7 @@ def export_submodel(module: nn.Module, spec: SubModelSpec, loaded: LoadedModel, 
             tokens = loaded.model.backbone(x, torch.from_numpy(feeds["t"]), torch.from_numpy(feeds["y"]))
         args = (x, tokens)
     path = folder / f"{spec.name}.onnx"
+    before = set(folder.iterdir())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about python ints from shapes (H, W are fixed)
         torch.onnx.export(
@@ -145,9 +146,8 @@ def export_submodel(module: nn.Module, spec: SubModelSpec, loaded: LoadedModel, 
     model = onnx.load(str(path))
     large = sum(t.ByteSize() for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
     model.producer_name = "dip-export"
-    for stray in folder.iterdir():  # the exporter may have written one file per tensor
-        if stray.name not in {path.name} and not stray.name.endswith(".onnx"):
-            stray.unlink()
+    for stray in set(folder.iterdir()) - before - {path}:  # the exporter may write one file per tensor
+        stray.unlink()
     onnx.save_model(
         model,
         str(path),
@@ -178,6 +178,7 @@ def verify_export(
     worst = max(r["rel_err"] for r in rows)
     return {
         "rows": rows,
+        "metric": "rel_err",
         "worst_rel": worst,
         "tolerance": TOLERANCES[precision],
         "passed": worst <= TOLERANCES[precision],
@@ -206,27 +207,33 @@ def _runner(path: Path, precision: str) -> Any:
 def _error_row(role: str, output: str, batch: int, got: np.ndarray, want: np.ndarray) -> dict[str, Any]:
     diff = np.abs(got.astype(np.float64) - want)
     if not np.isfinite(got).all():
-        return {"model": role, "output": output, "batch": batch, "max_abs": float("inf"), "rel_err": float("inf")}
+        inf = float("inf")
+        return {"model": role, "output": output, "batch": batch, "max_abs": inf, "rel_err": inf, "rel_rms": inf}
     scale = float(np.abs(want).max()) or 1.0
+    rms = float(np.sqrt(np.mean(diff**2)) / (np.sqrt(np.mean(want.astype(np.float64) ** 2)) or 1.0))
     return {
         "model": role,
         "output": output,
         "batch": batch,
         "max_abs": float(diff.max()),
         "rel_err": float(diff.max()) / scale,
+        "rel_rms": rms,
     }
 
 
 def format_report(report: dict[str, Any]) -> Any:
     from rich.table import Table
 
-    table = Table(title=f"ONNX vs PyTorch fp32 (tolerance {report['tolerance']:.0e} relative)")
-    for col in ("model", "output", "batch", "max abs", "relative"):
+    metric = "max" if report.get("metric", "rel_err") == "rel_err" else "rms"
+    table = Table(title=f"ONNX vs PyTorch fp32 (tolerance: {metric} relative error <= {report['tolerance']:.0e})")
+    metric = report.get("metric", "rel_err")
+    for col in ("model", "output", "batch", "max abs", "max rel", "rms rel"):
         table.add_column(col, justify="right" if col != "model" else "left")
     for r in report["rows"]:
-        ok = r["rel_err"] <= report["tolerance"]
-        rel = f"[{'green' if ok else 'red'}]{r['rel_err']:.2e}[/]"
-        table.add_row(r["model"], r["output"], str(r["batch"]), f"{r['max_abs']:.2e}", rel)
+        ok = r[metric] <= report["tolerance"]
+        cells = {m: f"{r[m]:.2e}" for m in ("rel_err", "rel_rms")}
+        cells[metric] = f"[{'green' if ok else 'red'}]{cells[metric]}[/]"
+        table.add_row(r["model"], r["output"], str(r["batch"]), f"{r['max_abs']:.2e}", cells["rel_err"], cells["rel_rms"])
     return table
 
 
@@ -244,9 +251,7 @@ def tool_versions() -> dict[str, str]:
     }
 
 
-def ensure_export(
-    loaded: LoadedModel, *, precision: str, image_size: tuple[int, int], console: Console | None = None
-) -> Path:
+def ensure_export(loaded: LoadedModel, *, precision: str, image_size: tuple[int, int], console: Console | None = None) -> Path:
     """The cached export for this model, precision and size under engines/, made when missing or stale."""
     folder = default_export_dir(loaded.name, precision, image_size)
     if (folder / MANIFEST).is_file():

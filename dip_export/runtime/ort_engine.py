@@ -24,9 +24,7 @@ def _ort() -> Any:
     try:
         import onnxruntime
     except ImportError:
-        raise MissingDependencyError(
-            "onnxruntime", "pip install onnxruntime (or onnxruntime-gpu on CUDA machines)"
-        ) from None
+        raise MissingDependencyError("onnxruntime", "pip install onnxruntime (or onnxruntime-gpu on CUDA machines)") from None
     return onnxruntime
 
 

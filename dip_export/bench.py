@@ -1,0 +1,446 @@
+"""`dip-bench`: every backend on the same seeds, one table, JSON and a plot.
+
+Protocol: warm-up runs first, then `repeats` timed runs of the whole sampler; the median and the
+spread (min..max) are reported, plus per-stage times from timers around each engine call
+(synchronised on CUDA). Quality: PSNR of the final uint8 images against eager PyTorch fp32 with the
+same seeds, and for the digits demo model the classifier accuracy of the samples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dip_export.checkpoint import LoadedModel
+from dip_export.errors import DipError
+from dip_export.generate import generate, make_plan
+from dip_export.model import flops_per_sample
+from dip_export.runtime.factory import BackendSpec
+from dip_export.sampling import Denoiser, SamplerSettings, sample_counts
+
+DEFAULT_BACKENDS = "torch,torch:bf16,compile,compile:bf16,onnx,onnx:int8,trt:fp16,trt:int8"
+
+
+@dataclass
+class BenchRow:
+    backend: str
+    precision: str
+    variant: str = ""  # sampler option that differs from the settings (e.g. cache-interval 2)
+    status: str = "ok"  # ok | skipped | failed
+    reason: str = ""
+    ms_per_step: float = float("nan")
+    ms_per_step_min: float = float("nan")
+    ms_per_step_max: float = float("nan")
+    s_per_image: float = float("nan")
+    images_per_s: float = float("nan")
+    backbone_ms: float = float("nan")  # per step, summed over the step's backbone calls
+    detailer_ms: float = float("nan")
+    overhead_ms: float = float("nan")  # sampler math and copies between the engine calls
+    backbone_calls: int = 0
+    detailer_calls: int = 0
+    speedup_vs_eager: float = float("nan")
+    psnr_db_vs_eager: float = float("nan")
+    digit_accuracy: float | None = None
+    peak_mem_mb: float = float("nan")
+    gflop_per_step: float = float("nan")
+    fraction_of_peak: float = float("nan")
+    setup_s: float = float("nan")  # export / compile / session creation
+    images: np.ndarray | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        data = {k: v for k, v in self.__dict__.items() if k != "images"}
+        return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in data.items()}
+
+
+class _Timed:
+    """Wraps an engine; accumulates wall time per call (synchronising CUDA around each)."""
+
+    def __init__(self, net: Denoiser, device: torch.device) -> None:
+        self.net, self.device = net, device
+        self.times = {"backbone": 0.0, "detailer": 0.0}
+        self.calls = {"backbone": 0, "detailer": 0}
+
+    def _timed(self, name: str, fn: Callable[[], Tensor]) -> Tensor:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = fn()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.times[name] += time.perf_counter() - start
+        self.calls[name] += 1
+        return out
+
+    def backbone(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
+        return self._timed("backbone", lambda: self.net.backbone(x, t, y))
+
+    def detailer(self, x: Tensor, tokens: Tensor) -> Tensor:
+        return self._timed("detailer", lambda: self.net.detailer(x, tokens))
+
+    def reset(self) -> None:
+        self.times = dict.fromkeys(self.times, 0.0)
+        self.calls = dict.fromkeys(self.calls, 0)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def gemm_peak_gflops(dtype: torch.dtype, device: torch.device, n: int = 2048, reps: int = 3) -> float:
+    """Measured dense matmul throughput, the ceiling for 'fraction of peak'."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best = float("inf")
+    for _ in range(reps + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        torch.mm(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+class _PeakMemory:
+    """Peak resident memory on CPU (VmHWM after a reset), allocator peak on CUDA."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            return
+        with contextlib.suppress(OSError):  # not Linux: the reading below is then the lifetime peak
+            Path("/proc/self/clear_refs").write_text("5")
+
+    def read_mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated() / 2**20
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass
+class BenchSettings:
+    steps: int = 50
+    batch: int = 1
+    cfg: float = 4.0
+    height: int = 256
+    width: int = 256
+    warmup: int = 1
+    repeats: int = 3
+    seed: int = 0
+    cache_interval: int = 1
+    skip_uncond: bool = True
+
+
+def make_engine(spec: BackendSpec, loaded: LoadedModel, settings: BenchSettings, device: torch.device, console: Any) -> Denoiser:
+    """The engine for a backend spec, exporting (cached under engines/) what it needs."""
+    from dip_export.runtime.factory import make_export_engine, make_torch_engine
+
+    if spec.name in ("torch", "compile"):
+        return make_torch_engine(spec, loaded, device)
+    size = (settings.height, settings.width)
+    if spec.precision == "int8":
+        from dip_export.quantize import ensure_int8_export
+
+        folder = ensure_int8_export(loaded, image_size=size, target=spec.name, console=console)
+    else:
+        from dip_export.export.onnx_export import ensure_export
+
+        folder = ensure_export(loaded, precision=spec.precision, image_size=size, console=console)
+    return make_export_engine(spec, folder, device)
+
+
+def run_backend(
+    spec: BackendSpec,
+    net: Denoiser,
+    loaded: LoadedModel,
+    bench: BenchSettings,
+    sampler: SamplerSettings,
+    device: torch.device,
+    on_run: Callable[[], None] | None = None,
+) -> BenchRow:
+    """Warm up, then time `repeats` full sampler runs; returns the row without the comparisons."""
+    timed = _Timed(net, device)
+    plan = make_plan(loaded.config.num_classes, num_samples=bench.batch, seed=bench.seed)
+    memory = _PeakMemory(device)
+
+    def once() -> np.ndarray:
+        images = generate(
+            timed, plan, sampler, null_class=loaded.config.null_class, height=bench.height, width=bench.width,
+            batch_size=bench.batch, device=device,
+        )  # fmt: skip
+        if on_run is not None:
+            on_run()
+        return images
+
+    for _ in range(bench.warmup):
+        once()
+    memory.reset()
+    totals, stages = [], []
+    images = None
+    for _ in range(bench.repeats):
+        timed.reset()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        images = once()
+        totals.append(time.perf_counter() - start)
+        stages.append(dict(timed.times))
+    median = statistics.median(totals)
+    per_step = 1000 / sampler.steps
+    row = BenchRow(backend=spec.name, precision=spec.precision)
+    row.ms_per_step = median * per_step
+    row.ms_per_step_min, row.ms_per_step_max = min(totals) * per_step, max(totals) * per_step
+    row.s_per_image = median / bench.batch
+    row.images_per_s = bench.batch / median
+    row.backbone_ms = statistics.median(s["backbone"] for s in stages) * per_step
+    row.detailer_ms = statistics.median(s["detailer"] for s in stages) * per_step
+    row.overhead_ms = row.ms_per_step - row.backbone_ms - row.detailer_ms
+    row.backbone_calls, row.detailer_calls = timed.calls["backbone"], timed.calls["detailer"]
+    row.peak_mem_mb = memory.read_mb()
+    row.images = images
+    return row
+
+
+def add_work_figures(row: BenchRow, loaded: LoadedModel, bench: BenchSettings, sampler: SamplerSettings, peak: float) -> None:
+    """FLOPs per step actually computed (paired calls count double) and the fraction of GEMM peak."""
+    flops = flops_per_sample(loaded.config, bench.height, bench.width)
+    counts = sample_counts(sampler)
+    images_per_eval = (2 * counts["paired_evals"] + counts["single_evals"]) / max(
+        1, counts["paired_evals"] + counts["single_evals"]
+    )
+    evals = row.detailer_calls
+    backbone_frac = row.backbone_calls / max(1, evals)
+    per_step = bench.batch * images_per_eval * evals / sampler.steps * (flops["backbone"] * backbone_frac + flops["detailer"])
+    row.gflop_per_step = per_step / 1e9
+    row.fraction_of_peak = row.gflop_per_step / (row.ms_per_step / 1000) / peak
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    try:
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def compare_to_eager(rows: list[BenchRow], reference: BenchRow, digits: bool, classes: list[int]) -> None:
+    for row in rows:
+        if row.status != "ok" or row.images is None:
+            continue
+        row.speedup_vs_eager = reference.ms_per_step / row.ms_per_step
+        assert reference.images is not None
+        row.psnr_db_vs_eager = psnr(row.images, reference.images)
+        if digits:
+            from dip_export.digits import digit_accuracy
+
+            row.digit_accuracy = digit_accuracy(row.images, classes)
+
+
+def variant_settings(base: SamplerSettings) -> list[tuple[str, SamplerSettings]]:
+    """The sampler savings measured on the eager fp32 engine, each against its own exact baseline."""
+    return [
+        ("cache-interval 2", replace(base, cache_interval=2)),
+        ("cache-interval 3", replace(base, cache_interval=3)),
+        ("guidance 1, both halves", replace(base, cfg=1.0, skip_uncond=False)),
+        ("guidance 1, uncond skipped", replace(base, cfg=1.0, skip_uncond=True)),
+    ]
+
+
+def skipped(spec: BackendSpec, reason: str) -> BenchRow:
+    return BenchRow(backend=spec.name, precision=spec.precision, status="skipped", reason=reason)
+
+
+def unavailable_reason(spec: BackendSpec, device: torch.device) -> str | None:
+    """Why a backend cannot run on this machine (None when it can)."""
+    if spec.name == "trt":
+        if device.type != "cuda":
+            return "TensorRT needs a CUDA GPU"
+        try:
+            import tensorrt  # noqa: F401
+        except ImportError:
+            return "tensorrt is not installed (pip install -e '.[gpu]')"
+    if spec.name == "compile" and spec.precision == "fp16" and device.type == "cpu":
+        return "fp16 autocast is not a CPU path"
+    return None
+
+
+def failure(spec: BackendSpec, err: Exception) -> BenchRow:
+    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    status = "skipped" if isinstance(err, DipError) else "failed"
+    return BenchRow(backend=spec.name, precision=spec.precision, status=status, reason=message[:200])
+
+
+def run_bench(
+    loaded: LoadedModel,
+    specs: list[BackendSpec],
+    bench: BenchSettings,
+    device: torch.device,
+    *,
+    variants: bool,
+    console: Any,
+    progress: Any,
+) -> dict[str, Any]:
+    """Every backend (and optionally the sampler variants) on the same seeds; the report as a dict."""
+    sampler = SamplerSettings(
+        steps=bench.steps, cfg=bench.cfg, cache_interval=bench.cache_interval, skip_uncond=bench.skip_uncond
+    )
+    eager = BackendSpec("torch", "fp32")
+    if eager not in specs:
+        specs = [eager, *specs]  # the reference every row is compared with
+    peaks = {p: gemm_peak_gflops(d, device) for p, d in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    jobs: list[tuple[BackendSpec, str, SamplerSettings]] = [(s, "", sampler) for s in specs]
+    if variants:
+        jobs += [(eager, name, s) for name, s in variant_settings(sampler)]
+    rows: list[BenchRow] = []
+    engines: dict[BackendSpec, Denoiser] = {}
+    with progress:
+        task = progress.add_task("benchmark", total=len(jobs) * (bench.warmup + bench.repeats))
+        for spec, variant, settings in jobs:
+            progress.update(task, description=f"{spec}{' ' + variant if variant else ''}")
+            reason = unavailable_reason(spec, device)
+            if reason is not None:
+                rows.append(skipped(spec, reason))
+                progress.advance(task, bench.warmup + bench.repeats)
+                continue
+            try:
+                started = time.perf_counter()
+                if spec not in engines:
+                    engines[spec] = make_engine(spec, loaded, bench, device, console)
+                setup = time.perf_counter() - started
+                row = run_backend(spec, engines[spec], loaded, bench, settings, device, lambda: progress.advance(task))
+                row.setup_s = setup
+            except (DipError, RuntimeError, ImportError, ValueError) as err:
+                row = failure(spec, err)
+                progress.advance(task, bench.warmup + bench.repeats)
+            row.variant = variant
+            if row.status == "ok":
+                add_work_figures(row, loaded, bench, settings, peaks["bf16" if spec.precision in ("bf16", "fp16") else "fp32"])
+            rows.append(row)
+    reference = next(r for r in rows if r.backend == "torch" and r.precision == "fp32" and not r.variant)
+    if reference.status != "ok":
+        raise DipError(f"the eager fp32 reference failed: {reference.reason}")
+    plan = make_plan(loaded.config.num_classes, num_samples=bench.batch, seed=bench.seed)
+    digits = loaded.name == "dip-digits"
+    compare_to_eager([r for r in rows if not r.variant.startswith("guidance 1")], reference, digits, plan.classes)
+    both = [r for r in rows if r.variant == "guidance 1, both halves"]
+    if both and both[0].status == "ok":  # guidance-1 rows compare with their own full-work baseline
+        compare_to_eager([r for r in rows if r.variant.startswith("guidance 1")], both[0], digits, plan.classes)
+    return {
+        "settings": {
+            "model": loaded.name, "source": loaded.source, "steps": bench.steps, "batch": bench.batch,
+            "cfg": bench.cfg, "image_size": [bench.height, bench.width], "warmup": bench.warmup,
+            "repeats": bench.repeats, "seed": bench.seed, "cache_interval": bench.cache_interval,
+            "skip_uncond": bench.skip_uncond,
+            "evals_per_image": sample_counts(sampler),
+        },
+        "machine": {**machine_info(device), "gemm_peak_gflops": peaks},
+        "results": [r.to_json() for r in rows],
+    }  # fmt: skip
+
+
+def render_table(report: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    s = report["settings"]
+    table = Table(
+        title=f"{s['model']} {s['image_size'][0]}x{s['image_size'][1]}, batch {s['batch']}, {s['steps']} steps, "
+        f"guidance {s['cfg']}  (median of {s['repeats']})"
+    )
+    cols = ["backend", "variant", "ms/step", "spread", "backbone", "detailer", "other", "img/s", "speedup", "PSNR dB"]
+    cols += ["digits acc", "peak MB", "% peak", "note"]
+    for c in cols:
+        table.add_column(c, justify="left" if c in ("backend", "variant", "note") else "right")
+
+    def f(v: Any, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    for r in report["results"]:
+        name = f"{r['backend']}:{r['precision']}"
+        if r["status"] != "ok":
+            table.add_row(name, r["variant"], *["-"] * 11, f"[yellow]{r['status']}: {r['reason']}[/]")
+            continue
+        spread = f"{r['ms_per_step_min']:.0f}-{r['ms_per_step_max']:.0f}"
+        psnr_text = (
+            "exact" if r["psnr_db_vs_eager"] is None and r["speedup_vs_eager"] is not None else f(r["psnr_db_vs_eager"], ".1f")
+        )
+        table.add_row(
+            name, r["variant"], f(r["ms_per_step"], ".1f"), spread, f(r["backbone_ms"], ".1f"), f(r["detailer_ms"], ".1f"),
+            f(r["overhead_ms"], ".1f"), f(r["images_per_s"], ".3g"), f(r["speedup_vs_eager"], ".2f") + "x", psnr_text,
+            f(r["digit_accuracy"], ".2f"), f(r["peak_mem_mb"], ".0f"), f(100 * r["fraction_of_peak"], ".0f"), "",
+        )  # fmt: skip
+    return table
+
+
+def plot_report(report: dict[str, Any], path: Path) -> None:
+    """Latency bars and a speed / quality scatter, side by side."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        from dip_export.errors import MissingDependencyError
+
+        raise MissingDependencyError("matplotlib", "pip install matplotlib (needed for --plot)") from None
+    from dip_export.io import atomic_path
+
+    rows = [r for r in report["results"] if r["status"] == "ok"]
+    names = [f"{r['backend']}:{r['precision']}" + (f"\n{r['variant']}" if r["variant"] else "") for r in rows]
+    fig, (bars, scatter) = plt.subplots(1, 2, figsize=(13, 4.8))
+    back = [r["backbone_ms"] for r in rows]
+    det = [r["detailer_ms"] for r in rows]
+    other = [max(0.0, r["overhead_ms"]) for r in rows]
+    y = np.arange(len(rows))
+    bars.barh(y, back, label="backbone")
+    bars.barh(y, det, left=back, label="detailer")
+    bars.barh(y, other, left=np.add(back, det), label="sampler")
+    bars.set_yticks(y, names, fontsize=7)
+    bars.invert_yaxis()
+    bars.set_xlabel("ms per step (median)")
+    bars.legend()
+    for r, name in zip(rows, names, strict=True):
+        q = r["psnr_db_vs_eager"] if r["psnr_db_vs_eager"] is not None else 60.0
+        scatter.scatter(r["speedup_vs_eager"], q)
+        scatter.annotate(name.replace("\n", " "), (r["speedup_vs_eager"], q), fontsize=7)
+    scatter.set_xlabel("speed-up vs eager fp32")
+    scatter.set_ylabel("PSNR vs eager fp32, dB (identical plotted at 60)")
+    s = report["settings"]
+    fig.suptitle(f"{s['model']} {s['image_size'][0]}px, batch {s['batch']}, {s['steps']} steps, guidance {s['cfg']}")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

@@ -1,0 +1,92 @@
+"""Calibration data from the model's own sampler trajectories, cached on disk with its settings.
+
+The sampler runs eager PyTorch fp32 over all steps for N samples with random classes and guidance
+(so the null class is seen); every backbone call's (x, t, y) and detailer call's (x, tokens) are
+recorded, and a subset evenly spread over the timesteps is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dip_export.checkpoint import LoadedModel
+from dip_export.io import atomic_path
+from dip_export.sampling import Denoiser, SamplerSettings, initial_noise, sample
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    samples: int = 8  # images sampled for calibration
+    steps: int = 25  # sampler steps of the calibration trajectories
+    cfg: float = 4.0  # guidance during calibration (>1 so the null class is recorded)
+    keep_steps: int = 8  # timesteps kept, evenly spread over the trajectory
+    seed: int = 1234  # seeds and classes of the calibration samples
+
+    def key(self, loaded: LoadedModel, size: tuple[int, int]) -> str:
+        text = json.dumps([asdict(self), loaded.source, loaded.config.to_dict(), list(size)], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+class _Recorder:
+    def __init__(self, net: Denoiser) -> None:
+        self.net = net
+        self.backbone_calls: list[dict[str, np.ndarray]] = []
+        self.detailer_calls: list[dict[str, np.ndarray]] = []
+
+    def backbone(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
+        self.backbone_calls.append({"x": x.numpy().copy(), "t": t.numpy().copy(), "y": y.numpy().copy()})
+        return self.net.backbone(x, t, y)
+
+    def detailer(self, x: Tensor, tokens: Tensor) -> Tensor:
+        self.detailer_calls.append({"x": x.numpy().copy(), "tokens": tokens.numpy().copy()})
+        return self.net.detailer(x, tokens)
+
+
+def _even(items: list[dict[str, np.ndarray]], keep: int) -> list[dict[str, np.ndarray]]:
+    if len(items) <= keep:
+        return items
+    return [items[i] for i in np.linspace(0, len(items) - 1, keep).round().astype(int)]
+
+
+def collect(loaded: LoadedModel, size: tuple[int, int], settings: CalibrationSettings) -> dict[str, list[dict[str, np.ndarray]]]:
+    rng = np.random.default_rng(settings.seed)
+    seeds = [settings.seed + i for i in range(settings.samples)]
+    classes = torch.from_numpy(rng.integers(0, loaded.config.num_classes, settings.samples))
+    recorder = _Recorder(loaded.model)
+    sampler = SamplerSettings(steps=settings.steps, cfg=settings.cfg, skip_uncond=False)
+    sample(recorder, initial_noise(seeds, *size), classes, loaded.config.null_class, sampler)
+    return {
+        "backbone": _even(recorder.backbone_calls, settings.keep_steps),
+        "detailer": _even(recorder.detailer_calls, settings.keep_steps),
+    }
+
+
+def load_or_collect(
+    loaded: LoadedModel, size: tuple[int, int], settings: CalibrationSettings, cache_dir: Path
+) -> dict[str, list[dict[str, np.ndarray]]]:
+    """Calibration batches per sub-model; reused from `cache_dir` when the settings match."""
+    path = cache_dir / f"calib-{settings.key(loaded, size)}.npz"
+    if path.is_file():
+        with np.load(path) as data:
+            out: dict[str, list[dict[str, np.ndarray]]] = {"backbone": [], "detailer": []}
+            for role in out:
+                n = int(data[f"{role}/count"])
+                names = ("x", "t", "y") if role == "backbone" else ("x", "tokens")
+                out[role] = [{k: data[f"{role}/{i}/{k}"] for k in names} for i in range(n)]
+            return out
+    batches = collect(loaded, size, settings)
+    arrays: dict[str, np.ndarray] = {}
+    for role, items in batches.items():
+        arrays[f"{role}/count"] = np.array(len(items))
+        for i, item in enumerate(items):
+            arrays.update({f"{role}/{i}/{k}": v for k, v in item.items()})
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        np.savez(f, **arrays)  # type: ignore[arg-type]
+    return batches

@@ -1,0 +1,241 @@
+"""`dip-export trt`: strongly typed TensorRT engines from an export folder's ONNX files.
+
+Precision lives in the ONNX (TensorRT 11 removed the FP16/BF16/INT8/FP8 builder flags and the
+INT8 calibrator): fp16/bf16 engines are built from the reduced-precision export, int8/fp8 from a
+symmetric Q/DQ export made from the model's own calibration trajectories. The `tensorrt` module is
+imported only inside the functions that talk to it; everything else here runs on any machine.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from dip_export.errors import ExportError, MissingDependencyError, UsageError
+from dip_export.export.manifest import MANIFEST, Manifest, read_manifest, write_manifest
+from dip_export.export.spec import BATCH, SubModelSpec, io_specs
+from dip_export.io import atomic_path
+
+TRT_PRECISIONS = ("fp16", "bf16", "int8", "fp8", "fp32")
+INSTALL_HINT = "install the GPU extra on a machine with an NVIDIA GPU: pip install -e '.[gpu]'"
+DEFAULT_WORKSPACE = 8 << 30
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    """Image batch sizes; the network sees up to twice as many rows (CFG runs [uncond, cond])."""
+
+    min: int = 1
+    opt: int = 1
+    max: int = 8
+
+    @classmethod
+    def parse(cls, text: str) -> BatchProfile:
+        try:
+            lo, opt, hi = (int(v) for v in text.split(","))
+        except ValueError:
+            raise UsageError(f"--batch must be MIN,OPT,MAX (image batch sizes), got {text!r}") from None
+        if not 1 <= lo <= opt <= hi:
+            raise UsageError(f"--batch needs 1 <= MIN <= OPT <= MAX, got {text!r}")
+        return cls(lo, opt, hi)
+
+    def network_batches(self) -> tuple[int, int, int]:
+        """(min, opt, max) rows: a guidance-1 step runs B rows, a CFG step 2B."""
+        return self.min, 2 * self.opt, 2 * self.max
+
+
+def profile_shapes(spec: SubModelSpec, profile: BatchProfile) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """min/opt/max shape of every input of one sub-model, for IOptimizationProfile.set_shape."""
+    return {t.name: tuple(t.concrete(b) for b in profile.network_batches()) for t in spec.inputs if BATCH in t.shape}
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def engine_file(role: str, precision: str, trt_version: str, gpu: str) -> str:
+    """Plans only run on the GPU model and TensorRT version that built them: both are in the name."""
+    return f"{role}.{precision}.trt{trt_version}.{slug(gpu)}.plan"
+
+
+def source_onnx_precision(precision: str) -> str:
+    """Which export an engine of this precision is built from."""
+    return {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32", "int8": "int8-trt", "fp8": "fp8-trt"}[precision]
+
+
+def find_export(root: Path, output_dir: Path | None) -> Path:
+    """The export folder to build from: the one given, or the only one under `root`."""
+    if output_dir is not None:
+        read_manifest(output_dir)
+        return output_dir
+    found = sorted(p.parent for p in root.glob(f"*/{MANIFEST}")) if root.is_dir() else []
+    if not found:
+        raise UsageError(f"no export under {root}/; run `dip-export onnx CKPT` first or pass --output-dir")
+    if len(found) > 1:
+        raise UsageError(f"several exports under {root}/: {', '.join(p.name for p in found)}; choose one with --output-dir")
+    return found[0]
+
+
+def _tensorrt() -> Any:
+    try:
+        import tensorrt
+    except ImportError:
+        raise MissingDependencyError("tensorrt", INSTALL_HINT) from None
+    return tensorrt
+
+
+def gpu_identity() -> tuple[str, tuple[int, int]]:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise MissingDependencyError("a CUDA GPU", "TensorRT engines are built and run on an NVIDIA GPU; " + INSTALL_HINT)
+    return torch.cuda.get_device_name(), torch.cuda.get_device_capability()
+
+
+def check_precision_supported(precision: str, capability: tuple[int, int]) -> None:
+    if precision == "fp8" and capability < (8, 9):
+        raise UsageError(f"fp8 needs compute capability 8.9 or newer (Ada, Hopper); this GPU has {capability[0]}.{capability[1]}")
+    if precision == "bf16" and capability < (8, 0):
+        raise UsageError("bf16 needs compute capability 8.0 or newer (Ampere)")
+
+
+def engine_matches(entry: dict[str, Any], trt_version: str, gpu: str) -> bool:
+    return entry.get("trt_version") == trt_version and entry.get("gpu") == gpu
+
+
+def build_engine(
+    onnx_path: Path,
+    plan_path: Path,
+    shapes: dict[str, tuple[tuple[int, ...], ...]],
+    *,
+    opt_level: int = 3,
+    timing_cache: Path | None = None,
+    workspace: int = DEFAULT_WORKSPACE,
+) -> None:
+    """Parse, configure and build one strongly typed engine; write the plan atomically.
+
+    API (TensorRT 10.x / 11.x Python docs, "Builder", "IBuilderConfig", "OnnxParser"):
+    Builder.create_network(flags), OnnxParser.parse_from_file (finds external weight files),
+    IBuilderConfig.set_memory_pool_limit, builder_optimization_level,
+    Builder.create_optimization_profile / IOptimizationProfile.set_shape / add_optimization_profile,
+    create_timing_cache / set_timing_cache / get_timing_cache().serialize(),
+    Builder.build_serialized_network (returns None on failure).
+    """
+    trt = _tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if int(trt.__version__.split(".")[0]) < 11:
+        # 10.x: opt in to strong typing; 11.x: always strongly typed, the flag is deprecated and ignored
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ExportError(f"TensorRT could not parse {onnx_path.name}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
+    config.builder_optimization_level = opt_level
+    profile = builder.create_optimization_profile()
+    for name, (lo, opt, hi) in shapes.items():
+        profile.set_shape(name, lo, opt, hi)
+    config.add_optimization_profile(profile)
+    cache_bytes = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
+    config.set_timing_cache(config.create_timing_cache(cache_bytes), False)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise ExportError(f"TensorRT failed to build {onnx_path.name} (see the messages above)")
+    with atomic_path(plan_path) as tmp:
+        tmp.write_bytes(bytes(plan))
+    if timing_cache is not None:
+        with atomic_path(timing_cache) as tmp:
+            tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+
+
+def build_trt(
+    *,
+    precision: str,
+    output_dir: Path | None,
+    root: Path,
+    profile: BatchProfile,
+    timing_cache: Path | None,
+    opt_level: int,
+    console: Console,
+) -> dict[str, Any]:
+    """Build (or reuse) the engines of one precision for an export folder and record them."""
+    if precision not in TRT_PRECISIONS:
+        raise UsageError(f"TensorRT precision must be one of {', '.join(TRT_PRECISIONS)}")
+    if not 0 <= opt_level <= 5:
+        raise UsageError(f"--opt-level must be 0..5, got {opt_level}")
+    folder = find_export(root, output_dir)
+    trt = _tensorrt()  # refuse before any file is made
+    gpu, capability = gpu_identity()
+    check_precision_supported(precision, capability)
+    manifest = read_manifest(folder)
+    existing = manifest.engines.get(precision)
+    if (
+        existing
+        and engine_matches(existing, trt.__version__, gpu)
+        and all((folder / f).is_file() for f in existing["files"].values())
+    ):
+        console.print(f"engines for {precision} on {gpu} with TensorRT {trt.__version__} are up to date")
+        return existing
+    onnx_dir = onnx_for_precision(folder, manifest, precision, console)
+    onnx_manifest = read_manifest(onnx_dir)
+    specs = io_specs(manifest.config, *manifest.image_size)
+    files, started = {}, time.perf_counter()
+    for role, spec in specs.items():
+        name = engine_file(role, precision, trt.__version__, gpu)
+        with console.status(f"building {role} engine ({precision}, opt level {opt_level}) ..."):
+            build_engine(onnx_dir / onnx_manifest.files[role], folder / name, profile_shapes(spec, profile),
+                         opt_level=opt_level, timing_cache=timing_cache)  # fmt: skip
+        files[role] = name
+    entry = {
+        "files": files, "trt_version": trt.__version__, "gpu": gpu, "compute_capability": list(capability),
+        "profile": {"min": profile.min, "opt": profile.opt, "max": profile.max, "network_rows": list(profile.network_batches())},
+        "onnx": str(onnx_dir.relative_to(folder)) if onnx_dir != folder else ".", "opt_level": opt_level,
+        "build_seconds": round(time.perf_counter() - started, 1),
+    }  # fmt: skip
+    manifest.engines[precision] = entry
+    write_manifest(folder, manifest)
+    console.print(f"wrote {', '.join(files.values())} into {folder}/")
+    return entry
+
+
+def onnx_for_precision(folder: Path, manifest: Manifest, precision: str, console: Console) -> Path:
+    """The export whose graph carries this precision: the folder itself or a sub-folder made now."""
+    wanted = source_onnx_precision(precision)
+    if manifest.precision == wanted:
+        return folder
+    sub = folder / f"onnx-{wanted}"
+    if (sub / MANIFEST).is_file():
+        return sub
+    from dip_export.checkpoint import resolve_model
+
+    loaded = loaded_from_source(manifest, resolve_model)
+    if wanted in ("int8-trt", "fp8-trt"):
+        from dip_export.quantize import export_int8
+
+        return export_int8(loaded, image_size=manifest.image_size, target="trt", output_dir=sub, console=console,
+                           fp8=wanted == "fp8-trt")  # fmt: skip
+    from dip_export.export.onnx_export import export_onnx
+
+    return export_onnx(loaded, precision=wanted, image_size=manifest.image_size, output_dir=sub, console=console)
+
+
+def loaded_from_source(manifest: Manifest, resolve: Any) -> Any:
+    """Reload the model an export came from (checkpoint path, preset or the demo)."""
+    path = manifest.source.get("path", "")
+    if path.startswith("preset:"):
+        loaded = resolve(None, path.removeprefix("preset:"))
+    elif Path(path).is_file():
+        loaded = resolve(Path(path))
+    else:
+        raise ExportError(f"the checkpoint this export came from ({path}) is gone; export the matching ONNX again")
+    loaded.name = manifest.name
+    return loaded
