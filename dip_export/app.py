@@ -7,6 +7,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
+from dip_export.bench import GRAPH_BACKENDS
 from dip_export.checkpoint import resolve_model
 from dip_export.errors import UsageError
 from dip_export.generate import check_image_size, generate, make_plan, parse_image_size, parse_int_list
@@ -34,6 +35,7 @@ def run_sample(
     batch_size: int,
     device: str,
     backend: str,
+    cuda_graphs: bool,
     weights: str,
     trust: bool,
     out: Path,
@@ -89,6 +91,7 @@ def run_sample(
         images = generate(
             net, plan, settings, null_class=config.null_class, height=size[0], width=size[1],
             batch_size=batch_size, device=dev, on_step=lambda _: progress.advance(task),
+            cuda_graphs=cuda_graphs and spec.name in GRAPH_BACKENDS,
         )  # fmt: skip
     save_npz(out, images)
     save_png(out.with_suffix(".png"), image_grid(images))
@@ -113,6 +116,7 @@ def run_bench_cmd(
     backends: str,
     variants: bool,
     cache_interval: int,
+    cuda_graphs: bool,
     warmup: int,
     repeats: int,
     device: str,
@@ -137,7 +141,7 @@ def run_bench_cmd(
     check_image_size(*size, loaded.config.patch_size)
     settings = BenchSettings(
         steps=steps, batch=batch, cfg=cfg, height=size[0], width=size[1], warmup=warmup, repeats=repeats,
-        cache_interval=cache_interval,
+        cache_interval=cache_interval, cuda_graphs=cuda_graphs,
     )  # fmt: skip
     SamplerSettings(steps=steps, cfg=cfg, cache_interval=cache_interval)  # validates before any work
     report = run_bench(loaded, specs, settings, dev, variants=variants, console=console, progress=progress)

@@ -28,6 +28,7 @@ from dip_export.model import flops_per_sample
 from dip_export.runtime.factory import BackendSpec
 from dip_export.sampling import Denoiser, SamplerSettings, sample_counts
 
+GRAPH_BACKENDS = ("torch", "compile", "trt")  # their kernels run on the torch stream a graph captures
 DEFAULT_BACKENDS = "torch,torch:bf16,compile,compile:bf16,onnx,onnx:int8,trt:fp16,trt:int8"
 
 
@@ -152,6 +153,7 @@ class BenchSettings:
     seed: int = 0
     cache_interval: int = 1
     skip_uncond: bool = True
+    cuda_graphs: bool = False  # whole-step CUDA graphs for the backends that can be captured
 
 
 def make_engine(spec: BackendSpec, loaded: LoadedModel, settings: BenchSettings, device: torch.device, console: Any) -> Denoiser:
@@ -189,7 +191,7 @@ def run_backend(
     def once() -> np.ndarray:
         images = generate(
             timed, plan, sampler, null_class=loaded.config.null_class, height=bench.height, width=bench.width,
-            batch_size=bench.batch, device=device,
+            batch_size=bench.batch, device=device, cuda_graphs=bench.cuda_graphs and spec.name in GRAPH_BACKENDS,
         )  # fmt: skip
         if on_run is not None:
             on_run()
@@ -364,7 +366,7 @@ def run_bench(
             "model": loaded.name, "source": loaded.source, "steps": bench.steps, "batch": bench.batch,
             "cfg": bench.cfg, "image_size": [bench.height, bench.width], "warmup": bench.warmup,
             "repeats": bench.repeats, "seed": bench.seed, "cache_interval": bench.cache_interval,
-            "skip_uncond": bench.skip_uncond,
+            "skip_uncond": bench.skip_uncond, "cuda_graphs": bench.cuda_graphs and device.type == "cuda",
             "evals_per_image": sample_counts(sampler),
         },
         "machine": {**machine_info(device), "gemm_peak_gflops": peaks},

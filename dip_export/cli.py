@@ -94,7 +94,8 @@ def sample(
     image_size: Annotated[str | None, typer.Option(help="Image size: 256 or HxW, e.g. 256x384 [default: the model's].")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per sampler batch.")] = 16,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    backend: Annotated[str, typer.Option(help="torch[:bf16], compile[:bf16], onnx, trt[:fp16|int8].")] = "torch",
+    backend: Annotated[str, typer.Option(help="torch[:bf16], compile[:bf16], onnx[:int8], trt[:fp16|int8].")] = "torch",
+    cuda_graphs: Annotated[bool, typer.Option(help="Replay each step as one CUDA graph (CUDA; torch, compile, trt).")] = True,
     weights: WeightsOpt = "ema",
     trust_checkpoint: TrustOpt = False,
     out: Annotated[Path, typer.Option(help="Output .npz (ADM layout); a PNG grid is written beside it.")] = Path("samples.npz"),
@@ -109,7 +110,7 @@ def sample(
     run_sample(
         model=model, preset=preset, classes=classes, seeds=seeds, num_samples=num_samples, seed=seed,
         steps=steps, cfg=cfg, shift=shift, interval=interval, method=sampler, cache_interval=cache_interval,
-        image_size=image_size, batch_size=batch_size, device=device, backend=backend, weights=weights,
+        image_size=image_size, batch_size=batch_size, device=device, backend=backend, cuda_graphs=cuda_graphs, weights=weights,
         trust=trust_checkpoint, out=out, console=console, progress=progress_bar(),
     )  # fmt: skip
 
@@ -194,6 +195,7 @@ def bench(
     ] = "torch,torch:bf16,compile,compile:bf16,onnx,onnx:int8,trt:fp16,trt:int8",
     variants: Annotated[bool, typer.Option(help="Also time the sampler savings (token reuse, guidance-1 skip).")] = False,
     cache_interval: Annotated[int, typer.Option(help="Backbone every K steps in every row.")] = 1,
+    cuda_graphs: Annotated[bool, typer.Option(help="Whole-step CUDA graphs (CUDA; torch, compile, trt).")] = True,
     warmup: Annotated[int, typer.Option(help="Untimed runs before timing.")] = 1,
     repeats: Annotated[int, typer.Option(help="Timed runs; the median is reported.")] = 3,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -212,7 +214,7 @@ def bench(
 
     run_bench_cmd(
         model=model, preset=preset, steps=steps, batch=batch, cfg=cfg, image_size=image_size, backends=backends,
-        variants=variants, cache_interval=cache_interval, warmup=warmup, repeats=repeats, device=device,
+        variants=variants, cache_interval=cache_interval, cuda_graphs=cuda_graphs, warmup=warmup, repeats=repeats, device=device,
         json_out=json_out, plot=plot, weights=weights, trust=trust_checkpoint, console=console, progress=progress_bar(),
     )  # fmt: skip
 

@@ -14,6 +14,12 @@ import numpy as np
 from dip_export.errors import DipError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds."""
@@ -25,6 +31,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
         raise DipError(f"cannot write {target}: {err.strerror or err}") from None
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result should read like any new file
     try:
         yield tmp
         os.replace(tmp, target)

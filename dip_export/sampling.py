@@ -107,9 +107,15 @@ class _Velocity:
             self.detailer_calls += 1
             return v.float()
         xx = torch.cat([x, x])
-        v_u, v_c = self.net.detailer(xx, self._tokens(xx, t, self.y_pair)).float().chunk(2)
+        v_pair = self.net.detailer(xx, self._tokens(xx, t, self.y_pair))
         self.detailer_calls += 1
-        return v_u + w * (v_c - v_u)
+        return guidance_combine(v_pair, w)
+
+
+def guidance_combine(v_pair: Tensor, w: float | Tensor) -> Tensor:
+    """[v_uncond; v_cond] (2B, ...) -> v_uncond + w (v_cond - v_uncond), in float32."""
+    v_u, v_c = v_pair.float().chunk(2)
+    return v_u + w * (v_c - v_u)
 
 
 def sample(
@@ -130,6 +136,7 @@ def sample(
             dt = t_next - t_cur
             v = velocity(x, t_cur)
             if settings.method == "heun" and i < settings.steps - 1:
+                v = v.clone()  # engines may return their own buffer, which the next call overwrites
                 v_next = velocity(x + dt * v, t_next)
                 v = 0.5 * (v + v_next)
             x = x + dt * v
