@@ -145,7 +145,10 @@ def run_bench_cmd(
     )  # fmt: skip
     SamplerSettings(steps=steps, cfg=cfg, cache_interval=cache_interval)  # validates before any work
     report = run_bench(loaded, specs, settings, dev, variants=variants, console=console, progress=progress)
-    Console().print(render_table(report))
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=200)  # a file or pipe: do not squeeze the table
+    out.print(render_table(report))
     if json_out is not None:
         with atomic_path(json_out) as tmp:
             tmp.write_text(json.dumps(report, indent=2) + "\n")

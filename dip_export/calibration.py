@@ -23,8 +23,8 @@ from dip_export.sampling import Denoiser, SamplerSettings, initial_noise, sample
 
 @dataclass(frozen=True)
 class CalibrationSettings:
-    samples: int = 8  # images sampled for calibration
-    steps: int = 25  # sampler steps of the calibration trajectories
+    samples: int = 4  # images sampled for calibration (x2 rows: CFG records both halves)
+    steps: int = 20  # sampler steps of the calibration trajectories
     cfg: float = 4.0  # guidance during calibration (>1 so the null class is recorded)
     keep_steps: int = 8  # timesteps kept, evenly spread over the trajectory
     seed: int = 1234  # seeds and classes of the calibration samples
