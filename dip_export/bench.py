@@ -25,6 +25,7 @@ from dip_export.checkpoint import LoadedModel
 from dip_export.errors import DipError
 from dip_export.generate import generate, make_plan
 from dip_export.model import flops_per_sample
+from dip_export.pipeline import make_engine
 from dip_export.runtime.factory import BackendSpec
 from dip_export.sampling import Denoiser, SamplerSettings, sample_counts
 
@@ -155,24 +156,6 @@ class BenchSettings:
     cache_interval: int = 1
     skip_uncond: bool = True
     cuda_graphs: bool = False  # whole-step CUDA graphs for the backends that can be captured
-
-
-def make_engine(spec: BackendSpec, loaded: LoadedModel, settings: BenchSettings, device: torch.device, console: Any) -> Denoiser:
-    """The engine for a backend spec, exporting (cached under engines/) what it needs."""
-    from dip_export.runtime.factory import make_export_engine, make_torch_engine
-
-    if spec.name in ("torch", "compile"):
-        return make_torch_engine(spec, loaded, device)
-    size = (settings.height, settings.width)
-    if spec.precision == "int8":
-        from dip_export.quantize import ensure_int8_export
-
-        folder = ensure_int8_export(loaded, image_size=size, target=spec.name, console=console)
-    else:
-        from dip_export.export.onnx_export import ensure_export
-
-        folder = ensure_export(loaded, precision=spec.precision, image_size=size, console=console)
-    return make_export_engine(spec, folder, device)
 
 
 def run_backend(
@@ -345,7 +328,7 @@ def run_bench(
                 if spec not in engines:
                     for other in [k for k in engines if k != eager]:
                         del engines[other]
-                    engines[spec] = make_engine(spec, loaded, bench, device, console)
+                    engines[spec] = make_engine(spec, loaded, (bench.height, bench.width), device, console, batch=bench.batch)
                 setup = time.perf_counter() - started
                 row = run_backend(spec, engines[spec], loaded, bench, settings, device, lambda: progress.advance(task))
                 row.setup_s = setup
@@ -400,9 +383,7 @@ def render_table(report: dict[str, Any]) -> Any:
             table.add_row(name, r["variant"], *["-"] * 11, f"[yellow]{r['status']}: {r['reason']}[/]")
             continue
         spread = f"{r['ms_per_step_min']:.0f}-{r['ms_per_step_max']:.0f}"
-        psnr_text = (
-            "exact" if r["psnr_db_vs_eager"] is None and r["speedup_vs_eager"] is not None else f(r["psnr_db_vs_eager"], ".1f")
-        )
+        psnr_text = "identical" if r["images_identical"] else f(r["psnr_db_vs_eager"], ".1f")
         table.add_row(
             name, r["variant"], f(r["ms_per_step"], ".1f"), spread, f(r["backbone_ms"], ".1f"), f(r["detailer_ms"], ".1f"),
             f(r["overhead_ms"], ".1f"), f(r["images_per_s"], ".3g"), f(r["speedup_vs_eager"], ".2f") + "x", psnr_text,

@@ -94,15 +94,28 @@ def sample(
     image_size: Annotated[str | None, typer.Option(help="Image size: 256 or HxW, e.g. 256x384 [default: the model's].")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per sampler batch.")] = 16,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    backend: Annotated[str, typer.Option(help="torch[:bf16], compile[:bf16], onnx[:int8], trt[:fp16|int8].")] = "torch",
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            help="torch[:bf16], compile[:bf16], onnx[:int8], trt[:fp16|int8] [default: torch; onnx for an export folder]."
+        ),
+    ] = None,
     cuda_graphs: Annotated[bool, typer.Option(help="Replay each step as one CUDA graph (CUDA; torch, compile, trt).")] = True,
     weights: WeightsOpt = "ema",
     trust_checkpoint: TrustOpt = False,
     out: Annotated[Path, typer.Option(help="Output .npz (ADM layout); a PNG grid is written beside it.")] = Path("samples.npz"),
+    class_file: Annotated[Path | None, typer.Option(help="Class of sample i on line i (with --num-samples).")] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Write shards next to OUT and skip finished ones on rerun (always on under torchrun).")
+    ] = False,
+    shard_batches: Annotated[int, typer.Option(help="Batches per shard file (sharded runs).")] = 4,
+    png_dir: Annotated[Path | None, typer.Option(help="Also write every image as PNG into this folder.")] = None,
 ) -> None:
     """Sample images with the flow-matching Euler/Heun sampler and classifier-free guidance.
 
     Writes OUT (.npz, arr_0 uint8 N x H x W x 3) and OUT with .png (a grid), atomically.
+    Under torchrun every rank samples its share of the indices into shards (OUT.parts/) and rank 0
+    merges them; the result is the same for any number of workers, and a rerun resumes.
     """
     from dip_export.app import run_sample
 
@@ -111,7 +124,8 @@ def sample(
         model=model, preset=preset, classes=classes, seeds=seeds, num_samples=num_samples, seed=seed,
         steps=steps, cfg=cfg, shift=shift, interval=interval, method=sampler, cache_interval=cache_interval,
         image_size=image_size, batch_size=batch_size, device=device, backend=backend, cuda_graphs=cuda_graphs, weights=weights,
-        trust=trust_checkpoint, out=out, console=console, progress=progress_bar(),
+        trust=trust_checkpoint, out=out, console=console, progress=progress_bar(), class_file=class_file,
+        resume=resume, shard_batches=shard_batches, png_dir=png_dir,
     )  # fmt: skip
 
 
@@ -149,7 +163,9 @@ def export_onnx_cmd(
     ] = None,
     preset: PresetOpt = None,
     image_size: Annotated[str | None, typer.Option(help="Fixed at export: 256 or HxW [default: the model's].")] = None,
-    precision: Annotated[str, typer.Option(help="fp32, fp16 or bf16 inside the graph (I/O stays float32).")] = "fp32",
+    precision: Annotated[
+        str, typer.Option(help="fp32, fp16 or bf16 inside the graph (I/O stays float32), or int8 (calibrated, CPU).")
+    ] = "fp32",
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
     output_dir: Annotated[Path | None, typer.Option(help="Folder to write [default: engines/<model>-<HxW>-<precision>].")] = None,
     weights: WeightsOpt = "ema",
@@ -167,6 +183,11 @@ def export_onnx_cmd(
     loaded = resolve_model(Path(model) if model else None, preset, weights=weights, trust=trust_checkpoint)
     size = parse_image_size(image_size or loaded.config.image_size)
     check_image_size(*size, loaded.config.patch_size)
+    if precision == "int8":
+        from dip_export.quantize import export_int8
+
+        export_int8(loaded, image_size=size, target="onnx", output_dir=output_dir, console=console)
+        return
     export_onnx(loaded, precision=precision, image_size=size, opset=opset, output_dir=output_dir, console=console)
 
 

@@ -74,7 +74,7 @@ def export_onnx(
 ) -> Path:
     """Write backbone.onnx, detailer.onnx and manifest.json into a folder, or nothing at all."""
     if precision not in DTYPES:
-        raise UsageError(f"--precision must be one of {', '.join(DTYPES)} (int8: see `dip-export onnx --help`)")
+        raise UsageError(f"--precision must be one of {', '.join(DTYPES)} or int8, got {precision!r}")
     console = console or Console(stderr=True)
     out = Path(output_dir) if output_dir else default_export_dir(loaded.name, precision, image_size)
     specs = io_specs(loaded.config, *image_size)

@@ -1,0 +1,145 @@
+"""Sampling across processes and machines (torchrun): shards written atomically, resumable,
+merged by rank 0 into one ADM .npz that does not depend on how many workers made it.
+
+Sample i always has seed S+i and class i % classes (or line i of a class file). Indices are cut
+into shards of whole batches, so every batch holds the same samples whatever the world size; a
+shard file appears complete or not at all, and a rerun skips the shards already there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dip_export.errors import UsageError
+from dip_export.generate import SamplePlan
+from dip_export.io import atomic_path, save_npz
+
+SETTINGS_FILE = "settings.json"
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> World:
+        env = os.environ
+        return cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+
+    def init(self, device: torch.device) -> None:
+        """Join the process group (gloo on CPU, NCCL on GPU) when started by torchrun."""
+        if self.size > 1 and not torch.distributed.is_initialized():
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            torch.distributed.init_process_group(backend=backend)
+
+    def barrier(self) -> None:
+        if self.size > 1 and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+
+    def device(self, requested: torch.device) -> torch.device:
+        """Each rank takes its own GPU (LOCAL_RANK) or the CPU."""
+        if requested.type == "cuda":
+            torch.cuda.set_device(self.local_rank)
+            return torch.device("cuda", self.local_rank)
+        return requested
+
+    def close(self) -> None:
+        if self.size > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def parts_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".parts")
+
+
+def shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + shard_size, n)) for start in range(0, n, shard_size)]
+
+
+def plan_digest(plan: SamplePlan) -> str:
+    return hashlib.sha256(json.dumps([plan.seeds, plan.classes]).encode()).hexdigest()
+
+
+def check_settings(folder: Path, settings: dict[str, Any], world: World) -> None:
+    """Rank 0 records the settings of the run; every rank refuses a folder made with other ones."""
+    settings = json.loads(json.dumps(settings))  # tuples become lists, as they read back
+    path = folder / SETTINGS_FILE
+    if world.is_main and not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    world.barrier()
+    stored = json.loads(path.read_text())
+    if stored != settings:
+        diff = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+        raise UsageError(
+            f"{folder} holds shards made with other settings ({', '.join(diff)}); "
+            "use another --out or delete that folder to start over"
+        )
+
+
+def read_class_file(path: Path, num_classes: int, n: int) -> list[int]:
+    """Line i is the class of sample i."""
+    try:
+        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        classes = [int(v) for v in lines]
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--class-file {path}: one integer class per line expected ({err})") from None
+    if len(classes) < n:
+        raise UsageError(f"--class-file {path} has {len(classes)} classes for {n} samples")
+    return classes[:n]
+
+
+def run_sharded(
+    plan: SamplePlan,
+    out: Path,
+    *,
+    world: World,
+    settings: dict[str, Any],
+    batch_size: int,
+    shard_batches: int,
+    make_images: Callable[[SamplePlan], np.ndarray],
+    on_images: Callable[[int], None] | None = None,
+) -> np.ndarray | None:
+    """Generate this rank's missing shards, then (rank 0) merge all of them; returns the merged images on rank 0."""
+    folder = parts_dir(out)
+    shard_size = batch_size * shard_batches
+    check_settings(folder, {**settings, "plan": plan_digest(plan), "shard_size": shard_size, "batch_size": batch_size}, world)
+    shards = shard_ranges(len(plan), shard_size)
+    done = sum(b - a for k, (a, b) in enumerate(shards) if (folder / f"shard-{k:06d}.npz").is_file())
+    if on_images is not None and done:
+        on_images(done)
+    for k, (start, stop) in enumerate(shards):
+        path = folder / f"shard-{k:06d}.npz"
+        if k % world.size != world.rank or path.is_file():
+            continue
+        images = make_images(SamplePlan(plan.seeds[start:stop], plan.classes[start:stop]))
+        with atomic_path(path) as tmp, tmp.open("wb") as f:
+            np.savez(f, arr_0=images, indices=np.arange(start, stop))
+    world.barrier()
+    if not world.is_main:
+        return None
+    parts = []
+    for k, (start, stop) in enumerate(shards):
+        with np.load(folder / f"shard-{k:06d}.npz") as data:
+            if not np.array_equal(data["indices"], np.arange(start, stop)):
+                raise UsageError(f"{folder}/shard-{k:06d}.npz holds other indices; delete {folder} and rerun")
+            parts.append(data["arr_0"])
+    images = np.concatenate(parts)
+    save_npz(out, images)
+    return images

@@ -1,0 +1,98 @@
+"""Sharded sampling: torchrun with two CPU workers gives the single-process bytes; runs resume."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from dip_export.cli import sample_app
+from dip_export.distributed import World, parts_dir, shard_ranges
+
+runner = CliRunner()
+ARGS = ["--num-samples", "10", "--seed", "5", "--steps", "3", "--batch-size", "2", "--shard-batches", "2", "--device", "cpu"]
+
+
+def _single(tmp_path: Path) -> np.ndarray:
+    out = tmp_path / "single.npz"
+    result = runner.invoke(sample_app, [*ARGS, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return np.load(out)["arr_0"]
+
+
+def test_shards_cover_every_index_once():
+    ranges = shard_ranges(10, 4)
+    assert ranges == [(0, 4), (4, 8), (8, 10)]
+
+
+def test_resume_skips_finished_shards_and_gives_the_same_bytes(tmp_path, monkeypatch):
+    expected = _single(tmp_path)
+    out = tmp_path / "r.npz"
+    result = runner.invoke(sample_app, [*ARGS, "--resume", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(np.load(out)["arr_0"], expected)
+    shards = sorted(parts_dir(out).glob("shard-*.npz"))
+    assert len(shards) == 3
+    shards[1].unlink()  # as if killed while writing shard 1
+    out.unlink()
+    calls = []
+    import dip_export.generate as gen
+
+    real = gen.sample
+
+    def counting(*args, **kwargs):
+        calls.append(args[1].shape[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gen, "sample", counting)
+    result = runner.invoke(sample_app, [*ARGS, "--resume", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert calls == [2, 2]  # only the missing shard's two batches
+    np.testing.assert_array_equal(np.load(out)["arr_0"], expected)
+
+
+def test_other_settings_are_refused_not_mixed(tmp_path):
+    out = tmp_path / "m.npz"
+    assert runner.invoke(sample_app, [*ARGS, "--resume", "--out", str(out)]).exit_code == 0
+    result = runner.invoke(sample_app, [*ARGS, "--resume", "--cfg", "2.0", "--out", str(out)])
+    assert result.exit_code == 2 and "other settings (sampler)" in result.output
+
+
+def test_class_file(tmp_path):
+    classes = tmp_path / "classes.txt"
+    classes.write_text("\n".join(str(9 - i % 10) for i in range(10)))
+    out = tmp_path / "c.npz"
+    result = runner.invoke(sample_app, [*ARGS, "--class-file", str(classes), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    short = tmp_path / "short.txt"
+    short.write_text("1\n2\n")
+    result = runner.invoke(sample_app, [*ARGS, "--class-file", str(short), "--out", str(out)])
+    assert result.exit_code == 2 and "2 classes for 10 samples" in result.output
+
+
+def test_world_from_env(monkeypatch):
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    world = World.from_env()
+    assert (world.rank, world.size, world.local_rank, world.is_main) == (3, 4, 1, False)
+
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.skipif(not (BIN / "torchrun").exists(), reason="no torchrun beside this python")
+def test_torchrun_two_cpu_workers_match_single_process(tmp_path):
+    expected = _single(tmp_path)
+    torchrun, dip_sample = str(BIN / "torchrun"), str(BIN / "dip-sample")
+    out = tmp_path / "dist.npz"
+    env = {**os.environ, "OMP_NUM_THREADS": str(os.cpu_count() or 1)}
+    proc = subprocess.run(
+        [torchrun, "--standalone", "--nproc-per-node", "2", dip_sample, *ARGS, "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    np.testing.assert_array_equal(np.load(out)["arr_0"], expected)
