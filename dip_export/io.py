@@ -50,6 +50,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
         raise DipError(f"cannot write {target}: {err.strerror or err}") from None
     try:
         yield tmp
+        _normal_permissions(tmp)
         old = target.with_name(f".{target.name}.old")
         if target.exists():
             shutil.rmtree(old, ignore_errors=True)
@@ -58,6 +59,15 @@ def atomic_dir(target: Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _normal_permissions(folder: Path) -> None:
+    """mkdtemp and some writers make 0700 / 0600; the result should read like anything else the user makes."""
+    mask = _umask()
+    for root, dirs, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~mask)
 
 
 def save_npz(path: Path, images: np.ndarray) -> None:

@@ -78,8 +78,10 @@ def test_manifest_records_the_contract(exports, golden):
     assert data["config"]["hidden_size"] == 96 and data["verification"]["passed"]
     assert {"torch", "onnx", "onnxruntime"} <= set(data["versions"])
     assert len(data["verification"]["rows"]) == 4
-    names = [i.name for i in onnx.load(str(exports["fp32"] / "backbone.onnx")).graph.input]
-    assert names == ["x", "t", "y"]
+    graph = onnx.load(str(exports["fp32"] / "backbone.onnx")).graph
+    assert [i.name for i in graph.input] == ["x", "t", "y"]
+    dims = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.output]
+    assert dims == [["batch", 8, 96]]  # only the batch is dynamic
 
 
 def test_failed_verification_leaves_earlier_export_untouched(tmp_path, loaded, monkeypatch):

@@ -144,6 +144,7 @@ def export_submodel(module: nn.Module, spec: SubModelSpec, loaded: LoadedModel, 
             dynamo=False,
         )
     model = onnx.load(str(path))
+    _pin_io_shapes(model, spec)
     large = sum(t.ByteSize() for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
     model.producer_name = "dip-export"
     for stray in set(folder.iterdir()) - before - {path}:  # the exporter may write one file per tensor
@@ -156,6 +157,19 @@ def export_submodel(module: nn.Module, spec: SubModelSpec, loaded: LoadedModel, 
         location=f"{spec.name}.onnx.data",
     )
     return path.name
+
+
+def _pin_io_shapes(model: Any, spec: SubModelSpec) -> None:
+    """Write the contract's I/O shapes into the graph: only the batch is symbolic (the tracer may leave more)."""
+    declared = {t.name: t for t in spec.inputs + spec.outputs}
+    for value in list(model.graph.input) + list(model.graph.output):
+        tspec = declared[value.name]
+        dims = value.type.tensor_type.shape.dim
+        for dim, size in zip(dims, tspec.shape, strict=True):
+            if isinstance(size, str):
+                dim.dim_param = size
+            else:
+                dim.dim_value = size
 
 
 def verify_export(
