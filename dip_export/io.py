@@ -64,7 +64,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
 def _normal_permissions(folder: Path) -> None:
     """mkdtemp and some writers make 0700 / 0600; the result should read like anything else the user makes."""
     mask = _umask()
-    for root, dirs, files in os.walk(folder):
+    for root, _dirs, files in os.walk(folder):
         os.chmod(root, 0o777 & ~mask)
         for name in files:
             os.chmod(os.path.join(root, name), 0o666 & ~mask)
