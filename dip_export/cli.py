@@ -61,8 +61,7 @@ sample_app = _app("Generate images from a DiP checkpoint or export.")
 ModelArg = Annotated[
     str | None,
     typer.Argument(
-        help="Checkpoint file (.pt/.ckpt/.safetensors) or, for --backend onnx/trt, an export folder. "
-        "Omitted: the bundled demo model.",
+        help="Checkpoint file (.pt/.ckpt/.safetensors) or an export folder (dip-export onnx). Omitted: the bundled demo model.",
         show_default=False,
     ),
 ]
@@ -114,8 +113,10 @@ def sample(
     """Sample images with the flow-matching Euler/Heun sampler and classifier-free guidance.
 
     Writes OUT (.npz, arr_0 uint8 N x H x W x 3) and OUT with .png (a grid), atomically.
-    Under torchrun every rank samples its share of the indices into shards (OUT.parts/) and rank 0
-    merges them; the result is the same for any number of workers, and a rerun resumes.
+
+    Under torchrun each rank samples its share into shards (OUT.parts/); rank 0 merges them.
+
+    The result is the same for any number of workers, and a rerun resumes.
     """
     from dip_export.app import run_sample
 

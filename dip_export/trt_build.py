@@ -172,9 +172,9 @@ def build_trt(
         raise UsageError(f"TensorRT precision must be one of {', '.join(TRT_PRECISIONS)}")
     if not 0 <= opt_level <= 5:
         raise UsageError(f"--opt-level must be 0..5, got {opt_level}")
-    folder = find_export(root, output_dir)
-    trt = _tensorrt()  # refuse before any file is made
+    trt = _tensorrt()  # what is missing comes first, and before any file is made
     gpu, capability = gpu_identity()
+    folder = find_export(root, output_dir)
     check_precision_supported(precision, capability)
     manifest = read_manifest(folder)
     existing = manifest.engines.get(precision)
