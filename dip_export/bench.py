@@ -419,12 +419,14 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
     bars.invert_yaxis()
     bars.set_xlabel("ms per step (median)")
     bars.legend()
+    finite = [r["psnr_db_vs_eager"] for r in rows if not r["images_identical"] and r["psnr_db_vs_eager"] is not None]
+    top = max([60.0, *finite]) + 10  # where identical images (infinite PSNR) are drawn
     for r, name in zip(rows, names, strict=True):
-        q = 60.0 if r["images_identical"] else r["psnr_db_vs_eager"]
+        q = top if r["images_identical"] else r["psnr_db_vs_eager"]
         scatter.scatter(r["speedup_vs_eager"], q)
         scatter.annotate(name.replace("\n", " "), (r["speedup_vs_eager"], q), fontsize=7)
     scatter.set_xlabel("speed-up vs eager fp32")
-    scatter.set_ylabel("PSNR vs eager fp32, dB (identical plotted at 60)")
+    scatter.set_ylabel(f"PSNR vs eager fp32, dB (identical images at {top:.0f})")
     s = report["settings"]
     fig.suptitle(f"{s['model']} {s['image_size'][0]}px, batch {s['batch']}, {s['steps']} steps, guidance {s['cfg']}")
     fig.tight_layout()
