@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,13 +22,42 @@ def _umask() -> int:
     return mask
 
 
+def _tmp_prefix(target: Path) -> str:
+    """Temporaries carry host and pid, so that leftovers of a killed run can be told from live ones."""
+    return f".{target.name}.{socket.gethostname()}-{os.getpid()}."
+
+
+def remove_stale_temporaries(target: Path) -> None:
+    """Delete temporaries beside `target` left by processes of this host that no longer run (kill -9)."""
+    host = socket.gethostname()
+    for path in target.parent.glob(f".{glob.escape(target.name)}.{glob.escape(host)}-*.tmp"):
+        pid_text = path.name[len(f".{target.name}.{host}-") :].split(".", 1)[0]
+        if not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds."""
     target = Path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        remove_stale_temporaries(target)
+        fd, tmp_name = tempfile.mkstemp(prefix=_tmp_prefix(target), suffix=".tmp", dir=target.parent)
     except OSError as err:
         raise DipError(f"cannot write {target}: {err.strerror or err}") from None
     os.close(fd)
@@ -45,7 +76,8 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     target = Path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        remove_stale_temporaries(target)
+        tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(target), suffix=".tmp", dir=target.parent))
     except OSError as err:
         raise DipError(f"cannot write {target}: {err.strerror or err}") from None
     try:

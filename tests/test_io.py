@@ -1,0 +1,33 @@
+"""Atomic output: complete or absent; leftovers of killed runs are cleaned, live ones are not."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dip_export.io import _tmp_prefix, atomic_dir, atomic_path
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "a.npz"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_leftovers_of_a_killed_process_are_removed_but_not_live_ones(tmp_path):
+    target = tmp_path / "export"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    host_prefix = _tmp_prefix(target).rsplit("-", 1)[0]
+    stale = tmp_path / f"{host_prefix}-{dead_pid}.abc.tmp"
+    stale.mkdir()
+    live = tmp_path / f"{host_prefix}-{os.getpid()}.xyz.tmp"
+    live.mkdir()
+    with atomic_dir(target) as tmp:
+        (tmp / "manifest.json").write_text("{}")
+    assert not stale.exists() and live.exists()
+    assert (target / "manifest.json").is_file()
+    assert oct(target.stat().st_mode & 0o777) != oct(0o700)
