@@ -30,7 +30,6 @@ from dip_export.runtime.factory import BackendSpec
 from dip_export.sampling import Denoiser, SamplerSettings, sample_counts
 
 GRAPH_BACKENDS = ("torch", "compile", "trt")  # their kernels run on the torch stream a graph captures
-DEFAULT_BACKENDS = "torch,torch:bf16,compile,compile:bf16,onnx,onnx:int8,trt:fp16,trt:int8"
 
 
 @dataclass
