@@ -11,13 +11,12 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from dip_export.bench import GRAPH_BACKENDS
 from dip_export.checkpoint import resolve_model
 from dip_export.errors import UsageError
 from dip_export.generate import SamplePlan, check_image_size, generate, make_plan, parse_image_size, parse_int_list
 from dip_export.io import image_grid, save_npz, save_png
 from dip_export.pipeline import make_engine
-from dip_export.runtime.factory import BackendSpec, make_export_engine
+from dip_export.runtime.factory import GRAPH_BACKENDS, BackendSpec, make_export_engine
 from dip_export.runtime.torch_engine import resolve_device
 from dip_export.sampling import SamplerSettings
 

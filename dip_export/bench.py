@@ -21,15 +21,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dip_export.checkpoint import LoadedModel
+from dip_export.checkpoint import LoadedModel, is_demo
 from dip_export.errors import DipError
 from dip_export.generate import generate, make_plan
 from dip_export.model import flops_per_sample
 from dip_export.pipeline import make_engine
-from dip_export.runtime.factory import BackendSpec
+from dip_export.runtime.factory import GRAPH_BACKENDS, BackendSpec
 from dip_export.sampling import Denoiser, SamplerSettings, sample_counts
-
-GRAPH_BACKENDS = ("torch", "compile", "trt")  # their kernels run on the torch stream a graph captures
 
 
 @dataclass
@@ -49,12 +47,12 @@ class BenchRow:
     overhead_ms: float = float("nan")  # sampler math and copies between the engine calls
     backbone_calls: int = 0
     detailer_calls: int = 0
+    gflop_per_step: float = float("nan")  # work actually done: rows through each network x its FLOPs
     speedup_vs_eager: float = float("nan")
     psnr_db_vs_eager: float = float("nan")  # null in JSON when the images are identical (infinite PSNR)
     images_identical: bool | None = None
     digit_accuracy: float | None = None
     peak_mem_mb: float = float("nan")
-    gflop_per_step: float = float("nan")
     fraction_of_peak: float = float("nan")
     setup_s: float = float("nan")  # export / compile / session creation
     images: np.ndarray | None = field(default=None, repr=False)
@@ -71,8 +69,9 @@ class _Timed:
         self.net, self.device = net, device
         self.times = {"backbone": 0.0, "detailer": 0.0}
         self.calls = {"backbone": 0, "detailer": 0}
+        self.rows = {"backbone": 0, "detailer": 0}  # images through each network (a CFG pair counts 2)
 
-    def _timed(self, name: str, fn: Callable[[], Tensor]) -> Tensor:
+    def _timed(self, name: str, rows: int, fn: Callable[[], Tensor]) -> Tensor:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -81,17 +80,19 @@ class _Timed:
             torch.cuda.synchronize()
         self.times[name] += time.perf_counter() - start
         self.calls[name] += 1
+        self.rows[name] += rows
         return out
 
     def backbone(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
-        return self._timed("backbone", lambda: self.net.backbone(x, t, y))
+        return self._timed("backbone", x.shape[0], lambda: self.net.backbone(x, t, y))
 
     def detailer(self, x: Tensor, tokens: Tensor) -> Tensor:
-        return self._timed("detailer", lambda: self.net.detailer(x, tokens))
+        return self._timed("detailer", x.shape[0], lambda: self.net.detailer(x, tokens))
 
     def reset(self) -> None:
         self.times = dict.fromkeys(self.times, 0.0)
         self.calls = dict.fromkeys(self.calls, 0)
+        self.rows = dict.fromkeys(self.rows, 0)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -204,23 +205,15 @@ def run_backend(
     row.detailer_ms = statistics.median(s["detailer"] for s in stages) * per_step
     row.overhead_ms = row.ms_per_step - row.backbone_ms - row.detailer_ms
     row.backbone_calls, row.detailer_calls = timed.calls["backbone"], timed.calls["detailer"]
+    flops = flops_per_sample(loaded.config, bench.height, bench.width)
+    row.gflop_per_step = sum(timed.rows[k] * flops[k] for k in flops) / sampler.steps / 1e9
     row.peak_mem_mb = memory.read_mb()
     row.images = images
     return row
 
 
-def add_work_figures(row: BenchRow, loaded: LoadedModel, bench: BenchSettings, sampler: SamplerSettings, peak: float) -> None:
-    """FLOPs per step actually computed (paired calls count double) and the fraction of GEMM peak."""
-    flops = flops_per_sample(loaded.config, bench.height, bench.width)
-    counts = sample_counts(sampler)
-    images_per_eval = (2 * counts["paired_evals"] + counts["single_evals"]) / max(
-        1, counts["paired_evals"] + counts["single_evals"]
-    )
-    evals = row.detailer_calls
-    backbone_frac = row.backbone_calls / max(1, evals)
-    per_step = bench.batch * images_per_eval * evals / sampler.steps * (flops["backbone"] * backbone_frac + flops["detailer"])
-    row.gflop_per_step = per_step / 1e9
-    row.fraction_of_peak = row.gflop_per_step / (row.ms_per_step / 1000) / peak
+def add_peak_fraction(row: BenchRow, peak_gflops: float) -> None:
+    row.fraction_of_peak = row.gflop_per_step / (row.ms_per_step / 1000) / peak_gflops
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
@@ -336,13 +329,13 @@ def run_bench(
                 progress.advance(task, bench.warmup + bench.repeats)
             row.variant = variant
             if row.status == "ok":
-                add_work_figures(row, loaded, bench, settings, peaks["bf16" if spec.precision in ("bf16", "fp16") else "fp32"])
+                add_peak_fraction(row, peaks["bf16" if spec.precision in ("bf16", "fp16") else "fp32"])
             rows.append(row)
     reference = next(r for r in rows if r.backend == "torch" and r.precision == "fp32" and not r.variant)
     if reference.status != "ok":
         raise DipError(f"the eager fp32 reference failed: {reference.reason}")
     plan = make_plan(loaded.config.num_classes, num_samples=bench.batch, seed=bench.seed)
-    digits = loaded.name == "dip-digits"
+    digits = is_demo(loaded)  # the digit classifier only reads the demo model's images
     compare_to_eager([r for r in rows if not r.variant.startswith("guidance 1")], reference, digits, plan.classes)
     both = [r for r in rows if r.variant == "guidance 1, both halves"]
     if both and both[0].status == "ok":  # guidance-1 rows compare with their own full-work baseline

@@ -7,6 +7,7 @@ the caller passes `trust=True` (the CLI's `--trust-checkpoint`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import pickle
@@ -40,7 +41,15 @@ class LoadedModel:
     sampling: dict[str, Any] = field(default_factory=dict)  # recommended steps / cfg / ...
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+def sha256_file(path: Path) -> str:
+    """sha256 of a file, computed once per (path, size, mtime): a 2.5 GB checkpoint takes seconds."""
+    stat = path.stat()
+    return _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256(path_text: str, size: int, mtime_ns: int, chunk: int = 1 << 22) -> str:
+    path = Path(path_text)
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while block := f.read(chunk):
@@ -195,6 +204,11 @@ def save_checkpoint(path: str | Path, model: DiP, sampling: Mapping[str, Any] | 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(Path(path)) as tmp:
         save_file(state, str(tmp), metadata=meta)
+
+
+def is_demo(loaded: LoadedModel) -> bool:
+    """The bundled digits model (the one whose images the digit classifier can score)."""
+    return Path(loaded.source) == DEMO_CHECKPOINT
 
 
 def resolve_model(

@@ -12,7 +12,6 @@ token), and the detailer's first and last convolutions (raw pixels in, velocity 
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,11 +23,12 @@ from rich.console import Console
 from dip_export.calibration import CalibrationSettings, load_or_collect
 from dip_export.checkpoint import LoadedModel
 from dip_export.errors import ExportError, MissingDependencyError
-from dip_export.export.manifest import MANIFEST, Manifest, read_manifest, write_manifest
+from dip_export.export.manifest import Manifest, read_manifest, write_manifest
 from dip_export.export.onnx_export import (
     EXPORT_ROOT,
     ensure_export,
     format_report,
+    is_current,
     source_info,
     tool_versions,
     verify_export,
@@ -164,11 +164,6 @@ def ensure_int8_export(
     loaded: LoadedModel, *, image_size: tuple[int, int], target: str = "onnx", console: Console | None = None
 ) -> Path:
     folder = int8_dir(loaded, image_size, target)
-    if (folder / MANIFEST).is_file():
-        try:
-            manifest = read_manifest(folder)
-            if manifest.source == source_info(loaded) and manifest.config == loaded.config:
-                return folder
-        except ExportError:
-            shutil.rmtree(folder, ignore_errors=True)
+    if is_current(folder, loaded):
+        return folder
     return export_int8(loaded, image_size=image_size, target=target, console=console)

@@ -63,6 +63,11 @@ def guidance_weight(settings: SamplerSettings, t: float) -> float:
     return settings.cfg if lo < t < hi else 1.0
 
 
+def runs_paired(settings: SamplerSettings, t: float) -> bool:
+    """Whether the evaluation at t needs both halves; where the weight is 1, v is v_cond alone."""
+    return not (settings.skip_uncond and guidance_weight(settings, t) == 1.0)
+
+
 def initial_noise(seeds: Sequence[int], height: int, width: int, channels: int = 3) -> Tensor:
     """Noise exactly as the release draws it: one CPU generator per image, float32."""
     return torch.stack([torch.randn((channels, height, width), generator=torch.Generator().manual_seed(int(s))) for s in seeds])
@@ -75,7 +80,7 @@ def to_uint8(x: Tensor) -> np.ndarray:
 
 
 class _Velocity:
-    """Guided velocity with optional backbone-token reuse; counts network evaluations."""
+    """Guided velocity with optional backbone-token reuse."""
 
     def __init__(self, net: Denoiser, y: Tensor, null_class: int, settings: SamplerSettings) -> None:
         self.net = net
@@ -84,8 +89,6 @@ class _Velocity:
         self.y_pair = torch.cat([torch.full_like(y, null_class), y])  # unconditional half first
         self.tokens: Tensor | None = None
         self.token_age = 0
-        self.backbone_calls = 0
-        self.detailer_calls = 0
 
     def _tokens(self, x: Tensor, t: float, y: Tensor) -> Tensor:
         reusable = self.tokens is not None and self.tokens.shape[0] >= x.shape[0]
@@ -96,20 +99,15 @@ class _Velocity:
             return self.tokens[-x.shape[0] :]
         tb = torch.full((x.shape[0],), t, dtype=torch.float32, device=x.device)
         self.tokens = self.net.backbone(x, tb, y)
-        self.backbone_calls += 1
         self.token_age = 1
         return self.tokens
 
     def __call__(self, x: Tensor, t: float) -> Tensor:
-        w = guidance_weight(self.settings, t)
-        if w == 1.0 and self.settings.skip_uncond:
-            v = self.net.detailer(x, self._tokens(x, t, self.y_cond))
-            self.detailer_calls += 1
-            return v.float()
+        if not runs_paired(self.settings, t):
+            return self.net.detailer(x, self._tokens(x, t, self.y_cond)).float()
         xx = torch.cat([x, x])
         v_pair = self.net.detailer(xx, self._tokens(xx, t, self.y_pair))
-        self.detailer_calls += 1
-        return guidance_combine(v_pair, w)
+        return guidance_combine(v_pair, guidance_weight(self.settings, t))
 
 
 def guidance_combine(v_pair: Tensor, w: float | Tensor) -> Tensor:
@@ -152,8 +150,8 @@ def sample_counts(settings: SamplerSettings) -> dict[str, int]:
     for i in range(settings.steps):
         ts = [grid[i]] + ([grid[i + 1]] if settings.method == "heun" and i < settings.steps - 1 else [])
         for t in ts:
-            if guidance_weight(settings, t) == 1.0 and settings.skip_uncond:
-                single += 1
-            else:
+            if runs_paired(settings, t):
                 pair += 1
+            else:
+                single += 1
     return {"paired_evals": pair, "single_evals": single}

@@ -265,14 +265,20 @@ def tool_versions() -> dict[str, str]:
     }
 
 
+def is_current(folder: Path, loaded: LoadedModel) -> bool:
+    """A complete export in `folder` made from this very model (same weights file, same config)."""
+    if not (folder / MANIFEST).is_file():
+        return False
+    try:
+        manifest = read_manifest(folder)
+    except ExportError:
+        return False  # damaged: the next export replaces it
+    return manifest.source == source_info(loaded) and manifest.config == loaded.config
+
+
 def ensure_export(loaded: LoadedModel, *, precision: str, image_size: tuple[int, int], console: Console | None = None) -> Path:
     """The cached export for this model, precision and size under engines/, made when missing or stale."""
     folder = default_export_dir(loaded.name, precision, image_size)
-    if (folder / MANIFEST).is_file():
-        try:
-            manifest = read_manifest(folder)
-        except ExportError:
-            manifest = None
-        if manifest is not None and manifest.source == source_info(loaded) and manifest.config == loaded.config:
-            return folder
+    if is_current(folder, loaded):
+        return folder
     return export_onnx(loaded, precision=precision, image_size=image_size, output_dir=folder, console=console)

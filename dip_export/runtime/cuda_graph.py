@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from dip_export.sampling import Denoiser, SamplerSettings, guidance_combine, guidance_weight, sample, time_grid
+from dip_export.sampling import Denoiser, SamplerSettings, guidance_combine, guidance_weight, runs_paired, sample, time_grid
 
 
 class GraphedSampler:
@@ -80,11 +80,10 @@ class GraphedSampler:
         with torch.inference_mode():
             self.x.copy_(noise)
             for i in range(settings.steps):
-                w = guidance_weight(settings, grid[i])
-                paired = not (w == 1.0 and settings.skip_uncond)
+                paired = runs_paired(settings, grid[i])
                 self.t.fill_(grid[i])
                 self.t_pair.fill_(grid[i])
-                self.w.fill_(w)
+                self.w.fill_(guidance_weight(settings, grid[i]))
                 self.dt.fill_(grid[i + 1] - grid[i])
                 if paired not in self.graphs:
                     try:

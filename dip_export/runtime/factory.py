@@ -17,6 +17,7 @@ BACKENDS = {
     "onnx": ("fp32", "fp16", "bf16", "int8"),
     "trt": ("fp16", "bf16", "int8", "fp8", "fp32"),
 }
+GRAPH_BACKENDS = ("torch", "compile", "trt")  # their kernels run on the torch stream a CUDA graph captures
 DEFAULT_PRECISION = {"torch": "fp32", "compile": "fp32", "onnx": "fp32", "trt": "fp16"}
 
 
