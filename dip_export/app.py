@@ -13,8 +13,17 @@ from rich.progress import Progress
 
 from dip_export.checkpoint import resolve_model
 from dip_export.errors import UsageError
-from dip_export.generate import SamplePlan, check_image_size, generate, make_plan, parse_image_size, parse_int_list
-from dip_export.io import image_grid, save_npz, save_png
+from dip_export.generate import (
+    SamplePlan,
+    check_image_size,
+    check_run_limits,
+    check_seed,
+    generate,
+    make_plan,
+    parse_image_size,
+    parse_int_list,
+)
+from dip_export.io import check_output_file, check_output_folder, image_grid, save_npz, save_png
 from dip_export.pipeline import make_engine
 from dip_export.runtime.factory import GRAPH_BACKENDS, BackendSpec, make_export_engine
 from dip_export.runtime.torch_engine import resolve_device
@@ -63,6 +72,16 @@ def run_sample(
         raise UsageError(f"--weights must be ema or raw, got {weights!r}")
     if batch_size < 1 or shard_batches < 1:
         raise UsageError("--batch-size and --shard-batches must be >= 1")
+    check_run_limits(steps=steps, cfg=cfg, batch_size=batch_size, cache_interval=cache_interval)
+    check_seed(seed, "--seed")
+    if image_size is not None:
+        parse_image_size(image_size)
+    if shard_batches > MAX_SHARD_BATCHES:
+        raise UsageError(f"--shard-batches must be in 1..{MAX_SHARD_BATCHES}, got {shard_batches}")
+    check_output_file(out)
+    check_output_file(out.with_suffix(".png"))
+    if png_dir is not None and png_dir.exists() and not png_dir.is_dir():
+        raise UsageError(f"--png-dir {png_dir} exists and is not a folder")
     target = Path(model) if model is not None else None
     if target is not None and target.is_dir():  # an export folder: ONNX Runtime unless told otherwise
         from dip_export.export.manifest import read_manifest
@@ -88,6 +107,8 @@ def run_sample(
         cache_interval=cache_interval,
     )
     plan = _plan(config.num_classes, classes, seeds, num_samples, seed, class_file)
+    if png_dir is not None:
+        check_output_folder(png_dir, {_png_name(i) for i in range(len(plan))})
     # only now the heavy part: engines, and exports made on the fly
     if target is not None and target.is_dir():
         net = make_export_engine(spec, target, dev)
@@ -103,7 +124,7 @@ def run_sample(
     if world.size > 1 or resume:
         identity = {
             "model": name, "source": str(target or preset or "demo"), "backend": str(spec), "weights": weights,
-            "sampler": settings.__dict__, "size": list(size),
+            "sampler": settings.__dict__, "size": list(size), "content": content_digest(target),
         }  # fmt: skip
         images = _run_sharded(plan, out, world, dev, identity, batch_size, shard_batches, make_images, progress, console)
         if images is None:
@@ -116,8 +137,30 @@ def run_sample(
     save_png(out.with_suffix(".png"), image_grid(images[:256]))
     if png_dir is not None:
         for i, image in enumerate(images):
-            save_png(png_dir / f"{i:06d}.png", image)
+            save_png(png_dir / _png_name(i), image)
     console.print(f"wrote {out} ({images.shape[0]} x {size[0]}x{size[1]}) and {out.with_suffix('.png')}")
+
+
+MAX_SHARD_BATCHES = 10_000
+
+
+def _png_name(index: int) -> str:
+    return f"{index:06d}.png"
+
+
+def content_digest(target: Path | None) -> str:
+    """What a resumed run must find unchanged: the sha256 of the checkpoint, or of an export's files."""
+    from dip_export.checkpoint import DEMO_CHECKPOINT, sha256_file
+
+    if target is None:
+        return sha256_file(DEMO_CHECKPOINT) if DEMO_CHECKPOINT.is_file() else ""
+    if not target.is_dir():
+        return sha256_file(target)
+    from dip_export.export.manifest import MANIFEST, read_manifest
+
+    manifest = read_manifest(target)
+    files = [MANIFEST, *sorted(manifest.files.values())]
+    return ",".join(sha256_file(target / rel) for rel in files)
 
 
 def _plan(
@@ -179,6 +222,9 @@ def _run_sharded(
         world.close()
 
 
+MAX_REPEATS = 1000
+
+
 def run_bench_cmd(
     *,
     model: str | None,
@@ -207,8 +253,16 @@ def run_bench_cmd(
     from dip_export.io import atomic_path
 
     specs = [BackendSpec.parse(b) for b in backends.split(",") if b.strip()]
+    if not specs:
+        raise UsageError("--backends is empty; name at least one, e.g. torch")
     if steps < 1 or batch < 1 or repeats < 1 or warmup < 0:
         raise UsageError("--steps, --batch and --repeats must be >= 1, --warmup >= 0")
+    check_run_limits(steps=steps, cfg=cfg, batch_size=batch, cache_interval=cache_interval)
+    if repeats > MAX_REPEATS or warmup > MAX_REPEATS:
+        raise UsageError(f"--repeats and --warmup must be at most {MAX_REPEATS}")
+    for path in (json_out, plot):
+        if path is not None:
+            check_output_file(path)
     dev = resolve_device(device)
     loaded = resolve_model(Path(model) if model else None, preset, weights=weights, trust=trust)
     size = parse_image_size(image_size or loaded.config.image_size)

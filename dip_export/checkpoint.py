@@ -1,8 +1,10 @@
 """Loading DiP weights: the release's Lightning checkpoint, bare state dicts, safetensors, and
 the project's own format (safetensors with the config and sampling defaults in its metadata).
 
-Pickles are opened in weights-only mode: a file that would need to run code is refused unless
-the caller passes `trust=True` (the CLI's `--trust-checkpoint`).
+Pickles are opened in weights-only mode. A file that names other objects (a Lightning checkpoint's
+training configs, callbacks, functools.partial) is read again with `inert_pickle`, which rebuilds the
+tensors and puts inert placeholders where those objects were, so nothing in the file runs. Only a
+file whose weights themselves cannot be read that way needs `trust=True` (`--trust-checkpoint`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hashlib
 import json
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,8 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dip_export.config import DiPConfig, get_preset
-from dip_export.errors import CheckpointError
+from dip_export.config import DiPConfig, check_sampling_defaults, get_preset
+from dip_export.errors import CheckpointError, UsageError
 from dip_export.model import DiP
 
 DEMO_CHECKPOINT = Path(__file__).parent / "demo" / "dip-digits.safetensors"
@@ -58,23 +61,57 @@ def _sha256(path_text: str, size: int, mtime_ns: int, chunk: int = 1 << 22) -> s
 
 
 def _torch_load(path: Path, trust: bool) -> Any:
+    _check_pickle_header(path)
+    if trust:
+        return _torch_load_with(path, weights_only=False)
     try:
-        # mmap keeps a multi-GB checkpoint out of RAM; only the zip format supports it
-        return torch.load(path, map_location="cpu", weights_only=not trust, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as err:
-        if trust:
-            raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(err)})") from None
+        return _torch_load_with(path, weights_only=True)
+    except pickle.UnpicklingError:
+        pass  # objects other than tensors: read again with every such object left inert
+    from dip_export import inert_pickle
+
+    inert_pickle.replaced.clear()
+    try:
+        return _torch_load_with(path, weights_only=False, pickle_module=inert_pickle)
+    except CheckpointError:
+        names = ", ".join(sorted(inert_pickle.replaced)[:3]) or "unknown objects"
         raise CheckpointError(
-            f"{path}: refusing to unpickle objects other than tensors and plain containers "
-            f"({_first_line(err)}); if you trust this file, pass --trust-checkpoint"
+            f"{path}: its weights cannot be read without running code it names ({names}); "
+            "if you trust this file, pass --trust-checkpoint"
         ) from None
+
+
+def _torch_load_with(path: Path, weights_only: bool, pickle_module: Any = None) -> Any:
+    extra = {"pickle_module": pickle_module} if pickle_module is not None else {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's advice on plain pickles and weights_only
+            # mmap keeps a multi-GB checkpoint out of RAM; only the zip format supports it
+            return torch.load(
+                path, map_location="cpu", weights_only=weights_only, mmap=zipfile.is_zipfile(path), **extra
+            )
+    except pickle.UnpicklingError:
+        if weights_only:
+            raise
+        raise CheckpointError(f"{path}: truncated or not a checkpoint") from None
     except Exception as err:  # a damaged file can fail anywhere inside the unpickler
         raise CheckpointError(f"{path}: truncated or not a checkpoint ({_first_line(err)})") from None
 
 
+def _check_pickle_header(path: Path) -> None:
+    """A zip (torch.save) or a pickle (protocol 2+) starts with known bytes; anything else is not a checkpoint."""
+    with path.open("rb") as f:
+        head = f.read(4)
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return
+    kind = "a text or JSON file" if head[:1] in (b"{", b"[") or head.isascii() else "neither a zip nor a pickle"
+    raise CheckpointError(f"{path}: not a PyTorch checkpoint (it is {kind})")
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
-    return text[0][:200] if text else type(err).__name__
+    line = text[0][:200] if text else type(err).__name__
+    return re.sub(r"weights_only\S*\s*=\s*False", "weights_only off", line)
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -134,8 +171,10 @@ def infer_config(state: Mapping[str, Tensor]) -> DiPConfig:
             in_channels=channels,
             detailer_width=int(enc1.shape[0]),
         )
-    except (KeyError, ValueError) as err:
+    except KeyError as err:
         raise CheckpointError(f"cannot infer the DiP architecture from the weights (missing {err})") from None
+    except (ValueError, IndexError, ZeroDivisionError, UsageError) as err:
+        raise CheckpointError(f"cannot infer the DiP architecture from the weights ({_first_line(err)})") from None
 
 
 def build_model(config: DiPConfig, state: Mapping[str, Tensor] | None = None, seed: int = 0) -> DiP:
@@ -175,23 +214,67 @@ def load_checkpoint(
 ) -> LoadedModel:
     """Load a DiP from a file; `config` overrides the stored or inferred one."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+    _check_is_file(path)
     sampling: dict[str, Any] = {}
     if path.suffix == ".safetensors":
         state, meta = _read_safetensors(path)
-        if config is None and META_CONFIG in meta:
-            config = DiPConfig.from_dict(json.loads(meta[META_CONFIG]))
-        sampling = json.loads(meta.get(META_SAMPLING, "{}"))
+        stored = _stored_config(path, meta.get(META_CONFIG), json_text=True)
+        sampling = _stored_sampling(path, meta.get(META_SAMPLING, "{}"))
         state = select_state_dict(state, weights)
     else:
         obj = _torch_load(path, trust)
-        if isinstance(obj, Mapping) and isinstance(obj.get(META_CONFIG), Mapping) and config is None:
-            config = DiPConfig.from_dict(dict(obj[META_CONFIG]))
-        state = select_state_dict(obj, weights)
-    config = config or infer_config(state)
-    model = build_model(config, state)
+        stored = _stored_config(path, obj.get(META_CONFIG)) if isinstance(obj, Mapping) else None
+        try:
+            state = select_state_dict(obj, weights)
+        except CheckpointError as err:
+            raise CheckpointError(f"{path}: {err}") from None
+    config = config or stored
+    try:
+        config = check_config_matches(path, config, state) if config is not None else infer_config(state)
+        model = build_model(config, state)
+    except CheckpointError as err:
+        raise CheckpointError(str(err) if str(err).startswith(f"{path}:") else f"{path}: {err}") from None
     return LoadedModel(model, config, name=path.stem, source=str(path), sampling=sampling)
+
+
+def _check_is_file(path: Path) -> None:
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file (an export folder holds a manifest.json)")
+    if path.exists() and not path.is_file():
+        raise CheckpointError(f"{path} is not a regular file (a device or pipe?), not a checkpoint")
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+
+
+def _stored_config(path: Path, value: Any, json_text: bool = False) -> DiPConfig | None:
+    """The architecture a file records (safetensors metadata or a pickle's dip_config), checked."""
+    if value is None:
+        return None
+    try:
+        data = json.loads(value) if json_text else value
+        if not isinstance(data, Mapping):
+            raise UsageError(f"expected an object, got {type(data).__name__}")
+        return DiPConfig.from_dict(dict(data))
+    except (ValueError, TypeError, UsageError) as err:
+        raise CheckpointError(f"{path}: bad stored config {META_CONFIG} ({_first_line(err)})") from None
+
+
+def _stored_sampling(path: Path, text: str) -> dict[str, Any]:
+    try:
+        return check_sampling_defaults(json.loads(text))
+    except (ValueError, UsageError) as err:
+        raise CheckpointError(f"{path}: bad stored sampling defaults {META_SAMPLING} ({_first_line(err)})") from None
+
+
+def check_config_matches(path: Path, config: DiPConfig, state: Mapping[str, Tensor]) -> DiPConfig:
+    """A stored or given config must agree with the tensor shapes before a model of its size is built."""
+    inferred = infer_config(state)
+    fields = ("hidden_size", "depth", "patch_size", "num_classes", "in_channels", "detailer_width")
+    wrong = [f"{f} {getattr(config, f)} (weights: {getattr(inferred, f)})" for f in fields
+             if getattr(config, f) != getattr(inferred, f)]  # fmt: skip
+    if wrong:
+        raise CheckpointError(f"{path}: the config does not match the weights: {', '.join(wrong)}")
+    return config
 
 
 def save_checkpoint(path: str | Path, model: DiP, sampling: Mapping[str, Any] | None = None) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -18,8 +19,34 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from dip_export.errors import DipError
 
+try:  # typer >= 0.20 carries its own click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException  # type: ignore[no-redef]
+
 console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
+OPSETS = range(17, 21)  # what the exporter writes and ONNX Runtime runs for this model
+
+
+def print_error(message: str) -> None:
+    """Every error is one line: `error: ...` on stderr."""
+    line = " ".join(str(message).split())
+    console.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
+
+
+def run_app(app: typer.Typer) -> None:
+    """Run a command; parse errors of typer/click become one line too (exit 2), not a box."""
+    try:
+        code = app(standalone_mode=False)
+    except ClickException as err:
+        hint = " (see --help)" if err.exit_code == 2 else ""
+        print_error(err.format_message() + hint)
+        sys.exit(err.exit_code)
+    except typer.Abort:
+        console.print("[red]interrupted[/red]: nothing partial was kept")
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def handle_errors(func: F) -> F:
@@ -30,8 +57,12 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except DipError as err:
-            console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
+            print_error(str(err))
             raise typer.Exit(err.exit_code) from None
+        except OSError as err:  # a file that vanished or cannot be read mid-run: still one line
+            where = f"{err.filename}: " if err.filename else ""
+            print_error(f"{where}{err.strerror or err}")
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             console.print("[red]interrupted[/red]: nothing partial was kept")
             raise typer.Exit(130) from None
@@ -143,7 +174,7 @@ def _parse_interval(text: str) -> tuple[float, float]:
 
 
 def sample_main() -> None:
-    sample_app()
+    run_app(sample_app)
 
 
 # ---------------------------------------------------------------- dip-export
@@ -178,9 +209,17 @@ def export_onnx_cmd(
     precision, nothing is written (an earlier export in the folder is left as it was).
     """
     from dip_export.checkpoint import resolve_model
+    from dip_export.errors import UsageError
     from dip_export.export.onnx_export import export_onnx
     from dip_export.generate import check_image_size, parse_image_size
+    from dip_export.io import check_export_target
 
+    if precision not in ("fp32", "fp16", "bf16", "int8"):
+        raise UsageError(f"--precision must be fp32, fp16, bf16 or int8, got {precision!r}")
+    if opset not in OPSETS:
+        raise UsageError(f"--opset must be in {OPSETS.start}..{OPSETS.stop - 1}, got {opset}")
+    if output_dir is not None:
+        check_export_target(output_dir)
     loaded = resolve_model(Path(model) if model else None, preset, weights=weights, trust=trust_checkpoint)
     size = parse_image_size(image_size or loaded.config.image_size)
     check_image_size(*size, loaded.config.patch_size)
@@ -193,7 +232,7 @@ def export_onnx_cmd(
 
 
 def export_main() -> None:
-    export_app()
+    run_app(export_app)
 
 
 # ---------------------------------------------------------------- dip-bench
@@ -242,7 +281,7 @@ def bench(
 
 
 def bench_main() -> None:
-    bench_app()
+    run_app(bench_app)
 
 
 @export_app.command("trt")

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dip_export.errors import UsageError
+from dip_export.errors import DipError, UsageError
 from dip_export.generate import SamplePlan
 from dip_export.io import atomic_path, save_npz
 
@@ -84,13 +84,39 @@ def check_settings(folder: Path, settings: dict[str, Any], world: World) -> None
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
     world.barrier()
-    stored = json.loads(path.read_text())
+    stored = _read_settings(path)
     if stored != settings:
         diff = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
         raise UsageError(
             f"{folder} holds shards made with other settings ({', '.join(diff)}); "
             "use another --out or delete that folder to start over"
         )
+
+
+def _read_settings(path: Path) -> dict[str, Any]:
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise DipError(f"{path}: unreadable ({type(err).__name__}); delete {path.parent} to start over") from None
+    if not isinstance(stored, dict):
+        raise DipError(f"{path}: not a settings object; delete {path.parent} to start over")
+    return stored
+
+
+def _read_shard(path: Path, start: int, stop: int, shape: tuple[int, ...] | None) -> np.ndarray:
+    """One finished shard: its indices, count, dtype and image shape as this run expects, or one error."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            indices, images = data["indices"], data["arr_0"]
+    except Exception as err:  # zip, npy header and key errors of a damaged file all land here
+        raise DipError(f"{path}: damaged shard ({type(err).__name__}); delete it and rerun to remake it") from None
+    if not np.array_equal(indices, np.arange(start, stop)):
+        raise DipError(f"{path} holds other indices; delete {path.parent} and rerun")
+    if images.dtype != np.uint8 or images.ndim != 4 or len(images) != stop - start or (
+        shape is not None and images.shape[1:] != shape
+    ):
+        raise DipError(f"{path}: images of shape {images.shape} ({images.dtype}) do not belong to this run; delete it and rerun")
+    return images
 
 
 def read_class_file(path: Path, num_classes: int, n: int) -> list[int]:
@@ -134,12 +160,9 @@ def run_sharded(
     world.barrier()
     if not world.is_main:
         return None
-    parts = []
+    parts: list[np.ndarray] = []
     for k, (start, stop) in enumerate(shards):
-        with np.load(folder / f"shard-{k:06d}.npz") as data:
-            if not np.array_equal(data["indices"], np.arange(start, stop)):
-                raise UsageError(f"{folder}/shard-{k:06d}.npz holds other indices; delete {folder} and rerun")
-            parts.append(data["arr_0"])
+        parts.append(_read_shard(folder / f"shard-{k:06d}.npz", start, stop, parts[0].shape[1:] if parts else None))
     images = np.concatenate(parts)
     save_npz(out, images)
     return images

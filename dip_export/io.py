@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -27,14 +29,22 @@ def _tmp_prefix(target: Path) -> str:
     return f".{target.name}.{socket.gethostname()}-{os.getpid()}."
 
 
+EXPORT_FORMAT_PREFIX = "dip-export/"  # the `format` of every manifest.json this tool writes
+MANIFEST_NAME = "manifest.json"
+
+
 def remove_stale_temporaries(target: Path) -> None:
-    """Delete temporaries beside `target` left by processes of this host that no longer run (kill -9)."""
+    """Delete temporaries beside `target` left by processes of this host that no longer run (kill -9).
+
+    Only names exactly of the form this module makes (`.NAME.HOST-PID.XXXXXXXX.tmp`) are touched.
+    """
     host = socket.gethostname()
+    own = re.compile(rf"{re.escape(f'.{target.name}.{host}-')}(\d+)\.(?:old\.)?[a-z0-9_]{{8}}\.tmp")
     for path in target.parent.glob(f".{glob.escape(target.name)}.{glob.escape(host)}-*.tmp"):
-        pid_text = path.name[len(f".{target.name}.{host}-") :].split(".", 1)[0]
-        if not pid_text.isdigit() or _alive(int(pid_text)):
+        match = own.fullmatch(path.name)
+        if match is None or _alive(int(match.group(1))):
             continue
-        if path.is_dir():
+        if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
@@ -54,6 +64,7 @@ def _alive(pid: int) -> bool:
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds."""
     target = Path(target)
+    check_output_file(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(target)
@@ -65,15 +76,22 @@ def atomic_path(target: Path) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result should read like any new file
     try:
         yield tmp
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError as err:
+            raise DipError(f"cannot write {target}: {err.strerror or err}") from None
     finally:
         tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `target`; it replaces `target` only if the block succeeds."""
-    target = Path(target)
+    """Yield a temporary folder beside `target`; it replaces `target` only if the block succeeds.
+
+    An existing `target` is replaced only if it is an export this tool wrote (`check_export_target`).
+    """
+    target = Path(os.path.abspath(target))
+    check_export_target(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(target)
@@ -83,14 +101,96 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     try:
         yield tmp
         _normal_permissions(tmp)
-        old = target.with_name(f".{target.name}.old")
-        if target.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
+        check_export_target(target)  # still ours after the work
+        _swap_in(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _swap_in(tmp: Path, target: Path) -> None:
+    """Rename `tmp` onto `target`; an old export goes to a uniquely named temporary first, then away."""
+    try:
+        if not target.exists():
+            os.replace(tmp, target)
+            return
+        old = Path(tempfile.mkdtemp(prefix=_tmp_prefix(target) + "old.", suffix=".tmp", dir=target.parent))
+        os.replace(target, old)  # onto the empty folder we just made: nothing of the user's is named
+        os.replace(tmp, target)
+    except OSError as err:
+        raise DipError(f"cannot write {target}: {err.strerror or err}") from None
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def is_tool_export(folder: Path) -> bool:
+    """A real folder (no symlink) whose manifest.json says this tool wrote it."""
+    manifest = folder / MANIFEST_NAME
+    if folder.is_symlink() or not folder.is_dir() or manifest.is_symlink() or not manifest.is_file():
+        return False
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("format"), str) and data["format"].startswith(EXPORT_FORMAT_PREFIX)
+
+
+def check_export_target(target: Path) -> None:
+    """An export folder may be created, or replace an earlier export of this tool; nothing else is touched."""
+    target = Path(os.path.abspath(target))
+    cwd = Path(os.path.abspath(os.getcwd()))
+    if target == cwd or target in cwd.parents:
+        raise DipError(f"{target}: refusing to replace the working folder or one above it; name a new folder")
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise DipError(f"{target} exists and is not a folder; refusing to replace it (name a new folder)")
+    if target.is_dir() and any(target.iterdir()) and not is_tool_export(target):
+        raise DipError(
+            f"{target} exists and is not an export of this tool (no {MANIFEST_NAME} of format "
+            f"{EXPORT_FORMAT_PREFIX}*); refusing to replace it (name a new or empty folder)"
+        )
+    check_writable_parent(target)
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable_parent(path: Path) -> None:
+    """The folder that will hold `path` exists or can be made there, and can be written."""
+    anchor = _existing_ancestor(Path(os.path.abspath(path)).parent)
+    if not anchor.is_dir():
+        raise DipError(f"cannot write {path}: {anchor} is not a folder")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        raise DipError(f"cannot write {path}: {anchor} is not writable")
+
+
+def check_output_file(path: Path) -> None:
+    """A file output may be created or replace a regular file; never a folder. Checked before any work."""
+    path = Path(path)
+    if path.is_dir():
+        raise DipError(f"{path} is a folder; a file goes there (name a file)")
+    if path.exists() and not path.is_file():
+        raise DipError(f"{path} exists and is not a regular file")
+    check_writable_parent(path)
+
+
+def check_output_folder(folder: Path, allowed: set[str]) -> None:
+    """A folder output may be new, empty, or hold only files named in `allowed` (this run replaces them)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DipError(f"{folder} exists and is not a folder")
+    if folder.is_dir():
+        foreign = sorted(p.name for p in folder.iterdir() if p.name not in allowed)
+        if foreign:
+            raise DipError(
+                f"{folder} holds files this run would not replace ({', '.join(foreign[:3])}"
+                f"{', ...' if len(foreign) > 3 else ''}); use a new or empty folder"
+            )
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise DipError(f"cannot write into {folder}: not writable")
+        return
+    check_writable_parent(folder / "x")
 
 
 def _normal_permissions(folder: Path) -> None:

@@ -22,9 +22,9 @@ def test_leftovers_of_a_killed_process_are_removed_but_not_live_ones(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
     host_prefix = _tmp_prefix(target).rsplit("-", 1)[0]
-    stale = tmp_path / f"{host_prefix}-{dead_pid}.abc.tmp"
+    stale = tmp_path / f"{host_prefix}-{dead_pid}.abcd_123.tmp"
     stale.mkdir()
-    live = tmp_path / f"{host_prefix}-{os.getpid()}.xyz.tmp"
+    live = tmp_path / f"{host_prefix}-{os.getpid()}.xyzw_123.tmp"
     live.mkdir()
     with atomic_dir(target) as tmp:
         (tmp / "manifest.json").write_text("{}")

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from dip_export.config import DiPConfig
-from dip_export.errors import ExportError
-from dip_export.io import atomic_path
+from dip_export.config import MAX_IMAGE_SIDE, DiPConfig, check_sampling_defaults
+from dip_export.errors import ExportError, UsageError
+from dip_export.io import EXPORT_FORMAT_PREFIX, MANIFEST_NAME, atomic_path
 
-MANIFEST = "manifest.json"
-FORMAT = "dip-export/1"
+MANIFEST = MANIFEST_NAME
+FORMAT = EXPORT_FORMAT_PREFIX + "1"
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
+ROLES = ("backbone", "detailer")  # the sub-models every export holds
+QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearMatMul", "QLinearConv",
+                 "MatMulInteger", "ConvInteger"}  # fmt: skip
+MAX_MANIFEST_BYTES = 16 << 20
 
 
 @dataclass
@@ -51,17 +58,146 @@ def write_manifest(folder: Path, manifest: Manifest) -> None:
 
 
 def read_manifest(folder: Path) -> Manifest:
-    path = Path(folder) / MANIFEST
+    """The manifest of an export folder, checked against its schema and its ONNX files before use."""
+    folder = Path(folder)
+    path = folder / MANIFEST
     if not path.is_file():
         raise ExportError(f"{folder} is not an export folder (no {MANIFEST}); run `dip-export onnx` first")
     try:
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ValueError(f"larger than {MAX_MANIFEST_BYTES >> 20} MiB")
         data = json.loads(path.read_text())
-        if data.get("format") != FORMAT:
-            raise ExportError(f"{path}: unknown format {data.get('format')!r}, expected {FORMAT}")
-        manifest = Manifest.from_json(data)
-    except (ValueError, TypeError, KeyError) as err:
+    except (OSError, ValueError) as err:
         raise ExportError(f"{path}: unreadable manifest ({err})") from None
+    try:
+        manifest = parse_manifest(data)
+    except (ValueError, TypeError, KeyError, UsageError) as err:
+        raise ExportError(f"{path}: invalid manifest ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
     for role, rel in manifest.files.items():
-        if not (Path(folder) / rel).is_file():
-            raise ExportError(f"{folder}: the {role} file {rel} named in the manifest is missing")
+        check_graph(folder, inside(folder, rel, role), role, manifest)
+    for precision, entry in manifest.engines.items():
+        for role, rel in entry["files"].items():
+            inside(folder, rel, f"{precision} {role} engine", must_exist=False)
     return manifest
+
+
+def parse_manifest(data: Any) -> Manifest:
+    """Types and values of every field; raises ValueError / TypeError naming the first bad one."""
+    if not isinstance(data, dict):
+        raise TypeError(f"expected a JSON object, found {type(data).__name__}")
+    if data.get("format") != FORMAT:
+        raise ValueError(f"unknown format {data.get('format')!r}, expected {FORMAT}")
+    names = {f.name for f in fields(Manifest)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown fields {', '.join(unknown)}")
+    _typed(data, "name", str)
+    _typed(data, "opset", int)
+    for key in ("files", "source", "versions"):
+        _typed(data, key, dict)
+    for key in ("verification", "sampling", "engines", "extra"):
+        _typed(data, key, dict, required=False)
+    if data["precision"] not in PRECISIONS:
+        raise ValueError(f"precision {data['precision']!r} is not one of {', '.join(PRECISIONS)}")
+    size = data["image_size"]
+    if not (isinstance(size, list) and len(size) == 2 and all(type(v) is int and 1 <= v <= MAX_IMAGE_SIDE for v in size)):
+        raise ValueError(f"image_size must be [H, W] with integers in 1..{MAX_IMAGE_SIDE}, got {size!r}")
+    if not isinstance(data["config"], dict):
+        raise TypeError("config must be an object")
+    _check_files(data["files"], required=ROLES)
+    for precision, entry in data.get("engines", {}).items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("files"), dict):
+            raise ValueError(f"engines.{precision} must be an object with files")
+        _check_files(entry["files"])
+    check_sampling_defaults(data.get("sampling", {}))
+    manifest = Manifest.from_json(data)
+    patch = manifest.config.patch_size
+    if any(v % patch for v in manifest.image_size):
+        raise ValueError(f"image_size {size} is not a multiple of the patch size {patch}")
+    return manifest
+
+
+def _typed(data: dict[str, Any], key: str, kind: type, required: bool = True) -> None:
+    if key not in data:
+        if required:
+            raise KeyError(key)
+        return
+    value = data[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise TypeError(f"{key} must be of type {kind.__name__}, got {type(value).__name__}")
+
+
+def _check_files(files: dict[str, Any], required: tuple[str, ...] = ()) -> None:
+    missing = [r for r in required if r not in files]
+    if missing:
+        raise ValueError(f"files lacks {', '.join(missing)}")
+    bad = [k for k, v in files.items() if not isinstance(v, str) or not v]
+    if bad:
+        raise TypeError(f"files.{bad[0]} must be a relative path (a string)")
+
+
+def inside(folder: Path, rel: str, role: str, must_exist: bool = True) -> Path:
+    """`folder/rel` when it stays inside `folder`: no absolute path, no `..`, no symlink out."""
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or os.path.isabs(rel) or ".." in pure.parts or "\\" in rel:
+        raise ExportError(f"{folder}: the {role} path {rel!r} in the manifest leaves the export folder")
+    path = folder / rel
+    root = folder.resolve()
+    resolved = path.resolve()
+    if resolved != root and root not in resolved.parents:
+        raise ExportError(f"{folder}: the {role} path {rel!r} in the manifest leads outside the export folder")
+    if must_exist and not path.is_file():
+        raise ExportError(f"{folder}: the {role} file {rel} named in the manifest is missing")
+    return path
+
+
+def check_graph(folder: Path, path: Path, role: str, manifest: Manifest) -> None:
+    """The ONNX file parses, takes the manifest's image size, and carries the precision it is labelled with."""
+    stat = path.stat()
+    problem = _graph_problem(str(path.resolve()), stat.st_size, stat.st_mtime_ns, str(folder.resolve()),
+                             manifest.precision, (manifest.config.in_channels, *manifest.image_size))  # fmt: skip
+    if problem:
+        raise ExportError(f"{path}: {problem}")
+
+
+@functools.lru_cache(maxsize=64)
+def _graph_problem(path: str, size: int, mtime_ns: int, folder: str, precision: str, chw: tuple[int, int, int]) -> str:
+    import onnx
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as err:  # protobuf raises its own DecodeError, and others on random bytes
+        return f"not a readable ONNX model ({type(err).__name__})"
+    graph = model.graph
+    for tensor in graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                try:
+                    inside(Path(folder), entry.value, "external data", must_exist=False)
+                except ExportError:
+                    return f"external weights at {entry.value!r} lie outside the export folder"
+    inputs = {v.name: v for v in graph.input}
+    if "x" not in inputs:
+        return "not a DiP export graph (no input x)"
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs["x"].type.tensor_type.shape.dim]
+    if len(dims) != 4 or tuple(dims[1:]) != chw:
+        return f"input x has shape {dims}, the manifest says (batch, {chw[0]}, {chw[1]}, {chw[2]})"
+    return _precision_problem(model, precision)
+
+
+def _precision_problem(model: Any, precision: str) -> str:
+    from onnx import TensorProto
+
+    ops = {node.op_type for node in model.graph.node}
+    kinds = {t.data_type for t in model.graph.initializer}
+    quantized = bool(ops & QUANTIZED_OPS)
+    expected = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}
+    if precision in ("int8", "fp8"):
+        return "" if quantized else f"labelled {precision} but the graph holds no quantized operators"
+    if quantized:
+        return f"labelled {precision} but the graph is quantized"
+    if precision in expected and expected[precision] not in kinds:
+        return f"labelled {precision} but the graph holds no {precision} weights"
+    if precision == "fp32" and kinds & set(expected.values()):
+        return "labelled fp32 but the graph holds reduced-precision weights"
+    return ""
