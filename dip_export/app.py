@@ -195,10 +195,12 @@ def _run_sharded(
     console: Console,
 ) -> np.ndarray | None:
     """torchrun / --resume: shards of whole batches, resumable; rank 0 shows the global count and merges."""
-    from dip_export.distributed import parts_dir, run_sharded
+    from dip_export.distributed import check_finished_shards, check_settings, parts_dir, run_settings, run_sharded
 
     world.init(device)
     try:
+        check_settings(parts_dir(out), run_settings(identity, plan, batch_size, shard_batches), world)  # before any output
+        check_finished_shards(out, len(plan), batch_size * shard_batches, (*identity["size"], 3))
         if not world.is_main:
             return run_sharded(plan, out, world=world, settings=identity, batch_size=batch_size,
                                shard_batches=shard_batches, make_images=make_images)  # fmt: skip

@@ -146,7 +146,15 @@ def select_state_dict(obj: Any, weights: str = "ema") -> dict[str, Tensor]:
 
 
 def _tensors_only(state: Mapping[str, Any]) -> dict[str, Tensor]:
+    from dip_export.inert_pickle import Inert
+
     tensors = {k: v for k, v in state.items() if isinstance(v, Tensor)}
+    inert = sorted({v.qualified_name for v in state.values() if isinstance(v, Inert)})
+    if inert and "s_embedder.proj.weight" not in tensors:
+        raise CheckpointError(
+            f"its weights are objects that need code to be built ({', '.join(inert[:3])}); "
+            "if you trust this file, pass --trust-checkpoint"
+        )
     if "s_embedder.proj.weight" not in tensors:
         raise CheckpointError("no DiP weights found (no key s_embedder.proj.weight)")
     return tensors

@@ -75,6 +75,11 @@ def plan_digest(plan: SamplePlan) -> str:
     return hashlib.sha256(json.dumps([plan.seeds, plan.classes]).encode()).hexdigest()
 
 
+def run_settings(settings: dict[str, Any], plan: SamplePlan, batch_size: int, shard_batches: int) -> dict[str, Any]:
+    """What `settings.json` records: the caller's settings, the plan and the shard layout."""
+    return {**settings, "plan": plan_digest(plan), "shard_size": batch_size * shard_batches, "batch_size": batch_size}
+
+
 def check_settings(folder: Path, settings: dict[str, Any], world: World) -> None:
     """Rank 0 records the settings of the run; every rank refuses a folder made with other ones."""
     settings = json.loads(json.dumps(settings))  # tuples become lists, as they read back
@@ -119,6 +124,34 @@ def _read_shard(path: Path, start: int, stop: int, shape: tuple[int, ...] | None
     return images
 
 
+def check_finished_shards(out: Path, n: int, shard_size: int, image_shape: tuple[int, ...]) -> None:
+    """Before a resumed run starts: every shard already there has this run's indices and image shape."""
+    folder = parts_dir(out)
+    for k, (start, stop) in enumerate(shard_ranges(n, shard_size)):
+        path = folder / f"shard-{k:06d}.npz"
+        if path.is_file():
+            shape = _shard_header(path, start, stop)
+            if shape != (stop - start, *image_shape):
+                raise DipError(f"{path}: images of shape {shape} do not belong to this run; delete it and rerun")
+
+
+def _shard_header(path: Path, start: int, stop: int) -> tuple[int, ...]:
+    """The indices and the image array's shape of a shard, reading only the array's header."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            indices = data["indices"]
+            with data.zip.open("arr_0.npy") as f:
+                version = np.lib.format.read_magic(f)
+                shape, _, dtype = np.lib.format._read_array_header(f, version)
+    except Exception as err:  # zip, npy header and key errors of a damaged file all land here
+        raise DipError(f"{path}: damaged shard ({type(err).__name__}); delete it and rerun to remake it") from None
+    if not np.array_equal(indices, np.arange(start, stop)):
+        raise DipError(f"{path} holds other indices; delete {path.parent} and rerun")
+    if dtype != np.uint8:
+        raise DipError(f"{path}: images of type {dtype} do not belong to this run; delete it and rerun")
+    return tuple(shape)
+
+
 def read_class_file(path: Path, num_classes: int, n: int) -> list[int]:
     """Line i is the class of sample i."""
     try:
@@ -145,7 +178,7 @@ def run_sharded(
     """Generate this rank's missing shards, then (rank 0) merge all of them; returns the merged images on rank 0."""
     folder = parts_dir(out)
     shard_size = batch_size * shard_batches
-    check_settings(folder, {**settings, "plan": plan_digest(plan), "shard_size": shard_size, "batch_size": batch_size}, world)
+    check_settings(folder, run_settings(settings, plan, batch_size, shard_batches), world)
     shards = shard_ranges(len(plan), shard_size)
     done = sum(b - a for k, (a, b) in enumerate(shards) if (folder / f"shard-{k:06d}.npz").is_file())
     if on_images is not None and done:

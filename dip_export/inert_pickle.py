@@ -19,14 +19,19 @@ class Inert:
     """Stands for a global of the file; holds what the file passed to it and does nothing else."""
 
     qualified_name = "?"
+    args: tuple[Any, ...] = ()  # what the file passed to the constructor or function
+    state: Any = None  # what the file passed to __setstate__
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.args, self.kwargs = args, kwargs
-        self.state: Any = None
-        self.items: list[Any] = []
 
     def __setstate__(self, state: Any) -> None:
         self.state = state
+
+    @property
+    def items(self) -> list[Any]:
+        """Entries the file added as to a list or dict (pickle's APPEND / SETITEM on objects made by __new__)."""
+        return self.__dict__.setdefault("_items", [])
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self.items.append((key, value))

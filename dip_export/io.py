@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dip_export.errors import DipError
+from dip_export.errors import DipError, UsageError
 
 
 def _umask() -> int:
@@ -138,11 +138,11 @@ def check_export_target(target: Path) -> None:
     target = Path(os.path.abspath(target))
     cwd = Path(os.path.abspath(os.getcwd()))
     if target == cwd or target in cwd.parents:
-        raise DipError(f"{target}: refusing to replace the working folder or one above it; name a new folder")
+        raise UsageError(f"{target}: refusing to replace the working folder or one above it; name a new folder")
     if target.is_symlink() or (target.exists() and not target.is_dir()):
-        raise DipError(f"{target} exists and is not a folder; refusing to replace it (name a new folder)")
+        raise UsageError(f"{target} exists and is not a folder; refusing to replace it (name a new folder)")
     if target.is_dir() and any(target.iterdir()) and not is_tool_export(target):
-        raise DipError(
+        raise UsageError(
             f"{target} exists and is not an export of this tool (no {MANIFEST_NAME} of format "
             f"{EXPORT_FORMAT_PREFIX}*); refusing to replace it (name a new or empty folder)"
         )
@@ -160,18 +160,18 @@ def check_writable_parent(path: Path) -> None:
     """The folder that will hold `path` exists or can be made there, and can be written."""
     anchor = _existing_ancestor(Path(os.path.abspath(path)).parent)
     if not anchor.is_dir():
-        raise DipError(f"cannot write {path}: {anchor} is not a folder")
+        raise UsageError(f"cannot write {path}: {anchor} is not a folder")
     if not os.access(anchor, os.W_OK | os.X_OK):
-        raise DipError(f"cannot write {path}: {anchor} is not writable")
+        raise UsageError(f"cannot write {path}: {anchor} is not writable")
 
 
 def check_output_file(path: Path) -> None:
     """A file output may be created or replace a regular file; never a folder. Checked before any work."""
     path = Path(path)
     if path.is_dir():
-        raise DipError(f"{path} is a folder; a file goes there (name a file)")
+        raise UsageError(f"{path} is a folder; a file goes there (name a file)")
     if path.exists() and not path.is_file():
-        raise DipError(f"{path} exists and is not a regular file")
+        raise UsageError(f"{path} exists and is not a regular file")
     check_writable_parent(path)
 
 
@@ -179,16 +179,16 @@ def check_output_folder(folder: Path, allowed: set[str]) -> None:
     """A folder output may be new, empty, or hold only files named in `allowed` (this run replaces them)."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise DipError(f"{folder} exists and is not a folder")
+        raise UsageError(f"{folder} exists and is not a folder")
     if folder.is_dir():
         foreign = sorted(p.name for p in folder.iterdir() if p.name not in allowed)
         if foreign:
-            raise DipError(
+            raise UsageError(
                 f"{folder} holds files this run would not replace ({', '.join(foreign[:3])}"
                 f"{', ...' if len(foreign) > 3 else ''}); use a new or empty folder"
             )
         if not os.access(folder, os.W_OK | os.X_OK):
-            raise DipError(f"cannot write into {folder}: not writable")
+            raise UsageError(f"cannot write into {folder}: not writable")
         return
     check_writable_parent(folder / "x")
 

@@ -140,7 +140,7 @@ def inside(folder: Path, rel: str, role: str, must_exist: bool = True) -> Path:
     """`folder/rel` when it stays inside `folder`: no absolute path, no `..`, no symlink out."""
     pure = PurePosixPath(rel)
     if pure.is_absolute() or os.path.isabs(rel) or ".." in pure.parts or "\\" in rel:
-        raise ExportError(f"{folder}: the {role} path {rel!r} in the manifest leaves the export folder")
+        raise ExportError(f"{folder}: the {role} path {rel!r} in the manifest leads outside the export folder")
     path = folder / rel
     root = folder.resolve()
     resolved = path.resolve()
