@@ -142,7 +142,8 @@ def _shard_header(path: Path, start: int, stop: int) -> tuple[int, ...]:
             indices = data["indices"]
             with data.zip.open("arr_0.npy") as f:
                 version = np.lib.format.read_magic(f)
-                shape, _, dtype = np.lib.format._read_array_header(f, version)
+                read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+                shape, _, dtype = read_header[version](f)
     except Exception as err:  # zip, npy header and key errors of a damaged file all land here
         raise DipError(f"{path}: damaged shard ({type(err).__name__}); delete it and rerun to remake it") from None
     if not np.array_equal(indices, np.arange(start, stop)):
