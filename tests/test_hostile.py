@@ -347,7 +347,7 @@ def test_tampered_manifest_is_one_line_naming_the_file(export, tmp_path, no_samp
     one_line(code, err, 1, str(export))
 
 
-@pytest.mark.parametrize("kind", ["truncated", "random", "wrong_size", "fp32_labelled_int8", "fp32_labelled_fp16"])
+@pytest.mark.parametrize("kind", ["truncated", "random", "wrong_size", "swapped", "fp32_labelled_int8", "fp32_labelled_fp16"])
 def test_onnx_files_must_be_what_the_manifest_says(export, tmp_path, no_sampling, kind):
     graph = export / "backbone.onnx"
     if kind == "truncated":
@@ -356,10 +356,12 @@ def test_onnx_files_must_be_what_the_manifest_says(export, tmp_path, no_sampling
         graph.write_bytes(np.random.default_rng(0).bytes(5000))
     elif kind == "wrong_size":
         tamper(export, image_size=[64, 64])
+    elif kind == "swapped":
+        shutil.copy(export / "detailer.onnx", graph)
     else:
         tamper(export, precision=kind.rsplit("_", 1)[1])
     code, err = sample(export, "--classes", "1", "--seeds", "0", "--out", tmp_path / "o.npz")
-    one_line(code, err, 1, "backbone.onnx" if kind != "wrong_size" else "shape")
+    one_line(code, err, 1, "backbone.onnx")
 
 
 def test_onnx_external_data_outside_the_folder_is_refused(export, tmp_path, no_sampling):

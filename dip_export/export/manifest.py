@@ -153,15 +153,21 @@ def inside(folder: Path, rel: str, role: str, must_exist: bool = True) -> Path:
 
 def check_graph(folder: Path, path: Path, role: str, manifest: Manifest) -> None:
     """The ONNX file parses, takes the manifest's image size, and carries the precision it is labelled with."""
+    from dip_export.export.spec import io_specs
+
+    spec = io_specs(manifest.config, *manifest.image_size).get(role)
+    if spec is None:
+        raise ExportError(f"{folder}: unknown sub-model {role!r} in the manifest")
+    io = tuple((t.name, tuple(d if isinstance(d, int) else None for d in t.shape)) for t in spec.inputs + spec.outputs)
     stat = path.stat()
     problem = _graph_problem(str(path.resolve()), stat.st_size, stat.st_mtime_ns, str(folder.resolve()),
-                             manifest.precision, (manifest.config.in_channels, *manifest.image_size))  # fmt: skip
+                             manifest.precision, io)  # fmt: skip
     if problem:
         raise ExportError(f"{path}: {problem}")
 
 
 @functools.lru_cache(maxsize=64)
-def _graph_problem(path: str, size: int, mtime_ns: int, folder: str, precision: str, chw: tuple[int, int, int]) -> str:
+def _graph_problem(path: str, size: int, mtime_ns: int, folder: str, precision: str, io: tuple[Any, ...]) -> str:
     import onnx
 
     try:
@@ -176,12 +182,13 @@ def _graph_problem(path: str, size: int, mtime_ns: int, folder: str, precision: 
                     inside(Path(folder), entry.value, "external data", must_exist=False)
                 except ExportError:
                     return f"external weights at {entry.value!r} lie outside the export folder"
-    inputs = {v.name: v for v in graph.input}
-    if "x" not in inputs:
-        return "not a DiP export graph (no input x)"
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs["x"].type.tensor_type.shape.dim]
-    if len(dims) != 4 or tuple(dims[1:]) != chw:
-        return f"input x has shape {dims}, the manifest says (batch, {chw[0]}, {chw[1]}, {chw[2]})"
+    found = {v.name: v for v in list(graph.input) + list(graph.output)}
+    for name, want in io:
+        if name not in found:
+            return f"not this sub-model's graph (no input or output {name})"
+        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in found[name].type.tensor_type.shape.dim)
+        if len(dims) != len(want) or any(w is not None and d != w for d, w in zip(dims, want, strict=True)):
+            return f"{name} has shape {list(dims)}, the manifest's config and image size give {list(want)}"
     return _precision_problem(model, precision)
 
 
