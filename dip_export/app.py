@@ -108,7 +108,7 @@ def run_sample(
     )
     plan = _plan(config.num_classes, classes, seeds, num_samples, seed, class_file)
     if png_dir is not None:
-        check_output_folder(png_dir, {_png_name(i) for i in range(len(plan))})
+        check_output_folder(png_dir, lambda name: _png_index(name) < len(plan))
     # only now the heavy part: engines, and exports made on the fly
     if target is not None and target.is_dir():
         net = make_export_engine(spec, target, dev)
@@ -146,6 +146,12 @@ MAX_SHARD_BATCHES = 10_000
 
 def _png_name(index: int) -> str:
     return f"{index:06d}.png"
+
+
+def _png_index(name: str) -> float:
+    """The sample index of a file this command names `NNNNNN.png`; infinity for any other name."""
+    stem = name.removesuffix(".png")
+    return int(stem) if name.endswith(".png") and stem.isdigit() and _png_name(int(stem)) == name else float("inf")
 
 
 def content_digest(target: Path | None) -> str:

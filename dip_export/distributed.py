@@ -24,6 +24,7 @@ from dip_export.generate import SamplePlan
 from dip_export.io import atomic_path, save_npz
 
 SETTINGS_FILE = "settings.json"
+MAX_CLASS_FILE_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -155,10 +156,12 @@ def _shard_header(path: Path, start: int, stop: int) -> tuple[int, ...]:
 
 def read_class_file(path: Path, num_classes: int, n: int) -> list[int]:
     """Line i is the class of sample i."""
+    if not path.is_file() or path.stat().st_size > MAX_CLASS_FILE_BYTES:
+        raise UsageError(f"--class-file {path}: not a regular file of at most {MAX_CLASS_FILE_BYTES >> 20} MiB")
     try:
         lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
         classes = [int(v) for v in lines]
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError) as err:  # UnicodeDecodeError is a ValueError
         raise UsageError(f"--class-file {path}: one integer class per line expected ({err})") from None
     if len(classes) < n:
         raise UsageError(f"--class-file {path} has {len(classes)} classes for {n} samples")

@@ -10,7 +10,7 @@ import re
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -175,13 +175,13 @@ def check_output_file(path: Path) -> None:
     check_writable_parent(path)
 
 
-def check_output_folder(folder: Path, allowed: set[str]) -> None:
-    """A folder output may be new, empty, or hold only files named in `allowed` (this run replaces them)."""
+def check_output_folder(folder: Path, allowed: Callable[[str], bool]) -> None:
+    """A folder output may be new, empty, or hold only files `allowed` names (this run replaces them)."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"{folder} exists and is not a folder")
     if folder.is_dir():
-        foreign = sorted(p.name for p in folder.iterdir() if p.name not in allowed)
+        foreign = sorted(p.name for p in folder.iterdir() if not (allowed(p.name) and p.is_file()))
         if foreign:
             raise UsageError(
                 f"{folder} holds files this run would not replace ({', '.join(foreign[:3])}"
