@@ -309,8 +309,10 @@ def resolve_model(
     trust: bool = False,
 ) -> LoadedModel:
     """The model a command works on: a checkpoint, a random-weight preset, or the bundled demo."""
+    if weights not in ("ema", "raw"):
+        raise UsageError(f"--weights must be ema or raw, got {weights!r}")
     if checkpoint is not None:
-        config = get_preset(preset) if preset else None
+        config = get_preset(preset) if preset is not None else None
         return load_checkpoint(checkpoint, weights=weights, trust=trust, config=config)
     if preset is not None:
         config = get_preset(preset)

@@ -634,3 +634,46 @@ def test_random_bad_arguments_fail_cleanly(tmp_path_factory, bad):
     assert len(err.strip().splitlines()) == 1 and err.startswith("error:"), err
     assert "Traceback" not in err
     assert list(work.iterdir()) == []
+
+
+EXPORT_BAD_ARGS = st.one_of(
+    st.tuples(st.just("--opset"), st.one_of(st.integers(max_value=16), st.integers(min_value=21), st.just("x"))),
+    st.tuples(st.just("--precision"), _bad_name.filter(lambda s: s not in ("fp32", "fp16", "bf16", "int8"))),
+    st.tuples(st.just("--image-size"), _bad_size),
+    st.tuples(st.just("--weights"), st.sampled_from(["", "both", "x"])),
+    st.tuples(st.just("--preset"), st.sampled_from(["dip-zz", "", "xl"])),
+)
+BENCH_BAD_ARGS = st.one_of(
+    st.tuples(st.just("--steps"), _bad_int),
+    st.tuples(st.just("--batch"), _bad_int),
+    st.tuples(st.just("--cfg"), _bad_float),
+    st.tuples(st.just("--repeats"), st.one_of(st.integers(max_value=0), st.integers(min_value=1001))),
+    st.tuples(st.just("--warmup"), st.integers(max_value=-1)),
+    st.tuples(st.just("--backends"), st.sampled_from(["", ",", " , ", "tpu", "torch:int3", "onnx,cuda"])),
+    st.tuples(st.just("--image-size"), _bad_size),
+)
+
+
+def _fails_cleanly(work: Path, main, argv: list[str]) -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)
+        mp.setattr("dip_export.export.onnx_export.export_onnx", lambda *a, **k: pytest.fail("export started"))
+        mp.setattr("dip_export.bench.run_bench", lambda *a, **k: pytest.fail("benchmark started"))
+        code, err = run(main, *argv)
+    assert code in (1, 2), err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error:"), err
+    assert list(work.iterdir()) == []
+
+
+@RUN_SETTINGS
+@given(bad=st.lists(EXPORT_BAD_ARGS, min_size=1, max_size=3))
+def test_random_bad_export_arguments_fail_cleanly(tmp_path_factory, bad):
+    work = tmp_path_factory.mktemp("prop")
+    _fails_cleanly(work, cli.export_main, ["onnx", *[str(v) for pair in bad for v in pair], "--output-dir", "out"])
+
+
+@RUN_SETTINGS
+@given(bad=st.lists(BENCH_BAD_ARGS, min_size=1, max_size=3))
+def test_random_bad_bench_arguments_fail_cleanly(tmp_path_factory, bad):
+    work = tmp_path_factory.mktemp("prop")
+    _fails_cleanly(work, cli.bench_main, [*[str(v) for pair in bad for v in pair], "--json", "r.json", "--plot", "p.png"])
