@@ -330,6 +330,8 @@ def test_bad_safetensors_metadata_names_the_file(tmp_path, golden, meta):
         {"files__backbone": 7},
         {"config": "big"},
         {"config": {"hidden_size": -1}},
+        {"config__num_classes": 1000},
+        {"config__hidden_size": 192},
         {"sampling": {"steps": 10**12}},
         {"precision": "fp64"},
         {"precision": 123},

@@ -161,13 +161,15 @@ def check_graph(folder: Path, path: Path, role: str, manifest: Manifest) -> None
     io = tuple((t.name, tuple(d if isinstance(d, int) else None for d in t.shape)) for t in spec.inputs + spec.outputs)
     stat = path.stat()
     problem = _graph_problem(str(path.resolve()), stat.st_size, stat.st_mtime_ns, str(folder.resolve()),
-                             manifest.precision, io)  # fmt: skip
+                             manifest.precision, io, manifest.config.num_classes)  # fmt: skip
     if problem:
         raise ExportError(f"{path}: {problem}")
 
 
 @functools.lru_cache(maxsize=64)
-def _graph_problem(path: str, size: int, mtime_ns: int, folder: str, precision: str, io: tuple[Any, ...]) -> str:
+def _graph_problem(
+    path: str, size: int, mtime_ns: int, folder: str, precision: str, io: tuple[Any, ...], num_classes: int
+) -> str:
     import onnx
 
     try:
@@ -189,6 +191,9 @@ def _graph_problem(path: str, size: int, mtime_ns: int, folder: str, precision: 
         dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in found[name].type.tensor_type.shape.dim)
         if len(dims) != len(want) or any(w is not None and d != w for d, w in zip(dims, want, strict=True)):
             return f"{name} has shape {list(dims)}, the manifest's config and image size give {list(want)}"
+    for tensor in graph.initializer:  # the label table: num_classes rows + the null class
+        if tensor.name.endswith("embedding_table.weight") and tensor.dims and tensor.dims[0] != num_classes + 1:
+            return f"the graph has {tensor.dims[0] - 1} classes, the manifest's config says {num_classes}"
     return _precision_problem(model, precision)
 
 
