@@ -166,6 +166,7 @@ def content_digest(target: Path | None) -> str:
 
     manifest = read_manifest(target)
     files = [MANIFEST, *sorted(manifest.files.values())]
+    files += [f"{rel}.data" for rel in files if (target / f"{rel}.data").is_file()]  # external weights
     return ",".join(sha256_file(target / rel) for rel in files)
 
 
