@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from dip_export.checkpoint import resolve_model
-from dip_export.errors import UsageError
+from dip_export.errors import DipError, ExportError, UsageError
 from dip_export.generate import (
     SamplePlan,
     check_image_size,
@@ -111,7 +111,7 @@ def run_sample(
         check_output_folder(png_dir, lambda name: _png_index(name) < len(plan))
     # only now the heavy part: engines, and exports made on the fly
     if target is not None and target.is_dir():
-        net = make_export_engine(spec, target, dev)
+        net = _open_export(spec, target, dev)
     else:
         net = make_engine(spec, loaded, size, dev, console, batch=batch_size)
 
@@ -142,6 +142,17 @@ def run_sample(
 
 
 MAX_SHARD_BATCHES = 10_000
+
+
+def _open_export(spec: BackendSpec, folder: Path, device: torch.device) -> Any:
+    """The engine over an export folder; a graph its runtime rejects is one error naming the folder."""
+    try:
+        return make_export_engine(spec, folder, device)
+    except DipError:
+        raise
+    except Exception as err:  # ONNX Runtime's and TensorRT's exception types share no base with ours
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ExportError(f"{folder}: the {spec.name} runtime cannot load this export ({type(err).__name__}: {first})") from None
 
 
 def _png_name(index: int) -> str:

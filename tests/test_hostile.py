@@ -366,6 +366,14 @@ def test_onnx_files_must_be_what_the_manifest_says(export, tmp_path, no_sampling
     one_line(code, err, 1, "backbone.onnx")
 
 
+def test_graph_the_runtime_rejects_is_one_line(export, tmp_path, no_sampling):
+    model = onnx.load(str(export / "detailer.onnx"))
+    model.graph.node[0].op_type = "NoSuchOperator"
+    onnx.save_model(model, str(export / "detailer.onnx"))
+    code, err = sample(export, "--classes", "1", "--seeds", "0", "--out", tmp_path / "o.npz")
+    one_line(code, err, 1, str(export), "cannot load")
+
+
 def test_onnx_external_data_outside_the_folder_is_refused(export, tmp_path, no_sampling):
     model = onnx.load(str(export / "detailer.onnx"))
     onnx.save_model(model, str(export / "detailer.onnx"), save_as_external_data=True, location="detailer.onnx.data",
