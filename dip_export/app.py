@@ -87,7 +87,9 @@ def run_sample(
         from dip_export.export.manifest import read_manifest
 
         manifest = read_manifest(target)
-        spec = BackendSpec.parse(backend or ("onnx:int8" if manifest.precision == "int8" else "onnx"))
+        spec = BackendSpec.parse(backend or f"onnx:{manifest.precision}")
+        if spec.name == "onnx" and spec.precision != manifest.precision:
+            raise UsageError(f"{target} is a {manifest.precision} export; use --backend onnx:{manifest.precision} or omit it")
         config, name, recommended = manifest.config, manifest.name, manifest.sampling
         size = manifest.image_size
         if image_size is not None and parse_image_size(image_size) != size:

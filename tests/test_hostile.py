@@ -366,6 +366,11 @@ def test_onnx_files_must_be_what_the_manifest_says(export, tmp_path, no_sampling
     one_line(code, err, 1, "backbone.onnx")
 
 
+def test_backend_precision_must_match_the_export(export, tmp_path, no_sampling):
+    code, err = sample(export, "--backend", "onnx:int8", "--classes", "1", "--seeds", "0", "--out", tmp_path / "o.npz")
+    one_line(code, err, 2, "is a fp32 export")
+
+
 def test_graph_the_runtime_rejects_is_one_line(export, tmp_path, no_sampling):
     model = onnx.load(str(export / "detailer.onnx"))
     model.graph.node[0].op_type = "NoSuchOperator"
