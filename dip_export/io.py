@@ -114,9 +114,17 @@ def _swap_in(tmp: Path, target: Path) -> None:
             os.replace(tmp, target)
             return
         old = Path(tempfile.mkdtemp(prefix=_tmp_prefix(target) + "old.", suffix=".tmp", dir=target.parent))
+    except OSError as err:
+        raise DipError(f"cannot write {target}: {err.strerror or err}") from None
+    try:
         os.replace(target, old)  # onto the empty folder we just made: nothing of the user's is named
+    except OSError as err:
+        old.rmdir()
+        raise DipError(f"cannot write {target}: {err.strerror or err}") from None
+    try:
         os.replace(tmp, target)
     except OSError as err:
+        os.replace(old, target)  # the earlier export goes back where it was
         raise DipError(f"cannot write {target}: {err.strerror or err}") from None
     shutil.rmtree(old, ignore_errors=True)
 
