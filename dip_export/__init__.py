@@ -1,7 +1,30 @@
-"""dip-export: export, accelerate and sample DiP pixel-space diffusion models."""
+"""dip-export: export, accelerate and sample DiP pixel-space diffusion models.
+
+```python
+from dip_export import DiPPipeline
+
+images = DiPPipeline.load()(classes=[1, 7], seeds=[0, 1])  # the bundled demo model; uint8 (N, H, W, 3)
+```
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from dip_export.config import PRESETS, DiPConfig
 from dip_export.errors import DipError
 
-__all__ = ["PRESETS", "DiPConfig", "DipError"]
+if TYPE_CHECKING:
+    from dip_export.pipeline import DiPPipeline
+
+__all__ = ["PRESETS", "DiPConfig", "DiPPipeline", "DipError"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # the pipeline pulls in torch and the model: loaded on first use, so `--help` stays quick
+    if name == "DiPPipeline":
+        from dip_export.pipeline import DiPPipeline
+
+        return DiPPipeline
+    raise AttributeError(f"module 'dip_export' has no attribute {name!r}")

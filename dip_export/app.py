@@ -11,21 +11,11 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from dip_export.checkpoint import resolve_model
-from dip_export.errors import DipError, ExportError, UsageError
-from dip_export.generate import (
-    SamplePlan,
-    check_image_size,
-    check_run_limits,
-    check_seed,
-    generate,
-    make_plan,
-    parse_image_size,
-    parse_int_list,
-)
+from dip_export.errors import UsageError
+from dip_export.generate import SamplePlan, check_run_limits, check_seed, make_plan, parse_image_size, parse_int_list
 from dip_export.io import check_output_file, check_output_folder, image_grid, save_npz, save_png
-from dip_export.pipeline import make_engine
-from dip_export.runtime.factory import GRAPH_BACKENDS, BackendSpec, make_export_engine
+from dip_export.pipeline import DiPPipeline
+from dip_export.runtime.factory import BackendSpec
 from dip_export.runtime.torch_engine import resolve_device
 from dip_export.sampling import SamplerSettings
 
@@ -57,6 +47,7 @@ def run_sample(
     out: Path,
     console: Console,
     progress: Progress,
+    revision: str | None = None,
     class_file: Path | None = None,
     resume: bool = False,
     shard_batches: int = 4,
@@ -82,51 +73,29 @@ def run_sample(
     check_output_file(out.with_suffix(".png"))
     if png_dir is not None and png_dir.exists() and not png_dir.is_dir():
         raise UsageError(f"--png-dir {png_dir} exists and is not a folder")
-    target = Path(model) if model is not None else None
-    if target is not None and target.is_dir():  # an export folder: ONNX Runtime unless told otherwise
-        from dip_export.export.manifest import read_manifest
-
-        manifest = read_manifest(target)
-        spec = BackendSpec.parse(backend or f"onnx:{manifest.precision}")
-        if spec.name == "onnx" and spec.precision != manifest.precision:
-            raise UsageError(f"{target} is a {manifest.precision} export; use --backend onnx:{manifest.precision} or omit it")
-        config, name, recommended = manifest.config, manifest.name, manifest.sampling
-        size = manifest.image_size
-        if image_size is not None and parse_image_size(image_size) != size:
-            raise UsageError(f"this export is fixed at {size[0]}x{size[1]}; another --image-size needs a new export")
-    else:
-        spec = BackendSpec.parse(backend or "torch")
-        loaded = resolve_model(target, preset, weights=weights, trust=trust)
-        config, name, recommended = loaded.config, loaded.name, loaded.sampling
-        size = parse_image_size(image_size or config.image_size)
-        check_image_size(*size, config.patch_size)
-    settings = SamplerSettings(
-        steps=steps if steps is not None else int(recommended.get("steps", 100)),
-        cfg=cfg if cfg is not None else float(recommended.get("cfg", 1.0)),
-        shift=shift,
-        interval=interval,
-        method=method,
-        cache_interval=cache_interval,
+    pipe = DiPPipeline.load(
+        model, preset=preset, backend=backend, device=dev, weights=weights, trust_checkpoint=trust, revision=revision,
+        image_size=image_size, batch_size=batch_size, console=console,
+    )  # fmt: skip
+    config, name, size = pipe.config, pipe.name, pipe.image_size
+    settings = pipe.sampler_settings(
+        steps=steps, cfg=cfg, shift=shift, guidance_interval=interval, sampler=method, cache_interval=cache_interval
     )
     plan = _plan(config.num_classes, classes, seeds, num_samples, seed, class_file)
     if png_dir is not None:
         check_output_folder(png_dir, lambda name: _png_index(name) < len(plan))
-    # only now the heavy part: engines, and exports made on the fly
-    if target is not None and target.is_dir():
-        net = _open_export(spec, target, dev)
-    else:
-        net = make_engine(spec, loaded, size, dev, console, batch=batch_size)
+    spec = pipe.choose_backend()  # only now the heavy part: measuring (auto), engines, exports made on the fly
+    if pipe.reason:
+        console.print(f"backend {pipe.reason}")
+    pipe.engine()
 
     def make_images(part: SamplePlan, on_step: Callable[[int], None] | None = None) -> np.ndarray:
-        return generate(
-            net, part, settings, null_class=config.null_class, height=size[0], width=size[1],
-            batch_size=batch_size, device=dev, on_step=on_step, cuda_graphs=cuda_graphs and spec.name in GRAPH_BACKENDS,
-        )  # fmt: skip
+        return pipe.generate(part, settings, batch_size=batch_size, cuda_graphs=cuda_graphs, on_step=on_step)
 
     if world.size > 1 or resume:
         identity = {
-            "model": name, "source": str(target or preset or "demo"), "backend": str(spec), "weights": weights,
-            "sampler": settings.__dict__, "size": list(size), "content": content_digest(target),
+            "model": name, "source": pipe.source.identity, "backend": str(spec), "weights": weights,
+            "sampler": settings.__dict__, "size": list(size), "content": content_digest(pipe.source.path),
         }  # fmt: skip
         images = _run_sharded(plan, out, world, dev, identity, batch_size, shard_batches, make_images, progress, console)
         if images is None:
@@ -144,17 +113,6 @@ def run_sample(
 
 
 MAX_SHARD_BATCHES = 10_000
-
-
-def _open_export(spec: BackendSpec, folder: Path, device: torch.device) -> Any:
-    """The engine over an export folder; a graph its runtime rejects is one error naming the folder."""
-    try:
-        return make_export_engine(spec, folder, device)
-    except DipError:
-        raise
-    except Exception as err:  # ONNX Runtime's and TensorRT's exception types share no base with ours
-        first = (str(err).strip().splitlines() or [""])[0][:200]
-        raise ExportError(f"{folder}: the {spec.name} runtime cannot load this export ({type(err).__name__}: {first})") from None
 
 
 def _png_name(index: int) -> str:
@@ -268,15 +226,18 @@ def run_bench_cmd(
     trust: bool,
     console: Console,
     progress: Progress,
+    revision: str | None = None,
 ) -> None:
     import json
 
+    from dip_export.autobackend import recommend_from_bench
     from dip_export.bench import BenchSettings, plot_report, render_table, run_bench
     from dip_export.io import atomic_path
 
-    specs = [BackendSpec.parse(b) for b in backends.split(",") if b.strip()]
-    if not specs:
+    names = [b.strip() for b in backends.split(",") if b.strip()]
+    if not names:
         raise UsageError("--backends is empty; name at least one, e.g. torch")
+    specs = [BackendSpec.parse(b) for b in names if b != "auto"]
     if steps < 1 or batch < 1 or repeats < 1 or warmup < 0:
         raise UsageError("--steps, --batch and --repeats must be >= 1, --warmup >= 0")
     check_run_limits(steps=steps, cfg=cfg, batch_size=batch, cache_interval=cache_interval)
@@ -286,9 +247,18 @@ def run_bench_cmd(
         if path is not None:
             check_output_file(path)
     dev = resolve_device(device)
-    loaded = resolve_model(Path(model) if model else None, preset, weights=weights, trust=trust)
-    size = parse_image_size(image_size or loaded.config.image_size)
-    check_image_size(*size, loaded.config.patch_size)
+    pipe = DiPPipeline.load(
+        model, preset=preset, backend="auto" if "auto" in names else None, device=dev, weights=weights,
+        trust_checkpoint=trust, revision=revision, image_size=image_size, batch_size=batch, console=console,
+    )  # fmt: skip
+    loaded = pipe.source.loaded
+    if loaded is None:
+        raise UsageError("dip-bench runs from a checkpoint, a preset or the demo model, not an export folder")
+    size = pipe.image_size
+    if "auto" in names:
+        chosen = pipe.choose_backend()
+        console.print(f"--backend auto: {pipe.reason}")
+        specs = list(dict.fromkeys([*specs, chosen]))
     settings = BenchSettings(
         steps=steps, batch=batch, cfg=cfg, height=size[0], width=size[1], warmup=warmup, repeats=repeats,
         cache_interval=cache_interval, cuda_graphs=cuda_graphs,
@@ -299,6 +269,10 @@ def run_bench_cmd(
     if not out.is_terminal:
         out = Console(width=200)  # a file or pipe: do not squeeze the table
     out.print(render_table(report))
+    recommendation = recommend_from_bench(report)
+    if recommendation is not None:
+        report["recommendation"] = recommendation
+        out.print(f"fastest fp32/bf16 backend here: {recommendation}  (dip-sample --backend auto picks by measuring)")
     if json_out is not None:
         with atomic_path(json_out) as tmp:
             tmp.write_text(json.dumps(report, indent=2) + "\n")

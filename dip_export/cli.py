@@ -22,7 +22,7 @@ from dip_export.errors import DipError
 try:  # typer >= 0.20 carries its own click
     from typer._click.exceptions import ClickException
 except ImportError:  # pragma: no cover
-    from click.exceptions import ClickException  # type: ignore[no-redef]
+    from click.exceptions import ClickException  # type: ignore[no-redef,assignment]
 
 console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -92,7 +92,8 @@ sample_app = _app("Generate images from a DiP checkpoint or export.")
 ModelArg = Annotated[
     str | None,
     typer.Argument(
-        help="Checkpoint file (.pt/.ckpt/.safetensors) or an export folder (dip-export onnx). Omitted: the bundled demo model.",
+        help="Checkpoint file (.pt/.ckpt/.safetensors), an export folder (dip-export onnx), or a Hugging Face Hub repo "
+        "org/name[/FILE]. Omitted: the bundled demo model.",
         show_default=False,
     ),
 ]
@@ -100,6 +101,9 @@ PresetOpt = Annotated[
     str | None, typer.Option("--preset", help="Random-weight architecture: dip-xl-16, dip-l-16, dip-b-16, dip-s-16.")
 ]
 WeightsOpt = Annotated[str, typer.Option("--weights", help="Which weights of a training checkpoint: ema or raw.")]
+RevisionOpt = Annotated[
+    str | None, typer.Option("--revision", help="Hub branch, tag or commit, with an org/name checkpoint.", show_default=False)
+]
 TrustOpt = Annotated[
     bool,
     typer.Option("--trust-checkpoint", help="Allow a pickle that needs arbitrary code to load (only for files you trust)."),
@@ -127,12 +131,14 @@ def sample(
     backend: Annotated[
         str | None,
         typer.Option(
-            help="torch[:bf16], compile[:bf16], onnx[:int8], trt[:fp16|int8] [default: torch; onnx for an export folder]."
+            help="torch[:bf16], compile[:bf16], onnx[:int8], trt[:fp16|int8], or auto: the fastest fp32/bf16 backend of "
+            "this machine, measured once and cached under engines/ [default: torch; onnx for an export folder]."
         ),
     ] = None,
     cuda_graphs: Annotated[bool, typer.Option(help="Replay each step as one CUDA graph (CUDA; torch, compile, trt).")] = True,
     weights: WeightsOpt = "ema",
     trust_checkpoint: TrustOpt = False,
+    revision: RevisionOpt = None,
     out: Annotated[Path, typer.Option(help="Output .npz (ADM layout); a PNG grid is written beside it.")] = Path("samples.npz"),
     class_file: Annotated[Path | None, typer.Option(help="Class of sample i on line i (with --num-samples).")] = None,
     resume: Annotated[
@@ -157,7 +163,7 @@ def sample(
         steps=steps, cfg=cfg, shift=shift, interval=interval, method=sampler, cache_interval=cache_interval,
         image_size=image_size, batch_size=batch_size, device=device, backend=backend, cuda_graphs=cuda_graphs, weights=weights,
         trust=trust_checkpoint, out=out, console=console, progress=progress_bar(), class_file=class_file,
-        resume=resume, shard_batches=shard_batches, png_dir=png_dir,
+        resume=resume, shard_batches=shard_batches, png_dir=png_dir, revision=revision,
     )  # fmt: skip
 
 
@@ -191,7 +197,7 @@ def _export_group() -> None:
 def export_onnx_cmd(
     model: Annotated[
         str | None,
-        typer.Argument(help="Checkpoint file; omitted: --preset or the bundled demo model.", show_default=False),
+        typer.Argument(help="Checkpoint file or Hub repo org/name[/FILE]; omitted: --preset or the demo.", show_default=False),
     ] = None,
     preset: PresetOpt = None,
     image_size: Annotated[str | None, typer.Option(help="Fixed at export: 256 or HxW [default: the model's].")] = None,
@@ -202,17 +208,18 @@ def export_onnx_cmd(
     output_dir: Annotated[Path | None, typer.Option(help="Folder to write [default: engines/<model>-<HxW>-<precision>].")] = None,
     weights: WeightsOpt = "ema",
     trust_checkpoint: TrustOpt = False,
+    revision: RevisionOpt = None,
 ) -> None:
     """Write backbone.onnx, detailer.onnx and manifest.json, verified with ONNX Runtime.
 
     Verification against PyTorch at two batch sizes is a hard error: above the tolerance for the
     precision, nothing is written (an earlier export in the folder is left as it was).
     """
-    from dip_export.checkpoint import resolve_model
     from dip_export.errors import UsageError
     from dip_export.export.onnx_export import export_onnx
     from dip_export.generate import check_image_size, parse_image_size
     from dip_export.io import check_export_target
+    from dip_export.pipeline import open_source
 
     if precision not in ("fp32", "fp16", "bf16", "int8"):
         raise UsageError(f"--precision must be fp32, fp16, bf16 or int8, got {precision!r}")
@@ -220,7 +227,10 @@ def export_onnx_cmd(
         raise UsageError(f"--opset must be in {OPSETS.start}..{OPSETS.stop - 1}, got {opset}")
     if output_dir is not None:
         check_export_target(output_dir)
-    loaded = resolve_model(Path(model) if model else None, preset, weights=weights, trust=trust_checkpoint)
+    source = open_source(model, preset=preset, weights=weights, trust_checkpoint=trust_checkpoint, revision=revision)
+    if source.loaded is None:
+        raise UsageError(f"{model} is an export folder already; export from a checkpoint")
+    loaded = source.loaded
     size = parse_image_size(image_size or loaded.config.image_size)
     check_image_size(*size, loaded.config.patch_size)
     if precision == "int8":
@@ -244,7 +254,7 @@ bench_app = _app("Benchmark every backend on the same seeds: speed, quality, mem
 def bench(
     model: Annotated[
         str | None,
-        typer.Argument(help="Checkpoint file; omitted: --preset or the bundled demo model.", show_default=False),
+        typer.Argument(help="Checkpoint file or Hub repo org/name[/FILE]; omitted: --preset or the demo.", show_default=False),
     ] = None,
     preset: PresetOpt = None,
     steps: Annotated[int, typer.Option(help="Sampler steps per run.")] = 50,
@@ -252,7 +262,7 @@ def bench(
     cfg: Annotated[float, typer.Option(help="Guidance scale (1 = no guidance, half the work).")] = 4.0,
     image_size: Annotated[str | None, typer.Option(help="256 or HxW [default: the model's].")] = None,
     backends: Annotated[
-        str, typer.Option(help="Comma-separated name[:precision] list.")
+        str, typer.Option(help="Comma-separated name[:precision] list; 'auto' adds the backend --backend auto picks.")
     ] = "torch,torch:bf16,compile,compile:bf16,onnx,onnx:int8,trt:fp16,trt:int8",
     variants: Annotated[bool, typer.Option(help="Also time the sampler savings (token reuse, guidance-1 skip).")] = False,
     cache_interval: Annotated[int, typer.Option(help="Backbone every K steps in every row.")] = 1,
@@ -264,6 +274,7 @@ def bench(
     plot: Annotated[Path | None, typer.Option(help="Write latency bars + speed/quality scatter (PNG).")] = None,
     weights: WeightsOpt = "ema",
     trust_checkpoint: TrustOpt = False,
+    revision: RevisionOpt = None,
 ) -> None:
     """Time eager PyTorch, torch.compile, ONNX Runtime and TensorRT on the same sampler run.
 
@@ -277,6 +288,7 @@ def bench(
         model=model, preset=preset, steps=steps, batch=batch, cfg=cfg, image_size=image_size, backends=backends,
         variants=variants, cache_interval=cache_interval, cuda_graphs=cuda_graphs, warmup=warmup, repeats=repeats, device=device,
         json_out=json_out, plot=plot, weights=weights, trust=trust_checkpoint, console=console, progress=progress_bar(),
+        revision=revision,
     )  # fmt: skip
 
 

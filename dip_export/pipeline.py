@@ -1,17 +1,347 @@
-"""Where the stages meet: the engine a backend spec needs, exporting and building what is missing.
+"""The public Python API: `DiPPipeline.load(...)` then `pipe(classes=..., seeds=...)`.
 
-Exports and engines are cached under engines/ and reused while the model and settings match.
+```python
+from dip_export import DiPPipeline
+
+pipe = DiPPipeline.load()                                   # the bundled demo model
+images = pipe(classes=[1, 7], seeds=[0, 1], steps=25)       # uint8 (N, H, W, 3)
+```
+
+Model sources, as everywhere in the toolkit: a checkpoint file, an export folder (ONNX Runtime or
+TensorRT), a preset name (random weights), a Hugging Face Hub repo (`org/name[/FILE]`), or nothing
+(the demo). The commands are thin callers of this class, so the same arguments give the same images
+as `dip-sample`. Also here: `make_engine`, where the stages meet (exports and engines are made on
+the fly, cached under engines/, and reused while the model and settings match).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from dip_export.checkpoint import LoadedModel
+from dip_export.config import DiPConfig
+from dip_export.errors import UsageError
+from dip_export.generate import SamplePlan, check_image_size, generate, make_plan, parse_image_size
 from dip_export.runtime.factory import BackendSpec
-from dip_export.sampling import Denoiser
+from dip_export.sampling import Denoiser, SamplerSettings
+
+ProgressCallback = Callable[[int, int], None]  # (steps done, steps in all) over every batch
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from: exactly one of `export_dir` and `loaded` is set."""
+
+    name: str  # short name (folders, tables)
+    identity: str  # what the model *is*: sha256 of the file, or preset / demo + content
+    config: DiPConfig
+    sampling: dict[str, Any]  # the model's recommended sampler settings
+    loaded: LoadedModel | None = None
+    path: Path | None = None  # the checkpoint file or export folder (None: demo or preset)
+    export_dir: Path | None = None
+    export_size: tuple[int, int] | None = None  # an export's fixed image size
+    export_precision: str | None = None
+
+
+def open_source(
+    model: str | Path | None = None,
+    *,
+    preset: str | None = None,
+    weights: str = "ema",
+    trust_checkpoint: bool = False,
+    revision: str | None = None,
+) -> ModelSource:
+    """Resolve a model argument: export folder, checkpoint file, Hub name, preset or the demo."""
+    from dip_export.checkpoint import resolve_model, sha256_file
+    from dip_export.hub import looks_like_hub_name, resolve_hub_checkpoint
+
+    if weights not in ("ema", "raw"):
+        raise UsageError(f"--weights must be ema or raw, got {weights!r}")
+    target: Path | None = None
+    if model is not None:
+        text = str(model)
+        target = resolve_hub_checkpoint(text, revision) if looks_like_hub_name(text) else Path(text)
+        if target.is_dir():
+            from dip_export.export.manifest import read_manifest
+
+            manifest = read_manifest(target)
+            return ModelSource(
+                name=manifest.name, identity=f"export:{manifest.source.get('sha256', '')}:{manifest.precision}",
+                config=manifest.config, sampling=dict(manifest.sampling), path=target, export_dir=target,
+                export_size=manifest.image_size, export_precision=manifest.precision,
+            )  # fmt: skip
+    elif revision is not None:
+        raise UsageError("--revision goes with a Hugging Face Hub name (org/name)")
+    loaded = resolve_model(target, preset, weights=weights, trust=trust_checkpoint)
+    source = Path(loaded.source)
+    identity = f"{sha256_file(source)}:{weights}" if source.is_file() else f"{loaded.source}:seed0"
+    if preset is not None and target is not None:
+        identity += f":{preset}"
+    return ModelSource(loaded.name, identity, loaded.config, dict(loaded.sampling), loaded=loaded, path=target)
+
+
+class DiPPipeline:
+    """A DiP model on one backend and device, ready to turn classes and seeds into images.
+
+    Make one with `DiPPipeline.load(...)`; call it as often as needed: engines (and exports made
+    on the fly) are built once per image size and kept.
+    """
+
+    def __init__(self, source: ModelSource, spec: BackendSpec, device: torch.device, console: Any = None) -> None:
+        self.source = source
+        self.spec = spec
+        self.device = device
+        self.console = console
+        self.reason = ""  # why this backend (set by backend="auto")
+        self._auto_pending = False
+        self._engines: dict[tuple[int, int, int], Denoiser] = {}
+
+    @classmethod
+    def load(
+        cls,
+        model: str | Path | None = None,
+        *,
+        preset: str | None = None,
+        backend: str | None = None,
+        device: str | torch.device = "auto",
+        weights: str = "ema",
+        trust_checkpoint: bool = False,
+        revision: str | None = None,
+        image_size: int | str | None = None,
+        batch_size: int = 16,
+        console: Any = None,
+    ) -> DiPPipeline:
+        """Open a model and pick its backend.
+
+        Args:
+            model: checkpoint file, export folder, Hub repo `org/name[/FILE]`, or None for the demo.
+            preset: random-weight architecture (dip-xl-16, dip-l-16, dip-b-16, dip-s-16).
+            backend: `torch[:bf16]`, `compile[:bf16]`, `onnx[:int8]`, `trt[:fp16|int8]` or `auto`
+                (the fastest fp32/bf16 backend of this machine, measured once and cached).
+                Default: torch for a checkpoint, onnx for an export folder.
+            device: auto, cpu, cuda (or a torch.device).
+            weights: ema or raw (training checkpoints with both).
+            trust_checkpoint: allow a pickle that needs to run code (only for files you trust).
+            revision: Hub branch, tag or commit (with a Hub name).
+            image_size: default image size of calls (an export's size is fixed).
+            batch_size: images per sampler batch; also the batch `auto` measures and TensorRT's profile.
+            console: a rich Console for export progress and messages (None: quiet).
+        """
+        from dip_export.runtime.torch_engine import resolve_device
+
+        dev = device if isinstance(device, torch.device) else resolve_device(device)
+        if batch_size < 1:
+            raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+        source = open_source(model, preset=preset, weights=weights, trust_checkpoint=trust_checkpoint, revision=revision)
+        size = source.export_size or parse_image_size(image_size or source.config.image_size)
+        if source.export_size is not None and image_size is not None and parse_image_size(image_size) != source.export_size:
+            raise UsageError(
+                f"this export is fixed at {size[0]}x{size[1]}; another --image-size needs a new export"
+            )  # fmt: skip
+        check_image_size(*size, source.config.patch_size)
+        if backend == "auto":  # decided on first use (engine()), after the caller's cheap checks
+            pipe = cls(source, BackendSpec("torch", "fp32"), dev, console)
+            pipe._auto_pending = True
+        else:
+            pipe = cls(source, _backend_for(source, backend), dev, console)
+        pipe.image_size = size
+        pipe.batch_size = batch_size
+        return pipe
+
+    image_size: tuple[int, int]
+    batch_size: int
+
+    @property
+    def config(self) -> DiPConfig:
+        return self.source.config
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    def choose_backend(self) -> BackendSpec:
+        """The backend calls will use (for backend="auto": measured now, or read from the cache)."""
+        if self._auto_pending:
+            self._choose_auto(self.image_size, self.batch_size)
+            self._auto_pending = False
+        return self.spec
+
+    def _choose_auto(self, size: tuple[int, int], batch: int) -> None:
+        from dip_export.autobackend import choose_backend
+        from dip_export.export.onnx_export import EXPORT_ROOT
+
+        if self.source.loaded is None:  # an export folder runs on what it holds
+            self.spec = _backend_for(self.source, None)
+            self.reason = f"{self.spec}: an export folder runs on ONNX Runtime (TensorRT by name)"
+            return
+        decision = choose_backend(
+            self.source.loaded, self.source.identity, size, batch, self.device,
+            make=lambda spec: self._make(spec, size, batch), root=EXPORT_ROOT,
+        )  # fmt: skip
+        self.spec = decision.spec
+        self.reason = decision.reason + (" (cached decision)" if decision.cached else "")
+        self._engines.clear()  # the candidates' engines were for measuring only
+
+    def _make(self, spec: BackendSpec, size: tuple[int, int], batch: int) -> Denoiser:
+        if self.source.export_dir is not None:
+            return _open_export(spec, self.source.export_dir, self.device)
+        assert self.source.loaded is not None
+        return make_engine(spec, self.source.loaded, size, self.device, self.console, batch=batch)
+
+    def engine(self, size: tuple[int, int] | None = None, batch: int | None = None) -> Denoiser:
+        """The engine for an image size (made once; exports happen here, cached under engines/)."""
+        size = size or self.image_size
+        batch = batch or self.batch_size
+        if self._auto_pending:
+            self._choose_auto(size, batch)
+            self._auto_pending = False
+        key = (*size, batch if self.spec.name == "trt" else 0)  # only TensorRT's profile depends on the batch
+        if key not in self._engines:
+            self._engines.clear()  # one engine alive at a time: a size change frees the last one
+            self._engines[key] = self._make(self.spec, size, batch)
+        return self._engines[key]
+
+    def sampler_settings(
+        self,
+        *,
+        steps: int | None = None,
+        cfg: float | None = None,
+        shift: float = 1.0,
+        guidance_interval: tuple[float, float] = (0.1, 1.0),
+        sampler: str = "euler",
+        cache_interval: int = 1,
+    ) -> SamplerSettings:
+        """Sampler settings, with the model's recommended steps and guidance where not given."""
+        recommended = self.source.sampling
+        return SamplerSettings(
+            steps=steps if steps is not None else int(recommended.get("steps", 100)),
+            cfg=cfg if cfg is not None else float(recommended.get("cfg", 1.0)),
+            shift=shift,
+            interval=guidance_interval,
+            method=sampler,
+            cache_interval=cache_interval,
+        )
+
+    def plan(
+        self,
+        classes: Sequence[int] | None = None,
+        seeds: Sequence[int] | None = None,
+        *,
+        num_samples: int | None = None,
+        seed: int = 0,
+    ) -> SamplePlan:
+        """Explicit classes/seeds pairs, or num_samples from seed (sample i: seed+i, class i % classes)."""
+        return make_plan(self.config.num_classes, classes=classes, seeds=seeds, num_samples=num_samples, seed=seed)
+
+    def generate(
+        self,
+        plan: SamplePlan,
+        settings: SamplerSettings,
+        *,
+        image_size: int | str | None = None,
+        batch_size: int | None = None,
+        cuda_graphs: bool = True,
+        on_step: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """The images of a plan, uint8 (N, H, W, 3)."""
+        from dip_export.runtime.factory import GRAPH_BACKENDS
+
+        size = self._size(image_size)
+        batch = batch_size or self.batch_size
+        return generate(
+            self.engine(size, batch), plan, settings, null_class=self.config.null_class, height=size[0], width=size[1],
+            batch_size=batch, device=self.device, on_step=on_step, cuda_graphs=cuda_graphs and self.spec.name in GRAPH_BACKENDS,
+        )  # fmt: skip
+
+    def _size(self, image_size: int | str | None) -> tuple[int, int]:
+        if image_size is None:
+            return self.image_size
+        size = parse_image_size(image_size)
+        if self.source.export_size is not None and size != self.source.export_size:
+            h, w = self.source.export_size
+            raise UsageError(f"this export is fixed at {h}x{w}; another image size needs a new export")
+        check_image_size(*size, self.config.patch_size)
+        return size
+
+    def __call__(
+        self,
+        classes: Sequence[int] | None = None,
+        seeds: Sequence[int] | None = None,
+        *,
+        num_samples: int | None = None,
+        seed: int = 0,
+        steps: int | None = None,
+        cfg: float | None = None,
+        shift: float = 1.0,
+        guidance_interval: tuple[float, float] = (0.1, 1.0),
+        sampler: str = "euler",
+        cache_interval: int = 1,
+        image_size: int | str | None = None,
+        batch_size: int | None = None,
+        cuda_graphs: bool = True,
+        callback: ProgressCallback | None = None,
+    ) -> np.ndarray:
+        """Sample images: uint8 numpy (N, H, W, 3), the same images dip-sample writes for these arguments.
+
+        Args:
+            classes, seeds: one class per seed (a single class goes with every seed); or
+            num_samples, seed: sample i gets seed `seed + i` and class `i % num_classes`.
+            steps, cfg: sampler steps and guidance scale (default: the model's recommendation).
+            shift, guidance_interval, sampler, cache_interval: as dip-sample's options.
+            image_size, batch_size: per call (an export's size is fixed).
+            cuda_graphs: replay each step as one CUDA graph (CUDA; torch, compile, trt).
+            callback: called as callback(steps_done, steps_total) after every sampler step.
+        """
+        plan = self.plan(classes, seeds, num_samples=num_samples, seed=seed)
+        settings = self.sampler_settings(
+            steps=steps, cfg=cfg, shift=shift, guidance_interval=guidance_interval, sampler=sampler,
+            cache_interval=cache_interval,
+        )  # fmt: skip
+        batch = batch_size or self.batch_size
+        total = settings.steps * -(-len(plan) // batch)
+        done = [0]
+
+        def on_step(_: int) -> None:
+            done[0] += 1
+            if callback is not None:
+                callback(done[0], total)
+
+        return self.generate(plan, settings, image_size=image_size, batch_size=batch, cuda_graphs=cuda_graphs, on_step=on_step)
+
+    def __repr__(self) -> str:
+        where = self.source.export_dir or (self.source.loaded.source if self.source.loaded else "?")
+        return f"DiPPipeline({self.name!r} from {where}, backend={self.spec}, device={self.device})"
+
+
+def _backend_for(source: ModelSource, backend: str | None) -> BackendSpec:
+    """The backend asked for, or the default: torch for a checkpoint, onnx:<precision> for an export folder."""
+    if source.export_dir is None:
+        return BackendSpec.parse(backend or "torch")
+    spec = BackendSpec.parse(backend or f"onnx:{source.export_precision}")
+    if spec.name == "onnx" and spec.precision != source.export_precision:
+        p = source.export_precision
+        raise UsageError(f"{source.export_dir} is a {p} export; use --backend onnx:{p} or omit it")
+    return spec
+
+
+def _open_export(spec: BackendSpec, folder: Path, device: torch.device) -> Denoiser:
+    """The engine over an export folder; a graph its runtime rejects is one error naming the folder."""
+    from dip_export.errors import DipError, ExportError
+    from dip_export.runtime.factory import make_export_engine
+
+    try:
+        return make_export_engine(spec, folder, device)
+    except DipError:
+        raise
+    except Exception as err:  # ONNX Runtime's and TensorRT's exception types share no base with ours
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ExportError(f"{folder}: the {spec.name} runtime cannot load this export ({type(err).__name__}: {first})") from None
 
 
 def make_engine(

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-import dip_export.app
+import dip_export.pipeline
 from dip_export import cli
 from dip_export.checkpoint import LoadedModel, build_model, load_checkpoint
 from dip_export.errors import CheckpointError
@@ -108,7 +108,7 @@ def no_sampling(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("sampling started")
 
-    monkeypatch.setattr(dip_export.app, "generate", refuse)
+    monkeypatch.setattr(dip_export.pipeline, "generate", refuse)
 
 
 # ------------------------------------------------------------------ 1. data loss
@@ -643,7 +643,7 @@ def test_random_bad_arguments_fail_cleanly(tmp_path_factory, bad):
     argv = [str(v) for pair in bad for v in pair]
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
-        mp.setattr(dip_export.app, "generate", lambda *a, **k: pytest.fail("sampling started"))
+        mp.setattr(dip_export.pipeline, "generate", lambda *a, **k: pytest.fail("sampling started"))
         code, err = sample(*argv, "--out", work / "o.npz")
     assert code in (1, 2), err
     assert len(err.strip().splitlines()) == 1 and err.startswith("error:"), err

@@ -1,0 +1,202 @@
+"""`--backend auto`: the fastest fp32 / bf16 / fp16 backend of this machine for a model, size and batch.
+
+Decided from a short measurement (a few timed network evaluations per candidate, at most one
+torch.compile) and cached under engines/ per model content, image size, batch, device and library
+versions. int8 changes the pictures visibly and is never chosen here; TensorRT is chosen by name
+(its engine build takes minutes, which a quick decision must not cost).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dip_export.checkpoint import LoadedModel
+from dip_export.runtime.factory import BackendSpec
+from dip_export.sampling import Denoiser
+
+CACHE_FILE = "auto-backend.json"
+WARMUP, REPEATS = 2, 5  # evaluations per candidate: the first ones include compilation
+
+
+@dataclass(frozen=True)
+class Decision:
+    spec: BackendSpec
+    reason: str  # e.g. "compile:bf16: 3.2x eager on this CPU (AMX)"
+    ms: dict[str, float]  # measured ms per paired evaluation, per candidate
+    cached: bool = False
+
+
+def cpu_features() -> set[str]:
+    """The CPU flags that decide which precision is native (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return {f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "avx_vnni")}
+
+
+def native_bf16(device: torch.device) -> bool:
+    """bf16 GEMMs in hardware: AMX or AVX-512 BF16 on a CPU, Ampere or newer on CUDA."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    flags = cpu_features()
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def hardware_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"on {torch.cuda.get_device_name(device)}"
+    flags = cpu_features()
+    kind = "AMX" if "amx_bf16" in flags else "AVX-512 BF16" if "avx512_bf16" in flags else "AVX-512" if any(
+        f.startswith("avx512") for f in flags
+    ) else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"on this CPU ({kind})"
+
+
+def candidates(device: torch.device) -> list[BackendSpec]:
+    """What is worth measuring here: eager fp32 (the reference) and one precision per engine kind."""
+    half = "bf16" if native_bf16(device) else None
+    if device.type == "cuda":
+        return [BackendSpec("torch", "fp32"), BackendSpec("torch", half or "fp16"), BackendSpec("compile", half or "fp16")]
+    specs = [BackendSpec("torch", "fp32"), BackendSpec("onnx", "fp32")]
+    if half:  # emulated bf16 runs at a tenth of fp32's speed: not a candidate without hardware support
+        specs.append(BackendSpec("torch", "bf16"))
+    specs.append(BackendSpec("compile", half or "fp32"))  # one compile at most
+    return specs
+
+
+def cache_key(model_id: str, size: tuple[int, int], batch: int, device: torch.device) -> str:
+    versions = {"torch": torch.__version__, "python": platform.python_version()}
+    try:
+        import onnxruntime
+
+        versions["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    hw = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor()} {sorted(cpu_features())}"
+    text = json.dumps([model_id, list(size), batch, str(device.type), hw, torch.get_num_threads(), versions], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def time_evaluation(net: Denoiser, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
+    """Seconds for one backbone + detailer evaluation (synchronised on CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        net.detailer(x, net.backbone(x, t, y))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def measure(
+    make: Callable[[BackendSpec], Denoiser], specs: list[BackendSpec], loaded: LoadedModel, size: tuple[int, int],
+    batch: int, device: torch.device,
+) -> dict[str, float]:  # fmt: skip
+    """Median ms per paired (CFG) evaluation of each candidate; a candidate that fails is left out."""
+    from dip_export.errors import DipError
+
+    rows = 2 * batch
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn((rows, loaded.config.in_channels, *size), generator=gen).to(device)
+    t = torch.full((rows,), 0.5, device=device)
+    y = torch.randint(0, loaded.config.num_classes, (rows,), generator=gen).to(device)
+    results: dict[str, float] = {}
+    for spec in specs:
+        try:
+            net = make(spec)
+            for _ in range(WARMUP):
+                time_evaluation(net, x, t, y, device)
+            results[str(spec)] = 1000 * statistics.median(time_evaluation(net, x, t, y, device) for _ in range(REPEATS))
+        except (DipError, RuntimeError, ImportError, ValueError):
+            continue  # a backend that cannot run here is simply not chosen
+        finally:
+            net = None  # type: ignore[assignment]  # one engine alive at a time
+    return results
+
+
+def decide(ms: dict[str, float], device: torch.device) -> tuple[BackendSpec, str]:
+    eager = ms["torch:fp32"]
+    best = min(ms, key=lambda k: ms[k])
+    return BackendSpec.parse(best), f"{best}: {eager / ms[best]:.1f}x eager {hardware_label(device)}"
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    """The cache file is untrusted: anything malformed is ignored (and rewritten)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _valid_entry(entry: Any, allowed: list[BackendSpec]) -> Decision | None:
+    if not isinstance(entry, dict) or not isinstance(entry.get("backend"), str) or not isinstance(entry.get("reason"), str):
+        return None
+    ms = entry.get("ms")
+    if not isinstance(ms, dict) or not all(isinstance(v, int | float) for v in ms.values()):
+        return None
+    if entry["backend"] not in {str(s) for s in allowed}:
+        return None
+    return Decision(BackendSpec.parse(entry["backend"]), entry["reason"][:200], {str(k): float(v) for k, v in ms.items()}, True)
+
+
+def choose_backend(
+    loaded: LoadedModel, model_id: str, size: tuple[int, int], batch: int, device: torch.device,
+    make: Callable[[BackendSpec], Denoiser], root: Path,
+) -> Decision:  # fmt: skip
+    """The cached decision for this model, size, batch and machine, or a new measurement (then cached)."""
+    from dip_export.io import atomic_path
+
+    specs = candidates(device)
+    path = root / CACHE_FILE
+    key = cache_key(model_id, size, batch, device)
+    cache = _read_cache(path)
+    cached = _valid_entry(cache.get(key), specs)
+    if cached is not None:
+        return cached
+    ms = measure(make, specs, loaded, size, batch, device)
+    if "torch:fp32" not in ms:
+        from dip_export.errors import DipError
+
+        raise DipError("--backend auto: eager fp32 could not run, so nothing could be compared")
+    spec, reason = decide(ms, device)
+    cache = _read_cache(path)  # another process may have added entries meanwhile
+    cache[key] = {"backend": str(spec), "reason": reason, "ms": ms, "model": model_id, "size": list(size), "batch": batch}
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(cache, indent=1) + "\n")
+    except OSError:
+        pass  # an unwritable cache only costs a new measurement next time
+    return Decision(spec, reason, ms)
+
+
+def recommend_from_bench(report: dict[str, Any]) -> str | None:
+    """dip-bench's closing line: the fastest fp32/bf16/fp16 row of the table (int8 changes pictures)."""
+    rows = [
+        r for r in report.get("results", [])
+        if r.get("status") == "ok" and not r.get("variant") and r.get("precision") in ("fp32", "bf16", "fp16")
+        and r.get("speedup_vs_eager") is not None
+    ]  # fmt: skip
+    if not rows:
+        return None
+    best = max(rows, key=lambda r: r["speedup_vs_eager"])
+    device = torch.device("cuda" if "gpu" in report.get("machine", {}) else "cpu")
+    label = f"on {report['machine']['gpu']}" if device.type == "cuda" else hardware_label(device)
+    return f"{best['backend']}:{best['precision']}: {best['speedup_vs_eager']:.1f}x eager {label}"

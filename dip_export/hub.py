@@ -1,0 +1,108 @@
+"""Checkpoints by Hugging Face Hub name: `org/name` or `org/name/FILE`, resolved with huggingface_hub.
+
+Its cache, environment (`HF_HOME`, `HF_HUB_CACHE`, `HF_HUB_OFFLINE`, `HF_TOKEN`) and progress bars
+apply as they do for every Hub user; a file already in the cache is never downloaded again. The
+file found is loaded like any other checkpoint: weights-only, untrusted.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from dip_export.errors import CheckpointError, MissingDependencyError, UsageError
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
+# a repo id is `org/name` (letters, digits, '-', '_', '.'); anything after the second '/' names a file in it
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}(/[\w./-]+)?$")
+
+
+def looks_like_hub_name(text: str) -> bool:
+    """`org/name[/FILE]` that is not a path on disk (absolute, `./`, `../` and `~` are always paths)."""
+    if text.startswith(("/", ".", "~")) or "\\" in text or "//" in text or Path(text).exists():
+        return False
+    return bool(_HUB_NAME.match(text)) and ".." not in text.split("/")
+
+
+def split_hub_name(text: str) -> tuple[str, str | None]:
+    """'org/name/sub/file.pt' -> ('org/name', 'sub/file.pt'); 'org/name' -> ('org/name', None)."""
+    parts = text.split("/")
+    return "/".join(parts[:2]), "/".join(parts[2:]) or None
+
+
+def resolve_hub_checkpoint(text: str, revision: str | None = None) -> Path:
+    """The local path (in the Hub cache) of the checkpoint that `org/name[/FILE]` names."""
+    try:
+        import huggingface_hub
+        from huggingface_hub import constants, errors
+    except ImportError:
+        raise MissingDependencyError("huggingface_hub", "pip install huggingface_hub (to load checkpoints by Hub name)") from None
+    repo_id, filename = split_hub_name(text)
+    try:
+        if filename is None:
+            filename = _only_checkpoint(repo_id, _repo_files(repo_id, revision))
+        return Path(huggingface_hub.hf_hub_download(repo_id, filename, revision=revision))
+    except errors.GatedRepoError:
+        raise CheckpointError(f"{repo_id}: a gated Hub repo; accept its terms on the Hub and log in (hf auth login)") from None
+    except errors.RepositoryNotFoundError:
+        raise CheckpointError(
+            f"{text}: no such file, and no Hugging Face Hub repo {repo_id} (if it is private, log in with hf auth login)"
+        ) from None
+    except errors.RevisionNotFoundError:
+        raise UsageError(f"{repo_id}: no revision {revision!r} on the Hub") from None
+    except errors.LocalEntryNotFoundError:
+        raise CheckpointError(
+            f"{text}: not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the Hub cannot be "
+            "reached (offline or HF_HUB_OFFLINE=1)"
+        ) from None
+    except errors.EntryNotFoundError:
+        raise CheckpointError(f"{repo_id}: no file {filename!r} in this Hub repo") from None
+    except (errors.HfHubHTTPError, OSError) as err:
+        raise CheckpointError(f"{text}: Hugging Face Hub error ({_first_line(err)})") from None
+
+
+def _repo_files(repo_id: str, revision: str | None) -> list[str]:
+    """The repo's files: from the Hub, or offline from the local cache of that revision."""
+    import huggingface_hub
+    from huggingface_hub import constants, errors
+
+    if not constants.HF_HUB_OFFLINE:
+        try:
+            return list(huggingface_hub.list_repo_files(repo_id, revision=revision))
+        except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError, errors.GatedRepoError):
+            raise
+        except (errors.HfHubHTTPError, OSError):
+            pass  # no network: fall back to what the cache holds
+    return _cached_files(repo_id, revision)
+
+
+def _cached_files(repo_id: str, revision: str | None) -> list[str]:
+    import huggingface_hub
+    from huggingface_hub import constants, errors
+
+    try:
+        cache = huggingface_hub.scan_cache_dir(constants.HF_HUB_CACHE)
+    except errors.CacheNotFound:
+        cache = None
+    wanted = revision or "main"
+    for repo in cache.repos if cache is not None else ():
+        if repo.repo_id != repo_id or repo.repo_type != "model":
+            continue
+        for rev in repo.revisions:
+            if wanted in rev.refs or rev.commit_hash == wanted:
+                return sorted(str(f.file_path.relative_to(rev.snapshot_path)) for f in rev.files)
+    raise errors.LocalEntryNotFoundError(f"{repo_id}@{wanted} is not in the cache")
+
+
+def _only_checkpoint(repo_id: str, files: list[str]) -> str:
+    found = [f for f in files if f.endswith(CHECKPOINT_SUFFIXES)]
+    if not found:
+        raise CheckpointError(f"{repo_id}: no checkpoint file ({', '.join(CHECKPOINT_SUFFIXES)}) in this Hub repo")
+    if len(found) > 1:
+        raise UsageError(f"{repo_id} holds several checkpoints; name one as {repo_id}/FILE: {', '.join(found)}")
+    return found[0]
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0][:200] if lines else type(err).__name__
