@@ -165,8 +165,11 @@ def export_onnx_cmd(
     preset: PresetOpt = None,
     image_size: Annotated[str | None, typer.Option(help="Fixed at export: 256 or HxW [default: the model's].")] = None,
     precision: Annotated[
-        str, typer.Option(help="fp32, fp16 or bf16 inside the graph (I/O stays float32), or int8 (calibrated, CPU).")
+        str, typer.Option(help="fp32, fp16 or bf16 inside the graph (I/O stays float32), or int8 / fp8 (calibrated).")
     ] = "fp32",
+    target: Annotated[
+        str, typer.Option(help="int8/fp8 graph for: onnx (ONNX Runtime CPU) or trt (Q/DQ + fp16 for `trtexec --stronglyTyped`).")
+    ] = "onnx",
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
     output_dir: Annotated[Path | None, typer.Option(help="Folder to write [default: engines/<model>-<HxW>-<precision>].")] = None,
     weights: WeightsOpt = "ema",
@@ -178,16 +181,21 @@ def export_onnx_cmd(
     precision, nothing is written (an earlier export in the folder is left as it was).
     """
     from dip_export.checkpoint import resolve_model
+    from dip_export.errors import UsageError
     from dip_export.export.onnx_export import export_onnx
     from dip_export.generate import check_image_size, parse_image_size
 
     loaded = resolve_model(Path(model) if model else None, preset, weights=weights, trust=trust_checkpoint)
     size = parse_image_size(image_size or loaded.config.image_size)
     check_image_size(*size, loaded.config.patch_size)
-    if precision == "int8":
+    if target not in ("onnx", "trt"):
+        raise UsageError(f"--target must be onnx or trt, got {target!r}")
+    if precision in ("int8", "fp8"):
+        if precision == "fp8" and target != "trt":
+            raise UsageError("fp8 is a TensorRT graph: add --target trt")
         from dip_export.quantize import export_int8
 
-        export_int8(loaded, image_size=size, target="onnx", output_dir=output_dir, console=console)
+        export_int8(loaded, image_size=size, target=target, output_dir=output_dir, console=console, fp8=precision == "fp8")
         return
     export_onnx(loaded, precision=precision, image_size=size, opset=opset, output_dir=output_dir, console=console)
 
