@@ -176,7 +176,7 @@ def verify_export(
     folder: Path, files: dict[str, str], reference: DiP, specs: dict[str, SubModelSpec], precision: str
 ) -> dict[str, Any]:
     """Run the ONNX files with ONNX Runtime at two batch sizes against the fp32 PyTorch model."""
-    runners = {role: _runner(folder / rel, precision) for role, rel in files.items()}
+    runners = {role: onnx_runner(folder / rel, precision) for role, rel in files.items()}
     cfg = reference.cfg
     _, _, h, w = specs["backbone"].inputs[0].concrete(1)
     rows = []
@@ -199,7 +199,7 @@ def verify_export(
     }
 
 
-def _runner(path: Path, precision: str) -> Any:
+def onnx_runner(path: Path, precision: str) -> Any:
     """ONNX Runtime where it has kernels; ONNX's reference evaluator for bf16 (no ORT CPU kernels)."""
     if precision == "bf16":
         from onnx.reference import ReferenceEvaluator

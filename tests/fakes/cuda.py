@@ -116,7 +116,8 @@ class FakeCuda:
             return self.device_index
         if isinstance(device, int):
             return device
-        return torch.device(device).index or 0
+        index = torch.device(device).index
+        return self.device_index if index is None else index  # "cuda" alone is the current device
 
     def get_device_name(self, device: Any = None) -> str:
         return self.names[self._index(device)]

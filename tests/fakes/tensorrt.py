@@ -11,7 +11,7 @@ the TensorRT 10.x / 11.x Python API references and the parser's sources:
 - IExecutionContext.set_input_shape returns False outside the profile; set_tensor_address returns
   False for an unknown name or a null address; execute_async_v3 returns False with a shape or an
   address unset, and during a CUDA-graph capture when the shapes changed since the last normal
-  enqueue. A captured enqueue replays with the shapes and addresses of the capture, and refuses to
+  enqueue (or always, with `refuse_capture`). A captured enqueue replays with the shapes and addresses of the capture, and refuses to
   replay once they changed (one context per graph).
 - Engines execute: inputs are read from the bound addresses, the ONNX the plan was built from runs
   in ONNX Runtime, outputs are written to the bound addresses. `corrupt_outputs` adds an error.
@@ -292,8 +292,8 @@ class _Context:
         m.streams.append(int(stream_handle))
         active = fake_cuda.ACTIVE
         if active is not None and active.capturing is not None:
-            if not self.shapes_enqueued:
-                return False  # enqueue once (outside the capture) after every shape change
+            if not self.shapes_enqueued or m.refuse_capture:
+                return False  # enqueue once (outside the capture) after every shape change; some graphs cannot be captured
             captured = self._state()
 
             def replay() -> None:
@@ -329,7 +329,7 @@ def make_module(version: str = "10.13.0") -> types.ModuleType:
     if major < 11:  # weak typing, removed in 11
         flags |= {"FP16": 10, "BF16": 11, "INT8": 12, "FP8": 13, "OBEY_PRECISION_CONSTRAINTS": 14}
     m.BuilderFlag = IntEnum("BuilderFlag", flags)
-    m.fail_builds, m.corrupt_outputs = False, False
+    m.fail_builds, m.corrupt_outputs, m.refuse_capture = False, False, False
     m.built, m.streams, m.deserialized_on = [], [], []
     m.enqueues = 0
     return m
