@@ -168,6 +168,10 @@ def qdq_to_fp16(model: Any) -> Any:
         model, keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, "QuantizeLinear", "DequantizeLinear"],
         node_block_list=blocked,
     )  # fmt: skip
+    sorted_nodes = _toposort(list(model.graph.node), {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer})
+    model.graph.ClearField("node")
+    model.graph.node.extend(sorted_nodes)  # the converter appends its Casts at the end
+    model.graph.ClearField("value_info")  # types from before the conversion; inferred again below
     model = onnx.shape_inference.infer_shapes(model)
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}

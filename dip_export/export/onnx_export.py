@@ -7,9 +7,12 @@ float32 (the model computes them so), and the graph's I/O is float32.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,7 @@ from torch import Tensor, nn
 from dip_export.checkpoint import LoadedModel, sha256_file
 from dip_export.errors import ExportError, UsageError
 from dip_export.export.manifest import MANIFEST, Manifest, read_manifest, write_manifest
-from dip_export.export.spec import SubModelSpec, backbone_inputs, io_specs
+from dip_export.export.spec import BATCH, SubModelSpec, backbone_inputs, io_specs
 from dip_export.io import atomic_dir
 from dip_export.model import DiP
 
@@ -32,6 +35,7 @@ VERIFY_BATCHES = (1, 2)  # dynamic batch is checked at two sizes (2 = one CFG pa
 DEFAULT_OPSET = 18
 EXTERNAL_DATA_BYTES = 1 << 30  # above this, weights go to a .onnx.data file (protobuf caps at 2 GB)
 EXPORT_ROOT = Path("engines")
+DYNAMO = True  # torch.export-based exporter (see export_submodel)
 
 
 class _Backbone(nn.Module):
@@ -130,20 +134,39 @@ def export_submodel(module: nn.Module, spec: SubModelSpec, loaded: LoadedModel, 
         args = (x, tokens)
     path = folder / f"{spec.name}.onnx"
     before = set(folder.iterdir())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about python ints from shapes (H, W are fixed)
-        torch.onnx.export(
-            module,
-            args,
-            str(path),
-            input_names=spec.input_names,
-            output_names=spec.output_names,
-            dynamic_axes=spec.dynamic_axes(),
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
-        )
+    if DYNAMO:
+        batch = torch.export.Dim("batch", min=1)
+        with _quiet_exporter():
+            torch.onnx.export(
+                module,
+                args,
+                str(path),
+                input_names=spec.input_names,
+                output_names=spec.output_names,
+                dynamic_shapes={t.name: {i: batch for i, d in enumerate(t.shape) if d == BATCH} for t in spec.inputs},
+                opset_version=opset,
+                dynamo=True,
+                external_data=True,
+                optimize=True,
+                verbose=False,
+            )
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about python ints from shapes (H, W are fixed)
+            torch.onnx.export(
+                module,
+                args,
+                str(path),
+                input_names=spec.input_names,
+                output_names=spec.output_names,
+                dynamic_axes=spec.dynamic_axes(),
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
     model = onnx.load(str(path))
+    if DYNAMO:
+        _name_nodes_by_module(model)
     _pin_io_shapes(model, spec)
     large = sum(t.ByteSize() for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
     model.producer_name = "dip-export"
@@ -157,6 +180,45 @@ def export_submodel(module: nn.Module, spec: SubModelSpec, loaded: LoadedModel, 
         location=f"{spec.name}.onnx.data",
     )
     return path.name
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The dynamo exporter logs optional-package notes (torchvision ops) and a note per shared dim name."""
+    log = logging.getLogger("torch.onnx")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
+            yield
+    finally:
+        log.setLevel(level)
+
+
+def _name_nodes_by_module(model: Any) -> None:
+    """Node names from the module path, as the TorchScript exporter wrote them: "/blocks.0/attn/qkv/MatMul".
+
+    The dynamo exporter names nodes after aten ops ("node_linear_4") and keeps the module path in
+    metadata; quantization and the fp16 conversion choose their float32 parts by module path.
+    """
+    import ast
+
+    used: set[str] = set()
+    for node in model.graph.node:
+        meta = {p.key: p.value for p in node.metadata_props}
+        scopes = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]")) or [""]
+        parts, prev = [], ""
+        for scope in scopes[1:-1]:  # the last entry is the op itself
+            parts.append(scope[len(prev) + 1 :] if prev else scope.removeprefix("model."))
+            prev = scope
+        base = "/" + "/".join([*parts, node.op_type])
+        name, k = base, 0
+        while name in used:
+            k += 1
+            name = f"{base}_{k}"
+        used.add(name)
+        node.name = name
 
 
 def _pin_io_shapes(model: Any, spec: SubModelSpec) -> None:
