@@ -168,7 +168,8 @@ def qdq_to_fp16(model: Any) -> Any:
         model, keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, "QuantizeLinear", "DequantizeLinear"],
         node_block_list=blocked,
     )  # fmt: skip
-    sorted_nodes = _toposort(list(model.graph.node), {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer})
+    known = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer}
+    sorted_nodes = _toposort(list(model.graph.node), known)
     model.graph.ClearField("node")
     model.graph.node.extend(sorted_nodes)  # the converter appends its Casts at the end
     model.graph.ClearField("value_info")  # types from before the conversion; inferred again below
@@ -183,8 +184,12 @@ def qdq_to_fp16(model: Any) -> Any:
     types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
     for node in graph.node:  # the converter rounds float32 through fp16 between two float32 nodes: x^2 overflows there
         first = producer.get(node.input[0]) if node.op_type == "Cast" else None
-        if first is not None and first.op_type == "Cast" and _cast_to(node) == TensorProto.FLOAT \
-                and _cast_to(first) == TensorProto.FLOAT16 and types.get(first.input[0]) == TensorProto.FLOAT:
+        round_trip = (
+            first is not None and first.op_type == "Cast" and _cast_to(node) == TensorProto.FLOAT
+            and _cast_to(first) == TensorProto.FLOAT16 and types.get(first.input[0]) == TensorProto.FLOAT
+        )  # fmt: skip
+        if round_trip:
+            assert first is not None
             for user in consumers.get(node.output[0], []):
                 user.input[:] = [first.input[0] if i == node.output[0] else i for i in user.input]
     qdq = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]

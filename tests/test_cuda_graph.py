@@ -125,7 +125,7 @@ def test_both_graphs_share_one_memory_pool(golden_model, golden, fake_gpu):
 
 def test_trt_graphs_keep_a_context_per_row_count(trt_engine, golden):
     """Paired (2B rows) and conditional-only (B rows) graphs: capturing the second must not break the first."""
-    engine, trt = trt_engine
+    engine, _ = trt_engine
     noise, y = _inputs(golden)
     settings = SamplerSettings(steps=6, cfg=2.5)
     graphed = GraphedSampler(engine, CPU)

@@ -49,10 +49,8 @@ class _Recorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        if func._schema.is_mutable:  # a kernel that writes existing memory: recorded, not run
-            out = kwargs.get("out", args[0])
-        else:
-            out = func(*args, **kwargs)
+        # a kernel that writes existing memory is recorded, not run (a capture runs nothing)
+        out = kwargs.get("out", args[0]) if func._schema.is_mutable else func(*args, **kwargs)
         self.graph.ops.append((func, args, kwargs, out))
         return out
 

@@ -7,12 +7,12 @@ the TensorRT 10.x / 11.x Python API references and the parser's sources:
 - Builder.build_serialized_network returns None (never raises) when a dynamic input has no profile
   shape or the build is made to fail; on 10.x it records whether the network is strongly typed.
 - IBuilderConfig.set_timing_cache returns False for a cache from another GPU or TensorRT version.
-- 11.x has no BuilderFlag.FP16/BF16/INT8/FP8 and no create_execution_context_without_device_memory.
+- 11.x has no BuilderFlag.FP16/BF16/INT8/FP8 (weak typing is gone).
 - IExecutionContext.set_input_shape returns False outside the profile; set_tensor_address returns
   False for an unknown name or a null address; execute_async_v3 returns False with a shape or an
   address unset, and during a CUDA-graph capture when the shapes changed since the last normal
-  enqueue (or always, with `refuse_capture`). A captured enqueue replays with the shapes and addresses of the capture, and refuses to
-  replay once they changed (one context per graph).
+  enqueue (or always, with `refuse_capture`). A captured enqueue replays with the shapes and
+  addresses of the capture, and refuses to replay once they changed (one context per graph).
 - Engines execute: inputs are read from the bound addresses, the ONNX the plan was built from runs
   in ONNX Runtime, outputs are written to the bound addresses. `corrupt_outputs` adds an error.
 Everything it did is counted on the module (`built`, `enqueues`, `streams`, `deserialized_on`).
