@@ -173,3 +173,13 @@ def test_quantizer_refusals_are_typed_errors(root, loaded, monkeypatch):
     with pytest.raises(ExportError, match="Distribution calibration"):
         export_int8(loaded, image_size=SIZE, target="trt", calibration=CALIB, output_dir=root / "refused")
     assert not (root / "refused").exists()
+
+
+def test_fp8_needs_the_tensorrt_target_and_targets_are_checked():
+    from typer.testing import CliRunner
+
+    from dip_export.cli import export_app
+
+    for args, message in ((["--precision", "fp8"], "--target trt"), (["--target", "gpu"], "must be onnx or trt")):
+        result = CliRunner().invoke(export_app, ["onnx", *args])
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output

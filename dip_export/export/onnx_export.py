@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from dip_export.checkpoint import LoadedModel, sha256_file
 from dip_export.errors import ExportError, UsageError
 from dip_export.export.manifest import MANIFEST, Manifest, read_manifest, write_manifest
-from dip_export.export.spec import BATCH, SubModelSpec, backbone_inputs, io_specs
+from dip_export.export.spec import SubModelSpec, backbone_inputs, io_specs
 from dip_export.io import atomic_dir
 from dip_export.model import DiP
 
@@ -35,7 +35,6 @@ VERIFY_BATCHES = (1, 2)  # dynamic batch is checked at two sizes (2 = one CFG pa
 DEFAULT_OPSET = 18
 EXTERNAL_DATA_BYTES = 1 << 30  # above this, weights go to a .onnx.data file (protobuf caps at 2 GB)
 EXPORT_ROOT = Path("engines")
-DYNAMO = True  # torch.export-based exporter (see export_submodel)
 
 
 class _Backbone(nn.Module):
@@ -134,39 +133,25 @@ def export_submodel(module: nn.Module, spec: SubModelSpec, loaded: LoadedModel, 
         args = (x, tokens)
     path = folder / f"{spec.name}.onnx"
     before = set(folder.iterdir())
-    if DYNAMO:
-        batch = torch.export.Dim("batch", min=1)
-        with _quiet_exporter():
-            torch.onnx.export(
-                module,
-                args,
-                str(path),
-                input_names=spec.input_names,
-                output_names=spec.output_names,
-                dynamic_shapes={t.name: {i: batch for i, d in enumerate(t.shape) if d == BATCH} for t in spec.inputs},
-                opset_version=opset,
-                dynamo=True,
-                external_data=True,
-                optimize=True,
-                verbose=False,
-            )
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings about python ints from shapes (H, W are fixed)
-            torch.onnx.export(
-                module,
-                args,
-                str(path),
-                input_names=spec.input_names,
-                output_names=spec.output_names,
-                dynamic_axes=spec.dynamic_axes(),
-                opset_version=opset,
-                do_constant_folding=True,
-                dynamo=False,
-            )
+    # torch.export-based exporter (the TorchScript one is deprecated). Measured against it on DiP-B/16 at
+    # 256 px: 1223 backbone nodes instead of 3075, 49 detailer nodes instead of 150, the same error against
+    # PyTorch; fp32, fp16 and bf16 all export and verify, so the TorchScript exporter is not kept.
+    with _quiet_exporter():
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=spec.input_names,
+            output_names=spec.output_names,
+            dynamic_shapes=spec.dynamic_shapes(torch.export.Dim("batch", min=1)),
+            opset_version=opset,
+            dynamo=True,
+            external_data=True,
+            optimize=True,
+            verbose=False,
+        )
     model = onnx.load(str(path))
-    if DYNAMO:
-        _name_nodes_by_module(model)
+    _name_nodes_by_module(model)
     _pin_io_shapes(model, spec)
     large = sum(t.ByteSize() for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
     model.producer_name = "dip-export"
