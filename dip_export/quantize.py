@@ -312,8 +312,9 @@ def export_int8(
             extra={
                 "target": target, "float_nodes": FLOAT_NODES.pattern, "quantized_ops": QUANTIZED_OPS,
                 "calibration": calibration.__dict__, "export_seconds": round(time.perf_counter() - started, 2),
-                "activations": "int8 symmetric" if target == "trt" else "uint8 asymmetric",
-                "weights": "int8 symmetric per-channel",
+                "activations": ("fp8 e4m3" if fp8 else "int8 symmetric") if target == "trt" else "uint8 asymmetric",
+                "weights": "fp8 e4m3 per-tensor" if fp8 else "int8 symmetric per-channel",
+                "float_part": "fp16 (norm statistics, embedders and I/O float32)" if target == "trt" else "float32",
             },
         )  # fmt: skip
         write_manifest(tmp, manifest)

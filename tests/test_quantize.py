@@ -183,3 +183,21 @@ def test_fp8_needs_the_tensorrt_target_and_targets_are_checked():
     for args, message in ((["--precision", "fp8"], "--target trt"), (["--target", "gpu"], "must be onnx or trt")):
         result = CliRunner().invoke(export_app, ["onnx", *args])
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_dip_export_trt_int8_builds_from_the_target_trt_file(trt_int8, monkeypatch):
+    """`dip-export trt --int8` on a `--precision int8 --target trt` folder builds that very file (fake TensorRT)."""
+    import torch
+    from rich.console import Console
+
+    from dip_export.trt_build import BatchProfile, build_trt
+    from tests.fakes.cuda import FakeCuda
+
+    FakeCuda().install(monkeypatch)
+    trt = fakes_tensorrt.install(monkeypatch)
+    entry = build_trt(precision="int8", output_dir=trt_int8, root=trt_int8.parent, profile=BatchProfile(1, 1, 2),
+                      timing_cache=None, opt_level=4, console=Console(quiet=True), device=torch.device("cpu"))  # fmt: skip
+    assert entry["onnx"] == "." and entry["verification"]["passed"]
+    assert [b["onnx"] for b in trt.built] == [str(trt_int8 / "backbone.onnx"), str(trt_int8 / "detailer.onnx")]
+    for name in entry["files"].values():
+        (trt_int8 / name).unlink()
