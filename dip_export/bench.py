@@ -27,7 +27,7 @@ from dip_export.generate import generate, make_plan
 from dip_export.model import flops_per_sample
 from dip_export.pipeline import make_engine
 from dip_export.runtime.factory import GRAPH_BACKENDS, BackendSpec
-from dip_export.sampling import Denoiser, SamplerSettings, sample_counts
+from dip_export.sampling import Denoiser, SamplerSettings, initial_noise, sample_counts, to_uint8
 
 
 @dataclass
@@ -55,6 +55,8 @@ class BenchRow:
     peak_mem_mb: float = float("nan")
     fraction_of_peak: float = float("nan")
     setup_s: float = float("nan")  # export / compile / session creation
+    cuda_graphs: bool = False  # every timed run replayed whole-step CUDA graphs
+    cuda_graphs_note: str = ""  # why graphs were not used (off, not this backend, a capture that fell back)
     images: np.ndarray | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -72,6 +74,8 @@ class _Timed:
         self.rows = {"backbone": 0, "detailer": 0}  # images through each network (a CFG pair counts 2)
 
     def _timed(self, name: str, rows: int, fn: Callable[[], Tensor]) -> Tensor:
+        if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return fn()  # being captured into a CUDA graph: no synchronising (it would end the capture), no timing
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -167,16 +171,31 @@ def run_backend(
     device: torch.device,
     on_run: Callable[[], None] | None = None,
 ) -> BenchRow:
-    """Warm up, then time `repeats` full sampler runs; returns the row without the comparisons."""
+    """Warm up, then time `repeats` full sampler runs; returns the row without the comparisons.
+
+    With CUDA graphs, one graphed sampler serves every run: captured during the warm-up, replayed in
+    the timed runs, which are timed end to end (per-stage timers cannot see inside a replay).
+    """
     timed = _Timed(net, device)
     plan = make_plan(loaded.config.num_classes, num_samples=bench.batch, seed=bench.seed)
     memory = _PeakMemory(device)
+    graph_note = graphs_unavailable(spec, bench, device)
+    graphed = None
+    if graph_note is None:
+        from dip_export.runtime.cuda_graph import GraphedSampler
+
+        graphed = GraphedSampler(timed, device)
 
     def once() -> np.ndarray:
-        images = generate(
-            timed, plan, sampler, null_class=loaded.config.null_class, height=bench.height, width=bench.width,
-            batch_size=bench.batch, device=device, cuda_graphs=bench.cuda_graphs and spec.name in GRAPH_BACKENDS,
-        )  # fmt: skip
+        if graphed is not None:
+            noise = initial_noise(plan.seeds, bench.height, bench.width).to(device)
+            y = torch.tensor(plan.classes, dtype=torch.int64, device=device)
+            images = to_uint8(graphed(noise, y, loaded.config.null_class, sampler))
+        else:
+            images = generate(
+                timed, plan, sampler, null_class=loaded.config.null_class, height=bench.height, width=bench.width,
+                batch_size=bench.batch, device=device,
+            )  # fmt: skip
         if on_run is not None:
             on_run()
         return images
@@ -184,7 +203,7 @@ def run_backend(
     for _ in range(bench.warmup):
         once()
     memory.reset()
-    totals, stages = [], []
+    totals, stages, fallbacks = [], [], set()
     images = None
     for _ in range(bench.repeats):
         timed.reset()
@@ -192,24 +211,47 @@ def run_backend(
             torch.cuda.synchronize()
         start = time.perf_counter()
         images = once()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         totals.append(time.perf_counter() - start)
         stages.append(dict(timed.times))
+        if graphed is not None and graphed.fallback_reason is not None:
+            fallbacks.add(graphed.fallback_reason)
     median = statistics.median(totals)
     per_step = 1000 / sampler.steps
     row = BenchRow(backend=spec.name, precision=spec.precision)
+    row.cuda_graphs = graphed is not None and not fallbacks
+    row.cuda_graphs_note = "; ".join(sorted(fallbacks)) if fallbacks else (graph_note or "")
     row.ms_per_step = median * per_step
     row.ms_per_step_min, row.ms_per_step_max = min(totals) * per_step, max(totals) * per_step
     row.s_per_image = median / bench.batch
     row.images_per_s = bench.batch / median
-    row.backbone_ms = statistics.median(s["backbone"] for s in stages) * per_step
-    row.detailer_ms = statistics.median(s["detailer"] for s in stages) * per_step
-    row.overhead_ms = row.ms_per_step - row.backbone_ms - row.detailer_ms
-    row.backbone_calls, row.detailer_calls = timed.calls["backbone"], timed.calls["detailer"]
     flops = flops_per_sample(loaded.config, bench.height, bench.width)
-    row.gflop_per_step = sum(timed.rows[k] * flops[k] for k in flops) / sampler.steps / 1e9
+    if row.cuda_graphs:  # the network work of a graphed run is that of the plain Euler run it replays
+        counts = sample_counts(sampler)
+        rows = bench.batch * (2 * counts["paired_evals"] + counts["single_evals"])
+        row.backbone_calls = row.detailer_calls = counts["paired_evals"] + counts["single_evals"]
+        row.gflop_per_step = sum(rows * flops[k] for k in flops) / sampler.steps / 1e9
+    else:
+        row.backbone_ms = statistics.median(s["backbone"] for s in stages) * per_step
+        row.detailer_ms = statistics.median(s["detailer"] for s in stages) * per_step
+        row.overhead_ms = row.ms_per_step - row.backbone_ms - row.detailer_ms
+        row.backbone_calls, row.detailer_calls = timed.calls["backbone"], timed.calls["detailer"]
+        row.gflop_per_step = sum(timed.rows[k] * flops[k] for k in flops) / sampler.steps / 1e9
     row.peak_mem_mb = memory.read_mb()
     row.images = images
     return row
+
+
+def graphs_unavailable(spec: BackendSpec, bench: BenchSettings, device: torch.device) -> str | None:
+    """Why a row runs without whole-step CUDA graphs (None: it uses them); reported in the row, never silent."""
+    if not bench.cuda_graphs:
+        return "off (--no-cuda-graphs)"
+    if device.type != "cuda":
+        return "CUDA graphs need a CUDA device"
+    if spec.name not in GRAPH_BACKENDS:
+        return f"the {spec.name} backend does not run on torch's CUDA stream"
+    return None
 
 
 def add_peak_fraction(row: BenchRow, peak_gflops: float) -> None:
@@ -379,7 +421,8 @@ def render_table(report: dict[str, Any]) -> Any:
         table.add_row(
             name, r["variant"], f(r["ms_per_step"], ".1f"), spread, f(r["backbone_ms"], ".1f"), f(r["detailer_ms"], ".1f"),
             f(r["overhead_ms"], ".1f"), f(r["images_per_s"], ".3g"), f(r["speedup_vs_eager"], ".2f") + "x", psnr_text,
-            f(r["digit_accuracy"], ".2f"), f(r["peak_mem_mb"], ".0f"), f(100 * r["fraction_of_peak"], ".0f"), "",
+            f(r["digit_accuracy"], ".2f"), f(r["peak_mem_mb"], ".0f"), f(100 * r["fraction_of_peak"], ".0f"),
+            ("graphs" if r["cuda_graphs"] else f"no graphs: {r['cuda_graphs_note']}") if s["cuda_graphs"] else "",
         )  # fmt: skip
     return table
 

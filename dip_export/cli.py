@@ -202,8 +202,11 @@ def export_onnx_cmd(
     preset: PresetOpt = None,
     image_size: Annotated[str | None, typer.Option(help="Fixed at export: 256 or HxW [default: the model's].")] = None,
     precision: Annotated[
-        str, typer.Option(help="fp32, fp16 or bf16 inside the graph (I/O stays float32), or int8 (calibrated, CPU).")
+        str, typer.Option(help="fp32, fp16 or bf16 inside the graph (I/O stays float32), or int8 / fp8 (calibrated).")
     ] = "fp32",
+    target: Annotated[
+        str, typer.Option(help="int8/fp8 graph for: onnx (ONNX Runtime CPU) or trt (Q/DQ + fp16 for `trtexec --stronglyTyped`).")
+    ] = "onnx",
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
     output_dir: Annotated[Path | None, typer.Option(help="Folder to write [default: engines/<model>-<HxW>-<precision>].")] = None,
     weights: WeightsOpt = "ema",
@@ -221,8 +224,12 @@ def export_onnx_cmd(
     from dip_export.io import check_export_target
     from dip_export.pipeline import open_source
 
-    if precision not in ("fp32", "fp16", "bf16", "int8"):
-        raise UsageError(f"--precision must be fp32, fp16, bf16 or int8, got {precision!r}")
+    if precision not in ("fp32", "fp16", "bf16", "int8", "fp8"):
+        raise UsageError(f"--precision must be fp32, fp16, bf16, int8 or fp8, got {precision!r}")
+    if target not in ("onnx", "trt"):
+        raise UsageError(f"--target must be onnx or trt, got {target!r}")
+    if precision == "fp8" and target != "trt":
+        raise UsageError("fp8 is a TensorRT graph: add --target trt")
     if opset not in OPSETS:
         raise UsageError(f"--opset must be in {OPSETS.start}..{OPSETS.stop - 1}, got {opset}")
     if output_dir is not None:
@@ -233,10 +240,10 @@ def export_onnx_cmd(
     loaded = source.loaded
     size = parse_image_size(image_size or loaded.config.image_size)
     check_image_size(*size, loaded.config.patch_size)
-    if precision == "int8":
+    if precision in ("int8", "fp8"):
         from dip_export.quantize import export_int8
 
-        export_int8(loaded, image_size=size, target="onnx", output_dir=output_dir, console=console)
+        export_int8(loaded, image_size=size, target=target, output_dir=output_dir, console=console, fp8=precision == "fp8")
         return
     export_onnx(loaded, precision=precision, image_size=size, opset=opset, output_dir=output_dir, console=console)
 

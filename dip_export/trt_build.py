@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
-from dip_export.errors import ExportError, MissingDependencyError, UsageError
+from dip_export.errors import DipError, ExportError, MissingDependencyError, UsageError
 from dip_export.export.manifest import MANIFEST, Manifest, read_manifest, write_manifest
 from dip_export.export.spec import BATCH, SubModelSpec, io_specs
 from dip_export.io import atomic_path
@@ -89,12 +89,13 @@ def _tensorrt() -> Any:
     return tensorrt
 
 
-def gpu_identity() -> tuple[str, tuple[int, int]]:
+def gpu_identity(device: Any = None) -> tuple[str, tuple[int, int]]:
+    """Name and compute capability of `device` (not the current device: engines on cuda:1 are cuda:1's)."""
     import torch
 
     if not torch.cuda.is_available():
         raise MissingDependencyError("a CUDA GPU", "TensorRT engines are built and run on an NVIDIA GPU; " + INSTALL_HINT)
-    return torch.cuda.get_device_name(), torch.cuda.get_device_capability()
+    return torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device)
 
 
 def check_precision_supported(precision: str, capability: tuple[int, int]) -> None:
@@ -104,8 +105,30 @@ def check_precision_supported(precision: str, capability: tuple[int, int]) -> No
         raise UsageError("bf16 needs compute capability 8.0 or newer (Ampere)")
 
 
-def engine_matches(entry: dict[str, Any], trt_version: str, gpu: str) -> bool:
-    return entry.get("trt_version") == trt_version and entry.get("gpu") == gpu
+def profile_entry(profile: BatchProfile) -> dict[str, Any]:
+    return {"min": profile.min, "opt": profile.opt, "max": profile.max, "network_rows": list(profile.network_batches())}
+
+
+def engine_matches(
+    entry: dict[str, Any], trt_version: str, gpu: str, *, profile: BatchProfile | None = None, opt_level: int | None = None
+) -> bool:
+    """Reusable only for the same TensorRT version and GPU and, when asked, the same batch profile and opt level."""
+    if entry.get("trt_version") != trt_version or entry.get("gpu") != gpu:
+        return False
+    if profile is not None and entry.get("profile", {}).get("network_rows") != list(profile.network_batches()):
+        return False
+    return opt_level is None or entry.get("opt_level") == opt_level
+
+
+def _load_timing_cache(trt: Any, config: Any, timing_cache: Path | None, console: Console | None) -> None:
+    """The saved cache when TensorRT accepts it; an empty one when it was made on another GPU or version."""
+    cache_bytes = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
+    if config.set_timing_cache(config.create_timing_cache(cache_bytes), False):
+        return
+    if console is not None:
+        console.print(f"[yellow]timing cache {timing_cache} is from another GPU or TensorRT version; starting a new one[/]")
+    if not config.set_timing_cache(config.create_timing_cache(b""), False):
+        raise ExportError("TensorRT refused an empty timing cache")
 
 
 def build_engine(
@@ -116,6 +139,7 @@ def build_engine(
     opt_level: int = 3,
     timing_cache: Path | None = None,
     workspace: int = DEFAULT_WORKSPACE,
+    console: Console | None = None,
 ) -> None:
     """Parse, configure and build one strongly typed engine; write the plan atomically.
 
@@ -123,8 +147,8 @@ def build_engine(
     Builder.create_network(flags), OnnxParser.parse_from_file (finds external weight files),
     IBuilderConfig.set_memory_pool_limit, builder_optimization_level,
     Builder.create_optimization_profile / IOptimizationProfile.set_shape / add_optimization_profile,
-    create_timing_cache / set_timing_cache / get_timing_cache().serialize(),
-    Builder.build_serialized_network (returns None on failure).
+    create_timing_cache / set_timing_cache (False for a cache from another GPU or version: a new one is
+    started) / get_timing_cache (may be None), Builder.build_serialized_network (None on failure).
     """
     trt = _tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
@@ -145,16 +169,16 @@ def build_engine(
     for name, (lo, opt, hi) in shapes.items():
         profile.set_shape(name, lo, opt, hi)
     config.add_optimization_profile(profile)
-    cache_bytes = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
-    config.set_timing_cache(config.create_timing_cache(cache_bytes), False)
+    _load_timing_cache(trt, config, timing_cache, console)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise ExportError(f"TensorRT failed to build {onnx_path.name} (see the messages above)")
     with atomic_path(plan_path) as tmp:
         tmp.write_bytes(bytes(plan))
-    if timing_cache is not None:
+    cache = config.get_timing_cache()
+    if timing_cache is not None and cache is not None:
         with atomic_path(timing_cache) as tmp:
-            tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+            tmp.write_bytes(bytes(cache.serialize()))
 
 
 def build_trt(
@@ -166,21 +190,25 @@ def build_trt(
     timing_cache: Path | None,
     opt_level: int,
     console: Console,
+    device: Any = None,
 ) -> dict[str, Any]:
-    """Build (or reuse) the engines of one precision for an export folder and record them."""
+    """Build (or reuse) the engines of one precision for an export folder, verify them, record them."""
+    import torch
+
     if precision not in TRT_PRECISIONS:
         raise UsageError(f"TensorRT precision must be one of {', '.join(TRT_PRECISIONS)}")
     if not 0 <= opt_level <= 5:
         raise UsageError(f"--opt-level must be 0..5, got {opt_level}")
     trt = _tensorrt()  # what is missing comes first, and before any file is made
-    gpu, capability = gpu_identity()
+    device = torch.device(device if device is not None else "cuda")
+    gpu, capability = gpu_identity(device)
     folder = find_export(root, output_dir)
     check_precision_supported(precision, capability)
     manifest = read_manifest(folder)
     existing = manifest.engines.get(precision)
     if (
         existing
-        and engine_matches(existing, trt.__version__, gpu)
+        and engine_matches(existing, trt.__version__, gpu, profile=profile, opt_level=opt_level)
         and all((folder / f).is_file() for f in existing["files"].values())
     ):
         console.print(f"engines for {precision} on {gpu} with TensorRT {trt.__version__} are up to date")
@@ -189,29 +217,89 @@ def build_trt(
     onnx_manifest = read_manifest(onnx_dir)
     specs = io_specs(manifest.config, *manifest.image_size)
     files, started = {}, time.perf_counter()
-    for role, spec in specs.items():
-        name = engine_file(role, precision, trt.__version__, gpu)
-        with console.status(f"building {role} engine ({precision}, opt level {opt_level}) ..."):
-            build_engine(onnx_dir / onnx_manifest.files[role], folder / name, profile_shapes(spec, profile),
-                         opt_level=opt_level, timing_cache=timing_cache)  # fmt: skip
-        files[role] = name
+    with torch.cuda.device(device):
+        for role, spec in specs.items():
+            name = engine_file(role, precision, trt.__version__, gpu)
+            with console.status(f"building {role} engine ({precision}, opt level {opt_level}) ..."):
+                build_engine(onnx_dir / onnx_manifest.files[role], folder / name, profile_shapes(spec, profile),
+                             opt_level=opt_level, timing_cache=timing_cache, console=console)  # fmt: skip
+            files[role] = name
     entry = {
-        "files": files, "trt_version": trt.__version__, "gpu": gpu, "compute_capability": list(capability),
-        "profile": {"min": profile.min, "opt": profile.opt, "max": profile.max, "network_rows": list(profile.network_batches())},
+        "files": files, "precision": precision, "trt_version": trt.__version__, "gpu": gpu,
+        "compute_capability": list(capability), "profile": profile_entry(profile),
         "onnx": str(onnx_dir.relative_to(folder)) if onnx_dir != folder else ".", "opt_level": opt_level,
         "build_seconds": round(time.perf_counter() - started, 1),
     }  # fmt: skip
+    with console.status("verifying the engines against ONNX Runtime ..."):
+        try:
+            entry["verification"] = verify_engines(folder, entry, onnx_dir, onnx_manifest, specs, device)
+        except DipError:  # a hard error, like the export's: no engine that does not match its ONNX is left
+            for f in files.values():
+                (folder / f).unlink(missing_ok=True)
+            raise
     manifest.engines[precision] = entry
     write_manifest(folder, manifest)
     console.print(f"wrote {', '.join(files.values())} into {folder}/")
     return entry
 
 
+ENGINE_TOLERANCES = {"fp32": 1e-3, "fp16": 2e-2, "bf16": 5e-2, "int8": 5e-2, "fp8": 1e-1}  # max rel. error vs ORT, same graph
+
+
+def compare_outputs(rows: list[tuple[str, int, Any, Any]], tolerance: float) -> dict[str, Any]:
+    """(what, rows, engine output, reference output) -> report; every mismatch is listed, none is skipped."""
+    import numpy as np
+
+    report_rows, bad = [], []
+    for what, n, got, want in rows:
+        got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+        if got.shape != want.shape:
+            bad.append(f"{what} at {n} rows: shape {got.shape} != {want.shape}")
+            continue
+        finite = bool(np.isfinite(got).all())
+        rel = float(np.abs(got - want).max() / (np.abs(want).max() or 1.0)) if finite else float("inf")
+        report_rows.append({"output": what, "rows": n, "rel_err": rel})
+        if not rel <= tolerance:
+            bad.append(f"{what} at {n} rows: relative error {rel:.3g} > {tolerance:g}")
+    if bad:
+        raise ExportError("TensorRT engine does not match ONNX Runtime: " + "; ".join(bad))
+    return {"rows": report_rows, "tolerance": tolerance, "passed": True}
+
+
+def verify_engines(
+    folder: Path, entry: dict[str, Any], onnx_dir: Path, onnx_manifest: Manifest, specs: dict[str, SubModelSpec], device: Any
+) -> dict[str, Any]:
+    """Both engines against the ONNX they were built from (ONNX Runtime), same inputs.
+
+    At the profile's smallest row count and at 2 rows (one CFG pair), as the ONNX export is verified:
+    the reference runs on the host, where the profile's largest batch of a big model would take minutes.
+    """
+    import torch
+
+    from dip_export.export.onnx_export import onnx_runner
+    from dip_export.export.spec import backbone_inputs
+    from dip_export.runtime.trt_engine import TrtEngine
+
+    engine = TrtEngine.from_entry(folder, entry, specs, device)
+    runners = {role: onnx_runner(onnx_dir / rel, onnx_manifest.precision) for role, rel in onnx_manifest.files.items()}
+    config, (h, w) = onnx_manifest.config, onnx_manifest.image_size
+    rows = []
+    for n in sorted({engine.min_rows, min(engine.max_rows, max(engine.min_rows, 2))}):
+        feeds = backbone_inputs(config, h, w, n, seed=n)
+        want_tokens = runners["backbone"](feeds)
+        want_v = runners["detailer"]({"x": feeds["x"], "tokens": want_tokens})
+        x, t, y = (torch.from_numpy(feeds[k]).to(device) for k in ("x", "t", "y"))
+        got_tokens = engine.backbone(x, t, y).cpu().numpy().copy()
+        got_v = engine.detailer(x, torch.from_numpy(want_tokens).to(device)).cpu().numpy().copy()
+        rows += [("backbone.tokens", n, got_tokens, want_tokens), ("detailer.v", n, got_v, want_v)]
+    return compare_outputs(rows, ENGINE_TOLERANCES[entry["precision"]])
+
+
 def onnx_for_precision(folder: Path, manifest: Manifest, precision: str, console: Console) -> Path:
     """The export whose graph carries this precision: the folder itself or a sub-folder made now."""
     wanted = source_onnx_precision(precision)
-    if manifest.precision == wanted:
-        return folder
+    if manifest.precision == wanted or (f"{manifest.precision}-trt" == wanted and manifest.extra.get("target") == "trt"):
+        return folder  # `dip-export onnx --precision int8 --target trt` wrote this very graph
     sub = folder / f"onnx-{wanted}"
     if (sub / MANIFEST).is_file():
         return sub

@@ -75,3 +75,70 @@ def test_psnr():
 def test_bad_bench_arguments():
     result = runner.invoke(bench_app, ["--backends", "onnx:fp64"])
     assert result.exit_code == 2 and "no precision" in result.output
+
+
+def test_rows_say_whether_cuda_graphs_were_used(report):
+    ok = [r for r in report["results"] if r["status"] == "ok"]
+    assert all(r["cuda_graphs"] is False and r["cuda_graphs_note"] == "CUDA graphs need a CUDA device" for r in ok)
+
+
+# ---- graphed rows on the fake CUDA-graph layer (tests/fakes/cuda.py): captures, synchronisation, timing
+
+
+@pytest.fixture()
+def fake_gpu(monkeypatch):
+    from tests.fakes.cuda import FakeCuda
+
+    return FakeCuda().install(monkeypatch)
+
+
+def test_the_stage_timer_does_not_synchronise_inside_a_capture(golden_model, golden, fake_gpu):
+    """The timing wrapper synchronises around calls on CUDA; inside a capture that would end it."""
+    import warnings
+
+    import torch
+
+    from dip_export.bench import _Timed
+    from dip_export.runtime.cuda_graph import GraphedSampler
+    from dip_export.runtime.torch_engine import TorchEngine
+    from dip_export.sampling import SamplerSettings, initial_noise
+
+    cpu = torch.device("cpu")
+    timed = _Timed(TorchEngine(golden_model, cpu), torch.device("cuda"))  # synchronises like on a GPU
+    graphed = GraphedSampler(timed, cpu)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        graphed(initial_noise([0, 1], 32, 64), torch.tensor([1, 2]), 5, SamplerSettings(steps=4, cfg=2.0))
+    assert graphed.fallback_reason is None and fake_gpu.captures == 2 and fake_gpu.synchronizes > 0
+
+
+def test_graphed_rows_capture_once_and_are_timed_end_to_end(golden_model, golden, fake_gpu, monkeypatch):
+    import math
+
+    import torch
+
+    from dip_export import bench as bench_mod
+    from dip_export.checkpoint import LoadedModel
+    from dip_export.runtime.factory import BackendSpec
+    from dip_export.runtime.torch_engine import TorchEngine
+    from dip_export.sampling import SamplerSettings
+
+    cpu = torch.device("cpu")
+    loaded = LoadedModel(golden_model, golden.config, name="golden", source="test")
+    settings = bench_mod.BenchSettings(steps=4, batch=2, height=32, width=64, warmup=1, repeats=3)
+    sampler = SamplerSettings(steps=4, cfg=2.0)
+    spec, net = BackendSpec("torch", "fp32"), TorchEngine(golden_model, cpu)
+    plain = bench_mod.run_backend(spec, net, loaded, settings, sampler, cpu)
+    assert not plain.cuda_graphs and plain.cuda_graphs_note
+    monkeypatch.setattr(bench_mod, "graphs_unavailable", lambda *args: None)  # as on a CUDA device
+    row = bench_mod.run_backend(spec, net, loaded, settings, sampler, cpu)
+    assert row.cuda_graphs and row.cuda_graphs_note == ""
+    assert fake_gpu.captures == 2  # paired + conditional-only, once for warm-up and all three repeats
+    assert fake_gpu.replays == 4 * 4  # every step of every run is a replay
+    assert math.isnan(row.backbone_ms) and row.ms_per_step > 0  # no per-stage times inside a replay
+    assert row.gflop_per_step == pytest.approx(plain.gflop_per_step)
+    assert row.backbone_calls == plain.backbone_calls and row.detailer_calls == plain.detailer_calls
+    assert (row.images == plain.images).all()
+    with pytest.warns(UserWarning, match="Euler"):
+        heun = bench_mod.run_backend(spec, net, loaded, settings, SamplerSettings(steps=4, cfg=2.0, method="heun"), cpu)
+    assert not heun.cuda_graphs and "Euler" in heun.cuda_graphs_note  # the fallback is reported

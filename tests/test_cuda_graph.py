@@ -1,16 +1,24 @@
-"""Whole-step CUDA graphs: same images as plain sampling (needs a CUDA device)."""
+"""Whole-step CUDA graphs: same images as plain sampling, on a CUDA device and on the fake capture layer."""
+
+import shutil
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 
+from dip_export.export.manifest import read_manifest
+from dip_export.export.spec import io_specs
 from dip_export.runtime.cuda_graph import GraphedSampler
 from dip_export.runtime.torch_engine import TorchEngine
+from dip_export.runtime.trt_engine import TrtEngine
 from dip_export.sampling import SamplerSettings, initial_noise, sample
+from dip_export.trt_build import BatchProfile, build_trt
+from tests.fakes import tensorrt as fake_tensorrt
+from tests.fakes.cuda import FakeCuda
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-]
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 @pytest.fixture()
@@ -21,6 +29,8 @@ def engine(golden_model):
 
 
 @pytest.mark.parametrize("cfg", [1.0, 2.5])
+@pytest.mark.gpu
+@needs_cuda
 def test_graphed_steps_match_plain_sampling(engine, golden, cfg):
     noise = initial_noise(golden.meta["seeds"], 32, 64).cuda()
     y = torch.tensor(golden.meta["classes"], device="cuda")
@@ -34,6 +44,8 @@ def test_graphed_steps_match_plain_sampling(engine, golden, cfg):
     torch.testing.assert_close(again, sample(engine, noise, y.flip(0), 5, settings), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.gpu
+@needs_cuda
 def test_shape_change_recaptures(engine, golden):
     graphed = GraphedSampler(engine, torch.device("cuda"))
     settings = SamplerSettings(steps=3, cfg=2.0)
@@ -44,8 +56,118 @@ def test_shape_change_recaptures(engine, golden):
         assert graphed.shape == (n, 3, 32, 64)
 
 
+@pytest.mark.gpu
+@needs_cuda
 def test_heun_falls_back_with_a_warning(engine, golden):
     noise = initial_noise([1], 32, 64).cuda()
     y = torch.tensor([0], device="cuda")
     with pytest.warns(UserWarning, match="without them"):
         GraphedSampler(engine, torch.device("cuda"))(noise, y, 5, SamplerSettings(steps=2, method="heun"))
+
+
+# ---- on any machine: the fake CUDA-graph layer (tests/fakes/cuda.py) enforces capture's rules on CPU tensors
+
+CPU = torch.device("cpu")
+SIZE = (32, 64)
+
+
+@pytest.fixture()
+def fake_gpu(monkeypatch):
+    return FakeCuda().install(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def fp32_export(tmp_path_factory, golden):
+    from dip_export.checkpoint import LoadedModel, build_model
+    from dip_export.export.onnx_export import export_onnx
+
+    loaded = LoadedModel(build_model(golden.config, golden.state), golden.config, name="golden", source="test")
+    return export_onnx(loaded, precision="fp32", image_size=SIZE, output_dir=tmp_path_factory.mktemp("graphs") / "fp32")
+
+
+@pytest.fixture()
+def trt_engine(fp32_export, tmp_path, fake_gpu, monkeypatch):
+    """TensorRT engines (fake module: ONNX Runtime behind TensorRT's API and rules) on CPU buffers."""
+    folder = Path(shutil.copytree(fp32_export, tmp_path / "export"))
+    trt = fake_tensorrt.install(monkeypatch)
+    entry = build_trt(precision="fp32", output_dir=folder, root=tmp_path, profile=BatchProfile(1, 2, 4), timing_cache=None,
+                      opt_level=3, console=Console(quiet=True), device="cpu")  # fmt: skip
+    engine = TrtEngine.from_entry(folder, entry, io_specs(read_manifest(folder).config, *SIZE), CPU)
+    trt.enqueues = 0
+    return engine, trt
+
+
+def _inputs(golden):
+    return initial_noise(golden.meta["seeds"], *SIZE), torch.tensor(golden.meta["classes"])
+
+
+@pytest.mark.parametrize("cfg", [1.0, 2.5])
+def test_fake_graphs_replay_the_plain_sampler(golden_model, golden, fake_gpu, cfg):
+    engine = TorchEngine(golden_model, CPU)
+    noise, y = _inputs(golden)
+    settings = SamplerSettings(steps=6, cfg=cfg)
+    graphed = GraphedSampler(engine, CPU)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = graphed(noise, y, 5, settings)
+        torch.testing.assert_close(out, sample(engine, noise, y, 5, settings), rtol=1e-5, atol=1e-5)
+        again = graphed(noise, y.flip(0), 5, settings)  # new labels: same graphs
+    torch.testing.assert_close(again, sample(engine, noise, y.flip(0), 5, settings), rtol=1e-5, atol=1e-5)
+    assert fake_gpu.captures == graphed.captures == (1 if cfg == 1.0 else 2)
+    assert fake_gpu.replays == 12 and graphed.fallback_reason is None
+
+
+def test_both_graphs_share_one_memory_pool(golden_model, golden, fake_gpu):
+    graphed = GraphedSampler(TorchEngine(golden_model, CPU), CPU)
+    graphed(*_inputs(golden), 5, SamplerSettings(steps=6, cfg=2.5))
+    assert len(fake_gpu.pools) == 2 and fake_gpu.pools[0] is not None and fake_gpu.pools[0] is fake_gpu.pools[1]
+
+
+def test_trt_graphs_keep_a_context_per_row_count(trt_engine, golden):
+    """Paired (2B rows) and conditional-only (B rows) graphs: capturing the second must not break the first."""
+    engine, _ = trt_engine
+    noise, y = _inputs(golden)
+    settings = SamplerSettings(steps=6, cfg=2.5)
+    graphed = GraphedSampler(engine, CPU)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = graphed(noise, y, 5, settings)
+    assert graphed.captures == 2 and graphed.fallback_reason is None
+    torch.testing.assert_close(out, sample(engine, noise, y, 5, settings), rtol=1e-5, atol=1e-5)
+    assert set(engine._plans["backbone"].contexts) == {2, 4}
+
+
+def test_trt_never_enqueues_on_the_legacy_default_stream(trt_engine, golden):
+    engine, trt = trt_engine
+    noise, y = _inputs(golden)
+    sample(engine, noise, y, 5, SamplerSettings(steps=2, cfg=2.0))
+    GraphedSampler(engine, CPU)(noise, y, 5, SamplerSettings(steps=2, cfg=2.0))
+    assert trt.streams and 0 not in trt.streams
+
+
+def test_a_refused_trt_capture_falls_back_to_plain_sampling(trt_engine, golden):
+    engine, trt = trt_engine
+    trt.refuse_capture = True
+    noise, y = _inputs(golden)
+    settings = SamplerSettings(steps=4, cfg=2.0)
+    graphed = GraphedSampler(engine, CPU)
+    with pytest.warns(UserWarning, match="capture failed"):
+        out = graphed(noise, y, 5, settings)
+    assert graphed.fallback_reason is not None and "enqueue" in graphed.fallback_reason
+    torch.testing.assert_close(out, sample(engine, noise, y, 5, settings), rtol=1e-5, atol=1e-5)
+
+
+def test_fake_capture_refuses_synchronize_and_stale_contexts(trt_engine, fake_gpu):
+    """The fake's own rules: no synchronize inside a capture; a TensorRT replay needs the captured shapes."""
+    engine, _ = trt_engine
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="capturing"), torch.cuda.graph(graph):
+        torch.cuda.synchronize()
+    x, t, y = torch.zeros(2, 3, *SIZE), torch.zeros(2), torch.zeros(2, dtype=torch.int64)
+    engine.backbone(x, t, y)  # the normal enqueue before a capture
+    with torch.cuda.graph(graph):
+        engine.backbone(x, t, y)
+    graph.replay()
+    engine.backbone(x.clone(), t, y)  # the context is bound to another address now
+    with pytest.raises(RuntimeError, match="changed"):
+        graph.replay()

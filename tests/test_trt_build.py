@@ -1,15 +1,33 @@
 """Everything around the TensorRT build that runs without a GPU; the build itself needs one."""
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from rich.console import Console
 from typer.testing import CliRunner
 
 from dip_export.cli import export_app
 from dip_export.config import DiPConfig
-from dip_export.errors import UsageError
+from dip_export.errors import ExportError, UsageError
+from dip_export.export.manifest import read_manifest
 from dip_export.export.spec import io_specs
-from dip_export.trt_build import BatchProfile, engine_file, engine_matches, find_export, profile_shapes
+from dip_export.runtime.ort_engine import make_session
+from dip_export.runtime.trt_engine import TrtEngine
+from dip_export.trt_build import (
+    BatchProfile,
+    build_trt,
+    compare_outputs,
+    engine_file,
+    engine_matches,
+    find_export,
+    gpu_identity,
+    profile_shapes,
+)
+from tests.fakes import tensorrt as fake_tensorrt
+from tests.fakes.cuda import FakeCuda
 
 runner = CliRunner()
 
@@ -73,3 +91,146 @@ def test_trt_without_tensorrt_or_gpu_refuses_cleanly(tmp_path, monkeypatch, flag
 def test_two_precisions_at_once_are_refused():
     result = runner.invoke(export_app, ["trt", "--fp16", "--int8"])
     assert result.exit_code == 2 and "choose one precision" in result.output
+
+
+# ---- builds and runs against the fake tensorrt module (tests/fakes), which enforces the real API's rules
+
+SIZE = (32, 64)
+
+
+@pytest.fixture(scope="module")
+def fp32_export(tmp_path_factory, golden):
+    from dip_export.checkpoint import LoadedModel, build_model
+    from dip_export.export.onnx_export import export_onnx
+
+    loaded = LoadedModel(build_model(golden.config, golden.state), golden.config, name="golden", source="test")
+    return export_onnx(loaded, precision="fp32", image_size=SIZE, output_dir=tmp_path_factory.mktemp("trt") / "fp32")
+
+
+@pytest.fixture()
+def export_copy(fp32_export, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(fp32_export, tmp_path / "export"))
+
+
+@pytest.fixture()
+def gpu(monkeypatch):
+    return FakeCuda().install(monkeypatch)
+
+
+def _build(folder, profile="1,1,8", opt_level=3, cache=None, precision="fp32"):
+    return build_trt(precision=precision, output_dir=folder, root=folder.parent, profile=BatchProfile.parse(profile),
+                     timing_cache=cache, opt_level=opt_level, console=Console(quiet=True), device="cpu")  # fmt: skip
+
+
+def test_engines_are_rebuilt_for_another_batch_profile(export_copy, gpu, monkeypatch):
+    """A batch-1 build (max 16 rows) must not be reused for batch-16 CFG (32 rows); the same ask is reused."""
+    trt = fake_tensorrt.install(monkeypatch)
+    first = _build(export_copy, "1,1,8")
+    assert first["profile"]["network_rows"] == [1, 2, 16] and len(trt.built) == 2
+    second = _build(export_copy, "1,16,16")
+    assert second["profile"]["network_rows"] == [1, 32, 32] and len(trt.built) == 4
+    assert read_manifest(export_copy).engines["fp32"]["profile"]["max"] == 16
+    _build(export_copy, "1,16,16")
+    assert len(trt.built) == 4  # reused
+    _build(export_copy, "1,16,16", opt_level=5)
+    assert len(trt.built) == 6 and trt.built[-1]["opt_level"] == 5
+    entry = {"trt_version": "10.13.0", "gpu": "g", "profile": {"network_rows": [1, 2, 16]}, "opt_level": 3}
+    assert engine_matches(entry, "10.13.0", "g", profile=BatchProfile(1, 1, 8), opt_level=3)
+    assert not engine_matches(entry, "10.13.0", "g", profile=BatchProfile(1, 16, 16), opt_level=3)
+
+
+def test_timing_cache_from_another_gpu_starts_a_new_one(export_copy, gpu, monkeypatch):
+    fake_tensorrt.install(monkeypatch)
+    cache = export_copy / "timing.cache"
+    cache.write_bytes(fake_tensorrt.CACHE_MAGIC + b'{"owner": "10.13.0|NVIDIA A100", "entries": 7}')
+    entry = _build(export_copy, cache=cache)
+    assert set(entry["files"]) == {"backbone", "detailer"}
+    saved = json.loads(cache.read_bytes()[len(fake_tensorrt.CACHE_MAGIC) :])
+    assert saved["owner"] == f"10.13.0|{gpu.get_device_name()}" and saved["entries"] == 2  # a new cache, both builds
+
+
+def test_a_build_that_returns_none_is_an_error_and_writes_nothing(export_copy, gpu, monkeypatch):
+    trt = fake_tensorrt.install(monkeypatch)
+    trt.fail_builds = True
+    before = sorted(p.name for p in export_copy.iterdir())
+    with pytest.raises(ExportError, match="failed to build"):
+        _build(export_copy)
+    assert sorted(p.name for p in export_copy.iterdir()) == before
+
+
+def test_engines_that_disagree_with_onnx_runtime_are_refused(export_copy, gpu, monkeypatch):
+    trt = fake_tensorrt.install(monkeypatch)
+    trt.corrupt_outputs = True
+    before = sorted(p.name for p in export_copy.iterdir())
+    with pytest.raises(ExportError, match="does not match ONNX Runtime"):
+        _build(export_copy)
+    assert sorted(p.name for p in export_copy.iterdir()) == before
+    assert "fp32" not in read_manifest(export_copy).engines
+
+
+@pytest.mark.parametrize("version", ["10.13.0", "11.0.0"])
+def test_strongly_typed_build_on_10_and_11(export_copy, gpu, monkeypatch, version):
+    """11.x has no precision builder flags; 10.x needs STRONGLY_TYPED asked for. Verified runs at both profile ends."""
+    trt = fake_tensorrt.install(monkeypatch, version)
+    entry = _build(export_copy, "1,2,4")
+    assert all(b["strongly_typed"] for b in trt.built)
+    assert [r["rows"] for r in entry["verification"]["rows"]] == [1, 1, 2, 2]
+    assert entry["verification"]["passed"] and entry["trt_version"] == version
+    if version.startswith("11"):
+        with pytest.raises(AttributeError):
+            _ = trt.BuilderFlag.FP16
+
+
+def test_compare_outputs_lists_every_mismatch():
+    ok = np.ones((2, 3))
+    report = compare_outputs([("a", 2, ok, ok), ("b", 2, ok * 1.001, ok)], 1e-2)
+    assert report["passed"] and [r["output"] for r in report["rows"]] == ["a", "b"]
+    with pytest.raises(ExportError) as err:
+        compare_outputs([("a", 1, ok * 2, ok), ("b", 1, np.full((2, 3), np.nan), ok), ("c", 1, ok[:1], ok)], 1e-2)
+    message = str(err.value)
+    assert "a at 1 rows: relative error 1" in message and "b at 1 rows: relative error inf" in message
+    assert "c at 1 rows: shape (1, 3) != (2, 3)" in message
+
+
+def test_engines_belong_to_the_device_asked_for(export_copy, monkeypatch):
+    """On cuda:1 the identity and the deserialisation are cuda:1's, whatever the current device."""
+    gpu = FakeCuda(names=("NVIDIA A100", "NVIDIA H100")).install(monkeypatch)
+    trt = fake_tensorrt.install(monkeypatch)
+    assert gpu_identity(torch.device("cuda:1"))[0] == "NVIDIA H100" and gpu.device_index == 0
+    with gpu.device(1):
+        entry = _build(export_copy)  # built while cuda:1 is current: the plans are the H100's
+    trt.deserialized_on.clear()
+    specs = io_specs(read_manifest(export_copy).config, *SIZE)
+    TrtEngine.from_entry(export_copy, entry, specs, "cuda:1")
+    assert trt.deserialized_on == [1, 1]
+    with pytest.raises(ExportError, match="NVIDIA A100"):
+        TrtEngine.from_entry(export_copy, entry, specs, "cuda:0")
+
+
+def test_rows_outside_the_profile_name_the_batch_and_the_profile(export_copy, gpu, monkeypatch):
+    fake_tensorrt.install(monkeypatch)
+    entry = _build(export_copy, "2,2,4")
+    engine = TrtEngine.from_entry(export_copy, entry, io_specs(read_manifest(export_copy).config, *SIZE), "cpu")
+    x, t, y = torch.zeros(1, 3, *SIZE), torch.zeros(1), torch.zeros(1, dtype=torch.int64)
+    with pytest.raises(UsageError, match=r"1 network rows .*2\.\.8 rows"):
+        engine.backbone(x, t, y)
+    with pytest.raises(UsageError, match=r"1 network rows do not fit the backbone engine's profile \(2\.\.8"):
+        engine._plans["backbone"](x, t, y)  # the context itself refuses the shape (set_input_shape is False)
+
+
+def test_inputs_in_the_right_form_are_bound_in_place(export_copy, gpu, monkeypatch):
+    trt = fake_tensorrt.install(monkeypatch)
+    entry = _build(export_copy)
+    engine = TrtEngine.from_entry(export_copy, entry, io_specs(read_manifest(export_copy).config, *SIZE), "cpu")
+    x, t, y = torch.randn(2, 3, *SIZE), torch.rand(2), torch.tensor([0, 5])
+    tokens = engine.backbone(x, t, y)
+    v = engine.detailer(x, tokens)
+    plan = engine._plans["detailer"]
+    assert not plan.staging and plan.bound[2]["x"] == x.data_ptr() and plan.bound[2]["tokens"] == tokens.data_ptr()
+    engine.backbone(x.double(), t, y.int())  # another dtype is staged, once per row count
+    assert set(engine._plans["backbone"].staging) == {(2, "x"), (2, "y")}
+    assert 0 not in trt.streams  # never the legacy default stream
+    torch.testing.assert_close(v, torch.from_numpy(make_session(export_copy / "detailer.onnx").run(
+        None, {"x": x.numpy(), "tokens": tokens.numpy()})[0]))  # fmt: skip

@@ -7,9 +7,12 @@ float32 (the model computes them so), and the graph's I/O is float32.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -130,20 +133,25 @@ def export_submodel(module: nn.Module, spec: SubModelSpec, loaded: LoadedModel, 
         args = (x, tokens)
     path = folder / f"{spec.name}.onnx"
     before = set(folder.iterdir())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about python ints from shapes (H, W are fixed)
+    # torch.export-based exporter (the TorchScript one is deprecated). Measured against it on DiP-B/16 at
+    # 256 px: 1223 backbone nodes instead of 3075, 49 detailer nodes instead of 150, the same error against
+    # PyTorch; fp32, fp16 and bf16 all export and verify, so the TorchScript exporter is not kept.
+    with _quiet_exporter():
         torch.onnx.export(
             module,
             args,
             str(path),
             input_names=spec.input_names,
             output_names=spec.output_names,
-            dynamic_axes=spec.dynamic_axes(),
+            dynamic_shapes=spec.dynamic_shapes(torch.export.Dim("batch", min=1)),
             opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
+            dynamo=True,
+            external_data=True,
+            optimize=True,
+            verbose=False,
         )
     model = onnx.load(str(path))
+    _name_nodes_by_module(model)
     _pin_io_shapes(model, spec)
     large = sum(t.ByteSize() for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
     model.producer_name = "dip-export"
@@ -157,6 +165,45 @@ def export_submodel(module: nn.Module, spec: SubModelSpec, loaded: LoadedModel, 
         location=f"{spec.name}.onnx.data",
     )
     return path.name
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The dynamo exporter logs optional-package notes (torchvision ops) and a note per shared dim name."""
+    log = logging.getLogger("torch.onnx")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
+            yield
+    finally:
+        log.setLevel(level)
+
+
+def _name_nodes_by_module(model: Any) -> None:
+    """Node names from the module path, as the TorchScript exporter wrote them: "/blocks.0/attn/qkv/MatMul".
+
+    The dynamo exporter names nodes after aten ops ("node_linear_4") and keeps the module path in
+    metadata; quantization and the fp16 conversion choose their float32 parts by module path.
+    """
+    import ast
+
+    used: set[str] = set()
+    for node in model.graph.node:
+        meta = {p.key: p.value for p in node.metadata_props}
+        scopes = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]")) or [""]
+        parts, prev = [], ""
+        for scope in scopes[1:-1]:  # the last entry is the op itself
+            parts.append(scope[len(prev) + 1 :] if prev else scope.removeprefix("model."))
+            prev = scope
+        base = "/" + "/".join([*parts, node.op_type])
+        name, k = base, 0
+        while name in used:
+            k += 1
+            name = f"{base}_{k}"
+        used.add(name)
+        node.name = name
 
 
 def _pin_io_shapes(model: Any, spec: SubModelSpec) -> None:
@@ -176,7 +223,7 @@ def verify_export(
     folder: Path, files: dict[str, str], reference: DiP, specs: dict[str, SubModelSpec], precision: str
 ) -> dict[str, Any]:
     """Run the ONNX files with ONNX Runtime at two batch sizes against the fp32 PyTorch model."""
-    runners = {role: _runner(folder / rel, precision) for role, rel in files.items()}
+    runners = {role: onnx_runner(folder / rel, precision) for role, rel in files.items()}
     cfg = reference.cfg
     _, _, h, w = specs["backbone"].inputs[0].concrete(1)
     rows = []
@@ -199,7 +246,7 @@ def verify_export(
     }
 
 
-def _runner(path: Path, precision: str) -> Any:
+def onnx_runner(path: Path, precision: str) -> Any:
     """ONNX Runtime where it has kernels; ONNX's reference evaluator for bf16 (no ORT CPU kernels)."""
     if precision == "bf16":
         from onnx.reference import ReferenceEvaluator

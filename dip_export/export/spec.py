@@ -41,6 +41,10 @@ class SubModelSpec:
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         return {t.name: {i: BATCH for i, d in enumerate(t.shape) if d == BATCH} for t in self.inputs + self.outputs}
 
+    def dynamic_shapes(self, batch: object) -> dict[str, dict[int, object]]:
+        """torch.export's form of the dynamic axes: each input's batch axis is the one `batch` Dim."""
+        return {t.name: {i: batch for i, d in enumerate(t.shape) if d == BATCH} for t in self.inputs}
+
 
 def io_specs(config: DiPConfig, height: int, width: int) -> dict[str, SubModelSpec]:
     n, d, c = config.num_tokens(height, width), config.hidden_size, config.in_channels

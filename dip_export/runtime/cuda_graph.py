@@ -3,8 +3,11 @@ replayed for every step over static buffers.
 
 Two graphs at most per batch shape: the paired step (CFG on both halves) and the conditional-only
 step (guidance weight 1). t, dt and w live in device buffers written before each replay, so the
-captured work never changes. Anything the graph cannot express (Heun, token reuse, a capture that
-fails) runs the plain sampler instead, with a warning.
+captured work never changes. Both graphs share one memory pool (they never replay at once). Engines
+that keep per-shape state (TensorRT) hold one execution context per row count, and the warm-up
+before each capture runs every engine once at the shape it is captured with. Anything the graph
+cannot express (Heun, token reuse, a capture that fails, also inside TensorRT) runs the plain
+sampler instead, with a warning, and `fallback_reason` says why (None while graphs are used).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from dip_export.errors import DipError
 from dip_export.sampling import Denoiser, SamplerSettings, guidance_combine, guidance_weight, runs_paired, sample, time_grid
 
 
@@ -25,6 +29,8 @@ class GraphedSampler:
         self.net, self.device = net, device
         self.graphs: dict[bool, torch.cuda.CUDAGraph] = {}
         self.shape: tuple[int, ...] | None = None
+        self.fallback_reason: str | None = None  # why the last call sampled without graphs
+        self.captures = 0
 
     def _buffers(self, noise: Tensor, y: Tensor, null_class: int) -> None:
         b = noise.shape[0]
@@ -37,6 +43,7 @@ class GraphedSampler:
         self.w = torch.ones((), device=dev)
         self.dt = torch.zeros((), device=dev)
         self.graphs = {}
+        self.pool = torch.cuda.graph_pool_handle()  # one pool for both graphs: they never replay at once
         self.shape = tuple(noise.shape)
 
     def _step(self, paired: bool) -> None:
@@ -57,9 +64,14 @@ class GraphedSampler:
         torch.cuda.current_stream(self.device).wait_stream(side)
         self.x.copy_(saved)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, pool=self.pool):
             self._step(paired)
+        self.captures += 1
         return graph
+
+    def _fallback(self, reason: str) -> None:
+        self.fallback_reason = reason
+        warnings.warn(f"{reason}; sampling without CUDA graphs", stacklevel=3)
 
     def __call__(
         self,
@@ -70,8 +82,9 @@ class GraphedSampler:
         on_step: Callable[[int], None] | None = None,
     ) -> Tensor:
         if settings.method != "euler" or settings.cache_interval != 1:
-            warnings.warn("CUDA graphs cover the Euler step without token reuse; sampling without them", stacklevel=2)
+            self._fallback("CUDA graphs cover the Euler step without token reuse")
             return sample(self.net, noise, y, null_class, settings, on_step)
+        self.fallback_reason = None
         if self.shape != tuple(noise.shape):
             self._buffers(noise, y, null_class)
         self.y.copy_(y)  # labels are graph inputs: new classes need no new capture
@@ -88,9 +101,9 @@ class GraphedSampler:
                 if paired not in self.graphs:
                     try:
                         self.graphs[paired] = self._capture(paired)
-                    except RuntimeError as err:
-                        warnings.warn(f"CUDA graph capture failed ({err}); sampling without graphs", stacklevel=2)
-                        self.x.copy_(noise)
+                    except (RuntimeError, DipError) as err:  # TensorRT's refusals are DipErrors
+                        self._fallback(f"CUDA graph capture failed ({str(err).strip().splitlines()[0]})")
+                        self.shape = None  # a failed capture may leave the engines' state half set: start over next time
                         return sample(self.net, noise, y, null_class, settings, on_step)
                 self.graphs[paired].replay()
                 if on_step is not None:
