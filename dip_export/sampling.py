@@ -31,7 +31,7 @@ class SamplerSettings:
     steps: int = 100  # number of integration steps
     cfg: float = 1.0  # classifier-free guidance weight; 1 means no guidance
     shift: float = 1.0  # time shift t' = t / (t + (1 - t) * shift); 1 = none
-    interval: tuple[float, float] = (0.1, 1.0)  # guidance applies where lo < t < hi (strict)
+    interval: tuple[float, float] = (0.1, 1.0)  # guidance applies where lo < t < hi (strict, float32)
     method: str = "euler"  # "euler" or "heun"
     cache_interval: int = 1  # run the backbone every K steps and reuse its tokens in between
     skip_uncond: bool = True  # skip the unconditional half where the guidance weight is 1
@@ -58,14 +58,31 @@ def time_grid(steps: int, shift: float) -> Tensor:
     return t / (t + (1 - t) * shift)
 
 
-def guidance_weight(settings: SamplerSettings, t: float) -> float:
-    lo, hi = settings.interval
-    return settings.cfg if lo < t < hi else 1.0
+def _f32(value: float) -> float:
+    return float(np.float32(value))
 
 
-def runs_paired(settings: SamplerSettings, t: float) -> bool:
+def guidance_weight(settings: SamplerSettings, t: float, inclusive_hi: bool = False) -> float:
+    """The guidance weight at grid time t, compared as the release does: in float32.
+
+    t is a float32 grid value and the bounds are rounded to float32 before the comparison, so a
+    grid point on float32(0.1) is not guided. Euler tests lo < t < hi; the release's Heun decides
+    once per step from t_cur with an inclusive upper bound (lo < t <= hi).
+    """
+    lo, hi, t32 = _f32(settings.interval[0]), _f32(settings.interval[1]), _f32(t)
+    inside = lo < t32 <= hi if inclusive_hi else lo < t32 < hi
+    return settings.cfg if inside else 1.0
+
+
+def step_weight(settings: SamplerSettings, t_cur: float) -> float:
+    """The weight of a whole step, decided once from t_cur (Heun uses it for both evaluations)."""
+    return guidance_weight(settings, t_cur, inclusive_hi=settings.method == "heun")
+
+
+def runs_paired(settings: SamplerSettings, t: float, w: float | None = None) -> bool:
     """Whether the evaluation at t needs both halves; where the weight is 1, v is v_cond alone."""
-    return not (settings.skip_uncond and guidance_weight(settings, t) == 1.0)
+    weight = guidance_weight(settings, t) if w is None else w
+    return not (settings.skip_uncond and weight == 1.0)
 
 
 def initial_noise(seeds: Sequence[int], height: int, width: int, channels: int = 3) -> Tensor:
@@ -102,12 +119,12 @@ class _Velocity:
         self.token_age = 1
         return self.tokens
 
-    def __call__(self, x: Tensor, t: float) -> Tensor:
-        if not runs_paired(self.settings, t):
+    def __call__(self, x: Tensor, t: float, w: float) -> Tensor:
+        if not runs_paired(self.settings, t, w):
             return self.net.detailer(x, self._tokens(x, t, self.y_cond)).float()
         xx = torch.cat([x, x])
         v_pair = self.net.detailer(xx, self._tokens(xx, t, self.y_pair))
-        return guidance_combine(v_pair, guidance_weight(self.settings, t))
+        return guidance_combine(v_pair, w)
 
 
 def guidance_combine(v_pair: Tensor, w: float | Tensor) -> Tensor:
@@ -132,10 +149,11 @@ def sample(
         for i in range(settings.steps):
             t_cur, t_next = grid[i], grid[i + 1]
             dt = t_next - t_cur
-            v = velocity(x, t_cur)
+            w = step_weight(settings, t_cur)
+            v = velocity(x, t_cur, w)
             if settings.method == "heun" and i < settings.steps - 1:
                 v = v.clone()  # engines may return their own buffer, which the next call overwrites
-                v_next = velocity(x + dt * v, t_next)
+                v_next = velocity(x + dt * v, t_next, w)  # the release keeps the step's weight
                 v = 0.5 * (v + v_next)
             x = x + dt * v
             if on_step is not None:
@@ -148,9 +166,10 @@ def sample_counts(settings: SamplerSettings) -> dict[str, int]:
     grid = time_grid(settings.steps, settings.shift).tolist()
     pair = single = 0
     for i in range(settings.steps):
+        w = step_weight(settings, grid[i])
         ts = [grid[i]] + ([grid[i + 1]] if settings.method == "heun" and i < settings.steps - 1 else [])
         for t in ts:
-            if runs_paired(settings, t):
+            if runs_paired(settings, t, w):
                 pair += 1
             else:
                 single += 1
