@@ -49,3 +49,14 @@ def test_heun_falls_back_with_a_warning(engine, golden):
     y = torch.tensor([0], device="cuda")
     with pytest.warns(UserWarning, match="without them"):
         GraphedSampler(engine, torch.device("cuda"))(noise, y, 5, SamplerSettings(steps=2, method="heun"))
+
+
+@pytest.mark.parametrize("method", ["ab2", "ab3", "dpmpp_2m", "unipc"])
+@pytest.mark.parametrize("forecast", [("off", 1), ("off", 2), ("linear", 2)])
+def test_graphed_solvers_and_token_forecast_match_plain_sampling(engine, golden, method, forecast):
+    noise = initial_noise(golden.meta["seeds"], 32, 64).cuda()
+    y = torch.tensor(golden.meta["classes"], device="cuda")
+    settings = SamplerSettings(steps=7, cfg=2.5, method=method, token_forecast=forecast[0], cache_interval=forecast[1])
+    plain = sample(engine, noise, y, 5, settings)
+    out = GraphedSampler(engine, torch.device("cuda"))(noise, y, 5, settings)
+    torch.testing.assert_close(out, plain, rtol=1e-4, atol=1e-4)

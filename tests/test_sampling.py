@@ -60,7 +60,7 @@ def test_a_grid_point_on_float32_bound_is_not_guided():
     t2 = time_grid(20, 1.0)[2].item()
     assert t2 == float(np.float32(0.1)) and t2 > 0.1
     assert guidance_weight(settings, t2) == 1.0
-    assert sample_counts(settings) == {"paired_evals": 17, "single_evals": 3}
+    assert sample_counts(settings) == {"paired_evals": 17, "single_evals": 3, "backbone_calls": 20}
 
 
 def test_heun_decides_the_weight_once_per_step_with_inclusive_upper_bound():
@@ -68,7 +68,7 @@ def test_heun_decides_the_weight_once_per_step_with_inclusive_upper_bound():
     # grid 0, .25, .5, .75, 1: step 2 starts on hi (inclusive) -> guided, and so is its corrector at .75
     assert [step_weight(settings, t) for t in (0.0, 0.25, 0.5, 0.75)] == [1.0, 3.0, 3.0, 1.0]
     # evaluations: step0 2 single; step1 2 paired; step2 2 paired; step3 (Euler) 1 single
-    assert sample_counts(settings) == {"paired_evals": 4, "single_evals": 3}
+    assert sample_counts(settings) == {"paired_evals": 4, "single_evals": 3, "backbone_calls": 7}
 
 
 def test_guidance_interval_is_strict_and_counts_match():
@@ -76,7 +76,7 @@ def test_guidance_interval_is_strict_and_counts_match():
     grid = time_grid(10, 1.0)
     assert grid[1].item() == pytest.approx(0.1)
     # t = 0 and t = 0.1 are outside the strict interval: 2 single, 8 paired evaluations
-    assert sample_counts(settings) == {"paired_evals": 8, "single_evals": 2}
+    assert sample_counts(settings) == {"paired_evals": 8, "single_evals": 2, "backbone_calls": 10}
 
 
 def test_time_shift_moves_the_grid():

@@ -1,13 +1,8 @@
-"""The flow-matching sampler, written once over the two-call denoiser interface.
-
-Pure math: it knows nothing about export, engines or files. A *denoiser* is anything with
-`backbone(x, t, y) -> tokens` and `detailer(x, tokens) -> v` (torch modules, ONNX Runtime
-sessions, TensorRT engines).
-"""
+"""The sampler's settings, its time grid and its guidance rule: the one place each lives."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -16,6 +11,10 @@ import torch
 from torch import Tensor
 
 from dip_export.errors import UsageError
+
+SOLVERS = ("euler", "heun", "ab2", "ab3", "dpmpp_2m", "unipc")
+MULTISTEP = ("ab2", "ab3", "dpmpp_2m", "unipc")  # one evaluation per step, history across steps
+FORECASTS = ("off", "linear", "quadratic")
 
 
 class Denoiser(Protocol):
@@ -32,9 +31,10 @@ class SamplerSettings:
     cfg: float = 1.0  # classifier-free guidance weight; 1 means no guidance
     shift: float = 1.0  # time shift t' = t / (t + (1 - t) * shift); 1 = none
     interval: tuple[float, float] = (0.1, 1.0)  # guidance applies where lo < t < hi (strict, float32)
-    method: str = "euler"  # "euler" or "heun"
-    cache_interval: int = 1  # run the backbone every K steps and reuse its tokens in between
+    method: str = "euler"  # one of SOLVERS; steps = network evaluations, except heun (2N - 1)
+    cache_interval: int = 1  # run the backbone every K evaluations; reuse or forecast its tokens between
     skip_uncond: bool = True  # skip the unconditional half where the guidance weight is 1
+    token_forecast: str = "off"  # between refreshes: "off" reuses tokens, "linear"/"quadratic" extrapolate in t
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -46,8 +46,10 @@ class SamplerSettings:
         lo, hi = self.interval
         if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
             raise UsageError(f"guidance interval must be lo < hi, got {lo},{hi}")
-        if self.method not in ("euler", "heun"):
-            raise UsageError(f"sampler must be euler or heun, got {self.method!r}")
+        if self.method not in SOLVERS:
+            raise UsageError(f"sampler must be one of {', '.join(SOLVERS)}, got {self.method!r}")
+        if self.token_forecast not in FORECASTS:
+            raise UsageError(f"token forecast must be one of {', '.join(FORECASTS)}, got {self.token_forecast!r}")
         if self.cache_interval < 1:
             raise UsageError(f"cache interval must be >= 1, got {self.cache_interval}")
 
@@ -56,6 +58,49 @@ def time_grid(steps: int, shift: float) -> Tensor:
     """The release's grid: linspace(0, 1 - 1/N, N) then 1.0, time-shifted; (N + 1,) float32."""
     t = torch.cat([torch.linspace(0, 1 - 1 / steps, steps), torch.ones(1)])
     return t / (t + (1 - t) * shift)
+
+
+def solver_grid(settings: SamplerSettings) -> tuple[list[float], set[int]]:
+    """The grid a solver steps on, and the indices where its history restarts.
+
+    Euler and Heun use the release's grid unchanged. The multistep solvers with guidance get a grid
+    point on the interval's lower bound (the guided field jumps there): the steps are uniform (in
+    unshifted time) on each side of it, and the history restarts on it, so no step straddles the jump.
+    """
+    grid = time_grid(settings.steps, settings.shift).tolist()
+    restarts: set[int] = set()
+    b = _f32(settings.interval[0])
+    if settings.method in MULTISTEP and settings.cfg != 1.0 and INTERVAL_JUMP == "snap" and 0.0 < b < 1.0:
+        # uniform on each side of the bound in the unshifted time u, so neighbouring steps stay alike
+        n, s = settings.steps, settings.shift
+        u_b = b * s / (1 - b + b * s)
+        n1 = min(max(round(u_b * n), 1), n - 1) if n > 1 else 0
+        if n1 > 0:
+            u = torch.cat(
+                [
+                    torch.linspace(0, u_b, n1 + 1, dtype=torch.float64)[:-1],
+                    torch.linspace(u_b, 1, n - n1 + 1, dtype=torch.float64),
+                ]
+            )
+            grid = (u / (u + (1 - u) * s)).float().tolist()
+            grid[n1], grid[-1] = b, 1.0
+            restarts.add(n1)
+    return grid, restarts
+
+
+INTERVAL_JUMP = "snap"  # "snap": grid point on the bound + history restart; "none": release grid, no restart
+
+
+def eval_weight(settings: SamplerSettings, t: float) -> float:
+    """The weight of an evaluation at grid time t for the solver in `settings`.
+
+    Euler and Heun follow the release. The multistep solvers' evaluation on a bound belongs to the
+    segment ahead of it (lo <= t < hi), since that is the field their history extrapolates.
+    """
+    if settings.method in MULTISTEP and INTERVAL_JUMP == "snap":
+        lo, hi, t32 = _f32(settings.interval[0]), _f32(settings.interval[1]), _f32(t)
+        return settings.cfg if lo <= t32 < hi else 1.0
+    return step_weight(settings, t)
 
 
 def _f32(value: float) -> float:
@@ -96,81 +141,7 @@ def to_uint8(x: Tensor) -> np.ndarray:
     return img.permute(0, 2, 3, 1).cpu().numpy()
 
 
-class _Velocity:
-    """Guided velocity with optional backbone-token reuse."""
-
-    def __init__(self, net: Denoiser, y: Tensor, null_class: int, settings: SamplerSettings) -> None:
-        self.net = net
-        self.settings = settings
-        self.y_cond = y
-        self.y_pair = torch.cat([torch.full_like(y, null_class), y])  # unconditional half first
-        self.tokens: Tensor | None = None
-        self.token_age = 0
-
-    def _tokens(self, x: Tensor, t: float, y: Tensor) -> Tensor:
-        reusable = self.tokens is not None and self.tokens.shape[0] >= x.shape[0]
-        if reusable and self.token_age < self.settings.cache_interval:
-            assert self.tokens is not None
-            self.token_age += 1
-            # Paired tokens hold [uncond, cond]: a conditional-only step takes the second half.
-            return self.tokens[-x.shape[0] :]
-        tb = torch.full((x.shape[0],), t, dtype=torch.float32, device=x.device)
-        self.tokens = self.net.backbone(x, tb, y)
-        self.token_age = 1
-        return self.tokens
-
-    def __call__(self, x: Tensor, t: float, w: float) -> Tensor:
-        if not runs_paired(self.settings, t, w):
-            return self.net.detailer(x, self._tokens(x, t, self.y_cond)).float()
-        xx = torch.cat([x, x])
-        v_pair = self.net.detailer(xx, self._tokens(xx, t, self.y_pair))
-        return guidance_combine(v_pair, w)
-
-
 def guidance_combine(v_pair: Tensor, w: float | Tensor) -> Tensor:
     """[v_uncond; v_cond] (2B, ...) -> v_uncond + w (v_cond - v_uncond), in float32."""
     v_u, v_c = v_pair.float().chunk(2)
     return v_u + w * (v_c - v_u)
-
-
-def sample(
-    net: Denoiser,
-    noise: Tensor,
-    y: Tensor,
-    null_class: int,
-    settings: SamplerSettings,
-    on_step: Callable[[int], None] | None = None,
-) -> Tensor:
-    """Integrate from `noise` (B, 3, H, W) with labels `y` (B,); returns the final x (B, 3, H, W)."""
-    grid = time_grid(settings.steps, settings.shift).tolist()
-    velocity = _Velocity(net, y, null_class, settings)
-    x = noise.float()
-    with torch.inference_mode():
-        for i in range(settings.steps):
-            t_cur, t_next = grid[i], grid[i + 1]
-            dt = t_next - t_cur
-            w = step_weight(settings, t_cur)
-            v = velocity(x, t_cur, w)
-            if settings.method == "heun" and i < settings.steps - 1:
-                v = v.clone()  # engines may return their own buffer, which the next call overwrites
-                v_next = velocity(x + dt * v, t_next, w)  # the release keeps the step's weight
-                v = 0.5 * (v + v_next)
-            x = x + dt * v
-            if on_step is not None:
-                on_step(i)
-    return x
-
-
-def sample_counts(settings: SamplerSettings) -> dict[str, int]:
-    """Network evaluations a run makes with these settings, per image, without running it."""
-    grid = time_grid(settings.steps, settings.shift).tolist()
-    pair = single = 0
-    for i in range(settings.steps):
-        w = step_weight(settings, grid[i])
-        ts = [grid[i]] + ([grid[i + 1]] if settings.method == "heun" and i < settings.steps - 1 else [])
-        for t in ts:
-            if runs_paired(settings, t, w):
-                pair += 1
-            else:
-                single += 1
-    return {"paired_evals": pair, "single_evals": single}
