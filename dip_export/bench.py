@@ -156,6 +156,8 @@ class BenchSettings:
     cache_interval: int = 1
     skip_uncond: bool = True
     cuda_graphs: bool = False  # whole-step CUDA graphs for the backends that can be captured
+    sampler: str = "euler"  # solver of every row; steps = network evaluations (heun: 2N - 1)
+    token_forecast: str = "off"  # tokens between backbone runs when cache_interval > 1
 
 
 def run_backend(
@@ -254,6 +256,9 @@ def variant_settings(base: SamplerSettings) -> list[tuple[str, SamplerSettings]]
     return [
         ("cache-interval 2", replace(base, cache_interval=2)),
         ("cache-interval 3", replace(base, cache_interval=3)),
+        ("cache-interval 2, linear forecast", replace(base, cache_interval=2, token_forecast="linear")),
+        ("cache-interval 3, linear forecast", replace(base, cache_interval=3, token_forecast="linear")),
+        ("cache-interval 3, quadratic forecast", replace(base, cache_interval=3, token_forecast="quadratic")),
         ("guidance 1, both halves", replace(base, cfg=1.0, skip_uncond=False)),
         ("guidance 1, uncond skipped", replace(base, cfg=1.0, skip_uncond=True)),
     ]
@@ -295,8 +300,9 @@ def run_bench(
 ) -> dict[str, Any]:
     """Every backend (and optionally the sampler variants) on the same seeds; the report as a dict."""
     sampler = SamplerSettings(
-        steps=bench.steps, cfg=bench.cfg, cache_interval=bench.cache_interval, skip_uncond=bench.skip_uncond
-    )
+        steps=bench.steps, cfg=bench.cfg, cache_interval=bench.cache_interval, skip_uncond=bench.skip_uncond,
+        method=bench.sampler, token_forecast=bench.token_forecast,
+    )  # fmt: skip
     eager = BackendSpec("torch", "fp32")
     if eager not in specs:
         specs = [eager, *specs]  # the reference every row is compared with
@@ -346,7 +352,7 @@ def run_bench(
             "cfg": bench.cfg, "image_size": [bench.height, bench.width], "warmup": bench.warmup,
             "repeats": bench.repeats, "seed": bench.seed, "cache_interval": bench.cache_interval,
             "skip_uncond": bench.skip_uncond, "cuda_graphs": bench.cuda_graphs and device.type == "cuda",
-            "evals_per_image": sample_counts(sampler),
+            "evals_per_image": sample_counts(sampler), "sampler": bench.sampler, "token_forecast": bench.token_forecast,
         },
         "machine": {**machine_info(device), "gemm_peak_gflops": peaks},
         "results": [r.to_json() for r in rows],
