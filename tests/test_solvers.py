@@ -75,11 +75,14 @@ def _reference(x0, steps=4000):
     return x
 
 
-# Global orders from noise to data: the data-prediction solvers take first-order steps where
-# lambda is infinite (t = 0 and t = 1), and every solver starts from one Euler step, so ab3 too
-# converges at order 2 overall; its own step is order 3 (next test).
-@pytest.mark.parametrize(("method", "order"), [("euler", 1), ("ab2", 2), ("ab3", 2), ("dpmpp_2m", 2), ("unipc", 2)])
-def test_measured_order(method, order):
+# Error ratio per halving of the step, from noise to data. Every solver starts with one Euler step
+# and the data-prediction ones end with a first-order step (lambda is infinite at t = 0 and 1), so
+# order 2 is the asymptotic limit of all; the multistep grid halves the end steps, and at these step
+# counts the third-order interior of ab3 and of UniPC (order-2 predictor + corrector) still shows.
+@pytest.mark.parametrize(
+    ("method", "lo", "hi"), [("euler", 1.5, 3), ("ab2", 3, 6), ("ab3", 5, 9.5), ("dpmpp_2m", 3, 6), ("unipc", 5, 9.5)]
+)
+def test_measured_order(method, lo, hi):
     x0 = torch.linspace(-1.0, 1.0, 2 * 3 * 4 * 4, dtype=torch.float64).view(2, 3, 4, 4)
     ref = _reference(x0)
     errors = []
@@ -87,7 +90,7 @@ def test_measured_order(method, order):
         out, _ = _run(Field(_smooth_field), method, n, x0=x0.float())
         errors.append((out - ref).abs().max().item())
     ratios = [errors[i] / errors[i + 1] for i in range(2)]
-    assert min(ratios) > 0.75 * 2**order and max(ratios) < 1.5 * 2**order, (errors, ratios)
+    assert min(ratios) > lo and max(ratios) < hi, (errors, ratios)
 
 
 @pytest.mark.parametrize(("method", "order"), [("ab2", 2), ("ab3", 3)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -63,32 +64,45 @@ def time_grid(steps: int, shift: float) -> Tensor:
 def solver_grid(settings: SamplerSettings) -> tuple[list[float], set[int]]:
     """The grid a solver steps on, and the indices where its history restarts.
 
-    Euler and Heun use the release's grid unchanged. The multistep solvers with guidance get a grid
-    point on the interval's lower bound (the guided field jumps there): the steps are uniform (in
-    unshifted time) on each side of it, and the history restarts on it, so no step straddles the jump.
+    Euler and Heun use the release's grid unchanged. The multistep solvers step on a grid that is
+    denser at both ends, where the flow field changes fastest (u -> u - a sin(2 pi u) / (2 pi), then
+    the time shift). With guidance, a grid point sits on the interval's lower bound (the guided
+    field jumps there), the steps are uniform in u on each side of it, and with INTERVAL_JUMP
+    "snap" the history restarts on it, so no step straddles the jump.
     """
-    grid = time_grid(settings.steps, settings.shift).tolist()
+    if settings.method not in MULTISTEP:
+        return time_grid(settings.steps, settings.shift).tolist(), set()
+    n, s = settings.steps, settings.shift
+    u = torch.linspace(0, 1, n + 1, dtype=torch.float64)
     restarts: set[int] = set()
     b = _f32(settings.interval[0])
-    if settings.method in MULTISTEP and settings.cfg != 1.0 and INTERVAL_JUMP == "snap" and 0.0 < b < 1.0:
-        # uniform on each side of the bound in the unshifted time u, so neighbouring steps stay alike
-        n, s = settings.steps, settings.shift
-        u_b = b * s / (1 - b + b * s)
-        n1 = min(max(round(u_b * n), 1), n - 1) if n > 1 else 0
-        if n1 > 0:
-            u = torch.cat(
-                [
-                    torch.linspace(0, u_b, n1 + 1, dtype=torch.float64)[:-1],
-                    torch.linspace(u_b, 1, n - n1 + 1, dtype=torch.float64),
-                ]
-            )
-            grid = (u / (u + (1 - u) * s)).float().tolist()
-            grid[n1], grid[-1] = b, 1.0
+    n1 = 0
+    if settings.cfg != 1.0 and INTERVAL_JUMP != "none" and 0.0 < b < 1.0 and n > 1:
+        lo_u, hi_u = 0.0, 1.0
+        for _ in range(60):  # the u whose grid time is the bound
+            mid = 0.5 * (lo_u + hi_u)
+            lo_u, hi_u = (mid, hi_u) if _grid_time(mid, s) < b else (lo_u, mid)
+        n1 = min(max(round(lo_u * n), 1), n - 1)
+        u = torch.cat(
+            [torch.linspace(0, lo_u, n1 + 1, dtype=torch.float64)[:-1], torch.linspace(lo_u, 1, n - n1 + 1, dtype=torch.float64)]
+        )
+        if INTERVAL_JUMP == "snap":
             restarts.add(n1)
+    grid = [_grid_time(float(v), s) for v in u]
+    grid = [_f32(t) for t in grid]
+    grid[0], grid[-1] = 0.0, 1.0
+    if n1:
+        grid[n1] = b
     return grid, restarts
 
 
-INTERVAL_JUMP = "snap"  # "snap": grid point on the bound + history restart; "none": release grid, no restart
+GRID_WARP = 0.5  # a in u - a sin(2 pi u) / (2 pi): steps at the ends (1 - a) times the uniform step
+INTERVAL_JUMP = "snap"  # "snap": grid point on the bound + history restart; "keep": point, no restart; "none"
+
+
+def _grid_time(u: float, shift: float) -> float:
+    w = u - GRID_WARP * math.sin(2 * math.pi * u) / (2 * math.pi)
+    return w / (w + (1 - w) * shift)
 
 
 def eval_weight(settings: SamplerSettings, t: float) -> float:
@@ -97,7 +111,7 @@ def eval_weight(settings: SamplerSettings, t: float) -> float:
     Euler and Heun follow the release. The multistep solvers' evaluation on a bound belongs to the
     segment ahead of it (lo <= t < hi), since that is the field their history extrapolates.
     """
-    if settings.method in MULTISTEP and INTERVAL_JUMP == "snap":
+    if settings.method in MULTISTEP and INTERVAL_JUMP != "none":
         lo, hi, t32 = _f32(settings.interval[0]), _f32(settings.interval[1]), _f32(t)
         return settings.cfg if lo <= t32 < hi else 1.0
     return step_weight(settings, t)
