@@ -221,7 +221,7 @@ def bench(
         typer.Argument(help="Checkpoint file; omitted: --preset or the bundled demo model.", show_default=False),
     ] = None,
     preset: PresetOpt = None,
-    steps: Annotated[int, typer.Option(help="Sampler steps per run.")] = 50,
+    steps: Annotated[int, typer.Option(help="Sampler steps per run (network evaluations; heun: 2N - 1).")] = 50,
     batch: Annotated[int, typer.Option(help="Images per run (CFG doubles the network batch).")] = 1,
     cfg: Annotated[float, typer.Option(help="Guidance scale (1 = no guidance, half the work).")] = 4.0,
     image_size: Annotated[str | None, typer.Option(help="256 or HxW [default: the model's].")] = None,
