@@ -55,6 +55,9 @@ class BenchRow:
     peak_mem_mb: float = float("nan")
     fraction_of_peak: float = float("nan")
     setup_s: float = float("nan")  # export / compile / session creation
+    evaluations_per_image: int = 0  # network evaluations of the sampler (its --steps; heun 2N - 1)
+    sampler: str = ""  # the solver of the row, and its token forecast
+    token_forecast: str = ""
     images: np.ndarray | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -210,6 +213,9 @@ def run_backend(
     flops = flops_per_sample(loaded.config, bench.height, bench.width)
     row.gflop_per_step = sum(timed.rows[k] * flops[k] for k in flops) / sampler.steps / 1e9
     row.peak_mem_mb = memory.read_mb()
+    counts = sample_counts(sampler)
+    row.evaluations_per_image = counts["paired_evals"] + counts["single_evals"]
+    row.sampler, row.token_forecast = sampler.method, sampler.token_forecast
     row.images = images
     return row
 
