@@ -14,7 +14,7 @@ from rich.progress import Progress
 from dip_export.errors import UsageError
 from dip_export.generate import SamplePlan, check_run_limits, check_seed, make_plan, parse_image_size, parse_int_list
 from dip_export.io import check_output_file, check_output_folder, image_grid, save_npz, save_png
-from dip_export.pipeline import DiPPipeline
+from dip_export.pipeline import DiPPipeline, make_engine
 from dip_export.runtime.factory import BackendSpec
 from dip_export.runtime.torch_engine import resolve_device
 from dip_export.sampling import SamplerSettings
@@ -35,8 +35,8 @@ def run_sample(
     cfg: float | None,
     shift: float,
     interval: tuple[float, float],
-    method: str,
-    cache_interval: int,
+    method: str | None,
+    cache_interval: int | None,
     image_size: str | None,
     batch_size: int,
     device: str,
@@ -52,6 +52,7 @@ def run_sample(
     resume: bool = False,
     shard_batches: int = 4,
     png_dir: Path | None = None,
+    token_forecast: str | None = None,
 ) -> None:
     from dip_export.distributed import World
 
@@ -79,7 +80,8 @@ def run_sample(
     )  # fmt: skip
     config, name, size = pipe.config, pipe.name, pipe.image_size
     settings = pipe.sampler_settings(
-        steps=steps, cfg=cfg, shift=shift, guidance_interval=interval, sampler=method, cache_interval=cache_interval
+        steps=steps, cfg=cfg, shift=shift, guidance_interval=interval, sampler=method, cache_interval=cache_interval,
+        token_forecast=token_forecast,
     )
     plan = _plan(config.num_classes, classes, seeds, num_samples, seed, class_file)
     if png_dir is not None:
@@ -227,6 +229,10 @@ def run_bench_cmd(
     console: Console,
     progress: Progress,
     revision: str | None = None,
+    sampler: str = "euler",
+    token_forecast: str = "off",
+    samplers: str | None = None,
+    nfe: str = "10,15,20,25,50,100",
 ) -> None:
     import json
 
@@ -261,9 +267,14 @@ def run_bench_cmd(
         specs = list(dict.fromkeys([*specs, chosen]))
     settings = BenchSettings(
         steps=steps, batch=batch, cfg=cfg, height=size[0], width=size[1], warmup=warmup, repeats=repeats,
-        cache_interval=cache_interval, cuda_graphs=cuda_graphs,
+        cache_interval=cache_interval, cuda_graphs=cuda_graphs, sampler=sampler, token_forecast=token_forecast,
     )  # fmt: skip
-    SamplerSettings(steps=steps, cfg=cfg, cache_interval=cache_interval)  # validates before any work
+    SamplerSettings(
+        steps=steps, cfg=cfg, cache_interval=cache_interval, method=sampler, token_forecast=token_forecast
+    )  # validates before any work
+    if samplers is not None:
+        _run_yardstick(loaded, settings, samplers, nfe, backends, dev, json_out, plot, console)
+        return
     report = run_bench(loaded, specs, settings, dev, variants=variants, console=console, progress=progress)
     out = Console()
     if not out.is_terminal:
@@ -279,4 +290,37 @@ def run_bench_cmd(
         console.print(f"wrote {json_out}")
     if plot is not None:
         plot_report(report, plot)
+        console.print(f"wrote {plot}")
+
+
+def _run_yardstick(
+    loaded: Any, bench: Any, samplers: str, nfe: str, backends: str, dev: torch.device,
+    json_out: Path | None, plot: Path | None, console: Console,
+) -> None:  # fmt: skip
+    """dip-bench --samplers: PSNR against the converged reference per solver and evaluation count."""
+    import json
+
+    from dip_export.io import atomic_path
+    from dip_export.runtime.factory import BackendSpec
+    from dip_export.yardstick import Yardstick, measure
+    from dip_export.yardstick import plot as plot_yardstick
+
+    names = [s.strip() for s in samplers.split(",") if s.strip()]
+    for name in names:
+        SamplerSettings(method=name)  # validates the names
+    counts = parse_int_list(nfe, "--nfe")
+    spec = BackendSpec.parse(backends.split(",")[0] if backends.count(",") == 0 else "torch")
+    net = make_engine(spec, loaded, (bench.height, bench.width), dev, console, batch=bench.batch)
+    y = Yardstick(num_samples=max(bench.batch, 1), cfg=bench.cfg, batch=bench.batch, height=bench.height, width=bench.width)
+    base = SamplerSettings(cfg=bench.cfg, cache_interval=bench.cache_interval, token_forecast=bench.token_forecast)
+    report = measure(net, loaded, y, names, counts, base, progress=lambda r: console.print(
+        f"{r['sampler']:>9} nfe {r['nfe']:>4}  {r['psnr_db']:6.2f} dB  {1000 * r['s_per_image']:8.1f} ms/image"
+    ))  # fmt: skip
+    report["settings"]["backend"] = str(spec)
+    if json_out is not None:
+        with atomic_path(json_out) as tmp:
+            tmp.write_text(json.dumps(report, indent=2) + "\n")
+        console.print(f"wrote {json_out}")
+    if plot is not None:
+        plot_yardstick(report, plot)
         console.print(f"wrote {plot}")

@@ -57,6 +57,9 @@ class BenchRow:
     setup_s: float = float("nan")  # export / compile / session creation
     cuda_graphs: bool = False  # every timed run replayed whole-step CUDA graphs
     cuda_graphs_note: str = ""  # why graphs were not used (off, not this backend, a capture that fell back)
+    evaluations_per_image: int = 0  # network evaluations of the sampler (its --steps; heun 2N - 1)
+    sampler: str = ""  # the solver of the row, and its token forecast
+    token_forecast: str = ""
     images: np.ndarray | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -160,6 +163,8 @@ class BenchSettings:
     cache_interval: int = 1
     skip_uncond: bool = True
     cuda_graphs: bool = False  # whole-step CUDA graphs for the backends that can be captured
+    sampler: str = "euler"  # solver of every row; steps = network evaluations (heun: 2N - 1)
+    token_forecast: str = "off"  # tokens between backbone runs when cache_interval > 1
 
 
 def run_backend(
@@ -227,11 +232,13 @@ def run_backend(
     row.s_per_image = median / bench.batch
     row.images_per_s = bench.batch / median
     flops = flops_per_sample(loaded.config, bench.height, bench.width)
-    if row.cuda_graphs:  # the network work of a graphed run is that of the plain Euler run it replays
-        counts = sample_counts(sampler)
+    counts = sample_counts(sampler)
+    if row.cuda_graphs:  # the network work of a graphed run is that of the plain run it replays
         rows = bench.batch * (2 * counts["paired_evals"] + counts["single_evals"])
-        row.backbone_calls = row.detailer_calls = counts["paired_evals"] + counts["single_evals"]
-        row.gflop_per_step = sum(rows * flops[k] for k in flops) / sampler.steps / 1e9
+        evals = counts["paired_evals"] + counts["single_evals"]
+        row.detailer_calls, row.backbone_calls = evals, counts.get("backbone_calls", evals)
+        work = {"detailer": rows, "backbone": rows * row.backbone_calls / evals}  # token reuse skips backbone rows
+        row.gflop_per_step = sum(work[k] * flops[k] for k in flops) / sampler.steps / 1e9
     else:
         row.backbone_ms = statistics.median(s["backbone"] for s in stages) * per_step
         row.detailer_ms = statistics.median(s["detailer"] for s in stages) * per_step
@@ -239,6 +246,8 @@ def run_backend(
         row.backbone_calls, row.detailer_calls = timed.calls["backbone"], timed.calls["detailer"]
         row.gflop_per_step = sum(timed.rows[k] * flops[k] for k in flops) / sampler.steps / 1e9
     row.peak_mem_mb = memory.read_mb()
+    row.evaluations_per_image = counts["paired_evals"] + counts["single_evals"]
+    row.sampler, row.token_forecast = sampler.method, sampler.token_forecast
     row.images = images
     return row
 
@@ -296,6 +305,9 @@ def variant_settings(base: SamplerSettings) -> list[tuple[str, SamplerSettings]]
     return [
         ("cache-interval 2", replace(base, cache_interval=2)),
         ("cache-interval 3", replace(base, cache_interval=3)),
+        ("cache-interval 2, linear forecast", replace(base, cache_interval=2, token_forecast="linear")),
+        ("cache-interval 3, linear forecast", replace(base, cache_interval=3, token_forecast="linear")),
+        ("cache-interval 3, quadratic forecast", replace(base, cache_interval=3, token_forecast="quadratic")),
         ("guidance 1, both halves", replace(base, cfg=1.0, skip_uncond=False)),
         ("guidance 1, uncond skipped", replace(base, cfg=1.0, skip_uncond=True)),
     ]
@@ -337,8 +349,9 @@ def run_bench(
 ) -> dict[str, Any]:
     """Every backend (and optionally the sampler variants) on the same seeds; the report as a dict."""
     sampler = SamplerSettings(
-        steps=bench.steps, cfg=bench.cfg, cache_interval=bench.cache_interval, skip_uncond=bench.skip_uncond
-    )
+        steps=bench.steps, cfg=bench.cfg, cache_interval=bench.cache_interval, skip_uncond=bench.skip_uncond,
+        method=bench.sampler, token_forecast=bench.token_forecast,
+    )  # fmt: skip
     eager = BackendSpec("torch", "fp32")
     if eager not in specs:
         specs = [eager, *specs]  # the reference every row is compared with
@@ -388,7 +401,7 @@ def run_bench(
             "cfg": bench.cfg, "image_size": [bench.height, bench.width], "warmup": bench.warmup,
             "repeats": bench.repeats, "seed": bench.seed, "cache_interval": bench.cache_interval,
             "skip_uncond": bench.skip_uncond, "cuda_graphs": bench.cuda_graphs and device.type == "cuda",
-            "evals_per_image": sample_counts(sampler),
+            "evals_per_image": sample_counts(sampler), "sampler": bench.sampler, "token_forecast": bench.token_forecast,
         },
         "machine": {**machine_info(device), "gemm_peak_gflops": peaks},
         "results": [r.to_json() for r in rows],

@@ -123,8 +123,20 @@ def sample(
     cfg: Annotated[float | None, typer.Option(help="Guidance scale [default: the model's, else 1.0].")] = None,
     shift: Annotated[float, typer.Option(help="Time shift (1 = none).")] = 1.0,
     guidance_interval: Annotated[str, typer.Option(help="Guidance applies for lo < t < hi.")] = "0.1,1.0",
-    sampler: Annotated[str, typer.Option(help="euler or heun.")] = "euler",
-    cache_interval: Annotated[int, typer.Option(help="Run the backbone every K steps, reuse tokens between.")] = 1,
+    sampler: Annotated[
+        str | None,
+        typer.Option(
+            help="euler, heun, ab2, ab3, dpmpp_2m or unipc [default: the model's, else euler]. --steps counts network"
+            " evaluations per image for all but heun, whose N steps make 2N - 1."
+        ),
+    ] = None,
+    cache_interval: Annotated[
+        int | None, typer.Option(help="Run the backbone every K evaluations; tokens between are reused or forecast.")
+    ] = None,
+    token_forecast: Annotated[
+        str | None,
+        typer.Option(help="Tokens between backbone runs: off (reuse), linear or quadratic in t [default: the model's: off]."),
+    ] = None,
     image_size: Annotated[str | None, typer.Option(help="Image size: 256 or HxW, e.g. 256x384 [default: the model's].")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per sampler batch.")] = 16,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -147,7 +159,7 @@ def sample(
     shard_batches: Annotated[int, typer.Option(help="Batches per shard file (sharded runs).")] = 4,
     png_dir: Annotated[Path | None, typer.Option(help="Also write every image as PNG into this folder.")] = None,
 ) -> None:
-    """Sample images with the flow-matching Euler/Heun sampler and classifier-free guidance.
+    """Sample images with the flow-matching sampler (Euler, Heun or a multistep solver) and classifier-free guidance.
 
     Writes OUT (.npz, arr_0 uint8 N x H x W x 3) and OUT with .png (a grid), atomically.
 
@@ -161,6 +173,7 @@ def sample(
     run_sample(
         model=model, preset=preset, classes=classes, seeds=seeds, num_samples=num_samples, seed=seed,
         steps=steps, cfg=cfg, shift=shift, interval=interval, method=sampler, cache_interval=cache_interval,
+        token_forecast=token_forecast,
         image_size=image_size, batch_size=batch_size, device=device, backend=backend, cuda_graphs=cuda_graphs, weights=weights,
         trust=trust_checkpoint, out=out, console=console, progress=progress_bar(), class_file=class_file,
         resume=resume, shard_batches=shard_batches, png_dir=png_dir, revision=revision,
@@ -264,7 +277,7 @@ def bench(
         typer.Argument(help="Checkpoint file or Hub repo org/name[/FILE]; omitted: --preset or the demo.", show_default=False),
     ] = None,
     preset: PresetOpt = None,
-    steps: Annotated[int, typer.Option(help="Sampler steps per run.")] = 50,
+    steps: Annotated[int, typer.Option(help="Sampler steps per run (network evaluations; heun: 2N - 1).")] = 50,
     batch: Annotated[int, typer.Option(help="Images per run (CFG doubles the network batch).")] = 1,
     cfg: Annotated[float, typer.Option(help="Guidance scale (1 = no guidance, half the work).")] = 4.0,
     image_size: Annotated[str | None, typer.Option(help="256 or HxW [default: the model's].")] = None,
@@ -273,6 +286,13 @@ def bench(
     ] = "torch,torch:bf16,compile,compile:bf16,onnx,onnx:int8,trt:fp16,trt:int8",
     variants: Annotated[bool, typer.Option(help="Also time the sampler savings (token reuse, guidance-1 skip).")] = False,
     cache_interval: Annotated[int, typer.Option(help="Backbone every K steps in every row.")] = 1,
+    sampler: Annotated[str, typer.Option(help="Solver of every row; --steps = evaluations (heun: 2N - 1).")] = "euler",
+    token_forecast: Annotated[str, typer.Option(help="off, linear or quadratic (with --cache-interval).")] = "off",
+    samplers: Annotated[
+        str | None,
+        typer.Option(help="Yardstick instead of backends: e.g. euler,heun,ab2 against a cached Euler-1000 reference."),
+    ] = None,
+    nfe: Annotated[str, typer.Option(help="Evaluation counts for --samplers.")] = "10,15,20,25,50,100",
     cuda_graphs: Annotated[bool, typer.Option(help="Whole-step CUDA graphs (CUDA; torch, compile, trt).")] = True,
     warmup: Annotated[int, typer.Option(help="Untimed runs before timing.")] = 1,
     repeats: Annotated[int, typer.Option(help="Timed runs; the median is reported.")] = 3,
@@ -294,6 +314,7 @@ def bench(
     run_bench_cmd(
         model=model, preset=preset, steps=steps, batch=batch, cfg=cfg, image_size=image_size, backends=backends,
         variants=variants, cache_interval=cache_interval, cuda_graphs=cuda_graphs, warmup=warmup, repeats=repeats, device=device,
+        sampler=sampler, token_forecast=token_forecast, samplers=samplers, nfe=nfe,
         json_out=json_out, plot=plot, weights=weights, trust=trust_checkpoint, console=console, progress=progress_bar(),
         revision=revision,
     )  # fmt: skip

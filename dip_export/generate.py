@@ -75,7 +75,7 @@ def check_seed(value: int, what: str) -> None:
         raise UsageError(f"{what} must be in 0..{MAX_SEED} (2^63-1), got {value}")
 
 
-def check_run_limits(*, steps: int | None, cfg: float | None, batch_size: int, cache_interval: int) -> None:
+def check_run_limits(*, steps: int | None, cfg: float | None, batch_size: int, cache_interval: int | None) -> None:
     """Bounds on the sampler arguments, checked before anything is loaded or allocated."""
     if steps is not None and not 1 <= steps <= MAX_STEPS:
         raise UsageError(f"--steps must be in 1..{MAX_STEPS}, got {steps}")
@@ -83,7 +83,7 @@ def check_run_limits(*, steps: int | None, cfg: float | None, batch_size: int, c
         raise UsageError(f"--cfg must be in 0..{MAX_CFG:g} (1 = no guidance, 0 = unconditional), got {cfg}")
     if not 1 <= batch_size <= MAX_BATCH:
         raise UsageError(f"--batch-size must be in 1..{MAX_BATCH}, got {batch_size}")
-    if not 1 <= cache_interval <= MAX_STEPS:
+    if cache_interval is not None and not 1 <= cache_interval <= MAX_STEPS:
         raise UsageError(f"--cache-interval must be in 1..{MAX_STEPS}, got {cache_interval}")
 
 

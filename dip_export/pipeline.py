@@ -214,18 +214,20 @@ class DiPPipeline:
         cfg: float | None = None,
         shift: float = 1.0,
         guidance_interval: tuple[float, float] = (0.1, 1.0),
-        sampler: str = "euler",
-        cache_interval: int = 1,
+        sampler: str | None = None,
+        cache_interval: int | None = None,
+        token_forecast: str | None = None,
     ) -> SamplerSettings:
-        """Sampler settings, with the model's recommended steps and guidance where not given."""
+        """Sampler settings, with the model's recommendations (steps, guidance, sampler, ...) where not given."""
         recommended = self.source.sampling
         return SamplerSettings(
             steps=steps if steps is not None else int(recommended.get("steps", 100)),
             cfg=cfg if cfg is not None else float(recommended.get("cfg", 1.0)),
             shift=shift,
             interval=guidance_interval,
-            method=sampler,
-            cache_interval=cache_interval,
+            method=sampler if sampler is not None else str(recommended.get("sampler", "euler")),
+            cache_interval=cache_interval if cache_interval is not None else int(recommended.get("cache_interval", 1)),
+            token_forecast=token_forecast if token_forecast is not None else str(recommended.get("token_forecast", "off")),
         )
 
     def plan(
@@ -280,8 +282,9 @@ class DiPPipeline:
         cfg: float | None = None,
         shift: float = 1.0,
         guidance_interval: tuple[float, float] = (0.1, 1.0),
-        sampler: str = "euler",
-        cache_interval: int = 1,
+        sampler: str | None = None,
+        cache_interval: int | None = None,
+        token_forecast: str | None = None,
         image_size: int | str | None = None,
         batch_size: int | None = None,
         cuda_graphs: bool = True,
@@ -293,7 +296,11 @@ class DiPPipeline:
             classes, seeds: one class per seed (a single class goes with every seed); or
             num_samples, seed: sample i gets seed `seed + i` and class `i % num_classes`.
             steps, cfg: sampler steps and guidance scale (default: the model's recommendation).
-            shift, guidance_interval, sampler, cache_interval: as dip-sample's options.
+            shift, guidance_interval: as dip-sample's options.
+            sampler: euler, heun, ab2, ab3, dpmpp_2m or unipc (default: the model's, else euler); `steps`
+                counts network evaluations per image for all but heun (2 * steps - 1).
+            cache_interval, token_forecast: run the backbone every K evaluations and reuse (off) or
+                extrapolate (linear, quadratic) its tokens in between.
             image_size, batch_size: per call (an export's size is fixed).
             cuda_graphs: replay each step as one CUDA graph (CUDA; torch, compile, trt).
             callback: called as callback(steps_done, steps_total) after every sampler step.
@@ -301,7 +308,7 @@ class DiPPipeline:
         plan = self.plan(classes, seeds, num_samples=num_samples, seed=seed)
         settings = self.sampler_settings(
             steps=steps, cfg=cfg, shift=shift, guidance_interval=guidance_interval, sampler=sampler,
-            cache_interval=cache_interval,
+            cache_interval=cache_interval, token_forecast=token_forecast,
         )  # fmt: skip
         batch = batch_size or self.batch_size
         total = settings.steps * -(-len(plan) // batch)

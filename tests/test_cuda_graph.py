@@ -171,3 +171,30 @@ def test_fake_capture_refuses_synchronize_and_stale_contexts(trt_engine, fake_gp
     engine.backbone(x.clone(), t, y)  # the context is bound to another address now
     with pytest.raises(RuntimeError, match="changed"):
         graph.replay()
+
+@pytest.mark.parametrize("method", ["ab2", "unipc"])
+@pytest.mark.parametrize("forecast", [("off", 2), ("linear", 2), ("quadratic", 3)])
+def test_fake_graphs_replay_solvers_and_token_forecast(golden_model, golden, fake_gpu, method, forecast):
+    """Detailer-only step kinds and token histories under capture's rules: same images as the plain sampler."""
+    engine = TorchEngine(golden_model, CPU)
+    noise, y = _inputs(golden)
+    settings = SamplerSettings(steps=9, cfg=2.5, method=method, token_forecast=forecast[0], cache_interval=forecast[1])
+    graphed = GraphedSampler(engine, CPU)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = graphed(noise, y, 5, settings)
+    torch.testing.assert_close(out, sample(engine, noise, y, 5, settings), rtol=1e-5, atol=1e-5)
+    assert graphed.fallback_reason is None and fake_gpu.replays == 9 and graphed.captures >= 3
+
+
+@pytest.mark.parametrize("method", ["ab2", "ab3", "dpmpp_2m", "unipc"])
+@pytest.mark.parametrize("forecast", [("off", 1), ("off", 2), ("linear", 2)])
+@pytest.mark.gpu
+@needs_cuda
+def test_graphed_solvers_and_token_forecast_match_plain_sampling(engine, golden, method, forecast):
+    noise = initial_noise(golden.meta["seeds"], 32, 64).cuda()
+    y = torch.tensor(golden.meta["classes"], device="cuda")
+    settings = SamplerSettings(steps=7, cfg=2.5, method=method, token_forecast=forecast[0], cache_interval=forecast[1])
+    plain = sample(engine, noise, y, 5, settings)
+    out = GraphedSampler(engine, torch.device("cuda"))(noise, y, 5, settings)
+    torch.testing.assert_close(out, plain, rtol=1e-4, atol=1e-4)

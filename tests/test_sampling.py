@@ -3,11 +3,21 @@ import pytest
 import torch
 
 from dip_export.errors import UsageError
-from dip_export.sampling import SamplerSettings, initial_noise, sample, sample_counts, time_grid, to_uint8
+from dip_export.sampling import (
+    SamplerSettings,
+    guidance_weight,
+    initial_noise,
+    sample,
+    sample_counts,
+    step_weight,
+    time_grid,
+    to_uint8,
+)
 
 
 def _run(golden, model, case, **overrides):
     s = golden.meta["sampler_cases"][case]
+    overrides.setdefault("method", s.get("sampler", "euler"))
     settings = SamplerSettings(steps=s["steps"], cfg=s["cfg"], shift=s["shift"], **overrides)
     noise = initial_noise(golden.meta["seeds"], golden.meta["image_height"], golden.meta["image_width"])
     return sample(model, noise, torch.tensor(golden.meta["classes"]), golden.meta["null_class"], settings)
@@ -18,7 +28,7 @@ def test_noise_is_the_release_noise(golden):
     np.testing.assert_array_equal(noise.numpy(), golden["noise"])
 
 
-@pytest.mark.parametrize("case", ["cfg2.5", "cfg1_shift2"])
+@pytest.mark.parametrize("case", ["cfg2.5", "cfg1_shift2", "euler20_cfg3", "heun6_cfg3_shift2"])
 @pytest.mark.parametrize("skip_uncond", [True, False])
 def test_sampler_reproduces_authors_images(golden, golden_model, case, skip_uncond):
     x = _run(golden, golden_model, case, skip_uncond=skip_uncond)
@@ -44,12 +54,29 @@ def test_skipping_the_unconditional_half_saves_work_not_pixels(golden, golden_mo
     np.testing.assert_array_equal(to_uint8(a), to_uint8(b))
 
 
+def test_a_grid_point_on_float32_bound_is_not_guided():
+    # 20 steps: t_2 = float32(0.1) exactly; a float64 comparison would guide it
+    settings = SamplerSettings(steps=20, cfg=3.0)
+    t2 = time_grid(20, 1.0)[2].item()
+    assert t2 == float(np.float32(0.1)) and t2 > 0.1
+    assert guidance_weight(settings, t2) == 1.0
+    assert sample_counts(settings) == {"paired_evals": 17, "single_evals": 3, "backbone_calls": 20}
+
+
+def test_heun_decides_the_weight_once_per_step_with_inclusive_upper_bound():
+    settings = SamplerSettings(steps=4, cfg=3.0, interval=(0.1, 0.5), method="heun")
+    # grid 0, .25, .5, .75, 1: step 2 starts on hi (inclusive) -> guided, and so is its corrector at .75
+    assert [step_weight(settings, t) for t in (0.0, 0.25, 0.5, 0.75)] == [1.0, 3.0, 3.0, 1.0]
+    # evaluations: step0 2 single; step1 2 paired; step2 2 paired; step3 (Euler) 1 single
+    assert sample_counts(settings) == {"paired_evals": 4, "single_evals": 3, "backbone_calls": 7}
+
+
 def test_guidance_interval_is_strict_and_counts_match():
     settings = SamplerSettings(steps=10, cfg=4.0, interval=(0.1, 1.0))
     grid = time_grid(10, 1.0)
     assert grid[1].item() == pytest.approx(0.1)
     # t = 0 and t = 0.1 are outside the strict interval: 2 single, 8 paired evaluations
-    assert sample_counts(settings) == {"paired_evals": 8, "single_evals": 2}
+    assert sample_counts(settings) == {"paired_evals": 8, "single_evals": 2, "backbone_calls": 10}
 
 
 def test_time_shift_moves_the_grid():

@@ -1,13 +1,16 @@
-"""Whole-step CUDA graphs: backbone, detailer, guidance combine and Euler update captured once and
-replayed for every step over static buffers.
+"""Whole-step CUDA graphs: backbone, detailer, guidance combine and the solver's update captured once
+and replayed for every step over static buffers.
 
-Two graphs at most per batch shape: the paired step (CFG on both halves) and the conditional-only
-step (guidance weight 1). t, dt and w live in device buffers written before each replay, so the
-captured work never changes. Both graphs share one memory pool (they never replay at once). Engines
-that keep per-shape state (TensorRT) hold one execution context per row count, and the warm-up
-before each capture runs every engine once at the shape it is captured with. Anything the graph
-cannot express (Heun, token reuse, a capture that fails, also inside TensorRT) runs the plain
-sampler instead, with a warning, and `fallback_reason` says why (None while graphs are used).
+One graph per step kind and batch shape: the paired step (CFG on both halves) and the
+conditional-only step (guidance weight 1); with token reuse or forecasting also their detailer-only
+kinds. t, w, the solver's coefficients and the forecast weights live in device buffers written
+before each replay, so the captured work never changes; the update is the solvers' own
+(`solver_update`, `forecast_tokens`). Anything the graph cannot express (Heun, a capture that fails)
+runs the plain sampler instead, with a warning, and `fallback_reason` says why (None while graphs
+are used). All graphs of a shape share one memory pool (they never replay at once). Engines that
+keep per-shape state (TensorRT) hold one execution context per row count, and the warm-up before
+each capture runs every engine once at the shape it is captured with. `capture=False` runs the same
+step arithmetic without graphs (any device), which is how the CPU checks it.
 """
 
 from __future__ import annotations
@@ -19,15 +22,19 @@ import torch
 from torch import Tensor
 
 from dip_export.errors import DipError
-from dip_export.sampling import Denoiser, SamplerSettings, guidance_combine, guidance_weight, runs_paired, sample, time_grid
+from dip_export.sampling import Denoiser, SamplerSettings, guidance_combine, plan_steps, sample
+from dip_export.sampling.solvers import N_COEF, SolverState, solver_update
+from dip_export.sampling.tokens import TokenSchedule, forecast_tokens, push_tokens
+
+Kind = tuple[bool, bool, bool]  # (paired step, backbone refresh, tokens from the paired history)
 
 
 class GraphedSampler:
     """`sample(...)` with one captured CUDA graph per step kind; re-captures when the shape changes."""
 
-    def __init__(self, net: Denoiser, device: torch.device) -> None:
-        self.net, self.device = net, device
-        self.graphs: dict[bool, torch.cuda.CUDAGraph] = {}
+    def __init__(self, net: Denoiser, device: torch.device, capture: bool = True) -> None:
+        self.net, self.device, self.capture = net, device, capture
+        self.graphs: dict[bool | Kind, torch.cuda.CUDAGraph] = {}
         self.shape: tuple[int, ...] | None = None
         self.fallback_reason: str | None = None  # why the last call sampled without graphs
         self.captures = 0
@@ -41,28 +48,49 @@ class GraphedSampler:
         self.t = torch.zeros(b, device=dev)
         self.t_pair = torch.zeros(2 * b, device=dev)
         self.w = torch.ones((), device=dev)
-        self.dt = torch.zeros((), device=dev)
+        self.coef = torch.zeros(N_COEF, device=dev)  # the solver's step coefficients
+        self.fw = torch.zeros(3, device=dev)  # forecast weights over the token history
+        self.state = SolverState.like(self.x)
+        self.tokens: dict[bool, list[Tensor]] = {}  # static token histories, paired and conditional-only
         self.graphs = {}
-        self.pool = torch.cuda.graph_pool_handle()  # one pool for both graphs: they never replay at once
+        self.pool = torch.cuda.graph_pool_handle() if self.capture else None  # one pool: graphs never replay at once
         self.shape = tuple(noise.shape)
 
-    def _step(self, paired: bool) -> None:
-        x = self.x
+    def _tokens(self, x: Tensor, t: Tensor, y: Tensor, kind: Kind) -> Tensor:
+        paired, refresh, source = kind
+        if refresh:
+            tokens = self.net.backbone(x, t, y)
+            if paired not in self.tokens:  # first met in the warm-up, outside any capture
+                self.tokens[paired] = [torch.zeros_like(tokens) for _ in range(3)]
+            push_tokens(self.tokens[paired], tokens)
+            return tokens
+        out = forecast_tokens(self.tokens[source], self.fw)
+        return out if source == paired else out[-x.shape[0] :]  # paired tokens: the conditional half
+
+    def _step(self, kind: bool | Kind) -> None:
+        paired, refresh, source = kind if isinstance(kind, tuple) else (kind, True, kind)
+        x = self.state.x
         if paired:
             xx = torch.cat([x, x])
-            v = guidance_combine(self.net.detailer(xx, self.net.backbone(xx, self.t_pair, self.y_pair)), self.w)
+            v = guidance_combine(
+                self.net.detailer(xx, self._tokens(xx, self.t_pair, self.y_pair, (True, refresh, source))), self.w
+            )
         else:
-            v = self.net.detailer(x, self.net.backbone(x, self.t, self.y)).float()
-        x.add_(self.dt * v)  # the Euler update, in place on the static state
+            v = self.net.detailer(x, self._tokens(x, self.t, self.y, (False, refresh, source))).float()
+        solver_update(self.state, v, self.coef)  # the solver's update, in place on the static state
 
-    def _capture(self, paired: bool) -> torch.cuda.CUDAGraph:
-        saved = self.x.clone()
+    def _capture(self, paired: bool | Kind) -> torch.cuda.CUDAGraph:
+        before = self._dynamic()
+        saved = [b.clone() for b in before]
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):  # warm-up outside the capture: allocations, engine shape setup
             self._step(paired)
         torch.cuda.current_stream(self.device).wait_stream(side)
-        self.x.copy_(saved)
+        for b, old in zip(before, saved, strict=True):
+            b.copy_(old)
+        for b in self._dynamic()[len(before) :]:  # token histories the warm-up created: empty, as if never run
+            b.zero_()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
             self._step(paired)
@@ -73,6 +101,10 @@ class GraphedSampler:
         self.fallback_reason = reason
         warnings.warn(f"{reason}; sampling without CUDA graphs", stacklevel=3)
 
+    def _dynamic(self) -> list[Tensor]:
+        """The buffers a step changes (restored after the warm-up run that precedes a capture)."""
+        return [self.state.x, self.state.x_prev, *self.state.hist, *(b for h in self.tokens.values() for b in h)]
+
     def __call__(
         self,
         noise: Tensor,
@@ -81,31 +113,45 @@ class GraphedSampler:
         settings: SamplerSettings,
         on_step: Callable[[int], None] | None = None,
     ) -> Tensor:
-        if settings.method != "euler" or settings.cache_interval != 1:
-            self._fallback("CUDA graphs cover the Euler step without token reuse")
+        if settings.method == "heun":
+            self._fallback("CUDA graphs cover the one-evaluation solvers, not Heun")
             return sample(self.net, noise, y, null_class, settings, on_step)
         self.fallback_reason = None
         if self.shape != tuple(noise.shape):
             self._buffers(noise, y, null_class)
         self.y.copy_(y)  # labels are graph inputs: new classes need no new capture
         self.y_pair[y.shape[0] :].copy_(y)
-        grid = time_grid(settings.steps, settings.shift).tolist()
+        schedule = TokenSchedule(settings)
+        cached = settings.cache_interval > 1
         with torch.inference_mode():
-            self.x.copy_(noise)
-            for i in range(settings.steps):
-                paired = runs_paired(settings, grid[i])
-                self.t.fill_(grid[i])
-                self.t_pair.fill_(grid[i])
-                self.w.fill_(guidance_weight(settings, grid[i]))
-                self.dt.fill_(grid[i + 1] - grid[i])
-                if paired not in self.graphs:
-                    try:
-                        self.graphs[paired] = self._capture(paired)
-                    except (RuntimeError, DipError) as err:  # TensorRT's refusals are DipErrors
-                        self._fallback(f"CUDA graph capture failed ({str(err).strip().splitlines()[0]})")
-                        self.shape = None  # a failed capture may leave the engines' state half set: start over next time
-                        return sample(self.net, noise, y, null_class, settings, on_step)
-                self.graphs[paired].replay()
+            self.state.x.copy_(noise)
+            self.state.x_prev.zero_()
+            for h in self.state.hist:
+                h.zero_()
+            for i, plan in enumerate(plan_steps(settings)):
+                weights = schedule.decide(plan.t, plan.paired)
+                source = schedule.kind if schedule.kind is not None else plan.paired
+                if weights is None:
+                    schedule.stored(plan.t, plan.paired)
+                    source = plan.paired
+                else:
+                    self.fw.copy_(torch.tensor([*weights, 0.0, 0.0, 0.0][:3]))
+                kind: bool | Kind = (plan.paired, weights is None, source) if cached else plan.paired
+                self.t.fill_(plan.t)
+                self.t_pair.fill_(plan.t)
+                self.w.fill_(plan.w)
+                self.coef.copy_(torch.tensor(plan.coef, dtype=torch.float32))
+                if not self.capture:
+                    self._step(kind)
+                else:
+                    if kind not in self.graphs:
+                        try:
+                            self.graphs[kind] = self._capture(kind)
+                        except (RuntimeError, DipError) as err:  # TensorRT's refusals are DipErrors
+                            self._fallback(f"CUDA graph capture failed ({str(err).strip().splitlines()[0]})")
+                            self.shape = None  # a failed capture may leave the engines' state half set: start over
+                            return sample(self.net, noise, y, null_class, settings, on_step)
+                    self.graphs[kind].replay()
                 if on_step is not None:
                     on_step(i)
-        return self.x.clone()
+        return self.state.x.clone()

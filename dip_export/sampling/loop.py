@@ -1,0 +1,110 @@
+"""`sample`: the solvers, the guidance rule and the token schedule joined over a denoiser."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from dip_export.sampling.rules import Denoiser, SamplerSettings, guidance_combine, runs_paired, step_weight, time_grid
+from dip_export.sampling.solvers import SolverState, plan_steps, solver_update
+from dip_export.sampling.tokens import TokenSchedule, forecast_tokens
+
+
+class _Velocity:
+    """Guided velocity; backbone tokens refreshed, reused or forecast as the schedule says."""
+
+    def __init__(self, net: Denoiser, y: Tensor, null_class: int, settings: SamplerSettings) -> None:
+        self.net = net
+        self.y_cond = y
+        self.y_pair = torch.cat([torch.full_like(y, null_class), y])  # unconditional half first
+        self.schedule = TokenSchedule(settings)
+        self.copy = settings.token_forecast != "off"  # forecasts keep several results: own copies
+        self.history: list[Tensor] = []  # newest first, matching schedule.times
+
+    def _tokens(self, x: Tensor, t: float, y: Tensor, paired: bool) -> Tensor:
+        weights = self.schedule.decide(t, paired)
+        if weights is None:
+            tb = torch.full((x.shape[0],), t, dtype=torch.float32, device=x.device)
+            tokens = self.net.backbone(x, tb, y)
+            kept = len(self.schedule.times) if self.schedule.kind == paired else 0
+            replaced = kept > 0 and self.schedule.times[0] == t
+            self.schedule.stored(t, paired)
+            older = self.history[1:] if replaced else self.history
+            self.history = [tokens.clone() if self.copy else tokens, *older[:kept]][: len(self.schedule.times)]
+            return tokens
+        if len(weights) == 1:  # reuse; paired tokens hold [uncond, cond]: conditional-only takes the second half
+            return self.history[0][-x.shape[0] :]
+        fw = torch.tensor(weights, dtype=torch.float32, device=x.device)
+        return forecast_tokens(self.history[: len(weights)], fw)
+
+    def __call__(self, x: Tensor, t: float, w: float, paired: bool | None = None) -> Tensor:
+        if paired is None:
+            paired = runs_paired(self.schedule.settings, t, w)
+        if not paired:
+            return self.net.detailer(x, self._tokens(x, t, self.y_cond, False)).float()
+        xx = torch.cat([x, x])
+        v_pair = self.net.detailer(xx, self._tokens(xx, t, self.y_pair, True))
+        return guidance_combine(v_pair, w)
+
+
+def _heun(velocity: _Velocity, x: Tensor, settings: SamplerSettings, on_step: Callable[[int], None] | None) -> Tensor:
+    """The release's Heun: weight decided once per step from t_cur, used by both evaluations; last step Euler."""
+    grid = time_grid(settings.steps, settings.shift).tolist()
+    for i in range(settings.steps):
+        t_cur, t_next = grid[i], grid[i + 1]
+        dt = t_next - t_cur
+        w = step_weight(settings, t_cur)
+        v = velocity(x, t_cur, w)
+        if i < settings.steps - 1:
+            v = v.clone()  # engines may return their own buffer, which the next call overwrites
+            v_next = velocity(x + dt * v, t_next, w)  # the release keeps the step's weight
+            v = 0.5 * (v + v_next)
+        x = x + dt * v
+        if on_step is not None:
+            on_step(i)
+    return x
+
+
+def sample(
+    net: Denoiser,
+    noise: Tensor,
+    y: Tensor,
+    null_class: int,
+    settings: SamplerSettings,
+    on_step: Callable[[int], None] | None = None,
+) -> Tensor:
+    """Integrate from `noise` (B, 3, H, W) with labels `y` (B,); returns the final x (B, 3, H, W)."""
+    velocity = _Velocity(net, y, null_class, settings)
+    with torch.inference_mode():
+        if settings.method == "heun":
+            return _heun(velocity, noise.float(), settings, on_step)
+        state = SolverState.like(noise.float())
+        for i, plan in enumerate(plan_steps(settings)):
+            v = velocity(state.x, plan.t, plan.w, plan.paired)
+            solver_update(state, v, torch.tensor(plan.coef, dtype=torch.float32, device=noise.device))
+            if on_step is not None:
+                on_step(i)
+    return state.x
+
+
+def sample_counts(settings: SamplerSettings) -> dict[str, int]:
+    """Network evaluations (and backbone calls) a run makes with these settings, per image, without running it."""
+    if settings.method == "heun":
+        grid = time_grid(settings.steps, settings.shift).tolist()
+        calls = []
+        for i in range(settings.steps):
+            w = step_weight(settings, grid[i])
+            ts = [grid[i]] + ([grid[i + 1]] if i < settings.steps - 1 else [])
+            calls += [(t, runs_paired(settings, t, w)) for t in ts]
+    else:
+        calls = [(p.t, p.paired) for p in plan_steps(settings)]
+    schedule = TokenSchedule(settings)
+    backbone = 0
+    for t, paired in calls:
+        if schedule.decide(t, paired) is None:
+            schedule.stored(t, paired)
+            backbone += 1
+    pair = sum(1 for _, paired in calls if paired)
+    return {"paired_evals": pair, "single_evals": len(calls) - pair, "backbone_calls": backbone}

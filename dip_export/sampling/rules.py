@@ -1,0 +1,161 @@
+"""The sampler's settings, its time grid and its guidance rule: the one place each lives."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dip_export.errors import UsageError
+
+SOLVERS = ("euler", "heun", "ab2", "ab3", "dpmpp_2m", "unipc")
+MULTISTEP = ("ab2", "ab3", "dpmpp_2m", "unipc")  # one evaluation per step, history across steps
+FORECASTS = ("off", "linear", "quadratic")
+
+
+class Denoiser(Protocol):
+    def backbone(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor: ...
+
+    def detailer(self, x: Tensor, tokens: Tensor) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How to integrate the flow ODE from noise (t = 0) to data (t = 1)."""
+
+    steps: int = 100  # number of integration steps
+    cfg: float = 1.0  # classifier-free guidance weight; 1 means no guidance
+    shift: float = 1.0  # time shift t' = t / (t + (1 - t) * shift); 1 = none
+    interval: tuple[float, float] = (0.1, 1.0)  # guidance applies where lo < t < hi (strict, float32)
+    method: str = "euler"  # one of SOLVERS; steps = network evaluations, except heun (2N - 1)
+    cache_interval: int = 1  # run the backbone every K evaluations; reuse or forecast its tokens between
+    skip_uncond: bool = True  # skip the unconditional half where the guidance weight is 1
+    token_forecast: str = "off"  # between refreshes: "off" reuses tokens, "linear"/"quadratic" extrapolate in t
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise UsageError(f"steps must be >= 1, got {self.steps}")
+        if not np.isfinite(self.cfg):
+            raise UsageError(f"guidance scale must be finite, got {self.cfg}")
+        if not np.isfinite(self.shift) or self.shift <= 0:
+            raise UsageError(f"shift must be a positive number, got {self.shift}")
+        lo, hi = self.interval
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+            raise UsageError(f"guidance interval must be lo < hi, got {lo},{hi}")
+        if self.method not in SOLVERS:
+            raise UsageError(f"sampler must be one of {', '.join(SOLVERS)}, got {self.method!r}")
+        if self.token_forecast not in FORECASTS:
+            raise UsageError(f"token forecast must be one of {', '.join(FORECASTS)}, got {self.token_forecast!r}")
+        if self.cache_interval < 1:
+            raise UsageError(f"cache interval must be >= 1, got {self.cache_interval}")
+
+
+def time_grid(steps: int, shift: float) -> Tensor:
+    """The release's grid: linspace(0, 1 - 1/N, N) then 1.0, time-shifted; (N + 1,) float32."""
+    t = torch.cat([torch.linspace(0, 1 - 1 / steps, steps), torch.ones(1)])
+    return t / (t + (1 - t) * shift)
+
+
+def solver_grid(settings: SamplerSettings) -> tuple[list[float], set[int]]:
+    """The grid a solver steps on, and the indices where its history restarts.
+
+    Euler and Heun use the release's grid unchanged. The multistep solvers step on a grid that is
+    denser at both ends, where the flow field changes fastest (u -> u - a sin(2 pi u) / (2 pi), then
+    the time shift). With guidance, a grid point sits on the interval's lower bound (the guided
+    field jumps there), the steps are uniform in u on each side of it, and with INTERVAL_JUMP
+    "snap" the history restarts on it, so no step straddles the jump.
+    """
+    if settings.method not in MULTISTEP:
+        return time_grid(settings.steps, settings.shift).tolist(), set()
+    n, s = settings.steps, settings.shift
+    u = torch.linspace(0, 1, n + 1, dtype=torch.float64)
+    restarts: set[int] = set()
+    b = _f32(settings.interval[0])
+    n1 = 0
+    if settings.cfg != 1.0 and INTERVAL_JUMP != "none" and 0.0 < b < 1.0 and n > 1:
+        lo_u, hi_u = 0.0, 1.0
+        for _ in range(60):  # the u whose grid time is the bound
+            mid = 0.5 * (lo_u + hi_u)
+            lo_u, hi_u = (mid, hi_u) if _grid_time(mid, s) < b else (lo_u, mid)
+        n1 = min(max(round(lo_u * n), 1), n - 1)
+        u = torch.cat(
+            [torch.linspace(0, lo_u, n1 + 1, dtype=torch.float64)[:-1], torch.linspace(lo_u, 1, n - n1 + 1, dtype=torch.float64)]
+        )
+        if INTERVAL_JUMP == "snap":
+            restarts.add(n1)
+    grid = [_grid_time(float(v), s) for v in u]
+    grid = [_f32(t) for t in grid]
+    grid[0], grid[-1] = 0.0, 1.0
+    if n1:
+        grid[n1] = b
+    return grid, restarts
+
+
+GRID_WARP = 0.5  # a in u - a sin(2 pi u) / (2 pi): steps at the ends (1 - a) times the uniform step
+INTERVAL_JUMP = "snap"  # "snap": grid point on the bound + history restart; "keep": point, no restart; "none"
+
+
+def _grid_time(u: float, shift: float) -> float:
+    w = u - GRID_WARP * math.sin(2 * math.pi * u) / (2 * math.pi)
+    return w / (w + (1 - w) * shift)
+
+
+def eval_weight(settings: SamplerSettings, t: float) -> float:
+    """The weight of an evaluation at grid time t for the solver in `settings`.
+
+    Euler and Heun follow the release. The multistep solvers' evaluation on a bound belongs to the
+    segment ahead of it (lo <= t < hi), since that is the field their history extrapolates.
+    """
+    if settings.method in MULTISTEP and INTERVAL_JUMP != "none":
+        lo, hi, t32 = _f32(settings.interval[0]), _f32(settings.interval[1]), _f32(t)
+        return settings.cfg if lo <= t32 < hi else 1.0
+    return step_weight(settings, t)
+
+
+def _f32(value: float) -> float:
+    return float(np.float32(value))
+
+
+def guidance_weight(settings: SamplerSettings, t: float, inclusive_hi: bool = False) -> float:
+    """The guidance weight at grid time t, compared as the release does: in float32.
+
+    t is a float32 grid value and the bounds are rounded to float32 before the comparison, so a
+    grid point on float32(0.1) is not guided. Euler tests lo < t < hi; the release's Heun decides
+    once per step from t_cur with an inclusive upper bound (lo < t <= hi).
+    """
+    lo, hi, t32 = _f32(settings.interval[0]), _f32(settings.interval[1]), _f32(t)
+    inside = lo < t32 <= hi if inclusive_hi else lo < t32 < hi
+    return settings.cfg if inside else 1.0
+
+
+def step_weight(settings: SamplerSettings, t_cur: float) -> float:
+    """The weight of a whole step, decided once from t_cur (Heun uses it for both evaluations)."""
+    return guidance_weight(settings, t_cur, inclusive_hi=settings.method == "heun")
+
+
+def runs_paired(settings: SamplerSettings, t: float, w: float | None = None) -> bool:
+    """Whether the evaluation at t needs both halves; where the weight is 1, v is v_cond alone."""
+    weight = guidance_weight(settings, t) if w is None else w
+    return not (settings.skip_uncond and weight == 1.0)
+
+
+def initial_noise(seeds: Sequence[int], height: int, width: int, channels: int = 3) -> Tensor:
+    """Noise exactly as the release draws it: one CPU generator per image, float32."""
+    return torch.stack([torch.randn((channels, height, width), generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
+def to_uint8(x: Tensor) -> np.ndarray:
+    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8, the release's rounding."""
+    img = ((x.float() + 1) * 127.5 + 0.5).clamp(0, 255).to(torch.uint8)
+    return img.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def guidance_combine(v_pair: Tensor, w: float | Tensor) -> Tensor:
+    """[v_uncond; v_cond] (2B, ...) -> v_uncond + w (v_cond - v_uncond), in float32."""
+    v_u, v_c = v_pair.float().chunk(2)
+    return v_u + w * (v_c - v_u)

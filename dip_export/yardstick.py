@@ -1,0 +1,172 @@
+"""Time to accuracy: how close each solver gets to the converged picture for a number of evaluations.
+
+Every run starts from the same noise. The reference is Euler with 1000 steps (cached under
+engines/yardstick/, keyed by model, settings and seeds); each solver's final uint8 images are
+compared with it by PSNR, and on the demo model also by the Frechet distance of their digit
+features to the real digits' and by the digit classifier's accuracy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dip_export.checkpoint import LoadedModel, is_demo
+from dip_export.generate import SamplePlan, generate, make_plan
+from dip_export.sampling import Denoiser, SamplerSettings, sample_counts
+
+REFERENCE_STEPS = 1000
+CACHE = Path("engines") / "yardstick"
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets (N, F)."""
+    from scipy import linalg
+
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = linalg.sqrtm(cov_a @ cov_b)
+    root = np.real(root)
+    return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a + cov_b - 2 * root))
+
+
+def digit_scores(images: np.ndarray, classes: list[int]) -> dict[str, float]:
+    """Digit FD (8x8 features of generated vs real digits) and classifier accuracy, demo model only."""
+    from dip_export.digits import digit_accuracy, load_digit_images, to_8x8
+
+    real, _ = load_digit_images(images.shape[1])
+    real_u8 = ((real + 1) * 127.5 + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return {
+        "digit_fd": frechet_distance(to_8x8(images), to_8x8(real_u8)),
+        "digit_accuracy": digit_accuracy(images, classes),
+    }
+
+
+@dataclass(frozen=True)
+class Yardstick:
+    """What every solver is measured on: the model, the images, the guidance and shift."""
+
+    num_samples: int = 40
+    seed: int = 0
+    cfg: float = 1.5
+    shift: float = 1.0
+    batch: int = 40
+    height: int = 32
+    width: int = 32
+
+
+def _run(
+    net: Denoiser, loaded: LoadedModel, plan: SamplePlan, y: Yardstick, settings: SamplerSettings
+) -> tuple[np.ndarray, float]:
+    start = time.perf_counter()
+    images = generate(
+        net, plan, settings, null_class=loaded.config.null_class, height=y.height, width=y.width,
+        batch_size=y.batch, device=torch.device("cpu"),
+    )  # fmt: skip
+    return images, (time.perf_counter() - start) / len(plan)
+
+
+def reference_images(net: Denoiser, loaded: LoadedModel, plan: SamplePlan, y: Yardstick, base: SamplerSettings) -> np.ndarray:
+    """Euler-1000 from the same noise, computed once and cached."""
+    settings = replace(base, method="euler", steps=REFERENCE_STEPS, cache_interval=1, token_forecast="off")
+    key = json.dumps(
+        [loaded.name, loaded.source, y.__dict__, settings.__dict__, plan.seeds, plan.classes], sort_keys=True, default=str
+    )
+    path = CACHE / f"{loaded.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+    if path.exists():
+        return np.load(path)["images"]
+    images, _ = _run(net, loaded, plan, y, settings)
+    from dip_export.io import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, images=images)
+    return images
+
+
+def measure(
+    net: Denoiser,
+    loaded: LoadedModel,
+    y: Yardstick,
+    samplers: list[str],
+    nfes: list[int],
+    base: SamplerSettings | None = None,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """PSNR against the reference (and digit scores on the demo) per solver and evaluation count."""
+    base = base or SamplerSettings(cfg=y.cfg, shift=y.shift)
+    base = replace(base, cfg=y.cfg, shift=y.shift)
+    plan = make_plan(loaded.config.num_classes, num_samples=y.num_samples, seed=y.seed)
+    ref = reference_images(net, loaded, plan, y, base)
+    digits = is_demo(loaded)
+    rows = []
+    for name in samplers:
+        for nfe in nfes:
+            steps = (nfe + 1) // 2 if name == "heun" else nfe  # Heun makes 2N - 1 evaluations
+            settings = replace(base, method=name, steps=max(steps, 1))
+            images, seconds = _run(net, loaded, plan, y, settings)
+            counts = sample_counts(settings)
+            row = {
+                "sampler": name, "steps": settings.steps, "nfe": counts["paired_evals"] + counts["single_evals"],
+                "backbone_calls": counts["backbone_calls"], "psnr_db": psnr(images, ref), "s_per_image": seconds,
+                "cache_interval": settings.cache_interval, "token_forecast": settings.token_forecast,
+            }  # fmt: skip
+            if digits:
+                row.update(digit_scores(images, plan.classes))
+            rows.append(row)
+            if progress is not None:
+                progress(row)
+    out: dict[str, Any] = {"settings": {**y.__dict__, "interval": list(base.interval), "reference": f"euler {REFERENCE_STEPS}"}}
+    if digits:
+        out["reference_scores"] = digit_scores(ref, plan.classes)
+    out["results"] = rows
+    return out
+
+
+def evaluations_to_match(report: dict[str, Any], target_db: float) -> dict[str, int | None]:
+    """Per solver, the fewest measured evaluations whose PSNR reaches target_db (None: none did)."""
+    best: dict[str, int | None] = {}
+    for r in report["results"]:
+        best.setdefault(r["sampler"], None)
+        if r["psnr_db"] >= target_db:
+            cur = best[r["sampler"]]
+            best[r["sampler"]] = r["nfe"] if cur is None else min(cur, r["nfe"])
+    return best
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """PSNR against evaluations, one line per solver."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dip_export.io import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for name in dict.fromkeys(r["sampler"] for r in report["results"]):
+        rows = sorted((r for r in report["results"] if r["sampler"] == name), key=lambda r: r["nfe"])
+        ax.plot([r["nfe"] for r in rows], [min(r["psnr_db"], 99.0) for r in rows], marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("network evaluations per image")
+    ax.set_ylabel(f"PSNR vs {report['settings']['reference']}, dB")
+    s = report["settings"]
+    ax.set_title(f"guidance {s['cfg']}, shift {s['shift']}, {s['num_samples']} images")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

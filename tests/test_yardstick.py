@@ -1,0 +1,48 @@
+"""The yardstick: PSNR against a converged reference per solver and evaluation count (demo model)."""
+
+import json
+
+import pytest
+import torch
+
+from dip_export import yardstick
+from dip_export.checkpoint import resolve_model
+from dip_export.runtime.factory import BackendSpec, make_torch_engine
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(yardstick, "REFERENCE_STEPS", 96)  # a short reference keeps the test fast
+        mp.setattr(yardstick, "CACHE", tmp_path_factory.mktemp("ys"))
+        loaded = resolve_model(None, None)
+        net = make_torch_engine(BackendSpec("torch", "fp32"), loaded, torch.device("cpu"))
+        y = yardstick.Yardstick(num_samples=6, batch=6, cfg=3.0)
+        first = yardstick.measure(net, loaded, y, ["euler", "ab2"], [6, 12])
+        assert len(list(yardstick.CACHE.iterdir())) == 1  # the reference was cached
+        again = yardstick.measure(net, loaded, y, ["euler"], [6])
+        assert again["results"][0]["psnr_db"] == first["results"][0]["psnr_db"]
+        return first
+
+
+def test_rows_count_evaluations_and_improve_with_them(report):
+    rows = {(r["sampler"], r["nfe"]): r for r in report["results"]}
+    assert set(rows) == {("euler", 6), ("euler", 12), ("ab2", 6), ("ab2", 12)}
+    assert rows[("euler", 12)]["psnr_db"] > rows[("euler", 6)]["psnr_db"]
+    assert rows[("ab2", 12)]["psnr_db"] > rows[("euler", 12)]["psnr_db"]  # second order pays
+    assert 0 <= rows[("ab2", 12)]["digit_accuracy"] <= 1 and rows[("ab2", 12)]["digit_fd"] > 0
+    json.dumps(report)  # serialisable as is
+
+
+def test_evaluations_to_match(report):
+    target = next(r["psnr_db"] for r in report["results"] if r["sampler"] == "euler" and r["nfe"] == 12)
+    best = yardstick.evaluations_to_match(report, target)
+    assert best["euler"] == 12 and best["ab2"] in (6, 12)
+
+
+def test_frechet_distance_of_identical_sets_is_zero():
+    import numpy as np
+
+    a = np.random.default_rng(0).normal(size=(200, 5))
+    assert yardstick.frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
+    assert yardstick.frechet_distance(a, a + 1.0) == pytest.approx(5.0, rel=1e-6)
