@@ -234,11 +234,9 @@ def run_bench_cmd(
     samplers: str | None = None,
     nfe: str = "10,15,20,25,50,100",
 ) -> None:
-    import json
 
     from dip_export.autobackend import recommend_from_bench
     from dip_export.bench import BenchSettings, plot_report, render_table, run_bench
-    from dip_export.io import atomic_path
 
     names = [b.strip() for b in backends.split(",") if b.strip()]
     if not names:
@@ -284,13 +282,7 @@ def run_bench_cmd(
     if recommendation is not None:
         report["recommendation"] = recommendation
         out.print(f"fastest fp32/bf16 backend here: {recommendation}  (dip-sample --backend auto picks by measuring)")
-    if json_out is not None:
-        with atomic_path(json_out) as tmp:
-            tmp.write_text(json.dumps(report, indent=2) + "\n")
-        console.print(f"wrote {json_out}")
-    if plot is not None:
-        plot_report(report, plot)
-        console.print(f"wrote {plot}")
+    _write_report(report, json_out, plot, plot_report, console)
 
 
 def _run_yardstick(
@@ -298,9 +290,7 @@ def _run_yardstick(
     json_out: Path | None, plot: Path | None, console: Console,
 ) -> None:  # fmt: skip
     """dip-bench --samplers: PSNR against the converged reference per solver and evaluation count."""
-    import json
 
-    from dip_export.io import atomic_path
     from dip_export.runtime.factory import BackendSpec
     from dip_export.yardstick import Yardstick, measure
     from dip_export.yardstick import plot as plot_yardstick
@@ -317,10 +307,22 @@ def _run_yardstick(
         f"{r['sampler']:>9} nfe {r['nfe']:>4}  {r['psnr_db']:6.2f} dB  {1000 * r['s_per_image']:8.1f} ms/image"
     ))  # fmt: skip
     report["settings"]["backend"] = str(spec)
+    _write_report(report, json_out, plot, plot_yardstick, console)
+
+
+def _write_report(
+    report: dict[str, Any], json_out: Path | None, plot: Path | None, plotter: Callable[[dict[str, Any], Path], None],
+    console: Console,
+) -> None:  # fmt: skip
+    """A benchmark's JSON and plot, each written atomically."""
+    import json
+
+    from dip_export.io import atomic_path
+
     if json_out is not None:
         with atomic_path(json_out) as tmp:
             tmp.write_text(json.dumps(report, indent=2) + "\n")
         console.print(f"wrote {json_out}")
     if plot is not None:
-        plot_yardstick(report, plot)
+        plotter(report, plot)
         console.print(f"wrote {plot}")
