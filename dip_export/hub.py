@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from dip_export.errors import CheckpointError, MissingDependencyError, UsageError
+from dip_export.errors import CheckpointError, DipError, MissingDependencyError, UsageError
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
 # a repo id is `org/name` (letters, digits, '-', '_', '.'); anything after the second '/' names a file in it
@@ -42,6 +42,8 @@ def resolve_hub_checkpoint(text: str, revision: str | None = None) -> Path:
         if filename is None:
             filename = _only_checkpoint(repo_id, _repo_files(repo_id, revision))
         return Path(huggingface_hub.hf_hub_download(repo_id, filename, revision=revision))
+    except DipError:
+        raise
     except errors.GatedRepoError:
         raise CheckpointError(f"{repo_id}: a gated Hub repo; accept its terms on the Hub and log in (hf auth login)") from None
     except errors.RepositoryNotFoundError:
@@ -59,21 +61,30 @@ def resolve_hub_checkpoint(text: str, revision: str | None = None) -> Path:
         raise CheckpointError(f"{repo_id}: no file {filename!r} in this Hub repo") from None
     except (errors.HfHubHTTPError, OSError) as err:
         raise CheckpointError(f"{text}: Hugging Face Hub error ({_first_line(err)})") from None
+    except Exception as err:  # the HTTP client's own errors (connection refused, DNS) are not the Hub's
+        reason = f"{type(err).__name__}: {_first_line(err)}"
+        raise CheckpointError(f"{text}: the Hugging Face Hub cannot be reached ({reason})") from None
 
 
 def _repo_files(repo_id: str, revision: str | None) -> list[str]:
-    """The repo's files: from the Hub, or offline from the local cache of that revision."""
+    """The repo's files: from the cache where it holds this revision's checkpoints, else from the Hub."""
     import huggingface_hub
     from huggingface_hub import constants, errors
 
-    if not constants.HF_HUB_OFFLINE:
-        try:
-            return list(huggingface_hub.list_repo_files(repo_id, revision=revision))
-        except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError, errors.GatedRepoError):
-            raise
-        except (errors.HfHubHTTPError, OSError):
-            pass  # no network: fall back to what the cache holds
-    return _cached_files(repo_id, revision)
+    try:
+        cached = _cached_files(repo_id, revision)
+        if any(f.endswith(CHECKPOINT_SUFFIXES) for f in cached):
+            return cached  # listing needs no network then; the download below still checks the file
+    except errors.LocalEntryNotFoundError:
+        pass
+    if constants.HF_HUB_OFFLINE:
+        raise errors.LocalEntryNotFoundError(f"{repo_id} is not in the cache")
+    try:
+        return list(huggingface_hub.list_repo_files(repo_id, revision=revision))
+    except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError, errors.GatedRepoError):
+        raise
+    except Exception as err:  # the HTTP client's connection errors share no base class with the Hub's or OSError
+        raise errors.LocalEntryNotFoundError(f"{repo_id}: {_first_line(err)}") from None
 
 
 def _cached_files(repo_id: str, revision: str | None) -> list[str]:

@@ -134,6 +134,26 @@ def test_unknown_name_offline_is_one_line(offline_hub):
         DiPPipeline.load("nobody/nothing")
 
 
+def test_unreachable_hub_is_one_line(offline_hub, monkeypatch):
+    """No network: the HTTP client's own error (no OSError, no Hub error) becomes one line, no traceback."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    class ConnectError(Exception):  # what the Hub's HTTP client raises when DNS fails
+        pass
+
+    def unreachable(*args, **kwargs):
+        raise ConnectError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", unreachable)
+    with pytest.raises(CheckpointError, match=r"^org/absent: not in the Hugging Face cache .* cannot be reached"):
+        DiPPipeline.load("org/absent")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    with pytest.raises(CheckpointError, match=r"^org/absent/f.pt: the Hugging Face Hub cannot be reached \(ConnectError"):
+        DiPPipeline.load("org/absent/f.pt")
+
+
 def test_dip_sample_resolves_hub_names_from_the_environment(tmp_path):
     """The real contract: HF_HUB_CACHE / HF_HUB_OFFLINE in the environment of a fresh process."""
     cache = _hub_cache(tmp_path / "hub", "digits-org/dip-digits", {"dip-digits.safetensors": DEMO_CHECKPOINT})
