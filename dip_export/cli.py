@@ -83,7 +83,10 @@ def progress_bar() -> Progress:
 
 
 def _app(help_text: str) -> typer.Typer:
-    return typer.Typer(help=help_text, add_completion=False, pretty_exceptions_enable=False, no_args_is_help=False)
+    # no markup in help texts: "[default: ...]" and "org/name(/FILE)" are meant literally
+    return typer.Typer(
+        help=help_text, add_completion=False, pretty_exceptions_enable=False, no_args_is_help=False, rich_markup_mode=None
+    )
 
 
 # ---------------------------------------------------------------- dip-sample
@@ -93,7 +96,7 @@ ModelArg = Annotated[
     str | None,
     typer.Argument(
         help="Checkpoint file (.pt/.ckpt/.safetensors), an export folder (dip-export onnx), or a Hugging Face Hub repo "
-        "org/name[/FILE]. Omitted: the bundled demo model.",
+        "org/name (or org/name/FILE). Omitted: the bundled demo model.",
         show_default=False,
     ),
 ]
@@ -210,7 +213,7 @@ def _export_group() -> None:
 def export_onnx_cmd(
     model: Annotated[
         str | None,
-        typer.Argument(help="Checkpoint file or Hub repo org/name[/FILE]; omitted: --preset or the demo.", show_default=False),
+        typer.Argument(help="Checkpoint file or Hub repo org/name(/FILE); omitted: --preset or the demo.", show_default=False),
     ] = None,
     preset: PresetOpt = None,
     image_size: Annotated[str | None, typer.Option(help="Fixed at export: 256 or HxW [default: the model's].")] = None,
@@ -274,7 +277,7 @@ bench_app = _app("Benchmark every backend on the same seeds: speed, quality, mem
 def bench(
     model: Annotated[
         str | None,
-        typer.Argument(help="Checkpoint file or Hub repo org/name[/FILE]; omitted: --preset or the demo.", show_default=False),
+        typer.Argument(help="Checkpoint file or Hub repo org/name(/FILE); omitted: --preset or the demo.", show_default=False),
     ] = None,
     preset: PresetOpt = None,
     steps: Annotated[int, typer.Option(help="Sampler steps per run (network evaluations; heun: 2N - 1).")] = 50,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from dip_export.cli import export_app, sample_app
+from dip_export.cli import bench_app, export_app, sample_app
 from tests.conftest import lightning_checkpoint
 
 runner = CliRunner()
@@ -95,3 +95,13 @@ def test_export_and_sample_on_onnx(tmp_path, ckpt, golden):
     assert result.exit_code == 0, result.output
     diff = np.abs(np.load(out)["arr_0"].astype(int) - golden["sample_cfg2.5_uint8"])
     assert diff.max() <= 1 and (diff == 0).mean() >= 0.995
+
+
+@pytest.mark.parametrize(
+    ("app", "args"), [(sample_app, []), (export_app, []), (export_app, ["onnx"]), (export_app, ["trt"]), (bench_app, [])]
+)
+def test_every_help_page_renders(app, args):
+    """--help goes through rich markup: a bracket in a help text must not break it."""
+    result = runner.invoke(app, [*args, "--help"], terminal_width=100)
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output and "--help" in result.output
