@@ -60,8 +60,6 @@ def run_sample(
     dev = world.device(resolve_device(device))
     if out.suffix != ".npz":
         raise UsageError(f"--out must end in .npz, got {out}")
-    if weights not in ("ema", "raw"):
-        raise UsageError(f"--weights must be ema or raw, got {weights!r}")
     if batch_size < 1 or shard_batches < 1:
         raise UsageError("--batch-size and --shard-batches must be >= 1")
     check_run_limits(steps=steps, cfg=cfg, batch_size=batch_size, cache_interval=cache_interval)
@@ -96,8 +94,8 @@ def run_sample(
 
     if world.size > 1 or resume:
         identity = {
-            "model": name, "source": pipe.source.identity, "backend": str(spec), "weights": weights,
-            "sampler": settings.__dict__, "size": list(size), "content": content_digest(pipe.source.path),
+            "model": name, "source": str(pipe.source.path or preset or "demo"), "backend": str(spec), "weights": weights,
+            "sampler": settings.__dict__, "size": list(size), "content": pipe.source.identity,
         }  # fmt: skip
         images = _run_sharded(plan, out, world, dev, identity, batch_size, shard_batches, make_images, progress, console)
         if images is None:
@@ -125,22 +123,6 @@ def _png_index(name: str) -> float:
     """The sample index of a file this command names `NNNNNN.png`; infinity for any other name."""
     stem = name.removesuffix(".png")
     return int(stem) if name.endswith(".png") and stem.isdigit() and _png_name(int(stem)) == name else float("inf")
-
-
-def content_digest(target: Path | None) -> str:
-    """What a resumed run must find unchanged: the sha256 of the checkpoint, or of an export's files."""
-    from dip_export.checkpoint import DEMO_CHECKPOINT, sha256_file
-
-    if target is None:
-        return sha256_file(DEMO_CHECKPOINT) if DEMO_CHECKPOINT.is_file() else ""
-    if not target.is_dir():
-        return sha256_file(target)
-    from dip_export.export.manifest import MANIFEST, read_manifest
-
-    manifest = read_manifest(target)
-    files = [MANIFEST, *sorted(manifest.files.values())]
-    files += [f"{rel}.data" for rel in files if (target / f"{rel}.data").is_file()]  # external weights
-    return ",".join(sha256_file(target / rel) for rel in files)
 
 
 def _plan(

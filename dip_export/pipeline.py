@@ -16,6 +16,7 @@ the fly, cached under engines/, and reused while the model and settings match).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,6 @@ class ModelSource:
     """Where a model comes from: exactly one of `export_dir` and `loaded` is set."""
 
     name: str  # short name (folders, tables)
-    identity: str  # what the model *is*: sha256 of the file, or preset / demo + content
     config: DiPConfig
     sampling: dict[str, Any]  # the model's recommended sampler settings
     loaded: LoadedModel | None = None
@@ -47,6 +47,28 @@ class ModelSource:
     export_dir: Path | None = None
     export_size: tuple[int, int] | None = None  # an export's fixed image size
     export_precision: str | None = None
+    weights: str = "ema"
+    preset: str | None = None
+
+    @functools.cached_property
+    def identity(self) -> str:
+        """What the model *is*, by content: the sha256 of the checkpoint, or of an export's files.
+
+        Computed on first use only (resume, --backend auto): a multi-GB file takes seconds to hash.
+        """
+        from dip_export.checkpoint import sha256_file
+
+        if self.export_dir is not None:
+            from dip_export.export.manifest import MANIFEST, read_manifest
+
+            files = [MANIFEST, *sorted(read_manifest(self.export_dir).files.values())]
+            files += [f"{rel}.data" for rel in files if (self.export_dir / f"{rel}.data").is_file()]  # external weights
+            return "export:" + ",".join(sha256_file(self.export_dir / rel) for rel in files)
+        assert self.loaded is not None
+        file = Path(self.loaded.source)
+        if not file.is_file():  # a preset: random weights from a fixed seed
+            return f"{self.loaded.source}:seed0"
+        return f"{sha256_file(file)}:{self.weights}" + (f":{self.preset}" if self.preset else "")
 
 
 def open_source(
@@ -58,7 +80,7 @@ def open_source(
     revision: str | None = None,
 ) -> ModelSource:
     """Resolve a model argument: export folder, checkpoint file, Hub name, preset or the demo."""
-    from dip_export.checkpoint import resolve_model, sha256_file
+    from dip_export.checkpoint import resolve_model
     from dip_export.hub import looks_like_hub_name, resolve_hub_checkpoint
 
     if weights not in ("ema", "raw"):
@@ -72,18 +94,16 @@ def open_source(
 
             manifest = read_manifest(target)
             return ModelSource(
-                name=manifest.name, identity=f"export:{manifest.source.get('sha256', '')}:{manifest.precision}",
-                config=manifest.config, sampling=dict(manifest.sampling), path=target, export_dir=target,
+                name=manifest.name, config=manifest.config, sampling=dict(manifest.sampling), path=target, export_dir=target,
                 export_size=manifest.image_size, export_precision=manifest.precision,
             )  # fmt: skip
     elif revision is not None:
         raise UsageError("--revision goes with a Hugging Face Hub name (org/name)")
     loaded = resolve_model(target, preset, weights=weights, trust=trust_checkpoint)
-    source = Path(loaded.source)
-    identity = f"{sha256_file(source)}:{weights}" if source.is_file() else f"{loaded.source}:seed0"
-    if preset is not None and target is not None:
-        identity += f":{preset}"
-    return ModelSource(loaded.name, identity, loaded.config, dict(loaded.sampling), loaded=loaded, path=target)
+    return ModelSource(
+        loaded.name, loaded.config, dict(loaded.sampling), loaded=loaded, path=target, weights=weights,
+        preset=preset if target is not None else None,
+    )  # fmt: skip
 
 
 class DiPPipeline:
