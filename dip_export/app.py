@@ -11,13 +11,15 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
+from dip_export.engines import make_engine
 from dip_export.errors import UsageError
 from dip_export.generate import SamplePlan, check_run_limits, check_seed, make_plan, parse_image_size, parse_int_list
 from dip_export.io import check_output_file, check_output_folder, image_grid, save_npz, save_png
-from dip_export.pipeline import DiPPipeline, make_engine
+from dip_export.pipeline import DiPPipeline
 from dip_export.runtime.backends import BackendSpec
 from dip_export.runtime.torch_engine import resolve_device
 from dip_export.sampling import SamplerSettings
+from dip_export.settings import MAX_REPEATS, MAX_SHARD_BATCHES
 
 if TYPE_CHECKING:
     from dip_export.distributed import World
@@ -112,8 +114,6 @@ def run_sample(
     console.print(f"wrote {out} ({images.shape[0]} x {size[0]}x{size[1]}) and {out.with_suffix('.png')}")
 
 
-MAX_SHARD_BATCHES = 10_000
-
 
 def _png_name(index: int) -> str:
     return f"{index:06d}.png"
@@ -185,8 +185,6 @@ def _run_sharded(
     finally:
         world.close()
 
-
-MAX_REPEATS = 1000
 
 
 def run_bench_cmd(

@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dip_export.cli import bench_app
-from dip_export.measure.bench import psnr
+from dip_export.measure.harness import psnr
 
 runner = CliRunner()
 ROW_FIELDS = {
@@ -98,7 +98,7 @@ def test_the_stage_timer_does_not_synchronise_inside_a_capture(golden_model, gol
 
     import torch
 
-    from dip_export.measure.bench import _Timed
+    from dip_export.measure.harness import StageTimer as _Timed
     from dip_export.runtime.cuda_graph import GraphedSampler
     from dip_export.runtime.torch_engine import TorchEngine
     from dip_export.sampling import SamplerSettings, initial_noise

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,15 +19,11 @@ import torch
 
 from dip_export.checkpoint import LoadedModel, is_demo
 from dip_export.generate import SamplePlan, generate, make_plan
+from dip_export.measure.harness import psnr, timed_call
 from dip_export.sampling import Denoiser, SamplerSettings, sample_counts
 
 REFERENCE_STEPS = 1000
 CACHE = Path("engines") / "yardstick"
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -70,12 +65,11 @@ class Yardstick:
 def _run(
     net: Denoiser, loaded: LoadedModel, plan: SamplePlan, y: Yardstick, settings: SamplerSettings
 ) -> tuple[np.ndarray, float]:
-    start = time.perf_counter()
-    images = generate(
+    images, seconds = timed_call(lambda: generate(
         net, plan, settings, null_class=loaded.config.null_class, height=y.height, width=y.width,
         batch_size=y.batch, device=torch.device("cpu"),
-    )  # fmt: skip
-    return images, (time.perf_counter() - start) / len(plan)
+    ), torch.device("cpu"))  # fmt: skip
+    return images, seconds / len(plan)
 
 
 def reference_images(net: Denoiser, loaded: LoadedModel, plan: SamplePlan, y: Yardstick, base: SamplerSettings) -> np.ndarray:
