@@ -30,7 +30,6 @@ MAX_BATCH = 4096  # images per sampler batch
 MAX_CFG = 100.0  # guidance weight
 MAX_SHIFT = 1000.0  # time shift
 MAX_CLASS = 2**31 - 1  # class labels (a model's own range is checked against its config)
-MAX_OPT_LEVEL = 5  # TensorRT builder optimisation level
 MAX_SHARD_BATCHES = 10_000  # batches per resumable shard
 MAX_REPEATS = 1000  # timed repeats (and warm-up runs) of a measurement
 
@@ -143,24 +142,23 @@ class RunSettings:
 
 BUILD_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 BUILD_TARGETS = ("onnx", "trt")
+OPSETS = range(17, 21)  # what the exporter writes and ONNX Runtime runs for this model
 
 
 @dataclass(frozen=True)
 class BuildSettings:
-    """How an export or an engine is built: precision, the runtime it targets, batch profile, opt level."""
+    """How an export is built: the precision inside the graph, the runtime it targets, the ONNX opset."""
 
     precision: str = "fp32"
-    target: str = "onnx"  # onnx: ONNX Runtime graphs; trt: graphs shaped for TensorRT
-    profile: tuple[int, int, int] = (1, 1, 8)  # TensorRT batch profile min, opt, max (images)
-    opt_level: int = 3  # TensorRT builder optimisation level
+    target: str = "onnx"  # onnx: ONNX Runtime graphs; trt: Q/DQ graphs shaped for TensorRT (int8, fp8)
+    opset: int = 18
 
     def __post_init__(self) -> None:
-        one_of(self.precision, "precision", BUILD_PRECISIONS)
-        one_of(self.target, "--target", BUILD_TARGETS)
-        if isinstance(self.profile, (str, bytes)) or not isinstance(self.profile, Sequence) or len(self.profile) != 3:
-            raise UsageError("the batch profile must be MIN,OPT,MAX")
-        lo, opt, hi = (exact_int(v, "batch profile", 1, MAX_BATCH) for v in self.profile)
-        if not lo <= opt <= hi:
-            raise UsageError(f"the batch profile must be MIN <= OPT <= MAX, got {lo},{opt},{hi}")
-        object.__setattr__(self, "profile", (lo, opt, hi))
-        object.__setattr__(self, "opt_level", exact_int(self.opt_level, "opt level", 0, MAX_OPT_LEVEL))
+        if not isinstance(self.precision, str) or self.precision not in BUILD_PRECISIONS:
+            raise UsageError(f"--precision must be fp32, fp16, bf16, int8 or fp8, got {self.precision!r:.40}")
+        if not isinstance(self.target, str) or self.target not in BUILD_TARGETS:
+            raise UsageError(f"--target must be onnx or trt, got {self.target!r:.40}")
+        if self.precision == "fp8" and self.target != "trt":
+            raise UsageError("fp8 is a TensorRT graph: add --target trt")
+        if isinstance(self.opset, bool) or not isinstance(self.opset, int) or self.opset not in OPSETS:
+            raise UsageError(f"--opset must be in {OPSETS.start}..{OPSETS.stop - 1}, got {self.opset!r:.40}")

@@ -134,8 +134,8 @@ def test_run_settings_refuse_nonsense(kwargs):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"precision": "fp64"}, {"target": "gpu"}, {"profile": (4, 2, 8)}, {"profile": (1, 1.5, 8)}, {"opt_level": 9},
-     {"opt_level": True}],
+    [{"precision": "fp64"}, {"precision": 8}, {"target": "gpu"}, {"precision": "fp8"}, {"opset": 16}, {"opset": 18.0},
+     {"opset": True}],
 )  # fmt: skip
 def test_build_settings_refuse_nonsense(kwargs):
     with pytest.raises(UsageError):

@@ -285,36 +285,12 @@ def run_bench(
         task = progress.add_task("benchmark", total=len(jobs) * (bench.warmup + bench.repeats))
         for spec, variant, settings in jobs:
             progress.update(task, description=f"{spec}{' ' + variant if variant else ''}")
-            reason = unavailable_reason(spec, device)
-            if reason is not None:
-                rows.append(skipped(spec, reason))
-                progress.advance(task, bench.warmup + bench.repeats)
-                continue
-            try:
-                started = time.perf_counter()
-                if spec not in engines:
-                    for other in [k for k in engines if k != eager]:
-                        del engines[other]
-                    engines[spec] = make_engine(spec, loaded, (bench.height, bench.width), device, console, batch=bench.batch)
-                setup = time.perf_counter() - started
-                row = run_backend(spec, engines[spec], loaded, bench, settings, device, lambda: progress.advance(task))
-                row.setup_s = setup
-            except (DipError, RuntimeError, ImportError, ValueError) as err:
-                row = failure(spec, err)
-                progress.advance(task, bench.warmup + bench.repeats)
+            row = _run_job(spec, settings, engines, loaded, bench, device, console, lambda n=1: progress.advance(task, n))
             row.variant = variant
             if row.status == "ok":
                 add_peak_fraction(row, peaks["bf16" if spec.precision in ("bf16", "fp16") else "fp32"])
             rows.append(row)
-    reference = next(r for r in rows if r.backend == "torch" and r.precision == "fp32" and not r.variant)
-    if reference.status != "ok":
-        raise DipError(f"the eager fp32 reference failed: {reference.reason}")
-    plan = make_plan(loaded.config.num_classes, num_samples=bench.batch, seed=bench.seed)
-    digits = is_demo(loaded)  # the digit classifier only reads the demo model's images
-    compare_to_eager([r for r in rows if not r.variant.startswith("guidance 1")], reference, digits, plan.classes)
-    both = [r for r in rows if r.variant == "guidance 1, both halves"]
-    if both and both[0].status == "ok":  # guidance-1 rows compare with their own full-work baseline
-        compare_to_eager([r for r in rows if r.variant.startswith("guidance 1")], both[0], digits, plan.classes)
+    _compare_rows(rows, loaded, bench)
     return {
         "settings": {
             "model": loaded.name, "source": loaded.source, "steps": bench.steps, "batch": bench.batch,
@@ -326,6 +302,45 @@ def run_bench(
         "machine": {**machine_info(device), "gemm_peak_gflops": peaks},
         "results": [r.to_json() for r in rows],
     }  # fmt: skip
+
+
+def _run_job(
+    spec: BackendSpec, settings: SamplerSettings, engines: dict[BackendSpec, Denoiser], loaded: LoadedModel,
+    bench: BenchSettings, device: torch.device, console: Any, advance: Callable[..., None],
+) -> BenchRow:  # fmt: skip
+    """One row: skipped with the reason, failed with the error, or timed (its engine made or reused)."""
+    runs = bench.warmup + bench.repeats
+    reason = unavailable_reason(spec, device)
+    if reason is not None:
+        advance(runs)
+        return skipped(spec, reason)
+    eager = BackendSpec("torch", "fp32")
+    try:
+        started = time.perf_counter()
+        if spec not in engines:
+            for other in [k for k in engines if k != eager]:
+                del engines[other]
+            engines[spec] = make_engine(spec, loaded, (bench.height, bench.width), device, console, batch=bench.batch)
+        setup = time.perf_counter() - started
+        row = run_backend(spec, engines[spec], loaded, bench, settings, device, advance)
+        row.setup_s = setup
+    except (DipError, RuntimeError, ImportError, ValueError) as err:
+        row = failure(spec, err)
+        advance(runs)
+    return row
+
+
+def _compare_rows(rows: list[BenchRow], loaded: LoadedModel, bench: BenchSettings) -> None:
+    """Speed-up and PSNR of every row against eager fp32 (guidance-1 variants against their own baseline)."""
+    reference = next(r for r in rows if r.backend == "torch" and r.precision == "fp32" and not r.variant)
+    if reference.status != "ok":
+        raise DipError(f"the eager fp32 reference failed: {reference.reason}")
+    plan = make_plan(loaded.config.num_classes, num_samples=bench.batch, seed=bench.seed)
+    digits = is_demo(loaded)  # the digit classifier only reads the demo model's images
+    compare_to_eager([r for r in rows if not r.variant.startswith("guidance 1")], reference, digits, plan.classes)
+    both = [r for r in rows if r.variant == "guidance 1, both halves"]
+    if both and both[0].status == "ok":  # guidance-1 rows compare with their own full-work baseline
+        compare_to_eager([r for r in rows if r.variant.startswith("guidance 1")], both[0], digits, plan.classes)
 
 
 def render_table(report: dict[str, Any]) -> Any:
