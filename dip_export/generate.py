@@ -13,11 +13,11 @@ from dip_export.sampling import Denoiser, SamplerSettings, initial_noise, sample
 from dip_export.settings import (
     MAX_BATCH,
     MAX_CFG,
-    MAX_CLASS,
     MAX_IMAGE_SIDE,
     MAX_SAMPLES,
     MAX_SEED,
     MAX_STEPS,
+    RunSettings,
     exact_int,
     finite_float,
 )
@@ -62,15 +62,8 @@ def make_plan(
             raise UsageError("give either --classes/--seeds or --num-samples, not both")
         classes = list(classes) if classes is not None else [i % num_classes for i in range(len(seeds or []))]
         seeds = list(seeds) if seeds is not None else [seed + i for i in range(len(classes))]
-        if len(classes) == 1 and len(seeds) > 1:
-            classes = classes * len(seeds)
-        if len(classes) != len(seeds):
-            raise UsageError(f"{len(classes)} classes but {len(seeds)} seeds; give one seed per class")
-        if len(seeds) > MAX_SAMPLES or len(classes) > MAX_SAMPLES:
-            raise UsageError(f"at most {MAX_SAMPLES} samples per run")
-        for value in seeds:
-            check_seed(value, "--seeds")
-        plan = SamplePlan([int(s) for s in seeds], [exact_int(c, "--classes", -MAX_CLASS, MAX_CLASS) for c in classes])
+        run = RunSettings(classes=tuple(classes), seeds=tuple(seeds))  # exact ints in range, one seed per class
+        plan = SamplePlan(list(run.seeds), list(run.classes))
     bad = [c for c in plan.classes if not 0 <= c < num_classes]
     if bad:
         raise UsageError(f"class {bad[0]} is out of range: this model has classes 0..{num_classes - 1}")

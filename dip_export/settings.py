@@ -123,15 +123,15 @@ class RunSettings:
     cuda_graphs: bool = True  # replay each step as one CUDA graph where the backend allows
 
     def __post_init__(self) -> None:
-        classes = int_list(self.classes, "classes", 0, MAX_CLASS)
-        seeds = int_list(self.seeds, "seeds", 0, MAX_SEED)
+        classes = int_list(self.classes, "--classes", 0, MAX_CLASS)
+        seeds = int_list(self.seeds, "--seeds", 0, MAX_SEED)
         if len(classes) == 1 and len(seeds) > 1:
             classes = classes * len(seeds)  # a single class goes with every seed
         if len(classes) != len(seeds):
             raise UsageError(f"{len(classes)} classes but {len(seeds)} seeds; give one seed per class")
         object.__setattr__(self, "classes", classes)
         object.__setattr__(self, "seeds", seeds)
-        object.__setattr__(self, "batch_size", exact_int(self.batch_size, "batch size", 1, MAX_BATCH))
+        object.__setattr__(self, "batch_size", exact_int(self.batch_size, "--batch-size", 1, MAX_BATCH))
         if self.image_size is not None:
             size = self.image_size
             if isinstance(size, (str, bytes)) or not isinstance(size, Sequence) or len(size) != 2:
