@@ -96,6 +96,11 @@ class _Timed:
     def detailer(self, x: Tensor, tokens: Tensor) -> Tensor:
         return self._timed("detailer", x.shape[0], lambda: self.net.detailer(x, tokens))
 
+    def graph_slot(self, slot: Any) -> Any:
+        """The wrapped engine's per-graph execution contexts (TensorRT), when it has them."""
+        inner = getattr(self.net, "graph_slot", None)
+        return inner(slot) if inner is not None else contextlib.nullcontext()
+
     def reset(self) -> None:
         self.times = dict.fromkeys(self.times, 0.0)
         self.calls = dict.fromkeys(self.calls, 0)

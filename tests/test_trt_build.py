@@ -15,7 +15,7 @@ from dip_export.errors import ExportError, UsageError
 from dip_export.export.manifest import read_manifest
 from dip_export.export.spec import io_specs
 from dip_export.runtime.ort_engine import make_session
-from dip_export.runtime.trt_engine import TrtEngine
+from dip_export.runtime.trt_engine import TrtEngine, aligned_empty
 from dip_export.trt_build import (
     BatchProfile,
     build_trt,
@@ -224,13 +224,17 @@ def test_inputs_in_the_right_form_are_bound_in_place(export_copy, gpu, monkeypat
     trt = fake_tensorrt.install(monkeypatch)
     entry = _build(export_copy)
     engine = TrtEngine.from_entry(export_copy, entry, io_specs(read_manifest(export_copy).config, *SIZE), "cpu")
-    x, t, y = torch.randn(2, 3, *SIZE), torch.rand(2), torch.tensor([0, 5])
+    x, t, y = aligned_empty((2, 3, *SIZE), torch.float32, torch.device("cpu")).normal_(), torch.rand(2), torch.tensor([0, 5])
     tokens = engine.backbone(x, t, y)
     v = engine.detailer(x, tokens)
     plan = engine._plans["detailer"]
-    assert not plan.staging and plan.bound[2]["x"] == x.data_ptr() and plan.bound[2]["tokens"] == tokens.data_ptr()
+    assert not plan.staging and plan.bound[(2, None)]["x"] == x.data_ptr()
+    assert plan.bound[(2, None)]["tokens"] == tokens.data_ptr()
     engine.backbone(x.double(), t, y.int())  # another dtype is staged, once per row count
-    assert set(engine._plans["backbone"].staging) == {(2, "x"), (2, "y")}
+    assert {"x", "y"} <= {name for _, name in engine._plans["backbone"].staging}
+    unaligned = torch.empty(x.numel() + 1)[1:].view(x.shape).copy_(x)  # 4 bytes past an aligned address: staged
+    engine.detailer(unaligned, tokens)
+    assert (2, "x") in plan.staging and plan.bound[(2, None)]["x"] == plan.staging[(2, "x")].data_ptr()
     assert 0 not in trt.streams  # never the legacy default stream
     torch.testing.assert_close(v, torch.from_numpy(make_session(export_copy / "detailer.onnx").run(
         None, {"x": x.numpy(), "tokens": tokens.numpy()})[0]))  # fmt: skip
