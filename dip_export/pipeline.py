@@ -386,7 +386,7 @@ def make_engine(
         folder = ensure_export(loaded, precision="fp32", image_size=size, console=console)
         build_trt(
             precision=spec.precision, output_dir=folder, root=EXPORT_ROOT, profile=BatchProfile(1, batch, max(batch, 8)),
-            timing_cache=folder / "timing.cache", opt_level=3, console=console, device=device,
+            timing_cache=folder / "timing.cache", opt_level=3, console=console, device=device, covering=True,
         )  # fmt: skip
         return make_export_engine(spec, folder, device)
     if spec.precision == "int8":

@@ -58,9 +58,14 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def engine_file(role: str, precision: str, trt_version: str, gpu: str) -> str:
-    """Plans only run on the GPU model and TensorRT version that built them: both are in the name."""
-    return f"{role}.{precision}.trt{trt_version}.{slug(gpu)}.plan"
+def engine_file(
+    role: str, precision: str, trt_version: str, gpu: str, profile: BatchProfile | None = None, opt_level: int | None = None
+) -> str:
+    """Plans only run on the GPU model and TensorRT version that built them: both are in the name, and so are
+    the batch profile and optimisation level, so an engine built for other ones is never overwritten."""
+    shape = f".b{profile.min}-{profile.opt}-{profile.max}" if profile is not None else ""
+    level = f".o{opt_level}" if opt_level is not None else ""
+    return f"{role}.{precision}{shape}{level}.trt{trt_version}.{slug(gpu)}.plan"
 
 
 def source_onnx_precision(precision: str) -> str:
@@ -69,16 +74,29 @@ def source_onnx_precision(precision: str) -> str:
 
 
 def find_export(root: Path, output_dir: Path | None) -> Path:
-    """The export folder to build from: the one given, or the only one under `root`."""
+    """The export folder to build from: the one given, or the most recent one under `root` (by its manifest)."""
     if output_dir is not None:
         read_manifest(output_dir)
         return output_dir
-    found = sorted(p.parent for p in root.glob(f"*/{MANIFEST}")) if root.is_dir() else []
+    found = [p.parent for p in root.glob(f"*/{MANIFEST}")] if root.is_dir() else []
     if not found:
-        raise UsageError(f"no export under {root}/; run `dip-export onnx CKPT` first or pass --output-dir")
-    if len(found) > 1:
-        raise UsageError(f"several exports under {root}/: {', '.join(p.name for p in found)}; choose one with --output-dir")
-    return found[0]
+        raise UsageError(f"no export under {root}/; run `dip-export onnx CKPT` first or pass a checkpoint or export folder")
+    return max(found, key=lambda p: ((p / MANIFEST).stat().st_mtime_ns, p.name))
+
+
+def export_for_source(source: Path, console: Console) -> Path:
+    """`dip-export trt SOURCE`: an export folder as it is, or a checkpoint's fp32 export (made under engines/ if missing)."""
+    if source.is_dir():
+        read_manifest(source)
+        return source
+    if not source.is_file():
+        raise UsageError(f"{source} is neither a checkpoint file nor an export folder")
+    from dip_export.checkpoint import resolve_model
+    from dip_export.export.onnx_export import ensure_export
+
+    loaded = resolve_model(source)
+    size = (loaded.config.image_size, loaded.config.image_size)
+    return ensure_export(loaded, precision="fp32", image_size=size, console=console)
 
 
 def _tensorrt() -> Any:
@@ -110,14 +128,30 @@ def profile_entry(profile: BatchProfile) -> dict[str, Any]:
 
 
 def engine_matches(
-    entry: dict[str, Any], trt_version: str, gpu: str, *, profile: BatchProfile | None = None, opt_level: int | None = None
+    entry: dict[str, Any],
+    trt_version: str,
+    gpu: str,
+    *,
+    profile: BatchProfile | None = None,
+    opt_level: int | None = None,
+    covering: bool = False,
 ) -> bool:
-    """Reusable only for the same TensorRT version and GPU and, when asked, the same batch profile and opt level."""
+    """Reusable only for the same TensorRT version and GPU and, when asked, the same batch profile and opt level.
+
+    `covering`: any engine whose profile holds the asked rows (min..max) and whose opt level is at least the
+    asked one will do (what sampling needs); otherwise both must be the ones asked (what `dip-export trt` builds).
+    """
     if entry.get("trt_version") != trt_version or entry.get("gpu") != gpu:
         return False
-    if profile is not None and entry.get("profile", {}).get("network_rows") != list(profile.network_batches()):
+    rows = entry.get("profile", {}).get("network_rows")
+    level = entry.get("opt_level")
+    if covering:
+        lo, _, hi = profile.network_batches() if profile is not None else (0, 0, 0)
+        fits = profile is None or (rows is not None and rows[0] <= lo and hi <= rows[2])
+        return fits and (opt_level is None or (level is not None and level >= opt_level))
+    if profile is not None and rows != list(profile.network_batches()):
         return False
-    return opt_level is None or entry.get("opt_level") == opt_level
+    return opt_level is None or level == opt_level
 
 
 def _load_timing_cache(trt: Any, config: Any, timing_cache: Path | None, console: Console | None) -> None:
@@ -198,8 +232,11 @@ def build_trt(
     opt_level: int,
     console: Console,
     device: Any = None,
+    covering: bool = False,
 ) -> dict[str, Any]:
-    """Build (or reuse) the engines of one precision for an export folder, verify them, record them."""
+    """Build (or reuse) the engines of one precision for an export folder, verify them, record them.
+
+    `covering=True` reuses engines whose profile covers `profile` (see `engine_matches`)."""
     import torch
 
     if precision not in TRT_PRECISIONS:
@@ -210,15 +247,21 @@ def build_trt(
     device = torch.device(device if device is not None else "cuda")
     gpu, capability = gpu_identity(device)
     folder = find_export(root, output_dir)
+    if output_dir is None:
+        console.print(f"building from {folder} (the most recent export under {root}/)")
     check_precision_supported(precision, capability)
     manifest = read_manifest(folder)
     existing = manifest.engines.get(precision)
     if (
         existing
-        and engine_matches(existing, trt.__version__, gpu, profile=profile, opt_level=opt_level)
+        and engine_matches(existing, trt.__version__, gpu, profile=profile, opt_level=opt_level, covering=covering)
         and all((folder / f).is_file() for f in existing["files"].values())
     ):
-        console.print(f"engines for {precision} on {gpu} with TensorRT {trt.__version__} are up to date")
+        p = existing["profile"]
+        console.print(
+            f"engines for {precision} on {gpu} with TensorRT {trt.__version__} (batch {p['min']},{p['opt']},{p['max']}, "
+            f"opt level {existing.get('opt_level')}) are up to date"
+        )
         return existing
     onnx_dir = onnx_for_precision(folder, manifest, precision, console)
     onnx_manifest = read_manifest(onnx_dir)
@@ -226,7 +269,7 @@ def build_trt(
     files, started = {}, time.perf_counter()
     with torch.cuda.device(device):
         for role, spec in specs.items():
-            name = engine_file(role, precision, trt.__version__, gpu)
+            name = engine_file(role, precision, trt.__version__, gpu, profile, opt_level)
             with console.status(f"building {role} engine ({precision}, opt level {opt_level}) ..."):
                 build_engine(onnx_dir / onnx_manifest.files[role], folder / name, profile_shapes(spec, profile),
                              opt_level=opt_level, timing_cache=timing_cache, tf32=precision != "fp32",
@@ -294,6 +337,7 @@ def verify_engines(
     runners = {role: onnx_runner(onnx_dir / rel, onnx_manifest.precision) for role, rel in onnx_manifest.files.items()}
     config, (h, w) = onnx_manifest.config, onnx_manifest.image_size
     rows = []
+    used: dict[str, list[dict[str, Any]]] = {"backbone": [], "detailer": []}
     for n in sorted({engine.min_rows, min(engine.max_rows, max(engine.min_rows, 2))}):
         feeds = backbone_inputs(config, h, w, n, seed=n)
         want_tokens = runners["backbone"](feeds)
@@ -302,7 +346,16 @@ def verify_engines(
         got_tokens = engine.backbone(x, t, y).cpu().numpy().copy()
         got_v = engine.detailer(x, torch.from_numpy(want_tokens).to(device)).cpu().numpy().copy()
         rows += [("backbone.tokens", n, got_tokens, want_tokens), ("detailer.v", n, got_v, want_v)]
-    return compare_outputs(rows, ENGINE_TOLERANCES[entry["precision"]])
+        used["backbone"].append(feeds)
+        used["detailer"].append({"x": feeds["x"], "tokens": want_tokens})
+    tolerance = ENGINE_TOLERANCES[entry["precision"]]
+    try:
+        return compare_outputs(rows, tolerance)
+    except ExportError as err:
+        from dip_export.export.trt_debug import write_repro
+
+        command = write_repro(folder, entry, onnx_dir, onnx_manifest.files, specs, used, tolerance)
+        raise ExportError(f"{err}; to find the layer, run the Polygraphy comparison in {command}") from None
 
 
 def onnx_for_precision(folder: Path, manifest: Manifest, precision: str, console: Console) -> Path:
