@@ -68,10 +68,12 @@ class BenchRow:
 
 
 class _Timed:
-    """Wraps an engine; accumulates wall time per call (synchronising CUDA around each)."""
+    """Wraps an engine; counts calls and, while `profile` is set, accumulates wall time per call (synchronising
+    CUDA around each: only in a separate profiling run, so timed runs synchronise as graphed ones do)."""
 
     def __init__(self, net: Denoiser, device: torch.device) -> None:
         self.net, self.device = net, device
+        self.profile = False
         self.times = {"backbone": 0.0, "detailer": 0.0}
         self.calls = {"backbone": 0, "detailer": 0}
         self.rows = {"backbone": 0, "detailer": 0}  # images through each network (a CFG pair counts 2)
@@ -79,6 +81,10 @@ class _Timed:
     def _timed(self, name: str, rows: int, fn: Callable[[], Tensor]) -> Tensor:
         if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             return fn()  # being captured into a CUDA graph: no synchronising (it would end the capture), no timing
+        if not self.profile:
+            self.calls[name] += 1
+            self.rows[name] += rows
+            return fn()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -183,8 +189,10 @@ def run_backend(
 ) -> BenchRow:
     """Warm up, then time `repeats` full sampler runs; returns the row without the comparisons.
 
+    Every timed run is timed end to end with one synchronisation before and after, graphed or not; the
+    per-stage times of an ungraphed row come from one more run with timers around each engine call.
     With CUDA graphs, one graphed sampler serves every run: captured during the warm-up, replayed in
-    the timed runs, which are timed end to end (per-stage timers cannot see inside a replay).
+    the timed runs (per-stage timers cannot see inside a replay).
     """
     timed = _Timed(net, device)
     plan = make_plan(loaded.config.num_classes, num_samples=bench.batch, seed=bench.seed)
@@ -196,7 +204,7 @@ def run_backend(
 
         graphed = GraphedSampler(timed, device)
 
-    def once() -> np.ndarray:
+    def once(report: bool = True) -> np.ndarray:
         if graphed is not None:
             noise = initial_noise(plan.seeds, bench.height, bench.width).to(device)
             y = torch.tensor(plan.classes, dtype=torch.int64, device=device)
@@ -206,7 +214,7 @@ def run_backend(
                 timed, plan, sampler, null_class=loaded.config.null_class, height=bench.height, width=bench.width,
                 batch_size=bench.batch, device=device,
             )  # fmt: skip
-        if on_run is not None:
+        if on_run is not None and report:
             on_run()
         return images
 
@@ -227,6 +235,12 @@ def run_backend(
         stages.append(dict(timed.times))
         if graphed is not None and graphed.fallback_reason is not None:
             fallbacks.add(graphed.fallback_reason)
+    if graphed is None or fallbacks:  # the stage breakdown, from its own synchronised run
+        timed.reset()
+        timed.profile = True
+        once(report=False)
+        timed.profile = False
+        stages = [dict(timed.times)]
     median = statistics.median(totals)
     per_step = 1000 / sampler.steps
     row = BenchRow(backend=spec.name, precision=spec.precision)

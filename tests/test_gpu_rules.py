@@ -242,3 +242,52 @@ def test_fake_parser_enforces_the_qdq_rules(tmp_path, kwargs, message):
     assert parser.parse_from_file(path) == (message is None)
     if message is not None:
         assert any(message in parser.get_error(i) for i in range(parser.num_errors))
+
+
+# ---- dip-export trt: which export
+
+
+def test_trt_takes_the_most_recent_export_or_the_one_named(fp32_export, tmp_path, gpu, monkeypatch):
+    """After a benchmark has added exports under engines/, `dip-export trt --fp16` goes on with the newest one."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from dip_export.cli import export_app
+
+    fake_tensorrt.install(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    for i, name in enumerate(("golden-32x64-fp32", "bench-32x64-fp32")):
+        shutil.copytree(fp32_export, tmp_path / "engines" / name)
+        os.utime(tmp_path / "engines" / name / "manifest.json", ns=(10**18, 10**18 + i * 10**9))
+    runner = CliRunner()
+    result = runner.invoke(export_app, ["trt", "--fp16"])
+    out = result.output
+    assert "several exports" not in out and "building from engines/bench-32x64-fp32" in " ".join(out.split())
+    # the fp16 graph needs the checkpoint the fixture's export came from: one line naming it, nothing half-written
+    assert result.exit_code == 1 and "checkpoint this export came from" in out and "Traceback" not in out
+    named = runner.invoke(export_app, ["trt", "--fp16", "engines/golden-32x64-fp32"])
+    assert "building from" not in named.output and "checkpoint this export came from" in named.output
+    missing = runner.invoke(export_app, ["trt", "--fp16", "nowhere.pt"])
+    assert missing.exit_code == 2 and "neither a checkpoint file nor an export folder" in missing.output
+
+
+def test_timed_runs_synchronise_like_graphed_ones(gpu):
+    """Ungraphed rows are timed end to end as graphed rows are; the per-call synchronising timers run separately."""
+    from dip_export.bench import _Timed
+
+    class Net:
+        def backbone(self, x, t, y):
+            return x
+
+        def detailer(self, x, tokens):
+            return x
+
+    timed = _Timed(Net(), torch.device("cuda"))
+    x = torch.zeros(2, 3)
+    for _ in range(3):
+        timed.detailer(timed.backbone(x, x, x), x)
+    assert gpu.synchronizes == 0 and timed.calls == {"backbone": 3, "detailer": 3} and timed.rows["backbone"] == 6
+    timed.profile = True
+    timed.detailer(timed.backbone(x, x, x), x)
+    assert gpu.synchronizes == 4 and timed.times["backbone"] > 0
