@@ -291,3 +291,20 @@ def test_timed_runs_synchronise_like_graphed_ones(gpu):
     timed.profile = True
     timed.detailer(timed.backbone(x, x, x), x)
     assert gpu.synchronizes == 4 and timed.times["backbone"] > 0
+
+
+def test_fake_capture_refuses_host_syncs_on_the_capturing_stream(gpu):
+    graph = torch.cuda.CUDAGraph()
+    buf = torch.zeros(3)
+    with pytest.raises(RuntimeError, match="capturing"), torch.cuda.graph(graph):
+        buf.sum().item()  # a device-to-host read
+    with pytest.raises(RuntimeError, match="capturing"), torch.cuda.graph(graph):
+        buf.copy_(torch.tensor([1.0, 2.0, 3.0]))  # pageable host-to-device copy
+    with torch.cuda.graph(graph):
+        assert torch.cuda.is_current_stream_capturing()
+        with torch.cuda.stream(torch.cuda.Stream()):
+            assert not torch.cuda.is_current_stream_capturing()  # capture is per stream
+        buf.add_(1.0)  # a kernel on the capturing stream: recorded, not run
+    assert buf.sum() == 0
+    graph.replay()
+    assert buf.sum() == 3

@@ -3,7 +3,18 @@
 Installed with `install(monkeypatch, version)` as `sys.modules["tensorrt"]`. What it checks, after
 the TensorRT 10.x / 11.x Python API references and the parser's sources:
 - OnnxParser.parse_from_file loads the file with the real onnx package (external data beside it),
-  runs onnx.checker, and refuses DequantizeLinear on INT32 input (NVIDIA/TensorRT#4542).
+  runs onnx.checker, and applies the parser's Q/DQ rules: no DequantizeLinear on INT32 input
+  (NVIDIA/TensorRT#4542), no UINT8, positive scales, zero zero-points, one scale per channel.
+- 10.x and 11.x enums as the bindings have them: 11.x has no EXPLICIT_BATCH (STRONGLY_TYPED is 0)
+  and no FP16/BF16/INT8/FP8 builder flags; BuilderFlag.TF32 exists in both and is on by default.
+- add_optimization_profile returns -1 for an invalid profile; create_timing_cache logs and returns
+  None for a corrupt blob.
+- Engines compute in the engine's precision: with TF32 on, fp32 graphs run with every MatMul/Gemm/Conv
+  input rounded to a 10-bit mantissa, so verification meets TF32's error.
+- ICudaEngine reports I/O dtypes and shapes (get_tensor_dtype / get_tensor_shape) and device_memory_size_v2;
+  a USER_MANAGED context runs only after set_device_memory (256-byte aligned, big enough); STATIC
+  contexts are counted in `context_memory`. Addresses must be multiples of 256 bytes; an enqueue
+  fails unless the engine's device is the current one.
 - Builder.build_serialized_network returns None (never raises) when a dynamic input has no profile
   shape or the build is made to fail; on 10.x it records whether the network is strongly typed.
 - IBuilderConfig.set_timing_cache returns False for a cache from another GPU or TensorRT version.
