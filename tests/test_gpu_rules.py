@@ -14,10 +14,10 @@ from rich.console import Console
 from dip_export.errors import ExportError
 from dip_export.export.manifest import read_manifest
 from dip_export.export.spec import io_specs
+from dip_export.export.trt_build import BatchProfile, build_engine, build_trt
 from dip_export.runtime.cuda_graph import GraphedSampler
 from dip_export.runtime.trt_engine import TrtEngine, aligned_empty
 from dip_export.sampling import SamplerSettings, initial_noise, sample
-from dip_export.trt_build import BatchProfile, build_engine, build_trt
 from tests.fakes import tensorrt as fake_tensorrt
 from tests.fakes.cuda import FakeCuda
 
@@ -274,7 +274,7 @@ def test_trt_takes_the_most_recent_export_or_the_one_named(fp32_export, tmp_path
 
 def test_timed_runs_synchronise_like_graphed_ones(gpu):
     """Ungraphed rows are timed end to end as graphed rows are; the per-call synchronising timers run separately."""
-    from dip_export.bench import _Timed
+    from dip_export.measure.bench import _Timed
 
     class Net:
         def backbone(self, x, t, y):
