@@ -375,12 +375,20 @@ def run_export_onnx(
 
 
 def run_export_trt(
-    precision: str, output_dir: Path | None, batch: str, timing_cache: Path | None, opt_level: int, console: Console
-) -> None:
-    """dip-export trt: strongly typed TensorRT engines for an export folder (under engines/ by default)."""
+    precision: str, source: Path | None, output_dir: Path | None, batch: str, timing_cache: Path | None, opt_level: int,
+    console: Console,
+) -> None:  # fmt: skip
+    """dip-export trt: TensorRT engines for an export folder (SOURCE, --output-dir, or the newest under engines/)."""
     from dip_export.export.onnx_export import EXPORT_ROOT
-    from dip_export.export.trt_build import BatchProfile, build_trt
+    from dip_export.export.trt_build import BatchProfile, build_trt, export_for_source
+    from dip_export.runtime.trt_support import gpu_identity, import_tensorrt
 
+    if source is not None:
+        if output_dir is not None:
+            raise UsageError("give the export as SOURCE or as --output-dir, not both")
+        import_tensorrt()  # what is missing comes first, before an export is made
+        gpu_identity()
+        output_dir = export_for_source(source, console)
     build_trt(
         precision=precision, output_dir=output_dir, root=EXPORT_ROOT, profile=BatchProfile.parse(batch),
         timing_cache=timing_cache, opt_level=opt_level, console=console,

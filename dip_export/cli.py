@@ -307,6 +307,10 @@ def bench_main() -> None:
 @export_app.command("trt")
 @handle_errors
 def export_trt_cmd(
+    source: Annotated[
+        Path | None,
+        typer.Argument(help="Checkpoint file or export folder (default: the most recent export under engines/)."),
+    ] = None,
     fp16: Annotated[bool, typer.Option("--fp16", help="FP16 engine from the fp16 export (the default).")] = False,
     bf16: Annotated[bool, typer.Option("--bf16", help="BF16 engine from the bf16 export (Ampere or newer).")] = False,
     int8: Annotated[bool, typer.Option("--int8", help="INT8 engine from a symmetric Q/DQ export (calibrated).")] = False,
@@ -320,8 +324,10 @@ def export_trt_cmd(
 ) -> None:
     """Build strongly typed TensorRT engines (needs an NVIDIA GPU and the gpu extra).
 
-    Precision comes from the ONNX graph (TensorRT 11 has no precision flags); the matching export is
-    made inside the export folder when missing. Engines are named with TensorRT version, GPU and
+    SOURCE is a checkpoint (its fp32 export is made under engines/ when missing) or an export folder;
+    without it the most recent export under engines/ is used, and named. Precision comes from the ONNX
+    graph (TensorRT 11 has no precision flags); the matching export is made inside the export folder
+    when missing. Engines are named with TensorRT version, GPU and
     precision and recorded in manifest.json; engines for another GPU or version are rebuilt.
     """
     from dip_export.app import run_export_trt
@@ -330,4 +336,4 @@ def export_trt_cmd(
     chosen = [name for name, on in (("fp16", fp16), ("bf16", bf16), ("int8", int8), ("fp8", fp8)) if on] or ["fp16"]
     if len(chosen) > 1:
         raise UsageError(f"choose one precision, got {', '.join('--' + c for c in chosen)}")
-    run_export_trt(chosen[0], output_dir, batch, timing_cache, opt_level, console)
+    run_export_trt(chosen[0], source, output_dir, batch, timing_cache, opt_level, console)

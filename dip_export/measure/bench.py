@@ -23,7 +23,7 @@ from dip_export.checkpoint import LoadedModel, is_demo
 from dip_export.engines import make_engine
 from dip_export.errors import DipError
 from dip_export.generate import generate, make_plan
-from dip_export.measure.harness import PeakMemory, StageTimer, Timing, psnr, repeat
+from dip_export.measure.harness import PeakMemory, StageTimer, Timing, psnr, repeat, timed_call
 from dip_export.model import flops_per_sample
 from dip_export.runtime.backends import BackendSpec, unavailable_reason
 from dip_export.sampling import Denoiser, SamplerSettings, initial_noise, sample_counts, to_uint8
@@ -102,10 +102,13 @@ def run_backend(
 ) -> BenchRow:
     """Warm up, then time `repeats` full sampler runs; returns the row without the comparisons.
 
+    Every timed run is timed end to end with one synchronisation before and after, graphed or not; the
+    per-stage times of an ungraphed row come from one more run with timers around each engine call.
     With CUDA graphs, one graphed sampler serves every run: captured during the warm-up, replayed in
-    the timed runs, which are timed end to end (per-stage timers cannot see inside a replay).
+    the timed runs (per-stage timers cannot see inside a replay).
     """
     timed = StageTimer(net, device)
+    timed.profile = False
     memory = PeakMemory(device)
     graph_note = graphs_unavailable(spec, bench, device)
     graphed = None
@@ -126,6 +129,8 @@ def run_backend(
             fallbacks.add(graphed.fallback_reason)
 
     timing, images = repeat(once, device, warmup=0, repeats=bench.repeats, before=timed.reset, after=after)
+    if graphed is None or fallbacks:
+        stages = [_stage_profile(timed, once, device)]
     row = BenchRow(backend=spec.name, precision=spec.precision, images=images)
     row.cuda_graphs = graphed is not None and not fallbacks
     row.cuda_graphs_note = "; ".join(sorted(fallbacks)) if fallbacks else (graph_note or "")
@@ -141,7 +146,7 @@ def _sampler_run(
     """One full sampler run over the bench's batch (graphed when a GraphedSampler is given)."""
     plan = make_plan(loaded.config.num_classes, num_samples=bench.batch, seed=bench.seed)
 
-    def once() -> np.ndarray:
+    def once(report: bool = True) -> np.ndarray:
         if graphed is not None:
             noise = initial_noise(plan.seeds, bench.height, bench.width).to(device)
             y = torch.tensor(plan.classes, dtype=torch.int64, device=device)
@@ -151,11 +156,22 @@ def _sampler_run(
                 timed, plan, sampler, null_class=loaded.config.null_class, height=bench.height, width=bench.width,
                 batch_size=bench.batch, device=device,
             )  # fmt: skip
-        if on_run is not None:
+        if on_run is not None and report:
             on_run()
         return images
 
     return once
+
+
+def _stage_profile(timed: StageTimer, once: Callable[..., np.ndarray], device: torch.device) -> dict[str, float]:
+    """Seconds per network in one more run with synchronising timers around each engine call, and its total."""
+    timed.reset()
+    timed.profile = True
+    try:
+        _, total = timed_call(lambda: once(report=False), device)
+    finally:
+        timed.profile = False
+    return {**timed.times, "total": total}
 
 
 def _fill_timing(
@@ -179,7 +195,8 @@ def _fill_timing(
     else:
         row.backbone_ms = statistics.median(s["backbone"] for s in stages) * per_step
         row.detailer_ms = statistics.median(s["detailer"] for s in stages) * per_step
-        row.overhead_ms = row.ms_per_step - row.backbone_ms - row.detailer_ms
+        total_ms = statistics.median(s.get("total", 0.0) for s in stages) * per_step  # the profiled run's own total
+        row.overhead_ms = total_ms - row.backbone_ms - row.detailer_ms
         row.backbone_calls, row.detailer_calls = timed.calls["backbone"], timed.calls["detailer"]
         row.gflop_per_step = sum(timed.rows[k] * flops[k] for k in flops) / sampler.steps / 1e9
     row.evaluations_per_image = counts["paired_evals"] + counts["single_evals"]
