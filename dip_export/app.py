@@ -14,6 +14,7 @@ from rich.progress import Progress
 from dip_export.errors import UsageError
 from dip_export.generate import SamplePlan, check_run_limits, check_seed, make_plan, parse_image_size, parse_int_list
 from dip_export.io import check_output_file, check_output_folder, image_grid, save_npz, save_png
+from dip_export.messages import say
 from dip_export.pipeline import DiPPipeline, make_engine
 from dip_export.runtime.factory import BackendSpec
 from dip_export.runtime.torch_engine import resolve_device
@@ -86,7 +87,7 @@ def run_sample(
         check_output_folder(png_dir, lambda name: _png_index(name) < len(plan))
     spec = pipe.choose_backend()  # only now the heavy part: measuring (auto), engines, exports made on the fly
     if pipe.reason:
-        console.print(f"backend {pipe.reason}")
+        say(console, f"backend {pipe.reason}")
     pipe.engine()
 
     def make_images(part: SamplePlan, on_step: Callable[[int], None] | None = None) -> np.ndarray:
@@ -109,7 +110,7 @@ def run_sample(
     if png_dir is not None:
         for i, image in enumerate(images):
             save_png(png_dir / _png_name(i), image)
-    console.print(f"wrote {out} ({images.shape[0]} x {size[0]}x{size[1]}) and {out.with_suffix('.png')}")
+    say(console, f"wrote {out} ({images.shape[0]} x {size[0]}x{size[1]}) and {out.with_suffix('.png')}")
 
 
 MAX_SHARD_BATCHES = 10_000
@@ -180,7 +181,7 @@ def _run_sharded(
                                  shard_batches=shard_batches, make_images=counted,
                                  on_images=lambda n: progress.update(task, completed=n))  # fmt: skip
             progress.update(task, completed=len(plan))
-        console.print(f"shards in {folder}/ (kept for resuming; delete when done)")
+        say(console, f"shards in {folder}/ (kept for resuming; delete when done)")
         return images
     finally:
         world.close()
@@ -243,7 +244,7 @@ def run_bench_cmd(
     size = pipe.image_size
     if "auto" in names:
         chosen = pipe.choose_backend()
-        console.print(f"--backend auto: {pipe.reason}")
+        say(console, f"--backend auto: {pipe.reason}")
         specs = list(dict.fromkeys([*specs, chosen]))
     settings = BenchSettings(
         steps=steps, batch=batch, cfg=cfg, height=size[0], width=size[1], warmup=warmup, repeats=repeats,
@@ -263,7 +264,7 @@ def run_bench_cmd(
     recommendation = recommend_from_bench(report)
     if recommendation is not None:
         report["recommendation"] = recommendation
-        out.print(f"fastest fp32/bf16 backend here: {recommendation}  (dip-sample --backend auto picks by measuring)")
+        say(out, f"fastest fp32/bf16 backend here: {recommendation}  (dip-sample --backend auto picks by measuring)")
     _write_report(report, json_out, plot, plot_report, console)
 
 
@@ -285,7 +286,7 @@ def _run_yardstick(
     net = make_engine(spec, loaded, (bench.height, bench.width), dev, console, batch=bench.batch)
     y = Yardstick(num_samples=max(bench.batch, 1), cfg=bench.cfg, batch=bench.batch, height=bench.height, width=bench.width)
     base = SamplerSettings(cfg=bench.cfg, cache_interval=bench.cache_interval, token_forecast=bench.token_forecast)
-    report = measure(net, loaded, y, names, counts, base, progress=lambda r: console.print(
+    report = measure(net, loaded, y, names, counts, base, progress=lambda r: say(console,
         f"{r['sampler']:>9} nfe {r['nfe']:>4}  {r['psnr_db']:6.2f} dB  {1000 * r['s_per_image']:8.1f} ms/image"
     ))  # fmt: skip
     report["settings"]["backend"] = str(spec)
@@ -304,7 +305,7 @@ def _write_report(
     if json_out is not None:
         with atomic_path(json_out) as tmp:
             tmp.write_text(json.dumps(report, indent=2) + "\n")
-        console.print(f"wrote {json_out}")
+        say(console, f"wrote {json_out}")
     if plot is not None:
         plotter(report, plot)
-        console.print(f"wrote {plot}")
+        say(console, f"wrote {plot}")

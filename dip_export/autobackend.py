@@ -139,9 +139,13 @@ def decide(ms: dict[str, float], device: torch.device) -> tuple[BackendSpec, str
 
 def _read_cache(path: Path) -> dict[str, Any]:
     """The cache file is untrusted: anything malformed is ignored (and rewritten)."""
+    from dip_export.untrusted import UntrustedFileError, read_json
+
+    if not path.exists() and not path.is_symlink():
+        return {}
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        data = read_json(path, folder=path.parent, what="auto-backend cache")
+    except UntrustedFileError:
         return {}
     return data if isinstance(data, dict) else {}
 

@@ -27,6 +27,7 @@ from torch import Tensor
 from dip_export.config import DiPConfig, check_sampling_defaults, get_preset
 from dip_export.errors import CheckpointError, UsageError
 from dip_export.model import DiP
+from dip_export.untrusted import UntrustedFileError, parse_json
 
 DEMO_CHECKPOINT = Path(__file__).parent / "demo" / "dip-digits.safetensors"
 META_CONFIG = "dip_config"  # safetensors metadata key: JSON of DiPConfig
@@ -259,18 +260,22 @@ def _stored_config(path: Path, value: Any, json_text: bool = False) -> DiPConfig
     if value is None:
         return None
     try:
-        data = json.loads(value) if json_text else value
+        data = parse_json(value, f"{path} metadata {META_CONFIG}") if json_text else value
         if not isinstance(data, Mapping):
             raise UsageError(f"expected an object, got {type(data).__name__}")
         return DiPConfig.from_dict(dict(data))
+    except UntrustedFileError:
+        raise
     except (ValueError, TypeError, UsageError) as err:
         raise CheckpointError(f"{path}: bad stored config {META_CONFIG} ({_first_line(err)})") from None
 
 
 def _stored_sampling(path: Path, text: str) -> dict[str, Any]:
     try:
-        return check_sampling_defaults(json.loads(text))
-    except (ValueError, UsageError) as err:
+        return check_sampling_defaults(parse_json(text, f"{path} metadata {META_SAMPLING}"))
+    except UntrustedFileError:
+        raise
+    except (ValueError, TypeError, UsageError) as err:
         raise CheckpointError(f"{path}: bad stored sampling defaults {META_SAMPLING} ({_first_line(err)})") from None
 
 

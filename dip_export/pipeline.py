@@ -60,10 +60,11 @@ class ModelSource:
 
         if self.export_dir is not None:
             from dip_export.export.manifest import MANIFEST, read_manifest
+            from dip_export.untrusted import content_identity, graph_files
 
-            files = [MANIFEST, *sorted(read_manifest(self.export_dir).files.values())]
-            files += [f"{rel}.data" for rel in files if (self.export_dir / f"{rel}.data").is_file()]  # external weights
-            return "export:" + ",".join(sha256_file(self.export_dir / rel) for rel in files)
+            folder = self.export_dir
+            files = [folder / MANIFEST, *graph_files(folder, read_manifest(folder).files.values())]
+            return "export:" + content_identity(files, root=folder)
         assert self.loaded is not None
         file = Path(self.loaded.source)
         if not file.is_file():  # a preset: random weights from a fixed seed

@@ -20,6 +20,7 @@ from dip_export.errors import DipError, ExportError, MissingDependencyError, Usa
 from dip_export.export.manifest import MANIFEST, Manifest, read_manifest, write_manifest
 from dip_export.export.spec import BATCH, SubModelSpec, io_specs
 from dip_export.io import atomic_path
+from dip_export.messages import say
 
 TRT_PRECISIONS = ("fp16", "bf16", "int8", "fp8", "fp32")
 INSTALL_HINT = "install the GPU extra on a machine with an NVIDIA GPU: pip install -e '.[gpu]'"
@@ -126,7 +127,7 @@ def _load_timing_cache(trt: Any, config: Any, timing_cache: Path | None, console
     if config.set_timing_cache(config.create_timing_cache(cache_bytes), False):
         return
     if console is not None:
-        console.print(f"[yellow]timing cache {timing_cache} is from another GPU or TensorRT version; starting a new one[/]")
+        say(console, f"timing cache {timing_cache} is from another GPU or TensorRT version; starting a new one", style="yellow")
     if not config.set_timing_cache(config.create_timing_cache(b""), False):
         raise ExportError("TensorRT refused an empty timing cache")
 
@@ -211,7 +212,7 @@ def build_trt(
         and engine_matches(existing, trt.__version__, gpu, profile=profile, opt_level=opt_level)
         and all((folder / f).is_file() for f in existing["files"].values())
     ):
-        console.print(f"engines for {precision} on {gpu} with TensorRT {trt.__version__} are up to date")
+        say(console, f"engines for {precision} on {gpu} with TensorRT {trt.__version__} are up to date")
         return existing
     onnx_dir = onnx_for_precision(folder, manifest, precision, console)
     onnx_manifest = read_manifest(onnx_dir)
@@ -239,7 +240,7 @@ def build_trt(
             raise
     manifest.engines[precision] = entry
     write_manifest(folder, manifest)
-    console.print(f"wrote {', '.join(files.values())} into {folder}/")
+    say(console, f"wrote {', '.join(files.values())} into {folder}/")
     return entry
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from dip_export.config import MAX_IMAGE_SIDE, DiPConfig, check_sampling_defaults
 from dip_export.errors import ExportError, UsageError
 from dip_export.io import EXPORT_FORMAT_PREFIX, MANIFEST_NAME, atomic_path
+from dip_export.untrusted import UntrustedFileError, read_json
 
 MANIFEST = MANIFEST_NAME
 FORMAT = EXPORT_FORMAT_PREFIX + "1"
@@ -61,14 +62,12 @@ def read_manifest(folder: Path) -> Manifest:
     """The manifest of an export folder, checked against its schema and its ONNX files before use."""
     folder = Path(folder)
     path = folder / MANIFEST
-    if not path.is_file():
+    if not path.is_file() and not path.is_symlink():
         raise ExportError(f"{folder} is not an export folder (no {MANIFEST}); run `dip-export onnx` first")
     try:
-        if path.stat().st_size > MAX_MANIFEST_BYTES:
-            raise ValueError(f"larger than {MAX_MANIFEST_BYTES >> 20} MiB")
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ExportError(f"{path}: unreadable manifest ({err})") from None
+        data = read_json(path, folder=folder, what="manifest", max_bytes=MAX_MANIFEST_BYTES)
+    except UntrustedFileError as err:
+        raise ExportError(str(err)) from None
     try:
         manifest = parse_manifest(data)
     except (ValueError, TypeError, KeyError, UsageError) as err:
