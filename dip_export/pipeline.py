@@ -89,7 +89,10 @@ def open_source(
     target: Path | None = None
     if model is not None:
         text = str(model)
-        target = resolve_hub_checkpoint(text, revision) if looks_like_hub_name(text) else Path(text)
+        hub = looks_like_hub_name(text)
+        if revision is not None and not hub:
+            raise UsageError(f"--revision goes with a Hugging Face Hub name (org/name); {text} is a local path")
+        target = resolve_hub_checkpoint(text, revision) if hub else Path(text)
         if target.is_dir():
             from dip_export.export.manifest import read_manifest
 
