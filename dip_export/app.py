@@ -15,6 +15,7 @@ from dip_export.errors import UsageError
 from dip_export.generate import SamplePlan, check_run_limits, check_seed, make_plan, parse_image_size, parse_int_list
 from dip_export.io import check_output_file, check_output_folder, image_grid, save_npz, save_png
 from dip_export.messages import say
+from dip_export.ownership import check_free_space, check_not_input
 from dip_export.pipeline import DiPPipeline, make_engine
 from dip_export.runtime.factory import BackendSpec
 from dip_export.runtime.torch_engine import resolve_device
@@ -71,6 +72,9 @@ def run_sample(
         raise UsageError(f"--shard-batches must be in 1..{MAX_SHARD_BATCHES}, got {shard_batches}")
     check_output_file(out)
     check_output_file(out.with_suffix(".png"))
+    for output in (out, out.with_suffix(".png"), png_dir):
+        if output is not None:
+            check_not_input(output, [model, class_file])
     if png_dir is not None and png_dir.exists() and not png_dir.is_dir():
         raise UsageError(f"--png-dir {png_dir} exists and is not a folder")
     pipe = DiPPipeline.load(
@@ -83,6 +87,8 @@ def run_sample(
         token_forecast=token_forecast,
     )
     plan = _plan(config.num_classes, classes, seeds, num_samples, seed, class_file)
+    pipe.check_budget(len(plan))
+    check_free_space(out, len(plan) * size[0] * size[1] * 3 * (2 if png_dir is not None else 1) + (64 << 20))
     if png_dir is not None:
         check_output_folder(png_dir, lambda name: _png_index(name) < len(plan))
     spec = pipe.choose_backend()  # only now the heavy part: measuring (auto), engines, exports made on the fly
@@ -94,6 +100,8 @@ def run_sample(
         return pipe.generate(part, settings, batch_size=batch_size, cuda_graphs=cuda_graphs, on_step=on_step)
 
     if world.size > 1 or resume:
+        if world.is_main:
+            out.with_suffix(".png").unlink(missing_ok=True)  # never an old grid beside a new npz
         identity = {
             "model": name, "source": str(pipe.source.path or preset or "demo"), "backend": str(spec), "weights": weights,
             "sampler": settings.__dict__, "size": list(size), "content": pipe.source.identity,
@@ -105,6 +113,7 @@ def run_sample(
         with progress:
             task = progress.add_task(f"{name} {spec} {len(plan)} images", total=settings.steps * -(-len(plan) // batch_size))
             images = make_images(plan, lambda _: progress.advance(task))
+        out.with_suffix(".png").unlink(missing_ok=True)  # never an old grid beside a new npz
         save_npz(out, images)
     save_png(out.with_suffix(".png"), image_grid(images[:256]))
     if png_dir is not None:
@@ -274,14 +283,16 @@ def _run_yardstick(
 ) -> None:  # fmt: skip
     """dip-bench --samplers: PSNR against the converged reference per solver and evaluation count."""
 
+    from dip_export.budget import check_work
     from dip_export.runtime.factory import BackendSpec
-    from dip_export.yardstick import Yardstick, measure
+    from dip_export.yardstick import REFERENCE_STEPS, Yardstick, measure
     from dip_export.yardstick import plot as plot_yardstick
 
     names = [s.strip() for s in samplers.split(",") if s.strip()]
     for name in names:
         SamplerSettings(method=name)  # validates the names
     counts = parse_int_list(nfe, "--nfe")
+    check_work(counts, images=max(bench.batch, 1), reference=REFERENCE_STEPS)
     spec = BackendSpec.parse(backends.split(",")[0] if backends.count(",") == 0 else "torch")
     net = make_engine(spec, loaded, (bench.height, bench.width), dev, console, batch=bench.batch)
     y = Yardstick(num_samples=max(bench.batch, 1), cfg=bench.cfg, batch=bench.batch, height=bench.height, width=bench.width)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dip_export.budget import check_checkpoint_tensors
 from dip_export.config import DiPConfig, check_sampling_defaults, get_preset
 from dip_export.errors import CheckpointError, UsageError
 from dip_export.model import DiP
@@ -63,6 +64,7 @@ def _sha256(path_text: str, size: int, mtime_ns: int, chunk: int = 1 << 22) -> s
 
 def _torch_load(path: Path, trust: bool) -> Any:
     _check_pickle_header(path)
+    check_checkpoint_tensors(path)  # declared tensor sizes, before torch allocates any
     if trust:
         return _torch_load_with(path, weights_only=False)
     try:

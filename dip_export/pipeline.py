@@ -176,7 +176,15 @@ class DiPPipeline:
             pipe = cls(source, _backend_for(source, backend), dev, console)
         pipe.image_size = size
         pipe.batch_size = batch_size
+        pipe.check_budget()
         return pipe
+
+    def check_budget(self, samples: int = 1, batch: int | None = None, size: tuple[int, int] | None = None) -> None:
+        """Refuse, before any allocation, a run whose memory estimate exceeds what this machine has."""
+        from dip_export.budget import RunShape, check_run
+
+        h, w = size or self.image_size
+        check_run(self.config, RunShape(batch or self.batch_size, h, w, samples=samples), self.device)
 
     image_size: tuple[int, int]
     batch_size: int
@@ -280,6 +288,7 @@ class DiPPipeline:
 
         size = self._size(image_size)
         batch = batch_size or self.batch_size
+        self.check_budget(len(plan), batch, size)
         return generate(
             self.engine(size, batch), plan, settings, null_class=self.config.null_class, height=size[0], width=size[1],
             batch_size=batch, device=self.device, on_step=on_step, cuda_graphs=cuda_graphs and self.spec.name in GRAPH_BACKENDS,
