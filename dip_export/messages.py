@@ -36,7 +36,10 @@ def say(console: Any, text: object, style: str | None = None, prefix: str = "") 
     """Print one line on a rich Console; `prefix` is the tool's own markup (e.g. `[red]error:[/red] `)."""
     if console is None:
         return
-    console.print(prefix + markup_safe(text), style=style, highlight=False, soft_wrap=True, markup=True)
+    from rich.text import Text
+
+    line = Text.from_markup(prefix) + Text(plain_line(text))  # the text itself is never parsed as markup
+    console.print(line, style=style, highlight=False, soft_wrap=True)
 
 
 def where(path: Path | str, line: int | None = None) -> str:
