@@ -168,8 +168,12 @@ def choose_backend(
     """The cached decision for this model, size, batch and machine, or a new measurement (then cached)."""
     from dip_export.io import atomic_path
 
+    from dip_export.errors import DipError
+
     specs = candidates(device)
     path = root / CACHE_FILE
+    if path.is_dir() or path.is_symlink():
+        raise DipError(f"{path} is a folder or a symlink; the --backend auto cache goes there (move it away)")
     key = cache_key(model_id, size, batch, device)
     cache = _read_cache(path)
     cached = _valid_entry(cache.get(key), specs)
@@ -177,8 +181,6 @@ def choose_backend(
         return cached
     ms = measure(make, specs, loaded, size, batch, device)
     if "torch:fp32" not in ms:
-        from dip_export.errors import DipError
-
         raise DipError("--backend auto: eager fp32 could not run, so nothing could be compared")
     spec, reason = decide(ms, device)
     cache = _read_cache(path)  # another process may have added entries meanwhile

@@ -134,6 +134,8 @@ def select_state_dict(obj: Any, weights: str = "ema") -> dict[str, Tensor]:
         raise CheckpointError(f"expected a dict of tensors, found {type(obj).__name__}")
     if isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
+    if not all(isinstance(k, str) for k in obj):
+        raise CheckpointError("its weights are not keyed by parameter names (found a key that is not a string)")
     order = ["ema_denoiser.", "denoiser."] if weights == "ema" else ["denoiser."]
     for prefix in order:
         picked = {k[len(prefix) :]: v for k, v in obj.items() if k.startswith(prefix)}

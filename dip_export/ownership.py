@@ -154,12 +154,11 @@ def swap_in(tmp: Path, target: Path, backup: Path) -> None:
 
 
 def _write_journal(journal: Path, data: dict[str, Any]) -> None:
-    tmp = journal.with_name(journal.name + f".{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
+    """Written and synced before the first rename: a journal cut short means the swap had not begun."""
+    with open(journal, "w") as f:
         f.write(json.dumps(data))
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, journal)
 
 
 def recover_swap(target: Path, alive: Any) -> None:
@@ -173,6 +172,9 @@ def recover_swap(target: Path, alive: Any) -> None:
     try:
         data = read_json(journal, folder=target.parent, schema=schema, what="swap journal", max_bytes=4096)
     except UntrustedFileError as err:
+        if os.path.lexists(target) and not journal.is_symlink():
+            journal.unlink()  # cut short while being written: nothing had been moved yet
+            return
         raise DipError(f"{err}; look at {target.parent} and delete {journal.name} when it is in order") from None
     if data["host"] == _host() and alive(data["pid"]):
         raise DipError(f"another run (pid {data['pid']}) is replacing {target}; wait for it")

@@ -145,3 +145,21 @@ def test_calibration_key_changes_when_the_checkpoint_is_replaced_in_place(tmp_pa
     path.write_bytes(b"two")
     os.utime(path, ns=(1, 1))
     assert CalibrationSettings().key(model, (32, 32)) != first
+
+
+def test_int_keys_in_a_state_dict_are_one_error(tmp_path: Path, golden) -> None:
+    import torch
+
+    path = tmp_path / "m.pt"
+    torch.save({**golden.state, 7: torch.zeros(1)}, path)
+    with pytest.raises(CheckpointError, match="not a string"):
+        load_checkpoint(path)
+
+
+def test_auto_backend_cache_that_is_a_folder_is_refused_before_measuring(tmp_path: Path, loaded) -> None:  # noqa: F811
+    import torch
+
+    (tmp_path / autobackend.CACHE_FILE).mkdir()
+    with pytest.raises(DipError, match="is a folder"):
+        autobackend.choose_backend(loaded, "id", (32, 32), 1, torch.device("cpu"),
+                                   make=lambda spec: pytest.fail("measuring started"), root=tmp_path)  # fmt: skip
