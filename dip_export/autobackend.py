@@ -166,9 +166,8 @@ def choose_backend(
     make: Callable[[BackendSpec], Denoiser], root: Path,
 ) -> Decision:  # fmt: skip
     """The cached decision for this model, size, batch and machine, or a new measurement (then cached)."""
-    from dip_export.io import atomic_path
-
     from dip_export.errors import DipError
+    from dip_export.io import atomic_path
 
     specs = candidates(device)
     path = root / CACHE_FILE

@@ -16,7 +16,7 @@ from dip_export import DiPPipeline, cli
 from dip_export.budget import BudgetError, RunShape, check_run, memory_limit, pickle_declared_bytes, run_bytes
 from dip_export.checkpoint import load_checkpoint
 from dip_export.config import get_preset
-from tests.test_hostile import export, loaded, no_sampling, one_line, pristine, run  # noqa: F401 (fixtures)
+from tests.test_hostile import one_line, run
 
 XL = get_preset("dip-xl-16")
 sides = st.integers(1, 256).map(lambda k: 16 * k)
@@ -59,21 +59,24 @@ def test_api_load_refuses_a_run_too_large_before_any_engine(monkeypatch: pytest.
         DiPPipeline.load(preset="dip-s-16", batch_size=4096, image_size=2048, device="cpu")
 
 
-def test_api_call_refuses_before_sampling(monkeypatch: pytest.MonkeyPatch, no_sampling) -> None:  # noqa: F811
+def test_api_call_refuses_before_sampling(monkeypatch: pytest.MonkeyPatch, no_sampling) -> None:
     pipe = DiPPipeline.load(device="cpu")
     monkeypatch.setenv("DIP_MEMORY_LIMIT", "4M")
     with pytest.raises(BudgetError, match="keeping 2000 images"):
         pipe(num_samples=2000, steps=2, batch_size=1)
 
 
-def test_cli_sample_refuses_with_one_line(tmp_path: Path, no_sampling) -> None:  # noqa: F811
+def test_cli_sample_refuses_with_one_line(tmp_path: Path, no_sampling) -> None:
     code, err = run(cli.sample_main, "--preset", "dip-s-16", "--batch-size", "4096", "--image-size", "2048",
                     "--out", tmp_path / "o.npz")  # fmt: skip
     one_line(code, err, 1, "needs about", "GiB")
     assert not (tmp_path / "o.npz").exists()
 
 
-@pytest.mark.parametrize(("nfe", "code", "words"), [("0", 2, ">= 1"), ("10,0", 2, ">= 1"), ("50000000", 1, "network evaluations")])
+NFE_CASES = [("0", 2, ">= 1"), ("10,0", 2, ">= 1"), ("50000000", 1, "network evaluations")]
+
+
+@pytest.mark.parametrize(("nfe", "code", "words"), NFE_CASES)
 def test_cli_nfe_is_bounded_before_measuring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nfe: str, code: int,
                                              words: str) -> None:  # fmt: skip
     import dip_export.app
@@ -127,7 +130,7 @@ def test_real_checkpoints_declare_what_they_hold(tmp_path: Path, golden) -> None
     load_checkpoint(path)
 
 
-def test_export_declaring_more_weights_than_it_holds_is_refused(tmp_path: Path, export: Path) -> None:  # noqa: F811
+def test_export_declaring_more_weights_than_it_holds_is_refused(tmp_path: Path, export: Path) -> None:
     import onnx
 
     from dip_export.export.manifest import read_manifest

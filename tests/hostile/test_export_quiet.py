@@ -6,10 +6,9 @@ import warnings
 from pathlib import Path
 
 from dip_export.export.onnx_export import export_onnx
-from tests.test_hostile import loaded  # noqa: F401 (fixture)
 
 
-def test_export_warns_nothing_about_training_mode(tmp_path: Path, loaded) -> None:  # noqa: F811
+def test_export_warns_nothing_about_training_mode(tmp_path: Path, loaded) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         export_onnx(loaded, precision="fp32", image_size=(32, 32), output_dir=tmp_path / "e")

@@ -16,15 +16,15 @@ from dip_export import cli
 from dip_export.errors import UsageError
 from dip_export.io import check_export_target, remove_stale_temporaries
 from dip_export.ownership import check_not_input, check_output_name, journal_path, ownership_problem, recover_swap
-from tests.test_hostile import ckpt, export, loaded, no_sampling, one_line, pristine, run  # noqa: F401 (fixtures)
+from tests.test_hostile import one_line, run
 
 
-def test_a_fresh_export_is_provably_ours(export: Path) -> None:  # noqa: F811
+def test_a_fresh_export_is_provably_ours(export: Path) -> None:
     assert ownership_problem(export) is None
 
 
 @pytest.mark.parametrize("change", ["extra file", "changed file", "format only", "no contents"])
-def test_anything_but_exactly_the_listed_files_is_not_ours(export: Path, change: str) -> None:  # noqa: F811
+def test_anything_but_exactly_the_listed_files_is_not_ours(export: Path, change: str) -> None:
     manifest = export / "manifest.json"
     if change == "extra file":
         (export / "notes.txt").write_text("mine")
@@ -42,7 +42,7 @@ def test_anything_but_exactly_the_listed_files_is_not_ours(export: Path, change:
         check_export_target(export)
 
 
-def test_reexport_into_a_folder_holding_the_checkpoint_keeps_it(tmp_path: Path, ckpt: Path, export: Path) -> None:  # noqa: F811
+def test_reexport_into_a_folder_holding_the_checkpoint_keeps_it(tmp_path: Path, ckpt: Path, export: Path) -> None:
     inside = export / "last.ckpt"
     inside.write_bytes(ckpt.read_bytes())
     code, err = run(cli.export_main, "onnx", inside, "--output-dir", export, "--image-size", "32x64")
@@ -68,7 +68,7 @@ def test_output_names_too_long_are_refused_before_work(n: int) -> None:
         check_output_name(Path("/tmp") / ("x" * n))
 
 
-def test_cli_too_long_out_name_is_refused_before_sampling(tmp_path: Path, no_sampling) -> None:  # noqa: F811
+def test_cli_too_long_out_name_is_refused_before_sampling(tmp_path: Path, no_sampling) -> None:
     code, err = run(cli.sample_main, "--out", tmp_path / ("s" * 240 + ".npz"))
     one_line(code, err, 2, "too long")
 

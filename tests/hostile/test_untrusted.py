@@ -19,7 +19,7 @@ from dip_export.errors import CheckpointError, DipError, ExportError
 from dip_export.export.manifest import read_manifest
 from dip_export.pipeline import ModelSource
 from dip_export.untrusted import MAX_DEPTH, Field, Schema, UntrustedFileError, nesting_depth, parse_json, read_json
-from tests.test_hostile import export, loaded, one_line, pristine, run  # noqa: F401 (fixtures)
+from tests.test_hostile import one_line, run
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(alphabet='ab"\\[]{}', max_size=5),
@@ -133,7 +133,7 @@ def test_identity_covers_external_data_whatever_its_name(tmp_path: Path, export:
     assert ModelSource("x", None, {}, export_dir=export).identity != first  # type: ignore[arg-type]
 
 
-def test_calibration_key_changes_when_the_checkpoint_is_replaced_in_place(tmp_path: Path, loaded) -> None:  # noqa: F811
+def test_calibration_key_changes_when_the_checkpoint_is_replaced_in_place(tmp_path: Path, loaded) -> None:
     from dataclasses import replace
 
     from dip_export.calibration import CalibrationSettings
@@ -156,7 +156,7 @@ def test_int_keys_in_a_state_dict_are_one_error(tmp_path: Path, golden) -> None:
         load_checkpoint(path)
 
 
-def test_auto_backend_cache_that_is_a_folder_is_refused_before_measuring(tmp_path: Path, loaded) -> None:  # noqa: F811
+def test_auto_backend_cache_that_is_a_folder_is_refused_before_measuring(tmp_path: Path, loaded) -> None:
     import torch
 
     (tmp_path / autobackend.CACHE_FILE).mkdir()
