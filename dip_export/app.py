@@ -17,7 +17,7 @@ from dip_export.io import check_output_file, check_output_folder, image_grid, sa
 from dip_export.messages import say
 from dip_export.ownership import check_free_space, check_not_input
 from dip_export.pipeline import DiPPipeline, make_engine
-from dip_export.runtime.factory import BackendSpec
+from dip_export.runtime.backends import BackendSpec
 from dip_export.runtime.torch_engine import resolve_device
 from dip_export.sampling import SamplerSettings
 
@@ -227,8 +227,8 @@ def run_bench_cmd(
     nfe: str = "10,15,20,25,50,100",
 ) -> None:
 
-    from dip_export.autobackend import recommend_from_bench
-    from dip_export.bench import BenchSettings, plot_report, render_table, run_bench
+    from dip_export.measure.autobackend import recommend_from_bench
+    from dip_export.measure.bench import BenchSettings, plot_report, render_table, run_bench
 
     names = [b.strip() for b in backends.split(",") if b.strip()]
     if not names:
@@ -284,9 +284,9 @@ def _run_yardstick(
     """dip-bench --samplers: PSNR against the converged reference per solver and evaluation count."""
 
     from dip_export.budget import check_work
-    from dip_export.runtime.factory import BackendSpec
-    from dip_export.yardstick import REFERENCE_STEPS, Yardstick, measure
-    from dip_export.yardstick import plot as plot_yardstick
+    from dip_export.measure.yardstick import REFERENCE_STEPS, Yardstick, measure
+    from dip_export.measure.yardstick import plot as plot_yardstick
+    from dip_export.runtime.backends import BackendSpec
 
     names = [s.strip() for s in samplers.split(",") if s.strip()]
     for name in names:

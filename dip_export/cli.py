@@ -256,7 +256,7 @@ def export_onnx_cmd(
     size = parse_image_size(image_size or loaded.config.image_size)
     check_image_size(*size, loaded.config.patch_size)
     if precision in ("int8", "fp8"):
-        from dip_export.quantize import export_int8
+        from dip_export.export.quantize import export_int8
 
         export_int8(loaded, image_size=size, target=target, output_dir=output_dir, console=console, fp8=precision == "fp8")
         return
@@ -348,7 +348,7 @@ def export_trt_cmd(
     """
     from dip_export.errors import UsageError
     from dip_export.export.onnx_export import EXPORT_ROOT
-    from dip_export.trt_build import BatchProfile, build_trt
+    from dip_export.export.trt_build import BatchProfile, build_trt
 
     chosen = [name for name, on in (("fp16", fp16), ("bf16", bf16), ("int8", int8), ("fp8", fp8)) if on] or ["fp16"]
     if len(chosen) > 1:

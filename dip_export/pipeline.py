@@ -29,7 +29,7 @@ from dip_export.checkpoint import LoadedModel
 from dip_export.config import DiPConfig
 from dip_export.errors import UsageError
 from dip_export.generate import SamplePlan, check_image_size, generate, make_plan, parse_image_size
-from dip_export.runtime.factory import BackendSpec
+from dip_export.runtime.backends import BackendSpec
 from dip_export.sampling import Denoiser, SamplerSettings
 
 ProgressCallback = Callable[[int, int], None]  # (steps done, steps in all) over every batch
@@ -205,8 +205,8 @@ class DiPPipeline:
         return self.spec
 
     def _choose_auto(self, size: tuple[int, int], batch: int) -> None:
-        from dip_export.autobackend import choose_backend
         from dip_export.export.onnx_export import EXPORT_ROOT
+        from dip_export.measure.autobackend import choose_backend
 
         if self.source.loaded is None:  # an export folder runs on what it holds
             self.spec = _backend_for(self.source, None)
@@ -284,7 +284,7 @@ class DiPPipeline:
         on_step: Callable[[int], None] | None = None,
     ) -> np.ndarray:
         """The images of a plan, uint8 (N, H, W, 3)."""
-        from dip_export.runtime.factory import GRAPH_BACKENDS
+        from dip_export.runtime.backends import GRAPH_BACKENDS
 
         size = self._size(image_size)
         batch = batch_size or self.batch_size
@@ -373,7 +373,7 @@ def _backend_for(source: ModelSource, backend: str | None) -> BackendSpec:
 def _open_export(spec: BackendSpec, folder: Path, device: torch.device) -> Denoiser:
     """The engine over an export folder; a graph its runtime rejects is one error naming the folder."""
     from dip_export.errors import DipError, ExportError
-    from dip_export.runtime.factory import make_export_engine
+    from dip_export.runtime.backends import make_export_engine
 
     try:
         return make_export_engine(spec, folder, device)
@@ -389,12 +389,12 @@ def make_engine(
 ) -> Denoiser:
     """The engine for a backend spec, exporting and building (cached under engines/) what it needs."""
     from dip_export.export.onnx_export import EXPORT_ROOT, ensure_export
-    from dip_export.runtime.factory import make_export_engine, make_torch_engine
+    from dip_export.runtime.backends import make_export_engine, make_torch_engine
 
     if spec.name in ("torch", "compile"):
         return make_torch_engine(spec, loaded, device)
     if spec.name == "trt":
-        from dip_export.trt_build import BatchProfile, build_trt
+        from dip_export.export.trt_build import BatchProfile, build_trt
 
         folder = ensure_export(loaded, precision="fp32", image_size=size, console=console)
         build_trt(
@@ -403,7 +403,7 @@ def make_engine(
         )  # fmt: skip
         return make_export_engine(spec, folder, device)
     if spec.precision == "int8":
-        from dip_export.quantize import ensure_int8_export
+        from dip_export.export.quantize import ensure_int8_export
 
         folder = ensure_int8_export(loaded, image_size=size, target="onnx", console=console)
     else:

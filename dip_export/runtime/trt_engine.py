@@ -24,7 +24,7 @@ from torch import Tensor
 from dip_export.errors import ExportError, UsageError
 from dip_export.export.manifest import read_manifest
 from dip_export.export.spec import SubModelSpec, io_specs
-from dip_export.trt_build import _tensorrt, engine_matches, gpu_identity
+from dip_export.export.trt_build import _tensorrt, engine_matches, gpu_identity
 
 TORCH_DTYPES = {"float32": torch.float32, "int64": torch.int64}
 

@@ -12,11 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from dip_export import autobackend, cli
+from dip_export import cli
 from dip_export.checkpoint import load_checkpoint
 from dip_export.distributed import World, check_settings
 from dip_export.errors import CheckpointError, DipError, ExportError
 from dip_export.export.manifest import read_manifest
+from dip_export.measure import autobackend
 from dip_export.pipeline import ModelSource
 from dip_export.untrusted import MAX_DEPTH, Field, Schema, UntrustedFileError, nesting_depth, parse_json, read_json
 from tests.test_hostile import one_line, run
@@ -136,7 +137,7 @@ def test_identity_covers_external_data_whatever_its_name(tmp_path: Path, export:
 def test_calibration_key_changes_when_the_checkpoint_is_replaced_in_place(tmp_path: Path, loaded) -> None:
     from dataclasses import replace
 
-    from dip_export.calibration import CalibrationSettings
+    from dip_export.export.calibration import CalibrationSettings
 
     path = tmp_path / "m.pt"
     path.write_bytes(b"one")

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from dip_export.checkpoint import LoadedModel
-from dip_export.runtime.factory import BackendSpec
+from dip_export.runtime.backends import BackendSpec
 from dip_export.sampling import Denoiser
 
 CACHE_FILE = "auto-backend.json"

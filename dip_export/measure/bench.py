@@ -26,7 +26,7 @@ from dip_export.errors import DipError
 from dip_export.generate import generate, make_plan
 from dip_export.model import flops_per_sample
 from dip_export.pipeline import make_engine
-from dip_export.runtime.factory import GRAPH_BACKENDS, BackendSpec
+from dip_export.runtime.backends import GRAPH_BACKENDS, BackendSpec
 from dip_export.sampling import Denoiser, SamplerSettings, initial_noise, sample_counts, to_uint8
 
 

@@ -308,7 +308,7 @@ def onnx_for_precision(folder: Path, manifest: Manifest, precision: str, console
 
     loaded = loaded_from_source(manifest, resolve_model)
     if wanted in ("int8-trt", "fp8-trt"):
-        from dip_export.quantize import export_int8
+        from dip_export.export.quantize import export_int8
 
         return export_int8(loaded, image_size=manifest.image_size, target="trt", output_dir=sub, console=console,
                            fp8=wanted == "fp8-trt")  # fmt: skip

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from dip_export.calibration import CalibrationSettings, load_or_collect
 from dip_export.checkpoint import LoadedModel
 from dip_export.errors import ExportError, MissingDependencyError
+from dip_export.export.calibration import CalibrationSettings, load_or_collect
 from dip_export.export.manifest import Manifest, read_manifest, write_manifest
 from dip_export.export.onnx_export import (
     EXPORT_ROOT,
