@@ -21,6 +21,8 @@ from dip_export.engines import make_engine
 from dip_export.errors import UsageError
 from dip_export.generate import SamplePlan, check_run_limits, check_seed, make_plan, parse_image_size, parse_int_list
 from dip_export.io import check_output_file, check_output_folder, image_grid, save_npz, save_png
+from dip_export.messages import say
+from dip_export.ownership import check_free_space, check_not_input
 from dip_export.pipeline import DiPPipeline
 from dip_export.runtime.backends import BackendSpec
 from dip_export.runtime.torch_engine import resolve_device
@@ -82,17 +84,23 @@ def run_sample(request: SampleRequest, console: Console, progress: Progress) -> 
     )
     settings = pipe.sampler_settings(**request.sampling)
     plan = _plan(pipe.config.num_classes, request)
+    pipe.check_budget(len(plan))
+    size = pipe.image_size
+    png_bytes = len(plan) * size[0] * size[1] * 3 * (2 if request.png_dir is not None else 1)
+    check_free_space(request.out, png_bytes + (64 << 20))
     if request.png_dir is not None:
         check_output_folder(request.png_dir, lambda name: _png_index(name) < len(plan))
     spec = pipe.choose_backend()  # only now the heavy part: measuring (auto), engines, exports made on the fly
     if pipe.reason:
-        console.print(f"backend {pipe.reason}")
+        say(console, f"backend {pipe.reason}")
     pipe.engine()
 
     def make_images(part: SamplePlan, on_step: Callable[[int], None] | None = None) -> np.ndarray:
         return pipe.generate(part, settings, batch_size=request.batch_size, cuda_graphs=request.cuda_graphs, on_step=on_step)
 
     if world.size > 1 or request.resume:
+        if world.is_main:
+            request.out.with_suffix(".png").unlink(missing_ok=True)  # never an old grid beside a new npz
         identity = {
             "model": pipe.name, "source": str(pipe.source.path or request.model.preset or "demo"), "backend": str(spec),
             "weights": request.model.weights, "sampler": settings.__dict__, "size": list(pipe.image_size),
@@ -106,6 +114,7 @@ def run_sample(request: SampleRequest, console: Console, progress: Progress) -> 
             total = settings.steps * -(-len(plan) // request.batch_size)
             task = progress.add_task(f"{pipe.name} {spec} {len(plan)} images", total=total)
             images = make_images(plan, lambda _: progress.advance(task))
+        request.out.with_suffix(".png").unlink(missing_ok=True)  # never an old grid beside a new npz
         save_npz(request.out, images)
     _write_images(request, images, pipe.image_size, console)
 
@@ -129,6 +138,9 @@ def _check_sample_request(request: SampleRequest) -> None:
         raise UsageError(f"--shard-batches must be in 1..{MAX_SHARD_BATCHES}, got {request.shard_batches}")
     check_output_file(out)
     check_output_file(out.with_suffix(".png"))
+    for output in (out, out.with_suffix(".png"), request.png_dir):
+        if output is not None:
+            check_not_input(output, [request.model.model, request.class_file])
     if request.png_dir is not None and request.png_dir.exists() and not request.png_dir.is_dir():
         raise UsageError(f"--png-dir {request.png_dir} exists and is not a folder")
 
@@ -140,7 +152,7 @@ def _write_images(request: SampleRequest, images: np.ndarray, size: tuple[int, i
     if request.png_dir is not None:
         for i, image in enumerate(images):
             save_png(request.png_dir / _png_name(i), image)
-    console.print(f"wrote {out} ({images.shape[0]} x {size[0]}x{size[1]}) and {out.with_suffix('.png')}")
+    say(console, f"wrote {out} ({images.shape[0]} x {size[0]}x{size[1]}) and {out.with_suffix('.png')}")
 
 
 def _png_name(index: int) -> str:
@@ -206,7 +218,7 @@ def _run_sharded(
                                  shard_batches=shard_batches, make_images=counted,
                                  on_images=lambda n: progress.update(task, completed=n))  # fmt: skip
             progress.update(task, completed=len(plan))
-        console.print(f"shards in {folder}/ (kept for resuming; delete when done)")
+        say(console, f"shards in {folder}/ (kept for resuming; delete when done)")
         return images
     finally:
         world.close()
@@ -249,7 +261,7 @@ def run_bench(request: BenchRequest, console: Console, progress: Progress) -> No
         raise UsageError("dip-bench runs from a checkpoint, a preset or the demo model, not an export folder")
     if "auto" in names:
         chosen = pipe.choose_backend()
-        console.print(f"--backend auto: {pipe.reason}")
+        say(console, f"--backend auto: {pipe.reason}")
         specs = list(dict.fromkeys([*specs, chosen]))
     sampler = SamplerSettings(**{OVERRIDE_NAMES.get(k, k): v for k, v in request.sampling.items()})  # before any work
     settings = BenchSettings(
@@ -302,7 +314,7 @@ def _run_backends(
     recommendation = recommend_from_bench(report)
     if recommendation is not None:
         report["recommendation"] = recommendation
-        out.print(f"fastest fp32/bf16 backend here: {recommendation}  (dip-sample --backend auto picks by measuring)")
+        say(out, f"fastest fp32/bf16 backend here: {recommendation}  (dip-sample --backend auto picks by measuring)")
     _write_report(report, request.json_out, request.plot, plot_report, console)
 
 
@@ -310,7 +322,8 @@ def _run_yardstick(loaded: Any, bench: Any, request: BenchRequest, dev: torch.de
     """dip-bench --samplers: PSNR against the converged reference per solver and evaluation count."""
     samplers, nfe, backends = request.samplers or "", request.nfe, request.backends
 
-    from dip_export.measure.yardstick import Yardstick, measure
+    from dip_export.budget import check_work
+    from dip_export.measure.yardstick import REFERENCE_STEPS, Yardstick, measure
     from dip_export.measure.yardstick import plot as plot_yardstick
     from dip_export.runtime.backends import BackendSpec
 
@@ -318,11 +331,12 @@ def _run_yardstick(loaded: Any, bench: Any, request: BenchRequest, dev: torch.de
     for name in names:
         SamplerSettings(method=name)  # validates the names
     counts = parse_int_list(nfe, "--nfe")
+    check_work(counts, images=max(bench.batch, 1), reference=REFERENCE_STEPS)
     spec = BackendSpec.parse(backends.split(",")[0] if backends.count(",") == 0 else "torch")
     net = make_engine(spec, loaded, (bench.height, bench.width), dev, console, batch=bench.batch)
     y = Yardstick(num_samples=max(bench.batch, 1), cfg=bench.cfg, batch=bench.batch, height=bench.height, width=bench.width)
     base = SamplerSettings(cfg=bench.cfg, cache_interval=bench.cache_interval, token_forecast=bench.token_forecast)
-    report = measure(net, loaded, y, names, counts, base, progress=lambda r: console.print(
+    report = measure(net, loaded, y, names, counts, base, progress=lambda r: say(console,
         f"{r['sampler']:>9} nfe {r['nfe']:>4}  {r['psnr_db']:6.2f} dB  {1000 * r['s_per_image']:8.1f} ms/image"
     ))  # fmt: skip
     report["settings"]["backend"] = str(spec)
@@ -341,10 +355,10 @@ def _write_report(
     if json_out is not None:
         with atomic_path(json_out) as tmp:
             tmp.write_text(json.dumps(report, indent=2) + "\n")
-        console.print(f"wrote {json_out}")
+        say(console, f"wrote {json_out}")
     if plot is not None:
         plotter(report, plot)
-        console.print(f"wrote {plot}")
+        say(console, f"wrote {plot}")
 
 
 def run_export_onnx(

@@ -14,10 +14,10 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dip_export.errors import DipError
+from dip_export.messages import say
 
 try:  # typer >= 0.20 carries its own click
     from typer._click.exceptions import ClickException
@@ -30,8 +30,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def print_error(message: str) -> None:
     """Every error is one line: `error: ...` on stderr."""
-    line = " ".join(str(message).split())
-    console.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
+    say(console, message, prefix="[red]error:[/red] ")
 
 
 def run_app(app: typer.Typer) -> None:

@@ -39,6 +39,7 @@ from dip_export.export.onnx_export import (
 )
 from dip_export.export.spec import io_specs
 from dip_export.io import atomic_dir
+from dip_export.messages import say, say_lines
 
 FLOAT_NODES = re.compile(r"(s_embedder|t_embedder|y_embedder|adaLN_modulation|/enc1/|/out_conv/)")
 QUANTIZED_OPS = ["MatMul", "Gemm", "Conv", "ConvTranspose"]
@@ -337,7 +338,7 @@ def export_int8(
         report["metric"], report["tolerance"] = "rel_rms", tolerance
         report["worst_rel"] = max(r["rel_rms"] for r in report["rows"])
         report["passed"] = report["worst_rel"] <= tolerance
-        console.print(format_report(report))
+        say_lines(console, format_report(report))
         if not report["passed"]:
             raise ExportError(
                 f"{'fp8' if fp8 else 'int8'} verification failed: RMS relative error {report['worst_rel']:.3g} > {tolerance}"
@@ -355,7 +356,7 @@ def export_int8(
             },
         )  # fmt: skip
         write_manifest(tmp, manifest)
-    console.print(f"wrote {out}/ ({'fp8' if fp8 else 'int8'} {target})")
+    say(console, f"wrote {out}/ ({'fp8' if fp8 else 'int8'} {target})")
     return out
 
 

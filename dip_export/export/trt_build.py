@@ -20,6 +20,7 @@ from dip_export.errors import DipError, ExportError, UsageError
 from dip_export.export.manifest import MANIFEST, Manifest, read_manifest, write_manifest
 from dip_export.export.spec import BATCH, SubModelSpec, io_specs
 from dip_export.io import atomic_path
+from dip_export.messages import say
 from dip_export.runtime.backends import BACKENDS
 from dip_export.runtime.trt_support import engine_matches, gpu_identity
 from dip_export.runtime.trt_support import import_tensorrt as _tensorrt
@@ -120,7 +121,7 @@ def _load_timing_cache(trt: Any, config: Any, timing_cache: Path | None, console
         return
     if console is not None:
         why = "is not a timing cache TensorRT can read" if cache is None else "is from another GPU or TensorRT version"
-        console.print(f"[yellow]timing cache {timing_cache} {why}; starting a new one[/]")
+        say(console, f"timing cache {timing_cache} {why}; starting a new one", style="yellow")
     if not config.set_timing_cache(config.create_timing_cache(b""), False):
         raise ExportError("TensorRT refused an empty timing cache")
 
@@ -216,9 +217,10 @@ def build_trt(
         and all((folder / f).is_file() for f in existing["files"].values())
     ):
         p = existing["profile"]
-        console.print(
+        say(
+            console,
             f"engines for {precision} on {gpu} with TensorRT {trt.__version__} (batch {p['min']},{p['opt']},{p['max']}, "
-            f"opt level {existing.get('opt_level')}) are up to date"
+            f"opt level {existing.get('opt_level')}) are up to date",
         )
         return existing
     onnx_dir = onnx_for_precision(folder, manifest, precision, console)
@@ -248,7 +250,7 @@ def build_trt(
             raise
     manifest.engines[precision] = entry
     write_manifest(folder, manifest)
-    console.print(f"wrote {', '.join(files.values())} into {folder}/")
+    say(console, f"wrote {', '.join(files.values())} into {folder}/")
     return entry
 
 

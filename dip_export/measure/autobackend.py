@@ -143,9 +143,13 @@ def decide(ms: dict[str, float], device: torch.device) -> tuple[BackendSpec, str
 
 def _read_cache(path: Path) -> dict[str, Any]:
     """The cache file is untrusted: anything malformed is ignored (and rewritten)."""
+    from dip_export.untrusted import UntrustedFileError, read_json
+
+    if not path.exists() and not path.is_symlink():
+        return {}
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        data = read_json(path, folder=path.parent, what="auto-backend cache")
+    except UntrustedFileError:
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -166,10 +170,13 @@ def choose_backend(
     make: Callable[[BackendSpec], Denoiser], root: Path,
 ) -> Decision:  # fmt: skip
     """The cached decision for this model, size, batch and machine, or a new measurement (then cached)."""
+    from dip_export.errors import DipError
     from dip_export.io import atomic_path
 
     specs = candidates(device)
     path = root / CACHE_FILE
+    if path.is_dir() or path.is_symlink():
+        raise DipError(f"{path} is a folder or a symlink; the --backend auto cache goes there (move it away)")
     key = cache_key(model_id, size, batch, device)
     cache = _read_cache(path)
     cached = _valid_entry(cache.get(key), specs)
@@ -177,8 +184,6 @@ def choose_backend(
         return cached
     ms = measure(make, specs, loaded, size, batch, device)
     if "torch:fp32" not in ms:
-        from dip_export.errors import DipError
-
         raise DipError("--backend auto: eager fp32 could not run, so nothing could be compared")
     spec, reason = decide(ms, device)
     cache = _read_cache(path)  # another process may have added entries meanwhile

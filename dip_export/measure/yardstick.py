@@ -21,6 +21,7 @@ from dip_export.checkpoint import LoadedModel, is_demo
 from dip_export.generate import SamplePlan, generate, make_plan
 from dip_export.measure.harness import psnr, timed_call
 from dip_export.sampling import Denoiser, SamplerSettings, sample_counts
+from dip_export.untrusted import source_identity
 
 REFERENCE_STEPS = 1000
 CACHE = Path("engines") / "yardstick"
@@ -75,9 +76,9 @@ def _run(
 def reference_images(net: Denoiser, loaded: LoadedModel, plan: SamplePlan, y: Yardstick, base: SamplerSettings) -> np.ndarray:
     """Euler-1000 from the same noise, computed once and cached."""
     settings = replace(base, method="euler", steps=REFERENCE_STEPS, cache_interval=1, token_forecast="off")
-    key = json.dumps(
-        [loaded.name, loaded.source, y.__dict__, settings.__dict__, plan.seeds, plan.classes], sort_keys=True, default=str
-    )
+    identity = source_identity(loaded.source)
+    parts = [loaded.name, identity, y.__dict__, settings.__dict__, plan.seeds, plan.classes]
+    key = json.dumps(parts, sort_keys=True, default=str)
     path = CACHE / f"{loaded.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
     if path.exists():
         return np.load(path)["images"]
