@@ -78,7 +78,12 @@ def run_sample(
     )  # fmt: skip
     config, name, size = pipe.config, pipe.name, pipe.image_size
     settings = pipe.sampler_settings(
-        steps=steps, cfg=cfg, shift=shift, guidance_interval=interval, sampler=method, cache_interval=cache_interval,
+        steps=steps,
+        cfg=cfg,
+        shift=shift,
+        guidance_interval=interval,
+        sampler=method,
+        cache_interval=cache_interval,
         token_forecast=token_forecast,
     )
     plan = _plan(config.num_classes, classes, seeds, num_samples, seed, class_file)
@@ -215,6 +220,7 @@ def run_bench_cmd(
     token_forecast: str = "off",
     samplers: str | None = None,
     nfe: str = "10,15,20,25,50,100",
+    shift: float = 1.0,
 ) -> None:
 
     from dip_export.autobackend import recommend_from_bench
@@ -250,10 +256,10 @@ def run_bench_cmd(
         cache_interval=cache_interval, cuda_graphs=cuda_graphs, sampler=sampler, token_forecast=token_forecast,
     )  # fmt: skip
     SamplerSettings(
-        steps=steps, cfg=cfg, cache_interval=cache_interval, method=sampler, token_forecast=token_forecast
+        steps=steps, cfg=cfg, shift=shift, cache_interval=cache_interval, method=sampler, token_forecast=token_forecast
     )  # validates before any work
     if samplers is not None:
-        _run_yardstick(loaded, settings, samplers, nfe, backends, dev, json_out, plot, console)
+        _run_yardstick(loaded, settings, samplers, nfe, backends, dev, json_out, plot, console, shift)
         return
     report = run_bench(loaded, specs, settings, dev, variants=variants, console=console, progress=progress)
     out = Console()
@@ -269,7 +275,7 @@ def run_bench_cmd(
 
 def _run_yardstick(
     loaded: Any, bench: Any, samplers: str, nfe: str, backends: str, dev: torch.device,
-    json_out: Path | None, plot: Path | None, console: Console,
+    json_out: Path | None, plot: Path | None, console: Console, shift: float = 1.0,
 ) -> None:  # fmt: skip
     """dip-bench --samplers: PSNR against the converged reference per solver and evaluation count."""
 
@@ -283,8 +289,10 @@ def _run_yardstick(
     counts = parse_int_list(nfe, "--nfe")
     spec = BackendSpec.parse(backends.split(",")[0] if backends.count(",") == 0 else "torch")
     net = make_engine(spec, loaded, (bench.height, bench.width), dev, console, batch=bench.batch)
-    y = Yardstick(num_samples=max(bench.batch, 1), cfg=bench.cfg, batch=bench.batch, height=bench.height, width=bench.width)
-    base = SamplerSettings(cfg=bench.cfg, cache_interval=bench.cache_interval, token_forecast=bench.token_forecast)
+    y = Yardstick(
+        num_samples=max(bench.batch, 1), cfg=bench.cfg, shift=shift, batch=bench.batch, height=bench.height, width=bench.width
+    )
+    base = SamplerSettings(cfg=bench.cfg, shift=shift, cache_interval=bench.cache_interval, token_forecast=bench.token_forecast)
     report = measure(net, loaded, y, names, counts, base, progress=lambda r: console.print(
         f"{r['sampler']:>9} nfe {r['nfe']:>4}  {r['psnr_db']:6.2f} dB  {1000 * r['s_per_image']:8.1f} ms/image"
     ))  # fmt: skip

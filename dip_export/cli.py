@@ -296,6 +296,7 @@ def bench(
         typer.Option(help="Yardstick instead of backends: e.g. euler,heun,ab2 against a cached Euler-1000 reference."),
     ] = None,
     nfe: Annotated[str, typer.Option(help="Evaluation counts for --samplers.")] = "10,15,20,25,50,100",
+    shift: Annotated[float, typer.Option(help="Time shift of the --samplers runs and their reference (1 = none).")] = 1.0,
     cuda_graphs: Annotated[bool, typer.Option(help="Whole-step CUDA graphs (CUDA; torch, compile, trt).")] = True,
     warmup: Annotated[int, typer.Option(help="Untimed runs before timing.")] = 1,
     repeats: Annotated[int, typer.Option(help="Timed runs; the median is reported.")] = 3,
@@ -317,7 +318,7 @@ def bench(
     run_bench_cmd(
         model=model, preset=preset, steps=steps, batch=batch, cfg=cfg, image_size=image_size, backends=backends,
         variants=variants, cache_interval=cache_interval, cuda_graphs=cuda_graphs, warmup=warmup, repeats=repeats, device=device,
-        sampler=sampler, token_forecast=token_forecast, samplers=samplers, nfe=nfe,
+        sampler=sampler, token_forecast=token_forecast, samplers=samplers, nfe=nfe, shift=shift,
         json_out=json_out, plot=plot, weights=weights, trust=trust_checkpoint, console=console, progress=progress_bar(),
         revision=revision,
     )  # fmt: skip

@@ -1,6 +1,7 @@
 """Time to accuracy: how close each solver gets to the converged picture for a number of evaluations.
 
-Every run starts from the same noise. The reference is Euler with 1000 steps (cached under
+Every run starts from the same noise. The reference is a third-order solver with many steps whose
+step was halved until the two runs agree to 70 dB (`sampling.reference`; cached under
 engines/yardstick/, keyed by model, settings and seeds); each solver's final uint8 images are
 compared with it by PSNR, and on the demo model also by the Frechet distance of their digit
 features to the real digits' and by the digit classifier's accuracy.
@@ -20,9 +21,12 @@ import torch
 
 from dip_export.checkpoint import LoadedModel, is_demo
 from dip_export.generate import SamplePlan, generate, make_plan
-from dip_export.sampling import Denoiser, SamplerSettings, sample_counts
+from dip_export.sampling import Denoiser, SamplerSettings, initial_noise, sample_counts
+from dip_export.sampling import reference as ref_solver
+from dip_export.sampling.rules import to_uint8
 
-REFERENCE_STEPS = 1000
+REFERENCE_STEPS = ref_solver.REFERENCE_STEPS
+REFERENCE_AGREEMENT_DB = ref_solver.REFERENCE_AGREEMENT_DB
 CACHE = Path("engines") / "yardstick"
 
 
@@ -78,22 +82,40 @@ def _run(
     return images, (time.perf_counter() - start) / len(plan)
 
 
-def reference_images(net: Denoiser, loaded: LoadedModel, plan: SamplePlan, y: Yardstick, base: SamplerSettings) -> np.ndarray:
-    """Euler-1000 from the same noise, computed once and cached."""
-    settings = replace(base, method="euler", steps=REFERENCE_STEPS, cache_interval=1, token_forecast="off")
+@dataclass(frozen=True)
+class ReferenceImages:
+    """The cached reference: uint8 images, the float x they round, and its self-check."""
+
+    images: np.ndarray  # (N, H, W, 3) uint8
+    x: np.ndarray  # (N, 3, H, W) float32
+    label: str  # e.g. "ab3 512 (half the steps: 79.1 dB)"
+
+
+def reference_images(
+    net: Denoiser, loaded: LoadedModel, plan: SamplePlan, y: Yardstick, base: SamplerSettings
+) -> ReferenceImages:
+    """The converged reference from the same noise (`sampling.reference`), computed once and cached."""
+    settings = ref_solver.reference_settings(base, REFERENCE_STEPS)
     key = json.dumps(
-        [loaded.name, loaded.source, y.__dict__, settings.__dict__, plan.seeds, plan.classes], sort_keys=True, default=str
-    )
+        [loaded.name, loaded.source, y.__dict__, settings.__dict__, plan.seeds, plan.classes, REFERENCE_AGREEMENT_DB],
+        sort_keys=True, default=str,
+    )  # fmt: skip
     path = CACHE / f"{loaded.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
     if path.exists():
-        return np.load(path)["images"]
-    images, _ = _run(net, loaded, plan, y, settings)
+        with np.load(path) as data:
+            return ReferenceImages(data["images"], data["x"], str(data["label"]))
+    noise = initial_noise(plan.seeds, y.height, y.width)
+    labels = torch.tensor(plan.classes, dtype=torch.int64)
+    run = ref_solver.sampled(net, noise, labels, loaded.config.null_class, y.batch)
+    found = ref_solver.converged(run, settings, steps=REFERENCE_STEPS, agreement_db=REFERENCE_AGREEMENT_DB)
+    label = f"{found.solver} {found.steps} (half the steps: {found.self_check_db:.1f} dB)"
+    out = ReferenceImages(to_uint8(found.x), found.x.numpy().astype(np.float32), label)
     from dip_export.io import atomic_path
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, images=images)
-    return images
+        np.savez(f, images=out.images, x=out.x, label=np.array(label))
+    return out
 
 
 def measure(
@@ -109,7 +131,8 @@ def measure(
     base = base or SamplerSettings(cfg=y.cfg, shift=y.shift)
     base = replace(base, cfg=y.cfg, shift=y.shift)
     plan = make_plan(loaded.config.num_classes, num_samples=y.num_samples, seed=y.seed)
-    ref = reference_images(net, loaded, plan, y, base)
+    reference = reference_images(net, loaded, plan, y, base)
+    ref = reference.images
     digits = is_demo(loaded)
     rows = []
     for name in samplers:
@@ -128,7 +151,7 @@ def measure(
             rows.append(row)
             if progress is not None:
                 progress(row)
-    out: dict[str, Any] = {"settings": {**y.__dict__, "interval": list(base.interval), "reference": f"euler {REFERENCE_STEPS}"}}
+    out: dict[str, Any] = {"settings": {**y.__dict__, "interval": list(base.interval), "reference": reference.label}}
     if digits:
         out["reference_scores"] = digit_scores(ref, plan.classes)
     out["results"] = rows
