@@ -78,12 +78,7 @@ def run_sample(
     )  # fmt: skip
     config, name, size = pipe.config, pipe.name, pipe.image_size
     settings = pipe.sampler_settings(
-        steps=steps,
-        cfg=cfg,
-        shift=shift,
-        guidance_interval=interval,
-        sampler=method,
-        cache_interval=cache_interval,
+        steps=steps, cfg=cfg, shift=shift, guidance_interval=interval, sampler=method, cache_interval=cache_interval,
         token_forecast=token_forecast,
     )
     plan = _plan(config.num_classes, classes, seeds, num_samples, seed, class_file)

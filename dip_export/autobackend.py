@@ -62,17 +62,9 @@ def hardware_label(device: torch.device) -> str:
     if device.type == "cuda":
         return f"on {torch.cuda.get_device_name(device)}"
     flags = cpu_features()
-    kind = (
-        "AMX"
-        if "amx_bf16" in flags
-        else "AVX-512 BF16"
-        if "avx512_bf16" in flags
-        else "AVX-512"
-        if any(f.startswith("avx512") for f in flags)
-        else "AVX2"
-        if "avx2" in flags
-        else "no AVX2"
-    )
+    kind = "AMX" if "amx_bf16" in flags else "AVX-512 BF16" if "avx512_bf16" in flags else "AVX-512" if any(
+        f.startswith("avx512") for f in flags
+    ) else "AVX2" if "avx2" in flags else "no AVX2"
     return f"on this CPU ({kind})"
 
 

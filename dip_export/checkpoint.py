@@ -87,7 +87,9 @@ def _torch_load_with(path: Path, weights_only: bool, pickle_module: Any = None) 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's advice on plain pickles and weights_only
             # mmap keeps a multi-GB checkpoint out of RAM; only the zip format supports it
-            return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=zipfile.is_zipfile(path), **extra)
+            return torch.load(
+                path, map_location="cpu", weights_only=weights_only, mmap=zipfile.is_zipfile(path), **extra
+            )
     except pickle.UnpicklingError:
         if weights_only:
             raise

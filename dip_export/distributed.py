@@ -118,11 +118,8 @@ def _read_shard(path: Path, start: int, stop: int, shape: tuple[int, ...] | None
         raise DipError(f"{path}: damaged shard ({type(err).__name__}); delete it and rerun to remake it") from None
     if not np.array_equal(indices, np.arange(start, stop)):
         raise DipError(f"{path} holds other indices; delete {path.parent} and rerun")
-    if (
-        images.dtype != np.uint8
-        or images.ndim != 4
-        or len(images) != stop - start
-        or (shape is not None and images.shape[1:] != shape)
+    if images.dtype != np.uint8 or images.ndim != 4 or len(images) != stop - start or (
+        shape is not None and images.shape[1:] != shape
     ):
         raise DipError(f"{path}: images of shape {images.shape} ({images.dtype}) do not belong to this run; delete it and rerun")
     return images

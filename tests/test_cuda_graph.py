@@ -172,7 +172,6 @@ def test_fake_capture_refuses_synchronize_and_stale_contexts(trt_engine, fake_gp
     with pytest.raises(RuntimeError, match="changed"):
         graph.replay()
 
-
 @pytest.mark.parametrize("method", ["ab2", "unipc"])
 @pytest.mark.parametrize("forecast", [("off", 2), ("linear", 2), ("quadratic", 3)])
 def test_fake_graphs_replay_solvers_and_token_forecast(golden_model, golden, fake_gpu, method, forecast):
