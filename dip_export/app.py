@@ -311,3 +311,55 @@ def _write_report(
     if plot is not None:
         plotter(report, plot)
         console.print(f"wrote {plot}")
+
+
+def run_schedule(
+    *, model: str | None, output: Path, sampler: str, nfe: int, cfg: float, shift: float, band: str | None,
+    train_images: int, heldout_images: int, sweeps: int, seed: int, batch: int, weights: str, trust: bool,
+    revision: str | None, console: Console, progress: Progress,
+) -> None:  # fmt: skip
+    """dip-export schedule: fit a grid (yardstick.fit_schedule) and write the model with it in its sampling defaults."""
+    from dip_export.checkpoint import save_checkpoint
+    from dip_export.pipeline import open_source
+    from dip_export.runtime.factory import make_torch_engine
+    from dip_export.sampling.fitgrid import SearchSettings, trial_count
+    from dip_export.sampling.grids import stored_with
+    from dip_export.yardstick import GridFit, fit_schedule
+
+    if output.suffix != ".safetensors":
+        raise UsageError(f"--output must name a .safetensors file, got {output}")
+    check_output_file(output)
+    if min(train_images, heldout_images, sweeps, batch) < 1 or max(train_images, heldout_images) > 1000 or sweeps > 100:
+        raise UsageError("--train-images and --heldout-images must be in 1..1000, --sweeps in 1..100, --batch >= 1")
+    lo_hi = _parse_band(band)
+    check_seed(seed, "--seed")
+    fit = GridFit(sampler, nfe, cfg, shift, lo_hi, train_images, heldout_images, SearchSettings(sweeps=sweeps, seed=seed))
+    SamplerSettings(steps=nfe, cfg=cfg, shift=shift, method=sampler, grid=tuple(i / nfe for i in range(nfe + 1)))
+    source = open_source(model, weights=weights, trust_checkpoint=trust, revision=revision)
+    if source.loaded is None:
+        raise UsageError(f"{model} is an export folder; fit on its checkpoint (exports made from it carry the grid)")
+    loaded = source.loaded
+    net = make_torch_engine(BackendSpec("torch", "fp32"), loaded, torch.device("cpu"))
+    size = parse_image_size(loaded.config.image_size)
+    with progress:
+        task = progress.add_task(f"fitting {sampler} {nfe} at guidance {cfg}", total=trial_count(fit.search, nfe))
+        entry, info = fit_schedule(net, loaded, fit, size, batch, lambda n, best: progress.update(
+            task, completed=n, description=f"fitting {sampler} {nfe} at guidance {cfg}: {best:.1f} dB (train)"
+        ))  # fmt: skip
+    save_checkpoint(output, loaded.model, stored_with(loaded.sampling, entry))
+    console.print(
+        f"held-out PSNR vs {info['reference']} ({info['heldout_images']} images): default grid {info['default_grid_db']:.1f} dB, "
+        f"fitted {info['fitted_grid_db']:.1f} dB, Euler-100 {info['euler_100_db']:.1f} dB; wrote {output}"
+    )
+
+
+def _parse_band(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"--band must be LO,HI, got {text!r}") from None
+    if not (0 <= lo <= hi <= 100):
+        raise UsageError(f"--band must be 0 <= LO <= HI <= 100, got {text!r}")
+    return lo, hi

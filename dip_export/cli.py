@@ -264,6 +264,46 @@ def export_onnx_cmd(
     export_onnx(loaded, precision=precision, image_size=size, opset=opset, output_dir=output_dir, console=console)
 
 
+@export_app.command("schedule")
+@handle_errors
+def export_schedule_cmd(
+    model: Annotated[
+        str | None,
+        typer.Argument(help="Checkpoint file or Hub repo org/name(/FILE); omitted: the demo.", show_default=False),
+    ] = None,
+    output: Annotated[Path, typer.Option(help="The model file to write (.safetensors; may be the input's own path).")] = ...,  # type: ignore[assignment]
+    sampler: Annotated[str, typer.Option(help="Solver whose grid is fitted (one evaluation per step).")] = "ab2",
+    nfe: Annotated[int, typer.Option(help="Network evaluations per image (= steps).")] = 15,
+    cfg: Annotated[float, typer.Option(help="Guidance scale the grid is fitted at.")] = 1.5,
+    shift: Annotated[float, typer.Option(help="Time shift (1 = none).")] = 1.0,
+    band: Annotated[
+        str | None, typer.Option(help="Guidance weights LO,HI that use the grid [default: cfg/1.25,cfg*1.25].")
+    ] = None,
+    train_images: Annotated[int, typer.Option(help="Training images (seeds 1000000 + 1000 * seed ...).")] = 8,
+    heldout_images: Annotated[int, typer.Option(help="Held-out images for the report (seeds 0..N-1).")] = 32,
+    sweeps: Annotated[int, typer.Option(help="Passes of the search over all grid points.")] = 6,
+    seed: Annotated[int, typer.Option(help="Seed of the fit (training seeds, search order): same seed, same grid.")] = 0,
+    batch: Annotated[int, typer.Option(help="Images per sampler run.")] = 32,
+    weights: WeightsOpt = "ema",
+    trust_checkpoint: TrustOpt = False,
+    revision: RevisionOpt = None,
+) -> None:
+    """Fit a solver's time grid for one model and guidance, and store it with the model.
+
+    The grid points of --sampler at --nfe evaluations are optimised on training seeds against the
+    converged reference; the held-out PSNR (default grid, fitted grid, Euler-100) is printed. The
+    grid goes into the model's sampling defaults (exports made from the file carry it in their
+    manifest); sampling with the same solver, count, shift and a guidance weight in the band uses it.
+    """
+    from dip_export.app import run_schedule
+
+    run_schedule(
+        model=model, output=output, sampler=sampler, nfe=nfe, cfg=cfg, shift=shift, band=band, train_images=train_images,
+        heldout_images=heldout_images, sweeps=sweeps, seed=seed, batch=batch, weights=weights, trust=trust_checkpoint,
+        revision=revision, console=console, progress=progress_bar(),
+    )  # fmt: skip
+
+
 def export_main() -> None:
     run_app(export_app)
 

@@ -100,6 +100,10 @@ def check_sampling_defaults(data: Any) -> dict[str, Any]:
     for key, value in data.items():
         if key in checks and not checks[key](value):
             raise UsageError(f"stored sampling default {key}={value!r} is out of range or of the wrong type")
+    if "grids" in data:
+        from dip_export.sampling.grids import check_grid_entries  # fitted time grids: sampling's own format
+
+        data = {**data, "grids": check_grid_entries(data["grids"], MAX_STEPS)}
     return dict(data)
 
 

@@ -238,9 +238,12 @@ class DiPPipeline:
         cache_interval: int | None = None,
         token_forecast: str | None = None,
     ) -> SamplerSettings:
-        """Sampler settings, with the model's recommendations (steps, guidance, sampler, ...) where not given."""
+        """Sampler settings, with the model's recommendations (steps, guidance, sampler, ...) where not given,
+        and its fitted time grid where one was stored for these settings."""
+        from dip_export.sampling.grids import with_stored_grid
+
         recommended = self.source.sampling
-        return SamplerSettings(
+        settings = SamplerSettings(
             steps=steps if steps is not None else int(recommended.get("steps", 100)),
             cfg=cfg if cfg is not None else float(recommended.get("cfg", 1.0)),
             shift=shift,
@@ -249,6 +252,7 @@ class DiPPipeline:
             cache_interval=cache_interval if cache_interval is not None else int(recommended.get("cache_interval", 1)),
             token_forecast=token_forecast if token_forecast is not None else str(recommended.get("token_forecast", "off")),
         )
+        return with_stored_grid(settings, recommended)  # the model's fitted grid where one matches
 
     def plan(
         self,

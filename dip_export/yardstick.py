@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ from dip_export.checkpoint import LoadedModel, is_demo
 from dip_export.generate import SamplePlan, generate, make_plan
 from dip_export.sampling import Denoiser, SamplerSettings, initial_noise, sample_counts
 from dip_export.sampling import reference as ref_solver
+from dip_export.sampling.fitgrid import SearchSettings, fit_grid
+from dip_export.sampling.grids import grid_entry
 from dip_export.sampling.rules import to_uint8
 
 REFERENCE_STEPS = ref_solver.REFERENCE_STEPS
@@ -193,3 +195,49 @@ def plot(report: dict[str, Any], path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+TRAIN_SEED_BASE = 1_000_000  # training seeds of a grid fit: far from the held-out seeds 0..N-1 the tables use
+
+
+@dataclass(frozen=True)
+class GridFit:
+    """What `dip-export schedule` fits: a solver's grid at an evaluation count for one guidance and shift."""
+
+    sampler: str = "ab2"
+    nfe: int = 15
+    cfg: float = 1.5
+    shift: float = 1.0
+    band: tuple[float, float] | None = None  # guidance weights the grid is stored for; None: cfg / 1.25 .. cfg * 1.25
+    train_images: int = 8
+    heldout_images: int = 32
+    search: SearchSettings = field(default_factory=SearchSettings)
+
+    def stored_band(self) -> tuple[float, float]:
+        return self.band if self.band is not None else (round(self.cfg / 1.25, 4), round(self.cfg * 1.25, 4))
+
+
+def fit_schedule(
+    net: Denoiser, loaded: LoadedModel, fit: GridFit, size: tuple[int, int], batch: int, on_trial: Any = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit the grid on training seeds against the reference; (stored entry, report with held-out PSNR)."""
+    base = SamplerSettings(steps=fit.nfe, cfg=fit.cfg, shift=fit.shift, method=fit.sampler)
+    first_seed = TRAIN_SEED_BASE + 1000 * fit.search.seed
+    train = Yardstick(fit.train_images, first_seed, fit.cfg, fit.shift, min(batch, fit.train_images), *size)
+    train_plan = make_plan(loaded.config.num_classes, num_samples=train.num_samples, seed=train.seed)
+    target = torch.from_numpy(reference_images(net, loaded, train_plan, train, base).x)
+    noise = initial_noise(train_plan.seeds, *size)
+    run = ref_solver.sampled(net, noise, torch.tensor(train_plan.classes), loaded.config.null_class, train.batch)
+    fitted, first, best = fit_grid(base, lambda s: ref_solver.float_psnr(run(s), target), fit.search, on_trial)
+    held = Yardstick(fit.heldout_images, 0, fit.cfg, fit.shift, min(batch, fit.heldout_images), *size)
+    plan = make_plan(loaded.config.num_classes, num_samples=held.num_samples, seed=held.seed)
+    reference = reference_images(net, loaded, plan, held, base)
+    release = replace(base, method="euler", steps=100)
+    scores = {name: psnr(_run(net, loaded, plan, held, s)[0], reference.images) for name, s in
+              (("default_grid_db", base), ("fitted_grid_db", fitted), ("euler_100_db", release))}  # fmt: skip
+    info = {
+        "train_seeds": [train.seed, train.seed + train.num_samples - 1], "heldout_images": held.num_samples,
+        "train_float_db": [round(first, 2), round(best, 2)], "search_seed": fit.search.seed, "reference": reference.label,
+        **{k: round(v, 2) for k, v in scores.items()},
+    }  # fmt: skip
+    return grid_entry(fitted, fit.stored_band(), info), info
