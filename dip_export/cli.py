@@ -138,7 +138,7 @@ def sample(
     ] = None,
     token_forecast: Annotated[
         str | None,
-        typer.Option(help="Tokens between backbone runs: off (reuse), linear or quadratic in t [default: the model's: off]."),
+        typer.Option(help="Tokens between backbone runs: off (reuse), linear, quadratic, auto [default: the model's: off]."),
     ] = None,
     image_size: Annotated[str | None, typer.Option(help="Image size: 256 or HxW, e.g. 256x384 [default: the model's].")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per sampler batch.")] = 16,
@@ -330,7 +330,7 @@ def bench(
     variants: Annotated[bool, typer.Option(help="Also time the sampler savings (token reuse, guidance-1 skip).")] = False,
     cache_interval: Annotated[int, typer.Option(help="Backbone every K steps in every row.")] = 1,
     sampler: Annotated[str, typer.Option(help="Solver of every row; --steps = evaluations (heun: 2N - 1).")] = "euler",
-    token_forecast: Annotated[str, typer.Option(help="off, linear or quadratic (with --cache-interval).")] = "off",
+    token_forecast: Annotated[str, typer.Option(help="off, linear, quadratic or auto (with --cache-interval).")] = "off",
     samplers: Annotated[
         str | None,
         typer.Option(help="Yardstick instead of backends: e.g. euler,heun,ab2 against a cached Euler-1000 reference."),

@@ -1,5 +1,6 @@
 """Fitted time grids: stored with the model, used by sampling when the settings match, fitted deterministically."""
 
+import itertools
 import json
 import math
 
@@ -33,7 +34,7 @@ def test_grid_shape_keeps_the_fixed_points_and_starts_at_the_default():
     grid, moved_restarts = solver_grid(moved)
     assert moved_restarts == restarts and len(restarts) == 1  # the point on the guidance bound stays, with its restart
     assert grid[next(iter(restarts))] == default[next(iter(restarts))]
-    assert grid != default and all(b > a for a, b in zip(grid, grid[1:], strict=False))
+    assert grid != default and all(b > a for a, b in itertools.pairwise(grid))
 
 
 def test_fitted_grid_round_trips_through_the_model_file_and_is_used_when_settings_match(golden_model, golden, tmp_path):

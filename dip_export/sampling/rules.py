@@ -16,7 +16,7 @@ from dip_export.errors import UsageError
 
 SOLVERS = ("euler", "heun", "ab2", "ab3", "dpmpp_2m", "unipc")
 MULTISTEP = ("ab2", "ab3", "dpmpp_2m", "unipc")  # one evaluation per step, history across steps
-FORECASTS = ("off", "linear", "quadratic")
+FORECASTS = ("off", "linear", "quadratic", "auto")
 
 
 class Denoiser(Protocol):
@@ -36,7 +36,7 @@ class SamplerSettings:
     method: str = "euler"  # one of SOLVERS; steps = network evaluations, except heun (2N - 1)
     cache_interval: int = 1  # run the backbone every K evaluations; reuse or forecast its tokens between
     skip_uncond: bool = True  # skip the unconditional half where the guidance weight is 1
-    token_forecast: str = "off"  # between refreshes: "off" reuses tokens, "linear"/"quadratic" extrapolate in t
+    token_forecast: str = "off"  # between refreshes: "off" reuses tokens, "linear"/"quadratic" extrapolate; "auto": per solver
     grid: tuple[float, ...] | None = None  # the steps + 1 grid times (0 ... 1), e.g. a fitted grid; None: the default
 
     def __post_init__(self) -> None:
