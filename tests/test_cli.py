@@ -105,3 +105,20 @@ def test_every_help_page_renders(app, args):
     result = runner.invoke(app, [*args, "--help"], terminal_width=100)
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output and "--help" in result.output
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--output", "m.pt"], "must name a .safetensors file"),
+        (["--output", "m.safetensors", "--band", "2"], "--band must be LO,HI"),
+        (["--output", "m.safetensors", "--band", "3,1"], "--band must be 0 <= LO <= HI"),
+        (["--output", "m.safetensors", "--sampler", "heun"], "not heun"),
+        (["--output", "m.safetensors", "--sweeps", "0"], "--sweeps"),
+    ],
+)
+def test_schedule_refuses_bad_arguments_in_one_line(tmp_path, args, message):
+    args = [a if not a.startswith("m.") else str(tmp_path / a) for a in args]
+    result = runner.invoke(export_app, ["schedule", *args])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert not list(tmp_path.iterdir())
