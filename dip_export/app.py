@@ -11,7 +11,7 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from dip_export.errors import UsageError
+from dip_export.errors import ExportError, UsageError
 from dip_export.generate import SamplePlan, check_run_limits, check_seed, make_plan, parse_image_size, parse_int_list
 from dip_export.io import check_output_file, check_output_folder, image_grid, save_npz, save_png
 from dip_export.pipeline import DiPPipeline, make_engine
@@ -346,11 +346,14 @@ def run_schedule(
         entry, info = fit_schedule(net, loaded, fit, size, batch, lambda n, best: progress.update(
             task, completed=n, description=f"fitting {sampler} {nfe} at guidance {cfg}: {best:.1f} dB (train)"
         ))  # fmt: skip
-    save_checkpoint(output, loaded.model, stored_with(loaded.sampling, entry))
     console.print(
         f"held-out PSNR vs {info['reference']} ({info['heldout_images']} images): default grid {info['default_grid_db']:.1f} dB, "
-        f"fitted {info['fitted_grid_db']:.1f} dB, Euler-100 {info['euler_100_db']:.1f} dB; wrote {output}"
+        f"fitted {info['fitted_grid_db']:.1f} dB, Euler-100 {info['euler_100_db']:.1f} dB"
     )
+    if info["fitted_grid_db"] < info["default_grid_db"]:  # overfitted to the training seeds: sampling would get worse
+        raise ExportError("the fitted grid is worse than the default on held-out images; not stored (try more --train-images)")
+    save_checkpoint(output, loaded.model, stored_with(loaded.sampling, entry))
+    console.print(f"wrote {output}")
 
 
 def _parse_band(text: str | None) -> tuple[float, float] | None:

@@ -279,7 +279,7 @@ def export_schedule_cmd(
     band: Annotated[
         str | None, typer.Option(help="Guidance weights LO,HI that use the grid [default: cfg/1.25,cfg*1.25].")
     ] = None,
-    train_images: Annotated[int, typer.Option(help="Training images (seeds 1000000 + 1000 * seed ...).")] = 8,
+    train_images: Annotated[int, typer.Option(help="Training images (seeds 1000000 + 1000 * seed ...).")] = 32,
     heldout_images: Annotated[int, typer.Option(help="Held-out images for the report (seeds 0..N-1).")] = 32,
     sweeps: Annotated[int, typer.Option(help="Passes of the search over all grid points.")] = 6,
     seed: Annotated[int, typer.Option(help="Seed of the fit (training seeds, search order): same seed, same grid.")] = 0,

@@ -209,7 +209,7 @@ class GridFit:
     cfg: float = 1.5
     shift: float = 1.0
     band: tuple[float, float] | None = None  # guidance weights the grid is stored for; None: cfg / 1.25 .. cfg * 1.25
-    train_images: int = 8
+    train_images: int = 32
     heldout_images: int = 32
     search: SearchSettings = field(default_factory=SearchSettings)
 
