@@ -1,8 +1,14 @@
-"""The work behind the commands, as keyword-only functions (the CLI only parses and reports)."""
+"""The work behind the commands (the CLI only parses and reports): every command is cli -> app -> stage.
+
+Each command gets one request object: which model (`ModelRequest`), what to run, where to write.
+Sampling options travel as `sampling`, a dict of `SamplerSettings` fields that the pipeline applies
+over the model's recommendations and validates once.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,108 +17,130 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
+from dip_export.engines import make_engine
 from dip_export.errors import ExportError, UsageError
 from dip_export.generate import SamplePlan, check_run_limits, check_seed, make_plan, parse_image_size, parse_int_list
 from dip_export.io import check_output_file, check_output_folder, image_grid, save_npz, save_png
-from dip_export.pipeline import DiPPipeline, make_engine
-from dip_export.runtime.factory import BackendSpec
+from dip_export.pipeline import DiPPipeline
+from dip_export.runtime.backends import BackendSpec
 from dip_export.runtime.torch_engine import resolve_device
 from dip_export.sampling import SamplerSettings
+from dip_export.settings import MAX_REPEATS, MAX_SHARD_BATCHES, BuildSettings
 
 if TYPE_CHECKING:
     from dip_export.distributed import World
 
 
-def run_sample(
-    *,
-    model: str | None,
-    preset: str | None,
-    classes: str | None,
-    seeds: str | None,
-    num_samples: int | None,
-    seed: int,
-    steps: int | None,
-    cfg: float | None,
-    shift: float,
-    interval: tuple[float, float],
-    method: str | None,
-    cache_interval: int | None,
-    image_size: str | None,
-    batch_size: int,
-    device: str,
-    backend: str | None,
-    cuda_graphs: bool,
-    weights: str,
-    trust: bool,
-    out: Path,
-    console: Console,
-    progress: Progress,
-    revision: str | None = None,
-    class_file: Path | None = None,
-    resume: bool = False,
-    shard_batches: int = 4,
-    png_dir: Path | None = None,
-    token_forecast: str | None = None,
-) -> None:
+@dataclass(frozen=True)
+class ModelRequest:
+    """Which model a command opens: a checkpoint, export folder or Hub name (None: --preset or the demo)."""
+
+    model: str | None = None
+    preset: str | None = None
+    weights: str = "ema"
+    trust: bool = False  # --trust-checkpoint
+    revision: str | None = None
+
+    def load(self, **options: Any) -> DiPPipeline:
+        return DiPPipeline.load(
+            self.model, preset=self.preset, weights=self.weights, trust_checkpoint=self.trust, revision=self.revision,
+            **options,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """dip-sample: which images, from which model and backend, written where."""
+
+    model: ModelRequest
+    out: Path
+    sampling: dict[str, Any] = field(default_factory=dict)  # SamplerSettings overrides; None: the model's
+    classes: str | None = None
+    seeds: str | None = None
+    num_samples: int | None = None
+    seed: int = 0
+    class_file: Path | None = None
+    image_size: str | None = None
+    batch_size: int = 16
+    device: str = "auto"
+    backend: str | None = None
+    cuda_graphs: bool = True
+    resume: bool = False
+    shard_batches: int = 4
+    png_dir: Path | None = None
+
+
+def run_sample(request: SampleRequest, console: Console, progress: Progress) -> None:
+    """dip-sample: cheap checks first, then the model, the plan, the engine, the images and the files."""
     from dip_export.distributed import World
 
     world = World.from_env()
-    dev = world.device(resolve_device(device))
-    if out.suffix != ".npz":
-        raise UsageError(f"--out must end in .npz, got {out}")
-    if batch_size < 1 or shard_batches < 1:
-        raise UsageError("--batch-size and --shard-batches must be >= 1")
-    check_run_limits(steps=steps, cfg=cfg, batch_size=batch_size, cache_interval=cache_interval)
-    check_seed(seed, "--seed")
-    if image_size is not None:
-        parse_image_size(image_size)
-    if shard_batches > MAX_SHARD_BATCHES:
-        raise UsageError(f"--shard-batches must be in 1..{MAX_SHARD_BATCHES}, got {shard_batches}")
-    check_output_file(out)
-    check_output_file(out.with_suffix(".png"))
-    if png_dir is not None and png_dir.exists() and not png_dir.is_dir():
-        raise UsageError(f"--png-dir {png_dir} exists and is not a folder")
-    pipe = DiPPipeline.load(
-        model, preset=preset, backend=backend, device=dev, weights=weights, trust_checkpoint=trust, revision=revision,
-        image_size=image_size, batch_size=batch_size, console=console,
-    )  # fmt: skip
-    config, name, size = pipe.config, pipe.name, pipe.image_size
-    settings = pipe.sampler_settings(
-        steps=steps, cfg=cfg, shift=shift, guidance_interval=interval, sampler=method, cache_interval=cache_interval,
-        token_forecast=token_forecast,
+    dev = world.device(resolve_device(request.device))
+    _check_sample_request(request)
+    pipe = request.model.load(
+        backend=request.backend, device=dev, image_size=request.image_size, batch_size=request.batch_size, console=console
     )
-    plan = _plan(config.num_classes, classes, seeds, num_samples, seed, class_file)
-    if png_dir is not None:
-        check_output_folder(png_dir, lambda name: _png_index(name) < len(plan))
+    settings = pipe.sampler_settings(**request.sampling)
+    plan = _plan(pipe.config.num_classes, request)
+    if request.png_dir is not None:
+        check_output_folder(request.png_dir, lambda name: _png_index(name) < len(plan))
     spec = pipe.choose_backend()  # only now the heavy part: measuring (auto), engines, exports made on the fly
     if pipe.reason:
         console.print(f"backend {pipe.reason}")
     pipe.engine()
 
     def make_images(part: SamplePlan, on_step: Callable[[int], None] | None = None) -> np.ndarray:
-        return pipe.generate(part, settings, batch_size=batch_size, cuda_graphs=cuda_graphs, on_step=on_step)
+        return pipe.generate(part, settings, batch_size=request.batch_size, cuda_graphs=request.cuda_graphs, on_step=on_step)
 
-    if world.size > 1 or resume:
+    if world.size > 1 or request.resume:
         identity = {
-            "model": name, "source": str(pipe.source.path or preset or "demo"), "backend": str(spec), "weights": weights,
-            "sampler": settings.__dict__, "size": list(size), "content": pipe.source.identity,
+            "model": pipe.name, "source": str(pipe.source.path or request.model.preset or "demo"), "backend": str(spec),
+            "weights": request.model.weights, "sampler": settings.__dict__, "size": list(pipe.image_size),
+            "content": pipe.source.identity,
         }  # fmt: skip
-        images = _run_sharded(plan, out, world, dev, identity, batch_size, shard_batches, make_images, progress, console)
+        images = _run_sharded(plan, request, world, dev, identity, make_images, progress, console)
         if images is None:
             return
     else:
         with progress:
-            task = progress.add_task(f"{name} {spec} {len(plan)} images", total=settings.steps * -(-len(plan) // batch_size))
+            total = settings.steps * -(-len(plan) // request.batch_size)
+            task = progress.add_task(f"{pipe.name} {spec} {len(plan)} images", total=total)
             images = make_images(plan, lambda _: progress.advance(task))
-        save_npz(out, images)
+        save_npz(request.out, images)
+    _write_images(request, images, pipe.image_size, console)
+
+
+def _check_sample_request(request: SampleRequest) -> None:
+    """Everything that needs no model: arguments, limits and output locations."""
+    out = request.out
+    if out.suffix != ".npz":
+        raise UsageError(f"--out must end in .npz, got {out}")
+    if request.batch_size < 1 or request.shard_batches < 1:
+        raise UsageError("--batch-size and --shard-batches must be >= 1")
+    sampling = request.sampling
+    check_run_limits(
+        steps=sampling.get("steps"), cfg=sampling.get("cfg"), batch_size=request.batch_size,
+        cache_interval=sampling.get("cache_interval"),
+    )  # fmt: skip
+    check_seed(request.seed, "--seed")
+    if request.image_size is not None:
+        parse_image_size(request.image_size)
+    if request.shard_batches > MAX_SHARD_BATCHES:
+        raise UsageError(f"--shard-batches must be in 1..{MAX_SHARD_BATCHES}, got {request.shard_batches}")
+    check_output_file(out)
+    check_output_file(out.with_suffix(".png"))
+    if request.png_dir is not None and request.png_dir.exists() and not request.png_dir.is_dir():
+        raise UsageError(f"--png-dir {request.png_dir} exists and is not a folder")
+
+
+def _write_images(request: SampleRequest, images: np.ndarray, size: tuple[int, int], console: Console) -> None:
+    """The PNG grid beside the npz, and one PNG per image with --png-dir."""
+    out = request.out
     save_png(out.with_suffix(".png"), image_grid(images[:256]))
-    if png_dir is not None:
+    if request.png_dir is not None:
         for i, image in enumerate(images):
-            save_png(png_dir / _png_name(i), image)
+            save_png(request.png_dir / _png_name(i), image)
     console.print(f"wrote {out} ({images.shape[0]} x {size[0]}x{size[1]}) and {out.with_suffix('.png')}")
-
-
-MAX_SHARD_BATCHES = 10_000
 
 
 def _png_name(index: int) -> str:
@@ -125,10 +153,9 @@ def _png_index(name: str) -> float:
     return int(stem) if name.endswith(".png") and stem.isdigit() and _png_name(int(stem)) == name else float("inf")
 
 
-def _plan(
-    num_classes: int, classes: str | None, seeds: str | None, num_samples: int | None, seed: int, class_file: Path | None
-) -> SamplePlan:
-    if class_file is None:
+def _plan(num_classes: int, request: SampleRequest) -> SamplePlan:
+    classes, seeds, num_samples, seed = request.classes, request.seeds, request.num_samples, request.seed
+    if request.class_file is None:
         return make_plan(
             num_classes,
             classes=parse_int_list(classes, "--classes") if classes is not None else None,
@@ -140,23 +167,22 @@ def _plan(
 
     if classes is not None or num_samples is None:
         raise UsageError("--class-file goes with --num-samples (and not with --classes)")
-    return make_plan(num_classes, classes=read_class_file(class_file, num_classes, num_samples),
+    return make_plan(num_classes, classes=read_class_file(request.class_file, num_classes, num_samples),
                      seeds=[seed + i for i in range(num_samples)])  # fmt: skip
 
 
 def _run_sharded(
     plan: SamplePlan,
-    out: Path,
+    request: SampleRequest,
     world: World,
     device: torch.device,
     identity: dict[str, Any],
-    batch_size: int,
-    shard_batches: int,
     make_images: Callable[[SamplePlan], np.ndarray],
     progress: Progress,
     console: Console,
 ) -> np.ndarray | None:
     """torchrun / --resume: shards of whole batches, resumable; rank 0 shows the global count and merges."""
+    out, batch_size, shard_batches = request.out, request.batch_size, request.shard_batches
     from dip_export.distributed import check_finished_shards, check_settings, parts_dir, run_settings, run_sharded
 
     world.init(device)
@@ -186,77 +212,89 @@ def _run_sharded(
         world.close()
 
 
-MAX_REPEATS = 1000
+
+@dataclass(frozen=True)
+class BenchRequest:
+    """dip-bench: which backends, timed how, on which sampler run; or the yardstick with --samplers."""
+
+    model: ModelRequest
+    sampling: dict[str, Any]  # SamplerSettings fields of every row: steps, cfg, sampler, cache_interval, token_forecast
+    backends: str = "torch"
+    batch: int = 1
+    image_size: str | None = None
+    variants: bool = False
+    cuda_graphs: bool = True
+    warmup: int = 1
+    repeats: int = 3
+    device: str = "auto"
+    json_out: Path | None = None
+    plot: Path | None = None
+    samplers: str | None = None  # the yardstick: solvers against the converged reference
+    nfe: str = "10,15,20,25,50,100"
 
 
-def run_bench_cmd(
-    *,
-    model: str | None,
-    preset: str | None,
-    steps: int,
-    batch: int,
-    cfg: float,
-    image_size: str | None,
-    backends: str,
-    variants: bool,
-    cache_interval: int,
-    cuda_graphs: bool,
-    warmup: int,
-    repeats: int,
-    device: str,
-    json_out: Path | None,
-    plot: Path | None,
-    weights: str,
-    trust: bool,
-    console: Console,
-    progress: Progress,
-    revision: str | None = None,
-    sampler: str = "euler",
-    token_forecast: str = "off",
-    samplers: str | None = None,
-    nfe: str = "10,15,20,25,50,100",
-    shift: float = 1.0,
-) -> None:
+def run_bench(request: BenchRequest, console: Console, progress: Progress) -> None:
+    """dip-bench: every backend on the same seeds, one table; or the yardstick with --samplers."""
+    from dip_export.measure.bench import BenchSettings
 
-    from dip_export.autobackend import recommend_from_bench
-    from dip_export.bench import BenchSettings, plot_report, render_table, run_bench
-
-    names = [b.strip() for b in backends.split(",") if b.strip()]
-    if not names:
-        raise UsageError("--backends is empty; name at least one, e.g. torch")
+    names = _check_bench_request(request)
     specs = [BackendSpec.parse(b) for b in names if b != "auto"]
-    if steps < 1 or batch < 1 or repeats < 1 or warmup < 0:
-        raise UsageError("--steps, --batch and --repeats must be >= 1, --warmup >= 0")
-    check_run_limits(steps=steps, cfg=cfg, batch_size=batch, cache_interval=cache_interval)
-    if repeats > MAX_REPEATS or warmup > MAX_REPEATS:
-        raise UsageError(f"--repeats and --warmup must be at most {MAX_REPEATS}")
-    for path in (json_out, plot):
-        if path is not None:
-            check_output_file(path)
-    dev = resolve_device(device)
-    pipe = DiPPipeline.load(
-        model, preset=preset, backend="auto" if "auto" in names else None, device=dev, weights=weights,
-        trust_checkpoint=trust, revision=revision, image_size=image_size, batch_size=batch, console=console,
+    dev = resolve_device(request.device)
+    pipe = request.model.load(
+        backend="auto" if "auto" in names else None, device=dev, image_size=request.image_size,
+        batch_size=request.batch, console=console,
     )  # fmt: skip
     loaded = pipe.source.loaded
     if loaded is None:
         raise UsageError("dip-bench runs from a checkpoint, a preset or the demo model, not an export folder")
-    size = pipe.image_size
     if "auto" in names:
         chosen = pipe.choose_backend()
         console.print(f"--backend auto: {pipe.reason}")
         specs = list(dict.fromkeys([*specs, chosen]))
+    sampler = SamplerSettings(**{OVERRIDE_NAMES.get(k, k): v for k, v in request.sampling.items()})  # before any work
     settings = BenchSettings(
-        steps=steps, batch=batch, cfg=cfg, height=size[0], width=size[1], warmup=warmup, repeats=repeats,
-        cache_interval=cache_interval, cuda_graphs=cuda_graphs, sampler=sampler, token_forecast=token_forecast,
+        steps=sampler.steps, batch=request.batch, cfg=sampler.cfg, height=pipe.image_size[0], width=pipe.image_size[1],
+        warmup=request.warmup, repeats=request.repeats, cache_interval=sampler.cache_interval,
+        cuda_graphs=request.cuda_graphs, sampler=sampler.method, token_forecast=sampler.token_forecast,
     )  # fmt: skip
-    SamplerSettings(
-        steps=steps, cfg=cfg, shift=shift, cache_interval=cache_interval, method=sampler, token_forecast=token_forecast
-    )  # validates before any work
-    if samplers is not None:
-        _run_yardstick(loaded, settings, samplers, nfe, backends, dev, json_out, plot, console, shift)
+    if request.samplers is not None:
+        _run_yardstick(loaded, settings, request, dev, console)
         return
-    report = run_bench(loaded, specs, settings, dev, variants=variants, console=console, progress=progress)
+    _run_backends(loaded, specs, settings, request, dev, console, progress)
+
+
+OVERRIDE_NAMES = {"sampler": "method"}  # dip-bench's option names for SamplerSettings fields
+
+
+def _check_bench_request(request: BenchRequest) -> list[str]:
+    """The backend names asked for, after the checks that need no model."""
+    names = [b.strip() for b in request.backends.split(",") if b.strip()]
+    if not names:
+        raise UsageError("--backends is empty; name at least one, e.g. torch")
+    for name in names:
+        if name != "auto":
+            BackendSpec.parse(name)
+    steps, cfg, cache_interval = (request.sampling.get(k) for k in ("steps", "cfg", "cache_interval"))
+    if (steps is not None and steps < 1) or request.batch < 1 or request.repeats < 1 or request.warmup < 0:
+        raise UsageError("--steps, --batch and --repeats must be >= 1, --warmup >= 0")
+    check_run_limits(steps=steps, cfg=cfg, batch_size=request.batch, cache_interval=cache_interval)
+    if request.repeats > MAX_REPEATS or request.warmup > MAX_REPEATS:
+        raise UsageError(f"--repeats and --warmup must be at most {MAX_REPEATS}")
+    for path in (request.json_out, request.plot):
+        if path is not None:
+            check_output_file(path)
+    return names
+
+
+def _run_backends(
+    loaded: Any, specs: list[BackendSpec], settings: Any, request: BenchRequest, dev: torch.device, console: Console,
+    progress: Progress,
+) -> None:  # fmt: skip
+    """The backend table: rows, the recommendation, the JSON and the plot."""
+    from dip_export.measure.autobackend import recommend_from_bench
+    from dip_export.measure.bench import plot_report, render_table, run_bench
+
+    report = run_bench(loaded, specs, settings, dev, variants=request.variants, console=console, progress=progress)
     out = Console()
     if not out.is_terminal:
         out = Console(width=200)  # a file or pipe: do not squeeze the table
@@ -265,18 +303,16 @@ def run_bench_cmd(
     if recommendation is not None:
         report["recommendation"] = recommendation
         out.print(f"fastest fp32/bf16 backend here: {recommendation}  (dip-sample --backend auto picks by measuring)")
-    _write_report(report, json_out, plot, plot_report, console)
+    _write_report(report, request.json_out, request.plot, plot_report, console)
 
 
-def _run_yardstick(
-    loaded: Any, bench: Any, samplers: str, nfe: str, backends: str, dev: torch.device,
-    json_out: Path | None, plot: Path | None, console: Console, shift: float = 1.0,
-) -> None:  # fmt: skip
+def _run_yardstick(loaded: Any, bench: Any, request: BenchRequest, dev: torch.device, console: Console) -> None:
     """dip-bench --samplers: PSNR against the converged reference per solver and evaluation count."""
+    samplers, nfe, backends = request.samplers or "", request.nfe, request.backends
 
-    from dip_export.runtime.factory import BackendSpec
-    from dip_export.yardstick import Yardstick, measure
-    from dip_export.yardstick import plot as plot_yardstick
+    from dip_export.measure.yardstick import Yardstick, measure
+    from dip_export.measure.yardstick import plot as plot_yardstick
+    from dip_export.runtime.backends import BackendSpec
 
     names = [s.strip() for s in samplers.split(",") if s.strip()]
     for name in names:
@@ -284,6 +320,7 @@ def _run_yardstick(
     counts = parse_int_list(nfe, "--nfe")
     spec = BackendSpec.parse(backends.split(",")[0] if backends.count(",") == 0 else "torch")
     net = make_engine(spec, loaded, (bench.height, bench.width), dev, console, batch=bench.batch)
+    shift = float(request.sampling.get("shift") or 1.0)
     y = Yardstick(
         num_samples=max(bench.batch, 1), cfg=bench.cfg, shift=shift, batch=bench.batch, height=bench.height, width=bench.width
     )
@@ -292,7 +329,7 @@ def _run_yardstick(
         f"{r['sampler']:>9} nfe {r['nfe']:>4}  {r['psnr_db']:6.2f} dB  {1000 * r['s_per_image']:8.1f} ms/image"
     ))  # fmt: skip
     report["settings"]["backend"] = str(spec)
-    _write_report(report, json_out, plot, plot_yardstick, console)
+    _write_report(report, request.json_out, request.plot, plot_yardstick, console)
 
 
 def _write_report(
@@ -313,6 +350,44 @@ def _write_report(
         console.print(f"wrote {plot}")
 
 
+def run_export_onnx(
+    model: ModelRequest, build: BuildSettings, image_size: str | None, output_dir: Path | None, console: Console
+) -> Path:
+    """dip-export onnx: the verified ONNX graphs and manifest (int8 / fp8: calibrated Q/DQ graphs)."""
+    from dip_export.export.onnx_export import export_onnx
+    from dip_export.generate import check_image_size
+    from dip_export.io import check_export_target
+    from dip_export.pipeline import open_source
+
+    if output_dir is not None:
+        check_export_target(output_dir)
+    source = open_source(model.model, preset=model.preset, weights=model.weights, trust_checkpoint=model.trust,
+                         revision=model.revision)  # fmt: skip
+    if source.loaded is None:
+        raise UsageError(f"{model.model} is an export folder already; export from a checkpoint")
+    loaded = source.loaded
+    size = parse_image_size(image_size or loaded.config.image_size)
+    check_image_size(*size, loaded.config.patch_size)
+    if build.precision in ("int8", "fp8"):
+        from dip_export.export.quantize import export_int8
+
+        return export_int8(loaded, image_size=size, target=build.target, output_dir=output_dir, console=console,
+                           fp8=build.precision == "fp8")  # fmt: skip
+    return export_onnx(loaded, precision=build.precision, image_size=size, opset=build.opset, output_dir=output_dir,
+                       console=console)  # fmt: skip
+
+
+def run_export_trt(
+    precision: str, output_dir: Path | None, batch: str, timing_cache: Path | None, opt_level: int, console: Console
+) -> None:
+    """dip-export trt: strongly typed TensorRT engines for an export folder (under engines/ by default)."""
+    from dip_export.export.onnx_export import EXPORT_ROOT
+    from dip_export.export.trt_build import BatchProfile, build_trt
+
+    build_trt(
+        precision=precision, output_dir=output_dir, root=EXPORT_ROOT, profile=BatchProfile.parse(batch),
+        timing_cache=timing_cache, opt_level=opt_level, console=console,
+    )  # fmt: skip
 def run_schedule(
     *, model: str | None, output: Path, sampler: str, nfe: int, cfg: float, shift: float, band: str | None,
     train_images: int, heldout_images: int, sweeps: int, seed: int, batch: int, weights: str, trust: bool,
@@ -320,11 +395,11 @@ def run_schedule(
 ) -> None:  # fmt: skip
     """dip-export schedule: fit a grid (yardstick.fit_schedule) and write the model with it in its sampling defaults."""
     from dip_export.checkpoint import save_checkpoint
+    from dip_export.measure.yardstick import GridFit, fit_schedule
     from dip_export.pipeline import open_source
-    from dip_export.runtime.factory import make_torch_engine
+    from dip_export.runtime.backends import make_torch_engine
     from dip_export.sampling.fitgrid import SearchSettings, trial_count
     from dip_export.sampling.grids import stored_with
-    from dip_export.yardstick import GridFit, fit_schedule
 
     if output.suffix != ".safetensors":
         raise UsageError(f"--output must name a .safetensors file, got {output}")

@@ -26,7 +26,6 @@ except ImportError:  # pragma: no cover
 
 console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
-OPSETS = range(17, 21)  # what the exporter writes and ONNX Runtime runs for this model
 
 
 def print_error(message: str) -> None:
@@ -170,17 +169,17 @@ def sample(
 
     The result is the same for any number of workers, and a rerun resumes.
     """
-    from dip_export.app import run_sample
+    from dip_export.app import ModelRequest, SampleRequest, run_sample
 
     interval = _parse_interval(guidance_interval)
-    run_sample(
-        model=model, preset=preset, classes=classes, seeds=seeds, num_samples=num_samples, seed=seed,
-        steps=steps, cfg=cfg, shift=shift, interval=interval, method=sampler, cache_interval=cache_interval,
-        token_forecast=token_forecast,
-        image_size=image_size, batch_size=batch_size, device=device, backend=backend, cuda_graphs=cuda_graphs, weights=weights,
-        trust=trust_checkpoint, out=out, console=console, progress=progress_bar(), class_file=class_file,
-        resume=resume, shard_batches=shard_batches, png_dir=png_dir, revision=revision,
+    sampling = {"steps": steps, "cfg": cfg, "shift": shift, "guidance_interval": interval, "sampler": sampler,
+                "cache_interval": cache_interval, "token_forecast": token_forecast}  # fmt: skip
+    request = SampleRequest(
+        ModelRequest(model, preset, weights, trust_checkpoint, revision), out, sampling, classes=classes, seeds=seeds,
+        num_samples=num_samples, seed=seed, class_file=class_file, image_size=image_size, batch_size=batch_size,
+        device=device, backend=backend, cuda_graphs=cuda_graphs, resume=resume, shard_batches=shard_batches, png_dir=png_dir,
     )  # fmt: skip
+    run_sample(request, console, progress_bar())
 
 
 def _parse_interval(text: str) -> tuple[float, float]:
@@ -234,34 +233,11 @@ def export_onnx_cmd(
     Verification against PyTorch at two batch sizes is a hard error: above the tolerance for the
     precision, nothing is written (an earlier export in the folder is left as it was).
     """
-    from dip_export.errors import UsageError
-    from dip_export.export.onnx_export import export_onnx
-    from dip_export.generate import check_image_size, parse_image_size
-    from dip_export.io import check_export_target
-    from dip_export.pipeline import open_source
+    from dip_export.app import ModelRequest, run_export_onnx
+    from dip_export.settings import BuildSettings
 
-    if precision not in ("fp32", "fp16", "bf16", "int8", "fp8"):
-        raise UsageError(f"--precision must be fp32, fp16, bf16, int8 or fp8, got {precision!r}")
-    if target not in ("onnx", "trt"):
-        raise UsageError(f"--target must be onnx or trt, got {target!r}")
-    if precision == "fp8" and target != "trt":
-        raise UsageError("fp8 is a TensorRT graph: add --target trt")
-    if opset not in OPSETS:
-        raise UsageError(f"--opset must be in {OPSETS.start}..{OPSETS.stop - 1}, got {opset}")
-    if output_dir is not None:
-        check_export_target(output_dir)
-    source = open_source(model, preset=preset, weights=weights, trust_checkpoint=trust_checkpoint, revision=revision)
-    if source.loaded is None:
-        raise UsageError(f"{model} is an export folder already; export from a checkpoint")
-    loaded = source.loaded
-    size = parse_image_size(image_size or loaded.config.image_size)
-    check_image_size(*size, loaded.config.patch_size)
-    if precision in ("int8", "fp8"):
-        from dip_export.quantize import export_int8
-
-        export_int8(loaded, image_size=size, target=target, output_dir=output_dir, console=console, fp8=precision == "fp8")
-        return
-    export_onnx(loaded, precision=precision, image_size=size, opset=opset, output_dir=output_dir, console=console)
+    build = BuildSettings(precision=precision, target=target, opset=opset)
+    run_export_onnx(ModelRequest(model, preset, weights, trust_checkpoint, revision), build, image_size, output_dir, console)
 
 
 @export_app.command("schedule")
@@ -353,15 +329,16 @@ def bench(
     final uint8 images with eager fp32 (and for the demo model, a digit classifier scores them).
     Backends that cannot run here are listed as skipped with the reason. Exports are cached in engines/.
     """
-    from dip_export.app import run_bench_cmd
+    from dip_export.app import BenchRequest, ModelRequest, run_bench
 
-    run_bench_cmd(
-        model=model, preset=preset, steps=steps, batch=batch, cfg=cfg, image_size=image_size, backends=backends,
-        variants=variants, cache_interval=cache_interval, cuda_graphs=cuda_graphs, warmup=warmup, repeats=repeats, device=device,
-        sampler=sampler, token_forecast=token_forecast, samplers=samplers, nfe=nfe, shift=shift,
-        json_out=json_out, plot=plot, weights=weights, trust=trust_checkpoint, console=console, progress=progress_bar(),
-        revision=revision,
+    sampling = {"steps": steps, "cfg": cfg, "cache_interval": cache_interval, "sampler": sampler,
+                "token_forecast": token_forecast, "shift": shift}  # fmt: skip
+    request = BenchRequest(
+        ModelRequest(model, preset, weights, trust_checkpoint, revision), sampling, backends=backends, batch=batch,
+        image_size=image_size, variants=variants, cuda_graphs=cuda_graphs, warmup=warmup, repeats=repeats, device=device,
+        json_out=json_out, plot=plot, samplers=samplers, nfe=nfe,
     )  # fmt: skip
+    run_bench(request, console, progress_bar())
 
 
 def bench_main() -> None:
@@ -388,14 +365,10 @@ def export_trt_cmd(
     made inside the export folder when missing. Engines are named with TensorRT version, GPU and
     precision and recorded in manifest.json; engines for another GPU or version are rebuilt.
     """
+    from dip_export.app import run_export_trt
     from dip_export.errors import UsageError
-    from dip_export.export.onnx_export import EXPORT_ROOT
-    from dip_export.trt_build import BatchProfile, build_trt
 
     chosen = [name for name, on in (("fp16", fp16), ("bf16", bf16), ("int8", int8), ("fp8", fp8)) if on] or ["fp16"]
     if len(chosen) > 1:
         raise UsageError(f"choose one precision, got {', '.join('--' + c for c in chosen)}")
-    build_trt(
-        precision=chosen[0], output_dir=output_dir, root=EXPORT_ROOT, profile=BatchProfile.parse(batch),
-        timing_cache=timing_cache, opt_level=opt_level, console=console,
-    )  # fmt: skip
+    run_export_trt(chosen[0], output_dir, batch, timing_cache, opt_level, console)

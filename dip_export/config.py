@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from dip_export.errors import UsageError
+from dip_export.settings import (
+    MAX_IMAGE_SIDE,
+    MAX_STEPS,
+    parse_sampling_defaults,
+)
 
-# Upper bounds checked before anything is allocated (a file or an argument cannot ask for terabytes).
-MAX_STEPS = 10_000  # sampler steps
-MAX_IMAGE_SIDE = 4096  # pixels per side
-MAX_SEED = 2**63 - 1  # seeds are 0..MAX_SEED (torch.Generator().manual_seed takes them all)
-MAX_SAMPLES = 10_000_000  # images per run
-MAX_BATCH = 4096  # images per sampler batch
-MAX_CFG = 100.0  # guidance weight
 # Bounds on a stored or given architecture: well above DiP-XL/16 (1152, 16, 26, 16, 1000, 3, 64).
 CONFIG_LIMITS = {
     "hidden_size": 8192,
@@ -90,25 +87,12 @@ class DiPConfig:
 
 def check_sampling_defaults(data: Any) -> dict[str, Any]:
     """Recommended sampler settings stored in a file: a JSON object of known keys within the limits."""
-    if not isinstance(data, dict):
-        raise UsageError(f"sampling defaults must be a JSON object, got {type(data).__name__}")
-    checks = {
-        "steps": lambda v: type(v) is int and 1 <= v <= MAX_STEPS,
-        "cfg": lambda v: _number(v) and 0 <= v <= MAX_CFG,
-        "shift": lambda v: _number(v) and 0 < v <= 1000,
-    }
-    for key, value in data.items():
-        if key in checks and not checks[key](value):
-            raise UsageError(f"stored sampling default {key}={value!r} is out of range or of the wrong type")
-    if "grids" in data:
+    parsed = parse_sampling_defaults(data)
+    if "grids" in parsed:
         from dip_export.sampling.grids import check_grid_entries  # fitted time grids: sampling's own format
 
-        data = {**data, "grids": check_grid_entries(data["grids"], MAX_STEPS)}
-    return dict(data)
-
-
-def _number(value: Any) -> bool:
-    return type(value) in (int, float) and math.isfinite(value)
+        parsed["grids"] = check_grid_entries(parsed["grids"], MAX_STEPS)
+    return parsed
 
 
 PRESETS: dict[str, DiPConfig] = {

@@ -8,9 +8,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dip_export.config import MAX_BATCH, MAX_CFG, MAX_IMAGE_SIDE, MAX_SAMPLES, MAX_SEED, MAX_STEPS
 from dip_export.errors import UsageError
 from dip_export.sampling import Denoiser, SamplerSettings, initial_noise, sample, to_uint8
+from dip_export.settings import (
+    MAX_BATCH,
+    MAX_CFG,
+    MAX_IMAGE_SIDE,
+    MAX_SAMPLES,
+    MAX_SEED,
+    MAX_STEPS,
+    RunSettings,
+    exact_int,
+    finite_float,
+)
 
 
 @dataclass(frozen=True)
@@ -43,9 +53,7 @@ def make_plan(
 ) -> SamplePlan:
     """Explicit --classes/--seeds pairs, or --num-samples N from --seed S (seed S+i, class i % K)."""
     if classes is None and seeds is None:
-        n = 8 if num_samples is None else num_samples
-        if not 1 <= n <= MAX_SAMPLES:
-            raise UsageError(f"--num-samples must be in 1..{MAX_SAMPLES}, got {n}")
+        n = exact_int(8 if num_samples is None else num_samples, "--num-samples", 1, MAX_SAMPLES)
         check_seed(seed, "--seed")
         check_seed(seed + n - 1, f"--seed + --num-samples - 1 ({seed} + {n - 1})")
         plan = SamplePlan([seed + i for i in range(n)], [i % num_classes for i in range(n)])
@@ -54,15 +62,8 @@ def make_plan(
             raise UsageError("give either --classes/--seeds or --num-samples, not both")
         classes = list(classes) if classes is not None else [i % num_classes for i in range(len(seeds or []))]
         seeds = list(seeds) if seeds is not None else [seed + i for i in range(len(classes))]
-        if len(classes) == 1 and len(seeds) > 1:
-            classes = classes * len(seeds)
-        if len(classes) != len(seeds):
-            raise UsageError(f"{len(classes)} classes but {len(seeds)} seeds; give one seed per class")
-        if len(seeds) > MAX_SAMPLES or len(classes) > MAX_SAMPLES:
-            raise UsageError(f"at most {MAX_SAMPLES} samples per run")
-        for value in seeds:
-            check_seed(value, "--seeds")
-        plan = SamplePlan(list(seeds), list(classes))
+        run = RunSettings(classes=tuple(classes), seeds=tuple(seeds))  # exact ints in range, one seed per class
+        plan = SamplePlan(list(run.seeds), list(run.classes))
     bad = [c for c in plan.classes if not 0 <= c < num_classes]
     if bad:
         raise UsageError(f"class {bad[0]} is out of range: this model has classes 0..{num_classes - 1}")
@@ -71,20 +72,18 @@ def make_plan(
 
 def check_seed(value: int, what: str) -> None:
     """Seeds are 0..2^63-1: every one of them is a distinct torch.Generator seed (negative ones would alias)."""
-    if not 0 <= value <= MAX_SEED:
-        raise UsageError(f"{what} must be in 0..{MAX_SEED} (2^63-1), got {value}")
+    exact_int(value, what, 0, MAX_SEED)
 
 
 def check_run_limits(*, steps: int | None, cfg: float | None, batch_size: int, cache_interval: int | None) -> None:
     """Bounds on the sampler arguments, checked before anything is loaded or allocated."""
-    if steps is not None and not 1 <= steps <= MAX_STEPS:
-        raise UsageError(f"--steps must be in 1..{MAX_STEPS}, got {steps}")
-    if cfg is not None and not (np.isfinite(cfg) and 0 <= cfg <= MAX_CFG):
-        raise UsageError(f"--cfg must be in 0..{MAX_CFG:g} (1 = no guidance, 0 = unconditional), got {cfg}")
-    if not 1 <= batch_size <= MAX_BATCH:
-        raise UsageError(f"--batch-size must be in 1..{MAX_BATCH}, got {batch_size}")
-    if cache_interval is not None and not 1 <= cache_interval <= MAX_STEPS:
-        raise UsageError(f"--cache-interval must be in 1..{MAX_STEPS}, got {cache_interval}")
+    if steps is not None:
+        exact_int(steps, "--steps", 1, MAX_STEPS)
+    if cfg is not None:
+        finite_float(cfg, "--cfg", 0.0, MAX_CFG)
+    exact_int(batch_size, "--batch-size", 1, MAX_BATCH)
+    if cache_interval is not None:
+        exact_int(cache_interval, "--cache-interval", 1, MAX_STEPS)
 
 
 def parse_image_size(text: str | int) -> tuple[int, int]:

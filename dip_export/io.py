@@ -216,10 +216,22 @@ def save_npz(path: Path, images: np.ndarray) -> None:
         np.savez(f, arr_0=images)
 
 
-def image_grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:
-    """(N, H, W, 3) uint8 -> one (rows*H, cols*W, 3) picture with 2-pixel gutters."""
+GRID_COLUMNS = 10  # one row per cycle of ten classes (the demo's digits 0-9 line up in columns)
+GRID_MIN_CELL = 96  # smaller images are enlarged (nearest neighbour) so a grid of 32 px digits is readable
+
+
+def image_grid(images: np.ndarray, columns: int | None = None, min_cell: int = GRID_MIN_CELL) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> one (rows*H', cols*W', 3) picture with 2-pixel gutters.
+
+    Ten images a row (fewer when there are fewer images); images smaller than `min_cell` pixels are
+    enlarged by a whole factor with nearest-neighbour sampling, so pixels stay sharp squares.
+    """
     n, h, w, c = images.shape
-    cols = columns or min(n, max(1, int(np.ceil(np.sqrt(n)))))
+    scale = max(1, -(-min_cell // max(h, w)))
+    if scale > 1:
+        images = images.repeat(scale, axis=1).repeat(scale, axis=2)
+        h, w = h * scale, w * scale
+    cols = max(1, min(n, columns or GRID_COLUMNS))
     rows = -(-n // cols)
     pad = 2
     grid = np.zeros((rows * (h + pad) + pad, cols * (w + pad) + pad, c), dtype=np.uint8)

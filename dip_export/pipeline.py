@@ -10,12 +10,12 @@ images = pipe(classes=[1, 7], seeds=[0, 1], steps=25)       # uint8 (N, H, W, 3)
 Model sources, as everywhere in the toolkit: a checkpoint file, an export folder (ONNX Runtime or
 TensorRT), a preset name (random weights), a Hugging Face Hub repo (`org/name[/FILE]`), or nothing
 (the demo). The commands are thin callers of this class, so the same arguments give the same images
-as `dip-sample`. Also here: `make_engine`, where the stages meet (exports and engines are made on
-the fly, cached under engines/, and reused while the model and settings match).
+as `dip-sample`. Engines (and the exports they need) come from `dip_export.engines`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,12 +27,15 @@ import torch
 
 from dip_export.checkpoint import LoadedModel
 from dip_export.config import DiPConfig
+from dip_export.engines import make_engine, open_export
 from dip_export.errors import UsageError
 from dip_export.generate import SamplePlan, check_image_size, generate, make_plan, parse_image_size
-from dip_export.runtime.factory import BackendSpec
+from dip_export.runtime.backends import BackendSpec
 from dip_export.sampling import Denoiser, SamplerSettings
+from dip_export.settings import MAX_BATCH, exact_bool, exact_int
 
 ProgressCallback = Callable[[int, int], None]  # (steps done, steps in all) over every batch
+OVERRIDE_ALIASES = {"sampler": "method", "guidance_interval": "interval"}  # the API's and CLI's names
 
 
 @dataclass(frozen=True)
@@ -156,8 +159,8 @@ class DiPPipeline:
         from dip_export.runtime.torch_engine import resolve_device
 
         dev = device if isinstance(device, torch.device) else resolve_device(device)
-        if batch_size < 1:
-            raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+        batch_size = exact_int(batch_size, "batch_size", 1, MAX_BATCH)
+        trust_checkpoint = exact_bool(trust_checkpoint, "trust_checkpoint")
         source = open_source(model, preset=preset, weights=weights, trust_checkpoint=trust_checkpoint, revision=revision)
         size = source.export_size or parse_image_size(image_size or source.config.image_size)
         if source.export_size is not None and image_size is not None and parse_image_size(image_size) != source.export_size:
@@ -193,8 +196,8 @@ class DiPPipeline:
         return self.spec
 
     def _choose_auto(self, size: tuple[int, int], batch: int) -> None:
-        from dip_export.autobackend import choose_backend
         from dip_export.export.onnx_export import EXPORT_ROOT
+        from dip_export.measure.autobackend import choose_backend
 
         if self.source.loaded is None:  # an export folder runs on what it holds
             self.spec = _backend_for(self.source, None)
@@ -210,7 +213,7 @@ class DiPPipeline:
 
     def _make(self, spec: BackendSpec, size: tuple[int, int], batch: int) -> Denoiser:
         if self.source.export_dir is not None:
-            return _open_export(spec, self.source.export_dir, self.device)
+            return open_export(spec, self.source.export_dir, self.device)
         assert self.source.loaded is not None
         return make_engine(spec, self.source.loaded, size, self.device, self.console, batch=batch)
 
@@ -227,32 +230,31 @@ class DiPPipeline:
             self._engines[key] = self._make(self.spec, size, batch)
         return self._engines[key]
 
-    def sampler_settings(
-        self,
-        *,
-        steps: int | None = None,
-        cfg: float | None = None,
-        shift: float = 1.0,
-        guidance_interval: tuple[float, float] = (0.1, 1.0),
-        sampler: str | None = None,
-        cache_interval: int | None = None,
-        token_forecast: str | None = None,
-    ) -> SamplerSettings:
-        """Sampler settings, with the model's recommendations (steps, guidance, sampler, ...) where not given,
-        and its fitted time grid where one was stored for these settings."""
+    def sampler_settings(self, settings: SamplerSettings | None = None, **overrides: Any) -> SamplerSettings:
+        """`settings` (default: the model's recommendations) with `overrides` applied and validated.
+
+        Overrides are SamplerSettings fields (`sampler` and `guidance_interval` name `method` and
+        `interval`); None leaves a field as it is. Where the model stores a fitted time grid for
+        the resulting solver, steps, shift, interval and guidance, the settings use it.
+        """
+        base = settings if settings is not None else self.recommended_settings()
+        if not isinstance(base, SamplerSettings):
+            raise UsageError(f"settings must be a SamplerSettings, got {type(base).__name__}")
+        fields = {OVERRIDE_ALIASES.get(name, name): value for name, value in overrides.items() if value is not None}
+        unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(SamplerSettings)})
+        if unknown:
+            raise UsageError(f"unknown sampler setting(s): {', '.join(unknown)}")
         from dip_export.sampling.grids import with_stored_grid
 
-        recommended = self.source.sampling
-        settings = SamplerSettings(
-            steps=steps if steps is not None else int(recommended.get("steps", 100)),
-            cfg=cfg if cfg is not None else float(recommended.get("cfg", 1.0)),
-            shift=shift,
-            interval=guidance_interval,
-            method=sampler if sampler is not None else str(recommended.get("sampler", "euler")),
-            cache_interval=cache_interval if cache_interval is not None else int(recommended.get("cache_interval", 1)),
-            token_forecast=token_forecast if token_forecast is not None else str(recommended.get("token_forecast", "off")),
-        )
-        return with_stored_grid(settings, recommended)  # the model's fitted grid where one matches
+        return with_stored_grid(dataclasses.replace(base, **fields), self.source.sampling)  # a fitted grid where one matches
+
+    def recommended_settings(self) -> SamplerSettings:
+        """The model's recommended sampler settings (stored with the checkpoint or export), else the defaults."""
+        stored = self.source.sampling
+        known: dict[str, Any] = {k: stored[k] for k in ("steps", "cfg", "cache_interval", "token_forecast") if k in stored}
+        if "sampler" in stored:
+            known["method"] = stored["sampler"]
+        return SamplerSettings(**known)
 
     def plan(
         self,
@@ -276,13 +278,11 @@ class DiPPipeline:
         on_step: Callable[[int], None] | None = None,
     ) -> np.ndarray:
         """The images of a plan, uint8 (N, H, W, 3)."""
-        from dip_export.runtime.factory import GRAPH_BACKENDS
-
         size = self._size(image_size)
         batch = batch_size or self.batch_size
         return generate(
             self.engine(size, batch), plan, settings, null_class=self.config.null_class, height=size[0], width=size[1],
-            batch_size=batch, device=self.device, on_step=on_step, cuda_graphs=cuda_graphs and self.spec.name in GRAPH_BACKENDS,
+            batch_size=batch, device=self.device, on_step=on_step, cuda_graphs=cuda_graphs and self.spec.backend.graphable,
         )  # fmt: skip
 
     def _size(self, image_size: int | str | None) -> tuple[int, int]:
@@ -299,43 +299,35 @@ class DiPPipeline:
         self,
         classes: Sequence[int] | None = None,
         seeds: Sequence[int] | None = None,
+        settings: SamplerSettings | None = None,
         *,
         num_samples: int | None = None,
         seed: int = 0,
-        steps: int | None = None,
-        cfg: float | None = None,
-        shift: float = 1.0,
-        guidance_interval: tuple[float, float] = (0.1, 1.0),
-        sampler: str | None = None,
-        cache_interval: int | None = None,
-        token_forecast: str | None = None,
         image_size: int | str | None = None,
         batch_size: int | None = None,
         cuda_graphs: bool = True,
         callback: ProgressCallback | None = None,
+        **overrides: Any,
     ) -> np.ndarray:
         """Sample images: uint8 numpy (N, H, W, 3), the same images dip-sample writes for these arguments.
 
         Args:
             classes, seeds: one class per seed (a single class goes with every seed); or
             num_samples, seed: sample i gets seed `seed + i` and class `i % num_classes`.
-            steps, cfg: sampler steps and guidance scale (default: the model's recommendation).
-            shift, guidance_interval: as dip-sample's options.
-            sampler: euler, heun, ab2, ab3, dpmpp_2m or unipc (default: the model's, else euler); `steps`
-                counts network evaluations per image for all but heun (2 * steps - 1).
-            cache_interval, token_forecast: run the backbone every K evaluations and reuse (off) or
-                extrapolate (linear, quadratic) its tokens in between.
+            settings: a SamplerSettings (default: the model's recommendation, else the defaults).
+            **overrides: SamplerSettings fields to change, validated like the object itself: steps,
+                cfg, shift, guidance_interval, sampler (euler, heun, ab2, ab3, dpmpp_2m, unipc; `steps`
+                counts network evaluations per image for all but heun: 2 * steps - 1), cache_interval
+                and token_forecast (run the backbone every K evaluations and reuse (off) or
+                extrapolate (linear, quadratic) its tokens in between).
             image_size, batch_size: per call (an export's size is fixed).
             cuda_graphs: replay each step as one CUDA graph (CUDA; torch, compile, trt).
             callback: called as callback(steps_done, steps_total) after every sampler step.
         """
+        sampler = self.sampler_settings(settings, **overrides)
         plan = self.plan(classes, seeds, num_samples=num_samples, seed=seed)
-        settings = self.sampler_settings(
-            steps=steps, cfg=cfg, shift=shift, guidance_interval=guidance_interval, sampler=sampler,
-            cache_interval=cache_interval, token_forecast=token_forecast,
-        )  # fmt: skip
-        batch = batch_size or self.batch_size
-        total = settings.steps * -(-len(plan) // batch)
+        batch = self.batch_size if batch_size is None else exact_int(batch_size, "batch_size", 1, MAX_BATCH)
+        total = sampler.steps * -(-len(plan) // batch)
         done = [0]
 
         def on_step(_: int) -> None:
@@ -343,7 +335,8 @@ class DiPPipeline:
             if callback is not None:
                 callback(done[0], total)
 
-        return self.generate(plan, settings, image_size=image_size, batch_size=batch, cuda_graphs=cuda_graphs, on_step=on_step)
+        graphs = exact_bool(cuda_graphs, "cuda_graphs")
+        return self.generate(plan, sampler, image_size=image_size, batch_size=batch, cuda_graphs=graphs, on_step=on_step)
 
     def __repr__(self) -> str:
         where = self.source.export_dir or (self.source.loaded.source if self.source.loaded else "?")
@@ -359,44 +352,3 @@ def _backend_for(source: ModelSource, backend: str | None) -> BackendSpec:
         p = source.export_precision
         raise UsageError(f"{source.export_dir} is a {p} export; use --backend onnx:{p} or omit it")
     return spec
-
-
-def _open_export(spec: BackendSpec, folder: Path, device: torch.device) -> Denoiser:
-    """The engine over an export folder; a graph its runtime rejects is one error naming the folder."""
-    from dip_export.errors import DipError, ExportError
-    from dip_export.runtime.factory import make_export_engine
-
-    try:
-        return make_export_engine(spec, folder, device)
-    except DipError:
-        raise
-    except Exception as err:  # ONNX Runtime's and TensorRT's exception types share no base with ours
-        first = (str(err).strip().splitlines() or [""])[0][:200]
-        raise ExportError(f"{folder}: the {spec.name} runtime cannot load this export ({type(err).__name__}: {first})") from None
-
-
-def make_engine(
-    spec: BackendSpec, loaded: LoadedModel, size: tuple[int, int], device: torch.device, console: Any, batch: int = 1
-) -> Denoiser:
-    """The engine for a backend spec, exporting and building (cached under engines/) what it needs."""
-    from dip_export.export.onnx_export import EXPORT_ROOT, ensure_export
-    from dip_export.runtime.factory import make_export_engine, make_torch_engine
-
-    if spec.name in ("torch", "compile"):
-        return make_torch_engine(spec, loaded, device)
-    if spec.name == "trt":
-        from dip_export.trt_build import BatchProfile, build_trt
-
-        folder = ensure_export(loaded, precision="fp32", image_size=size, console=console)
-        build_trt(
-            precision=spec.precision, output_dir=folder, root=EXPORT_ROOT, profile=BatchProfile(1, batch, max(batch, 8)),
-            timing_cache=folder / "timing.cache", opt_level=3, console=console, device=device,
-        )  # fmt: skip
-        return make_export_engine(spec, folder, device)
-    if spec.precision == "int8":
-        from dip_export.quantize import ensure_int8_export
-
-        folder = ensure_int8_export(loaded, image_size=size, target="onnx", console=console)
-    else:
-        folder = ensure_export(loaded, precision=spec.precision, image_size=size, console=console)
-    return make_export_engine(spec, folder, device)

@@ -17,9 +17,9 @@ import torch
 
 from dip_export.checkpoint import resolve_model
 from dip_export.generate import make_plan
-from dip_export.runtime.factory import BackendSpec, make_torch_engine
+from dip_export.measure.yardstick import Yardstick, _run, psnr, reference_images
+from dip_export.runtime.backends import BackendSpec, make_torch_engine
 from dip_export.sampling import SamplerSettings, sample_counts
-from dip_export.yardstick import Yardstick, _run, psnr, reference_images
 
 
 def main() -> None:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from dip_export.bench import BenchSettings, machine_info, run_backend
 from dip_export.checkpoint import resolve_model
-from dip_export.runtime.factory import BackendSpec, make_torch_engine
+from dip_export.measure.bench import BenchSettings, machine_info, run_backend
+from dip_export.runtime.backends import BackendSpec, make_torch_engine
 from dip_export.sampling import SamplerSettings, sample_counts
 
 

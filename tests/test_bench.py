@@ -5,8 +5,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from dip_export.bench import psnr
 from dip_export.cli import bench_app
+from dip_export.measure.harness import psnr
 
 runner = CliRunner()
 ROW_FIELDS = {
@@ -98,7 +98,7 @@ def test_the_stage_timer_does_not_synchronise_inside_a_capture(golden_model, gol
 
     import torch
 
-    from dip_export.bench import _Timed
+    from dip_export.measure.harness import StageTimer as _Timed
     from dip_export.runtime.cuda_graph import GraphedSampler
     from dip_export.runtime.torch_engine import TorchEngine
     from dip_export.sampling import SamplerSettings, initial_noise
@@ -117,9 +117,9 @@ def test_graphed_rows_capture_once_and_are_timed_end_to_end(golden_model, golden
 
     import torch
 
-    from dip_export import bench as bench_mod
     from dip_export.checkpoint import LoadedModel
-    from dip_export.runtime.factory import BackendSpec
+    from dip_export.measure import bench as bench_mod
+    from dip_export.runtime.backends import BackendSpec
     from dip_export.runtime.torch_engine import TorchEngine
     from dip_export.sampling import SamplerSettings
 

@@ -126,8 +126,8 @@ def test_schedule_refuses_bad_arguments_in_one_line(tmp_path, args, message):
 
 @pytest.mark.parametrize("fitted_db", [38.0, 41.0])
 def test_schedule_stores_a_grid_only_when_held_out_images_say_it_is_better(tmp_path, monkeypatch, fitted_db):
-    from dip_export import yardstick
     from dip_export.checkpoint import load_checkpoint
+    from dip_export.measure import yardstick
     from dip_export.sampling import SamplerSettings
     from dip_export.sampling.grids import grid_entry
 

@@ -10,11 +10,11 @@ from rich.console import Console
 
 from dip_export.export.manifest import read_manifest
 from dip_export.export.spec import io_specs
+from dip_export.export.trt_build import BatchProfile, build_trt
 from dip_export.runtime.cuda_graph import GraphedSampler
 from dip_export.runtime.torch_engine import TorchEngine
 from dip_export.runtime.trt_engine import TrtEngine
 from dip_export.sampling import SamplerSettings, initial_noise, sample
-from dip_export.trt_build import BatchProfile, build_trt
 from tests.fakes import tensorrt as fake_tensorrt
 from tests.fakes.cuda import FakeCuda
 

@@ -418,7 +418,7 @@ def test_bench_json_onto_a_folder_is_refused_before_the_benchmark(tmp_path, monk
     def no_bench(*args, **kwargs):
         raise AssertionError("benchmark started")
 
-    monkeypatch.setattr("dip_export.bench.run_bench", no_bench)
+    monkeypatch.setattr("dip_export.measure.bench.run_bench", no_bench)
     (tmp_path / "r.json").mkdir()
     code, err = run(cli.bench_main, "--backends", "torch", "--steps", "1", "--json", tmp_path / "r.json")
     one_line(code, err, 2, "is a folder")
@@ -673,7 +673,7 @@ def _fails_cleanly(work: Path, main, argv: list[str]) -> None:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
         mp.setattr("dip_export.export.onnx_export.export_onnx", lambda *a, **k: pytest.fail("export started"))
-        mp.setattr("dip_export.bench.run_bench", lambda *a, **k: pytest.fail("benchmark started"))
+        mp.setattr("dip_export.measure.bench.run_bench", lambda *a, **k: pytest.fail("benchmark started"))
         code, err = run(main, *argv)
     assert code in (1, 2), err
     assert len(err.strip().splitlines()) == 1 and err.startswith("error:"), err

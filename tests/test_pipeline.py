@@ -16,12 +16,12 @@ import torch
 from typer.testing import CliRunner
 
 from dip_export import DiPPipeline
-from dip_export.autobackend import CACHE_FILE, choose_backend, recommend_from_bench
 from dip_export.checkpoint import DEMO_CHECKPOINT, resolve_model
 from dip_export.cli import sample_app
 from dip_export.errors import CheckpointError, UsageError
 from dip_export.hub import looks_like_hub_name, split_hub_name
-from dip_export.runtime.factory import BackendSpec
+from dip_export.measure.autobackend import CACHE_FILE, choose_backend, recommend_from_bench
+from dip_export.runtime.backends import BackendSpec
 from dip_export.runtime.torch_engine import TorchEngine
 from tests.conftest import lightning_checkpoint
 

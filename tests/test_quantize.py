@@ -4,13 +4,12 @@ import numpy as np
 import onnx
 import pytest
 
-from dip_export import calibration, quantize
-from dip_export.calibration import CalibrationSettings, load_or_collect
 from dip_export.checkpoint import LoadedModel, build_model
 from dip_export.errors import ExportError
-from dip_export.export import onnx_export
+from dip_export.export import calibration, onnx_export, quantize
+from dip_export.export.calibration import CalibrationSettings, load_or_collect
 from dip_export.export.manifest import read_manifest
-from dip_export.quantize import export_int8
+from dip_export.export.quantize import export_int8
 from dip_export.runtime.ort_engine import make_session
 from tests.fakes import tensorrt as fakes_tensorrt
 
@@ -190,7 +189,7 @@ def test_dip_export_trt_int8_builds_from_the_target_trt_file(trt_int8, monkeypat
     import torch
     from rich.console import Console
 
-    from dip_export.trt_build import BatchProfile, build_trt
+    from dip_export.export.trt_build import BatchProfile, build_trt
     from tests.fakes.cuda import FakeCuda
 
     FakeCuda().install(monkeypatch)

@@ -14,9 +14,7 @@ from dip_export.config import DiPConfig
 from dip_export.errors import ExportError, UsageError
 from dip_export.export.manifest import read_manifest
 from dip_export.export.spec import io_specs
-from dip_export.runtime.ort_engine import make_session
-from dip_export.runtime.trt_engine import TrtEngine
-from dip_export.trt_build import (
+from dip_export.export.trt_build import (
     BatchProfile,
     build_trt,
     compare_outputs,
@@ -26,6 +24,8 @@ from dip_export.trt_build import (
     gpu_identity,
     profile_shapes,
 )
+from dip_export.runtime.ort_engine import make_session
+from dip_export.runtime.trt_engine import TrtEngine
 from tests.fakes import tensorrt as fake_tensorrt
 from tests.fakes.cuda import FakeCuda
 

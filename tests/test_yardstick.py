@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from dip_export import yardstick
 from dip_export.checkpoint import resolve_model
-from dip_export.runtime.factory import BackendSpec, make_torch_engine
+from dip_export.measure import yardstick
+from dip_export.runtime.backends import BackendSpec, make_torch_engine
 
 
 @pytest.fixture(scope="module")

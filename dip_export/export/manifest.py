@@ -9,9 +9,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from dip_export.config import MAX_IMAGE_SIDE, DiPConfig, check_sampling_defaults
+from dip_export.config import DiPConfig, check_sampling_defaults
 from dip_export.errors import ExportError, UsageError
 from dip_export.io import EXPORT_FORMAT_PREFIX, MANIFEST_NAME, atomic_path
+from dip_export.settings import MAX_IMAGE_SIDE
 
 MANIFEST = MANIFEST_NAME
 FORMAT = EXPORT_FORMAT_PREFIX + "1"

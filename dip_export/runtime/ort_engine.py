@@ -14,8 +14,7 @@ import torch
 from torch import Tensor
 
 from dip_export.errors import MissingDependencyError, UsageError
-from dip_export.export.manifest import read_manifest
-from dip_export.export.spec import SubModelSpec, io_specs
+from dip_export.runtime.engine_io import ExportFiles, SubModelIO
 
 NP_TO_TORCH = {"float32": torch.float32, "int64": torch.int64, "float16": torch.float16}
 
@@ -56,7 +55,7 @@ def make_session(path: Path, device: torch.device | None = None, threads: int | 
 class _BoundSession:
     """One session with inputs bound from torch tensors and outputs into buffers kept per batch size."""
 
-    def __init__(self, session: Any, spec: SubModelSpec, device: torch.device) -> None:
+    def __init__(self, session: Any, spec: SubModelIO, device: torch.device) -> None:
         self.session = session
         self.spec = spec
         self.device = device
@@ -95,23 +94,16 @@ class _BoundSession:
 class OrtEngine:
     """backbone / detailer on ONNX Runtime sessions of an export folder."""
 
-    def __init__(self, folder: Path, device: torch.device, threads: int | None = None) -> None:
-        manifest = read_manifest(folder)
-        if manifest.precision == "bf16" and device.type == "cpu":
+    def __init__(self, export: ExportFiles, device: torch.device, threads: int | None = None) -> None:
+        if export.precision == "bf16" and device.type == "cpu":
             raise UsageError("ONNX Runtime's CPU provider has no bf16 kernels; run bf16 exports with --backend trt")
-        self.manifest = manifest
         self.device = device
-        specs = io_specs(manifest.config, *manifest.image_size)
-        self._backbone = _BoundSession(
-            make_session(folder / manifest.files["backbone"], device, threads), specs["backbone"], device
-        )
-        self._detailer = _BoundSession(
-            make_session(folder / manifest.files["detailer"], device, threads), specs["detailer"], device
-        )
+        self._backbone = _BoundSession(make_session(export.graphs["backbone"], device, threads), export.io["backbone"], device)
+        self._detailer = _BoundSession(make_session(export.graphs["detailer"], device, threads), export.io["detailer"], device)
 
     @classmethod
-    def from_export(cls, folder: Path, device: torch.device, threads: int | None = None) -> OrtEngine:
-        return cls(Path(folder), device, threads)
+    def from_export(cls, export: ExportFiles, device: torch.device, threads: int | None = None) -> OrtEngine:
+        return cls(export, device, threads)
 
     def backbone(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
         return self._backbone(x, t, y)

@@ -15,6 +15,7 @@ Returned tensors are the engine's own buffers: valid until the next call with th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,9 @@ import torch
 from torch import Tensor
 
 from dip_export.errors import ExportError, UsageError
-from dip_export.export.manifest import read_manifest
-from dip_export.export.spec import SubModelSpec, io_specs
-from dip_export.trt_build import _tensorrt, engine_matches, gpu_identity
+from dip_export.runtime.engine_io import ExportFiles, SubModelIO
+from dip_export.runtime.trt_support import engine_matches, gpu_identity
+from dip_export.runtime.trt_support import import_tensorrt as _tensorrt
 
 TORCH_DTYPES = {"float32": torch.float32, "int64": torch.int64}
 
@@ -36,7 +37,7 @@ class EngineRunError(ExportError, RuntimeError):
 class _Plan:
     """One engine; a context, an output buffer and address bindings per row count."""
 
-    def __init__(self, trt: Any, path: Path, spec: SubModelSpec, device: torch.device, rows: tuple[int, int]) -> None:
+    def __init__(self, trt: Any, path: Path, spec: SubModelIO, device: torch.device, rows: tuple[int, int]) -> None:
         self.spec, self.device, self.rows = spec, device, rows
         with torch.cuda.device(device):
             self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
@@ -106,20 +107,19 @@ class TrtEngine:
         self._plans, self.min_rows, self.max_rows = plans, min_rows, max_rows
 
     @classmethod
-    def from_export(cls, folder: Path, precision: str, device: torch.device) -> TrtEngine:
+    def from_export(cls, export: ExportFiles, precision: str, device: torch.device) -> TrtEngine:
         if torch.device(device).type != "cuda":
             raise UsageError("the trt backend runs on a CUDA device (--device cuda)")
-        folder = Path(folder)
-        manifest = read_manifest(folder)
-        entry = manifest.engines.get(precision)
+        folder = export.folder
+        entry = export.engines.get(precision)
         if entry is None:
             raise UsageError(
                 f"{folder} has no {precision} TensorRT engines; run `dip-export trt --{precision} --output-dir {folder}`"
             )
-        return cls.from_entry(folder, entry, io_specs(manifest.config, *manifest.image_size), device)
+        return cls.from_entry(folder, entry, export.io, device)
 
     @classmethod
-    def from_entry(cls, folder: Path, entry: dict[str, Any], specs: dict[str, SubModelSpec], device: Any) -> TrtEngine:
+    def from_entry(cls, folder: Path, entry: dict[str, Any], specs: Mapping[str, SubModelIO], device: Any) -> TrtEngine:
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:  # inputs on cuda:N compare equal to it: no staging copy
             device = torch.device("cuda", torch.cuda.current_device())

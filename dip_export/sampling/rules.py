@@ -13,6 +13,16 @@ import torch
 from torch import Tensor
 
 from dip_export.errors import UsageError
+from dip_export.settings import (
+    MAX_CFG,
+    MAX_SHIFT,
+    MAX_STEPS,
+    exact_bool,
+    exact_int,
+    finite_float,
+    guidance_interval,
+    one_of,
+)
 
 SOLVERS = ("euler", "heun", "ab2", "ab3", "dpmpp_2m", "unipc")
 MULTISTEP = ("ab2", "ab3", "dpmpp_2m", "unipc")  # one evaluation per step, history across steps
@@ -40,23 +50,22 @@ class SamplerSettings:
     grid: tuple[float, ...] | None = None  # the steps + 1 grid times (0 ... 1), e.g. a fitted grid; None: the default
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise UsageError(f"steps must be >= 1, got {self.steps}")
-        if not np.isfinite(self.cfg):
-            raise UsageError(f"guidance scale must be finite, got {self.cfg}")
-        if not np.isfinite(self.shift) or self.shift <= 0:
-            raise UsageError(f"shift must be a positive number, got {self.shift}")
-        lo, hi = self.interval
-        if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-            raise UsageError(f"guidance interval must be lo < hi, got {lo},{hi}")
-        if self.method not in SOLVERS:
-            raise UsageError(f"sampler must be one of {', '.join(SOLVERS)}, got {self.method!r}")
-        if self.token_forecast not in FORECASTS:
-            raise UsageError(f"token forecast must be one of {', '.join(FORECASTS)}, got {self.token_forecast!r}")
-        if self.cache_interval < 1:
-            raise UsageError(f"cache interval must be >= 1, got {self.cache_interval}")
+        """Exact types and the limits of dip_export.settings; numpy scalars become Python numbers."""
+        checked = {
+            "steps": exact_int(self.steps, "steps", 1, MAX_STEPS),
+            "cfg": finite_float(self.cfg, "guidance scale", 0.0, MAX_CFG),
+            "shift": finite_float(self.shift, "shift", 0.0, MAX_SHIFT, above_lo=True),
+            "interval": guidance_interval(self.interval),
+            "method": one_of(self.method, "sampler", SOLVERS),
+            "cache_interval": exact_int(self.cache_interval, "cache interval", 1, MAX_STEPS),
+            "skip_uncond": exact_bool(self.skip_uncond, "skip_uncond"),
+            "token_forecast": one_of(self.token_forecast, "token forecast", FORECASTS),
+        }
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
         if self.grid is not None:
             check_grid(self.grid, self.steps, self.method)
+            object.__setattr__(self, "grid", tuple(float(v) for v in self.grid))
 
 
 def check_grid(grid: Sequence[float], steps: int, method: str) -> None:

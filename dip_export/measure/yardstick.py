@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import torch
 
 from dip_export.checkpoint import LoadedModel, is_demo
 from dip_export.generate import SamplePlan, generate, make_plan
+from dip_export.measure.harness import psnr, timed_call
 from dip_export.sampling import Denoiser, SamplerSettings, initial_noise, sample_counts
 from dip_export.sampling import reference as ref_solver
 from dip_export.sampling.fitgrid import SearchSettings, fit_grid
@@ -30,11 +30,6 @@ from dip_export.sampling.rules import to_uint8
 REFERENCE_STEPS = ref_solver.REFERENCE_STEPS
 REFERENCE_AGREEMENT_DB = ref_solver.REFERENCE_AGREEMENT_DB
 CACHE = Path("engines") / "yardstick"
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -76,12 +71,11 @@ class Yardstick:
 def _run(
     net: Denoiser, loaded: LoadedModel, plan: SamplePlan, y: Yardstick, settings: SamplerSettings
 ) -> tuple[np.ndarray, float]:
-    start = time.perf_counter()
-    images = generate(
+    images, seconds = timed_call(lambda: generate(
         net, plan, settings, null_class=loaded.config.null_class, height=y.height, width=y.width,
         batch_size=y.batch, device=torch.device("cpu"),
-    )  # fmt: skip
-    return images, (time.perf_counter() - start) / len(plan)
+    ), torch.device("cpu"))  # fmt: skip
+    return images, seconds / len(plan)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ same seeds, and for the digits demo model the classifier accuracy of the samples
 
 from __future__ import annotations
 
-import contextlib
 import platform
 import statistics
 import time
@@ -19,14 +18,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from dip_export.checkpoint import LoadedModel, is_demo
+from dip_export.engines import make_engine
 from dip_export.errors import DipError
 from dip_export.generate import generate, make_plan
+from dip_export.measure.harness import PeakMemory, StageTimer, Timing, psnr, repeat
 from dip_export.model import flops_per_sample
-from dip_export.pipeline import make_engine
-from dip_export.runtime.factory import GRAPH_BACKENDS, BackendSpec
+from dip_export.runtime.backends import BackendSpec, unavailable_reason
 from dip_export.sampling import Denoiser, SamplerSettings, initial_noise, sample_counts, to_uint8
 
 
@@ -67,87 +66,12 @@ class BenchRow:
         return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in data.items()}
 
 
-class _Timed:
-    """Wraps an engine; accumulates wall time per call (synchronising CUDA around each)."""
-
-    def __init__(self, net: Denoiser, device: torch.device) -> None:
-        self.net, self.device = net, device
-        self.times = {"backbone": 0.0, "detailer": 0.0}
-        self.calls = {"backbone": 0, "detailer": 0}
-        self.rows = {"backbone": 0, "detailer": 0}  # images through each network (a CFG pair counts 2)
-
-    def _timed(self, name: str, rows: int, fn: Callable[[], Tensor]) -> Tensor:
-        if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            return fn()  # being captured into a CUDA graph: no synchronising (it would end the capture), no timing
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = fn()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        self.times[name] += time.perf_counter() - start
-        self.calls[name] += 1
-        self.rows[name] += rows
-        return out
-
-    def backbone(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
-        return self._timed("backbone", x.shape[0], lambda: self.net.backbone(x, t, y))
-
-    def detailer(self, x: Tensor, tokens: Tensor) -> Tensor:
-        return self._timed("detailer", x.shape[0], lambda: self.net.detailer(x, tokens))
-
-    def reset(self) -> None:
-        self.times = dict.fromkeys(self.times, 0.0)
-        self.calls = dict.fromkeys(self.calls, 0)
-        self.rows = dict.fromkeys(self.rows, 0)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
 def gemm_peak_gflops(dtype: torch.dtype, device: torch.device, n: int = 2048, reps: int = 2) -> float:
     """Measured dense matmul throughput in the layout of nn.Linear, the ceiling for 'fraction of peak'."""
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
-    best = float("inf")
-    for _ in range(reps + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        torch.nn.functional.linear(a, b)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
-
-
-class _PeakMemory:
-    """Peak resident memory on CPU (VmHWM after a reset), allocator peak on CUDA."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-
-    def reset(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-            return
-        with contextlib.suppress(OSError):  # not Linux: the reading below is then the lifetime peak
-            Path("/proc/self/clear_refs").write_text("5")
-
-    def read_mb(self) -> float:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated() / 2**20
-        try:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    timing, _ = repeat(lambda: torch.nn.functional.linear(a, b), device, warmup=1, repeats=reps)
+    return 2 * n**3 / timing.min / 1e9
 
 
 @dataclass
@@ -181,15 +105,41 @@ def run_backend(
     With CUDA graphs, one graphed sampler serves every run: captured during the warm-up, replayed in
     the timed runs, which are timed end to end (per-stage timers cannot see inside a replay).
     """
-    timed = _Timed(net, device)
-    plan = make_plan(loaded.config.num_classes, num_samples=bench.batch, seed=bench.seed)
-    memory = _PeakMemory(device)
+    timed = StageTimer(net, device)
+    memory = PeakMemory(device)
     graph_note = graphs_unavailable(spec, bench, device)
     graphed = None
     if graph_note is None:
         from dip_export.runtime.cuda_graph import GraphedSampler
 
         graphed = GraphedSampler(timed, device)
+    once = _sampler_run(timed, graphed, loaded, bench, sampler, device, on_run)
+    for _ in range(bench.warmup):
+        once()
+    memory.reset()
+    stages: list[dict[str, float]] = []
+    fallbacks: set[str] = set()
+
+    def after(_: np.ndarray) -> None:
+        stages.append(dict(timed.times))
+        if graphed is not None and graphed.fallback_reason is not None:
+            fallbacks.add(graphed.fallback_reason)
+
+    timing, images = repeat(once, device, warmup=0, repeats=bench.repeats, before=timed.reset, after=after)
+    row = BenchRow(backend=spec.name, precision=spec.precision, images=images)
+    row.cuda_graphs = graphed is not None and not fallbacks
+    row.cuda_graphs_note = "; ".join(sorted(fallbacks)) if fallbacks else (graph_note or "")
+    _fill_timing(row, timing, timed, stages, loaded, bench, sampler)
+    row.peak_mem_mb = memory.read_mb()
+    return row
+
+
+def _sampler_run(
+    timed: StageTimer, graphed: Any, loaded: LoadedModel, bench: BenchSettings, sampler: SamplerSettings,
+    device: torch.device, on_run: Callable[[], None] | None,
+) -> Callable[[], np.ndarray]:  # fmt: skip
+    """One full sampler run over the bench's batch (graphed when a GraphedSampler is given)."""
+    plan = make_plan(loaded.config.num_classes, num_samples=bench.batch, seed=bench.seed)
 
     def once() -> np.ndarray:
         if graphed is not None:
@@ -205,32 +155,19 @@ def run_backend(
             on_run()
         return images
 
-    for _ in range(bench.warmup):
-        once()
-    memory.reset()
-    totals, stages, fallbacks = [], [], set()
-    images = None
-    for _ in range(bench.repeats):
-        timed.reset()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        images = once()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        totals.append(time.perf_counter() - start)
-        stages.append(dict(timed.times))
-        if graphed is not None and graphed.fallback_reason is not None:
-            fallbacks.add(graphed.fallback_reason)
-    median = statistics.median(totals)
+    return once
+
+
+def _fill_timing(
+    row: BenchRow, timing: Timing, timed: StageTimer, stages: list[dict[str, float]], loaded: LoadedModel,
+    bench: BenchSettings, sampler: SamplerSettings,
+) -> None:  # fmt: skip
+    """The row's times, rates, calls and work from the timed runs."""
     per_step = 1000 / sampler.steps
-    row = BenchRow(backend=spec.name, precision=spec.precision)
-    row.cuda_graphs = graphed is not None and not fallbacks
-    row.cuda_graphs_note = "; ".join(sorted(fallbacks)) if fallbacks else (graph_note or "")
-    row.ms_per_step = median * per_step
-    row.ms_per_step_min, row.ms_per_step_max = min(totals) * per_step, max(totals) * per_step
-    row.s_per_image = median / bench.batch
-    row.images_per_s = bench.batch / median
+    row.ms_per_step = timing.median * per_step
+    row.ms_per_step_min, row.ms_per_step_max = timing.min * per_step, timing.max * per_step
+    row.s_per_image = timing.median / bench.batch
+    row.images_per_s = bench.batch / timing.median
     flops = flops_per_sample(loaded.config, bench.height, bench.width)
     counts = sample_counts(sampler)
     if row.cuda_graphs:  # the network work of a graphed run is that of the plain run it replays
@@ -245,11 +182,8 @@ def run_backend(
         row.overhead_ms = row.ms_per_step - row.backbone_ms - row.detailer_ms
         row.backbone_calls, row.detailer_calls = timed.calls["backbone"], timed.calls["detailer"]
         row.gflop_per_step = sum(timed.rows[k] * flops[k] for k in flops) / sampler.steps / 1e9
-    row.peak_mem_mb = memory.read_mb()
     row.evaluations_per_image = counts["paired_evals"] + counts["single_evals"]
     row.sampler, row.token_forecast = sampler.method, sampler.token_forecast
-    row.images = images
-    return row
 
 
 def graphs_unavailable(spec: BackendSpec, bench: BenchSettings, device: torch.device) -> str | None:
@@ -258,7 +192,7 @@ def graphs_unavailable(spec: BackendSpec, bench: BenchSettings, device: torch.de
         return "off (--no-cuda-graphs)"
     if device.type != "cuda":
         return "CUDA graphs need a CUDA device"
-    if spec.name not in GRAPH_BACKENDS:
+    if not spec.backend.graphable:
         return f"the {spec.name} backend does not run on torch's CUDA stream"
     return None
 
@@ -317,20 +251,6 @@ def skipped(spec: BackendSpec, reason: str) -> BenchRow:
     return BenchRow(backend=spec.name, precision=spec.precision, status="skipped", reason=reason)
 
 
-def unavailable_reason(spec: BackendSpec, device: torch.device) -> str | None:
-    """Why a backend cannot run on this machine (None when it can)."""
-    if spec.name == "trt":
-        if device.type != "cuda":
-            return "TensorRT needs a CUDA GPU"
-        try:
-            import tensorrt  # noqa: F401
-        except ImportError:
-            return "tensorrt is not installed (pip install -e '.[gpu]')"
-    if spec.name == "compile" and spec.precision == "fp16" and device.type == "cpu":
-        return "fp16 autocast is not a CPU path"
-    return None
-
-
 def failure(spec: BackendSpec, err: Exception) -> BenchRow:
     message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     status = "skipped" if isinstance(err, DipError) else "failed"
@@ -365,36 +285,12 @@ def run_bench(
         task = progress.add_task("benchmark", total=len(jobs) * (bench.warmup + bench.repeats))
         for spec, variant, settings in jobs:
             progress.update(task, description=f"{spec}{' ' + variant if variant else ''}")
-            reason = unavailable_reason(spec, device)
-            if reason is not None:
-                rows.append(skipped(spec, reason))
-                progress.advance(task, bench.warmup + bench.repeats)
-                continue
-            try:
-                started = time.perf_counter()
-                if spec not in engines:
-                    for other in [k for k in engines if k != eager]:
-                        del engines[other]
-                    engines[spec] = make_engine(spec, loaded, (bench.height, bench.width), device, console, batch=bench.batch)
-                setup = time.perf_counter() - started
-                row = run_backend(spec, engines[spec], loaded, bench, settings, device, lambda: progress.advance(task))
-                row.setup_s = setup
-            except (DipError, RuntimeError, ImportError, ValueError) as err:
-                row = failure(spec, err)
-                progress.advance(task, bench.warmup + bench.repeats)
+            row = _run_job(spec, settings, engines, loaded, bench, device, console, lambda n=1: progress.advance(task, n))
             row.variant = variant
             if row.status == "ok":
                 add_peak_fraction(row, peaks["bf16" if spec.precision in ("bf16", "fp16") else "fp32"])
             rows.append(row)
-    reference = next(r for r in rows if r.backend == "torch" and r.precision == "fp32" and not r.variant)
-    if reference.status != "ok":
-        raise DipError(f"the eager fp32 reference failed: {reference.reason}")
-    plan = make_plan(loaded.config.num_classes, num_samples=bench.batch, seed=bench.seed)
-    digits = is_demo(loaded)  # the digit classifier only reads the demo model's images
-    compare_to_eager([r for r in rows if not r.variant.startswith("guidance 1")], reference, digits, plan.classes)
-    both = [r for r in rows if r.variant == "guidance 1, both halves"]
-    if both and both[0].status == "ok":  # guidance-1 rows compare with their own full-work baseline
-        compare_to_eager([r for r in rows if r.variant.startswith("guidance 1")], both[0], digits, plan.classes)
+    _compare_rows(rows, loaded, bench)
     return {
         "settings": {
             "model": loaded.name, "source": loaded.source, "steps": bench.steps, "batch": bench.batch,
@@ -406,6 +302,45 @@ def run_bench(
         "machine": {**machine_info(device), "gemm_peak_gflops": peaks},
         "results": [r.to_json() for r in rows],
     }  # fmt: skip
+
+
+def _run_job(
+    spec: BackendSpec, settings: SamplerSettings, engines: dict[BackendSpec, Denoiser], loaded: LoadedModel,
+    bench: BenchSettings, device: torch.device, console: Any, advance: Callable[..., None],
+) -> BenchRow:  # fmt: skip
+    """One row: skipped with the reason, failed with the error, or timed (its engine made or reused)."""
+    runs = bench.warmup + bench.repeats
+    reason = unavailable_reason(spec, device)
+    if reason is not None:
+        advance(runs)
+        return skipped(spec, reason)
+    eager = BackendSpec("torch", "fp32")
+    try:
+        started = time.perf_counter()
+        if spec not in engines:
+            for other in [k for k in engines if k != eager]:
+                del engines[other]
+            engines[spec] = make_engine(spec, loaded, (bench.height, bench.width), device, console, batch=bench.batch)
+        setup = time.perf_counter() - started
+        row = run_backend(spec, engines[spec], loaded, bench, settings, device, advance)
+        row.setup_s = setup
+    except (DipError, RuntimeError, ImportError, ValueError) as err:
+        row = failure(spec, err)
+        advance(runs)
+    return row
+
+
+def _compare_rows(rows: list[BenchRow], loaded: LoadedModel, bench: BenchSettings) -> None:
+    """Speed-up and PSNR of every row against eager fp32 (guidance-1 variants against their own baseline)."""
+    reference = next(r for r in rows if r.backend == "torch" and r.precision == "fp32" and not r.variant)
+    if reference.status != "ok":
+        raise DipError(f"the eager fp32 reference failed: {reference.reason}")
+    plan = make_plan(loaded.config.num_classes, num_samples=bench.batch, seed=bench.seed)
+    digits = is_demo(loaded)  # the digit classifier only reads the demo model's images
+    compare_to_eager([r for r in rows if not r.variant.startswith("guidance 1")], reference, digits, plan.classes)
+    both = [r for r in rows if r.variant == "guidance 1, both halves"]
+    if both and both[0].status == "ok":  # guidance-1 rows compare with their own full-work baseline
+        compare_to_eager([r for r in rows if r.variant.startswith("guidance 1")], both[0], digits, plan.classes)
 
 
 def render_table(report: dict[str, Any]) -> Any:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +19,8 @@ from typing import Any
 import torch
 
 from dip_export.checkpoint import LoadedModel
-from dip_export.runtime.factory import BackendSpec
+from dip_export.measure.harness import repeat
+from dip_export.runtime.backends import BackendSpec
 from dip_export.sampling import Denoiser
 
 CACHE_FILE = "auto-backend.json"
@@ -93,16 +92,14 @@ def cache_key(model_id: str, size: tuple[int, int], batch: int, device: torch.de
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def time_evaluation(net: Denoiser, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
-    """Seconds for one backbone + detailer evaluation (synchronised on CUDA)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        net.detailer(x, net.backbone(x, t, y))
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+def evaluation(net: Denoiser, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """One backbone + detailer evaluation, as the harness times it."""
+
+    def evaluate() -> torch.Tensor:
+        with torch.inference_mode():
+            return net.detailer(x, net.backbone(x, t, y))
+
+    return evaluate
 
 
 def measure(
@@ -121,9 +118,8 @@ def measure(
     for spec in specs:
         try:
             net = make(spec)
-            for _ in range(WARMUP):
-                time_evaluation(net, x, t, y, device)
-            results[str(spec)] = 1000 * statistics.median(time_evaluation(net, x, t, y, device) for _ in range(REPEATS))
+            timing, _ = repeat(evaluation(net, x, t, y), device, warmup=WARMUP, repeats=REPEATS)
+            results[str(spec)] = 1000 * timing.median
         except (DipError, RuntimeError, ImportError, ValueError):
             continue  # a backend that cannot run here is simply not chosen
         finally:

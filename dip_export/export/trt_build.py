@@ -16,13 +16,15 @@ from typing import Any
 
 from rich.console import Console
 
-from dip_export.errors import DipError, ExportError, MissingDependencyError, UsageError
+from dip_export.errors import DipError, ExportError, UsageError
 from dip_export.export.manifest import MANIFEST, Manifest, read_manifest, write_manifest
 from dip_export.export.spec import BATCH, SubModelSpec, io_specs
 from dip_export.io import atomic_path
+from dip_export.runtime.backends import BACKENDS
+from dip_export.runtime.trt_support import engine_matches, gpu_identity
+from dip_export.runtime.trt_support import import_tensorrt as _tensorrt
 
-TRT_PRECISIONS = ("fp16", "bf16", "int8", "fp8", "fp32")
-INSTALL_HINT = "install the GPU extra on a machine with an NVIDIA GPU: pip install -e '.[gpu]'"
+TRT_PRECISIONS = BACKENDS["trt"].precisions
 DEFAULT_WORKSPACE = 8 << 30
 
 
@@ -81,23 +83,6 @@ def find_export(root: Path, output_dir: Path | None) -> Path:
     return found[0]
 
 
-def _tensorrt() -> Any:
-    try:
-        import tensorrt
-    except ImportError:
-        raise MissingDependencyError("tensorrt", INSTALL_HINT) from None
-    return tensorrt
-
-
-def gpu_identity(device: Any = None) -> tuple[str, tuple[int, int]]:
-    """Name and compute capability of `device` (not the current device: engines on cuda:1 are cuda:1's)."""
-    import torch
-
-    if not torch.cuda.is_available():
-        raise MissingDependencyError("a CUDA GPU", "TensorRT engines are built and run on an NVIDIA GPU; " + INSTALL_HINT)
-    return torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device)
-
-
 def check_precision_supported(precision: str, capability: tuple[int, int]) -> None:
     if precision == "fp8" and capability < (8, 9):
         raise UsageError(f"fp8 needs compute capability 8.9 or newer (Ada, Hopper); this GPU has {capability[0]}.{capability[1]}")
@@ -107,17 +92,6 @@ def check_precision_supported(precision: str, capability: tuple[int, int]) -> No
 
 def profile_entry(profile: BatchProfile) -> dict[str, Any]:
     return {"min": profile.min, "opt": profile.opt, "max": profile.max, "network_rows": list(profile.network_batches())}
-
-
-def engine_matches(
-    entry: dict[str, Any], trt_version: str, gpu: str, *, profile: BatchProfile | None = None, opt_level: int | None = None
-) -> bool:
-    """Reusable only for the same TensorRT version and GPU and, when asked, the same batch profile and opt level."""
-    if entry.get("trt_version") != trt_version or entry.get("gpu") != gpu:
-        return False
-    if profile is not None and entry.get("profile", {}).get("network_rows") != list(profile.network_batches()):
-        return False
-    return opt_level is None or entry.get("opt_level") == opt_level
 
 
 def _load_timing_cache(trt: Any, config: Any, timing_cache: Path | None, console: Console | None) -> None:
@@ -307,7 +281,7 @@ def onnx_for_precision(folder: Path, manifest: Manifest, precision: str, console
 
     loaded = loaded_from_source(manifest, resolve_model)
     if wanted in ("int8-trt", "fp8-trt"):
-        from dip_export.quantize import export_int8
+        from dip_export.export.quantize import export_int8
 
         return export_int8(loaded, image_size=manifest.image_size, target="trt", output_dir=sub, console=console,
                            fp8=wanted == "fp8-trt")  # fmt: skip

@@ -1,0 +1,80 @@
+"""Backend name -> engine: where the stages meet.
+
+A backend that runs the torch module gets it directly; one that runs an export folder gets the
+folder's files as data (`ExportFiles`), made on the fly and cached under engines/ when needed:
+the ONNX export, the int8 quantization, the TensorRT build.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dip_export.checkpoint import LoadedModel
+from dip_export.errors import DipError, ExportError
+from dip_export.runtime.backends import BackendSpec, make_export_engine, make_torch_engine
+from dip_export.runtime.engine_io import ExportFiles
+from dip_export.sampling import Denoiser
+
+
+def export_files(folder: Path) -> ExportFiles:
+    """An export folder's manifest, as the data its engines need."""
+    from dip_export.export.manifest import read_manifest
+    from dip_export.export.spec import io_specs
+
+    manifest = read_manifest(folder)
+    return ExportFiles(
+        folder=folder, precision=manifest.precision,
+        graphs={role: folder / rel for role, rel in manifest.files.items()},
+        io=io_specs(manifest.config, *manifest.image_size), engines=dict(manifest.engines),
+    )  # fmt: skip
+
+
+def open_export(spec: BackendSpec, folder: Path, device: torch.device) -> Denoiser:
+    """The engine over an export folder; a graph its runtime rejects is one error naming the folder."""
+    try:
+        return make_export_engine(spec, export_files(Path(folder)), device)
+    except DipError:
+        raise
+    except Exception as err:  # ONNX Runtime's and TensorRT's exception types share no base with ours
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ExportError(f"{folder}: the {spec.name} runtime cannot load this export ({type(err).__name__}: {first})") from None
+
+
+def make_engine(
+    spec: BackendSpec, loaded: LoadedModel, size: tuple[int, int], device: torch.device, console: Any, batch: int = 1
+) -> Denoiser:
+    """The engine for a backend spec, exporting and building (cached under engines/) what it needs."""
+    if spec.backend.runs_from == "model":
+        return make_torch_engine(spec, loaded, device)
+    folder = _trt_folder(spec, loaded, size, device, console, batch) if spec.backend.needs_tensorrt else None
+    folder = folder or _onnx_folder(spec, loaded, size, console)
+    return make_export_engine(spec, export_files(folder), device)
+
+
+def _onnx_folder(spec: BackendSpec, loaded: LoadedModel, size: tuple[int, int], console: Any) -> Path:
+    """The ONNX export an ONNX Runtime engine of this precision runs (int8: quantized from fp32)."""
+    if spec.precision == "int8":
+        from dip_export.export.quantize import ensure_int8_export
+
+        return ensure_int8_export(loaded, image_size=size, target="onnx", console=console)
+    from dip_export.export.onnx_export import ensure_export
+
+    return ensure_export(loaded, precision=spec.precision, image_size=size, console=console)
+
+
+def _trt_folder(
+    spec: BackendSpec, loaded: LoadedModel, size: tuple[int, int], device: torch.device, console: Any, batch: int
+) -> Path:
+    """The fp32 export with this precision's TensorRT plans built for a batch profile around `batch`."""
+    from dip_export.export.onnx_export import EXPORT_ROOT, ensure_export
+    from dip_export.export.trt_build import BatchProfile, build_trt
+
+    folder = ensure_export(loaded, precision="fp32", image_size=size, console=console)
+    build_trt(
+        precision=spec.precision, output_dir=folder, root=EXPORT_ROOT, profile=BatchProfile(1, batch, max(batch, 8)),
+        timing_cache=folder / "timing.cache", opt_level=3, console=console, device=device,
+    )  # fmt: skip
+    return folder

@@ -1,0 +1,168 @@
+"""The one timing harness: dip-bench, the yardstick and --backend auto all time with it.
+
+Protocol (nanoGPT's bench.py, the TensorRT demo): warm-up runs first, CUDA synchronised around
+every timed region, many repeats, the median and the spread (relative interquartile range),
+per-stage timers around an engine's two calls, peak memory, and the CPU thread count the runs
+used. Timed runs return their results (images), which torch.utils.benchmark.Timer does not; its
+thread-count discipline is followed here (`threads` is set for the runs and restored after).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dip_export.sampling import Denoiser
+
+T = TypeVar("T")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); nothing on CPU or while a CUDA graph is being captured."""
+    if device.type == "cuda" and not torch.cuda.is_current_stream_capturing():
+        torch.cuda.synchronize(device)
+
+
+def timed_call(fn: Callable[[], T], device: torch.device) -> tuple[T, float]:
+    """fn's result and its wall time in seconds, synchronised before and after."""
+    synchronize(device)
+    start = time.perf_counter()
+    out = fn()
+    synchronize(device)
+    return out, time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds of each timed run, and the figures read from them."""
+
+    seconds: tuple[float, ...]
+    threads: int  # CPU threads torch used for the runs
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def min(self) -> float:
+        return min(self.seconds)
+
+    @property
+    def max(self) -> float:
+        return max(self.seconds)
+
+    @property
+    def spread(self) -> float:
+        """Relative interquartile range (IQR / median): 0 for one run; above ~0.1 the machine was noisy."""
+        if len(self.seconds) < 2:
+            return 0.0
+        q1, q3 = np.percentile(self.seconds, [25, 75])
+        return float((q3 - q1) / self.median) if self.median > 0 else 0.0
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int | None) -> Iterator[int]:
+    """torch's CPU thread count set to `threads` (None: left as it is) for the block, then restored."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def repeat(
+    run: Callable[[], T], device: torch.device, *, warmup: int, repeats: int, threads: int | None = None,
+    before: Callable[[], None] | None = None, after: Callable[[Any], None] | None = None,
+) -> tuple[Timing, T | None]:  # fmt: skip
+    """`warmup` untimed runs, then `repeats` synchronised timed runs; the timing and the last result.
+
+    `before` runs ahead of each timed run (reset per-run counters), `after` gets each timed run's result.
+    """
+    last: T | None = None
+    seconds = []
+    with cpu_threads(threads) as used:
+        for _ in range(warmup):
+            run()
+        for _ in range(repeats):
+            if before is not None:
+                before()
+            result, elapsed = timed_call(run, device)
+            seconds.append(elapsed)
+            if after is not None:
+                after(result)
+            last = result
+    return Timing(tuple(seconds), used), last
+
+
+class StageTimer:
+    """Wraps an engine; accumulates wall time per call of its two networks (synchronising CUDA around each)."""
+
+    def __init__(self, net: Denoiser, device: torch.device) -> None:
+        self.net, self.device = net, device
+        self.times = {"backbone": 0.0, "detailer": 0.0}
+        self.calls = {"backbone": 0, "detailer": 0}
+        self.rows = {"backbone": 0, "detailer": 0}  # images through each network (a CFG pair counts 2)
+
+    def _timed(self, name: str, rows: int, fn: Callable[[], Tensor]) -> Tensor:
+        if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return fn()  # being captured into a CUDA graph: no synchronising (it would end the capture), no timing
+        out, elapsed = timed_call(fn, self.device)
+        self.times[name] += elapsed
+        self.calls[name] += 1
+        self.rows[name] += rows
+        return out
+
+    def backbone(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
+        return self._timed("backbone", x.shape[0], lambda: self.net.backbone(x, t, y))
+
+    def detailer(self, x: Tensor, tokens: Tensor) -> Tensor:
+        return self._timed("detailer", x.shape[0], lambda: self.net.detailer(x, tokens))
+
+    def reset(self) -> None:
+        self.times = dict.fromkeys(self.times, 0.0)
+        self.calls = dict.fromkeys(self.calls, 0)
+        self.rows = dict.fromkeys(self.rows, 0)
+
+
+class PeakMemory:
+    """Peak resident memory on CPU (VmHWM after a reset), allocator peak on CUDA."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            return
+        with contextlib.suppress(OSError):  # not Linux: the reading below is then the lifetime peak
+            Path("/proc/self/clear_refs").write_text("5")
+
+    def read_mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated() / 2**20
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio of two uint8 image arrays, in dB (inf when identical)."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)

@@ -1,0 +1,124 @@
+"""The backend registry: one record per backend name, and specs `name[:precision]` checked against it.
+
+Everything that asks what a backend is (the CLI's help, the pipeline, dip-bench, --backend auto, the
+TensorRT build) reads its record here; adding a backend is one record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from dip_export.checkpoint import LoadedModel
+from dip_export.errors import UsageError
+from dip_export.runtime.engine_io import ExportFiles
+from dip_export.sampling import Denoiser
+
+EngineMaker = Callable[[Any, str, torch.device], Denoiser]  # (torch module or ExportFiles, precision, device)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """What a backend is: its precisions, what it needs, and how an engine is made from data."""
+
+    name: str
+    precisions: tuple[str, ...]
+    default: str  # precision when none is named
+    graphable: bool  # its kernels run on the torch stream a CUDA graph captures
+    needs_cuda: bool
+    needs_tensorrt: bool
+    runs_from: str  # "model": the torch module; "export": an export folder's ONNX graphs or plans
+    make: EngineMaker
+    help: str  # one line for the CLI's help
+
+    def unavailable_reason(self, precision: str, device: torch.device) -> str | None:
+        """Why this backend cannot run here (None when it can)."""
+        if self.needs_cuda and device.type != "cuda":
+            return "TensorRT needs a CUDA GPU" if self.needs_tensorrt else f"{self.name} needs a CUDA GPU"
+        if self.needs_tensorrt:
+            try:
+                import tensorrt  # noqa: F401
+            except ImportError:
+                return "tensorrt is not installed (pip install -e '.[gpu]')"
+        if self.name == "compile" and precision == "fp16" and device.type == "cpu":
+            return "fp16 autocast is not a CPU path"
+        return None
+
+
+def _torch(module: Any, precision: str, device: torch.device, compile: bool = False) -> Denoiser:
+    from dip_export.runtime.torch_engine import TorchEngine
+
+    return TorchEngine(module, device, precision=precision, compile=compile)
+
+
+def _compiled(module: Any, precision: str, device: torch.device) -> Denoiser:
+    return _torch(module, precision, device, compile=True)
+
+
+def _onnx(export: ExportFiles, precision: str, device: torch.device) -> Denoiser:
+    from dip_export.runtime.ort_engine import OrtEngine
+
+    return OrtEngine.from_export(export, device=device)
+
+
+def _trt(export: ExportFiles, precision: str, device: torch.device) -> Denoiser:
+    from dip_export.runtime.trt_engine import TrtEngine
+
+    return TrtEngine.from_export(export, precision=precision, device=device)
+
+
+BACKENDS: dict[str, Backend] = {
+    b.name: b
+    for b in (
+        Backend("torch", ("fp32", "bf16", "fp16"), "fp32", True, False, False, "model", _torch, "eager PyTorch"),
+        Backend("compile", ("fp32", "bf16", "fp16"), "fp32", True, False, False, "model", _compiled, "torch.compile"),
+        Backend("onnx", ("fp32", "fp16", "bf16", "int8"), "fp32", False, False, False, "export", _onnx, "ONNX Runtime"),
+        Backend("trt", ("fp16", "bf16", "int8", "fp8", "fp32"), "fp16", True, True, True, "export", _trt, "TensorRT"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    name: str
+    precision: str
+
+    @classmethod
+    def parse(cls, text: str) -> BackendSpec:
+        name, _, precision = text.strip().partition(":")
+        if name not in BACKENDS:
+            raise UsageError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+        record = BACKENDS[name]
+        precision = precision or record.default
+        if precision not in record.precisions:
+            raise UsageError(f"backend {name} has no precision {precision!r}; choose from {', '.join(record.precisions)}")
+        return cls(name, precision)
+
+    @property
+    def backend(self) -> Backend:
+        return BACKENDS[self.name]
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.precision}"
+
+
+def unavailable_reason(spec: BackendSpec, device: torch.device) -> str | None:
+    """Why a backend cannot run on this machine (None when it can)."""
+    return spec.backend.unavailable_reason(spec.precision, device)
+
+
+def make_torch_engine(spec: BackendSpec, loaded: LoadedModel, device: torch.device) -> Denoiser:
+    """The engine of a backend that runs the torch module (torch, compile)."""
+    if spec.backend.runs_from != "model":
+        raise UsageError(f"backend {spec.name} runs from an export folder, not a checkpoint")
+    return spec.backend.make(loaded.model, spec.precision, device)
+
+
+def make_export_engine(spec: BackendSpec, export: ExportFiles, device: torch.device) -> Denoiser:
+    """The engine of a backend that runs an export folder (ONNX Runtime or TensorRT)."""
+    if spec.backend.runs_from != "export":
+        raise UsageError(f"backend {spec.name} runs from a checkpoint, not an export folder")
+    return spec.backend.make(export, spec.precision, device)

@@ -1,0 +1,164 @@
+"""Settings as objects: frozen dataclasses that validate themselves on construction.
+
+Every limit lives here, once, and every public entry builds these objects: the CLI from its
+options, `DiPPipeline.load` / `__call__` from their arguments, stored sampling defaults (safetensors
+metadata, manifests) from their JSON. Types are exact: a bool is a bool (no truthy strings), an
+integer is an int (no float seeds, no bools), a number is a finite int or float.
+
+The sampler's own settings object is `dip_export.sampling.SamplerSettings` (the sampler is pure
+math and owns it); it validates its fields with the checks and limits below.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dip_export.errors import UsageError
+
+# Upper bounds checked before anything is allocated (a file or an argument cannot ask for terabytes).
+MAX_STEPS = 10_000  # sampler steps (network evaluations for all but Heun)
+MAX_IMAGE_SIDE = 4096  # pixels per side
+MAX_SEED = 2**63 - 1  # seeds are 0..MAX_SEED (torch.Generator().manual_seed takes them all)
+MAX_SAMPLES = 10_000_000  # images per run
+MAX_BATCH = 4096  # images per sampler batch
+MAX_CFG = 100.0  # guidance weight
+MAX_SHIFT = 1000.0  # time shift
+MAX_CLASS = 2**31 - 1  # class labels (a model's own range is checked against its config)
+MAX_SHARD_BATCHES = 10_000  # batches per resumable shard
+MAX_REPEATS = 1000  # timed repeats (and warm-up runs) of a measurement
+
+
+def exact_int(value: Any, what: str, lo: int, hi: int) -> int:
+    """An int in lo..hi: numpy integers pass, bools, floats and strings do not."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise UsageError(f"{what} must be an integer, got {type(value).__name__}")
+    if not lo <= int(value) <= hi:
+        raise UsageError(f"{what} must be in {lo}..{hi}, got {int(value)}")
+    return int(value)
+
+
+def finite_float(value: Any, what: str, lo: float, hi: float, *, above_lo: bool = False) -> float:
+    """A finite number in lo..hi (above lo when `above_lo`): ints and floats pass, bools and strings do not."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise UsageError(f"{what} must be a number, got {type(value).__name__}")
+    number = float(value)
+    if not (math.isfinite(number) and (lo < number if above_lo else lo <= number) and number <= hi):
+        raise UsageError(f"{what} must be in {lo:g}..{hi:g}{f' (above {lo:g})' if above_lo else ''}, got {number}")
+    return number
+
+
+def exact_bool(value: Any, what: str) -> bool:
+    """True or False only: "no", 0 and None are not booleans."""
+    if type(value) is not bool and not isinstance(value, np.bool_):
+        raise UsageError(f"{what} must be True or False, got {type(value).__name__}")
+    return bool(value)
+
+
+def one_of(value: Any, what: str, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        shown = repr(value) if isinstance(value, str) else type(value).__name__
+        raise UsageError(f"{what} must be one of {', '.join(choices)}, got {shown[:60]}")
+    return value
+
+
+def int_list(values: Any, what: str, lo: int, hi: int) -> tuple[int, ...]:
+    """A non-empty sequence of at most MAX_SAMPLES ints in lo..hi."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise UsageError(f"{what} must be a list of integers, got {type(values).__name__}")
+    if not 1 <= len(values) <= MAX_SAMPLES:
+        raise UsageError(f"{what} must hold 1..{MAX_SAMPLES} values, got {len(values)}")
+    return tuple(exact_int(v, what, lo, hi) for v in values)
+
+
+def image_side(value: Any, what: str) -> int:
+    return exact_int(value, what, 1, MAX_IMAGE_SIDE)
+
+
+def guidance_interval(value: Any, what: str = "guidance interval") -> tuple[float, float]:
+    """(lo, hi) with lo < hi, each finite in -1..2 (t lives in 0..1; the bounds are strict)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
+        raise UsageError(f"{what} must be a pair lo,hi")
+    lo, hi = (finite_float(v, what, -1.0, 2.0) for v in value)
+    if not lo < hi:
+        raise UsageError(f"{what} must be lo < hi, got {lo},{hi}")
+    return (lo, hi)
+
+
+# Stored sampling defaults (safetensors metadata, manifests): key -> the check of the field it sets.
+SAMPLING_DEFAULTS = {
+    "steps": lambda v: exact_int(v, "stored sampling default steps", 1, MAX_STEPS),
+    "cfg": lambda v: finite_float(v, "stored sampling default cfg", 0.0, MAX_CFG),
+    "shift": lambda v: finite_float(v, "stored sampling default shift", 0.0, MAX_SHIFT, above_lo=True),
+    "cache_interval": lambda v: exact_int(v, "stored sampling default cache_interval", 1, MAX_STEPS),
+}
+
+
+def parse_sampling_defaults(data: Any) -> dict[str, Any]:
+    """Recommended sampler settings stored in a file: a JSON object whose known keys are within the limits."""
+    if not isinstance(data, dict):
+        raise UsageError(f"sampling defaults must be a JSON object, got {type(data).__name__}")
+    for key, value in data.items():
+        if key in SAMPLING_DEFAULTS:
+            try:
+                SAMPLING_DEFAULTS[key](value)
+            except UsageError:
+                raise UsageError(f"stored sampling default {key}={value!r:.60} is out of range or of the wrong type") from None
+    return dict(data)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What to sample: one class per seed, in batches, at an image size (None: the model's)."""
+
+    classes: tuple[int, ...]
+    seeds: tuple[int, ...]
+    batch_size: int = 16  # images per sampler batch
+    image_size: tuple[int, int] | None = None  # (H, W)
+    cuda_graphs: bool = True  # replay each step as one CUDA graph where the backend allows
+
+    def __post_init__(self) -> None:
+        classes = int_list(self.classes, "--classes", 0, MAX_CLASS)
+        seeds = int_list(self.seeds, "--seeds", 0, MAX_SEED)
+        if len(classes) == 1 and len(seeds) > 1:
+            classes = classes * len(seeds)  # a single class goes with every seed
+        if len(classes) != len(seeds):
+            raise UsageError(f"{len(classes)} classes but {len(seeds)} seeds; give one seed per class")
+        object.__setattr__(self, "classes", classes)
+        object.__setattr__(self, "seeds", seeds)
+        object.__setattr__(self, "batch_size", exact_int(self.batch_size, "--batch-size", 1, MAX_BATCH))
+        if self.image_size is not None:
+            size = self.image_size
+            if isinstance(size, (str, bytes)) or not isinstance(size, Sequence) or len(size) != 2:
+                raise UsageError("image size must be a pair (H, W)")
+            object.__setattr__(self, "image_size", (image_side(size[0], "image height"), image_side(size[1], "image width")))
+        object.__setattr__(self, "cuda_graphs", exact_bool(self.cuda_graphs, "cuda_graphs"))
+
+
+BUILD_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
+BUILD_TARGETS = ("onnx", "trt")
+OPSETS = range(17, 21)  # what the exporter writes and ONNX Runtime runs for this model
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """How an export is built: the precision inside the graph, the runtime it targets, the ONNX opset."""
+
+    precision: str = "fp32"
+    target: str = "onnx"  # onnx: ONNX Runtime graphs; trt: Q/DQ graphs shaped for TensorRT (int8, fp8)
+    opset: int = 18
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.precision, str) or self.precision not in BUILD_PRECISIONS:
+            raise UsageError(f"--precision must be fp32, fp16, bf16, int8 or fp8, got {self.precision!r:.40}")
+        if not isinstance(self.target, str) or self.target not in BUILD_TARGETS:
+            raise UsageError(f"--target must be onnx or trt, got {self.target!r:.40}")
+        if self.precision == "fp8" and self.target != "trt":
+            raise UsageError("fp8 is a TensorRT graph: add --target trt")
+        if isinstance(self.opset, bool) or not isinstance(self.opset, int) or self.opset not in OPSETS:
+            raise UsageError(f"--opset must be in {OPSETS.start}..{OPSETS.stop - 1}, got {self.opset!r:.40}")
