@@ -2,7 +2,8 @@
 
     python scripts/forecast_table.py --cfg 1.5 --steps 25 --images 32 --json bench/forecast/table-g1.5.json
 
-One process, one machine; the reference is the yardstick's (cached under engines/yardstick/).
+One process, one machine (OMP_NUM_THREADS=1 on a shared machine); the reference is the
+yardstick's (cached under engines/yardstick/).
 """
 
 from __future__ import annotations
