@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from dip_export.engines import make_engine
-from dip_export.errors import UsageError
+from dip_export.errors import ExportError, UsageError
 from dip_export.generate import SamplePlan, check_run_limits, check_seed, make_plan, parse_image_size, parse_int_list
 from dip_export.io import check_output_file, check_output_folder, image_grid, save_npz, save_png
 from dip_export.messages import say
@@ -334,8 +334,11 @@ def _run_yardstick(loaded: Any, bench: Any, request: BenchRequest, dev: torch.de
     check_work(counts, images=max(bench.batch, 1), reference=REFERENCE_STEPS)
     spec = BackendSpec.parse(backends.split(",")[0] if backends.count(",") == 0 else "torch")
     net = make_engine(spec, loaded, (bench.height, bench.width), dev, console, batch=bench.batch)
-    y = Yardstick(num_samples=max(bench.batch, 1), cfg=bench.cfg, batch=bench.batch, height=bench.height, width=bench.width)
-    base = SamplerSettings(cfg=bench.cfg, cache_interval=bench.cache_interval, token_forecast=bench.token_forecast)
+    shift = float(request.sampling.get("shift") or 1.0)
+    y = Yardstick(
+        num_samples=max(bench.batch, 1), cfg=bench.cfg, shift=shift, batch=bench.batch, height=bench.height, width=bench.width
+    )
+    base = SamplerSettings(cfg=bench.cfg, shift=shift, cache_interval=bench.cache_interval, token_forecast=bench.token_forecast)
     report = measure(net, loaded, y, names, counts, base, progress=lambda r: say(console,
         f"{r['sampler']:>9} nfe {r['nfe']:>4}  {r['psnr_db']:6.2f} dB  {1000 * r['s_per_image']:8.1f} ms/image"
     ))  # fmt: skip
@@ -407,3 +410,56 @@ def run_export_trt(
         precision=precision, output_dir=output_dir, root=EXPORT_ROOT, profile=BatchProfile.parse(batch),
         timing_cache=timing_cache, opt_level=opt_level, console=console,
     )  # fmt: skip
+def run_schedule(
+    *, model: str | None, output: Path, sampler: str, nfe: int, cfg: float, shift: float, band: str | None,
+    train_images: int, heldout_images: int, sweeps: int, seed: int, batch: int, weights: str, trust: bool,
+    revision: str | None, console: Console, progress: Progress,
+) -> None:  # fmt: skip
+    """dip-export schedule: fit a grid (yardstick.fit_schedule) and write the model with it in its sampling defaults."""
+    from dip_export.checkpoint import save_checkpoint
+    from dip_export.measure.yardstick import GridFit, fit_schedule
+    from dip_export.pipeline import open_source
+    from dip_export.runtime.backends import make_torch_engine
+    from dip_export.sampling.fitgrid import SearchSettings, trial_count
+    from dip_export.sampling.grids import stored_with
+
+    if output.suffix != ".safetensors":
+        raise UsageError(f"--output must name a .safetensors file, got {output}")
+    check_output_file(output)
+    if min(train_images, heldout_images, sweeps, batch) < 1 or max(train_images, heldout_images) > 1000 or sweeps > 100:
+        raise UsageError("--train-images and --heldout-images must be in 1..1000, --sweeps in 1..100, --batch >= 1")
+    lo_hi = _parse_band(band)
+    check_seed(seed, "--seed")
+    fit = GridFit(sampler, nfe, cfg, shift, lo_hi, train_images, heldout_images, SearchSettings(sweeps=sweeps, seed=seed))
+    SamplerSettings(steps=nfe, cfg=cfg, shift=shift, method=sampler, grid=tuple(i / nfe for i in range(nfe + 1)))
+    source = open_source(model, weights=weights, trust_checkpoint=trust, revision=revision)
+    if source.loaded is None:
+        raise UsageError(f"{model} is an export folder; fit on its checkpoint (exports made from it carry the grid)")
+    loaded = source.loaded
+    net = make_torch_engine(BackendSpec("torch", "fp32"), loaded, torch.device("cpu"))
+    size = parse_image_size(loaded.config.image_size)
+    with progress:
+        task = progress.add_task(f"fitting {sampler} {nfe} at guidance {cfg}", total=trial_count(fit.search, nfe))
+        entry, info = fit_schedule(net, loaded, fit, size, batch, lambda n, best: progress.update(
+            task, completed=n, description=f"fitting {sampler} {nfe} at guidance {cfg}: {best:.1f} dB (train)"
+        ))  # fmt: skip
+    console.print(
+        f"held-out PSNR vs {info['reference']} ({info['heldout_images']} images): default grid {info['default_grid_db']:.1f} dB, "
+        f"fitted {info['fitted_grid_db']:.1f} dB, Euler-100 {info['euler_100_db']:.1f} dB"
+    )
+    if info["fitted_grid_db"] < info["default_grid_db"]:  # overfitted to the training seeds: sampling would get worse
+        raise ExportError("the fitted grid is worse than the default on held-out images; not stored (try more --train-images)")
+    save_checkpoint(output, loaded.model, stored_with(loaded.sampling, entry))
+    console.print(f"wrote {output}")
+
+
+def _parse_band(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"--band must be LO,HI, got {text!r}") from None
+    if not (0 <= lo <= hi <= 100):
+        raise UsageError(f"--band must be 0 <= LO <= HI <= 100, got {text!r}")
+    return lo, hi

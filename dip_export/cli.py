@@ -136,7 +136,7 @@ def sample(
     ] = None,
     token_forecast: Annotated[
         str | None,
-        typer.Option(help="Tokens between backbone runs: off (reuse), linear or quadratic in t [default: the model's: off]."),
+        typer.Option(help="Tokens between backbone runs: off (reuse), linear, quadratic, auto [default: the model's: off]."),
     ] = None,
     image_size: Annotated[str | None, typer.Option(help="Image size: 256 or HxW, e.g. 256x384 [default: the model's].")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per sampler batch.")] = 16,
@@ -239,6 +239,46 @@ def export_onnx_cmd(
     run_export_onnx(ModelRequest(model, preset, weights, trust_checkpoint, revision), build, image_size, output_dir, console)
 
 
+@export_app.command("schedule")
+@handle_errors
+def export_schedule_cmd(
+    model: Annotated[
+        str | None,
+        typer.Argument(help="Checkpoint file or Hub repo org/name(/FILE); omitted: the demo.", show_default=False),
+    ] = None,
+    output: Annotated[Path, typer.Option(help="The model file to write (.safetensors; may be the input's own path).")] = ...,  # type: ignore[assignment]
+    sampler: Annotated[str, typer.Option(help="Solver whose grid is fitted (one evaluation per step).")] = "ab2",
+    nfe: Annotated[int, typer.Option(help="Network evaluations per image (= steps).")] = 15,
+    cfg: Annotated[float, typer.Option(help="Guidance scale the grid is fitted at.")] = 1.5,
+    shift: Annotated[float, typer.Option(help="Time shift (1 = none).")] = 1.0,
+    band: Annotated[
+        str | None, typer.Option(help="Guidance weights LO,HI that use the grid [default: cfg/1.25,cfg*1.25].")
+    ] = None,
+    train_images: Annotated[int, typer.Option(help="Training images (seeds 1000000 + 1000 * seed ...).")] = 32,
+    heldout_images: Annotated[int, typer.Option(help="Held-out images for the report (seeds 0..N-1).")] = 32,
+    sweeps: Annotated[int, typer.Option(help="Passes of the search over all grid points.")] = 6,
+    seed: Annotated[int, typer.Option(help="Seed of the fit (training seeds, search order): same seed, same grid.")] = 0,
+    batch: Annotated[int, typer.Option(help="Images per sampler run.")] = 32,
+    weights: WeightsOpt = "ema",
+    trust_checkpoint: TrustOpt = False,
+    revision: RevisionOpt = None,
+) -> None:
+    """Fit a solver's time grid for one model and guidance, and store it with the model.
+
+    The grid points of --sampler at --nfe evaluations are optimised on training seeds against the
+    converged reference; the held-out PSNR (default grid, fitted grid, Euler-100) is printed. The
+    grid goes into the model's sampling defaults (exports made from the file carry it in their
+    manifest); sampling with the same solver, count, shift and a guidance weight in the band uses it.
+    """
+    from dip_export.app import run_schedule
+
+    run_schedule(
+        model=model, output=output, sampler=sampler, nfe=nfe, cfg=cfg, shift=shift, band=band, train_images=train_images,
+        heldout_images=heldout_images, sweeps=sweeps, seed=seed, batch=batch, weights=weights, trust=trust_checkpoint,
+        revision=revision, console=console, progress=progress_bar(),
+    )  # fmt: skip
+
+
 def export_main() -> None:
     run_app(export_app)
 
@@ -265,12 +305,13 @@ def bench(
     variants: Annotated[bool, typer.Option(help="Also time the sampler savings (token reuse, guidance-1 skip).")] = False,
     cache_interval: Annotated[int, typer.Option(help="Backbone every K steps in every row.")] = 1,
     sampler: Annotated[str, typer.Option(help="Solver of every row; --steps = evaluations (heun: 2N - 1).")] = "euler",
-    token_forecast: Annotated[str, typer.Option(help="off, linear or quadratic (with --cache-interval).")] = "off",
+    token_forecast: Annotated[str, typer.Option(help="off, linear, quadratic or auto (with --cache-interval).")] = "off",
     samplers: Annotated[
         str | None,
         typer.Option(help="Yardstick instead of backends: e.g. euler,heun,ab2 against a cached Euler-1000 reference."),
     ] = None,
     nfe: Annotated[str, typer.Option(help="Evaluation counts for --samplers.")] = "10,15,20,25,50,100",
+    shift: Annotated[float, typer.Option(help="Time shift of the --samplers runs and their reference (1 = none).")] = 1.0,
     cuda_graphs: Annotated[bool, typer.Option(help="Whole-step CUDA graphs (CUDA; torch, compile, trt).")] = True,
     warmup: Annotated[int, typer.Option(help="Untimed runs before timing.")] = 1,
     repeats: Annotated[int, typer.Option(help="Timed runs; the median is reported.")] = 3,
@@ -290,7 +331,7 @@ def bench(
     from dip_export.app import BenchRequest, ModelRequest, run_bench
 
     sampling = {"steps": steps, "cfg": cfg, "cache_interval": cache_interval, "sampler": sampler,
-                "token_forecast": token_forecast}  # fmt: skip
+                "token_forecast": token_forecast, "shift": shift}  # fmt: skip
     request = BenchRequest(
         ModelRequest(model, preset, weights, trust_checkpoint, revision), sampling, backends=backends, batch=batch,
         image_size=image_size, variants=variants, cuda_graphs=cuda_graphs, warmup=warmup, repeats=repeats, device=device,

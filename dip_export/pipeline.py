@@ -246,7 +246,8 @@ class DiPPipeline:
         """`settings` (default: the model's recommendations) with `overrides` applied and validated.
 
         Overrides are SamplerSettings fields (`sampler` and `guidance_interval` name `method` and
-        `interval`); None leaves a field as it is.
+        `interval`); None leaves a field as it is. Where the model stores a fitted time grid for
+        the resulting solver, steps, shift, interval and guidance, the settings use it.
         """
         base = settings if settings is not None else self.recommended_settings()
         if not isinstance(base, SamplerSettings):
@@ -255,7 +256,9 @@ class DiPPipeline:
         unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(SamplerSettings)})
         if unknown:
             raise UsageError(f"unknown sampler setting(s): {', '.join(unknown)}")
-        return dataclasses.replace(base, **fields)
+        from dip_export.sampling.grids import with_stored_grid
+
+        return with_stored_grid(dataclasses.replace(base, **fields), self.source.sampling)  # a fitted grid where one matches
 
     def recommended_settings(self) -> SamplerSettings:
         """The model's recommended sampler settings (stored with the checkpoint or export), else the defaults."""

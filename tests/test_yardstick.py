@@ -14,6 +14,7 @@ from dip_export.runtime.backends import BackendSpec, make_torch_engine
 def report(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(yardstick, "REFERENCE_STEPS", 96)  # a short reference keeps the test fast
+        mp.setattr(yardstick, "REFERENCE_AGREEMENT_DB", 40.0)
         mp.setattr(yardstick, "CACHE", tmp_path_factory.mktemp("ys"))
         loaded = resolve_model(None, None)
         net = make_torch_engine(BackendSpec("torch", "fp32"), loaded, torch.device("cpu"))
@@ -46,3 +47,17 @@ def test_frechet_distance_of_identical_sets_is_zero():
     a = np.random.default_rng(0).normal(size=(200, 5))
     assert yardstick.frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
     assert yardstick.frechet_distance(a, a + 1.0) == pytest.approx(5.0, rel=1e-6)
+
+
+def test_shift_reaches_the_runs_and_the_reference(tmp_path, monkeypatch):
+    monkeypatch.setattr(yardstick, "REFERENCE_STEPS", 48)
+    monkeypatch.setattr(yardstick, "REFERENCE_AGREEMENT_DB", 30.0)
+    monkeypatch.setattr(yardstick, "CACHE", tmp_path)
+    loaded = resolve_model(None, None)
+    net = make_torch_engine(BackendSpec("torch", "fp32"), loaded, torch.device("cpu"))
+    sticks = [yardstick.Yardstick(num_samples=2, batch=2, shift=s) for s in (1.0, 3.0)]
+    reports = [yardstick.measure(net, loaded, y, ["ab2"], [8]) for y in sticks]
+    assert [r["settings"]["shift"] for r in reports] == [1.0, 3.0]
+    assert len(list(tmp_path.iterdir())) == 2  # one reference per shift
+    assert reports[0]["settings"]["reference"].startswith("ab3 ")
+    assert reports[0]["results"][0]["psnr_db"] != reports[1]["results"][0]["psnr_db"]
