@@ -22,7 +22,7 @@ from dip_export.errors import ExportError, UsageError
 from dip_export.generate import SamplePlan, check_run_limits, check_seed, make_plan, parse_image_size, parse_int_list
 from dip_export.io import check_output_file, check_output_folder, image_grid, save_npz, save_png
 from dip_export.messages import say
-from dip_export.ownership import check_free_space, check_not_input
+from dip_export.ownership import check_free_space, check_not_input, check_replaceable_output
 from dip_export.pipeline import DiPPipeline
 from dip_export.runtime.backends import BackendSpec
 from dip_export.runtime.torch_engine import resolve_device
@@ -89,7 +89,7 @@ def run_sample(request: SampleRequest, console: Console, progress: Progress) -> 
     png_bytes = len(plan) * size[0] * size[1] * 3 * (2 if request.png_dir is not None else 1)
     check_free_space(request.out, png_bytes + (64 << 20))
     if request.png_dir is not None:
-        check_output_folder(request.png_dir, lambda name: _png_index(name) < len(plan))
+        check_output_folder(request.png_dir, lambda name: _png_index(name) < len(plan), kind="png")
     spec = pipe.choose_backend()  # only now the heavy part: measuring (auto), engines, exports made on the fly
     if pipe.reason:
         say(console, f"backend {pipe.reason}")
@@ -138,6 +138,8 @@ def _check_sample_request(request: SampleRequest) -> None:
         raise UsageError(f"--shard-batches must be in 1..{MAX_SHARD_BATCHES}, got {request.shard_batches}")
     check_output_file(out)
     check_output_file(out.with_suffix(".png"))
+    check_replaceable_output(out, "npz")
+    check_replaceable_output(out.with_suffix(".png"), "png")
     for output in (out, out.with_suffix(".png"), request.png_dir):
         if output is not None:
             check_not_input(output, [request.model.model, request.class_file])
@@ -272,6 +274,11 @@ def run_bench(request: BenchRequest, console: Console, progress: Progress) -> No
     if request.samplers is not None:
         _run_yardstick(loaded, settings, request, dev, console)
         return
+    from dip_export.budget import check_work
+
+    rows = len(specs) + 1 + (8 if request.variants else 0)  # eager fp32 is always timed; the variants add rows
+    runs = (settings.warmup + settings.repeats) * rows
+    check_work([settings.steps] * runs, images=settings.batch)  # the product of the limits, before any timing
     _run_backends(loaded, specs, settings, request, dev, console, progress)
 
 
@@ -292,9 +299,11 @@ def _check_bench_request(request: BenchRequest) -> list[str]:
     check_run_limits(steps=steps, cfg=cfg, batch_size=request.batch, cache_interval=cache_interval)
     if request.repeats > MAX_REPEATS or request.warmup > MAX_REPEATS:
         raise UsageError(f"--repeats and --warmup must be at most {MAX_REPEATS}")
-    for path in (request.json_out, request.plot):
+    for path, kind in ((request.json_out, "json"), (request.plot, "png")):
         if path is not None:
             check_output_file(path)
+            check_not_input(path, [request.model.model])
+            check_replaceable_output(path, kind)
     return names
 
 
@@ -326,10 +335,10 @@ def _run_yardstick(loaded: Any, bench: Any, request: BenchRequest, dev: torch.de
     from dip_export.measure.yardstick import REFERENCE_STEPS, Yardstick, measure
     from dip_export.measure.yardstick import plot as plot_yardstick
     from dip_export.runtime.backends import BackendSpec
+    from dip_export.sampling.rules import SOLVERS
+    from dip_export.settings import choice_list
 
-    names = [s.strip() for s in samplers.split(",") if s.strip()]
-    for name in names:
-        SamplerSettings(method=name)  # validates the names
+    names = choice_list(samplers, "--samplers", SOLVERS)  # before the reference is computed
     counts = parse_int_list(nfe, "--nfe")
     check_work(counts, images=max(bench.batch, 1), reference=REFERENCE_STEPS)
     spec = BackendSpec.parse(backends.split(",")[0] if backends.count(",") == 0 else "torch")
@@ -426,6 +435,7 @@ def run_schedule(
     if output.suffix != ".safetensors":
         raise UsageError(f"--output must name a .safetensors file, got {output}")
     check_output_file(output)
+    check_replaceable_output(output, "safetensors")
     if min(train_images, heldout_images, sweeps, batch) < 1 or max(train_images, heldout_images) > 1000 or sweeps > 100:
         raise UsageError("--train-images and --heldout-images must be in 1..1000, --sweeps in 1..100, --batch >= 1")
     lo_hi = _parse_band(band)
@@ -443,14 +453,15 @@ def run_schedule(
         entry, info = fit_schedule(net, loaded, fit, size, batch, lambda n, best: progress.update(
             task, completed=n, description=f"fitting {sampler} {nfe} at guidance {cfg}: {best:.1f} dB (train)"
         ))  # fmt: skip
-    console.print(
+    say(
+        console,
         f"held-out PSNR vs {info['reference']} ({info['heldout_images']} images): default grid {info['default_grid_db']:.1f} dB, "
-        f"fitted {info['fitted_grid_db']:.1f} dB, Euler-100 {info['euler_100_db']:.1f} dB"
+        f"fitted {info['fitted_grid_db']:.1f} dB, Euler-100 {info['euler_100_db']:.1f} dB",
     )
     if info["fitted_grid_db"] < info["default_grid_db"]:  # overfitted to the training seeds: sampling would get worse
         raise ExportError("the fitted grid is worse than the default on held-out images; not stored (try more --train-images)")
     save_checkpoint(output, loaded.model, stored_with(loaded.sampling, entry))
-    console.print(f"wrote {output}")
+    say(console, f"wrote {output}")
 
 
 def _parse_band(text: str | None) -> tuple[float, float] | None:

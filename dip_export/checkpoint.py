@@ -28,6 +28,7 @@ from dip_export.budget import check_checkpoint_tensors
 from dip_export.config import DiPConfig, check_sampling_defaults, get_preset
 from dip_export.errors import CheckpointError, UsageError
 from dip_export.model import DiP
+from dip_export.settings import one_of
 from dip_export.untrusted import UntrustedFileError, parse_json
 
 DEMO_CHECKPOINT = Path(__file__).parent / "demo" / "dip-digits.safetensors"
@@ -160,7 +161,18 @@ def _tensors_only(state: Mapping[str, Any]) -> dict[str, Tensor]:
         )
     if "s_embedder.proj.weight" not in tensors:
         raise CheckpointError("no DiP weights found (no key s_embedder.proj.weight)")
+    odd = next((k for k, v in tensors.items() if not _plain_weight(v)), None)
+    if odd is not None:
+        v = tensors[odd]
+        raise CheckpointError(
+            f"weight {odd[:80]} is not a dense real floating-point tensor in memory ({v.dtype}, {v.layout}, {v.device.type})"
+        )
     return tensors
+
+
+def _plain_weight(value: Tensor) -> bool:
+    """What a weight may be: strided, on the CPU (not meta, not sparse), real floating point."""
+    return value.layout == torch.strided and value.device.type == "cpu" and value.is_floating_point()
 
 
 def infer_config(state: Mapping[str, Tensor]) -> DiPConfig:
@@ -316,8 +328,7 @@ def resolve_model(
     trust: bool = False,
 ) -> LoadedModel:
     """The model a command works on: a checkpoint, a random-weight preset, or the bundled demo."""
-    if weights not in ("ema", "raw"):
-        raise UsageError(f"--weights must be ema or raw, got {weights!r}")
+    one_of(weights, "--weights", ("ema", "raw"))
     if checkpoint is not None:
         config = get_preset(preset) if preset is not None else None
         return load_checkpoint(checkpoint, weights=weights, trust=trust, config=config)

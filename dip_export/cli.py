@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dip_export.errors import DipError
-from dip_export.messages import say
+from dip_export.messages import safe_progress, say
 
 try:  # typer >= 0.20 carries its own click
     from typer._click.exceptions import ClickException
@@ -69,7 +69,7 @@ def handle_errors(func: F) -> F:
 
 
 def progress_bar() -> Progress:
-    return Progress(
+    return safe_progress(  # type: ignore[no-any-return]
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),

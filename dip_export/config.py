@@ -11,6 +11,7 @@ from dip_export.settings import (
     MAX_IMAGE_SIDE,
     MAX_STEPS,
     parse_sampling_defaults,
+    plain_value,
 )
 
 # Bounds on a stored or given architecture: well above DiP-XL/16 (1152, 16, 26, 16, 1000, 3, 64).
@@ -104,7 +105,7 @@ PRESETS: dict[str, DiPConfig] = {
 
 
 def get_preset(name: str) -> DiPConfig:
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise UsageError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}") from None
+    if not isinstance(name, str) or name not in PRESETS:
+        shown = plain_value(name) if isinstance(name, str) else type(name).__name__
+        raise UsageError(f"unknown preset {shown}; choose from {', '.join(PRESETS)}")
+    return PRESETS[name]

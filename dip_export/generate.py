@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -13,13 +14,16 @@ from dip_export.sampling import Denoiser, SamplerSettings, initial_noise, sample
 from dip_export.settings import (
     MAX_BATCH,
     MAX_CFG,
-    MAX_IMAGE_SIDE,
+    MAX_CLASS,
     MAX_SAMPLES,
     MAX_SEED,
     MAX_STEPS,
     RunSettings,
     exact_int,
     finite_float,
+    image_size,
+    int_list,
+    plain_value,
 )
 
 
@@ -34,14 +38,17 @@ class SamplePlan:
         return len(self.seeds)
 
 
+_INT = re.compile(r"-?[0-9]{1,30}")
+
+
 def parse_int_list(text: str, what: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise UsageError(f"{what} must be comma-separated integers, got {text!r}") from None
-    if not values:
+    """'1,2,3' -> [1, 2, 3]: ASCII digits only ('3_2', '0x10' and other scripts' digits are refused)."""
+    parts = [part.strip() for part in text.split(",")]
+    if not any(parts):
         raise UsageError(f"{what} is empty")
-    return values
+    if not all(_INT.fullmatch(part) for part in parts):
+        raise UsageError(f"{what} must be comma-separated integers, got {plain_value(text)}")
+    return [int(part) for part in parts]
 
 
 def make_plan(
@@ -52,6 +59,8 @@ def make_plan(
     seed: int = 0,
 ) -> SamplePlan:
     """Explicit --classes/--seeds pairs, or --num-samples N from --seed S (seed S+i, class i % K)."""
+    classes = None if classes is None else list(int_list(classes, "--classes", 0, MAX_CLASS))
+    seeds = None if seeds is None else list(int_list(seeds, "--seeds", 0, MAX_SEED))
     if classes is None and seeds is None:
         n = exact_int(8 if num_samples is None else num_samples, "--num-samples", 1, MAX_SAMPLES)
         check_seed(seed, "--seed")
@@ -87,17 +96,8 @@ def check_run_limits(*, steps: int | None, cfg: float | None, batch_size: int, c
 
 
 def parse_image_size(text: str | int) -> tuple[int, int]:
-    """'256' -> (256, 256); '32x64' -> (32, 64)."""
-    parts = str(text).lower().split("x")
-    try:
-        sizes = [int(p) for p in parts]
-    except ValueError:
-        raise UsageError(f"image size must be N or HxW, got {text!r}") from None
-    if len(sizes) not in (1, 2) or min(sizes) < 1:
-        raise UsageError(f"image size must be N or HxW with positive sides, got {text!r}")
-    if max(sizes) > MAX_IMAGE_SIDE:
-        raise UsageError(f"image size {text} exceeds the limit of {MAX_IMAGE_SIDE} pixels per side")
-    return (sizes[0], sizes[-1])
+    """'256' or 256 -> (256, 256); '32x64' -> (32, 64) (checked in settings.image_size)."""
+    return image_size(text)
 
 
 def check_image_size(height: int, width: int, patch_size: int) -> None:

@@ -14,6 +14,9 @@ from pathlib import Path
 from dip_export.errors import CheckpointError, DipError, MissingDependencyError, UsageError
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
+# other suffixes of model and data files: `dir/x.onnx` is a file on this machine, not a Hub repo
+FILE_SUFFIXES = (".onnx", ".pkl", ".pickle", ".tar", ".zip", ".gz", ".json", ".npz", ".npy", ".plan", ".engine", ".h5")
+TOOL_FOLDERS = ("engines",)  # the tool's own artifact folder: `engines/NAME` is an export, even run elsewhere
 # a repo id is `org/name` (letters, digits, '-', '_', '.'); anything after the second '/' names a file in it
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}(/[\w./-]+)?$")
 
@@ -29,9 +32,15 @@ def is_local_name(text: str) -> bool:
         text.startswith(("/", ".", "~"))
         or "\\" in text
         or os.path.lexists(text)
-        or (len(parts) > 1 and os.path.isdir(parts[0]))
-        or (len(parts) == 2 and text.lower().endswith(CHECKPOINT_SUFFIXES))
+        or (len(parts) > 1 and (os.path.isdir(parts[0]) or parts[0] in TOOL_FOLDERS))
+        or (len(parts) == 2 and _looks_like_file(parts[1]))
     )
+
+
+def _looks_like_file(name: str) -> bool:
+    """A file name by its suffix: a checkpoint's, a model or data file's, or a checkpoint's with more after it (x.pth.tar)."""
+    lower = name.lower()
+    return lower.endswith(CHECKPOINT_SUFFIXES + FILE_SUFFIXES) or any(f"{suffix}." in lower for suffix in CHECKPOINT_SUFFIXES)
 
 
 def looks_like_hub_name(text: str) -> bool:

@@ -15,7 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from dip_export.errors import DipError, UsageError
-from dip_export.ownership import check_output_name, journal_path, ownership_problem, recover_swap, swap_in
+from dip_export.ownership import (
+    check_output_name,
+    check_replaceable_output,
+    journal_path,
+    ownership_problem,
+    recover_swap,
+    swap_in,
+)
 
 
 def _umask() -> int:
@@ -171,11 +178,16 @@ def check_output_file(path: Path) -> None:
     check_writable_parent(path)
 
 
-def check_output_folder(folder: Path, allowed: Callable[[str], bool]) -> None:
-    """A folder output may be new, empty, or hold only files `allowed` names (this run replaces them)."""
+def check_output_folder(folder: Path, allowed: Callable[[str], bool], kind: str | None = None) -> None:
+    """A folder output may be new, empty, or hold only files `allowed` names (this run replaces them), each of
+    them a `kind` file this tool writes (ownership.check_replaceable_output) when a kind is given."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"{folder} exists and is not a folder")
+    if folder.is_dir() and kind is not None:
+        for path in sorted(folder.iterdir()):
+            if allowed(path.name):
+                check_replaceable_output(path, kind)
     if folder.is_dir():
         foreign = sorted(p.name for p in folder.iterdir() if not (allowed(p.name) and p.is_file()))
         if foreign:

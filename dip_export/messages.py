@@ -48,6 +48,26 @@ def where(path: Path | str, line: int | None = None) -> str:
 
 
 def say_lines(console: Any, text: object) -> None:
-    """A multi-line report of the tool's own, each line through `say`."""
+    """A multi-line report of the tool's own, each line through `say`; a rich renderable (a table) is drawn."""
+    if console is None:
+        return
+    if hasattr(text, "__rich_console__") or hasattr(text, "__rich__"):
+        console.print(text)  # the tool's own table: its cells are its own figures, not file content
+        return
     for line in str(text).splitlines():
         say(console, line)
+
+
+def safe_progress(*columns: Any, **kwargs: Any) -> Any:
+    """A rich Progress whose task descriptions are shown as text (`markup_safe`): names in them come from files."""
+    from rich.progress import Progress
+
+    class SafeProgress(Progress):
+        def add_task(self, description: str, *args: Any, **kw: Any) -> Any:
+            return super().add_task(markup_safe(description, 120), *args, **kw)
+
+        def update(self, task_id: Any, *args: Any, description: str | None = None, **kw: Any) -> None:
+            safe = None if description is None else markup_safe(description, 120)
+            super().update(task_id, *args, description=safe, **kw)
+
+    return SafeProgress(*columns, **kwargs)

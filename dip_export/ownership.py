@@ -82,7 +82,8 @@ def ownership_problem(folder: Path) -> str | None:
 
 
 def check_not_input(output: Path, inputs: Iterable[Path | str | None], what: str = "output") -> None:
-    """An output is never an input, nor a folder holding one (paths compared after resolving symlinks)."""
+    """An output is never an input, a folder holding one, or inside an input folder (an export): paths are
+    compared after resolving symlinks."""
     out = Path(output).resolve()
     for item in inputs:
         if item is None or not Path(item).exists():
@@ -90,6 +91,57 @@ def check_not_input(output: Path, inputs: Iterable[Path | str | None], what: str
         source = Path(item).resolve()
         if source == out or out in source.parents:
             raise UsageError(f"the {what} {output} is or holds the input {item}; name another {what}")
+        if source.is_dir() and source in out.parents:
+            raise UsageError(f"the {what} {output} lies inside the input folder {item}; name another {what}")
+
+
+def _is_npz(head: bytes, path: Path) -> bool:
+    import zipfile
+
+    if not head.startswith(b"PK\x03\x04"):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return all(name.endswith(".npy") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _is_json(head: bytes, path: Path) -> bool:
+    from dip_export.untrusted import UntrustedFileError, read_json
+
+    if head.lstrip()[:1] not in (b"{", b"["):
+        return False
+    try:
+        read_json(path, what="earlier output")
+    except UntrustedFileError:
+        return False
+    return True
+
+
+_OUTPUT_KINDS = {
+    "npz": _is_npz,  # np.savez: a zip of .npy arrays
+    "png": lambda head, path: head.startswith(b"\x89PNG\r\n\x1a\n"),
+    "json": _is_json,
+    "safetensors": lambda head, path: len(head) > 8 and head[8:9] == b"{",
+}
+
+
+def check_replaceable_output(path: Path | str, kind: str) -> None:
+    """A file the user names (or one derived from it) replaces an existing file only if that holds what this tool
+    writes there (`kind`: npz, png, json, safetensors): an earlier result, not a user's notes or pictures."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return
+    if path.is_symlink() or not path.is_file():
+        raise UsageError(f"{path} exists and is not a regular file; refusing to replace it (name another output)")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read the existing file ({err.strerror or err}); name another output") from None
+    if not _OUTPUT_KINDS[kind](head, path):
+        raise UsageError(f"{path} exists and is not a {kind} file this tool writes; refusing to replace it (name another output)")
 
 
 def check_output_name(path: Path) -> None:

@@ -32,7 +32,7 @@ from dip_export.errors import UsageError
 from dip_export.generate import SamplePlan, check_image_size, generate, make_plan, parse_image_size
 from dip_export.runtime.backends import BackendSpec
 from dip_export.sampling import Denoiser, SamplerSettings
-from dip_export.settings import MAX_BATCH, exact_bool, exact_int
+from dip_export.settings import MAX_BATCH, MAX_SAMPLES, exact_bool, exact_int, one_of, optional_callable, optional_text
 
 ProgressCallback = Callable[[int, int], None]  # (steps done, steps in all) over every batch
 OVERRIDE_ALIASES = {"sampler": "method", "guidance_interval": "interval"}  # the API's and CLI's names
@@ -87,8 +87,7 @@ def open_source(
     from dip_export.checkpoint import resolve_model
     from dip_export.hub import looks_like_hub_name, resolve_hub_checkpoint
 
-    if weights not in ("ema", "raw"):
-        raise UsageError(f"--weights must be ema or raw, got {weights!r}")
+    one_of(weights, "--weights", ("ema", "raw"))
     target: Path | None = None
     if model is not None:
         text = str(model)
@@ -165,8 +164,12 @@ class DiPPipeline:
         dev = device if isinstance(device, torch.device) else resolve_device(device)
         batch_size = exact_int(batch_size, "batch_size", 1, MAX_BATCH)
         trust_checkpoint = exact_bool(trust_checkpoint, "trust_checkpoint")
+        backend = optional_text(backend, "backend", 64)
+        revision = optional_text(revision, "revision")
+        if image_size is not None:
+            parse_image_size(image_size)  # checked before the model is opened; 0, "" and False are not "the default"
         source = open_source(model, preset=preset, weights=weights, trust_checkpoint=trust_checkpoint, revision=revision)
-        size = source.export_size or parse_image_size(image_size or source.config.image_size)
+        size = source.export_size or parse_image_size(source.config.image_size if image_size is None else image_size)
         if source.export_size is not None and image_size is not None and parse_image_size(image_size) != source.export_size:
             raise UsageError(
                 f"this export is fixed at {size[0]}x{size[1]}; another --image-size needs a new export"
@@ -338,8 +341,12 @@ class DiPPipeline:
             callback: called as callback(steps_done, steps_total) after every sampler step.
         """
         sampler = self.sampler_settings(settings, **overrides)
-        plan = self.plan(classes, seeds, num_samples=num_samples, seed=seed)
+        optional_callable(callback, "callback")
         batch = self.batch_size if batch_size is None else exact_int(batch_size, "batch_size", 1, MAX_BATCH)
+        if num_samples is not None:  # the images kept, against memory, before a plan of that length is built
+            count = exact_int(num_samples, "num_samples", 1, MAX_SAMPLES)
+            self.check_budget(count, batch, self._size(image_size))
+        plan = self.plan(classes, seeds, num_samples=num_samples, seed=seed)
         total = sampler.steps * -(-len(plan) // batch)
         done = [0]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,7 +48,10 @@ def finite_float(value: Any, what: str, lo: float, hi: float, *, above_lo: bool 
     """A finite number in lo..hi (above lo when `above_lo`): ints and floats pass, bools and strings do not."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise UsageError(f"{what} must be a number, got {type(value).__name__}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int or fraction beyond float range
+        number = math.inf if float(value > 0) else -math.inf  # type: ignore[operator]
     if not (math.isfinite(number) and (lo < number if above_lo else lo <= number) and number <= hi):
         raise UsageError(f"{what} must be in {lo:g}..{hi:g}{f' (above {lo:g})' if above_lo else ''}, got {number}")
     return number
@@ -67,8 +71,25 @@ def one_of(value: Any, what: str, choices: Sequence[str]) -> str:
     return value
 
 
+def choice_list(text: Any, what: str, choices: Sequence[str]) -> list[str]:
+    """'a,b' -> ['a', 'b']: a non-empty comma-separated list of known names, each once."""
+    if not isinstance(text, str):
+        raise UsageError(f"{what} must be comma-separated names, got {type(text).__name__}")
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise UsageError(f"{what} is empty; name at least one of {', '.join(choices)}")
+    for name in names:
+        one_of(name, what, choices)
+    return list(dict.fromkeys(names))
+
+
 def int_list(values: Any, what: str, lo: int, hi: int) -> tuple[int, ...]:
-    """A non-empty sequence of at most MAX_SAMPLES ints in lo..hi."""
+    """A non-empty ordered sequence (list, tuple, range, 1-D array) of at most MAX_SAMPLES ints in lo..hi.
+
+    Sets, dicts and generators are refused: their order (hence which seed goes with which class) is not the caller's.
+    """
+    if isinstance(values, np.ndarray) and values.ndim == 1:
+        values = values.tolist()  # numpy ints become ints; floats stay floats and are refused below
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
         raise UsageError(f"{what} must be a list of integers, got {type(values).__name__}")
     if not 1 <= len(values) <= MAX_SAMPLES:
@@ -78,6 +99,63 @@ def int_list(values: Any, what: str, lo: int, hi: int) -> tuple[int, ...]:
 
 def image_side(value: Any, what: str) -> int:
     return exact_int(value, what, 1, MAX_IMAGE_SIDE)
+
+
+_IMAGE_SIZE = re.compile(r"([0-9]{1,9})(?:[xX]([0-9]{1,9}))?")
+
+
+def image_size(value: Any, what: str = "image size") -> tuple[int, int]:
+    """An int N or text `N` / `HxW` (ASCII digits only) -> (H, W), each side 1..MAX_IMAGE_SIDE."""
+    if isinstance(value, str):
+        match = _IMAGE_SIZE.fullmatch(value.strip())
+        if match is None:
+            raise UsageError(f"{what} must be N or HxW, got {plain_value(value)}")
+        h, w = int(match.group(1)), int(match.group(2) or match.group(1))
+    elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        h = w = int(value)
+    else:
+        raise UsageError(f"{what} must be an integer N or text N or HxW, got {type(value).__name__}")
+    if min(h, w) < 1:
+        raise UsageError(f"{what} must be N or HxW with positive sides, got {plain_value(value)}")
+    if max(h, w) > MAX_IMAGE_SIDE:
+        raise UsageError(f"{what} {h}x{w} exceeds the limit of {MAX_IMAGE_SIDE} pixels per side")
+    return (h, w)
+
+
+def plain_value(value: Any, limit: int = 40) -> str:
+    """A short repr of a user's value for a message (the message itself is escaped where printed)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+DEVICES = ("auto", "cpu", "cuda")
+_CUDA_INDEX = re.compile(r"cuda:[0-9]{1,3}")
+
+
+def device_name(value: Any) -> str:
+    """auto, cpu, cuda or cuda:N (text only)."""
+    if not isinstance(value, str) or not (value in DEVICES or _CUDA_INDEX.fullmatch(value)):
+        shown = plain_value(value) if isinstance(value, str) else type(value).__name__
+        raise UsageError(f"unknown device {shown}; use auto, cpu or cuda")
+    return value
+
+
+def optional_text(value: Any, what: str, max_len: int = 1024) -> str | None:
+    """None, or a non-empty string of at most `max_len` characters (names, revisions, backends)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > max_len:
+        shown = f"text of 1..{max_len} characters"
+        got = type(value).__name__ if not isinstance(value, str) else f"{len(value)} characters"
+        raise UsageError(f"{what} must be None or {shown}, got {got}")
+    return value
+
+
+def optional_callable(value: Any, what: str) -> Any:
+    """None or something callable (checked before the work, not at its first use)."""
+    if value is not None and not callable(value):
+        raise UsageError(f"{what} must be callable or None, got {type(value).__name__}")
+    return value
 
 
 def guidance_interval(value: Any, what: str = "guidance interval") -> tuple[float, float]:
@@ -96,7 +174,23 @@ SAMPLING_DEFAULTS = {
     "cfg": lambda v: finite_float(v, "stored sampling default cfg", 0.0, MAX_CFG),
     "shift": lambda v: finite_float(v, "stored sampling default shift", 0.0, MAX_SHIFT, above_lo=True),
     "cache_interval": lambda v: exact_int(v, "stored sampling default cache_interval", 1, MAX_STEPS),
+    "sampler": lambda v: one_of(v, "stored sampling default sampler", _solvers()),
+    "token_forecast": lambda v: one_of(v, "stored sampling default token_forecast", _forecasts()),
+    "guidance_interval": lambda v: guidance_interval(v, "stored sampling default guidance_interval"),
+    "grids": lambda v: v,  # fitted time grids: checked by sampling's own format (config.check_sampling_defaults)
 }
+
+
+def _solvers() -> tuple[str, ...]:
+    from dip_export.sampling.rules import SOLVERS
+
+    return SOLVERS
+
+
+def _forecasts() -> tuple[str, ...]:
+    from dip_export.sampling.rules import FORECASTS
+
+    return FORECASTS
 
 
 def parse_sampling_defaults(data: Any) -> dict[str, Any]:
@@ -104,11 +198,14 @@ def parse_sampling_defaults(data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UsageError(f"sampling defaults must be a JSON object, got {type(data).__name__}")
     for key, value in data.items():
-        if key in SAMPLING_DEFAULTS:
-            try:
-                SAMPLING_DEFAULTS[key](value)
-            except UsageError:
-                raise UsageError(f"stored sampling default {key}={value!r:.60} is out of range or of the wrong type") from None
+        if key not in SAMPLING_DEFAULTS:  # a key no version writes: a damaged or foreign file, not one to half-trust
+            raise UsageError(f"unknown stored sampling default {plain_value(key)}; known: {', '.join(SAMPLING_DEFAULTS)}")
+        try:
+            SAMPLING_DEFAULTS[key](value)
+        except UsageError:
+            raise UsageError(
+                f"stored sampling default {key}={plain_value(value, 60)} is out of range or of the wrong type"
+            ) from None
     return dict(data)
 
 

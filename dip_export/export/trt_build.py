@@ -207,7 +207,7 @@ def build_trt(
     gpu, capability = gpu_identity(device)
     folder = find_export(root, output_dir)
     if output_dir is None:
-        console.print(f"building from {folder} (the most recent export under {root}/)")
+        say(console, f"building from {folder} (the most recent export under {root}/)")
     check_precision_supported(precision, capability)
     manifest = read_manifest(folder)
     existing = manifest.engines.get(precision)

@@ -88,6 +88,8 @@ class BackendSpec:
 
     @classmethod
     def parse(cls, text: str) -> BackendSpec:
+        if not isinstance(text, str):
+            raise UsageError(f"a backend is text (name[:precision]), got {type(text).__name__}")
         name, _, precision = text.strip().partition(":")
         if name not in BACKENDS:
             raise UsageError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")

@@ -11,11 +11,13 @@ from torch import Tensor
 
 from dip_export.errors import UsageError
 from dip_export.model import DiP
+from dip_export.settings import device_name
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(device: str) -> torch.device:
+    device = device_name(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():

@@ -1,0 +1,108 @@
+"""Hub: a name that looks like a file or one of the tool's folders is local; no request leaves the machine.
+
+The rule is property-tested on `is_local_name`; two surfaces (dip-sample, DiPPipeline.load) are run
+against a local fake Hub endpoint that records every request.
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import typing
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dip_export.hub import CHECKPOINT_SUFFIXES, FILE_SUFFIXES, is_local_name, looks_like_hub_name
+
+WORD = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,10}", fullmatch=True)
+SUFFIX = st.sampled_from(CHECKPOINT_SUFFIXES + FILE_SUFFIXES)
+
+
+@given(WORD, WORD, SUFFIX, st.sampled_from(["", ".1", ".tar", ".bak"]))
+def test_two_part_file_names_are_local(org, stem, suffix, more):
+    name = f"{org}-nonexistent/{stem}{suffix}{more if suffix in CHECKPOINT_SUFFIXES else ''}"
+    assert is_local_name(name) and not looks_like_hub_name(name)
+
+
+@given(WORD)
+def test_the_tool_folder_is_local(name):
+    assert not looks_like_hub_name(f"engines/{name}")
+
+
+@given(WORD, WORD)
+def test_plain_repo_names_stay_hub_names(org, name):
+    assert looks_like_hub_name(f"{org}-nonexistent/{name}")
+    assert looks_like_hub_name(f"{org}-nonexistent/{name}/model.onnx")  # org/name/FILE names a file in a repo
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    seen: typing.ClassVar[list[str]] = []
+
+    def do_GET(self):
+        self.seen.append(self.path)
+        self.send_response(404)
+        self.end_headers()
+
+    do_HEAD = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def recording_hub(monkeypatch):
+    from huggingface_hub import constants
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_port}"
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    _Recorder.seen = []
+    yield _Recorder.seen
+    server.shutdown()
+
+
+NAMES = ["nodir/x.onnx", "nodir/x.pth.tar", "nodir/x.safetensors.1", "engines/dip-digits-32x32-fp32", "nodir/x.pkl"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_api_sends_no_request(recording_hub, name, tmp_path, monkeypatch):
+    from dip_export import DiPPipeline
+    from dip_export.errors import DipError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DipError):
+        DiPPipeline.load(name)
+    assert recording_hub == []
+
+
+@pytest.mark.parametrize("name", NAMES[:2])
+def test_cli_sends_no_request(recording_hub, name, tmp_path, monkeypatch, capsys):
+    import sys
+
+    from dip_export.cli import sample_main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["dip-sample", name, "--steps", "1", "--out", "o.npz"])
+    with pytest.raises(SystemExit) as exit_:
+        sample_main()
+    assert exit_.value.code == 1
+    assert recording_hub == []
+    assert "no such checkpoint file" in capsys.readouterr().err
+
+
+def test_fake_hub_sees_a_real_hub_name(recording_hub, tmp_path, monkeypatch):
+    """The recorder works: a true org/name is requested (and fails at the fake)."""
+    from dip_export import DiPPipeline
+    from dip_export.errors import DipError
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DipError):
+        DiPPipeline.load("someorg-nonexistent/somemodel")
+    assert recording_hub != []
