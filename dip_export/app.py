@@ -80,6 +80,7 @@ def run_sample(request: SampleRequest, console: Console, progress: Progress) -> 
     pipe = request.model.load(
         backend=request.backend, device=dev, image_size=request.image_size, batch_size=request.batch_size, console=console
     )
+    say_assumed_size(pipe.source, request.image_size, pipe.image_size, console)
     settings = pipe.sampler_settings(**request.sampling)
     plan = _plan(pipe.config.num_classes, request)
     if request.png_dir is not None:
@@ -218,14 +219,17 @@ class BenchRequest:
     """dip-bench: which backends, timed how, on which sampler run; or the yardstick with --samplers."""
 
     model: ModelRequest
-    sampling: dict[str, Any]  # SamplerSettings fields of every row: steps, cfg, sampler, cache_interval, token_forecast
-    backends: str = "torch"
-    batch: int = 1
+    sampling: dict[str, Any]  # SamplerSettings overrides of every row (None or absent: the model's recommendation)
+    backends: str | None = None  # None: DEFAULT_BACKENDS for the table, torch for the yardstick
+    batch_size: int = 1  # images per timed run (the yardstick: images per solver and count)
     image_size: str | None = None
     variants: bool = False
     cuda_graphs: bool = True
     warmup: int = 1
-    repeats: int = 3
+    repeats: int = 5  # timed runs at least; more while the spread is above target_spread, up to max_repeats
+    max_repeats: int = 30
+    target_spread: float = 0.05
+    threads: int | None = None  # CPU threads of every backend (None: the physical cores)
     device: str = "auto"
     json_out: Path | None = None
     plot: Path | None = None
@@ -236,61 +240,97 @@ class BenchRequest:
 def run_bench(request: BenchRequest, console: Console, progress: Progress) -> None:
     """dip-bench: every backend on the same seeds, one table; or the yardstick with --samplers."""
     from dip_export.measure.bench import BenchSettings
+    from dip_export.measure.harness import RepeatPolicy
 
     names = _check_bench_request(request)
+    policy = RepeatPolicy(request.repeats, max(request.max_repeats, request.repeats), request.target_spread)
     specs = [BackendSpec.parse(b) for b in names if b != "auto"]
     dev = resolve_device(request.device)
     pipe = request.model.load(
         backend="auto" if "auto" in names else None, device=dev, image_size=request.image_size,
-        batch_size=request.batch, console=console,
+        batch_size=request.batch_size, console=console,
     )  # fmt: skip
     loaded = pipe.source.loaded
     if loaded is None:
         raise UsageError("dip-bench runs from a checkpoint, a preset or the demo model, not an export folder")
+    say_assumed_size(pipe.source, request.image_size, pipe.image_size, console)
+    sampler = pipe.sampler_settings(**request.sampling)
+    console.print(_sampler_line(sampler, request.sampling, pipe.source.sampling), highlight=False, soft_wrap=True)
     if "auto" in names:
         chosen = pipe.choose_backend()
         console.print(f"--backend auto: {pipe.reason}")
         specs = list(dict.fromkeys([*specs, chosen]))
-    sampler = SamplerSettings(**{OVERRIDE_NAMES.get(k, k): v for k, v in request.sampling.items()})  # before any work
     settings = BenchSettings(
-        steps=sampler.steps, batch=request.batch, cfg=sampler.cfg, height=pipe.image_size[0], width=pipe.image_size[1],
-        warmup=request.warmup, repeats=request.repeats, cache_interval=sampler.cache_interval,
-        cuda_graphs=request.cuda_graphs, sampler=sampler.method, token_forecast=sampler.token_forecast,
+        sampler, batch=request.batch_size, height=pipe.image_size[0], width=pipe.image_size[1], warmup=request.warmup,
+        repeats=policy, cuda_graphs=request.cuda_graphs, threads=request.threads,
     )  # fmt: skip
     if request.samplers is not None:
-        _run_yardstick(loaded, settings, request, dev, console)
+        _run_yardstick(loaded, settings, specs[0], request, dev, console)
         return
     _run_backends(loaded, specs, settings, request, dev, console, progress)
 
 
-OVERRIDE_NAMES = {"sampler": "method"}  # dip-bench's option names for SamplerSettings fields
+def say_assumed_size(source: Any, given: str | None, size: tuple[int, int], console: Console) -> None:
+    """One line when the image size is a guess: the checkpoint stores no config and no --image-size was given."""
+    loaded = source.loaded
+    if given is None and loaded is not None and loaded.size_assumed:
+        console.print(
+            f"image size {size[0]}x{size[1]} assumed: {loaded.name} stores no config (give --image-size for another)",
+            highlight=False, soft_wrap=True,
+        )
+
+
+def _sampler_line(sampler: SamplerSettings, given: dict[str, Any], stored: dict[str, Any]) -> str:
+    """What every row samples with, and which settings are the model's stored recommendation."""
+    from_model = [opt for key, opt in (("steps", "--steps"), ("cfg", "--cfg"), ("sampler", "--sampler"))
+                  if given.get(key) is None and key in stored]  # fmt: skip
+    line = f"sampler: {sampler.method}, {sampler.steps} steps, guidance {sampler.cfg:g}"
+    if from_model:
+        line += f" ({', '.join(from_model)}: the model's recommendation)"
+    return line
 
 
 def _check_bench_request(request: BenchRequest) -> list[str]:
-    """The backend names asked for, after the checks that need no model."""
-    names = [b.strip() for b in request.backends.split(",") if b.strip()]
+    """The backend names asked for, after the checks that need no model (matplotlib for --plot first)."""
+    if request.plot is not None:
+        from dip_export.measure.plotting import require_matplotlib
+
+        require_matplotlib()
+    from dip_export.runtime.catalog import BENCH_DEFAULT
+
+    default = "torch" if request.samplers is not None else BENCH_DEFAULT
+    names = [b.strip() for b in (request.backends or default).split(",") if b.strip()]
     if not names:
         raise UsageError("--backends is empty; name at least one, e.g. torch")
     for name in names:
         if name != "auto":
             BackendSpec.parse(name)
-    steps, cfg, cache_interval = (request.sampling.get(k) for k in ("steps", "cfg", "cache_interval"))
-    if (steps is not None and steps < 1) or request.batch < 1 or request.repeats < 1 or request.warmup < 0:
-        raise UsageError("--steps, --batch and --repeats must be >= 1, --warmup >= 0")
-    check_run_limits(steps=steps, cfg=cfg, batch_size=request.batch, cache_interval=cache_interval)
-    if request.repeats > MAX_REPEATS or request.warmup > MAX_REPEATS:
-        raise UsageError(f"--repeats and --warmup must be at most {MAX_REPEATS}")
+    if request.samplers is not None and (len(names) != 1 or names[0] == "auto"):
+        raise UsageError(f"--samplers measures on one backend; name one with --backends (got {', '.join(names)})")
+    if request.batch_size < 1 or request.repeats < 1 or request.warmup < 0:
+        raise UsageError("--batch-size and --repeats must be >= 1, --warmup >= 0")
+    sampling = {OVERRIDE_NAMES.get(k, k): v for k, v in request.sampling.items() if v is not None}
+    check_run_limits(steps=sampling.get("steps"), cfg=sampling.get("cfg"), batch_size=request.batch_size,
+                     cache_interval=sampling.get("cache_interval"))  # fmt: skip
+    SamplerSettings(**sampling)  # the names and ranges of the given settings, before any work
+    if request.repeats > MAX_REPEATS or request.warmup > MAX_REPEATS or request.max_repeats > MAX_REPEATS:
+        raise UsageError(f"--repeats, --max-repeats and --warmup must be at most {MAX_REPEATS}")
+    if request.threads is not None and not 1 <= request.threads <= 1024:
+        raise UsageError(f"--threads must be in 1..1024, got {request.threads}")
     for path in (request.json_out, request.plot):
         if path is not None:
             check_output_file(path)
     return names
 
 
+OVERRIDE_NAMES = {"sampler": "method", "guidance_interval": "interval"}  # dip-bench's option names for SamplerSettings fields
+
+
 def _run_backends(
     loaded: Any, specs: list[BackendSpec], settings: Any, request: BenchRequest, dev: torch.device, console: Console,
     progress: Progress,
 ) -> None:  # fmt: skip
-    """The backend table: rows, the recommendation, the JSON and the plot."""
+    """The backend table: rows, the noise warning, the recommendation, the JSON and the plot."""
     from dip_export.measure.autobackend import recommend_from_bench
     from dip_export.measure.bench import plot_report, render_table, run_bench
 
@@ -298,6 +338,8 @@ def _run_backends(
     out = Console()
     if not out.is_terminal:
         out = Console(width=200)  # a file or pipe: do not squeeze the table
+    if report["noise"]["warning"]:
+        out.print(f"[yellow]{report['noise']['warning']}[/yellow]")
     out.print(render_table(report))
     recommendation = recommend_from_bench(report)
     if recommendation is not None:
@@ -306,26 +348,28 @@ def _run_backends(
     _write_report(report, request.json_out, request.plot, plot_report, console)
 
 
-def _run_yardstick(loaded: Any, bench: Any, request: BenchRequest, dev: torch.device, console: Console) -> None:
-    """dip-bench --samplers: PSNR against the converged reference per solver and evaluation count."""
-    samplers, nfe, backends = request.samplers or "", request.nfe, request.backends
-
+def _run_yardstick(
+    loaded: Any, bench: Any, spec: BackendSpec, request: BenchRequest, dev: torch.device, console: Console
+) -> None:
+    """dip-bench --samplers: PSNR against the converged reference per solver and evaluation count, on one backend."""
+    from dip_export.measure.harness import cpu_threads, physical_cores
     from dip_export.measure.yardstick import Yardstick, measure
     from dip_export.measure.yardstick import plot as plot_yardstick
-    from dip_export.runtime.backends import BackendSpec
 
-    names = [s.strip() for s in samplers.split(",") if s.strip()]
+    names = [s.strip() for s in (request.samplers or "").split(",") if s.strip()]
     for name in names:
         SamplerSettings(method=name)  # validates the names
-    counts = parse_int_list(nfe, "--nfe")
-    spec = BackendSpec.parse(backends.split(",")[0] if backends.count(",") == 0 else "torch")
-    net = make_engine(spec, loaded, (bench.height, bench.width), dev, console, batch=bench.batch)
-    y = Yardstick(num_samples=max(bench.batch, 1), cfg=bench.cfg, batch=bench.batch, height=bench.height, width=bench.width)
-    base = SamplerSettings(cfg=bench.cfg, cache_interval=bench.cache_interval, token_forecast=bench.token_forecast)
-    report = measure(net, loaded, y, names, counts, base, progress=lambda r: console.print(
-        f"{r['sampler']:>9} nfe {r['nfe']:>4}  {r['psnr_db']:6.2f} dB  {1000 * r['s_per_image']:8.1f} ms/image"
-    ))  # fmt: skip
+    counts = parse_int_list(request.nfe, "--nfe")
+    console.print(f"yardstick on {spec}, {bench.batch} images per solver and count")
+    sampler = bench.sampler
+    with cpu_threads(bench.threads or physical_cores()) as threads:
+        net = make_engine(spec, loaded, (bench.height, bench.width), dev, console, batch=bench.batch)
+        y = Yardstick(num_samples=bench.batch, cfg=sampler.cfg, batch=bench.batch, height=bench.height, width=bench.width)
+        report = measure(net, loaded, y, names, counts, sampler, progress=lambda r: console.print(
+            f"{r['sampler']:>9} nfe {r['nfe']:>4}  {r['psnr_db']:6.2f} dB  {1000 * r['s_per_image']:8.1f} ms/image"
+        ))  # fmt: skip
     report["settings"]["backend"] = str(spec)
+    report["settings"]["threads"] = threads
     _write_report(report, request.json_out, request.plot, plot_yardstick, console)
 
 
@@ -365,6 +409,7 @@ def run_export_onnx(
     loaded = source.loaded
     size = parse_image_size(image_size or loaded.config.image_size)
     check_image_size(*size, loaded.config.patch_size)
+    say_assumed_size(source, image_size, size, console)
     if build.precision in ("int8", "fp8"):
         from dip_export.export.quantize import export_int8
 

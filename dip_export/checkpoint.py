@@ -42,6 +42,7 @@ class LoadedModel:
     name: str  # short name for folders and tables
     source: str  # path of the checkpoint, "preset:NAME" or the demo path
     sampling: dict[str, Any] = field(default_factory=dict)  # recommended steps / cfg / ...
+    size_assumed: bool = False  # no stored config: the architecture was read off the weights, the image size assumed
 
 
 def sha256_file(path: Path) -> str:
@@ -237,12 +238,13 @@ def load_checkpoint(
         except CheckpointError as err:
             raise CheckpointError(f"{path}: {err}") from None
     config = config or stored
+    inferred = config is None
     try:
         config = check_config_matches(path, config, state) if config is not None else infer_config(state)
         model = build_model(config, state)
     except CheckpointError as err:
         raise CheckpointError(str(err) if str(err).startswith(f"{path}:") else f"{path}: {err}") from None
-    return LoadedModel(model, config, name=path.stem, source=str(path), sampling=sampling)
+    return LoadedModel(model, config, name=path.stem, source=str(path), sampling=sampling, size_assumed=inferred)
 
 
 def _check_is_file(path: Path) -> None:

@@ -12,11 +12,12 @@ from typing import Any
 from dip_export.config import DiPConfig, check_sampling_defaults
 from dip_export.errors import ExportError, UsageError
 from dip_export.io import EXPORT_FORMAT_PREFIX, MANIFEST_NAME, atomic_path
+from dip_export.runtime.catalog import ALL_PRECISIONS
 from dip_export.settings import MAX_IMAGE_SIDE
 
 MANIFEST = MANIFEST_NAME
 FORMAT = EXPORT_FORMAT_PREFIX + "1"
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
+PRECISIONS = ALL_PRECISIONS  # every precision some backend runs, from the backend catalog
 ROLES = ("backbone", "detailer")  # the sub-models every export holds
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearMatMul", "QLinearConv",
                  "MatMulInteger", "ConvInteger"}  # fmt: skip
