@@ -80,11 +80,11 @@ def run_sample(request: SampleRequest, console: Console, progress: Progress) -> 
     pipe = request.model.load(
         backend=request.backend, device=dev, image_size=request.image_size, batch_size=request.batch_size, console=console
     )
-    say_assumed_size(pipe.source, request.image_size, pipe.image_size, console)
     settings = pipe.sampler_settings(**request.sampling)
     plan = _plan(pipe.config.num_classes, request)
     if request.png_dir is not None:
         check_output_folder(request.png_dir, lambda name: _png_index(name) < len(plan))
+    say_assumed_size(pipe.source, request.image_size, pipe.image_size, console)  # the arguments are good: now say it
     spec = pipe.choose_backend()  # only now the heavy part: measuring (auto), engines, exports made on the fly
     if pipe.reason:
         console.print(f"backend {pipe.reason}")
@@ -253,8 +253,8 @@ def run_bench(request: BenchRequest, console: Console, progress: Progress) -> No
     loaded = pipe.source.loaded
     if loaded is None:
         raise UsageError("dip-bench runs from a checkpoint, a preset or the demo model, not an export folder")
-    say_assumed_size(pipe.source, request.image_size, pipe.image_size, console)
     sampler = pipe.sampler_settings(**request.sampling)
+    say_assumed_size(pipe.source, request.image_size, pipe.image_size, console)
     console.print(_sampler_line(sampler, request.sampling, pipe.source.sampling), highlight=False, soft_wrap=True)
     if "auto" in names:
         chosen = pipe.choose_backend()
