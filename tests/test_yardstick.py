@@ -46,3 +46,10 @@ def test_frechet_distance_of_identical_sets_is_zero():
     a = np.random.default_rng(0).normal(size=(200, 5))
     assert yardstick.frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
     assert yardstick.frechet_distance(a, a + 1.0) == pytest.approx(5.0, rel=1e-6)
+
+
+def test_euler_100s_level_is_measured_and_marked(report, tmp_path):
+    rows = {(r["sampler"], r["nfe"]): r for r in report["results"]}
+    assert report["euler_100_db"] > rows[("euler", 12)]["psnr_db"]  # measured although not asked for
+    yardstick.plot(report, tmp_path / "y.png")
+    assert (tmp_path / "y.png").read_bytes().startswith(b"\x89PNG")
