@@ -133,8 +133,8 @@ def test_the_catalog_is_the_registrys_facts_and_the_manifests_precisions():
 @pytest.mark.parametrize(
     ("device", "native", "expected"),
     [
-        ("cpu", False, ["torch:fp32", "compile:fp32", "onnx:fp32"]),
-        ("cpu", True, ["torch:fp32", "torch:bf16", "compile:bf16", "onnx:fp32"]),
+        ("cpu", False, ["torch:fp32", "onnx:fp32", "compile:fp32"]),
+        ("cpu", True, ["torch:fp32", "onnx:fp32", "torch:bf16", "compile:bf16"]),
         ("cuda", True, ["torch:fp32", "torch:bf16", "compile:bf16"]),
         ("cuda", False, ["torch:fp32", "torch:fp16", "compile:fp16"]),
     ],

@@ -75,7 +75,8 @@ def candidates(device: torch.device) -> list[BackendSpec]:
     an export changes pictures or is not a CPU path)."""
     half = "bf16" if native_bf16(device) else "fp16" if device.type == "cuda" else None
     specs = [BackendSpec("torch", "fp32")]
-    for record in BACKENDS.values():
+    order = sorted(BACKENDS.values(), key=lambda r: (r.compiles, r.runs_from == "model"))  # the compile last
+    for record in order:
         if device.type not in record.auto_on:
             continue
         precisions = ["fp32"] if record.runs_from == "export" else [p for p in ("fp32", half) if p in record.precisions]
