@@ -18,9 +18,11 @@ from rich.console import Console
 from rich.progress import Progress
 
 from dip_export.engines import make_engine
-from dip_export.errors import UsageError
+from dip_export.errors import ExportError, UsageError
 from dip_export.generate import SamplePlan, check_run_limits, check_seed, make_plan, parse_image_size, parse_int_list
 from dip_export.io import check_output_file, check_output_folder, image_grid, save_npz, save_png
+from dip_export.messages import say
+from dip_export.ownership import check_free_space, check_not_input
 from dip_export.pipeline import DiPPipeline
 from dip_export.runtime.backends import BackendSpec
 from dip_export.runtime.torch_engine import resolve_device
@@ -82,18 +84,24 @@ def run_sample(request: SampleRequest, console: Console, progress: Progress) -> 
     )
     settings = pipe.sampler_settings(**request.sampling)
     plan = _plan(pipe.config.num_classes, request)
+    pipe.check_budget(len(plan))
+    size = pipe.image_size
+    png_bytes = len(plan) * size[0] * size[1] * 3 * (2 if request.png_dir is not None else 1)
+    check_free_space(request.out, png_bytes + (64 << 20))
     if request.png_dir is not None:
         check_output_folder(request.png_dir, lambda name: _png_index(name) < len(plan))
     say_assumed_size(pipe.source, request.image_size, pipe.image_size, console)  # the arguments are good: now say it
     spec = pipe.choose_backend()  # only now the heavy part: measuring (auto), engines, exports made on the fly
     if pipe.reason:
-        console.print(f"backend {pipe.reason}")
+        say(console, f"backend {pipe.reason}")
     pipe.engine()
 
     def make_images(part: SamplePlan, on_step: Callable[[int], None] | None = None) -> np.ndarray:
         return pipe.generate(part, settings, batch_size=request.batch_size, cuda_graphs=request.cuda_graphs, on_step=on_step)
 
     if world.size > 1 or request.resume:
+        if world.is_main:
+            request.out.with_suffix(".png").unlink(missing_ok=True)  # never an old grid beside a new npz
         identity = {
             "model": pipe.name, "source": str(pipe.source.path or request.model.preset or "demo"), "backend": str(spec),
             "weights": request.model.weights, "sampler": settings.__dict__, "size": list(pipe.image_size),
@@ -107,6 +115,7 @@ def run_sample(request: SampleRequest, console: Console, progress: Progress) -> 
             total = settings.steps * -(-len(plan) // request.batch_size)
             task = progress.add_task(f"{pipe.name} {spec} {len(plan)} images", total=total)
             images = make_images(plan, lambda _: progress.advance(task))
+        request.out.with_suffix(".png").unlink(missing_ok=True)  # never an old grid beside a new npz
         save_npz(request.out, images)
     _write_images(request, images, pipe.image_size, console)
 
@@ -130,6 +139,9 @@ def _check_sample_request(request: SampleRequest) -> None:
         raise UsageError(f"--shard-batches must be in 1..{MAX_SHARD_BATCHES}, got {request.shard_batches}")
     check_output_file(out)
     check_output_file(out.with_suffix(".png"))
+    for output in (out, out.with_suffix(".png"), request.png_dir):
+        if output is not None:
+            check_not_input(output, [request.model.model, request.class_file])
     if request.png_dir is not None and request.png_dir.exists() and not request.png_dir.is_dir():
         raise UsageError(f"--png-dir {request.png_dir} exists and is not a folder")
 
@@ -141,7 +153,7 @@ def _write_images(request: SampleRequest, images: np.ndarray, size: tuple[int, i
     if request.png_dir is not None:
         for i, image in enumerate(images):
             save_png(request.png_dir / _png_name(i), image)
-    console.print(f"wrote {out} ({images.shape[0]} x {size[0]}x{size[1]}) and {out.with_suffix('.png')}")
+    say(console, f"wrote {out} ({images.shape[0]} x {size[0]}x{size[1]}) and {out.with_suffix('.png')}")
 
 
 def _png_name(index: int) -> str:
@@ -207,7 +219,7 @@ def _run_sharded(
                                  shard_batches=shard_batches, make_images=counted,
                                  on_images=lambda n: progress.update(task, completed=n))  # fmt: skip
             progress.update(task, completed=len(plan))
-        console.print(f"shards in {folder}/ (kept for resuming; delete when done)")
+        say(console, f"shards in {folder}/ (kept for resuming; delete when done)")
         return images
     finally:
         world.close()
@@ -255,10 +267,10 @@ def run_bench(request: BenchRequest, console: Console, progress: Progress) -> No
         raise UsageError("dip-bench runs from a checkpoint, a preset or the demo model, not an export folder")
     sampler = pipe.sampler_settings(**request.sampling)
     say_assumed_size(pipe.source, request.image_size, pipe.image_size, console)
-    console.print(_sampler_line(sampler, request.sampling, pipe.source.sampling), highlight=False, soft_wrap=True)
+    say(console, _sampler_line(sampler, request.sampling, pipe.source.sampling))
     if "auto" in names:
         chosen = pipe.choose_backend()
-        console.print(f"--backend auto: {pipe.reason}")
+        say(console, f"--backend auto: {pipe.reason}")
         specs = list(dict.fromkeys([*specs, chosen]))
     settings = BenchSettings(
         sampler, batch=request.batch_size, height=pipe.image_size[0], width=pipe.image_size[1], warmup=request.warmup,
@@ -274,10 +286,7 @@ def say_assumed_size(source: Any, given: str | None, size: tuple[int, int], cons
     """One line when the image size is a guess: the checkpoint stores no config and no --image-size was given."""
     loaded = source.loaded
     if given is None and loaded is not None and loaded.size_assumed:
-        console.print(
-            f"image size {size[0]}x{size[1]} assumed: {loaded.name} stores no config (give --image-size for another)",
-            highlight=False, soft_wrap=True,
-        )
+        say(console, f"image size {size[0]}x{size[1]} assumed: {loaded.name} stores no config (give --image-size for another)")
 
 
 def _sampler_line(sampler: SamplerSettings, given: dict[str, Any], stored: dict[str, Any]) -> str:
@@ -305,8 +314,10 @@ def _check_bench_request(request: BenchRequest) -> list[str]:
     for name in names:
         if name != "auto":
             BackendSpec.parse(name)
-    if request.samplers is not None and (len(names) != 1 or names[0] == "auto"):
-        raise UsageError(f"--samplers measures on one backend; name one with --backends (got {', '.join(names)})")
+    if request.samplers is not None:
+        if len(names) != 1 or names[0] == "auto":
+            raise UsageError(f"--samplers measures on one backend; name one with --backends (got {', '.join(names)})")
+        _yardstick_runs(request)
     if request.batch_size < 1 or request.repeats < 1 or request.warmup < 0:
         raise UsageError("--batch-size and --repeats must be >= 1, --warmup >= 0")
     sampling = {OVERRIDE_NAMES.get(k, k): v for k, v in request.sampling.items() if v is not None}
@@ -339,13 +350,26 @@ def _run_backends(
     if not out.is_terminal:
         out = Console(width=200)  # a file or pipe: do not squeeze the table
     if report["noise"]["warning"]:
-        out.print(f"[yellow]{report['noise']['warning']}[/yellow]")
+        say(out, report["noise"]["warning"], style="yellow")
     out.print(render_table(report))
     recommendation = recommend_from_bench(report)
     if recommendation is not None:
         report["recommendation"] = recommendation
-        out.print(f"fastest fp32/bf16 backend here: {recommendation}  (dip-sample --backend auto picks by measuring)")
+        say(out, f"fastest fp32/bf16 backend here: {recommendation}  (dip-sample --backend auto picks by measuring)")
     _write_report(report, request.json_out, request.plot, plot_report, console)
+
+
+def _yardstick_runs(request: BenchRequest) -> tuple[list[str], list[int]]:
+    """The --samplers names and --nfe counts, checked (and the work they ask for bounded) before any work."""
+    from dip_export.budget import check_work
+    from dip_export.measure.yardstick import REFERENCE_STEPS
+
+    names = [s.strip() for s in (request.samplers or "").split(",") if s.strip()]
+    for name in names:
+        SamplerSettings(method=name)  # validates the names
+    counts = parse_int_list(request.nfe, "--nfe")
+    check_work(counts, images=request.batch_size, reference=REFERENCE_STEPS)
+    return names, counts
 
 
 def _run_yardstick(
@@ -356,16 +380,16 @@ def _run_yardstick(
     from dip_export.measure.yardstick import Yardstick, measure
     from dip_export.measure.yardstick import plot as plot_yardstick
 
-    names = [s.strip() for s in (request.samplers or "").split(",") if s.strip()]
-    for name in names:
-        SamplerSettings(method=name)  # validates the names
-    counts = parse_int_list(request.nfe, "--nfe")
-    console.print(f"yardstick on {spec}, {bench.batch} images per solver and count")
+    names, counts = _yardstick_runs(request)
+    say(console, f"yardstick on {spec}, {bench.batch} images per solver and count")
     sampler = bench.sampler
     with cpu_threads(bench.threads or physical_cores()) as threads:
         net = make_engine(spec, loaded, (bench.height, bench.width), dev, console, batch=bench.batch)
-        y = Yardstick(num_samples=bench.batch, cfg=sampler.cfg, batch=bench.batch, height=bench.height, width=bench.width)
-        report = measure(net, loaded, y, names, counts, sampler, progress=lambda r: console.print(
+        y = Yardstick(
+            num_samples=bench.batch, cfg=sampler.cfg, shift=sampler.shift, batch=bench.batch, height=bench.height,
+            width=bench.width,
+        )  # fmt: skip
+        report = measure(net, loaded, y, names, counts, sampler, progress=lambda r: say(console,
             f"{r['sampler']:>9} nfe {r['nfe']:>4}  {r['psnr_db']:6.2f} dB  {1000 * r['s_per_image']:8.1f} ms/image"
         ))  # fmt: skip
     report["settings"]["backend"] = str(spec)
@@ -385,10 +409,10 @@ def _write_report(
     if json_out is not None:
         with atomic_path(json_out) as tmp:
             tmp.write_text(json.dumps(report, indent=2) + "\n")
-        console.print(f"wrote {json_out}")
+        say(console, f"wrote {json_out}")
     if plot is not None:
         plotter(report, plot)
-        console.print(f"wrote {plot}")
+        say(console, f"wrote {plot}")
 
 
 def run_export_onnx(
@@ -420,13 +444,74 @@ def run_export_onnx(
 
 
 def run_export_trt(
-    precision: str, output_dir: Path | None, batch: str, timing_cache: Path | None, opt_level: int, console: Console
-) -> None:
-    """dip-export trt: strongly typed TensorRT engines for an export folder (under engines/ by default)."""
+    precision: str, source: Path | None, output_dir: Path | None, batch: str, timing_cache: Path | None, opt_level: int,
+    console: Console,
+) -> None:  # fmt: skip
+    """dip-export trt: TensorRT engines for an export folder (SOURCE, --output-dir, or the newest under engines/)."""
     from dip_export.export.onnx_export import EXPORT_ROOT
-    from dip_export.export.trt_build import BatchProfile, build_trt
+    from dip_export.export.trt_build import BatchProfile, build_trt, export_for_source
+    from dip_export.runtime.trt_support import gpu_identity, import_tensorrt
 
+    if source is not None:
+        if output_dir is not None:
+            raise UsageError("give the export as SOURCE or as --output-dir, not both")
+        import_tensorrt()  # what is missing comes first, before an export is made
+        gpu_identity()
+        output_dir = export_for_source(source, console)
     build_trt(
         precision=precision, output_dir=output_dir, root=EXPORT_ROOT, profile=BatchProfile.parse(batch),
         timing_cache=timing_cache, opt_level=opt_level, console=console,
     )  # fmt: skip
+def run_schedule(
+    *, model: str | None, output: Path, sampler: str, nfe: int, cfg: float, shift: float, band: str | None,
+    train_images: int, heldout_images: int, sweeps: int, seed: int, batch: int, weights: str, trust: bool,
+    revision: str | None, console: Console, progress: Progress,
+) -> None:  # fmt: skip
+    """dip-export schedule: fit a grid (yardstick.fit_schedule) and write the model with it in its sampling defaults."""
+    from dip_export.checkpoint import save_checkpoint
+    from dip_export.measure.yardstick import GridFit, fit_schedule
+    from dip_export.pipeline import open_source
+    from dip_export.runtime.backends import make_torch_engine
+    from dip_export.sampling.fitgrid import SearchSettings, trial_count
+    from dip_export.sampling.grids import stored_with
+
+    if output.suffix != ".safetensors":
+        raise UsageError(f"--output must name a .safetensors file, got {output}")
+    check_output_file(output)
+    if min(train_images, heldout_images, sweeps, batch) < 1 or max(train_images, heldout_images) > 1000 or sweeps > 100:
+        raise UsageError("--train-images and --heldout-images must be in 1..1000, --sweeps in 1..100, --batch >= 1")
+    lo_hi = _parse_band(band)
+    check_seed(seed, "--seed")
+    fit = GridFit(sampler, nfe, cfg, shift, lo_hi, train_images, heldout_images, SearchSettings(sweeps=sweeps, seed=seed))
+    SamplerSettings(steps=nfe, cfg=cfg, shift=shift, method=sampler, grid=tuple(i / nfe for i in range(nfe + 1)))
+    source = open_source(model, weights=weights, trust_checkpoint=trust, revision=revision)
+    if source.loaded is None:
+        raise UsageError(f"{model} is an export folder; fit on its checkpoint (exports made from it carry the grid)")
+    loaded = source.loaded
+    net = make_torch_engine(BackendSpec("torch", "fp32"), loaded, torch.device("cpu"))
+    size = parse_image_size(loaded.config.image_size)
+    with progress:
+        task = progress.add_task(f"fitting {sampler} {nfe} at guidance {cfg}", total=trial_count(fit.search, nfe))
+        entry, info = fit_schedule(net, loaded, fit, size, batch, lambda n, best: progress.update(
+            task, completed=n, description=f"fitting {sampler} {nfe} at guidance {cfg}: {best:.1f} dB (train)"
+        ))  # fmt: skip
+    console.print(
+        f"held-out PSNR vs {info['reference']} ({info['heldout_images']} images): default grid {info['default_grid_db']:.1f} dB, "
+        f"fitted {info['fitted_grid_db']:.1f} dB, Euler-100 {info['euler_100_db']:.1f} dB"
+    )
+    if info["fitted_grid_db"] < info["default_grid_db"]:  # overfitted to the training seeds: sampling would get worse
+        raise ExportError("the fitted grid is worse than the default on held-out images; not stored (try more --train-images)")
+    save_checkpoint(output, loaded.model, stored_with(loaded.sampling, entry))
+    console.print(f"wrote {output}")
+
+
+def _parse_band(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"--band must be LO,HI, got {text!r}") from None
+    if not (0 <= lo <= hi <= 100):
+        raise UsageError(f"--band must be 0 <= LO <= HI <= 100, got {text!r}")
+    return lo, hi

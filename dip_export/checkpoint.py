@@ -24,9 +24,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dip_export.budget import check_checkpoint_tensors
 from dip_export.config import DiPConfig, check_sampling_defaults, get_preset
 from dip_export.errors import CheckpointError, UsageError
 from dip_export.model import DiP
+from dip_export.untrusted import UntrustedFileError, parse_json
 
 DEMO_CHECKPOINT = Path(__file__).parent / "demo" / "dip-digits.safetensors"
 META_CONFIG = "dip_config"  # safetensors metadata key: JSON of DiPConfig
@@ -63,6 +65,7 @@ def _sha256(path_text: str, size: int, mtime_ns: int, chunk: int = 1 << 22) -> s
 
 def _torch_load(path: Path, trust: bool) -> Any:
     _check_pickle_header(path)
+    check_checkpoint_tensors(path)  # declared tensor sizes, before torch allocates any
     if trust:
         return _torch_load_with(path, weights_only=False)
     try:
@@ -88,9 +91,7 @@ def _torch_load_with(path: Path, weights_only: bool, pickle_module: Any = None) 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's advice on plain pickles and weights_only
             # mmap keeps a multi-GB checkpoint out of RAM; only the zip format supports it
-            return torch.load(
-                path, map_location="cpu", weights_only=weights_only, mmap=zipfile.is_zipfile(path), **extra
-            )
+            return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=zipfile.is_zipfile(path), **extra)
     except pickle.UnpicklingError:
         if weights_only:
             raise
@@ -132,6 +133,8 @@ def select_state_dict(obj: Any, weights: str = "ema") -> dict[str, Tensor]:
         raise CheckpointError(f"expected a dict of tensors, found {type(obj).__name__}")
     if isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
+    if not all(isinstance(k, str) for k in obj):
+        raise CheckpointError("its weights are not keyed by parameter names (found a key that is not a string)")
     order = ["ema_denoiser.", "denoiser."] if weights == "ema" else ["denoiser."]
     for prefix in order:
         picked = {k[len(prefix) :]: v for k, v in obj.items() if k.startswith(prefix)}
@@ -261,18 +264,22 @@ def _stored_config(path: Path, value: Any, json_text: bool = False) -> DiPConfig
     if value is None:
         return None
     try:
-        data = json.loads(value) if json_text else value
+        data = parse_json(value, f"{path} metadata {META_CONFIG}") if json_text else value
         if not isinstance(data, Mapping):
             raise UsageError(f"expected an object, got {type(data).__name__}")
         return DiPConfig.from_dict(dict(data))
+    except UntrustedFileError:
+        raise
     except (ValueError, TypeError, UsageError) as err:
         raise CheckpointError(f"{path}: bad stored config {META_CONFIG} ({_first_line(err)})") from None
 
 
 def _stored_sampling(path: Path, text: str) -> dict[str, Any]:
     try:
-        return check_sampling_defaults(json.loads(text))
-    except (ValueError, UsageError) as err:
+        return check_sampling_defaults(parse_json(text, f"{path} metadata {META_SAMPLING}"))
+    except UntrustedFileError:
+        raise
+    except (ValueError, TypeError, UsageError) as err:
         raise CheckpointError(f"{path}: bad stored sampling defaults {META_SAMPLING} ({_first_line(err)})") from None
 
 

@@ -14,10 +14,10 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dip_export.errors import DipError
+from dip_export.messages import say
 from dip_export.runtime.catalog import BENCH_DEFAULT, backend_help
 
 try:  # typer >= 0.20 carries its own click
@@ -31,8 +31,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def print_error(message: str) -> None:
     """Every error is one line: `error: ...` on stderr."""
-    line = " ".join(str(message).split())
-    console.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
+    say(console, message, prefix="[red]error:[/red] ")
 
 
 def run_app(app: typer.Typer) -> None:
@@ -138,7 +137,7 @@ def sample(
     ] = None,
     token_forecast: Annotated[
         str | None,
-        typer.Option(help="Tokens between backbone runs: off (reuse), linear or quadratic in t [default: the model's: off]."),
+        typer.Option(help="Tokens between backbone runs: off (reuse), linear, quadratic, auto [default: the model's: off]."),
     ] = None,
     image_size: Annotated[str | None, typer.Option(help="Image size: 256 or HxW, e.g. 256x384 [default: the model's].")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per sampler batch.")] = 16,
@@ -241,6 +240,46 @@ def export_onnx_cmd(
     run_export_onnx(ModelRequest(model, preset, weights, trust_checkpoint, revision), build, image_size, output_dir, console)
 
 
+@export_app.command("schedule")
+@handle_errors
+def export_schedule_cmd(
+    model: Annotated[
+        str | None,
+        typer.Argument(help="Checkpoint file or Hub repo org/name(/FILE); omitted: the demo.", show_default=False),
+    ] = None,
+    output: Annotated[Path, typer.Option(help="The model file to write (.safetensors; may be the input's own path).")] = ...,  # type: ignore[assignment]
+    sampler: Annotated[str, typer.Option(help="Solver whose grid is fitted (one evaluation per step).")] = "ab2",
+    nfe: Annotated[int, typer.Option(help="Network evaluations per image (= steps).")] = 15,
+    cfg: Annotated[float, typer.Option(help="Guidance scale the grid is fitted at.")] = 1.5,
+    shift: Annotated[float, typer.Option(help="Time shift (1 = none).")] = 1.0,
+    band: Annotated[
+        str | None, typer.Option(help="Guidance weights LO,HI that use the grid [default: cfg/1.25,cfg*1.25].")
+    ] = None,
+    train_images: Annotated[int, typer.Option(help="Training images (seeds 1000000 + 1000 * seed ...).")] = 32,
+    heldout_images: Annotated[int, typer.Option(help="Held-out images for the report (seeds 0..N-1).")] = 32,
+    sweeps: Annotated[int, typer.Option(help="Passes of the search over all grid points.")] = 6,
+    seed: Annotated[int, typer.Option(help="Seed of the fit (training seeds, search order): same seed, same grid.")] = 0,
+    batch: Annotated[int, typer.Option(help="Images per sampler run.")] = 32,
+    weights: WeightsOpt = "ema",
+    trust_checkpoint: TrustOpt = False,
+    revision: RevisionOpt = None,
+) -> None:
+    """Fit a solver's time grid for one model and guidance, and store it with the model.
+
+    The grid points of --sampler at --nfe evaluations are optimised on training seeds against the
+    converged reference; the held-out PSNR (default grid, fitted grid, Euler-100) is printed. The
+    grid goes into the model's sampling defaults (exports made from the file carry it in their
+    manifest); sampling with the same solver, count, shift and a guidance weight in the band uses it.
+    """
+    from dip_export.app import run_schedule
+
+    run_schedule(
+        model=model, output=output, sampler=sampler, nfe=nfe, cfg=cfg, shift=shift, band=band, train_images=train_images,
+        heldout_images=heldout_images, sweeps=sweeps, seed=seed, batch=batch, weights=weights, trust=trust_checkpoint,
+        revision=revision, console=console, progress=progress_bar(),
+    )  # fmt: skip
+
+
 def export_main() -> None:
     run_app(export_app)
 
@@ -282,13 +321,17 @@ def bench(
         str | None, typer.Option(help="Solver of every row; --steps = evaluations (heun: 2N - 1) [default: the model's: euler].")
     ] = None,
     token_forecast: Annotated[
-        str | None, typer.Option(help="off, linear or quadratic (with --cache-interval) [default: the model's: off].")
+        str | None, typer.Option(help="off, linear, quadratic or auto (with --cache-interval) [default: the model's: off].")
     ] = None,
     samplers: Annotated[
         str | None,
-        typer.Option(help="Yardstick instead of backends: e.g. euler,heun,ab2 against a cached Euler-1000 reference."),
+        typer.Option(help="Yardstick instead of backends: e.g. euler,heun,ab2 against a cached converged reference."),
     ] = None,
     nfe: Annotated[str, typer.Option(help="Evaluation counts for --samplers.")] = "10,15,20,25,50,100",
+    shift: Annotated[
+        float | None,
+        typer.Option(help="Time shift of every row, of the --samplers runs and their reference [default: the model's, else 1]."),
+    ] = None,
     cuda_graphs: Annotated[bool, typer.Option(help="Whole-step CUDA graphs (CUDA; torch, compile, trt).")] = True,
     threads: Annotated[
         int | None,
@@ -322,7 +365,7 @@ def bench(
     from dip_export.app import BenchRequest, ModelRequest, run_bench
 
     sampling = {"steps": steps, "cfg": cfg, "cache_interval": cache_interval, "sampler": sampler,
-                "token_forecast": token_forecast}  # fmt: skip
+                "token_forecast": token_forecast, "shift": shift}  # fmt: skip
     request = BenchRequest(
         ModelRequest(model, preset, weights, trust_checkpoint, revision), sampling, backends=backends,
         batch_size=batch_alias if batch_alias is not None else batch_size, image_size=image_size, variants=variants,
@@ -339,6 +382,10 @@ def bench_main() -> None:
 @export_app.command("trt")
 @handle_errors
 def export_trt_cmd(
+    source: Annotated[
+        Path | None,
+        typer.Argument(help="Checkpoint file or export folder (default: the most recent export under engines/)."),
+    ] = None,
     fp16: Annotated[bool, typer.Option("--fp16", help="FP16 engine from the fp16 export (the default).")] = False,
     bf16: Annotated[bool, typer.Option("--bf16", help="BF16 engine from the bf16 export (Ampere or newer).")] = False,
     int8: Annotated[bool, typer.Option("--int8", help="INT8 engine from a symmetric Q/DQ export (calibrated).")] = False,
@@ -355,8 +402,10 @@ def export_trt_cmd(
 ) -> None:
     """Build strongly typed TensorRT engines (needs an NVIDIA GPU and the gpu extra).
 
-    Precision comes from the ONNX graph (TensorRT 11 has no precision flags); the matching export is
-    made inside the export folder when missing. Engines are named with TensorRT version, GPU and
+    SOURCE is a checkpoint (its fp32 export is made under engines/ when missing) or an export folder;
+    without it the most recent export under engines/ is used, and named. Precision comes from the ONNX
+    graph (TensorRT 11 has no precision flags); the matching export is made inside the export folder
+    when missing. Engines are named with TensorRT version, GPU and
     precision and recorded in manifest.json; engines for another GPU or version are rebuilt.
     """
     from dip_export.app import run_export_trt
@@ -366,4 +415,4 @@ def export_trt_cmd(
     if len(chosen) > 1:
         raise UsageError(f"choose one precision, got {', '.join('--' + c for c in chosen)}")
     profile = batch_alias if batch_alias is not None else batch_profile
-    run_export_trt(chosen[0], output_dir, profile, timing_cache, opt_level, console)
+    run_export_trt(chosen[0], source, output_dir, profile, timing_cache, opt_level, console)

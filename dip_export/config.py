@@ -9,6 +9,7 @@ from typing import Any
 from dip_export.errors import UsageError
 from dip_export.settings import (
     MAX_IMAGE_SIDE,
+    MAX_STEPS,
     parse_sampling_defaults,
 )
 
@@ -86,7 +87,12 @@ class DiPConfig:
 
 def check_sampling_defaults(data: Any) -> dict[str, Any]:
     """Recommended sampler settings stored in a file: a JSON object of known keys within the limits."""
-    return parse_sampling_defaults(data)
+    parsed = parse_sampling_defaults(data)
+    if "grids" in parsed:
+        from dip_export.sampling.grids import check_grid_entries  # fitted time grids: sampling's own format
+
+        parsed["grids"] = check_grid_entries(parsed["grids"], MAX_STEPS)
+    return parsed
 
 
 PRESETS: dict[str, DiPConfig] = {

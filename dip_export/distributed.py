@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 from dip_export.errors import DipError, UsageError
 from dip_export.generate import SamplePlan
 from dip_export.io import atomic_path, save_npz
+from dip_export.messages import where
 
 SETTINGS_FILE = "settings.json"
 MAX_CLASS_FILE_BYTES = 256 << 20
@@ -100,10 +102,12 @@ def check_settings(folder: Path, settings: dict[str, Any], world: World) -> None
 
 
 def _read_settings(path: Path) -> dict[str, Any]:
+    from dip_export.untrusted import UntrustedFileError, read_json
+
     try:
-        stored = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise DipError(f"{path}: unreadable ({type(err).__name__}); delete {path.parent} to start over") from None
+        stored = read_json(path, folder=path.parent, what="shard settings")
+    except UntrustedFileError as err:
+        raise DipError(f"{err}; delete {path.parent} to start over") from None
     if not isinstance(stored, dict):
         raise DipError(f"{path}: not a settings object; delete {path.parent} to start over")
     return stored
@@ -118,8 +122,11 @@ def _read_shard(path: Path, start: int, stop: int, shape: tuple[int, ...] | None
         raise DipError(f"{path}: damaged shard ({type(err).__name__}); delete it and rerun to remake it") from None
     if not np.array_equal(indices, np.arange(start, stop)):
         raise DipError(f"{path} holds other indices; delete {path.parent} and rerun")
-    if images.dtype != np.uint8 or images.ndim != 4 or len(images) != stop - start or (
-        shape is not None and images.shape[1:] != shape
+    if (
+        images.dtype != np.uint8
+        or images.ndim != 4
+        or len(images) != stop - start
+        or (shape is not None and images.shape[1:] != shape)
     ):
         raise DipError(f"{path}: images of shape {images.shape} ({images.dtype}) do not belong to this run; delete it and rerun")
     return images
@@ -156,13 +163,17 @@ def _shard_header(path: Path, start: int, stop: int) -> tuple[int, ...]:
 
 def read_class_file(path: Path, num_classes: int, n: int) -> list[int]:
     """Line i is the class of sample i."""
-    if not path.is_file() or path.stat().st_size > MAX_CLASS_FILE_BYTES:
-        raise UsageError(f"--class-file {path}: not a regular file of at most {MAX_CLASS_FILE_BYTES >> 20} MiB")
+    from dip_export.untrusted import UntrustedFileError, read_lines
+
     try:
-        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        classes = [int(v) for v in lines]
-    except (OSError, ValueError) as err:  # UnicodeDecodeError is a ValueError
-        raise UsageError(f"--class-file {path}: one integer class per line expected ({err})") from None
+        lines = read_lines(path, what="class file", max_bytes=MAX_CLASS_FILE_BYTES)
+    except UntrustedFileError as err:
+        raise UsageError(f"--class-file {err}") from None
+    classes = []
+    for number, text in lines:
+        if not re.fullmatch(r"[0-9]{1,9}", text):
+            raise UsageError(f"--class-file {where(path, number)}: one non-negative integer class per line expected")
+        classes.append(int(text))
     if len(classes) < n:
         raise UsageError(f"--class-file {path} has {len(classes)} classes for {n} samples")
     return classes[:n]

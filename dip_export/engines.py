@@ -75,6 +75,6 @@ def _trt_folder(
     folder = ensure_export(loaded, precision="fp32", image_size=size, console=console)
     build_trt(
         precision=spec.precision, output_dir=folder, root=EXPORT_ROOT, profile=BatchProfile(1, batch, max(batch, 8)),
-        timing_cache=folder / "timing.cache", opt_level=3, console=console, device=device,
+        timing_cache=folder / "timing.cache", opt_level=3, console=console, device=device, covering=True,
     )  # fmt: skip
     return folder

@@ -7,6 +7,7 @@ file found is loaded like any other checkpoint: weights-only, untrusted.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -17,9 +18,25 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}(/[\w./-]+)?$")
 
 
+def is_local_name(text: str) -> bool:
+    """A name that can only mean a path on this machine, so it is never sent to the Hub.
+
+    It exists; or its first component is an existing folder; or it starts with `.`, `~` or `/`; or
+    it has two parts and ends in a checkpoint suffix (`dir/model.ckpt`). `org/name/FILE` stays a Hub name.
+    """
+    parts = text.split("/")
+    return (
+        text.startswith(("/", ".", "~"))
+        or "\\" in text
+        or os.path.lexists(text)
+        or (len(parts) > 1 and os.path.isdir(parts[0]))
+        or (len(parts) == 2 and text.lower().endswith(CHECKPOINT_SUFFIXES))
+    )
+
+
 def looks_like_hub_name(text: str) -> bool:
-    """`org/name[/FILE]` that is not a path on disk (absolute, `./`, `../` and `~` are always paths)."""
-    if text.startswith(("/", ".", "~")) or "\\" in text or "//" in text or Path(text).exists():
+    """`org/name[/FILE]` that is not a local name (`is_local_name`)."""
+    if is_local_name(text) or "//" in text:
         return False
     return bool(_HUB_NAME.match(text)) and ".." not in text.split("/")
 

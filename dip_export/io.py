@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import json
 import os
 import re
 import shutil
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from dip_export.errors import DipError, UsageError
+from dip_export.ownership import check_output_name, journal_path, ownership_problem, recover_swap, swap_in
 
 
 def _umask() -> int:
@@ -40,9 +40,10 @@ def remove_stale_temporaries(target: Path) -> None:
     """
     host = socket.gethostname()
     own = re.compile(rf"{re.escape(f'.{target.name}.{host}-')}(\d+)\.(?:old\.)?[a-z0-9_]{{8}}\.tmp")
+    swapping = journal_path(target).exists()  # its backup is the only copy until the swap is recovered
     for path in target.parent.glob(f".{glob.escape(target.name)}.{glob.escape(host)}-*.tmp"):
         match = own.fullmatch(path.name)
-        if match is None or _alive(int(match.group(1))):
+        if match is None or _alive(int(match.group(1))) or (swapping and ".old." in path.name):
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
@@ -91,6 +92,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     An existing `target` is replaced only if it is an export this tool wrote (`check_export_target`).
     """
     target = Path(os.path.abspath(target))
+    recover_swap(target, _alive)
     check_export_target(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -116,44 +118,29 @@ def _swap_in(tmp: Path, target: Path) -> None:
         old = Path(tempfile.mkdtemp(prefix=_tmp_prefix(target) + "old.", suffix=".tmp", dir=target.parent))
     except OSError as err:
         raise DipError(f"cannot write {target}: {err.strerror or err}") from None
-    try:
-        os.replace(target, old)  # onto the empty folder we just made: nothing of the user's is named
-    except OSError as err:
-        old.rmdir()
-        raise DipError(f"cannot write {target}: {err.strerror or err}") from None
-    try:
-        os.replace(tmp, target)
-    except OSError as err:
-        os.replace(old, target)  # the earlier export goes back where it was
-        raise DipError(f"cannot write {target}: {err.strerror or err}") from None
-    shutil.rmtree(old, ignore_errors=True)
+    swap_in(tmp, target, old)  # under a journal naming `old`: a kill at any instant loses no export
 
 
 def is_tool_export(folder: Path) -> bool:
-    """A real folder (no symlink) whose manifest.json says this tool wrote it."""
-    manifest = folder / MANIFEST_NAME
-    if folder.is_symlink() or not folder.is_dir() or manifest.is_symlink() or not manifest.is_file():
-        return False
-    try:
-        data = json.loads(manifest.read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
-        return False
-    return isinstance(data, dict) and isinstance(data.get("format"), str) and data["format"].startswith(EXPORT_FORMAT_PREFIX)
+    """A real folder holding exactly the files its own manifest lists, unchanged (`ownership_problem`)."""
+    return ownership_problem(folder) is None
 
 
 def check_export_target(target: Path) -> None:
     """An export folder may be created, or replace an earlier export of this tool; nothing else is touched."""
     target = Path(os.path.abspath(target))
-    cwd = Path(os.path.abspath(os.getcwd()))
-    if target == cwd or target in cwd.parents:
-        raise UsageError(f"{target}: refusing to replace the working folder or one above it; name a new folder")
+    cwd, resolved = Path.cwd().resolve(), target.resolve()
+    home = Path.home().resolve()
+    if resolved in (cwd, home) or resolved in cwd.parents or resolved in home.parents:
+        raise UsageError(f"{target}: refusing to replace the working folder, the home folder or one above them (name a new one)")
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         raise UsageError(f"{target} exists and is not a folder; refusing to replace it (name a new folder)")
-    if target.is_dir() and any(target.iterdir()) and not is_tool_export(target):
+    problem = ownership_problem(target) if target.is_dir() and any(target.iterdir()) else None
+    if problem:
         raise UsageError(
-            f"{target} exists and is not an export of this tool (no {MANIFEST_NAME} of format "
-            f"{EXPORT_FORMAT_PREFIX}*); refusing to replace it (name a new or empty folder)"
+            f"{target} is not an export of this tool ({problem}); refusing to replace it (name a new or empty folder)"
         )
+    check_output_name(target)
     check_writable_parent(target)
 
 
@@ -176,6 +163,7 @@ def check_writable_parent(path: Path) -> None:
 def check_output_file(path: Path) -> None:
     """A file output may be created or replace a regular file; never a folder. Checked before any work."""
     path = Path(path)
+    check_output_name(path)
     if path.is_dir():
         raise UsageError(f"{path} is a folder; a file goes there (name a file)")
     if path.exists() and not path.is_file():

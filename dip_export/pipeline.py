@@ -63,10 +63,11 @@ class ModelSource:
 
         if self.export_dir is not None:
             from dip_export.export.manifest import MANIFEST, read_manifest
+            from dip_export.untrusted import content_identity, graph_files
 
-            files = [MANIFEST, *sorted(read_manifest(self.export_dir).files.values())]
-            files += [f"{rel}.data" for rel in files if (self.export_dir / f"{rel}.data").is_file()]  # external weights
-            return "export:" + ",".join(sha256_file(self.export_dir / rel) for rel in files)
+            folder = self.export_dir
+            files = [folder / MANIFEST, *graph_files(folder, read_manifest(folder).files.values())]
+            return "export:" + content_identity(files, root=folder)
         assert self.loaded is not None
         file = Path(self.loaded.source)
         if not file.is_file():  # a preset: random weights from a fixed seed
@@ -91,7 +92,10 @@ def open_source(
     target: Path | None = None
     if model is not None:
         text = str(model)
-        target = resolve_hub_checkpoint(text, revision) if looks_like_hub_name(text) else Path(text)
+        hub = looks_like_hub_name(text)
+        if revision is not None and not hub:
+            raise UsageError(f"--revision goes with a Hugging Face Hub name (org/name); {text} is a local path")
+        target = resolve_hub_checkpoint(text, revision) if hub else Path(text)
         if target.is_dir():
             from dip_export.export.manifest import read_manifest
 
@@ -175,7 +179,15 @@ class DiPPipeline:
             pipe = cls(source, _backend_for(source, backend), dev, console)
         pipe.image_size = size
         pipe.batch_size = batch_size
+        pipe.check_budget()
         return pipe
+
+    def check_budget(self, samples: int = 1, batch: int | None = None, size: tuple[int, int] | None = None) -> None:
+        """Refuse, before any allocation, a run whose memory estimate exceeds what this machine has."""
+        from dip_export.budget import RunShape, check_run
+
+        h, w = size or self.image_size
+        check_run(self.config, RunShape(batch or self.batch_size, h, w, samples=samples), self.device)
 
     image_size: tuple[int, int]
     batch_size: int
@@ -234,7 +246,8 @@ class DiPPipeline:
         """`settings` (default: the model's recommendations) with `overrides` applied and validated.
 
         Overrides are SamplerSettings fields (`sampler` and `guidance_interval` name `method` and
-        `interval`); None leaves a field as it is.
+        `interval`); None leaves a field as it is. Where the model stores a fitted time grid for
+        the resulting solver, steps, shift, interval and guidance, the settings use it.
         """
         base = settings if settings is not None else self.recommended_settings()
         if not isinstance(base, SamplerSettings):
@@ -243,7 +256,9 @@ class DiPPipeline:
         unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(SamplerSettings)})
         if unknown:
             raise UsageError(f"unknown sampler setting(s): {', '.join(unknown)}")
-        return dataclasses.replace(base, **fields)
+        from dip_export.sampling.grids import with_stored_grid
+
+        return with_stored_grid(dataclasses.replace(base, **fields), self.source.sampling)  # a fitted grid where one matches
 
     def recommended_settings(self) -> SamplerSettings:
         """The model's recommended sampler settings (stored with the checkpoint or export), else the defaults."""
@@ -277,6 +292,7 @@ class DiPPipeline:
         """The images of a plan, uint8 (N, H, W, 3)."""
         size = self._size(image_size)
         batch = batch_size or self.batch_size
+        self.check_budget(len(plan), batch, size)
         return generate(
             self.engine(size, batch), plan, settings, null_class=self.config.null_class, height=size[0], width=size[1],
             batch_size=batch, device=self.device, on_step=on_step, cuda_graphs=cuda_graphs and self.spec.backend.graphable,

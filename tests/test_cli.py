@@ -136,9 +136,52 @@ def test_batch_options_say_what_they_mean_and_old_spellings_still_work(monkeypat
     import dip_export.app as app_mod
 
     seen = []
-    monkeypatch.setattr(app_mod, "run_export_trt", lambda precision, out, profile, *rest: seen.append(profile))
+    monkeypatch.setattr(app_mod, "run_export_trt", lambda precision, source, out, profile, *rest: seen.append(profile))
     assert runner.invoke(export_app, ["trt", "--batch-profile", "1,4,16"]).exit_code == 0
     assert runner.invoke(export_app, ["trt", "--batch", "2,2,8"]).exit_code == 0  # the old spelling, hidden
     assert seen == ["1,4,16", "2,2,8"]
     text = runner.invoke(export_app, ["trt", "--help"], terminal_width=200).output
     assert "--batch-profile" in text and "--batch " not in text
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--output", "m.pt"], "must name a .safetensors file"),
+        (["--output", "m.safetensors", "--band", "2"], "--band must be LO,HI"),
+        (["--output", "m.safetensors", "--band", "3,1"], "--band must be 0 <= LO <= HI"),
+        (["--output", "m.safetensors", "--sampler", "heun"], "not heun"),
+        (["--output", "m.safetensors", "--sweeps", "0"], "--sweeps"),
+    ],
+)
+def test_schedule_refuses_bad_arguments_in_one_line(tmp_path, args, message):
+    args = [a if not a.startswith("m.") else str(tmp_path / a) for a in args]
+    result = runner.invoke(export_app, ["schedule", *args])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("fitted_db", [38.0, 41.0])
+def test_schedule_stores_a_grid_only_when_held_out_images_say_it_is_better(tmp_path, monkeypatch, fitted_db):
+    from dip_export.checkpoint import load_checkpoint
+    from dip_export.measure import yardstick
+    from dip_export.sampling import SamplerSettings
+    from dip_export.sampling.grids import grid_entry
+
+    grid = tuple(i / 6 for i in range(7))
+    info = {"reference": "ab3 512", "heldout_images": 32, "default_grid_db": 40.0, "fitted_grid_db": fitted_db}
+    info["euler_100_db"] = 43.0
+
+    def fake_fit(net, loaded, fit, size, batch, on_trial=None):
+        assert (fit.sampler, fit.nfe, fit.cfg, fit.search.seed) == ("ab2", 6, 2.0, 5)
+        return grid_entry(SamplerSettings(steps=6, cfg=2.0, method="ab2", grid=grid), fit.stored_band(), info), info
+
+    monkeypatch.setattr(yardstick, "fit_schedule", fake_fit)
+    out = tmp_path / "m.safetensors"
+    result = runner.invoke(export_app, ["schedule", "--output", str(out), "--nfe", "6", "--cfg", "2", "--seed", "5"])
+    if fitted_db < 40.0:
+        assert result.exit_code == 1 and "not stored" in result.output and not out.exists()
+    else:
+        assert result.exit_code == 0, result.output
+        stored = load_checkpoint(out).sampling
+        assert stored["grids"][0]["grid"] == list(grid) and stored["grids"][0]["cfg"] == [1.6, 2.5] and stored["steps"] == 25

@@ -13,7 +13,7 @@ from dip_export.export.spec import io_specs
 from dip_export.export.trt_build import BatchProfile, build_trt
 from dip_export.runtime.cuda_graph import GraphedSampler
 from dip_export.runtime.torch_engine import TorchEngine
-from dip_export.runtime.trt_engine import TrtEngine
+from dip_export.runtime.trt_engine import TrtEngine, aligned_empty
 from dip_export.sampling import SamplerSettings, initial_noise, sample
 from tests.fakes import tensorrt as fake_tensorrt
 from tests.fakes.cuda import FakeCuda
@@ -134,7 +134,7 @@ def test_trt_graphs_keep_a_context_per_row_count(trt_engine, golden):
         out = graphed(noise, y, 5, settings)
     assert graphed.captures == 2 and graphed.fallback_reason is None
     torch.testing.assert_close(out, sample(engine, noise, y, 5, settings), rtol=1e-5, atol=1e-5)
-    assert set(engine._plans["backbone"].contexts) == {2, 4}
+    assert {k for k in engine._plans["backbone"].contexts if k[1] is not None} == {(4, True), (2, False)}
 
 
 def test_trt_never_enqueues_on_the_legacy_default_stream(trt_engine, golden):
@@ -163,14 +163,15 @@ def test_fake_capture_refuses_synchronize_and_stale_contexts(trt_engine, fake_gp
     graph = torch.cuda.CUDAGraph()
     with pytest.raises(RuntimeError, match="capturing"), torch.cuda.graph(graph):
         torch.cuda.synchronize()
-    x, t, y = torch.zeros(2, 3, *SIZE), torch.zeros(2), torch.zeros(2, dtype=torch.int64)
+    x, t, y = aligned_empty((2, 3, *SIZE), torch.float32, CPU).zero_(), torch.zeros(2), torch.zeros(2, dtype=torch.int64)
     engine.backbone(x, t, y)  # the normal enqueue before a capture
     with torch.cuda.graph(graph):
         engine.backbone(x, t, y)
     graph.replay()
-    engine.backbone(x.clone(), t, y)  # the context is bound to another address now
+    engine.backbone(aligned_empty(x.shape, x.dtype, CPU).copy_(x), t, y)  # the context is bound to another address now
     with pytest.raises(RuntimeError, match="changed"):
         graph.replay()
+
 
 @pytest.mark.parametrize("method", ["ab2", "unipc"])
 @pytest.mark.parametrize("forecast", [("off", 2), ("linear", 2), ("quadratic", 3)])

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -171,28 +170,43 @@ def test_dip_sample_resolves_hub_names_from_the_environment(tmp_path):
 # ------------------------------------------------------------------ backend auto
 
 
-class _Slowed:
-    """An engine that takes `delay` seconds longer per evaluation (a stand-in for a slower backend)."""
+class _Clock:
+    """The harness's clock, advanced only by the engines' declared costs: the decision cannot depend on load."""
 
-    def __init__(self, net: TorchEngine, delay: float) -> None:
-        self.net, self.delay = net, delay
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+class _Slowed:
+    """An engine whose evaluations cost `delay` seconds on the fake clock (a stand-in for a slower backend)."""
+
+    def __init__(self, net: TorchEngine, delay: float, clock: _Clock) -> None:
+        self.net, self.delay, self.clock = net, delay, clock
 
     def backbone(self, x, t, y):
-        time.sleep(self.delay)
+        self.clock.now += 0.01 + self.delay
         return self.net.backbone(x, t, y)
 
     def detailer(self, x, tokens):
+        self.clock.now += 0.01
         return self.net.detailer(x, tokens)
 
 
-def test_auto_picks_the_fastest_measured_and_caches_it(tmp_path):
+def test_auto_picks_the_fastest_measured_and_caches_it(tmp_path, monkeypatch):
+    from dip_export.measure import harness
+
     loaded = resolve_model()
     made: list[str] = []
     delays = {"torch:fp32": 0.1, "onnx:fp32": 0.0, "compile:fp32": 0.15, "torch:bf16": 0.15, "compile:bf16": 0.15}
+    clock = _Clock()
+    monkeypatch.setattr(harness, "time", clock)
 
     def make(spec: BackendSpec):
         made.append(str(spec))
-        return _Slowed(TorchEngine(loaded.model, torch.device("cpu")), delays[str(spec)])
+        return _Slowed(TorchEngine(loaded.model, torch.device("cpu")), delays[str(spec)], clock)
 
     cpu = torch.device("cpu")
     decision = choose_backend(loaded, "demo", (32, 32), 2, cpu, make, tmp_path)

@@ -124,3 +124,22 @@ def _reference_to(x0, t_end, steps=2000):
         k4 = _smooth_field(x + h * k3, t + h)
         x = x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
     return x
+
+
+@pytest.mark.parametrize("method,order", [("ab2", 2), ("ab3", 3)])
+@pytest.mark.parametrize("steps,shift", [(10_000, 1.0), (10_000, 3.0), (37, 0.4)])
+def test_adams_coefficients_are_exact_on_polynomials_of_their_order(method, order, steps, shift):
+    # each step's coefficients integrate every polynomial of degree < order exactly over [t, t_next],
+    # on the warped (non-uniform) grid, also where the steps are 1e-4 wide
+    plans = plan_steps(SamplerSettings(steps=steps, method=method, shift=shift))
+    times = [p.t for p in plans]
+    worst = 0.0
+    for i in range(order - 1, steps):
+        t, t_next, coef = times[i], plans[i].t_next, plans[i].coef
+        nodes = [times[i - j] for j in range(order)]
+        for degree in range(order):
+            poly = lambda s: (s - 0.37) ** degree  # noqa: B023, E731
+            exact = ((t_next - 0.37) ** (degree + 1) - (t - 0.37) ** (degree + 1)) / (degree + 1)
+            got = sum(coef[8 + j] * poly(nodes[j]) for j in range(order))
+            worst = max(worst, abs(got - exact) / (abs(t_next - t) * max(abs(t - 0.37), abs(t_next - 0.37), 0.1) ** degree))
+    assert worst < 1e-11

@@ -73,3 +73,17 @@ def test_forecast_beats_reuse_on_the_golden_model(golden, golden_model):
     reuse = (run(cache_interval=2) - full).pow(2).mean()
     forecast = (run(cache_interval=2, token_forecast="linear") - full).pow(2).mean()
     assert forecast < 0.25 * reuse  # >= 6 dB closer to full evaluation
+
+
+@pytest.mark.parametrize("method", ["euler", "heun", "ab2", "ab3", "dpmpp_2m", "unipc"])
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_auto_forecast_runs_the_solvers_measured_choice(method, k, monkeypatch):
+    from dip_export.sampling import tokens
+
+    chosen = tokens.FORECAST_BY_SOLVER[method].get(k, "off")
+    assert tokens.forecast_mode(SamplerSettings(method=method, cache_interval=k, token_forecast="auto")) == chosen
+    auto = _run(TimeTokens(2), method=method, cache_interval=k, token_forecast="auto")
+    assert torch.equal(auto, _run(TimeTokens(2), method=method, cache_interval=k, token_forecast=chosen))
+    monkeypatch.setitem(tokens.FORECAST_BY_SOLVER, method, {k: "quadratic"})
+    exact = _run(TimeTokens(2), method=method, cache_interval=k, token_forecast="auto")
+    torch.testing.assert_close(exact, _run(TimeTokens(2), method=method), rtol=0, atol=2e-5)  # the table is what runs

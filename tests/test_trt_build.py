@@ -25,7 +25,7 @@ from dip_export.export.trt_build import (
     profile_shapes,
 )
 from dip_export.runtime.ort_engine import make_session
-from dip_export.runtime.trt_engine import TrtEngine
+from dip_export.runtime.trt_engine import TrtEngine, aligned_empty
 from tests.fakes import tensorrt as fake_tensorrt
 from tests.fakes.cuda import FakeCuda
 
@@ -48,22 +48,24 @@ def test_bad_profiles(text):
 
 
 def test_engine_names_carry_version_gpu_and_precision():
-    name = engine_file("backbone", "int8", "10.13.0", "NVIDIA H100 80GB HBM3")
-    assert name == "backbone.int8.trt10.13.0.nvidia-h100-80gb-hbm3.plan"
+    name = engine_file("backbone", "int8", "10.13.0", "NVIDIA H100 80GB HBM3", BatchProfile(1, 2, 8), 5)
+    assert name == "backbone.int8.b1-2-8.o5.trt10.13.0.nvidia-h100-80gb-hbm3.plan"
     entry = {"trt_version": "10.13.0", "gpu": "NVIDIA H100 80GB HBM3"}
     assert engine_matches(entry, "10.13.0", "NVIDIA H100 80GB HBM3")
     assert not engine_matches(entry, "11.0.0", "NVIDIA H100 80GB HBM3")
     assert not engine_matches(entry, "10.13.0", "NVIDIA A100-SXM4-80GB")
 
 
-def test_find_export_picks_the_only_one_or_lists_them(tmp_path):
+def test_find_export_takes_the_most_recent(tmp_path):
+    import os
+
     with pytest.raises(UsageError, match="no export"):
         find_export(tmp_path, None)
-    for name in ("a-32x32-fp32", "b-32x32-fp16"):
+    for i, name in enumerate(("b-32x32-fp16", "a-32x32-fp32", "c-32x32-int8")):
         (tmp_path / name).mkdir()
         (tmp_path / name / "manifest.json").write_text(json.dumps({}))
-    with pytest.raises(UsageError, match="a-32x32-fp32, b-32x32-fp16"):
-        find_export(tmp_path, None)
+        os.utime(tmp_path / name / "manifest.json", ns=(10**18 + i * 10**9, 10**18 + [1, 2, 0][i] * 10**9))
+    assert find_export(tmp_path, None).name == "a-32x32-fp32"
 
 
 @pytest.mark.parametrize("flag", ["--fp16", "--int8"])
@@ -124,6 +126,22 @@ def _build(folder, profile="1,1,8", opt_level=3, cache=None, precision="fp32"):
                      timing_cache=cache, opt_level=opt_level, console=Console(quiet=True), device="cpu")  # fmt: skip
 
 
+def test_sampling_reuses_any_engine_whose_profile_covers_the_batch(export_copy, gpu, monkeypatch):
+    """A user's `--batch 1,4,16 --opt-level 5` engines serve a pipeline asking 1,2,8 at level 3: no rebuild, no overwrite."""
+    trt = fake_tensorrt.install(monkeypatch)
+    user = _build(export_copy, "1,4,16", opt_level=5)
+    files = {f: (export_copy / f).read_bytes() for f in user["files"].values()}
+    asked = BatchProfile(1, 2, 8)
+    again = build_trt(precision="fp32", output_dir=export_copy, root=export_copy.parent, profile=asked, timing_cache=None,
+                      opt_level=3, console=Console(quiet=True), device="cpu", covering=True)  # fmt: skip
+    assert again == user and len(trt.built) == 2
+    assert all((export_copy / f).read_bytes() == data for f, data in files.items())
+    bigger = build_trt(precision="fp32", output_dir=export_copy, root=export_copy.parent, profile=BatchProfile(1, 2, 32),
+                       timing_cache=None, opt_level=3, console=Console(quiet=True), device="cpu", covering=True)  # fmt: skip
+    assert len(trt.built) == 4 and set(bigger["files"].values()).isdisjoint(files)  # new names: the user's plans stay
+    assert all((export_copy / f).read_bytes() == data for f, data in files.items())
+
+
 def test_engines_are_rebuilt_for_another_batch_profile(export_copy, gpu, monkeypatch):
     """A batch-1 build (max 16 rows) must not be reused for batch-16 CFG (32 rows); the same ask is reused."""
     trt = fake_tensorrt.install(monkeypatch)
@@ -164,10 +182,21 @@ def test_engines_that_disagree_with_onnx_runtime_are_refused(export_copy, gpu, m
     trt = fake_tensorrt.install(monkeypatch)
     trt.corrupt_outputs = True
     before = sorted(p.name for p in export_copy.iterdir())
-    with pytest.raises(ExportError, match="does not match ONNX Runtime"):
+    with pytest.raises(ExportError, match="does not match ONNX Runtime") as err:
         _build(export_copy)
-    assert sorted(p.name for p in export_copy.iterdir()) == before
+    assert sorted(p.name for p in export_copy.iterdir() if p.name != "verify-fp32") == before  # no engine left
     assert "fp32" not in read_manifest(export_copy).engines
+    command_file = export_copy / "verify-fp32" / "polygraphy.sh"
+    assert str(command_file) in str(err.value) and len(str(err.value).splitlines()) == 1
+    commands = [line for line in command_file.read_text().splitlines() if line.startswith("polygraphy run")]
+    assert len(commands) == 2 and all("--onnx-outputs mark all --trt-outputs mark all" in c for c in commands)
+    assert all("--atol 0.001 --rtol 0.001" in c and "--tf32" not in c and "--onnxrt" in c for c in commands)
+    assert "'x:[1,3,32,64]' 't:[1]' 'y:[1]' --trt-opt-shapes 'x:[2,3,32,64]'" in commands[0]
+    assert str((export_copy / "detailer.onnx").resolve()) in commands[1]
+    import runpy
+
+    feeds = list(runpy.run_path(str(export_copy / "verify-fp32" / "detailer_loader.py"))["load_data"]())
+    assert [f["tokens"].shape[0] for f in feeds] == [1, 2] and set(feeds[0]) == {"x", "tokens"}
 
 
 @pytest.mark.parametrize("version", ["10.13.0", "11.0.0"])
@@ -224,13 +253,17 @@ def test_inputs_in_the_right_form_are_bound_in_place(export_copy, gpu, monkeypat
     trt = fake_tensorrt.install(monkeypatch)
     entry = _build(export_copy)
     engine = TrtEngine.from_entry(export_copy, entry, io_specs(read_manifest(export_copy).config, *SIZE), "cpu")
-    x, t, y = torch.randn(2, 3, *SIZE), torch.rand(2), torch.tensor([0, 5])
+    x, t, y = aligned_empty((2, 3, *SIZE), torch.float32, torch.device("cpu")).normal_(), torch.rand(2), torch.tensor([0, 5])
     tokens = engine.backbone(x, t, y)
     v = engine.detailer(x, tokens)
     plan = engine._plans["detailer"]
-    assert not plan.staging and plan.bound[2]["x"] == x.data_ptr() and plan.bound[2]["tokens"] == tokens.data_ptr()
+    assert not plan.staging and plan.bound[(2, None)]["x"] == x.data_ptr()
+    assert plan.bound[(2, None)]["tokens"] == tokens.data_ptr()
     engine.backbone(x.double(), t, y.int())  # another dtype is staged, once per row count
-    assert set(engine._plans["backbone"].staging) == {(2, "x"), (2, "y")}
+    assert {"x", "y"} <= {name for _, name in engine._plans["backbone"].staging}
+    unaligned = torch.empty(x.numel() + 1)[1:].view(x.shape).copy_(x)  # 4 bytes past an aligned address: staged
+    engine.detailer(unaligned, tokens)
+    assert (2, "x") in plan.staging and plan.bound[(2, None)]["x"] == plan.staging[(2, "x")].data_ptr()
     assert 0 not in trt.streams  # never the legacy default stream
     torch.testing.assert_close(v, torch.from_numpy(make_session(export_copy / "detailer.onnx").run(
         None, {"x": x.numpy(), "tokens": tokens.numpy()})[0]))  # fmt: skip

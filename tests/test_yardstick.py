@@ -14,6 +14,7 @@ from dip_export.runtime.backends import BackendSpec, make_torch_engine
 def report(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(yardstick, "REFERENCE_STEPS", 96)  # a short reference keeps the test fast
+        mp.setattr(yardstick, "REFERENCE_AGREEMENT_DB", 40.0)
         mp.setattr(yardstick, "CACHE", tmp_path_factory.mktemp("ys"))
         loaded = resolve_model(None, None)
         net = make_torch_engine(BackendSpec("torch", "fp32"), loaded, torch.device("cpu"))
@@ -53,3 +54,17 @@ def test_euler_100s_level_is_measured_and_marked(report, tmp_path):
     assert report["euler_100_db"] > rows[("euler", 12)]["psnr_db"]  # measured although not asked for
     yardstick.plot(report, tmp_path / "y.png")
     assert (tmp_path / "y.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_shift_reaches_the_runs_and_the_reference(tmp_path, monkeypatch):
+    monkeypatch.setattr(yardstick, "REFERENCE_STEPS", 48)
+    monkeypatch.setattr(yardstick, "REFERENCE_AGREEMENT_DB", 30.0)
+    monkeypatch.setattr(yardstick, "CACHE", tmp_path)
+    loaded = resolve_model(None, None)
+    net = make_torch_engine(BackendSpec("torch", "fp32"), loaded, torch.device("cpu"))
+    sticks = [yardstick.Yardstick(num_samples=2, batch=2, shift=s) for s in (1.0, 3.0)]
+    reports = [yardstick.measure(net, loaded, y, ["ab2"], [8]) for y in sticks]
+    assert [r["settings"]["shift"] for r in reports] == [1.0, 3.0]
+    assert len(list(tmp_path.iterdir())) == 2  # one reference per shift
+    assert reports[0]["settings"]["reference"].startswith("ab3 ")
+    assert reports[0]["results"][0]["psnr_db"] != reports[1]["results"][0]["psnr_db"]

@@ -19,6 +19,7 @@ from torch import Tensor
 from dip_export.checkpoint import LoadedModel
 from dip_export.io import atomic_path
 from dip_export.sampling import Denoiser, SamplerSettings, initial_noise, sample
+from dip_export.untrusted import source_identity
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class CalibrationSettings:
     seed: int = 1234  # seeds and classes of the calibration samples
 
     def key(self, loaded: LoadedModel, size: tuple[int, int]) -> str:
-        text = json.dumps([asdict(self), loaded.source, loaded.config.to_dict(), list(size)], sort_keys=True)
+        text = json.dumps([asdict(self), source_identity(loaded.source), loaded.config.to_dict(), list(size)], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

@@ -14,6 +14,7 @@ from dip_export.errors import ExportError, UsageError
 from dip_export.io import EXPORT_FORMAT_PREFIX, MANIFEST_NAME, atomic_path
 from dip_export.runtime.catalog import ALL_PRECISIONS
 from dip_export.settings import MAX_IMAGE_SIDE
+from dip_export.untrusted import UntrustedFileError, read_json
 
 MANIFEST = MANIFEST_NAME
 FORMAT = EXPORT_FORMAT_PREFIX + "1"
@@ -38,6 +39,7 @@ class Manifest:
     sampling: dict[str, Any] = field(default_factory=dict)  # recommended sampler settings
     engines: dict[str, Any] = field(default_factory=dict)  # TensorRT plans built from this export
     extra: dict[str, Any] = field(default_factory=dict)  # stage-specific notes (quantization, timings)
+    contents: dict[str, Any] = field(default_factory=dict)  # every other file of the folder: size and sha256
     format: str = FORMAT
 
     def to_json(self) -> dict[str, Any]:
@@ -55,6 +57,10 @@ class Manifest:
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> None:
+    """The manifest, listing every other file of the folder (what makes the folder provably the tool's)."""
+    from dip_export.ownership import folder_contents
+
+    manifest.contents = folder_contents(folder)
     with atomic_path(folder / MANIFEST) as tmp:
         tmp.write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
 
@@ -63,14 +69,12 @@ def read_manifest(folder: Path) -> Manifest:
     """The manifest of an export folder, checked against its schema and its ONNX files before use."""
     folder = Path(folder)
     path = folder / MANIFEST
-    if not path.is_file():
+    if not path.is_file() and not path.is_symlink():
         raise ExportError(f"{folder} is not an export folder (no {MANIFEST}); run `dip-export onnx` first")
     try:
-        if path.stat().st_size > MAX_MANIFEST_BYTES:
-            raise ValueError(f"larger than {MAX_MANIFEST_BYTES >> 20} MiB")
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ExportError(f"{path}: unreadable manifest ({err})") from None
+        data = read_json(path, folder=folder, what="manifest", max_bytes=MAX_MANIFEST_BYTES)
+    except UntrustedFileError as err:
+        raise ExportError(str(err)) from None
     try:
         manifest = parse_manifest(data)
     except (ValueError, TypeError, KeyError, UsageError) as err:
@@ -97,7 +101,7 @@ def parse_manifest(data: Any) -> Manifest:
     _typed(data, "opset", int)
     for key in ("files", "source", "versions"):
         _typed(data, key, dict)
-    for key in ("verification", "sampling", "engines", "extra"):
+    for key in ("verification", "sampling", "engines", "extra", "contents"):
         _typed(data, key, dict, required=False)
     if data["precision"] not in PRECISIONS:
         raise ValueError(f"precision {data['precision']!r} is not one of {', '.join(PRECISIONS)}")
@@ -179,13 +183,18 @@ def _graph_problem(
     except Exception as err:  # protobuf raises its own DecodeError, and others on random bytes
         return f"not a readable ONNX model ({type(err).__name__})"
     graph = model.graph
+    stored = size
     for tensor in graph.initializer:
         for entry in tensor.external_data:
             if entry.key == "location":
                 try:
-                    inside(Path(folder), entry.value, "external data", must_exist=False)
+                    data = inside(Path(folder), entry.value, "external data", must_exist=False)
                 except ExportError:
                     return f"external weights at {entry.value!r} lie outside the export folder"
+                stored += data.stat().st_size if data.is_file() else 0
+    problem = _declared_problem(graph, stored)
+    if problem:
+        return problem
     found = {v.name: v for v in list(graph.input) + list(graph.output)}
     for name, want in io:
         if name not in found:
@@ -197,6 +206,28 @@ def _graph_problem(
         if tensor.name.endswith("embedding_table.weight") and tensor.dims and tensor.dims[0] != num_classes + 1:
             return f"the graph has {tensor.dims[0] - 1} classes, the manifest's config says {num_classes}"
     return _precision_problem(model, precision)
+
+
+def _declared_problem(graph: Any, stored: int) -> str:
+    """The weights a graph declares fit in the bytes it and its external data hold, and in memory."""
+    import math
+
+    from onnx import helper
+
+    from dip_export.budget import BudgetError, check_declared
+
+    total = 0
+    for tensor in graph.initializer:
+        try:
+            element = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        except (KeyError, TypeError, ValueError):
+            element = 8
+        total += math.prod(max(int(d), 0) for d in tensor.dims) * element
+    try:
+        check_declared(total, 1, "its weights", file_size=stored)
+    except BudgetError as err:
+        return str(err)
+    return ""
 
 
 def _precision_problem(model: Any, precision: str) -> str:

@@ -26,6 +26,7 @@ from dip_export.errors import ExportError, UsageError
 from dip_export.export.manifest import MANIFEST, Manifest, read_manifest, write_manifest
 from dip_export.export.spec import SubModelSpec, backbone_inputs, io_specs
 from dip_export.io import atomic_dir
+from dip_export.messages import say, say_lines
 from dip_export.model import DiP
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -82,7 +83,7 @@ def export_onnx(
     out = Path(output_dir) if output_dir else default_export_dir(loaded.name, precision, image_size)
     specs = io_specs(loaded.config, *image_size)
     net = loaded.model if precision == "fp32" else copy.deepcopy(loaded.model).to(DTYPES[precision])
-    wrappers = {"backbone": _Backbone(net, DTYPES[precision]), "detailer": _Detailer(net, DTYPES[precision])}
+    wrappers = {"backbone": _Backbone(net, DTYPES[precision]).eval(), "detailer": _Detailer(net, DTYPES[precision]).eval()}
     started = time.perf_counter()
     with atomic_dir(out) as tmp:
         files = {}
@@ -92,7 +93,7 @@ def export_onnx(
         del net, wrappers
         with console.status("verifying against PyTorch with ONNX Runtime ..."):
             report = verify_export(tmp, files, loaded.model, specs, precision)
-        console.print(format_report(report))
+        say_lines(console, format_report(report))
         manifest = Manifest(
             name=loaded.name,
             precision=precision,
@@ -112,7 +113,7 @@ def export_onnx(
                 f"{report['tolerance']:.3g} for {precision}; nothing was written to {out}"
             )
         write_manifest(tmp, manifest)
-    console.print(f"wrote {out}/ ({', '.join(files.values())}, {MANIFEST})")
+    say(console, f"wrote {out}/ ({', '.join(files.values())}, {MANIFEST})")
     return out
 
 

@@ -39,6 +39,7 @@ from dip_export.export.onnx_export import (
 )
 from dip_export.export.spec import io_specs
 from dip_export.io import atomic_dir
+from dip_export.messages import say, say_lines
 
 FLOAT_NODES = re.compile(r"(s_embedder|t_embedder|y_embedder|adaLN_modulation|/enc1/|/out_conv/)")
 QUANTIZED_OPS = ["MatMul", "Gemm", "Conv", "ConvTranspose"]
@@ -160,7 +161,23 @@ def qdq_to_fp16(model: Any) -> Any:
     (Model-Optimizer's layout: the DQ output type is the type of the network around it).
     """
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+
+    model = _float_part_to_fp16(model)
+    graph = model.graph
+    _drop_fp16_round_trips(graph)
+    added = _qdq_in_fp16(graph)
+    inits = {i.name for i in graph.initializer}
+    _keep_live_nodes(graph, _toposort([*graph.node, *added], {i.name for i in graph.input} | inits))
+    graph.ClearField("value_info")
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            opset.version = max(opset.version, 19)  # fp16 scales for QuantizeLinear / DequantizeLinear
+    return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+
+
+def _float_part_to_fp16(model: Any) -> Any:
+    """ONNX Runtime's converter over everything but Q/DQ and the float32 nodes; nodes sorted, types inferred."""
+    import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     blocked = [n.name for n in model.graph.node if FP32_NODES.search(n.name)]
@@ -173,16 +190,29 @@ def qdq_to_fp16(model: Any) -> Any:
     model.graph.ClearField("node")
     model.graph.node.extend(sorted_nodes)  # the converter appends its Casts at the end
     model.graph.ClearField("value_info")  # types from before the conversion; inferred again below
-    model = onnx.shape_inference.infer_shapes(model)
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list[Any]] = {}
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def _consumers(graph: Any) -> dict[str, list[Any]]:
+    users: dict[str, list[Any]] = {}
     for n in graph.node:
         for i in n.input:
-            consumers.setdefault(i, []).append(n)
+            users.setdefault(i, []).append(n)
+    return users
+
+
+def _rewire(node: Any, old: str, new: str) -> None:
+    node.input[:] = [new if i == old else i for i in node.input]
+
+
+def _drop_fp16_round_trips(graph: Any) -> None:
+    """float32 -> Cast(fp16) -> Cast(float32) is bypassed: the converter rounds through fp16 there, and x^2 overflows."""
+    from onnx import TensorProto
+
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers = _consumers(graph)
     types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
-    for node in graph.node:  # the converter rounds float32 through fp16 between two float32 nodes: x^2 overflows there
+    for node in graph.node:
         first = producer.get(node.input[0]) if node.op_type == "Cast" else None
         round_trip = (
             first is not None and first.op_type == "Cast" and _cast_to(node) == TensorProto.FLOAT
@@ -191,7 +221,16 @@ def qdq_to_fp16(model: Any) -> Any:
         if round_trip:
             assert first is not None
             for user in consumers.get(node.output[0], []):
-                user.input[:] = [first.input[0] if i == node.output[0] else i for i in user.input]
+                _rewire(user, node.output[0], first.input[0])
+
+
+def _qdq_in_fp16(graph: Any) -> list[Any]:
+    """fp16 scales, Q fed in fp16 and DQ feeding fp16 directly; the Casts this needs are returned, not yet placed."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = {i.name: i for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers = _consumers(graph)
     qdq = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     for scale in {n.input[1] for n in qdq}:
         if inits[scale].data_type == TensorProto.FLOAT:
@@ -210,25 +249,24 @@ def qdq_to_fp16(model: Any) -> Any:
         for user in consumers.get(node.output[0], []):  # DQ -> Cast(fp16) -> op  becomes  DQ (fp16) -> op
             if user.op_type == "Cast" and _cast_to(user) == TensorProto.FLOAT16:
                 for after in consumers.get(user.output[0], []):
-                    after.input[:] = [node.output[0] if i == user.output[0] else i for i in after.input]
+                    _rewire(after, user.output[0], node.output[0])
             else:  # a float32 user keeps float32
                 cast = helper.make_node("Cast", [node.output[0]], [node.name + "_fp32_out"], to=TensorProto.FLOAT)
                 added.append(cast)
-                user.input[:] = [cast.output[0] if i == node.output[0] else i for i in user.input]
-    nodes = _toposort([*graph.node, *added], {i.name for i in graph.input} | set(inits))
+                _rewire(user, node.output[0], cast.output[0])
+    return added
+
+
+def _keep_live_nodes(graph: Any, nodes: list[Any]) -> None:
+    """The graph's nodes become `nodes` less those that no longer feed an output (the Casts folded away)."""
     needed = {o.name for o in graph.output}
     live = []
-    for node in reversed(nodes):  # drop what no longer feeds an output (the Casts folded away)
+    for node in reversed(nodes):
         if any(o in needed for o in node.output):
             live.append(node)
             needed.update(node.input)
     graph.ClearField("node")
     graph.node.extend(live[::-1])
-    graph.ClearField("value_info")
-    for opset in model.opset_import:
-        if opset.domain in ("", "ai.onnx"):
-            opset.version = max(opset.version, 19)  # fp16 scales for QuantizeLinear / DequantizeLinear
-    return onnx.shape_inference.infer_shapes(model, strict_mode=True)
 
 
 def tensorrt_qdq_problems(model: Any) -> list[str]:
@@ -300,7 +338,7 @@ def export_int8(
         report["metric"], report["tolerance"] = "rel_rms", tolerance
         report["worst_rel"] = max(r["rel_rms"] for r in report["rows"])
         report["passed"] = report["worst_rel"] <= tolerance
-        console.print(format_report(report))
+        say_lines(console, format_report(report))
         if not report["passed"]:
             raise ExportError(
                 f"{'fp8' if fp8 else 'int8'} verification failed: RMS relative error {report['worst_rel']:.3g} > {tolerance}"
@@ -318,7 +356,7 @@ def export_int8(
             },
         )  # fmt: skip
         write_manifest(tmp, manifest)
-    console.print(f"wrote {out}/ ({'fp8' if fp8 else 'int8'} {target})")
+    say(console, f"wrote {out}/ ({'fp8' if fp8 else 'int8'} {target})")
     return out
 
 

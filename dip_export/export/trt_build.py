@@ -20,6 +20,7 @@ from dip_export.errors import DipError, ExportError, UsageError
 from dip_export.export.manifest import MANIFEST, Manifest, read_manifest, write_manifest
 from dip_export.export.spec import BATCH, SubModelSpec, io_specs
 from dip_export.io import atomic_path
+from dip_export.messages import say
 from dip_export.runtime.backends import BACKENDS
 from dip_export.runtime.trt_support import engine_matches, gpu_identity
 from dip_export.runtime.trt_support import import_tensorrt as _tensorrt
@@ -60,9 +61,14 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def engine_file(role: str, precision: str, trt_version: str, gpu: str) -> str:
-    """Plans only run on the GPU model and TensorRT version that built them: both are in the name."""
-    return f"{role}.{precision}.trt{trt_version}.{slug(gpu)}.plan"
+def engine_file(
+    role: str, precision: str, trt_version: str, gpu: str, profile: BatchProfile | None = None, opt_level: int | None = None
+) -> str:
+    """Plans only run on the GPU model and TensorRT version that built them: both are in the name, and so are
+    the batch profile and optimisation level, so an engine built for other ones is never overwritten."""
+    shape = f".b{profile.min}-{profile.opt}-{profile.max}" if profile is not None else ""
+    level = f".o{opt_level}" if opt_level is not None else ""
+    return f"{role}.{precision}{shape}{level}.trt{trt_version}.{slug(gpu)}.plan"
 
 
 def source_onnx_precision(precision: str) -> str:
@@ -71,16 +77,29 @@ def source_onnx_precision(precision: str) -> str:
 
 
 def find_export(root: Path, output_dir: Path | None) -> Path:
-    """The export folder to build from: the one given, or the only one under `root`."""
+    """The export folder to build from: the one given, or the most recent one under `root` (by its manifest)."""
     if output_dir is not None:
         read_manifest(output_dir)
         return output_dir
-    found = sorted(p.parent for p in root.glob(f"*/{MANIFEST}")) if root.is_dir() else []
+    found = [p.parent for p in root.glob(f"*/{MANIFEST}")] if root.is_dir() else []
     if not found:
-        raise UsageError(f"no export under {root}/; run `dip-export onnx CKPT` first or pass --output-dir")
-    if len(found) > 1:
-        raise UsageError(f"several exports under {root}/: {', '.join(p.name for p in found)}; choose one with --output-dir")
-    return found[0]
+        raise UsageError(f"no export under {root}/; run `dip-export onnx CKPT` first or pass a checkpoint or export folder")
+    return max(found, key=lambda p: ((p / MANIFEST).stat().st_mtime_ns, p.name))
+
+
+def export_for_source(source: Path, console: Console) -> Path:
+    """`dip-export trt SOURCE`: an export folder as it is, or a checkpoint's fp32 export (made under engines/ if missing)."""
+    if source.is_dir():
+        read_manifest(source)
+        return source
+    if not source.is_file():
+        raise UsageError(f"{source} is neither a checkpoint file nor an export folder")
+    from dip_export.checkpoint import resolve_model
+    from dip_export.export.onnx_export import ensure_export
+
+    loaded = resolve_model(source)
+    size = (loaded.config.image_size, loaded.config.image_size)
+    return ensure_export(loaded, precision="fp32", image_size=size, console=console)
 
 
 def check_precision_supported(precision: str, capability: tuple[int, int]) -> None:
@@ -97,10 +116,12 @@ def profile_entry(profile: BatchProfile) -> dict[str, Any]:
 def _load_timing_cache(trt: Any, config: Any, timing_cache: Path | None, console: Console | None) -> None:
     """The saved cache when TensorRT accepts it; an empty one when it was made on another GPU or version."""
     cache_bytes = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
-    if config.set_timing_cache(config.create_timing_cache(cache_bytes), False):
+    cache = config.create_timing_cache(cache_bytes)  # None (and a logged error) for a corrupt file
+    if cache is not None and config.set_timing_cache(cache, False):
         return
     if console is not None:
-        console.print(f"[yellow]timing cache {timing_cache} is from another GPU or TensorRT version; starting a new one[/]")
+        why = "is not a timing cache TensorRT can read" if cache is None else "is from another GPU or TensorRT version"
+        say(console, f"timing cache {timing_cache} {why}; starting a new one", style="yellow")
     if not config.set_timing_cache(config.create_timing_cache(b""), False):
         raise ExportError("TensorRT refused an empty timing cache")
 
@@ -113,6 +134,7 @@ def build_engine(
     opt_level: int = 3,
     timing_cache: Path | None = None,
     workspace: int = DEFAULT_WORKSPACE,
+    tf32: bool = True,
     console: Console | None = None,
 ) -> None:
     """Parse, configure and build one strongly typed engine; write the plan atomically.
@@ -123,6 +145,7 @@ def build_engine(
     Builder.create_optimization_profile / IOptimizationProfile.set_shape / add_optimization_profile,
     create_timing_cache / set_timing_cache (False for a cache from another GPU or version: a new one is
     started) / get_timing_cache (may be None), Builder.build_serialized_network (None on failure).
+    `tf32=False` clears BuilderFlag.TF32 (on by default, in 10.x and 11.x): fp32 math stays fp32.
     """
     trt = _tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
@@ -139,10 +162,13 @@ def build_engine(
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
     config.builder_optimization_level = opt_level
+    if not tf32:
+        config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
     for name, (lo, opt, hi) in shapes.items():
         profile.set_shape(name, lo, opt, hi)
-    config.add_optimization_profile(profile)
+    if config.add_optimization_profile(profile) < 0:  # -1: TensorRT logged why and added nothing
+        raise ExportError(f"TensorRT refused the optimisation profile {shapes} for {onnx_path.name}")
     _load_timing_cache(trt, config, timing_cache, console)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
@@ -165,8 +191,11 @@ def build_trt(
     opt_level: int,
     console: Console,
     device: Any = None,
+    covering: bool = False,
 ) -> dict[str, Any]:
-    """Build (or reuse) the engines of one precision for an export folder, verify them, record them."""
+    """Build (or reuse) the engines of one precision for an export folder, verify them, record them.
+
+    `covering=True` reuses engines whose profile covers `profile` (see `engine_matches`)."""
     import torch
 
     if precision not in TRT_PRECISIONS:
@@ -177,15 +206,22 @@ def build_trt(
     device = torch.device(device if device is not None else "cuda")
     gpu, capability = gpu_identity(device)
     folder = find_export(root, output_dir)
+    if output_dir is None:
+        console.print(f"building from {folder} (the most recent export under {root}/)")
     check_precision_supported(precision, capability)
     manifest = read_manifest(folder)
     existing = manifest.engines.get(precision)
     if (
         existing
-        and engine_matches(existing, trt.__version__, gpu, profile=profile, opt_level=opt_level)
+        and engine_matches(existing, trt.__version__, gpu, profile=profile, opt_level=opt_level, covering=covering)
         and all((folder / f).is_file() for f in existing["files"].values())
     ):
-        console.print(f"engines for {precision} on {gpu} with TensorRT {trt.__version__} are up to date")
+        p = existing["profile"]
+        say(
+            console,
+            f"engines for {precision} on {gpu} with TensorRT {trt.__version__} (batch {p['min']},{p['opt']},{p['max']}, "
+            f"opt level {existing.get('opt_level')}) are up to date",
+        )
         return existing
     onnx_dir = onnx_for_precision(folder, manifest, precision, console)
     onnx_manifest = read_manifest(onnx_dir)
@@ -193,10 +229,11 @@ def build_trt(
     files, started = {}, time.perf_counter()
     with torch.cuda.device(device):
         for role, spec in specs.items():
-            name = engine_file(role, precision, trt.__version__, gpu)
+            name = engine_file(role, precision, trt.__version__, gpu, profile, opt_level)
             with console.status(f"building {role} engine ({precision}, opt level {opt_level}) ..."):
                 build_engine(onnx_dir / onnx_manifest.files[role], folder / name, profile_shapes(spec, profile),
-                             opt_level=opt_level, timing_cache=timing_cache, console=console)  # fmt: skip
+                             opt_level=opt_level, timing_cache=timing_cache, tf32=precision != "fp32",
+                             console=console)  # fmt: skip
             files[role] = name
     entry = {
         "files": files, "precision": precision, "trt_version": trt.__version__, "gpu": gpu,
@@ -213,10 +250,12 @@ def build_trt(
             raise
     manifest.engines[precision] = entry
     write_manifest(folder, manifest)
-    console.print(f"wrote {', '.join(files.values())} into {folder}/")
+    say(console, f"wrote {', '.join(files.values())} into {folder}/")
     return entry
 
 
+# fp32 engines are built without TF32 (BuilderFlag.TF32 cleared): TF32 rounds matmul inputs to a 10-bit
+# mantissa, about 1e-3 relative per layer and growing with depth, which no fixed fp32 tolerance could cover.
 ENGINE_TOLERANCES = {"fp32": 1e-3, "fp16": 2e-2, "bf16": 5e-2, "int8": 5e-2, "fp8": 1e-1}  # max rel. error vs ORT, same graph
 
 
@@ -258,6 +297,7 @@ def verify_engines(
     runners = {role: onnx_runner(onnx_dir / rel, onnx_manifest.precision) for role, rel in onnx_manifest.files.items()}
     config, (h, w) = onnx_manifest.config, onnx_manifest.image_size
     rows = []
+    used: dict[str, list[dict[str, Any]]] = {"backbone": [], "detailer": []}
     for n in sorted({engine.min_rows, min(engine.max_rows, max(engine.min_rows, 2))}):
         feeds = backbone_inputs(config, h, w, n, seed=n)
         want_tokens = runners["backbone"](feeds)
@@ -266,7 +306,16 @@ def verify_engines(
         got_tokens = engine.backbone(x, t, y).cpu().numpy().copy()
         got_v = engine.detailer(x, torch.from_numpy(want_tokens).to(device)).cpu().numpy().copy()
         rows += [("backbone.tokens", n, got_tokens, want_tokens), ("detailer.v", n, got_v, want_v)]
-    return compare_outputs(rows, ENGINE_TOLERANCES[entry["precision"]])
+        used["backbone"].append(feeds)
+        used["detailer"].append({"x": feeds["x"], "tokens": want_tokens})
+    tolerance = ENGINE_TOLERANCES[entry["precision"]]
+    try:
+        return compare_outputs(rows, tolerance)
+    except ExportError as err:
+        from dip_export.export.trt_debug import write_repro
+
+        command = write_repro(folder, entry, onnx_dir, onnx_manifest.files, specs, used, tolerance)
+        raise ExportError(f"{err}; to find the layer, run the Polygraphy comparison in {command}") from None
 
 
 def onnx_for_precision(folder: Path, manifest: Manifest, precision: str, console: Console) -> Path:

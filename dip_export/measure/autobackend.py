@@ -61,9 +61,17 @@ def hardware_label(device: torch.device) -> str:
     if device.type == "cuda":
         return f"on {torch.cuda.get_device_name(device)}"
     flags = cpu_features()
-    kind = "AMX" if "amx_bf16" in flags else "AVX-512 BF16" if "avx512_bf16" in flags else "AVX-512" if any(
-        f.startswith("avx512") for f in flags
-    ) else "AVX2" if "avx2" in flags else "no AVX2"
+    kind = (
+        "AMX"
+        if "amx_bf16" in flags
+        else "AVX-512 BF16"
+        if "avx512_bf16" in flags
+        else "AVX-512"
+        if any(f.startswith("avx512") for f in flags)
+        else "AVX2"
+        if "avx2" in flags
+        else "no AVX2"
+    )
     return f"on this CPU ({kind})"
 
 
@@ -142,9 +150,13 @@ def decide(ms: dict[str, float], device: torch.device) -> tuple[BackendSpec, str
 
 def _read_cache(path: Path) -> dict[str, Any]:
     """The cache file is untrusted: anything malformed is ignored (and rewritten)."""
+    from dip_export.untrusted import UntrustedFileError, read_json
+
+    if not path.exists() and not path.is_symlink():
+        return {}
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        data = read_json(path, folder=path.parent, what="auto-backend cache")
+    except UntrustedFileError:
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -165,10 +177,13 @@ def choose_backend(
     make: Callable[[BackendSpec], Denoiser], root: Path,
 ) -> Decision:  # fmt: skip
     """The cached decision for this model, size, batch and machine, or a new measurement (then cached)."""
+    from dip_export.errors import DipError
     from dip_export.io import atomic_path
 
     specs = candidates(device)
     path = root / CACHE_FILE
+    if path.is_dir() or path.is_symlink():
+        raise DipError(f"{path} is a folder or a symlink; the --backend auto cache goes there (move it away)")
     key = cache_key(model_id, size, batch, device)
     cache = _read_cache(path)
     cached = _valid_entry(cache.get(key), specs)
@@ -176,8 +191,6 @@ def choose_backend(
         return cached
     ms = measure(make, specs, loaded, size, batch, device)
     if "torch:fp32" not in ms:
-        from dip_export.errors import DipError
-
         raise DipError("--backend auto: eager fp32 could not run, so nothing could be compared")
     spec, reason = decide(ms, device)
     cache = _read_cache(path)  # another process may have added entries meanwhile

@@ -36,6 +36,7 @@ from dip_export.measure.harness import (
     physical_cores,
     psnr,
     repeat,
+    timed_call,
 )
 from dip_export.model import flops_per_sample
 from dip_export.runtime.backends import BackendSpec, unavailable_reason
@@ -193,6 +194,7 @@ def run_backend(
     sampler = sampler or bench.sampler
     device = device or torch.device("cpu")
     timed = StageTimer(net, device)
+    timed.profile = False
     memory = PeakMemory(device)
     graph_note = graphs_unavailable(spec, bench, device)
     graphed = None
@@ -220,13 +222,10 @@ def run_backend(
     row.threads, row.ort_threads = torch.get_num_threads(), getattr(net, "threads", None)
     _fill_timing(row, timing, timed, loaded, bench, sampler)
     if not row.cuda_graphs:  # the stage breakdown, from its own synchronised run
-        timed.reset()
-        timed.profile = True
-        once()
-        timed.profile = False
+        stages = _stage_profile(timed, once, device)
         per_step = 1000 / sampler.steps
-        row.backbone_ms, row.detailer_ms = timed.times["backbone"] * per_step, timed.times["detailer"] * per_step
-        row.overhead_ms = row.ms_per_step - row.backbone_ms - row.detailer_ms
+        row.backbone_ms, row.detailer_ms = stages["backbone"] * per_step, stages["detailer"] * per_step
+        row.overhead_ms = stages["total"] * per_step - row.backbone_ms - row.detailer_ms  # the profiled run's own total
     return row
 
 
@@ -248,6 +247,17 @@ def _sampler_run(
         )  # fmt: skip
 
     return once
+
+
+def _stage_profile(timed: StageTimer, once: Callable[..., np.ndarray], device: torch.device) -> dict[str, float]:
+    """Seconds per network in one more run with synchronising timers around each engine call, and its total."""
+    timed.reset()
+    timed.profile = True
+    try:
+        _, total = timed_call(once, device)
+    finally:
+        timed.profile = False
+    return {**timed.times, "total": total}
 
 
 def _fill_timing(

@@ -184,7 +184,7 @@ class StageTimer:
 
     def __init__(self, net: Denoiser, device: torch.device) -> None:
         self.net, self.device = net, device
-        self.profile = False
+        self.profile = True  # False: count calls only, so a timed run synchronises once, as a graphed run does
         self.times = {"backbone": 0.0, "detailer": 0.0}
         self.calls = {"backbone": 0, "detailer": 0}
         self.rows = {"backbone": 0, "detailer": 0}  # images through each network (a CFG pair counts 2)
@@ -192,11 +192,12 @@ class StageTimer:
     def _timed(self, name: str, rows: int, fn: Callable[[], Tensor]) -> Tensor:
         if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             return fn()  # being captured into a CUDA graph: no synchronising (it would end the capture), no timing
-        if self.profile:
-            out, elapsed = timed_call(fn, self.device)
-            self.times[name] += elapsed
-        else:
-            out = fn()
+        if not self.profile:
+            self.calls[name] += 1
+            self.rows[name] += rows
+            return fn()
+        out, elapsed = timed_call(fn, self.device)
+        self.times[name] += elapsed
         self.calls[name] += 1
         self.rows[name] += rows
         return out
@@ -206,6 +207,11 @@ class StageTimer:
 
     def detailer(self, x: Tensor, tokens: Tensor) -> Tensor:
         return self._timed("detailer", x.shape[0], lambda: self.net.detailer(x, tokens))
+
+    def graph_slot(self, slot: Any) -> Any:
+        """The wrapped engine's per-graph execution contexts (TensorRT), when it has them."""
+        inner = getattr(self.net, "graph_slot", None)
+        return inner(slot) if inner is not None else contextlib.nullcontext()
 
     def reset(self) -> None:
         self.times = dict.fromkeys(self.times, 0.0)

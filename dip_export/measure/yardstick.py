@@ -1,6 +1,7 @@
 """Time to accuracy: how close each solver gets to the converged picture for a number of evaluations.
 
-Every run starts from the same noise. The reference is Euler with 1000 steps (cached under
+Every run starts from the same noise. The reference is a third-order solver with many steps whose
+step was halved until the two runs agree to 70 dB (`sampling.reference`; cached under
 engines/yardstick/, keyed by model, settings and seeds); each solver's final uint8 images are
 compared with it by PSNR, and on the demo model also by the Frechet distance of their digit
 features to the real digits' and by the digit classifier's accuracy.
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,15 @@ import torch
 from dip_export.checkpoint import LoadedModel, is_demo
 from dip_export.generate import SamplePlan, generate, make_plan
 from dip_export.measure.harness import psnr, timed_call
-from dip_export.sampling import Denoiser, SamplerSettings, sample_counts
+from dip_export.sampling import Denoiser, SamplerSettings, initial_noise, sample_counts
+from dip_export.sampling import reference as ref_solver
+from dip_export.sampling.fitgrid import SearchSettings, fit_grid
+from dip_export.sampling.grids import grid_entry
+from dip_export.sampling.rules import to_uint8
+from dip_export.untrusted import source_identity
 
-REFERENCE_STEPS = 1000
+REFERENCE_STEPS = ref_solver.REFERENCE_STEPS
+REFERENCE_AGREEMENT_DB = ref_solver.REFERENCE_AGREEMENT_DB
 CACHE = Path("engines") / "yardstick"
 
 
@@ -72,22 +79,41 @@ def _run(
     return images, seconds / len(plan)
 
 
-def reference_images(net: Denoiser, loaded: LoadedModel, plan: SamplePlan, y: Yardstick, base: SamplerSettings) -> np.ndarray:
-    """Euler-1000 from the same noise, computed once and cached."""
-    settings = replace(base, method="euler", steps=REFERENCE_STEPS, cache_interval=1, token_forecast="off")
+@dataclass(frozen=True)
+class ReferenceImages:
+    """The cached reference: uint8 images, the float x they round, and its self-check."""
+
+    images: np.ndarray  # (N, H, W, 3) uint8
+    x: np.ndarray  # (N, 3, H, W) float32
+    label: str  # e.g. "ab3 512 (half the steps: 79.1 dB)"
+
+
+def reference_images(
+    net: Denoiser, loaded: LoadedModel, plan: SamplePlan, y: Yardstick, base: SamplerSettings
+) -> ReferenceImages:
+    """The converged reference from the same noise (`sampling.reference`), computed once and cached."""
+    settings = ref_solver.reference_settings(base, REFERENCE_STEPS)
+    identity = source_identity(loaded.source)  # the checkpoint's content, not its name
     key = json.dumps(
-        [loaded.name, loaded.source, y.__dict__, settings.__dict__, plan.seeds, plan.classes], sort_keys=True, default=str
-    )
+        [loaded.name, identity, y.__dict__, settings.__dict__, plan.seeds, plan.classes, REFERENCE_AGREEMENT_DB],
+        sort_keys=True, default=str,
+    )  # fmt: skip
     path = CACHE / f"{loaded.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
     if path.exists():
-        return np.load(path)["images"]
-    images, _ = _run(net, loaded, plan, y, settings)
+        with np.load(path) as data:
+            return ReferenceImages(data["images"], data["x"], str(data["label"]))
+    noise = initial_noise(plan.seeds, y.height, y.width)
+    labels = torch.tensor(plan.classes, dtype=torch.int64)
+    run = ref_solver.sampled(net, noise, labels, loaded.config.null_class, y.batch)
+    found = ref_solver.converged(run, settings, steps=REFERENCE_STEPS, agreement_db=REFERENCE_AGREEMENT_DB)
+    label = f"{found.solver} {found.steps} (half the steps: {found.self_check_db:.1f} dB)"
+    out = ReferenceImages(to_uint8(found.x), found.x.numpy().astype(np.float32), label)
     from dip_export.io import atomic_path
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, images=images)
-    return images
+        np.savez(f, images=out.images, x=out.x, label=np.array(label))
+    return out
 
 
 def measure(
@@ -103,7 +129,8 @@ def measure(
     base = base or SamplerSettings(cfg=y.cfg, shift=y.shift)
     base = replace(base, cfg=y.cfg, shift=y.shift)
     plan = make_plan(loaded.config.num_classes, num_samples=y.num_samples, seed=y.seed)
-    ref = reference_images(net, loaded, plan, y, base)
+    reference = reference_images(net, loaded, plan, y, base)
+    ref = reference.images
     digits = is_demo(loaded)
     rows = []
     for name in samplers:
@@ -122,7 +149,7 @@ def measure(
             rows.append(row)
             if progress is not None:
                 progress(row)
-    out: dict[str, Any] = {"settings": {**y.__dict__, "interval": list(base.interval), "reference": f"euler {REFERENCE_STEPS}"}}
+    out: dict[str, Any] = {"settings": {**y.__dict__, "interval": list(base.interval), "reference": reference.label}}
     out["euler_100_db"] = _euler_100_db(net, loaded, plan, y, base, ref, rows)
     if digits:
         out["reference_scores"] = digit_scores(ref, plan.classes)
@@ -180,3 +207,49 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     save(fig, path)
+
+
+TRAIN_SEED_BASE = 1_000_000  # training seeds of a grid fit: far from the held-out seeds 0..N-1 the tables use
+
+
+@dataclass(frozen=True)
+class GridFit:
+    """What `dip-export schedule` fits: a solver's grid at an evaluation count for one guidance and shift."""
+
+    sampler: str = "ab2"
+    nfe: int = 15
+    cfg: float = 1.5
+    shift: float = 1.0
+    band: tuple[float, float] | None = None  # guidance weights the grid is stored for; None: cfg / 1.25 .. cfg * 1.25
+    train_images: int = 32
+    heldout_images: int = 32
+    search: SearchSettings = field(default_factory=SearchSettings)
+
+    def stored_band(self) -> tuple[float, float]:
+        return self.band if self.band is not None else (round(self.cfg / 1.25, 4), round(self.cfg * 1.25, 4))
+
+
+def fit_schedule(
+    net: Denoiser, loaded: LoadedModel, fit: GridFit, size: tuple[int, int], batch: int, on_trial: Any = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit the grid on training seeds against the reference; (stored entry, report with held-out PSNR)."""
+    base = SamplerSettings(steps=fit.nfe, cfg=fit.cfg, shift=fit.shift, method=fit.sampler)
+    first_seed = TRAIN_SEED_BASE + 1000 * fit.search.seed
+    train = Yardstick(fit.train_images, first_seed, fit.cfg, fit.shift, min(batch, fit.train_images), *size)
+    train_plan = make_plan(loaded.config.num_classes, num_samples=train.num_samples, seed=train.seed)
+    target = torch.from_numpy(reference_images(net, loaded, train_plan, train, base).x)
+    noise = initial_noise(train_plan.seeds, *size)
+    run = ref_solver.sampled(net, noise, torch.tensor(train_plan.classes), loaded.config.null_class, train.batch)
+    fitted, first, best = fit_grid(base, lambda s: ref_solver.float_psnr(run(s), target), fit.search, on_trial)
+    held = Yardstick(fit.heldout_images, 0, fit.cfg, fit.shift, min(batch, fit.heldout_images), *size)
+    plan = make_plan(loaded.config.num_classes, num_samples=held.num_samples, seed=held.seed)
+    reference = reference_images(net, loaded, plan, held, base)
+    release = replace(base, method="euler", steps=100)
+    scores = {name: psnr(_run(net, loaded, plan, held, s)[0], reference.images) for name, s in
+              (("default_grid_db", base), ("fitted_grid_db", fitted), ("euler_100_db", release))}  # fmt: skip
+    info = {
+        "train_seeds": [train.seed, train.seed + train.num_samples - 1], "heldout_images": held.num_samples,
+        "train_float_db": [round(first, 2), round(best, 2)], "search_seed": fit.search.seed, "reference": reference.label,
+        **{k: round(v, 2) for k, v in scores.items()},
+    }  # fmt: skip
+    return grid_entry(fitted, fit.stored_band(), info), info

@@ -7,17 +7,21 @@ kinds. t, w, the solver's coefficients and the forecast weights live in device b
 before each replay, so the captured work never changes; the update is the solvers' own
 (`solver_update`, `forecast_tokens`). Anything the graph cannot express (Heun, a capture that fails)
 runs the plain sampler instead, with a warning, and `fallback_reason` says why (None while graphs
-are used). All graphs of a shape share one memory pool (they never replay at once). Engines that
-keep per-shape state (TensorRT) hold one execution context per row count, and the warm-up before
-each capture runs every engine once at the shape it is captured with. `capture=False` runs the same
-step arithmetic without graphs (any device), which is how the CPU checks it.
+are used); a capture that failed is not tried again for that shape. All graphs of a shape share one
+memory pool (they never replay at once). Engines that keep per-shape state (TensorRT) offer
+`graph_slot(kind)`: the warm-up and the capture of each kind run on execution contexts of their
+own, so graphs that bind different buffers never share a context. Per-step scalars are copied to
+the device once per call (a table), not from pageable host memory every step. `capture=False`
+runs the same step arithmetic without graphs (any device), which is how the CPU checks it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -38,6 +42,7 @@ class GraphedSampler:
         self.shape: tuple[int, ...] | None = None
         self.fallback_reason: str | None = None  # why the last call sampled without graphs
         self.captures = 0
+        self.failed: dict[tuple[int, ...], str] = {}  # shape -> why its capture failed (never retried)
 
     def _buffers(self, noise: Tensor, y: Tensor, null_class: int) -> None:
         b = noise.shape[0]
@@ -80,22 +85,33 @@ class GraphedSampler:
         solver_update(self.state, v, self.coef)  # the solver's update, in place on the static state
 
     def _capture(self, paired: bool | Kind) -> torch.cuda.CUDAGraph:
-        before = self._dynamic()
-        saved = [b.clone() for b in before]
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):  # warm-up outside the capture: allocations, engine shape setup
-            self._step(paired)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        for b, old in zip(before, saved, strict=True):
-            b.copy_(old)
-        for b in self._dynamic()[len(before) :]:  # token histories the warm-up created: empty, as if never run
-            b.zero_()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            self._step(paired)
+        slot = getattr(self.net, "graph_slot", None)
+        with torch.cuda.device(self.device), slot(paired) if slot is not None else contextlib.nullcontext():
+            before = self._dynamic()
+            saved = [b.clone() for b in before]
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):  # warm-up outside the capture: allocations, engine shape setup
+                self._step(paired)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            for b, old in zip(before, saved, strict=True):
+                b.copy_(old)
+            for b in self._dynamic()[len(before) :]:  # token histories the warm-up created: empty, as if never run
+                b.zero_()
+            graph = torch.cuda.CUDAGraph()
+            capture_stream = torch.cuda.Stream(self.device)  # on the engines' device, not the current one
+            capture_stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.graph(graph, pool=self.pool, stream=capture_stream):
+                self._step(paired)
+            torch.cuda.current_stream(self.device).wait_stream(capture_stream)
         self.captures += 1
         return graph
+
+    def _tables(self, plans: list, schedule_weights: list[tuple[float, ...] | None]) -> tuple[Tensor, Tensor]:
+        """Every step's solver coefficients and forecast weights, copied to the device in one transfer."""
+        coef = torch.from_numpy(np.stack([np.asarray(p.coef, dtype=np.float32) for p in plans])).reshape(len(plans), N_COEF)
+        fw = torch.tensor([[*(w or ()), 0.0, 0.0, 0.0][:3] for w in schedule_weights], dtype=torch.float32)
+        return coef.to(self.device), fw.reshape(len(plans), 3).to(self.device)
 
     def _fallback(self, reason: str) -> None:
         self.fallback_reason = reason
@@ -116,31 +132,27 @@ class GraphedSampler:
         if settings.method == "heun":
             self._fallback("CUDA graphs cover the one-evaluation solvers, not Heun")
             return sample(self.net, noise, y, null_class, settings, on_step)
+        if tuple(noise.shape) in self.failed:  # remembered: no capture is tried again for this shape
+            self.fallback_reason = self.failed[tuple(noise.shape)]
+            return sample(self.net, noise, y, null_class, settings, on_step)
         self.fallback_reason = None
         if self.shape != tuple(noise.shape):
             self._buffers(noise, y, null_class)
         self.y.copy_(y)  # labels are graph inputs: new classes need no new capture
         self.y_pair[y.shape[0] :].copy_(y)
-        schedule = TokenSchedule(settings)
-        cached = settings.cache_interval > 1
+        plans, kinds, weights = self._schedule(settings)
+        coef, fw = self._tables(plans, weights)
         with torch.inference_mode():
             self.state.x.copy_(noise)
             self.state.x_prev.zero_()
             for h in self.state.hist:
                 h.zero_()
-            for i, plan in enumerate(plan_steps(settings)):
-                weights = schedule.decide(plan.t, plan.paired)
-                source = schedule.kind if schedule.kind is not None else plan.paired
-                if weights is None:
-                    schedule.stored(plan.t, plan.paired)
-                    source = plan.paired
-                else:
-                    self.fw.copy_(torch.tensor([*weights, 0.0, 0.0, 0.0][:3]))
-                kind: bool | Kind = (plan.paired, weights is None, source) if cached else plan.paired
+            for i, (plan, kind) in enumerate(zip(plans, kinds, strict=True)):
                 self.t.fill_(plan.t)
                 self.t_pair.fill_(plan.t)
                 self.w.fill_(plan.w)
-                self.coef.copy_(torch.tensor(plan.coef, dtype=torch.float32))
+                self.coef.copy_(coef[i])  # device to device: no host synchronisation
+                self.fw.copy_(fw[i])
                 if not self.capture:
                     self._step(kind)
                 else:
@@ -148,10 +160,30 @@ class GraphedSampler:
                         try:
                             self.graphs[kind] = self._capture(kind)
                         except (RuntimeError, DipError) as err:  # TensorRT's refusals are DipErrors
-                            self._fallback(f"CUDA graph capture failed ({str(err).strip().splitlines()[0]})")
+                            reason = f"CUDA graph capture failed ({(str(err).strip().splitlines() or [''])[0]})"
+                            self.failed[tuple(noise.shape)] = reason
+                            self._fallback(reason)
                             self.shape = None  # a failed capture may leave the engines' state half set: start over
                             return sample(self.net, noise, y, null_class, settings, on_step)
                     self.graphs[kind].replay()
                 if on_step is not None:
                     on_step(i)
         return self.state.x.clone()
+
+    @staticmethod
+    def _schedule(settings: SamplerSettings) -> tuple[list, list[bool | Kind], list[tuple[float, ...] | None]]:
+        """The step plans, each step's graph kind and its forecast weights (None: the backbone runs)."""
+        schedule = TokenSchedule(settings)
+        cached = settings.cache_interval > 1
+        plans = plan_steps(settings)
+        kinds: list[bool | Kind] = []
+        weights: list[tuple[float, ...] | None] = []
+        for plan in plans:
+            w = schedule.decide(plan.t, plan.paired)
+            source = schedule.kind if schedule.kind is not None else plan.paired
+            if w is None:
+                schedule.stored(plan.t, plan.paired)
+                source = plan.paired
+            kinds.append((plan.paired, w is None, source) if cached else plan.paired)
+            weights.append(None if w is None else tuple(w))
+        return plans, kinds, weights

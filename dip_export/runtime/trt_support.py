@@ -37,11 +37,27 @@ def gpu_identity(device: Any = None) -> tuple[str, tuple[int, int]]:
 
 
 def engine_matches(
-    entry: dict[str, Any], trt_version: str, gpu: str, *, profile: RowProfile | None = None, opt_level: int | None = None
+    entry: dict[str, Any],
+    trt_version: str,
+    gpu: str,
+    *,
+    profile: RowProfile | None = None,
+    opt_level: int | None = None,
+    covering: bool = False,
 ) -> bool:
-    """Reusable only for the same TensorRT version and GPU and, when asked, the same batch profile and opt level."""
+    """Reusable only for the same TensorRT version and GPU and, when asked, the same batch profile and opt level.
+
+    `covering`: any engine whose profile holds the asked rows (min..max) and whose opt level is at least the
+    asked one will do (what sampling needs); otherwise both must be the ones asked (what `dip-export trt` builds).
+    """
     if entry.get("trt_version") != trt_version or entry.get("gpu") != gpu:
         return False
-    if profile is not None and entry.get("profile", {}).get("network_rows") != list(profile.network_batches()):
+    rows = entry.get("profile", {}).get("network_rows")
+    level = entry.get("opt_level")
+    if covering:
+        lo, _, hi = profile.network_batches() if profile is not None else (0, 0, 0)
+        fits = profile is None or (rows is not None and rows[0] <= lo and hi <= rows[2])
+        return fits and (opt_level is None or (level is not None and level >= opt_level))
+    if profile is not None and rows != list(profile.network_batches()):
         return False
-    return opt_level is None or entry.get("opt_level") == opt_level
+    return opt_level is None or level == opt_level

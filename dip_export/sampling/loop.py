@@ -9,7 +9,7 @@ from torch import Tensor
 
 from dip_export.sampling.rules import Denoiser, SamplerSettings, guidance_combine, runs_paired, step_weight, time_grid
 from dip_export.sampling.solvers import SolverState, plan_steps, solver_update
-from dip_export.sampling.tokens import TokenSchedule, forecast_tokens
+from dip_export.sampling.tokens import TokenSchedule, forecast_mode, forecast_tokens
 
 
 class _Velocity:
@@ -20,7 +20,7 @@ class _Velocity:
         self.y_cond = y
         self.y_pair = torch.cat([torch.full_like(y, null_class), y])  # unconditional half first
         self.schedule = TokenSchedule(settings)
-        self.copy = settings.token_forecast != "off"  # forecasts keep several results: own copies
+        self.copy = forecast_mode(settings) != "off"  # forecasts keep several results: own copies
         self.history: list[Tensor] = []  # newest first, matching schedule.times
 
     def _tokens(self, x: Tensor, t: float, y: Tensor, paired: bool) -> Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dip_export.errors import UsageError
 from dip_export.settings import (
     MAX_CFG,
     MAX_SHIFT,
@@ -24,7 +26,7 @@ from dip_export.settings import (
 
 SOLVERS = ("euler", "heun", "ab2", "ab3", "dpmpp_2m", "unipc")
 MULTISTEP = ("ab2", "ab3", "dpmpp_2m", "unipc")  # one evaluation per step, history across steps
-FORECASTS = ("off", "linear", "quadratic")
+FORECASTS = ("off", "linear", "quadratic", "auto")
 
 
 class Denoiser(Protocol):
@@ -44,7 +46,8 @@ class SamplerSettings:
     method: str = "euler"  # one of SOLVERS; steps = network evaluations, except heun (2N - 1)
     cache_interval: int = 1  # run the backbone every K evaluations; reuse or forecast its tokens between
     skip_uncond: bool = True  # skip the unconditional half where the guidance weight is 1
-    token_forecast: str = "off"  # between refreshes: "off" reuses tokens, "linear"/"quadratic" extrapolate in t
+    token_forecast: str = "off"  # between refreshes: "off" reuses tokens, "linear"/"quadratic" extrapolate; "auto": per solver
+    grid: tuple[float, ...] | None = None  # the steps + 1 grid times (0 ... 1), e.g. a fitted grid; None: the default
 
     def __post_init__(self) -> None:
         """Exact types and the limits of dip_export.settings; numpy scalars become Python numbers."""
@@ -60,6 +63,22 @@ class SamplerSettings:
         }
         for name, value in checked.items():
             object.__setattr__(self, name, value)
+        if self.grid is not None:
+            check_grid(self.grid, self.steps, self.method)
+            object.__setattr__(self, "grid", tuple(float(v) for v in self.grid))
+
+
+def check_grid(grid: Sequence[float], steps: int, method: str) -> None:
+    """A grid of `steps` steps: steps + 1 finite times rising strictly from 0 to 1; not for Heun (the release's)."""
+    if method == "heun":
+        raise UsageError("a custom time grid is for the one-evaluation solvers, not heun")
+    if len(grid) != steps + 1:
+        raise UsageError(f"a grid of {steps} steps has {steps + 1} times, got {len(grid)}")
+    values = [float(v) for v in grid]
+    if values[0] != 0.0 or values[-1] != 1.0 or not all(math.isfinite(v) for v in values):
+        raise UsageError("a time grid must run from 0 to 1")
+    if any(b <= a for a, b in itertools.pairwise(values)):
+        raise UsageError("a time grid must rise strictly")
 
 
 def time_grid(steps: int, shift: float) -> Tensor:
@@ -77,6 +96,8 @@ def solver_grid(settings: SamplerSettings) -> tuple[list[float], set[int]]:
     field jumps there), the steps are uniform in u on each side of it, and with INTERVAL_JUMP
     "snap" the history restarts on it, so no step straddles the jump.
     """
+    if settings.grid is not None:
+        return _given_grid(settings)
     if settings.method not in MULTISTEP:
         return time_grid(settings.steps, settings.shift).tolist(), set()
     n, s = settings.steps, settings.shift
@@ -100,6 +121,17 @@ def solver_grid(settings: SamplerSettings) -> tuple[list[float], set[int]]:
     grid[0], grid[-1] = 0.0, 1.0
     if n1:
         grid[n1] = b
+    return grid, restarts
+
+
+def _given_grid(settings: SamplerSettings) -> tuple[list[float], set[int]]:
+    """A given grid, in float32 like the default; a multistep solver's history restarts on the guidance bound."""
+    assert settings.grid is not None
+    grid = [_f32(t) for t in settings.grid]
+    restarts: set[int] = set()
+    if settings.method in MULTISTEP and settings.cfg != 1.0 and INTERVAL_JUMP == "snap":
+        b = _f32(settings.interval[0])
+        restarts = {i for i, t in enumerate(grid[1:-1], start=1) if t == b}
     return grid, restarts
 
 

@@ -84,17 +84,33 @@ def _identity() -> np.ndarray:
 
 def _adams(ts: list[float], t_next: float, order: int) -> np.ndarray:
     """Adams-Bashforth in t on a non-uniform grid: integrate the Lagrange polynomial through the last
-    `order` velocities over [t, t_next]."""
+    `order` velocities over [t, t_next].
+
+    The basis is formed in step units, tau = (t' - t) / (t_next - t), where the nodes are O(1)
+    numbers whatever the step size, and integrated over [0, 1] by Gauss-Legendre quadrature (exact
+    for these degrees); monomials in absolute t lose digits to cancellation at small steps.
+    """
     coef = _identity()
     coef[Q] = 1.0
     k = min(order, len(ts))
-    nodes = np.asarray(ts[:k])
+    h = t_next - ts[0]
+    tau = (np.asarray(ts[:k], dtype=np.float64) - ts[0]) / h  # (k,) tau[0] = 0, older nodes negative
+    points, weights = _GAUSS
     for j in range(k):
-        others = np.delete(nodes, j)
-        poly = np.poly(others) / np.prod(nodes[j] - others) if k > 1 else np.array([1.0])
-        integral = np.polyint(poly)
-        coef[C + j] = np.polyval(integral, t_next) - np.polyval(integral, ts[0])
+        basis = np.ones_like(points)
+        for m in range(k):
+            if m != j:
+                basis *= (points - tau[m]) / (tau[j] - tau[m])
+        coef[C + j] = h * float(weights @ basis)
     return coef
+
+
+def _gauss_on_unit_interval(n: int) -> tuple[np.ndarray, np.ndarray]:
+    x, w = np.polynomial.legendre.leggauss(n)
+    return 0.5 * (x + 1.0), 0.5 * w
+
+
+_GAUSS = _gauss_on_unit_interval(HISTORY)  # exact for degree <= 2 * HISTORY - 1
 
 
 def _euler(ts: list[float], t_next: float, settings: SamplerSettings) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Backbone tokens between refreshes: reused (`off`) or extrapolated in t (`linear`, `quadratic`).
+"""Backbone tokens between refreshes: reused (`off`) or extrapolated in t (`linear`, `quadratic`, or
+`auto`: the solver's measured choice at its refresh interval).
 
 With `cache_interval` K the backbone runs every K-th evaluation; in between, the detailer gets either
 the last tokens (reuse) or a Lagrange extrapolation in t through the last 2 or 3 backbone results
@@ -17,6 +18,25 @@ from torch import Tensor
 from dip_export.sampling.rules import SamplerSettings
 
 FORECAST_POINTS = {"off": 1, "linear": 2, "quadratic": 3}
+
+# "auto": per solver and refresh interval K, the forecast that was best against the converged
+# reference on the demo model at guidance 1.5 and 4 and never worse than reuse at either
+# (bench/RESULTS.md, token forecasting); a K not measured reuses the tokens.
+FORECAST_BY_SOLVER: dict[str, dict[int, str]] = {
+    "euler": {2: "linear", 3: "linear"},
+    "heun": {2: "linear", 3: "linear"},  # as Euler (not measured separately)
+    "ab2": {2: "linear", 3: "off"},  # K = 3 at guidance 4: linear -3.0 dB, quadratic -7.6 against reuse
+    "ab3": {2: "linear", 3: "off"},  # as ab2 at K = 3 (guidance 4 not measured)
+    "dpmpp_2m": {2: "linear", 3: "off"},  # as ab2 at K = 3 (guidance 4 not measured)
+    "unipc": {2: "linear", 3: "off"},  # K = 3 at guidance 4: linear -2.9 dB, quadratic -7.8
+}
+
+
+def forecast_mode(settings: SamplerSettings) -> str:
+    """The forecast a run uses: the one asked for, or for "auto" the solver's measured choice at its K."""
+    if settings.token_forecast != "auto":
+        return settings.token_forecast
+    return FORECAST_BY_SOLVER.get(settings.method, {}).get(settings.cache_interval, "off")
 
 
 def lagrange_weights(ts: list[float], t: float) -> np.ndarray:
@@ -38,18 +58,22 @@ class TokenSchedule:
     kind: bool | None = None  # paired (True) or conditional-only (False) tokens in the history
     times: list[float] = field(default_factory=list)  # backbone times of the stored tokens, newest first
     age: int = 0  # evaluations since the last refresh
+    mode: str = ""  # the forecast in use ("auto" resolved)
+
+    def __post_init__(self) -> None:
+        self.mode = forecast_mode(self.settings)
 
     def decide(self, t: float, paired: bool) -> np.ndarray | None:
         """None: run the backbone (then call `stored`); else the weights over the stored tokens."""
         s = self.settings
-        points = FORECAST_POINTS[s.token_forecast]
-        if s.token_forecast == "off":  # reuse: paired tokens also serve a conditional-only step
+        points = FORECAST_POINTS[self.mode]
+        if self.mode == "off":  # reuse: paired tokens also serve a conditional-only step
             usable = self.kind is not None and (self.kind or not paired)
         else:
             usable = self.kind == paired and len(self.times) >= points
         if usable and self.age < s.cache_interval:
             self.age += 1
-            if s.token_forecast == "off":
+            if self.mode == "off":
                 return np.ones(1)
             return lagrange_weights(self.times[:points], t)
         return None
@@ -61,7 +85,7 @@ class TokenSchedule:
         if self.times and self.times[0] == t:  # Heun evaluates t twice: keep the newer result once
             self.times = self.times[1:]
         self.kind = paired
-        self.times = [t, *self.times[: FORECAST_POINTS[self.settings.token_forecast] - 1]]
+        self.times = [t, *self.times[: FORECAST_POINTS[self.mode] - 1]]
         self.age = 1
 
 

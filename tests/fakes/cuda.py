@@ -4,7 +4,9 @@
   done; `replay()` re-runs every recorded op on the very same tensors (fixed addresses, as a graph
   does), writing out-of-place results back into the buffers captured.
 - `torch.cuda.synchronize()` (or a stream's) during a capture raises, as CUDA's
-  "operation not permitted when stream is capturing" does.
+  "operation not permitted when stream is capturing" does; so do `.item()` (a device-to-host read) and
+  a tensor made from host data inside the capture (a pageable host-to-device copy synchronises).
+- Capturing belongs to the capturing stream: `is_current_stream_capturing()` is False on another one.
 - Work that is not a torch op (a TensorRT enqueue) registers itself with `record()` while capturing.
 - The legacy default stream has handle 0; `torch.cuda.stream(s)` and captures change the current one.
 - Devices: `torch.cuda.device(i)` sets the current index, names come from `names`.
@@ -25,6 +27,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 ACTIVE: FakeCuda | None = None
+HOST_SYNCS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.lift_fresh.default)
 
 
 class FakeStream:
@@ -49,6 +52,8 @@ class _Recorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
+        if func in HOST_SYNCS:  # .item(), torch.tensor(host data): both wait for the device
+            raise RuntimeError(f"CUDA error: operation not permitted when stream is capturing ({func})")
         # a kernel that writes existing memory is recorded, not run (a capture runs nothing)
         out = kwargs.get("out", args[0]) if func._schema.is_mutable else func(*args, **kwargs)
         self.graph.ops.append((func, args, kwargs, out))
@@ -89,6 +94,7 @@ class FakeCuda:
     def __init__(self, names: tuple[str, ...] = ("NVIDIA Fake GPU",), capability: tuple[int, int] = (9, 0)) -> None:
         self.names, self.capability = names, capability
         self.capturing: FakeGraph | None = None
+        self.capture_stream: FakeStream | None = None
         self.captures = self.replays = self.synchronizes = 0
         self.pools: list[Any] = []
         self.device_index = 0
@@ -103,7 +109,8 @@ class FakeCuda:
             "get_device_name": self.get_device_name, "get_device_capability": lambda device=None: self.capability,
             "current_device": lambda: self.device_index, "device": self.device, "synchronize": self.synchronize,
             "Stream": FakeStream, "stream": self.stream, "current_stream": lambda device=None: self._current,
-            "is_current_stream_capturing": lambda: self.capturing is not None, "CUDAGraph": FakeGraph,
+            "is_current_stream_capturing": lambda: self.capturing is not None and self._current is self.capture_stream,
+            "CUDAGraph": FakeGraph,
             "graph": self.graph, "graph_pool_handle": self.graph_pool_handle,
         }.items():  # fmt: skip
             monkeypatch.setattr(cuda, name, value)
@@ -152,11 +159,12 @@ class FakeCuda:
         self.pools.append(pool)
         self.capturing = graph
         saved, self._current = self._current, stream or FakeStream()
+        self.capture_stream = self._current
         try:
             with _Recorder(graph):
                 yield
         finally:
-            self.capturing, self._current = None, saved
+            self.capturing, self._current, self.capture_stream = None, saved, None
         graph.captured = True
         self.captures += 1
 

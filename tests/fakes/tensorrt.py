@@ -3,7 +3,18 @@
 Installed with `install(monkeypatch, version)` as `sys.modules["tensorrt"]`. What it checks, after
 the TensorRT 10.x / 11.x Python API references and the parser's sources:
 - OnnxParser.parse_from_file loads the file with the real onnx package (external data beside it),
-  runs onnx.checker, and refuses DequantizeLinear on INT32 input (NVIDIA/TensorRT#4542).
+  runs onnx.checker, and applies the parser's Q/DQ rules: no DequantizeLinear on INT32 input
+  (NVIDIA/TensorRT#4542), no UINT8, positive scales, zero zero-points, one scale per channel.
+- 10.x and 11.x enums as the bindings have them: 11.x has no EXPLICIT_BATCH (STRONGLY_TYPED is 0)
+  and no FP16/BF16/INT8/FP8 builder flags; BuilderFlag.TF32 exists in both and is on by default.
+- add_optimization_profile returns -1 for an invalid profile; create_timing_cache logs and returns
+  None for a corrupt blob.
+- Engines compute in the engine's precision: with TF32 on, fp32 graphs run with every MatMul/Gemm/Conv
+  input rounded to a 10-bit mantissa, so verification meets TF32's error.
+- ICudaEngine reports I/O dtypes and shapes (get_tensor_dtype / get_tensor_shape) and device_memory_size_v2;
+  a USER_MANAGED context runs only after set_device_memory (256-byte aligned, big enough); STATIC
+  contexts are counted in `context_memory`. Addresses must be multiples of 256 bytes; an enqueue
+  fails unless the engine's device is the current one.
 - Builder.build_serialized_network returns None (never raises) when a dynamic input has no profile
   shape or the build is made to fail; on 10.x it records whether the network is strongly typed.
 - IBuilderConfig.set_timing_cache returns False for a cache from another GPU or TensorRT version.
@@ -30,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import helper, numpy_helper
 
 from tests.fakes import cuda as fake_cuda
 
@@ -62,17 +74,56 @@ class TensorIOMode(Enum):
     NONE, INPUT, OUTPUT = 0, 1, 2
 
 
+class DataType(IntEnum):  # tensorrt.DataType (the members this project's graphs use)
+    FLOAT, HALF, INT8, INT32, BOOL, UINT8, FP8, BF16, INT64 = 0, 1, 2, 3, 4, 5, 6, 7, 8
+
+
+DATA_TYPES = {"float32": DataType.FLOAT, "float16": DataType.HALF, "int64": DataType.INT64}
+ALIGNMENT = 256  # set_tensor_address / set_device_memory refuse addresses that are not multiples of it
+
+
+class ExecutionContextAllocationStrategy(IntEnum):
+    STATIC, ON_PROFILE_CHANGE, USER_MANAGED = 0, 1, 2
+
+
 class _Network:
     def __init__(self, flags: int, strongly_typed: bool) -> None:
         self.flags, self.strongly_typed = flags, strongly_typed
         self.onnx_path: Path | None = None
         self.inputs: dict[str, tuple[str, tuple[int, ...]]] = {}
-        self.outputs: dict[str, str] = {}
+        self.outputs: dict[str, tuple[str, tuple[int, ...]]] = {}
 
 
 def _value_info(value: Any) -> tuple[str, tuple[int, ...]]:
     tt = value.type.tensor_type
     return ONNX_DTYPES[tt.elem_type], tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim)
+
+
+def _qdq_errors(graph: Any) -> list[str]:
+    """The ONNX parser's Q/DQ rules (onnx-tensorrt's importers): no INT32 (bias) dequantisation, no UINT8,
+    positive scales, zero zero-points, one scale per channel along the axis for per-channel weights."""
+    inits = {i.name: i for i in graph.initializer}
+    errors = []
+    for node in graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        where = f"In node {node.name} (parseGraph): INVALID_NODE: {node.op_type}"
+        data, scale = inits.get(node.input[0]), inits.get(node.input[1])
+        zero = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if node.op_type == "DequantizeLinear" and data is not None and data.data_type == onnx.TensorProto.INT32:
+            errors.append(f"{where} of INT32 input {node.input[0]} is not supported")
+        if zero is not None and zero.data_type == onnx.TensorProto.UINT8:
+            errors.append(f"{where}: UINT8 quantization is not supported ({node.input[2]}); use signed INT8")
+        if zero is not None and np.any(numpy_helper.to_array(zero) != 0):
+            errors.append(f"{where}: non-zero zero point {node.input[2]} (TensorRT quantization is symmetric)")
+        if scale is not None:
+            values = numpy_helper.to_array(scale)
+            if np.any(values <= 0):
+                errors.append(f"{where}: scale {node.input[1]} must be positive")
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            if values.size > 1 and data is not None and values.size != list(data.dims)[axis]:
+                errors.append(f"{where}: {values.size} scales for {list(data.dims)[axis]} channels on axis {axis}")
+    return errors
 
 
 class OnnxParser:
@@ -90,19 +141,13 @@ class OnnxParser:
         model = onnx.load(path)
         onnx.checker.check_model(path)
         graph = model.graph
-        int32 = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT32}
-        for node in graph.node:
-            if node.op_type == "DequantizeLinear" and node.input[0] in int32:
-                self.errors.append(
-                    f"In node {node.name} (parseGraph): INVALID_NODE: DequantizeLinear of INT32 input "
-                    f"{node.input[0]} is not supported"
-                )
+        self.errors += _qdq_errors(graph)
         if self.errors:
             return False
         inits = {i.name for i in graph.initializer}
         self.network.onnx_path = Path(path)
         self.network.inputs = {v.name: _value_info(v) for v in graph.input if v.name not in inits}
-        self.network.outputs = {v.name: _value_info(v)[0] for v in graph.output}
+        self.network.outputs = {v.name: _value_info(v) for v in graph.output}
         return True
 
 
@@ -132,27 +177,41 @@ class _Config:
         self.builder_optimization_level = 3
         self.pool_limits: dict[Any, int] = {}
         self.cache: _TimingCache | None = None
-        self.flags: set[Any] = set()
+        self.flags: set[Any] = {module.BuilderFlag.TF32}  # TF32 is on by default (BuilderFlag docs)
 
     def set_memory_pool_limit(self, pool: Any, size: int) -> None:
         self.pool_limits[pool] = size
 
     def add_optimization_profile(self, profile: _Profile) -> int:
+        if not profile.shapes or self.module.refuse_profiles:
+            return -1  # "the profile is invalid": logged, -1 returned, nothing added
         self.profiles.append(profile)
         return len(self.profiles) - 1
 
     def set_flag(self, flag: Any) -> None:
         self.flags.add(flag)
 
+    def clear_flag(self, flag: Any) -> None:
+        self.flags.discard(flag)
+
+    def get_flag(self, flag: Any) -> bool:
+        return flag in self.flags
+
     def create_timing_cache(self, data: bytes) -> _TimingCache:
         if not data:
             return _TimingCache(_owner(self.module), 0)
-        if not data.startswith(CACHE_MAGIC):
-            raise RuntimeError("invalid timing cache")
-        info = json.loads(data[len(CACHE_MAGIC) :])
+        try:
+            info = json.loads(data[len(CACHE_MAGIC) :]) if data.startswith(CACHE_MAGIC) else None
+        except ValueError:
+            info = None
+        if not isinstance(info, dict) or "owner" not in info:
+            self.module.logged.append("ERROR: Failed to deserialize timing cache: corrupted or wrong format")
+            return None  # the real binding logs the error and returns None
         return _TimingCache(info["owner"], info["entries"])
 
     def set_timing_cache(self, cache: _TimingCache, ignore_mismatch: bool) -> bool:
+        if cache is None:
+            raise TypeError("set_timing_cache(): incompatible function arguments (cache is None)")
         if cache.owner != _owner(self.module) and not ignore_mismatch:
             return False  # "the cache was created on a different device or TensorRT version"
         self.cache = cache
@@ -196,11 +255,14 @@ class Builder:
         if config.cache is not None:
             config.cache.entries += 1
         m.built.append({"onnx": str(network.onnx_path), "strongly_typed": network.strongly_typed,
-                        "opt_level": config.builder_optimization_level, "profile": profile})  # fmt: skip
+                        "opt_level": config.builder_optimization_level, "profile": profile,
+                        "tf32": m.BuilderFlag.TF32 in config.flags})  # fmt: skip
         body = {
             "onnx": str(network.onnx_path), "version": m.__version__, "gpu": _gpu(),
-            "inputs": {k: [dt, list(s)] for k, (dt, s) in network.inputs.items()}, "outputs": network.outputs,
+            "inputs": {k: [dt, list(s)] for k, (dt, s) in network.inputs.items()},
+            "outputs": {k: [dt, list(s)] for k, (dt, s) in network.outputs.items()},
             "profile": {k: [list(s) for s in v] for k, v in profile.items()},
+            "tf32": m.BuilderFlag.TF32 in config.flags,
         }  # fmt: skip
         return PLAN_MAGIC + json.dumps(body).encode()
 
@@ -218,14 +280,45 @@ class Runtime:
         if body["version"] != self.module.__version__ or body["gpu"] != _gpu():
             return None  # plans run only on the GPU model and version that built them
         self.module.deserialized_on.append(_device_index())
-        return _Engine(self.module, body)
+        return _Engine(self.module, body, _device_index())
+
+
+def _tf32_model(path: str) -> bytes:
+    """The graph with every MatMul/Gemm/Conv input rounded to TF32 (10-bit mantissa), as TensorRT's fp32
+    kernels do while BuilderFlag.TF32 is set (accumulation stays fp32)."""
+    model = onnx.load(path)
+    graph = model.graph
+    consts = {"tf32_tiny": 1e-30, "tf32_ln2": float(np.log(2.0)), "tf32_two": 2.0, "tf32_ten": 10.0}
+    graph.initializer.extend(numpy_helper.from_array(np.array(v, dtype=np.float32), k) for k, v in consts.items())
+    rounded: dict[str, str] = {}
+    nodes = []
+    for node in graph.node:
+        if node.op_type in ("MatMul", "Gemm", "Conv"):
+            for i in (0, 1):
+                name = node.input[i]
+                if name not in rounded:
+                    r = f"{name}__tf32"
+                    step = [("Abs", [name], "a"), ("Max", ["a", "tf32_tiny"], "m"), ("Log", ["m"], "l"),
+                            ("Div", ["l", "tf32_ln2"], "e"), ("Floor", ["e"], "f"), ("Sub", ["f", "tf32_ten"], "g"),
+                            ("Pow", ["tf32_two", "g"], "u"), ("Div", [name, "u"], "q"), ("Round", ["q"], "n")]  # fmt: skip
+                    nodes += [helper.make_node(op, [x if x in (name,) or x.startswith("tf32_") else f"{r}_{x}" for x in ins],
+                                               [f"{r}_{out}"]) for op, ins, out in step]  # fmt: skip
+                    nodes.append(helper.make_node("Mul", [f"{r}_n", f"{r}_u"], [r]))
+                    rounded[name] = r
+                node.input[i] = rounded[name]
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return model.SerializeToString()
 
 
 class _Engine:
-    def __init__(self, module: types.ModuleType, body: dict[str, Any]) -> None:
-        self.module, self.body = module, body
+    def __init__(self, module: types.ModuleType, body: dict[str, Any], device: int) -> None:
+        self.module, self.body, self.device = module, body, device
         self.names = list(body["inputs"]) + list(body["outputs"])
         self.session: Any = None
+        rows = max((s[2][0] for s in body["profile"].values()), default=1)
+        self.device_memory_size_v2 = 4096 * rows  # activations for the largest profile shape
 
     @property
     def num_io_tensors(self) -> int:
@@ -237,16 +330,35 @@ class _Engine:
     def get_tensor_mode(self, name: str) -> TensorIOMode:
         return TensorIOMode.INPUT if name in self.body["inputs"] else TensorIOMode.OUTPUT
 
-    def create_execution_context(self) -> _Context:
-        return _Context(self)
+    def _io(self, name: str) -> list[Any]:
+        return self.body["inputs"].get(name) or self.body["outputs"][name]
+
+    def get_tensor_dtype(self, name: str) -> DataType:
+        return DATA_TYPES[self._io(name)[0]]
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._io(name)[1])
+
+    def create_execution_context(self, strategy: Any = ExecutionContextAllocationStrategy.STATIC) -> _Context:
+        if strategy != ExecutionContextAllocationStrategy.USER_MANAGED:
+            self.module.context_memory.append(self.device_memory_size_v2)  # a block of its own, for its lifetime
+        return _Context(self, user_managed=strategy == ExecutionContextAllocationStrategy.USER_MANAGED)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.session is None:
             import onnxruntime
 
-            self.session = onnxruntime.InferenceSession(self.body["onnx"], providers=["CPUExecutionProvider"])
+            onnx_path = self.body["onnx"]
+            model = _tf32_model(onnx_path) if self.body.get("tf32") and _is_fp32(onnx_path) else onnx_path
+            self.session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
         names = list(self.body["outputs"])
         return dict(zip(names, self.session.run(names, feeds), strict=True))
+
+
+def _is_fp32(path: str) -> bool:
+    """TF32 touches float32 math only: a graph whose weights are half or quantised does not use it."""
+    model = onnx.load(path, load_external_data=False)
+    return not any(i.data_type in (onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8) for i in model.graph.initializer)
 
 
 def _view(address: int, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -257,11 +369,12 @@ def _view(address: int, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
 
 
 class _Context:
-    def __init__(self, engine: _Engine) -> None:
+    def __init__(self, engine: _Engine, user_managed: bool = False) -> None:
         self.engine = engine
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.addresses: dict[str, int] = {}
         self.shapes_enqueued = False  # a normal enqueue ran since the last shape change
+        self.memory: int | None = None if user_managed else -1  # -1: its own block (STATIC)
 
     def set_input_shape(self, name: str, shape: Any) -> bool:
         shape = tuple(int(s) for s in shape)
@@ -277,10 +390,17 @@ class _Context:
         return True
 
     def set_tensor_address(self, name: str, address: int) -> bool:
-        if name not in self.engine.names or not address:
-            return False
+        if name not in self.engine.names or not address or int(address) % ALIGNMENT:
+            return False  # unknown name, null or misaligned address ("must be aligned to 256 bytes")
         self.addresses[name] = int(address)
         return True
+
+    def set_device_memory(self, memory: int, size: int) -> None:
+        if self.memory == -1:
+            raise RuntimeError("set_device_memory on a context that owns its memory (not USER_MANAGED)")
+        if int(memory) % ALIGNMENT or size < self.engine.device_memory_size_v2:
+            raise RuntimeError("device memory too small or not 256-byte aligned")  # the binding raises on this error
+        self.memory = int(memory)
 
     def _state(self) -> tuple[Any, ...]:
         return tuple(sorted(self.shapes.items())), tuple(sorted(self.addresses.items()))
@@ -289,6 +409,8 @@ class _Context:
         m = self.engine.module
         if set(self.shapes) != set(self.engine.body["inputs"]) or set(self.addresses) != set(self.engine.names):
             return False
+        if self.memory is None or _device_index() != self.engine.device:
+            return False  # USER_MANAGED without memory; the engine's device is not the current one
         m.streams.append(int(stream_handle))
         active = fake_cuda.ACTIVE
         if active is not None and active.capturing is not None:
@@ -312,7 +434,7 @@ class _Context:
         feeds = {n: _view(self.addresses[n], body["inputs"][n][0], self.shapes[n]).copy() for n in body["inputs"]}
         outs = self.engine.run(feeds)
         for name, value in outs.items():
-            dst = _view(self.addresses[name], body["outputs"][name], value.shape)
+            dst = _view(self.addresses[name], body["outputs"][name][0], value.shape)
             dst[...] = value + (1.0 if m.corrupt_outputs else 0.0)
         m.enqueues += 1
 
@@ -324,13 +446,16 @@ def make_module(version: str = "10.13.0") -> types.ModuleType:
     m.Logger, m.OnnxParser, m.MemoryPoolType, m.TensorIOMode = Logger, OnnxParser, MemoryPoolType, TensorIOMode
     m.Builder = type("Builder", (Builder,), {"module": m})
     m.Runtime = type("Runtime", (Runtime,), {"module": m})
-    m.NetworkDefinitionCreationFlag = IntEnum("NetworkDefinitionCreationFlag", {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1})
-    flags = {"DEBUG": 0, "REFIT": 1, "STRIP_PLAN": 2}
+    m.DataType, m.ExecutionContextAllocationStrategy = DataType, ExecutionContextAllocationStrategy
+    # 10.x: EXPLICIT_BATCH (deprecated, ignored) = 0, STRONGLY_TYPED = 1; 11.x: no EXPLICIT_BATCH, STRONGLY_TYPED = 0
+    creation = {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1} if major < 11 else {"STRONGLY_TYPED": 0}
+    m.NetworkDefinitionCreationFlag = IntEnum("NetworkDefinitionCreationFlag", creation)
+    flags = {"DEBUG": 2, "REFIT": 4, "TF32": 6, "STRIP_PLAN": 19 if major < 11 else 18}  # TF32 in both, on by default
     if major < 11:  # weak typing, removed in 11
-        flags |= {"FP16": 10, "BF16": 11, "INT8": 12, "FP8": 13, "OBEY_PRECISION_CONSTRAINTS": 14}
+        flags |= {"FP16": 0, "INT8": 1, "OBEY_PRECISION_CONSTRAINTS": 9, "FP8": 15, "BF16": 17}
     m.BuilderFlag = IntEnum("BuilderFlag", flags)
-    m.fail_builds, m.corrupt_outputs, m.refuse_capture = False, False, False
-    m.built, m.streams, m.deserialized_on = [], [], []
+    m.fail_builds, m.corrupt_outputs, m.refuse_capture, m.refuse_profiles = False, False, False, False
+    m.built, m.streams, m.deserialized_on, m.logged, m.context_memory = [], [], [], [], []
     m.enqueues = 0
     return m
 

@@ -1,0 +1,274 @@
+"""Memory and work, estimated before anything is allocated and compared with what the machine has.
+
+A sampling run's peak is estimated from the model config, the batch (doubled by guidance), the
+image size, the solver's history and the images it keeps; a file's tensors from the element counts
+its headers declare. Either is refused in one line naming the figure and the limit when it exceeds
+the memory available (RAM, or the GPU's free memory); `DIP_MEMORY_LIMIT` (bytes, or with a K/M/G/T
+suffix) lowers the limit. Every check here is arithmetic on a few numbers: microseconds.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from dip_export.errors import DipError, UsageError
+
+MAX_EVALUATIONS = 10_000_000  # network evaluations per image over a whole measurement (--nfe lists)
+SOLVER_COPIES = 10  # image-sized float tensors a multistep solver holds (x, noise, history, guidance halves)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+class BudgetError(DipError):
+    """A run or file that would need more memory or work than this machine allows."""
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """What a sampling run's memory depends on."""
+
+    batch: int  # images per sampler batch
+    height: int
+    width: int
+    samples: int = 1  # images kept in memory (the whole run's output)
+    guided: bool = True  # guidance doubles the network batch
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**28 else f"{n / 2**20:.0f} MiB"
+
+
+def run_bytes(config: Any, shape: RunShape) -> int:
+    """Peak bytes of sampling: one network call's activations, the solver's tensors and the kept images."""
+    rows = shape.batch * (2 if shape.guided else 1)
+    pixels = shape.height * shape.width
+    tokens = pixels // (config.patch_size**2)
+    token_bytes = rows * tokens * config.hidden_size * 4
+    block = 12 * token_bytes  # residual, q/k/v, MLP hidden (4 D) and its activation
+    attention = rows * config.num_heads * tokens * tokens * 4  # the score matrix, where no fused kernel runs
+    detailer = rows * config.detailer_width * pixels * 4 * 3  # the full-resolution convolutions
+    solver = shape.batch * config.in_channels * pixels * 4 * SOLVER_COPIES
+    images = shape.samples * pixels * 3
+    return block + attention + detailer + solver + images
+
+
+def weight_bytes(config: Any) -> int:
+    """fp32 weights of a DiP of this config (blocks, embedders and detailer), without building it."""
+    d, p, c = config.hidden_size, config.patch_size, config.in_channels
+    blocks = config.depth * 12 * d * d
+    return 4 * (blocks + (config.num_classes + 1) * d + p * p * c * d + 64 * config.detailer_width**2 * 9)
+
+
+def memory_limit(device: Any = None) -> int:
+    """Bytes this run may use: free GPU memory on CUDA, available RAM otherwise; DIP_MEMORY_LIMIT caps both."""
+    found = _gpu_free(device) if getattr(device, "type", None) == "cuda" else _ram_available()
+    text = os.environ.get("DIP_MEMORY_LIMIT", "").strip()
+    if text:
+        match = re.fullmatch(r"(\d{1,16})\s*([KMGT]?)I?B?", text.upper())
+        if match is None:
+            raise UsageError(f"DIP_MEMORY_LIMIT must be bytes with an optional K/M/G/T suffix, got {text[:40]!r}")
+        found = min(found, int(match.group(1)) * _UNITS[match.group(2)])
+    return found
+
+
+def _ram_available() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return 1 << 40  # unknown: only DIP_MEMORY_LIMIT bounds it
+
+
+def _gpu_free(device: Any) -> int:
+    import torch
+
+    try:
+        return int(torch.cuda.mem_get_info(device)[0])
+    except Exception:  # no driver, or a device index that does not exist: the RAM bound still holds
+        return _ram_available()
+
+
+def check_memory(need: int, what: str, device: Any = None) -> None:
+    """Refuse, in one line naming both figures, a need above the limit."""
+    limit = memory_limit(device)
+    if need > limit:
+        where = "free GPU memory" if getattr(device, "type", None) == "cuda" else "available memory"
+        raise BudgetError(f"{what} needs about {gib(need)}, more than the {gib(limit)} of {where}; make it smaller")
+
+
+def check_run(config: Any, shape: RunShape, device: Any = None) -> None:
+    """A sampling run fits in memory (called where every run goes through, before any tensor)."""
+    need = run_bytes(config, shape)
+    what = f"sampling batch {shape.batch} at {shape.height}x{shape.width}" + (
+        f" keeping {shape.samples} images" if shape.samples > 1 else ""
+    )
+    check_memory(need, what, device)
+
+
+def check_work(evaluations: list[int], images: int, reference: int = 0) -> None:
+    """A measurement's network evaluations per image are each >= 1 and bounded in total."""
+    if not evaluations or min(evaluations) < 1:
+        raise UsageError("evaluation counts must be >= 1 (--nfe)")
+    total = (sum(evaluations) + reference) * max(images, 1)
+    if total > MAX_EVALUATIONS:
+        raise BudgetError(f"this measurement makes {total} network evaluations, more than the limit of {MAX_EVALUATIONS}")
+
+
+def check_declared(elements: int, element_size: int, source: str, file_size: int | None = None) -> None:
+    """Tensors a file declares: their bytes against the memory limit and, where data is stored, the file's size."""
+    need = elements * element_size
+    if file_size is not None and need > file_size + (1 << 20):
+        raise BudgetError(f"{source}: declares {gib(need)} of tensors but holds {gib(file_size)} of data; refusing to load it")
+    check_memory(need, f"{source}: its tensors", None)
+
+
+# ---------------------------------------------------------------- what a pickle declares
+
+_ELEMENT_SIZES = {"Double": 8, "Long": 8, "ComplexDouble": 16, "ComplexFloat": 8, "Float": 4, "Int": 4, "Half": 2,
+                  "BFloat16": 2, "Short": 2, "Char": 1, "Byte": 1, "Bool": 1, "Untyped": 1}  # fmt: skip
+_CONSTANTS = {"BININT", "BININT1", "BININT2", "LONG1", "LONG4", "INT", "LONG", "SHORT_BINUNICODE", "BINUNICODE",
+              "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING", "BINUNICODE8"}  # fmt: skip
+_MARK = object()
+
+
+def _element_size(kind: Any) -> int:
+    name = kind[1] if isinstance(kind, tuple) and len(kind) == 2 and isinstance(kind[1], str) else ""
+    for prefix, size in _ELEMENT_SIZES.items():
+        if name.startswith(prefix):
+            return size
+    return 8  # unknown storage or dtype object: the largest common element
+
+
+def pickle_declared_bytes(stream: Any, max_pickles: int = 8) -> int:
+    """Bytes of the storages the pickles in `stream` declare (persistent ids `('storage', type, key, location, numel)`).
+
+    Nothing is executed: opcodes are read with pickletools and only constants and tuples are followed.
+    A legacy file holds a few pickles, then raw data (where reading stops).
+    """
+    import pickletools
+
+    total = 0
+    for _ in range(max_pickles):
+        start = stream.tell()
+        try:
+            total += _scan_one(pickletools.genops(stream))
+        except Exception:  # not (or no longer) a pickle: torch's own reader will say so
+            break
+        if stream.tell() == start:
+            break
+    return total
+
+
+def check_checkpoint_tensors(path: Any) -> None:
+    """A torch checkpoint (zip or legacy pickle) declares no more tensor bytes than it holds, nor than memory allows."""
+    import zipfile
+    from pathlib import Path
+
+    path = Path(path)
+    size = path.stat().st_size
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+            if not names:
+                return
+            with archive.open(names[0]) as f:
+                declared = pickle_declared_bytes(_Seekless(f))
+    else:
+        with path.open("rb") as f:
+            declared = pickle_declared_bytes(f)
+    check_declared(declared, 1, str(path), file_size=size)
+
+
+class _Seekless:
+    """A zip member's stream with the `tell` pickletools needs."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.pos = f, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.pos += len(data)
+        return data
+
+    def readline(self) -> bytes:
+        data = self.f.readline()
+        self.pos += len(data)
+        return data
+
+    def tell(self) -> int:
+        return self.pos
+
+
+def _scan_one(ops: Any) -> int:
+    stack: list[Any] = []
+    memo: dict[Any, Any] = {}
+    total = 0
+    for op, arg, _pos in ops:
+        name = op.name
+        if name == "STOP":
+            break
+        if name == "MARK":
+            stack.append(_MARK)
+        elif name in _CONSTANTS:
+            stack.append(arg)
+        elif name in ("GLOBAL", "STACK_GLOBAL"):
+            if name == "STACK_GLOBAL":
+                name_, module = (stack.pop() if stack else None), (stack.pop() if stack else None)
+                stack.append((module, name_))
+            else:
+                stack.append(tuple(str(arg).split(" ", 1)))
+        elif name == "TUPLE":
+            items = []
+            while stack and stack[-1] is not _MARK:
+                items.append(stack.pop())
+            if stack:
+                stack.pop()
+            stack.append(tuple(reversed(items)))
+        elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+            n = int(name[-1])
+            items = stack[-n:] if len(stack) >= n else []
+            del stack[-n:]
+            stack.append(tuple(items))
+        elif name in ("BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE"):
+            memo[arg if name != "MEMOIZE" else len(memo)] = stack[-1] if stack else None
+        elif name in ("BINGET", "LONG_BINGET", "GET"):
+            stack.append(memo.get(arg))
+        elif name in ("BINPERSID", "PERSID"):
+            pid = stack.pop() if name == "BINPERSID" and stack else arg
+            total += _storage_bytes(pid)
+            stack.append(None)
+        else:
+            _generic(op, stack)
+    return total
+
+
+def _storage_bytes(pid: Any) -> int:
+    if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
+        return 0
+    numel = pid[4]
+    return numel * _element_size(pid[1]) if isinstance(numel, int) and numel > 0 else 0
+
+
+def _generic(op: Any, stack: list[Any]) -> None:
+    """Any other opcode: pop what it takes (to the mark for a slice), push one opaque value per result."""
+    import pickletools
+
+    before = op.stack_before
+    if pickletools.markobject in before:
+        while stack and stack[-1] is not _MARK:
+            stack.pop()
+        if stack:
+            stack.pop()
+        before = [b for b in before if b is not pickletools.markobject and b is not pickletools.stackslice]
+    for _ in before:
+        if stack:
+            stack.pop()
+    stack.extend(None for _ in op.stack_after)

@@ -1,0 +1,144 @@
+"""The memory and work budget: estimated and refused before any allocation."""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import dip_export.checkpoint
+from dip_export import DiPPipeline, cli
+from dip_export.budget import BudgetError, RunShape, check_run, memory_limit, pickle_declared_bytes, run_bytes
+from dip_export.checkpoint import load_checkpoint
+from dip_export.config import get_preset
+from tests.test_hostile import one_line, run
+
+XL = get_preset("dip-xl-16")
+sides = st.integers(1, 256).map(lambda k: 16 * k)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.integers(1, 4096), sides, sides, st.integers(1, 10_000))
+def test_estimate_grows_with_every_factor(batch: int, h: int, w: int, samples: int) -> None:
+    base = run_bytes(XL, RunShape(batch, h, w, samples))
+    assert base > batch * h * w * 3  # at least the images of one batch
+    for bigger in (RunShape(batch + 1, h, w, samples), RunShape(batch, h + 16, w, samples), RunShape(batch, h, w, samples + 1)):
+        assert run_bytes(XL, bigger) > base
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(st.integers(1, 1 << 40))
+def test_limit_env_caps_the_memory(monkeypatch_limit: int) -> None:
+    import os
+
+    old = os.environ.get("DIP_MEMORY_LIMIT")
+    os.environ["DIP_MEMORY_LIMIT"] = str(monkeypatch_limit)
+    try:
+        assert memory_limit() <= monkeypatch_limit
+    finally:
+        os.environ.pop("DIP_MEMORY_LIMIT") if old is None else os.environ.__setitem__("DIP_MEMORY_LIMIT", old)
+
+
+def test_each_limit_alone_holds_but_the_product_is_refused() -> None:
+    check_run(XL, RunShape(1, 256, 256))  # the release model at its size fits any machine that runs tests
+    with pytest.raises(BudgetError, match=r"batch 4096 at 2048x2048 needs about .* GiB, more than the"):
+        check_run(XL, RunShape(4096, 2048, 2048))
+
+
+# ---------------------------------------------------------------- surfaces
+
+
+def test_api_load_refuses_a_run_too_large_before_any_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(DiPPipeline, "engine", lambda *a, **k: pytest.fail("an engine was made"))
+    with pytest.raises(BudgetError, match="2048x2048"):
+        DiPPipeline.load(preset="dip-s-16", batch_size=4096, image_size=2048, device="cpu")
+
+
+def test_api_call_refuses_before_sampling(monkeypatch: pytest.MonkeyPatch, no_sampling) -> None:
+    pipe = DiPPipeline.load(device="cpu")
+    monkeypatch.setenv("DIP_MEMORY_LIMIT", "4M")
+    with pytest.raises(BudgetError, match="keeping 2000 images"):
+        pipe(num_samples=2000, steps=2, batch_size=1)
+
+
+def test_cli_sample_refuses_with_one_line(tmp_path: Path, no_sampling) -> None:
+    code, err = run(cli.sample_main, "--preset", "dip-s-16", "--batch-size", "4096", "--image-size", "2048",
+                    "--out", tmp_path / "o.npz")  # fmt: skip
+    one_line(code, err, 1, "needs about", "GiB")
+    assert not (tmp_path / "o.npz").exists()
+
+
+NFE_CASES = [("0", 2, ">= 1"), ("10,0", 2, ">= 1"), ("50000000", 1, "network evaluations")]
+
+
+@pytest.mark.parametrize(("nfe", "code", "words"), NFE_CASES)
+def test_cli_nfe_is_bounded_before_measuring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nfe: str, code: int,
+                                             words: str) -> None:  # fmt: skip
+    import dip_export.app
+
+    monkeypatch.setattr(dip_export.app, "make_engine", lambda *a, **k: pytest.fail("an engine was made"))
+    got, err = run(cli.bench_main, "--samplers", "euler", "--nfe", nfe, "--backends", "torch", "--device", "cpu")
+    one_line(got, err, code, words)
+
+
+def _legacy_pickle(path: Path, numel: int) -> Path:
+    """A few hundred bytes in torch's legacy format whose storage declares `numel` doubles (allowed globals only)."""
+
+    class Declaring(pickle.Pickler):
+        def persistent_id(self, obj: object) -> object:
+            return ("storage", torch.DoubleStorage, "0", "cpu", numel) if obj == "S" else None
+
+    buf = io.BytesIO()
+    for part in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True,
+                                                 "type_sizes": {"short": 2, "int": 4, "long": 4}}):  # fmt: skip
+        pickle.dump(part, buf, protocol=2)
+    Declaring(buf, protocol=2).dump({"w": "S"})
+    pickle.dump(["0"], buf, protocol=2)
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def test_pickle_declaring_a_huge_tensor_is_refused_before_torch_reads_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _legacy_pickle(tmp_path / "small.pt", 1 << 28)
+    assert path.stat().st_size < 400
+    with path.open("rb") as f:
+        assert pickle_declared_bytes(f) == 8 << 28
+    monkeypatch.setattr(dip_export.checkpoint.torch, "load", lambda *a, **k: pytest.fail("torch.load ran"))
+    with pytest.raises(BudgetError, match=r"declares 2\.0 GiB of tensors"):
+        load_checkpoint(path)
+
+
+def test_cli_refuses_the_declaring_pickle_in_one_line(tmp_path: Path) -> None:
+    path = _legacy_pickle(tmp_path / "small.pt", 1 << 28)
+    code, err = run(cli.sample_main, path, "--out", tmp_path / "o.npz")
+    one_line(code, err, 1, "declares")
+
+
+def test_real_checkpoints_declare_what_they_hold(tmp_path: Path, golden) -> None:
+    import zipfile
+
+    path = tmp_path / "m.pt"
+    torch.save(golden.state, path)
+    with zipfile.ZipFile(path) as z, z.open(next(n for n in z.namelist() if n.endswith("data.pkl"))) as f:
+        declared = pickle_declared_bytes(io.BytesIO(f.read()))
+    assert declared == sum(t.numel() * t.element_size() for t in golden.state.values())
+    load_checkpoint(path)
+
+
+def test_export_declaring_more_weights_than_it_holds_is_refused(tmp_path: Path, export: Path) -> None:
+    import onnx
+
+    from dip_export.export.manifest import read_manifest
+
+    graph = export / "backbone.onnx"
+    model = onnx.load(str(graph))
+    tensor = next(t for t in model.graph.initializer if t.raw_data)
+    tensor.dims[:] = [1 << 20, 1 << 20]  # 4 TiB of float32, with the few bytes it had
+    onnx.save_model(model, str(graph))
+    with pytest.raises(Exception, match="declares"):
+        read_manifest(export)

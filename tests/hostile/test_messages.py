@@ -1,0 +1,56 @@
+"""One way to print: control characters and markup from files never reach the terminal; lines are capped."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rich.console import Console
+
+from dip_export import cli
+from dip_export.messages import MAX_LINE, plain_line, say
+from tests.test_hostile import one_line, run
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.text(max_size=2000))
+def test_any_text_prints_as_one_capped_line_of_visible_characters(text: str) -> None:
+    line = plain_line(text)
+    assert not CONTROL.search(line) and "\n" not in line
+    cut = len(" ".join(text.split())) - MAX_LINE
+    assert len(line) <= MAX_LINE + len(f"... ({max(cut, 0)} more characters)")
+    if cut > 0:
+        assert line.endswith(f"({cut} more characters)") or "more characters)" in line
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.text(alphabet=st.sampled_from("ab[]/\\=:# red"), max_size=80))
+def test_markup_in_text_is_printed_literally(text: str) -> None:
+    out = io.StringIO()
+    say(Console(file=out, width=500, color_system=None), text)
+    assert out.getvalue().rstrip("\n") == plain_line(text)
+
+
+def test_cli_error_with_markup_and_escape_codes_in_a_name(tmp_path: Path) -> None:
+    name = tmp_path / "[bold red]x[/] \x1b]0;owned\x07 \x1b[2J.txt"
+    code, err = run(cli.sample_main, "--out", name)
+    one_line(code, err, 2, "[bold red]x[/]", "\\x1b]0;owned\\x07")
+    assert "\x1b" not in err and "\x07" not in err
+
+
+def test_cli_error_line_is_capped(tmp_path: Path) -> None:
+    code, err = run(cli.sample_main, "--out", tmp_path / ("y" * 5000 + ".txt"))
+    assert code == 2 and len(err.strip()) < MAX_LINE + 60 and "more characters)" in err
+
+
+def test_class_file_content_is_never_echoed(tmp_path: Path) -> None:
+    secret = tmp_path / "classes.txt"
+    secret.write_text("1\n2\nhf_SECRETTOKEN123\n")
+    code, err = run(cli.sample_main, "--class-file", secret, "--num-samples", "3", "--out", tmp_path / "o.npz")
+    one_line(code, err, 2, "classes.txt line 3")
+    assert "SECRET" not in err

@@ -1,0 +1,166 @@
+"""One reader for untrusted files: size, nesting, schema, containment; content identities."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.torch import save_file
+
+from dip_export import cli
+from dip_export.checkpoint import load_checkpoint
+from dip_export.distributed import World, check_settings
+from dip_export.errors import CheckpointError, DipError, ExportError
+from dip_export.export.manifest import read_manifest
+from dip_export.measure import autobackend
+from dip_export.pipeline import ModelSource
+from dip_export.untrusted import MAX_DEPTH, Field, Schema, UntrustedFileError, nesting_depth, parse_json, read_json
+from tests.test_hostile import one_line, run
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(alphabet='ab"\\[]{}', max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(alphabet="ab[]{", max_size=3), inner, max_size=3),
+    max_leaves=20,
+)
+
+
+def depth(value: object) -> int:
+    if isinstance(value, list):
+        return 1 + max((depth(v) for v in value), default=0)
+    if isinstance(value, dict):
+        return 1 + max((depth(v) for v in value.values()), default=0)
+    return 0
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(json_values)
+def test_nesting_is_counted_without_parsing(value: object) -> None:
+    assert nesting_depth(json.dumps(value).encode()) == depth(value)
+
+
+@settings(max_examples=50, deadline=None, derandomize=True)
+@given(st.integers(MAX_DEPTH + 1, 200_000), st.sampled_from("[{"))
+def test_deep_json_is_one_error_not_a_recursion(n: int, bracket: str) -> None:
+    text = bracket * n if bracket == "[" else '{"a":' * n
+    with pytest.raises(UntrustedFileError, match="nested deeper"):
+        parse_json(text, "f.json")
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.one_of(st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=3), st.none()))
+def test_fields_are_exact_types_within_range(value: object) -> None:
+    field = Field(int, lo=1, hi=100)
+    ok = type(value) is int and 1 <= value <= 100
+    assert (field.problem(value) is None) == ok
+
+
+def test_nan_and_infinity_are_refused() -> None:
+    for text in ('{"a": NaN}', "[Infinity]", "-Infinity"):
+        with pytest.raises(UntrustedFileError):
+            parse_json(text, "f.json")
+
+
+def test_schema_names_the_file_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    path.write_text('{"steps": true}')
+    with pytest.raises(UntrustedFileError, match=r"s\.json: field steps must be int"):
+        read_json(path, schema=Schema({"steps": Field(int)}))
+
+
+# ---------------------------------------------------------------- surfaces
+
+
+def test_manifest_that_is_a_symlink_out_is_refused(tmp_path: Path, export: Path) -> None:
+    outside = tmp_path / "elsewhere.json"
+    shutil.move(export / "manifest.json", outside)
+    os.symlink(outside, export / "manifest.json")
+    with pytest.raises(ExportError, match="symlink"):
+        read_manifest(export)
+
+
+def test_deeply_nested_manifest_is_one_line(tmp_path: Path, export: Path) -> None:
+    (export / "manifest.json").write_text("[" * 100_000)
+    code, err = run(cli.sample_main, export, "--out", tmp_path / "o.npz")
+    one_line(code, err, 1, "manifest.json", "nested deeper")
+
+
+def test_symlinked_auto_backend_cache_is_not_read(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.json"
+    secret.write_text(json.dumps({"k": {"backend": "torch:fp32", "reason": "x", "ms": {}}}))
+    root = tmp_path / "engines"
+    root.mkdir()
+    os.symlink(secret, root / autobackend.CACHE_FILE)
+    assert autobackend._read_cache(root / autobackend.CACHE_FILE) == {}
+    (root / autobackend.CACHE_FILE).unlink()
+    (root / autobackend.CACHE_FILE).write_text("[" * 50_000)
+    assert autobackend._read_cache(root / autobackend.CACHE_FILE) == {}
+
+
+def test_shard_settings_nested_or_symlinked_name_the_file(tmp_path: Path) -> None:
+    folder = tmp_path / "o.parts"
+    folder.mkdir()
+    (folder / "settings.json").write_text('{"a":' * 10_000)
+    with pytest.raises(DipError, match=r"settings\.json.*nested deeper"):
+        check_settings(folder, {"a": 1}, World())
+    (folder / "settings.json").unlink()
+    (tmp_path / "other.json").write_text('{"a": 1}')
+    os.symlink(tmp_path / "other.json", folder / "settings.json")
+    with pytest.raises(DipError, match="symlink"):
+        check_settings(folder, {"a": 1}, World())
+
+
+def test_safetensors_metadata_nesting_names_the_file(tmp_path: Path, golden) -> None:
+    path = tmp_path / "m.safetensors"
+    save_file({k: v.contiguous() for k, v in golden.state.items()}, str(path), metadata={"dip_config": "[" * 5000})
+    with pytest.raises((CheckpointError, UntrustedFileError), match=r"m\.safetensors metadata dip_config"):
+        load_checkpoint(path)
+
+
+def test_identity_covers_external_data_whatever_its_name(tmp_path: Path, export: Path) -> None:
+    import onnx
+
+    graph = export / "backbone.onnx"
+    model = onnx.load(str(graph))
+    onnx.save_model(model, str(graph), save_as_external_data=True, location="weights.bin", size_threshold=0)
+    first = ModelSource("x", None, {}, export_dir=export).identity  # type: ignore[arg-type]
+    data = bytearray((export / "weights.bin").read_bytes())
+    data[-1] ^= 1
+    (export / "weights.bin").write_bytes(bytes(data))
+    assert ModelSource("x", None, {}, export_dir=export).identity != first  # type: ignore[arg-type]
+
+
+def test_calibration_key_changes_when_the_checkpoint_is_replaced_in_place(tmp_path: Path, loaded) -> None:
+    from dataclasses import replace
+
+    from dip_export.export.calibration import CalibrationSettings
+
+    path = tmp_path / "m.pt"
+    path.write_bytes(b"one")
+    model = replace(loaded, source=str(path))
+    first = CalibrationSettings().key(model, (32, 32))
+    path.write_bytes(b"two")
+    os.utime(path, ns=(1, 1))
+    assert CalibrationSettings().key(model, (32, 32)) != first
+
+
+def test_int_keys_in_a_state_dict_are_one_error(tmp_path: Path, golden) -> None:
+    import torch
+
+    path = tmp_path / "m.pt"
+    torch.save({**golden.state, 7: torch.zeros(1)}, path)
+    with pytest.raises(CheckpointError, match="not a string"):
+        load_checkpoint(path)
+
+
+def test_auto_backend_cache_that_is_a_folder_is_refused_before_measuring(tmp_path: Path, loaded) -> None:
+    import torch
+
+    (tmp_path / autobackend.CACHE_FILE).mkdir()
+    with pytest.raises(DipError, match="is a folder"):
+        autobackend.choose_backend(loaded, "id", (32, 32), 1, torch.device("cpu"),
+                                   make=lambda spec: pytest.fail("measuring started"), root=tmp_path)  # fmt: skip
