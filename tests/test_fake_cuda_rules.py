@@ -76,3 +76,33 @@ def test_a_capture_without_its_stream_waits_is_refused(golden_model, golden, gpu
     with pytest.warns(UserWarning, match="capture failed"):
         graphed(noise, y, 5, settings)
     assert "without waiting" in graphed.fallback_reason
+
+
+class _HostCopies(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts tensors made from host data (torch.tensor(...)): on CUDA each is a copy from pageable memory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.ops.aten.lift_fresh.default
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"method": "ab3"}, {"cache_interval": 2, "token_forecast": "linear"}, {"method": "heun", "cache_interval": 3,
+                                                                                "token_forecast": "quadratic"}],
+)  # fmt: skip
+def test_plain_sampling_copies_host_scalars_once_per_call_not_per_step(golden_model, golden, extra):
+    from dip_export.sampling import sample
+
+    engine = TorchEngine(golden_model, torch.device("cpu"))
+    noise, y = initial_noise(golden.meta["seeds"], 32, 64), torch.tensor(golden.meta["classes"])
+    counts = []
+    for steps in (4, 9):
+        with _HostCopies() as copies:
+            sample(engine, noise, y, 5, SamplerSettings(steps=steps, cfg=2.5, **extra))
+        counts.append(copies.count)
+    assert counts[0] == counts[1] <= 2
