@@ -256,7 +256,10 @@ def build_trt(
 
 # fp32 engines are built without TF32 (BuilderFlag.TF32 cleared): TF32 rounds matmul inputs to a 10-bit
 # mantissa, about 1e-3 relative per layer and growing with depth, which no fixed fp32 tolerance could cover.
-ENGINE_TOLERANCES = {"fp32": 1e-3, "fp16": 2e-2, "bf16": 5e-2, "int8": 5e-2, "fp8": 1e-1}  # max rel. error vs ORT, same graph
+# int8 as fp8: TensorRT runs DequantizeLinear -> GEMM as one integer GEMM rescaled once, while ONNX Runtime rounds
+# each dequantised value to fp16 first; those last-bit differences move activations across quantisation steps at
+# the next QuantizeLinear, which is about 5-7% max-relative on the tiny test model.
+ENGINE_TOLERANCES = {"fp32": 1e-3, "fp16": 2e-2, "bf16": 5e-2, "int8": 1e-1, "fp8": 1e-1}  # max rel. error vs ORT, same graph
 
 
 def compare_outputs(rows: list[tuple[str, int, Any, Any]], tolerance: float) -> dict[str, Any]:

@@ -9,8 +9,10 @@ the TensorRT 10.x / 11.x Python API references and the parser's sources:
   and no FP16/BF16/INT8/FP8 builder flags; BuilderFlag.TF32 exists in both and is on by default.
 - add_optimization_profile returns -1 for an invalid profile; create_timing_cache logs and returns
   None for a corrupt blob.
-- Engines compute in the engine's precision: with TF32 on, fp32 graphs run with every MatMul/Gemm/Conv
-  input rounded to a 10-bit mantissa, so verification meets TF32's error.
+- Engines compute in the engine's precision, so verification meets realistic errors: with TF32 on, fp32
+  graphs run with every MatMul/Gemm/Conv input rounded to a 10-bit mantissa; fp16 MatMuls run split-K
+  (two half-depth products summed in fp16); Q/DQ graphs run each DequantizeLinear -> GEMM as an int8
+  GEMM rescaled once (no fp16 rounding of the dequantised values, as ONNX Runtime does).
 - ICudaEngine reports I/O dtypes and shapes (get_tensor_dtype / get_tensor_shape) and device_memory_size_v2;
   a USER_MANAGED context runs only after set_device_memory (256-byte aligned, big enough); STATIC
   contexts are counted in `context_memory`. Addresses must be multiples of 256 bytes; an enqueue
@@ -24,8 +26,8 @@ the TensorRT 10.x / 11.x Python API references and the parser's sources:
   address unset, and during a CUDA-graph capture when the shapes changed since the last normal
   enqueue (or always, with `refuse_capture`). A captured enqueue replays with the shapes and
   addresses of the capture, and refuses to replay once they changed (one context per graph).
-- Engines execute: inputs are read from the bound addresses, the ONNX the plan was built from runs
-  in ONNX Runtime, outputs are written to the bound addresses. `corrupt_outputs` adds an error.
+- Engines execute: inputs are read from the bound addresses, the ONNX the plan was built from (rewritten
+  for the engine's precision, above) runs in ONNX Runtime, outputs are written to the bound addresses. `corrupt_outputs` adds an error.
 Everything it did is counted on the module (`built`, `enqueues`, `streams`, `deserialized_on`).
 """
 
