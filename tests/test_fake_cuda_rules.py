@@ -18,9 +18,8 @@ def test_cpu_copies_are_refused_during_a_capture(gpu):
     graph, buf = torch.cuda.CUDAGraph(), torch.zeros(3)
     with pytest.raises(RuntimeError, match=r"capturing \(\.cpu\(\)\)"), torch.cuda.graph(graph):
         buf.add_(1.0).cpu()
-    with pytest.raises(RuntimeError, match="capturing"), torch.cuda.graph(graph):
-        with torch.cuda.stream(torch.cuda.Stream()):
-            buf.cpu()  # global capture mode: refused from any stream
+    with pytest.raises(RuntimeError, match="capturing"), torch.cuda.graph(graph), torch.cuda.stream(torch.cuda.Stream()):
+        buf.cpu()  # global capture mode: refused from any stream
     assert buf.cpu().sum() == 0  # outside a capture: a copy
 
 

@@ -44,8 +44,7 @@ def test_trt_rows_with_graphs_and_cache_interval_2_are_graphed_and_sample_the_pl
                       opt_level=3, console=Console(quiet=True), device="cpu")  # fmt: skip
     net = TrtEngine.from_entry(folder, entry, io_specs(read_manifest(folder).config, *SIZE), CPU)
     loaded = LoadedModel(golden_model, golden.config, name="golden", source="test")
-    settings = bench_mod.BenchSettings(steps=6, batch=2, height=SIZE[0], width=SIZE[1], warmup=1, repeats=2,
-                                      cuda_graphs=True)
+    settings = bench_mod.BenchSettings(steps=6, batch=2, height=SIZE[0], width=SIZE[1], warmup=1, repeats=2, cuda_graphs=True)
     sampler = SamplerSettings(steps=6, cfg=2.5, cache_interval=2, token_forecast=forecast)
     spec = BackendSpec("trt", "fp32")
     plain = bench_mod.run_backend(spec, net, loaded, settings, sampler, CPU)

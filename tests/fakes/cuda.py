@@ -64,9 +64,9 @@ def _tensors(tree: Any) -> list[torch.Tensor]:
 
 def _written(func: Any, args: Any, kwargs: Any, out: Any) -> list[torch.Tensor]:
     """The tensors an op writes: its mutated arguments and its outputs."""
-    schema = func._schema.arguments
-    mutated = [a for a, arg in zip(args, schema, strict=False) if arg.alias_info is not None and arg.alias_info.is_write]
-    mutated += [kwargs[arg.name] for arg in schema if arg.name in kwargs and arg.alias_info is not None and arg.alias_info.is_write]
+    writes = [arg.alias_info is not None and arg.alias_info.is_write for arg in func._schema.arguments]
+    mutated = [a for a, w in zip(args, writes, strict=False) if w]
+    mutated += [kwargs[arg.name] for arg, w in zip(func._schema.arguments, writes, strict=True) if w and arg.name in kwargs]
     return _tensors(mutated) + _tensors(out)
 
 

@@ -27,7 +27,8 @@ the TensorRT 10.x / 11.x Python API references and the parser's sources:
   enqueue (or always, with `refuse_capture`). A captured enqueue replays with the shapes and
   addresses of the capture, and refuses to replay once they changed (one context per graph).
 - Engines execute: inputs are read from the bound addresses, the ONNX the plan was built from (rewritten
-  for the engine's precision, above) runs in ONNX Runtime, outputs are written to the bound addresses. `corrupt_outputs` adds an error.
+  for the engine's precision, above) runs in ONNX Runtime, outputs are written to the bound addresses.
+  `corrupt_outputs` adds an error.
 Everything it did is counted on the module (`built`, `enqueues`, `streams`, `deserialized_on`).
 """
 
@@ -336,7 +337,8 @@ def _int8_gemms(model: Any, types: dict[str, int]) -> set[str]:
     made: set[str] = set()
     nodes = []
     for node in graph.node:
-        if node.op_type in ("MatMul", "Gemm", "Conv") and all(i in dq for i in node.input[:2]) and types.get(node.output[0]) != onnx.TensorProto.FLOAT:
+        fused = node.op_type in ("MatMul", "Gemm", "Conv") and all(i in dq for i in node.input[:2])
+        if fused and types.get(node.output[0]) != onnx.TensorProto.FLOAT:
             for i, name in enumerate(node.input):
                 if f"{name}__f32" not in made and i < 2:
                     src = dq[name]
@@ -372,7 +374,8 @@ def _fp16_split_k(model: Any, types: dict[str, int], shapes: dict[str, list[int]
             continue
         out, h = node.output[0], k // 2
         for part, (lo, hi) in enumerate(((0, h), (h, k))):
-            bounds = [numpy_helper.from_array(np.array([v], np.int64), f"{out}__k{part}_{i}") for i, v in enumerate((lo, hi, -1, -2))]
+            values = enumerate((lo, hi, -1, -2))
+            bounds = [numpy_helper.from_array(np.array([v], np.int64), f"{out}__k{part}_{i}") for i, v in values]
             graph.initializer.extend(bounds)
             b = [t.name for t in bounds]
             nodes += [helper.make_node("Slice", [node.input[0], b[0], b[1], b[2]], [f"{out}__a{part}"]),
