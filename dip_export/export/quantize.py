@@ -331,18 +331,7 @@ def export_int8(
             with console.status(f"quantizing {role} (int8, {target}) ..."):
                 quantize_submodel(fp32 / rel, tmp / rel, batches[role], target, large, fp8)
             files[role] = rel
-        specs = io_specs(loaded.config, *image_size)
-        with console.status("verifying against PyTorch ..."):
-            report = verify_export(tmp, files, loaded.model, specs, "fp32")
-        tolerance = FP8_TOLERANCE if fp8 else INT8_TOLERANCE
-        report["metric"], report["tolerance"] = "rel_rms", tolerance
-        report["worst_rel"] = max(r["rel_rms"] for r in report["rows"])
-        report["passed"] = report["worst_rel"] <= tolerance
-        say_lines(console, format_report(report))
-        if not report["passed"]:
-            raise ExportError(
-                f"{'fp8' if fp8 else 'int8'} verification failed: RMS relative error {report['worst_rel']:.3g} > {tolerance}"
-            )
+        report = _verify_quantized(tmp, files, loaded, image_size, fp8, console)
         manifest = Manifest(
             name=loaded.name, precision="fp8" if fp8 else "int8", image_size=image_size, config=loaded.config, files=files,
             source=source_info(loaded), versions=tool_versions(), opset=source.opset, verification=report,
@@ -358,6 +347,25 @@ def export_int8(
         write_manifest(tmp, manifest)
     say(console, f"wrote {out}/ ({'fp8' if fp8 else 'int8'} {target})")
     return out
+
+
+def _verify_quantized(
+    folder: Path, files: dict[str, str], loaded: LoadedModel, image_size: tuple[int, int], fp8: bool, console: Console
+) -> dict[str, Any]:
+    """The quantized graphs against PyTorch by RMS relative error; above the tolerance an error (nothing is written)."""
+    specs = io_specs(loaded.config, *image_size)
+    with console.status("verifying against PyTorch ..."):
+        report = verify_export(folder, files, loaded.model, specs, "fp32")
+    tolerance = FP8_TOLERANCE if fp8 else INT8_TOLERANCE
+    report["metric"], report["tolerance"] = "rel_rms", tolerance
+    report["worst_rel"] = max(r["rel_rms"] for r in report["rows"])
+    report["passed"] = report["worst_rel"] <= tolerance
+    say_lines(console, format_report(report))
+    if not report["passed"]:
+        raise ExportError(
+            f"{'fp8' if fp8 else 'int8'} verification failed: RMS relative error {report['worst_rel']:.3g} > {tolerance}"
+        )
+    return report
 
 
 def ensure_int8_export(
