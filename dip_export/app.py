@@ -368,9 +368,9 @@ def run_export_onnx(
     model: ModelRequest, build: BuildSettings, image_size: str | None, output_dir: Path | None, console: Console
 ) -> Path:
     """dip-export onnx: the verified ONNX graphs and manifest (int8 / fp8: calibrated Q/DQ graphs)."""
+    from dip_export.export.manifest import check_export_target
     from dip_export.export.onnx_export import export_onnx
     from dip_export.generate import check_image_size
-    from dip_export.io import check_export_target
     from dip_export.pipeline import open_source
 
     if output_dir is not None:

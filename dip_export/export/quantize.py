@@ -27,7 +27,7 @@ from rich.console import Console
 from dip_export.checkpoint import LoadedModel
 from dip_export.errors import ExportError, MissingDependencyError
 from dip_export.export.calibration import CalibrationSettings, load_or_collect
-from dip_export.export.manifest import Manifest, read_manifest, write_manifest
+from dip_export.export.manifest import Manifest, ownership_problem, read_manifest, write_manifest
 from dip_export.export.onnx_export import (
     EXPORT_ROOT,
     ensure_export,
@@ -324,7 +324,7 @@ def export_int8(
     cache = EXPORT_ROOT / f"{loaded.name}-{image_size[0]}x{image_size[1]}-calib"
     with console.status(f"calibration trajectories ({calibration.samples} samples, {calibration.steps} steps) ..."):
         batches = load_or_collect(loaded, image_size, calibration, cache)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, problem_of=ownership_problem) as tmp:
         files = {}
         for role, rel in source.files.items():
             large = (fp32 / f"{rel}.data").exists()
