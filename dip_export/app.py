@@ -419,9 +419,9 @@ def run_export_onnx(
     model: ModelRequest, build: BuildSettings, image_size: str | None, output_dir: Path | None, console: Console
 ) -> Path:
     """dip-export onnx: the verified ONNX graphs and manifest (int8 / fp8: calibrated Q/DQ graphs)."""
+    from dip_export.export.manifest import check_export_target
     from dip_export.export.onnx_export import export_onnx
     from dip_export.generate import check_image_size
-    from dip_export.io import check_export_target
     from dip_export.pipeline import open_source
 
     if output_dir is not None:
@@ -462,47 +462,76 @@ def run_export_trt(
         precision=precision, output_dir=output_dir, root=EXPORT_ROOT, profile=BatchProfile.parse(batch),
         timing_cache=timing_cache, opt_level=opt_level, console=console,
     )  # fmt: skip
-def run_schedule(
-    *, model: str | None, output: Path, sampler: str, nfe: int, cfg: float, shift: float, band: str | None,
-    train_images: int, heldout_images: int, sweeps: int, seed: int, batch: int, weights: str, trust: bool,
-    revision: str | None, console: Console, progress: Progress,
-) -> None:  # fmt: skip
+@dataclass(frozen=True)
+class ScheduleRequest:
+    """dip-export schedule: which solver grid to fit, on how many images, written where."""
+
+    model: ModelRequest
+    output: Path
+    sampler: str
+    nfe: int
+    cfg: float
+    shift: float = 1.0
+    band: str | None = None  # "LO,HI": the guidance weights the stored grid serves
+    train_images: int = 32
+    heldout_images: int = 32
+    sweeps: int = 6
+    seed: int = 0
+    batch: int = 32
+
+
+def run_schedule(request: ScheduleRequest, console: Console, progress: Progress) -> None:
     """dip-export schedule: fit a grid (yardstick.fit_schedule) and write the model with it in its sampling defaults."""
     from dip_export.checkpoint import save_checkpoint
-    from dip_export.measure.yardstick import GridFit, fit_schedule
+    from dip_export.measure.yardstick import fit_schedule
     from dip_export.pipeline import open_source
     from dip_export.runtime.backends import make_torch_engine
-    from dip_export.sampling.fitgrid import SearchSettings, trial_count
+    from dip_export.sampling.fitgrid import trial_count
     from dip_export.sampling.grids import stored_with
 
-    if output.suffix != ".safetensors":
-        raise UsageError(f"--output must name a .safetensors file, got {output}")
-    check_output_file(output)
-    if min(train_images, heldout_images, sweeps, batch) < 1 or max(train_images, heldout_images) > 1000 or sweeps > 100:
-        raise UsageError("--train-images and --heldout-images must be in 1..1000, --sweeps in 1..100, --batch >= 1")
-    lo_hi = _parse_band(band)
-    check_seed(seed, "--seed")
-    fit = GridFit(sampler, nfe, cfg, shift, lo_hi, train_images, heldout_images, SearchSettings(sweeps=sweeps, seed=seed))
-    SamplerSettings(steps=nfe, cfg=cfg, shift=shift, method=sampler, grid=tuple(i / nfe for i in range(nfe + 1)))
-    source = open_source(model, weights=weights, trust_checkpoint=trust, revision=revision)
+    fit = _check_schedule_request(request)
+    m = request.model
+    source = open_source(m.model, preset=m.preset, weights=m.weights, trust_checkpoint=m.trust, revision=m.revision)
     if source.loaded is None:
-        raise UsageError(f"{model} is an export folder; fit on its checkpoint (exports made from it carry the grid)")
+        raise UsageError(f"{m.model} is an export folder; fit on its checkpoint (exports made from it carry the grid)")
     loaded = source.loaded
     net = make_torch_engine(BackendSpec("torch", "fp32"), loaded, torch.device("cpu"))
     size = parse_image_size(loaded.config.image_size)
+    label = f"fitting {fit.sampler} {fit.nfe} at guidance {fit.cfg}"
     with progress:
-        task = progress.add_task(f"fitting {sampler} {nfe} at guidance {cfg}", total=trial_count(fit.search, nfe))
-        entry, info = fit_schedule(net, loaded, fit, size, batch, lambda n, best: progress.update(
-            task, completed=n, description=f"fitting {sampler} {nfe} at guidance {cfg}: {best:.1f} dB (train)"
+        task = progress.add_task(label, total=trial_count(fit.search, fit.nfe))
+        entry, info = fit_schedule(net, loaded, fit, size, request.batch, lambda n, best: progress.update(
+            task, completed=n, description=f"{label}: {best:.1f} dB (train)"
         ))  # fmt: skip
-    console.print(
+    say(
+        console,
         f"held-out PSNR vs {info['reference']} ({info['heldout_images']} images): default grid {info['default_grid_db']:.1f} dB, "
-        f"fitted {info['fitted_grid_db']:.1f} dB, Euler-100 {info['euler_100_db']:.1f} dB"
+        f"fitted {info['fitted_grid_db']:.1f} dB, Euler-100 {info['euler_100_db']:.1f} dB",
     )
     if info["fitted_grid_db"] < info["default_grid_db"]:  # overfitted to the training seeds: sampling would get worse
         raise ExportError("the fitted grid is worse than the default on held-out images; not stored (try more --train-images)")
-    save_checkpoint(output, loaded.model, stored_with(loaded.sampling, entry))
-    console.print(f"wrote {output}")
+    save_checkpoint(request.output, loaded.model, stored_with(loaded.sampling, entry))
+    say(console, f"wrote {request.output}")
+
+
+def _check_schedule_request(request: ScheduleRequest) -> Any:
+    """The fit's settings, after every check that needs no model (output, counts, band, seed, solver)."""
+    from dip_export.measure.yardstick import GridFit
+    from dip_export.sampling.fitgrid import SearchSettings
+
+    r = request
+    if r.output.suffix != ".safetensors":
+        raise UsageError(f"--output must name a .safetensors file, got {r.output}")
+    check_output_file(r.output)
+    check_not_input(r.output, [r.model.model])
+    images = (r.train_images, r.heldout_images)
+    if min(*images, r.sweeps, r.batch) < 1 or max(images) > 1000 or r.sweeps > 100:
+        raise UsageError("--train-images and --heldout-images must be in 1..1000, --sweeps in 1..100, --batch >= 1")
+    lo_hi = _parse_band(r.band)
+    check_seed(r.seed, "--seed")
+    SamplerSettings(steps=r.nfe, cfg=r.cfg, shift=r.shift, method=r.sampler, grid=tuple(i / r.nfe for i in range(r.nfe + 1)))
+    return GridFit(r.sampler, r.nfe, r.cfg, r.shift, lo_hi, r.train_images, r.heldout_images,
+                   SearchSettings(sweeps=r.sweeps, seed=r.seed))  # fmt: skip
 
 
 def _parse_band(text: str | None) -> tuple[float, float] | None:

@@ -9,8 +9,6 @@ file whose weights themselves cannot be read that way needs `trust=True` (`--tru
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import pickle
 import re
@@ -47,20 +45,6 @@ class LoadedModel:
     size_assumed: bool = False  # no stored config: the architecture was read off the weights, the image size assumed
 
 
-def sha256_file(path: Path) -> str:
-    """sha256 of a file, computed once per (path, size, mtime): a 2.5 GB checkpoint takes seconds."""
-    stat = path.stat()
-    return _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=32)
-def _sha256(path_text: str, size: int, mtime_ns: int, chunk: int = 1 << 22) -> str:
-    path = Path(path_text)
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _torch_load(path: Path, trust: bool) -> Any:

@@ -271,13 +271,13 @@ def export_schedule_cmd(
     grid goes into the model's sampling defaults (exports made from the file carry it in their
     manifest); sampling with the same solver, count, shift and a guidance weight in the band uses it.
     """
-    from dip_export.app import run_schedule
+    from dip_export.app import ModelRequest, ScheduleRequest, run_schedule
 
-    run_schedule(
-        model=model, output=output, sampler=sampler, nfe=nfe, cfg=cfg, shift=shift, band=band, train_images=train_images,
-        heldout_images=heldout_images, sweeps=sweeps, seed=seed, batch=batch, weights=weights, trust=trust_checkpoint,
-        revision=revision, console=console, progress=progress_bar(),
+    request = ScheduleRequest(
+        ModelRequest(model, None, weights, trust_checkpoint, revision), output, sampler, nfe, cfg, shift=shift, band=band,
+        train_images=train_images, heldout_images=heldout_images, sweeps=sweeps, seed=seed, batch=batch,
     )  # fmt: skip
+    run_schedule(request, console, progress_bar())
 
 
 def export_main() -> None:
