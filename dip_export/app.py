@@ -90,6 +90,7 @@ def run_sample(request: SampleRequest, console: Console, progress: Progress) -> 
     check_free_space(request.out, png_bytes + (64 << 20))
     if request.png_dir is not None:
         check_output_folder(request.png_dir, lambda name: _png_index(name) < len(plan), kind="png")
+    say_assumed_size(pipe.source, request.image_size, pipe.image_size, console)  # the arguments are good: now say it
     spec = pipe.choose_backend()  # only now the heavy part: measuring (auto), engines, exports made on the fly
     if pipe.reason:
         say(console, f"backend {pipe.reason}")
@@ -232,14 +233,17 @@ class BenchRequest:
     """dip-bench: which backends, timed how, on which sampler run; or the yardstick with --samplers."""
 
     model: ModelRequest
-    sampling: dict[str, Any]  # SamplerSettings fields of every row: steps, cfg, sampler, cache_interval, token_forecast
-    backends: str = "torch"
-    batch: int = 1
+    sampling: dict[str, Any]  # SamplerSettings overrides of every row (None or absent: the model's recommendation)
+    backends: str | None = None  # None: DEFAULT_BACKENDS for the table, torch for the yardstick
+    batch_size: int = 1  # images per timed run (the yardstick: images per solver and count)
     image_size: str | None = None
     variants: bool = False
     cuda_graphs: bool = True
     warmup: int = 1
-    repeats: int = 3
+    repeats: int = 5  # timed runs at least; more while the spread is above target_spread, up to max_repeats
+    max_repeats: int = 30
+    target_spread: float = 0.05
+    threads: int | None = None  # CPU threads of every backend (None: the physical cores)
     device: str = "auto"
     json_out: Path | None = None
     plot: Path | None = None
@@ -250,55 +254,87 @@ class BenchRequest:
 def run_bench(request: BenchRequest, console: Console, progress: Progress) -> None:
     """dip-bench: every backend on the same seeds, one table; or the yardstick with --samplers."""
     from dip_export.measure.bench import BenchSettings
+    from dip_export.measure.harness import RepeatPolicy
 
     names = _check_bench_request(request)
+    policy = RepeatPolicy(request.repeats, max(request.max_repeats, request.repeats), request.target_spread)
     specs = [BackendSpec.parse(b) for b in names if b != "auto"]
     dev = resolve_device(request.device)
     pipe = request.model.load(
         backend="auto" if "auto" in names else None, device=dev, image_size=request.image_size,
-        batch_size=request.batch, console=console,
+        batch_size=request.batch_size, console=console,
     )  # fmt: skip
     loaded = pipe.source.loaded
     if loaded is None:
         raise UsageError("dip-bench runs from a checkpoint, a preset or the demo model, not an export folder")
+    sampler = pipe.sampler_settings(**request.sampling)
+    say_assumed_size(pipe.source, request.image_size, pipe.image_size, console)
+    say(console, _sampler_line(sampler, request.sampling, pipe.source.sampling))
     if "auto" in names:
         chosen = pipe.choose_backend()
         say(console, f"--backend auto: {pipe.reason}")
         specs = list(dict.fromkeys([*specs, chosen]))
-    sampler = SamplerSettings(**{OVERRIDE_NAMES.get(k, k): v for k, v in request.sampling.items()})  # before any work
     settings = BenchSettings(
-        steps=sampler.steps, batch=request.batch, cfg=sampler.cfg, height=pipe.image_size[0], width=pipe.image_size[1],
-        warmup=request.warmup, repeats=request.repeats, cache_interval=sampler.cache_interval,
-        cuda_graphs=request.cuda_graphs, sampler=sampler.method, token_forecast=sampler.token_forecast,
+        sampler, batch=request.batch_size, height=pipe.image_size[0], width=pipe.image_size[1], warmup=request.warmup,
+        repeats=policy, cuda_graphs=request.cuda_graphs, threads=request.threads,
     )  # fmt: skip
     if request.samplers is not None:
-        _run_yardstick(loaded, settings, request, dev, console)
+        _run_yardstick(loaded, settings, specs[0], request, dev, console)
         return
     from dip_export.budget import check_work
 
     rows = len(specs) + 1 + (8 if request.variants else 0)  # eager fp32 is always timed; the variants add rows
-    runs = (settings.warmup + settings.repeats) * rows
-    check_work([settings.steps] * runs, images=settings.batch)  # the product of the limits, before any timing
+    runs = (request.warmup + max(request.repeats, request.max_repeats)) * rows
+    check_work([sampler.steps] * runs, images=request.batch_size)  # the product of the limits, before any timing
     _run_backends(loaded, specs, settings, request, dev, console, progress)
 
 
-OVERRIDE_NAMES = {"sampler": "method"}  # dip-bench's option names for SamplerSettings fields
+def say_assumed_size(source: Any, given: str | None, size: tuple[int, int], console: Console) -> None:
+    """One line when the image size is a guess: the checkpoint stores no config and no --image-size was given."""
+    loaded = source.loaded
+    if given is None and loaded is not None and loaded.size_assumed:
+        say(console, f"image size {size[0]}x{size[1]} assumed: {loaded.name} stores no config (give --image-size for another)")
+
+
+def _sampler_line(sampler: SamplerSettings, given: dict[str, Any], stored: dict[str, Any]) -> str:
+    """What every row samples with, and which settings are the model's stored recommendation."""
+    from_model = [opt for key, opt in (("steps", "--steps"), ("cfg", "--cfg"), ("sampler", "--sampler"))
+                  if given.get(key) is None and key in stored]  # fmt: skip
+    line = f"sampler: {sampler.method}, {sampler.steps} steps, guidance {sampler.cfg:g}"
+    if from_model:
+        line += f" ({', '.join(from_model)}: the model's recommendation)"
+    return line
 
 
 def _check_bench_request(request: BenchRequest) -> list[str]:
-    """The backend names asked for, after the checks that need no model."""
-    names = [b.strip() for b in request.backends.split(",") if b.strip()]
+    """The backend names asked for, after the checks that need no model (matplotlib for --plot first)."""
+    if request.plot is not None:
+        from dip_export.measure.plotting import require_matplotlib
+
+        require_matplotlib()
+    from dip_export.runtime.catalog import BENCH_DEFAULT
+
+    default = "torch" if request.samplers is not None else BENCH_DEFAULT
+    names = [b.strip() for b in (default if request.backends is None else request.backends).split(",") if b.strip()]
     if not names:
         raise UsageError("--backends is empty; name at least one, e.g. torch")
     for name in names:
         if name != "auto":
             BackendSpec.parse(name)
-    steps, cfg, cache_interval = (request.sampling.get(k) for k in ("steps", "cfg", "cache_interval"))
-    if (steps is not None and steps < 1) or request.batch < 1 or request.repeats < 1 or request.warmup < 0:
-        raise UsageError("--steps, --batch and --repeats must be >= 1, --warmup >= 0")
-    check_run_limits(steps=steps, cfg=cfg, batch_size=request.batch, cache_interval=cache_interval)
-    if request.repeats > MAX_REPEATS or request.warmup > MAX_REPEATS:
-        raise UsageError(f"--repeats and --warmup must be at most {MAX_REPEATS}")
+    if request.samplers is not None:
+        if len(names) != 1 or names[0] == "auto":
+            raise UsageError(f"--samplers measures on one backend; name one with --backends (got {', '.join(names)})")
+        _yardstick_runs(request)
+    if request.batch_size < 1 or request.repeats < 1 or request.warmup < 0:
+        raise UsageError("--batch-size and --repeats must be >= 1, --warmup >= 0")
+    sampling = {OVERRIDE_NAMES.get(k, k): v for k, v in request.sampling.items() if v is not None}
+    check_run_limits(steps=sampling.get("steps"), cfg=sampling.get("cfg"), batch_size=request.batch_size,
+                     cache_interval=sampling.get("cache_interval"))  # fmt: skip
+    SamplerSettings(**sampling)  # the names and ranges of the given settings, before any work
+    if request.repeats > MAX_REPEATS or request.warmup > MAX_REPEATS or request.max_repeats > MAX_REPEATS:
+        raise UsageError(f"--repeats, --max-repeats and --warmup must be at most {MAX_REPEATS}")
+    if request.threads is not None and not 1 <= request.threads <= 1024:
+        raise UsageError(f"--threads must be in 1..1024, got {request.threads}")
     for path, kind in ((request.json_out, "json"), (request.plot, "png")):
         if path is not None:
             check_output_file(path)
@@ -307,11 +343,14 @@ def _check_bench_request(request: BenchRequest) -> list[str]:
     return names
 
 
+OVERRIDE_NAMES = {"sampler": "method", "guidance_interval": "interval"}  # dip-bench's option names for SamplerSettings fields
+
+
 def _run_backends(
     loaded: Any, specs: list[BackendSpec], settings: Any, request: BenchRequest, dev: torch.device, console: Console,
     progress: Progress,
 ) -> None:  # fmt: skip
-    """The backend table: rows, the recommendation, the JSON and the plot."""
+    """The backend table: rows, the noise warning, the recommendation, the JSON and the plot."""
     from dip_export.measure.autobackend import recommend_from_bench
     from dip_export.measure.bench import plot_report, render_table, run_bench
 
@@ -319,6 +358,8 @@ def _run_backends(
     out = Console()
     if not out.is_terminal:
         out = Console(width=200)  # a file or pipe: do not squeeze the table
+    if report["noise"]["warning"]:
+        say(out, report["noise"]["warning"], style="yellow")
     out.print(render_table(report))
     recommendation = recommend_from_bench(report)
     if recommendation is not None:
@@ -327,31 +368,41 @@ def _run_backends(
     _write_report(report, request.json_out, request.plot, plot_report, console)
 
 
-def _run_yardstick(loaded: Any, bench: Any, request: BenchRequest, dev: torch.device, console: Console) -> None:
-    """dip-bench --samplers: PSNR against the converged reference per solver and evaluation count."""
-    samplers, nfe, backends = request.samplers or "", request.nfe, request.backends
-
+def _yardstick_runs(request: BenchRequest) -> tuple[list[str], list[int]]:
+    """The --samplers names and --nfe counts, checked (and the work they ask for bounded) before any work."""
     from dip_export.budget import check_work
-    from dip_export.measure.yardstick import REFERENCE_STEPS, Yardstick, measure
-    from dip_export.measure.yardstick import plot as plot_yardstick
-    from dip_export.runtime.backends import BackendSpec
+    from dip_export.measure.yardstick import REFERENCE_STEPS
     from dip_export.sampling.rules import SOLVERS
     from dip_export.settings import choice_list
 
-    names = choice_list(samplers, "--samplers", SOLVERS)  # before the reference is computed
-    counts = parse_int_list(nfe, "--nfe")
-    check_work(counts, images=max(bench.batch, 1), reference=REFERENCE_STEPS)
-    spec = BackendSpec.parse(backends.split(",")[0] if backends.count(",") == 0 else "torch")
-    net = make_engine(spec, loaded, (bench.height, bench.width), dev, console, batch=bench.batch)
-    shift = float(request.sampling.get("shift") or 1.0)
-    y = Yardstick(
-        num_samples=max(bench.batch, 1), cfg=bench.cfg, shift=shift, batch=bench.batch, height=bench.height, width=bench.width
-    )
-    base = SamplerSettings(cfg=bench.cfg, shift=shift, cache_interval=bench.cache_interval, token_forecast=bench.token_forecast)
-    report = measure(net, loaded, y, names, counts, base, progress=lambda r: say(console,
-        f"{r['sampler']:>9} nfe {r['nfe']:>4}  {r['psnr_db']:6.2f} dB  {1000 * r['s_per_image']:8.1f} ms/image"
-    ))  # fmt: skip
+    names = choice_list(request.samplers or "", "--samplers", SOLVERS)  # before the reference is computed
+    counts = parse_int_list(request.nfe, "--nfe")
+    check_work(counts, images=request.batch_size, reference=REFERENCE_STEPS)
+    return names, counts
+
+
+def _run_yardstick(
+    loaded: Any, bench: Any, spec: BackendSpec, request: BenchRequest, dev: torch.device, console: Console
+) -> None:
+    """dip-bench --samplers: PSNR against the converged reference per solver and evaluation count, on one backend."""
+    from dip_export.measure.harness import cpu_threads, physical_cores
+    from dip_export.measure.yardstick import Yardstick, measure
+    from dip_export.measure.yardstick import plot as plot_yardstick
+
+    names, counts = _yardstick_runs(request)
+    say(console, f"yardstick on {spec}, {bench.batch} images per solver and count")
+    sampler = bench.sampler
+    with cpu_threads(bench.threads or physical_cores()) as threads:
+        net = make_engine(spec, loaded, (bench.height, bench.width), dev, console, batch=bench.batch)
+        y = Yardstick(
+            num_samples=bench.batch, cfg=sampler.cfg, shift=sampler.shift, batch=bench.batch, height=bench.height,
+            width=bench.width,
+        )  # fmt: skip
+        report = measure(net, loaded, y, names, counts, sampler, progress=lambda r: say(console,
+            f"{r['sampler']:>9} nfe {r['nfe']:>4}  {r['psnr_db']:6.2f} dB  {1000 * r['s_per_image']:8.1f} ms/image"
+        ))  # fmt: skip
     report["settings"]["backend"] = str(spec)
+    report["settings"]["threads"] = threads
     _write_report(report, request.json_out, request.plot, plot_yardstick, console)
 
 
@@ -377,9 +428,9 @@ def run_export_onnx(
     model: ModelRequest, build: BuildSettings, image_size: str | None, output_dir: Path | None, console: Console
 ) -> Path:
     """dip-export onnx: the verified ONNX graphs and manifest (int8 / fp8: calibrated Q/DQ graphs)."""
+    from dip_export.export.manifest import check_export_target
     from dip_export.export.onnx_export import export_onnx
     from dip_export.generate import check_image_size
-    from dip_export.io import check_export_target
     from dip_export.pipeline import open_source
 
     if output_dir is not None:
@@ -391,6 +442,7 @@ def run_export_onnx(
     loaded = source.loaded
     size = parse_image_size(image_size or loaded.config.image_size)
     check_image_size(*size, loaded.config.patch_size)
+    say_assumed_size(source, image_size, size, console)
     if build.precision in ("int8", "fp8"):
         from dip_export.export.quantize import export_int8
 
@@ -419,39 +471,46 @@ def run_export_trt(
         precision=precision, output_dir=output_dir, root=EXPORT_ROOT, profile=BatchProfile.parse(batch),
         timing_cache=timing_cache, opt_level=opt_level, console=console,
     )  # fmt: skip
-def run_schedule(
-    *, model: str | None, output: Path, sampler: str, nfe: int, cfg: float, shift: float, band: str | None,
-    train_images: int, heldout_images: int, sweeps: int, seed: int, batch: int, weights: str, trust: bool,
-    revision: str | None, console: Console, progress: Progress,
-) -> None:  # fmt: skip
+@dataclass(frozen=True)
+class ScheduleRequest:
+    """dip-export schedule: which solver grid to fit, on how many images, written where."""
+
+    model: ModelRequest
+    output: Path
+    sampler: str
+    nfe: int
+    cfg: float
+    shift: float = 1.0
+    band: str | None = None  # "LO,HI": the guidance weights the stored grid serves
+    train_images: int = 32
+    heldout_images: int = 32
+    sweeps: int = 6
+    seed: int = 0
+    batch: int = 32
+
+
+def run_schedule(request: ScheduleRequest, console: Console, progress: Progress) -> None:
     """dip-export schedule: fit a grid (yardstick.fit_schedule) and write the model with it in its sampling defaults."""
     from dip_export.checkpoint import save_checkpoint
-    from dip_export.measure.yardstick import GridFit, fit_schedule
+    from dip_export.measure.yardstick import fit_schedule
     from dip_export.pipeline import open_source
     from dip_export.runtime.backends import make_torch_engine
-    from dip_export.sampling.fitgrid import SearchSettings, trial_count
+    from dip_export.sampling.fitgrid import trial_count
     from dip_export.sampling.grids import stored_with
 
-    if output.suffix != ".safetensors":
-        raise UsageError(f"--output must name a .safetensors file, got {output}")
-    check_output_file(output)
-    check_replaceable_output(output, "safetensors")
-    if min(train_images, heldout_images, sweeps, batch) < 1 or max(train_images, heldout_images) > 1000 or sweeps > 100:
-        raise UsageError("--train-images and --heldout-images must be in 1..1000, --sweeps in 1..100, --batch >= 1")
-    lo_hi = _parse_band(band)
-    check_seed(seed, "--seed")
-    fit = GridFit(sampler, nfe, cfg, shift, lo_hi, train_images, heldout_images, SearchSettings(sweeps=sweeps, seed=seed))
-    SamplerSettings(steps=nfe, cfg=cfg, shift=shift, method=sampler, grid=tuple(i / nfe for i in range(nfe + 1)))
-    source = open_source(model, weights=weights, trust_checkpoint=trust, revision=revision)
+    fit = _check_schedule_request(request)
+    m = request.model
+    source = open_source(m.model, preset=m.preset, weights=m.weights, trust_checkpoint=m.trust, revision=m.revision)
     if source.loaded is None:
-        raise UsageError(f"{model} is an export folder; fit on its checkpoint (exports made from it carry the grid)")
+        raise UsageError(f"{m.model} is an export folder; fit on its checkpoint (exports made from it carry the grid)")
     loaded = source.loaded
     net = make_torch_engine(BackendSpec("torch", "fp32"), loaded, torch.device("cpu"))
     size = parse_image_size(loaded.config.image_size)
+    label = f"fitting {fit.sampler} {fit.nfe} at guidance {fit.cfg}"
     with progress:
-        task = progress.add_task(f"fitting {sampler} {nfe} at guidance {cfg}", total=trial_count(fit.search, nfe))
-        entry, info = fit_schedule(net, loaded, fit, size, batch, lambda n, best: progress.update(
-            task, completed=n, description=f"fitting {sampler} {nfe} at guidance {cfg}: {best:.1f} dB (train)"
+        task = progress.add_task(label, total=trial_count(fit.search, fit.nfe))
+        entry, info = fit_schedule(net, loaded, fit, size, request.batch, lambda n, best: progress.update(
+            task, completed=n, description=f"{label}: {best:.1f} dB (train)"
         ))  # fmt: skip
     say(
         console,
@@ -460,8 +519,29 @@ def run_schedule(
     )
     if info["fitted_grid_db"] < info["default_grid_db"]:  # overfitted to the training seeds: sampling would get worse
         raise ExportError("the fitted grid is worse than the default on held-out images; not stored (try more --train-images)")
-    save_checkpoint(output, loaded.model, stored_with(loaded.sampling, entry))
-    say(console, f"wrote {output}")
+    save_checkpoint(request.output, loaded.model, stored_with(loaded.sampling, entry))
+    say(console, f"wrote {request.output}")
+
+
+def _check_schedule_request(request: ScheduleRequest) -> Any:
+    """The fit's settings, after every check that needs no model (output, counts, band, seed, solver)."""
+    from dip_export.measure.yardstick import GridFit
+    from dip_export.sampling.fitgrid import SearchSettings
+
+    r = request
+    if r.output.suffix != ".safetensors":
+        raise UsageError(f"--output must name a .safetensors file, got {r.output}")
+    check_output_file(r.output)
+    check_not_input(r.output, [r.model.model])
+    check_replaceable_output(r.output, "safetensors")
+    images = (r.train_images, r.heldout_images)
+    if min(*images, r.sweeps, r.batch) < 1 or max(images) > 1000 or r.sweeps > 100:
+        raise UsageError("--train-images and --heldout-images must be in 1..1000, --sweeps in 1..100, --batch >= 1")
+    lo_hi = _parse_band(r.band)
+    check_seed(r.seed, "--seed")
+    SamplerSettings(steps=r.nfe, cfg=r.cfg, shift=r.shift, method=r.sampler, grid=tuple(i / r.nfe for i in range(r.nfe + 1)))
+    return GridFit(r.sampler, r.nfe, r.cfg, r.shift, lo_hi, r.train_images, r.heldout_images,
+                   SearchSettings(sweeps=r.sweeps, seed=r.seed))  # fmt: skip
 
 
 def _parse_band(text: str | None) -> tuple[float, float] | None:

@@ -9,8 +9,6 @@ file whose weights themselves cannot be read that way needs `trust=True` (`--tru
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import pickle
 import re
@@ -45,22 +43,9 @@ class LoadedModel:
     name: str  # short name for folders and tables
     source: str  # path of the checkpoint, "preset:NAME" or the demo path
     sampling: dict[str, Any] = field(default_factory=dict)  # recommended steps / cfg / ...
+    size_assumed: bool = False  # no stored config: the architecture was read off the weights, the image size assumed
 
 
-def sha256_file(path: Path) -> str:
-    """sha256 of a file, computed once per (path, size, mtime): a 2.5 GB checkpoint takes seconds."""
-    stat = path.stat()
-    return _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=32)
-def _sha256(path_text: str, size: int, mtime_ns: int, chunk: int = 1 << 22) -> str:
-    path = Path(path_text)
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _torch_load(path: Path, trust: bool) -> Any:
@@ -252,12 +237,13 @@ def load_checkpoint(
         except CheckpointError as err:
             raise CheckpointError(f"{path}: {err}") from None
     config = config or stored
+    inferred = config is None
     try:
         config = check_config_matches(path, config, state) if config is not None else infer_config(state)
         model = build_model(config, state)
     except CheckpointError as err:
         raise CheckpointError(str(err) if str(err).startswith(f"{path}:") else f"{path}: {err}") from None
-    return LoadedModel(model, config, name=path.stem, source=str(path), sampling=sampling)
+    return LoadedModel(model, config, name=path.stem, source=str(path), sampling=sampling, size_assumed=inferred)
 
 
 def _check_is_file(path: Path) -> None:

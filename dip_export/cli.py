@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from dip_export.errors import DipError
 from dip_export.messages import safe_progress, say
+from dip_export.runtime.catalog import BENCH_DEFAULT, backend_help
 
 try:  # typer >= 0.20 carries its own click
     from typer._click.exceptions import ClickException
@@ -144,7 +145,7 @@ def sample(
     backend: Annotated[
         str | None,
         typer.Option(
-            help="torch[:bf16], compile[:bf16], onnx[:int8], trt[:fp16|int8], or auto: the fastest fp32/bf16 backend of "
+            help=f"name[:precision] of {backend_help()}; or auto: the fastest fp32/bf16 backend of "
             "this machine, measured once and cached under engines/ [default: torch; onnx for an export folder]."
         ),
     ] = None,
@@ -270,13 +271,13 @@ def export_schedule_cmd(
     grid goes into the model's sampling defaults (exports made from the file carry it in their
     manifest); sampling with the same solver, count, shift and a guidance weight in the band uses it.
     """
-    from dip_export.app import run_schedule
+    from dip_export.app import ModelRequest, ScheduleRequest, run_schedule
 
-    run_schedule(
-        model=model, output=output, sampler=sampler, nfe=nfe, cfg=cfg, shift=shift, band=band, train_images=train_images,
-        heldout_images=heldout_images, sweeps=sweeps, seed=seed, batch=batch, weights=weights, trust=trust_checkpoint,
-        revision=revision, console=console, progress=progress_bar(),
+    request = ScheduleRequest(
+        ModelRequest(model, None, weights, trust_checkpoint, revision), output, sampler, nfe, cfg, shift=shift, band=band,
+        train_images=train_images, heldout_images=heldout_images, sweeps=sweeps, seed=seed, batch=batch,
     )  # fmt: skip
+    run_schedule(request, console, progress_bar())
 
 
 def export_main() -> None:
@@ -295,47 +296,81 @@ def bench(
         typer.Argument(help="Checkpoint file or Hub repo org/name(/FILE); omitted: --preset or the demo.", show_default=False),
     ] = None,
     preset: PresetOpt = None,
-    steps: Annotated[int, typer.Option(help="Sampler steps per run (network evaluations; heun: 2N - 1).")] = 50,
-    batch: Annotated[int, typer.Option(help="Images per run (CFG doubles the network batch).")] = 1,
-    cfg: Annotated[float, typer.Option(help="Guidance scale (1 = no guidance, half the work).")] = 4.0,
+    steps: Annotated[
+        int | None, typer.Option(help="Steps per run (network evaluations; heun: 2N - 1) [default: the model's, else 100].")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per timed run (CFG doubles the network batch).")] = 1,
+    batch_alias: Annotated[int | None, typer.Option("--batch", hidden=True)] = None,  # the old name of --batch-size
+    cfg: Annotated[
+        float | None, typer.Option(help="Guidance scale (1 = no guidance, half the work) [default: the model's, else 1.0].")
+    ] = None,
     image_size: Annotated[str | None, typer.Option(help="256 or HxW [default: the model's].")] = None,
     backends: Annotated[
-        str, typer.Option(help="Comma-separated name[:precision] list; 'auto' adds the backend --backend auto picks.")
-    ] = "torch,torch:bf16,compile,compile:bf16,onnx,onnx:int8,trt:fp16,trt:int8",
+        str | None,
+        typer.Option(
+            help="Comma-separated name[:precision] list; 'auto' adds the backend --backend auto picks. Backends: "
+            f"{backend_help()} [default: {BENCH_DEFAULT}; with --samplers: torch].",
+            show_default=False,
+        ),
+    ] = None,
     variants: Annotated[bool, typer.Option(help="Also time the sampler savings (token reuse, guidance-1 skip).")] = False,
-    cache_interval: Annotated[int, typer.Option(help="Backbone every K steps in every row.")] = 1,
-    sampler: Annotated[str, typer.Option(help="Solver of every row; --steps = evaluations (heun: 2N - 1).")] = "euler",
-    token_forecast: Annotated[str, typer.Option(help="off, linear, quadratic or auto (with --cache-interval).")] = "off",
+    cache_interval: Annotated[
+        int | None, typer.Option(help="Backbone every K steps in every row [default: the model's: 1].")
+    ] = None,
+    sampler: Annotated[
+        str | None, typer.Option(help="Solver of every row; --steps = evaluations (heun: 2N - 1) [default: the model's: euler].")
+    ] = None,
+    token_forecast: Annotated[
+        str | None, typer.Option(help="off, linear, quadratic or auto (with --cache-interval) [default: the model's: off].")
+    ] = None,
     samplers: Annotated[
         str | None,
-        typer.Option(help="Yardstick instead of backends: e.g. euler,heun,ab2 against a cached Euler-1000 reference."),
+        typer.Option(help="Yardstick instead of backends: e.g. euler,heun,ab2 against a cached converged reference."),
     ] = None,
     nfe: Annotated[str, typer.Option(help="Evaluation counts for --samplers.")] = "10,15,20,25,50,100",
-    shift: Annotated[float, typer.Option(help="Time shift of the --samplers runs and their reference (1 = none).")] = 1.0,
+    shift: Annotated[
+        float | None,
+        typer.Option(help="Time shift of every row, of the --samplers runs and their reference [default: the model's, else 1]."),
+    ] = None,
     cuda_graphs: Annotated[bool, typer.Option(help="Whole-step CUDA graphs (CUDA; torch, compile, trt).")] = True,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="CPU threads of every backend: torch and ONNX Runtime intra-op, torch.compile's kernels "
+                     "[default: the physical cores]."),
+    ] = None,
     warmup: Annotated[int, typer.Option(help="Untimed runs before timing.")] = 1,
-    repeats: Annotated[int, typer.Option(help="Timed runs; the median is reported.")] = 3,
+    repeats: Annotated[int, typer.Option(help="Timed runs at least; the median is reported.")] = 5,
+    max_repeats: Annotated[int, typer.Option(help="Timed runs at most, added one by one while the spread is high.")] = 30,
+    target_spread: Annotated[
+        float, typer.Option(help="Stop adding runs when the interquartile range / median is below this.")
+    ] = 0.05,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON.")] = None,
-    plot: Annotated[Path | None, typer.Option(help="Write latency bars + speed/quality scatter (PNG).")] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write a PNG: ms/step on a log axis with spread bars, speed-up against PSNR.")
+    ] = None,
     weights: WeightsOpt = "ema",
     trust_checkpoint: TrustOpt = False,
     revision: RevisionOpt = None,
 ) -> None:
     """Time eager PyTorch, torch.compile, ONNX Runtime and TensorRT on the same sampler run.
 
-    Speed-ups are against eager PyTorch fp32 doing the same network evaluations; PSNR compares the
-    final uint8 images with eager fp32 (and for the demo model, a digit classifier scores them).
-    Backends that cannot run here are listed as skipped with the reason. Exports are cached in engines/.
+    Speed-ups are against eager PyTorch fp32 doing the same network evaluations, each with its
+    spread; PSNR compares the final uint8 images with eager fp32 (and for the demo model at 50 or
+    more images per run, a digit classifier scores them). Every backend runs with the same CPU
+    thread count, recorded in the JSON with the CPU flags. Sampling settings not given are the
+    model's recommendation. Backends that cannot run here are listed as skipped with the reason.
+    Exports are cached in engines/.
     """
     from dip_export.app import BenchRequest, ModelRequest, run_bench
 
     sampling = {"steps": steps, "cfg": cfg, "cache_interval": cache_interval, "sampler": sampler,
                 "token_forecast": token_forecast, "shift": shift}  # fmt: skip
     request = BenchRequest(
-        ModelRequest(model, preset, weights, trust_checkpoint, revision), sampling, backends=backends, batch=batch,
-        image_size=image_size, variants=variants, cuda_graphs=cuda_graphs, warmup=warmup, repeats=repeats, device=device,
-        json_out=json_out, plot=plot, samplers=samplers, nfe=nfe,
+        ModelRequest(model, preset, weights, trust_checkpoint, revision), sampling, backends=backends,
+        batch_size=batch_alias if batch_alias is not None else batch_size, image_size=image_size, variants=variants,
+        cuda_graphs=cuda_graphs, warmup=warmup, repeats=repeats, max_repeats=max_repeats, target_spread=target_spread,
+        threads=threads, device=device, json_out=json_out, plot=plot, samplers=samplers, nfe=nfe,
     )  # fmt: skip
     run_bench(request, console, progress_bar())
 
@@ -358,7 +393,10 @@ def export_trt_cmd(
     output_dir: Annotated[
         Path | None, typer.Option(help="Export folder to build from and into [default: the one under engines/].")
     ] = None,
-    batch: Annotated[str, typer.Option(help="Image batch MIN,OPT,MAX of the profile (CFG doubles the rows).")] = "1,1,8",
+    batch_profile: Annotated[
+        str, typer.Option(help="Images per batch MIN,OPT,MAX the engine's profile covers (CFG doubles the rows).")
+    ] = "1,1,8",
+    batch_alias: Annotated[str | None, typer.Option("--batch", hidden=True)] = None,  # the old name of --batch-profile
     timing_cache: Annotated[Path | None, typer.Option(help="Timing cache file, read and updated.")] = None,
     opt_level: Annotated[int, typer.Option(help="Builder optimisation level 0-5 (4-5 help int8/fp8).")] = 3,
 ) -> None:
@@ -376,4 +414,5 @@ def export_trt_cmd(
     chosen = [name for name, on in (("fp16", fp16), ("bf16", bf16), ("int8", int8), ("fp8", fp8)) if on] or ["fp16"]
     if len(chosen) > 1:
         raise UsageError(f"choose one precision, got {', '.join('--' + c for c in chosen)}")
-    run_export_trt(chosen[0], source, output_dir, batch, timing_cache, opt_level, console)
+    profile = batch_alias if batch_alias is not None else batch_profile
+    run_export_trt(chosen[0], source, output_dir, profile, timing_cache, opt_level, console)

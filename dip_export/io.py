@@ -15,14 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from dip_export.errors import DipError, UsageError
-from dip_export.ownership import (
-    check_output_name,
-    check_replaceable_output,
-    journal_path,
-    ownership_problem,
-    recover_swap,
-    swap_in,
-)
+from dip_export.ownership import check_output_name, check_replaceable_output, journal_path, recover_swap, swap_in
 
 
 def _umask() -> int:
@@ -93,14 +86,14 @@ def atomic_path(target: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
+def atomic_dir(target: Path, *, problem_of: Callable[[Path], str | None]) -> Iterator[Path]:
     """Yield a temporary folder beside `target`; it replaces `target` only if the block succeeds.
 
-    An existing `target` is replaced only if it is an export this tool wrote (`check_export_target`).
+    An existing `target` is replaced only if `problem_of` finds nothing against it (`check_replaceable_folder`).
     """
     target = Path(os.path.abspath(target))
     recover_swap(target, _alive)
-    check_export_target(target)
+    check_replaceable_folder(target, problem_of)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(target)
@@ -110,7 +103,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     try:
         yield tmp
         _normal_permissions(tmp)
-        check_export_target(target)  # still ours after the work
+        check_replaceable_folder(target, problem_of)  # still replaceable after the work
         _swap_in(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -128,13 +121,9 @@ def _swap_in(tmp: Path, target: Path) -> None:
     swap_in(tmp, target, old)  # under a journal naming `old`: a kill at any instant loses no export
 
 
-def is_tool_export(folder: Path) -> bool:
-    """A real folder holding exactly the files its own manifest lists, unchanged (`ownership_problem`)."""
-    return ownership_problem(folder) is None
-
-
-def check_export_target(target: Path) -> None:
-    """An export folder may be created, or replace an earlier export of this tool; nothing else is touched."""
+def check_replaceable_folder(target: Path, problem_of: Callable[[Path], str | None]) -> None:
+    """A folder output may be created, or replace a folder `problem_of` finds nothing against (for exports:
+    `export.manifest.ownership_problem`, an earlier export of this tool file for file); nothing else is touched."""
     target = Path(os.path.abspath(target))
     cwd, resolved = Path.cwd().resolve(), target.resolve()
     home = Path.home().resolve()
@@ -142,7 +131,7 @@ def check_export_target(target: Path) -> None:
         raise UsageError(f"{target}: refusing to replace the working folder, the home folder or one above them (name a new one)")
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         raise UsageError(f"{target} exists and is not a folder; refusing to replace it (name a new folder)")
-    problem = ownership_problem(target) if target.is_dir() and any(target.iterdir()) else None
+    problem = problem_of(target) if target.is_dir() and any(target.iterdir()) else None
     if problem:
         raise UsageError(
             f"{target} is not an export of this tool ({problem}); refusing to replace it (name a new or empty folder)"

@@ -48,39 +48,6 @@ def folder_contents(folder: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def ownership_problem(folder: Path) -> str | None:
-    """Why `folder` is not provably an export of this tool (None: it is, file for file)."""
-    from dip_export.export.manifest import parse_manifest
-    from dip_export.untrusted import UntrustedFileError, read_json
-
-    if folder.is_symlink() or not folder.is_dir():
-        return "it is not a plain folder"
-    if not (folder / MANIFEST_NAME).is_file():
-        return f"it holds no {MANIFEST_NAME}"
-    try:
-        manifest = parse_manifest(read_json(folder / MANIFEST_NAME, folder=folder, what="manifest"))
-    except (UntrustedFileError, ValueError, TypeError, KeyError, DipError) as err:
-        reason = str(err).splitlines()[0].removeprefix(f"{folder / MANIFEST_NAME}: ")[:100] if str(err) else type(err).__name__
-        return f"its {MANIFEST_NAME} is not a valid one of this tool: {reason}"
-    listed = manifest.contents
-    if not listed:
-        return f"its {MANIFEST_NAME} lists no contents (written by an older version)"
-    try:
-        found = {str(p.relative_to(folder).as_posix()) for p in folder.rglob("*") if p.is_symlink() or not p.is_dir()}
-    except OSError as err:
-        return f"it cannot be listed ({err.strerror or err})"
-    extra = sorted(found - set(listed) - {MANIFEST_NAME})
-    if extra:
-        return f"it holds files its manifest does not list ({', '.join(extra[:3])})"
-    for rel, entry in listed.items():
-        path = folder / rel
-        if path.is_symlink() or not path.is_file() or path.stat().st_size != entry.get("size"):
-            return f"{rel} is missing or changed"
-        if file_sha256(path) != entry.get("sha256"):
-            return f"{rel} was changed after the export"
-    return None
-
-
 def check_not_input(output: Path, inputs: Iterable[Path | str | None], what: str = "output") -> None:
     """An output is never an input, a folder holding one, or inside an input folder (an export): paths are
     compared after resolving symlinks."""

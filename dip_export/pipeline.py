@@ -59,7 +59,7 @@ class ModelSource:
 
         Computed on first use only (resume, --backend auto): a multi-GB file takes seconds to hash.
         """
-        from dip_export.checkpoint import sha256_file
+        from dip_export.untrusted import sha256_file
 
         if self.export_dir is not None:
             from dip_export.export.manifest import MANIFEST, read_manifest

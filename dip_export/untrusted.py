@@ -8,6 +8,8 @@ and resume keys) hash the bytes of every file that defines a model, whatever the
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
 import os
@@ -18,6 +20,23 @@ from pathlib import Path
 from typing import Any
 
 from dip_export.errors import DipError
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a file, computed once per (path, size, mtime): a 2.5 GB checkpoint takes seconds."""
+    stat = path.stat()
+    return _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256(path_text: str, size: int, mtime_ns: int, chunk: int = 1 << 22) -> str:
+    path = Path(path_text)
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
 
 MAX_JSON_BYTES = 16 << 20
 MAX_DEPTH = 32
@@ -175,8 +194,6 @@ def content_identity(files: Iterable[Path], root: Path | None = None) -> str:
     """sha256 over the names (relative to `root`) and bytes of `files`: equal only for the same content."""
     import hashlib
 
-    from dip_export.checkpoint import sha256_file
-
     digest = hashlib.sha256()
     for path in sorted(set(map(Path, files))):
         name = os.path.relpath(path, root) if root is not None else path.name
@@ -205,7 +222,5 @@ def graph_files(folder: Path, graphs: Iterable[str]) -> list[Path]:
 
 def source_identity(source: str | Path) -> str:
     """A checkpoint's identity by content (its sha256); a preset or other non-file source by name."""
-    from dip_export.checkpoint import sha256_file
-
     path = Path(source)
     return f"sha256:{sha256_file(path)}" if path.is_file() else str(source)

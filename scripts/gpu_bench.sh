@@ -22,7 +22,7 @@ for model in "${models[@]}"; do
     for graphs in --cuda-graphs --no-cuda-graphs; do
       tag="gpu-${name}-b${batch}${graphs/--cuda-graphs/}"
       tag="${tag/--no-cuda-graphs/-nographs}"
-      dip-bench "${args[@]}" --device cuda --steps 50 --batch "$batch" --backends "$backends" "$graphs" \
+      dip-bench "${args[@]}" --device cuda --steps 50 --batch-size "$batch" --backends "$backends" "$graphs" \
         --json "bench/${tag}.json" --plot "bench/${tag}.png"
     done
   done

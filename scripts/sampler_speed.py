@@ -52,8 +52,8 @@ def main() -> None:
     rows = []
     for i, text in enumerate(args.settings):
         settings = parse_setting(text, args.cfg)
-        bench = BenchSettings(steps=settings.steps, batch=args.batch, cfg=args.cfg, height=size, width=size,
-                              warmup=args.warmup if i == 0 else 0, repeats=args.repeats)  # fmt: skip
+        bench = BenchSettings(settings, batch=args.batch, height=size, width=size, warmup=args.warmup if i == 0 else 0,
+                              repeats=args.repeats)  # fmt: skip
         row = run_backend(spec, net, loaded, bench, settings, device)
         counts = sample_counts(settings)
         rows.append({"setting": text, "s_per_image": row.s_per_image, "backbone_calls": counts["backbone_calls"],

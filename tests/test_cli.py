@@ -107,6 +107,43 @@ def test_every_help_page_renders(app, args):
     assert "Usage" in result.output and "--help" in result.output
 
 
+def test_an_assumed_image_size_is_said_in_one_line(tmp_path, ckpt):
+    """A checkpoint without a stored config: the architecture is read off the weights, the size is a guess."""
+    args = ["--classes", "0", "--seeds", "0", "--steps", "1", "--out", str(tmp_path / "s.npz")]
+    result = runner.invoke(sample_app, [str(ckpt), *args])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("image size")]
+    assert lines == ["image size 256x256 assumed: last stores no config (give --image-size for another)"]
+    chosen = runner.invoke(sample_app, [str(ckpt), *args, "--image-size", "32x64", "--out", str(tmp_path / "t.npz")])
+    assert chosen.exit_code == 0 and "image size" not in chosen.output
+
+
+def test_help_lists_the_registrys_backends_without_importing_torch():
+    import subprocess
+    import sys
+
+    from dip_export.runtime.backends import BACKENDS
+
+    code = "import sys, dip_export.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    for app, args in ((bench_app, []), (sample_app, [])):
+        text = " ".join(runner.invoke(app, [*args, "--help"], terminal_width=400).output.split())
+        for name, record in BACKENDS.items():
+            assert f"{name} ({record.help}): {record.default}" in text
+
+
+def test_batch_options_say_what_they_mean_and_old_spellings_still_work(monkeypatch):
+    import dip_export.app as app_mod
+
+    seen = []
+    monkeypatch.setattr(app_mod, "run_export_trt", lambda precision, source, out, profile, *rest: seen.append(profile))
+    assert runner.invoke(export_app, ["trt", "--batch-profile", "1,4,16"]).exit_code == 0
+    assert runner.invoke(export_app, ["trt", "--batch", "2,2,8"]).exit_code == 0  # the old spelling, hidden
+    assert seen == ["1,4,16", "2,2,8"]
+    text = runner.invoke(export_app, ["trt", "--help"], terminal_width=200).output
+    assert "--batch-profile" in text and "--batch " not in text
+
+
 @pytest.mark.parametrize(
     "args,message",
     [

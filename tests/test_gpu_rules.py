@@ -274,7 +274,7 @@ def test_trt_takes_the_most_recent_export_or_the_one_named(fp32_export, tmp_path
 
 def test_timed_runs_synchronise_like_graphed_ones(gpu):
     """Ungraphed rows are timed end to end as graphed rows are; the per-call synchronising timers run separately."""
-    from dip_export.measure.bench import _Timed
+    from dip_export.measure.harness import StageTimer
 
     class Net:
         def backbone(self, x, t, y):
@@ -283,7 +283,8 @@ def test_timed_runs_synchronise_like_graphed_ones(gpu):
         def detailer(self, x, tokens):
             return x
 
-    timed = _Timed(Net(), torch.device("cuda"))
+    timed = StageTimer(Net(), torch.device("cuda"))
+    timed.profile = False  # as dip-bench's timed runs set it
     x = torch.zeros(2, 3)
     for _ in range(3):
         timed.detailer(timed.backbone(x, x, x), x)

@@ -5,10 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dip_export.errors import UsageError
-from dip_export.measure.harness import Timing, cpu_threads, psnr, repeat
+from dip_export.measure.harness import (
+    RepeatPolicy,
+    Timing,
+    cpu_flags,
+    cpu_threads,
+    physical_cores,
+    psnr,
+    ratio_spread,
+    repeat,
+)
 from dip_export.runtime.backends import BACKENDS, BackendSpec, unavailable_reason
+from dip_export.settings import MAX_REPEATS
 
 
 def test_timing_reports_median_and_relative_iqr():
@@ -55,3 +67,80 @@ def test_unavailable_reasons_come_from_the_records():
     assert unavailable_reason(BackendSpec("compile", "fp16"), cpu) == "fp16 autocast is not a CPU path"
     assert unavailable_reason(BackendSpec("torch", "fp32"), cpu) is None
     assert [n for n, r in BACKENDS.items() if r.graphable] == ["torch", "compile", "trt"]
+
+
+def test_repeats_continue_while_the_spread_is_above_the_bound(monkeypatch):
+    """Known run times (no clock): the policy stops at the bound, the cap, or the time budget."""
+    from dip_export.measure import harness
+
+    def runs(times):
+        it = iter(times)
+        monkeypatch.setattr(harness, "timed_call", lambda fn, device: (fn(), next(it)))
+        timing, _ = repeat(lambda: None, torch.device("cpu"), warmup=0, repeats=policy)
+        return timing.seconds
+
+    policy = RepeatPolicy(repeats=3, max_repeats=8, target_spread=0.05, max_seconds=100.0)
+    assert runs([1.0] * 10) == (1.0,) * 3  # steady at once: the minimum
+    assert len(runs([1.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])) == 5  # until the quartiles agree
+    assert len(runs([1.0, 2.0] * 10)) == 8  # never steady: the cap
+    policy = RepeatPolicy(repeats=2, max_repeats=8, target_spread=0.05, max_seconds=2.5)
+    assert len(runs([1.0, 2.0] * 10)) == 2  # the time budget spent on the minimum
+    assert len(runs([1.0, 1.2, 1.0, 1.3] * 5)) == 3
+
+
+@given(
+    repeats=st.integers(-3, 2000), extra=st.integers(-5, 50), spread=st.floats(-1, 2) | st.just(float("nan")),
+)
+def test_a_repeat_policy_takes_only_what_it_can_honour(repeats, extra, spread):
+    ok = 1 <= repeats <= MAX_REPEATS and repeats <= repeats + extra <= MAX_REPEATS and 0 <= spread <= 1
+    try:
+        RepeatPolicy(repeats, repeats + extra, spread)
+    except UsageError:
+        assert not ok
+    else:
+        assert ok
+
+
+def test_ratio_spread_adds_relative_spreads_in_quadrature():
+    a = Timing((0.9, 1.0, 1.1, 1.0, 1.0), threads=1)
+    b = Timing((2.0, 2.0, 2.0), threads=1)
+    assert ratio_spread(a, b) == pytest.approx(a.spread) and ratio_spread(a, a) == pytest.approx(a.spread * 2**0.5)
+    assert a.quartiles == (pytest.approx(1.0), pytest.approx(1.0)) and b.spread == 0.0
+
+
+def test_physical_cores_and_cpu_flags_are_read_from_the_system():
+    import os
+
+    cores = physical_cores()
+    assert 1 <= cores <= (os.cpu_count() or 1)
+    flags = cpu_flags()
+    assert flags == sorted(flags) and all(f.startswith(("avx", "amx")) or f in ("fma", "f16c") for f in flags)
+
+
+def test_the_catalog_is_the_registrys_facts_and_the_manifests_precisions():
+    from dataclasses import fields
+
+    from dip_export.export.manifest import PRECISIONS
+    from dip_export.runtime.catalog import CATALOG, BackendInfo
+
+    assert [info.name for info in CATALOG] == list(BACKENDS)
+    for info in CATALOG:
+        record = BACKENDS[info.name]
+        assert all(getattr(record, f.name) == getattr(info, f.name) for f in fields(BackendInfo))
+    assert set(PRECISIONS) == {p for info in CATALOG for p in info.precisions}
+
+
+@pytest.mark.parametrize(
+    ("device", "native", "expected"),
+    [
+        ("cpu", False, ["torch:fp32", "onnx:fp32", "compile:fp32"]),
+        ("cpu", True, ["torch:fp32", "onnx:fp32", "torch:bf16", "compile:bf16"]),
+        ("cuda", True, ["torch:fp32", "torch:bf16", "compile:bf16"]),
+        ("cuda", False, ["torch:fp32", "torch:fp16", "compile:fp16"]),
+    ],
+)
+def test_auto_candidates_come_from_the_registry(monkeypatch, device, native, expected):
+    from dip_export.measure import autobackend
+
+    monkeypatch.setattr(autobackend, "native_bf16", lambda _: native)
+    assert [str(s) for s in autobackend.candidates(torch.device(device))] == expected

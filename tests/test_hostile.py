@@ -29,6 +29,7 @@ import dip_export.pipeline
 from dip_export import cli
 from dip_export.checkpoint import LoadedModel, build_model, load_checkpoint
 from dip_export.errors import CheckpointError
+from dip_export.export.manifest import ownership_problem
 from dip_export.export.onnx_export import export_onnx
 from dip_export.io import _tmp_prefix, atomic_dir
 from tests.conftest import lightning_checkpoint
@@ -146,7 +147,7 @@ def test_output_dir_that_is_a_file_is_not_renamed_away(tmp_path, ckpt):
 
 
 def _rewrite_export(folder: Path) -> None:
-    with atomic_dir(folder) as tmp:
+    with atomic_dir(folder, problem_of=ownership_problem) as tmp:
         (tmp / "manifest.json").write_text(json.dumps({"format": "dip-export/1", "new": True}))
 
 

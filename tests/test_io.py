@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from dip_export.export.manifest import ownership_problem
 from dip_export.io import _tmp_prefix, atomic_dir, atomic_path
 
 
@@ -26,7 +27,7 @@ def test_leftovers_of_a_killed_process_are_removed_but_not_live_ones(tmp_path):
     stale.mkdir()
     live = tmp_path / f"{host_prefix}-{os.getpid()}.xyzw_123.tmp"
     live.mkdir()
-    with atomic_dir(target) as tmp:
+    with atomic_dir(target, problem_of=ownership_problem) as tmp:
         (tmp / "manifest.json").write_text("{}")
     assert not stale.exists() and live.exists()
     assert (target / "manifest.json").is_file()

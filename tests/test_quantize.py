@@ -197,6 +197,8 @@ def test_dip_export_trt_int8_builds_from_the_target_trt_file(trt_int8, monkeypat
     entry = build_trt(precision="int8", output_dir=trt_int8, root=trt_int8.parent, profile=BatchProfile(1, 1, 2),
                       timing_cache=None, opt_level=4, console=Console(quiet=True), device=torch.device("cpu"))  # fmt: skip
     assert entry["onnx"] == "." and entry["verification"]["passed"]
+    errors = [r["rel_err"] for r in entry["verification"]["rows"]]
+    assert 1e-3 < max(errors) < 1e-1  # int8 GEMMs rescaled once vs ONNX Runtime's fp16 dequantise-then-multiply
     assert [b["onnx"] for b in trt.built] == [str(trt_int8 / "backbone.onnx"), str(trt_int8 / "detailer.onnx")]
     for name in entry["files"].values():
         (trt_int8 / name).unlink()

@@ -49,6 +49,13 @@ def test_frechet_distance_of_identical_sets_is_zero():
     assert yardstick.frechet_distance(a, a + 1.0) == pytest.approx(5.0, rel=1e-6)
 
 
+def test_euler_100s_level_is_measured_and_marked(report, tmp_path):
+    rows = {(r["sampler"], r["nfe"]): r for r in report["results"]}
+    assert report["euler_100_db"] > rows[("euler", 12)]["psnr_db"]  # measured although not asked for
+    yardstick.plot(report, tmp_path / "y.png")
+    assert (tmp_path / "y.png").read_bytes().startswith(b"\x89PNG")
+
+
 def test_shift_reaches_the_runs_and_the_reference(tmp_path, monkeypatch):
     monkeypatch.setattr(yardstick, "REFERENCE_STEPS", 48)
     monkeypatch.setattr(yardstick, "REFERENCE_AGREEMENT_DB", 30.0)

@@ -10,14 +10,16 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from dip_export.config import DiPConfig, check_sampling_defaults
-from dip_export.errors import ExportError, UsageError
-from dip_export.io import EXPORT_FORMAT_PREFIX, MANIFEST_NAME, atomic_path
+from dip_export.errors import DipError, ExportError, UsageError
+from dip_export.io import EXPORT_FORMAT_PREFIX, MANIFEST_NAME, atomic_path, check_replaceable_folder
+from dip_export.ownership import file_sha256, folder_contents
+from dip_export.runtime.catalog import ALL_PRECISIONS
 from dip_export.settings import MAX_IMAGE_SIDE
 from dip_export.untrusted import UntrustedFileError, read_json
 
 MANIFEST = MANIFEST_NAME
 FORMAT = EXPORT_FORMAT_PREFIX + "1"
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
+PRECISIONS = ALL_PRECISIONS  # every precision some backend runs, from the backend catalog
 ROLES = ("backbone", "detailer")  # the sub-models every export holds
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearMatMul", "QLinearConv",
                  "MatMulInteger", "ConvInteger"}  # fmt: skip
@@ -57,7 +59,6 @@ class Manifest:
 
 def write_manifest(folder: Path, manifest: Manifest) -> None:
     """The manifest, listing every other file of the folder (what makes the folder provably the tool's)."""
-    from dip_export.ownership import folder_contents
 
     manifest.contents = folder_contents(folder)
     with atomic_path(folder / MANIFEST) as tmp:
@@ -247,3 +248,38 @@ def _precision_problem(model: Any, precision: str) -> str:
     if precision == "fp32" and kinds & set(expected.values()):
         return "labelled fp32 but the graph holds reduced-precision weights"
     return ""
+
+
+def ownership_problem(folder: Path) -> str | None:
+    """Why `folder` is not provably an export of this tool (None: it is, file for file)."""
+    if folder.is_symlink() or not folder.is_dir():
+        return "it is not a plain folder"
+    if not (folder / MANIFEST_NAME).is_file():
+        return f"it holds no {MANIFEST_NAME}"
+    try:
+        manifest = parse_manifest(read_json(folder / MANIFEST_NAME, folder=folder, what="manifest"))
+    except (UntrustedFileError, ValueError, TypeError, KeyError, DipError) as err:
+        reason = str(err).splitlines()[0].removeprefix(f"{folder / MANIFEST_NAME}: ")[:100] if str(err) else type(err).__name__
+        return f"its {MANIFEST_NAME} is not a valid one of this tool: {reason}"
+    listed = manifest.contents
+    if not listed:
+        return f"its {MANIFEST_NAME} lists no contents (written by an older version)"
+    try:
+        found = {str(p.relative_to(folder).as_posix()) for p in folder.rglob("*") if p.is_symlink() or not p.is_dir()}
+    except OSError as err:
+        return f"it cannot be listed ({err.strerror or err})"
+    extra = sorted(found - set(listed) - {MANIFEST_NAME})
+    if extra:
+        return f"it holds files its manifest does not list ({', '.join(extra[:3])})"
+    for rel, entry in listed.items():
+        path = folder / rel
+        if path.is_symlink() or not path.is_file() or path.stat().st_size != entry.get("size"):
+            return f"{rel} is missing or changed"
+        if file_sha256(path) != entry.get("sha256"):
+            return f"{rel} was changed after the export"
+    return None
+
+
+def check_export_target(target: Path) -> None:
+    """An export folder may be created, or replace an earlier export of this tool; nothing else is touched."""
+    check_replaceable_folder(target, ownership_problem)

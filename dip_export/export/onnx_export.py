@@ -21,13 +21,14 @@ import torch
 from rich.console import Console
 from torch import Tensor, nn
 
-from dip_export.checkpoint import LoadedModel, sha256_file
+from dip_export.checkpoint import LoadedModel
 from dip_export.errors import ExportError, UsageError
-from dip_export.export.manifest import MANIFEST, Manifest, read_manifest, write_manifest
+from dip_export.export.manifest import MANIFEST, Manifest, ownership_problem, read_manifest, write_manifest
 from dip_export.export.spec import SubModelSpec, backbone_inputs, io_specs
 from dip_export.io import atomic_dir
 from dip_export.messages import say, say_lines
 from dip_export.model import DiP
+from dip_export.untrusted import sha256_file
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Max |onnx - torch fp32| / max |torch fp32| per output, by precision of the export.
@@ -85,7 +86,7 @@ def export_onnx(
     net = loaded.model if precision == "fp32" else copy.deepcopy(loaded.model).to(DTYPES[precision])
     wrappers = {"backbone": _Backbone(net, DTYPES[precision]).eval(), "detailer": _Detailer(net, DTYPES[precision]).eval()}
     started = time.perf_counter()
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, problem_of=ownership_problem) as tmp:
         files = {}
         for role, spec in specs.items():
             with console.status(f"exporting {role} ({precision}) ..."):

@@ -27,7 +27,7 @@ from rich.console import Console
 from dip_export.checkpoint import LoadedModel
 from dip_export.errors import ExportError, MissingDependencyError
 from dip_export.export.calibration import CalibrationSettings, load_or_collect
-from dip_export.export.manifest import Manifest, read_manifest, write_manifest
+from dip_export.export.manifest import Manifest, ownership_problem, read_manifest, write_manifest
 from dip_export.export.onnx_export import (
     EXPORT_ROOT,
     ensure_export,
@@ -324,25 +324,14 @@ def export_int8(
     cache = EXPORT_ROOT / f"{loaded.name}-{image_size[0]}x{image_size[1]}-calib"
     with console.status(f"calibration trajectories ({calibration.samples} samples, {calibration.steps} steps) ..."):
         batches = load_or_collect(loaded, image_size, calibration, cache)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, problem_of=ownership_problem) as tmp:
         files = {}
         for role, rel in source.files.items():
             large = (fp32 / f"{rel}.data").exists()
             with console.status(f"quantizing {role} (int8, {target}) ..."):
                 quantize_submodel(fp32 / rel, tmp / rel, batches[role], target, large, fp8)
             files[role] = rel
-        specs = io_specs(loaded.config, *image_size)
-        with console.status("verifying against PyTorch ..."):
-            report = verify_export(tmp, files, loaded.model, specs, "fp32")
-        tolerance = FP8_TOLERANCE if fp8 else INT8_TOLERANCE
-        report["metric"], report["tolerance"] = "rel_rms", tolerance
-        report["worst_rel"] = max(r["rel_rms"] for r in report["rows"])
-        report["passed"] = report["worst_rel"] <= tolerance
-        say_lines(console, format_report(report))
-        if not report["passed"]:
-            raise ExportError(
-                f"{'fp8' if fp8 else 'int8'} verification failed: RMS relative error {report['worst_rel']:.3g} > {tolerance}"
-            )
+        report = _verify_quantized(tmp, files, loaded, image_size, fp8, console)
         manifest = Manifest(
             name=loaded.name, precision="fp8" if fp8 else "int8", image_size=image_size, config=loaded.config, files=files,
             source=source_info(loaded), versions=tool_versions(), opset=source.opset, verification=report,
@@ -358,6 +347,25 @@ def export_int8(
         write_manifest(tmp, manifest)
     say(console, f"wrote {out}/ ({'fp8' if fp8 else 'int8'} {target})")
     return out
+
+
+def _verify_quantized(
+    folder: Path, files: dict[str, str], loaded: LoadedModel, image_size: tuple[int, int], fp8: bool, console: Console
+) -> dict[str, Any]:
+    """The quantized graphs against PyTorch by RMS relative error; above the tolerance an error (nothing is written)."""
+    specs = io_specs(loaded.config, *image_size)
+    with console.status("verifying against PyTorch ..."):
+        report = verify_export(folder, files, loaded.model, specs, "fp32")
+    tolerance = FP8_TOLERANCE if fp8 else INT8_TOLERANCE
+    report["metric"], report["tolerance"] = "rel_rms", tolerance
+    report["worst_rel"] = max(r["rel_rms"] for r in report["rows"])
+    report["passed"] = report["worst_rel"] <= tolerance
+    say_lines(console, format_report(report))
+    if not report["passed"]:
+        raise ExportError(
+            f"{'fp8' if fp8 else 'int8'} verification failed: RMS relative error {report['worst_rel']:.3g} > {tolerance}"
+        )
+    return report
 
 
 def ensure_int8_export(

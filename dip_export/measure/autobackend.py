@@ -20,7 +20,7 @@ import torch
 
 from dip_export.checkpoint import LoadedModel
 from dip_export.measure.harness import repeat
-from dip_export.runtime.backends import BackendSpec
+from dip_export.runtime.backends import BACKENDS, BackendSpec
 from dip_export.sampling import Denoiser
 
 CACHE_FILE = "auto-backend.json"
@@ -76,14 +76,21 @@ def hardware_label(device: torch.device) -> str:
 
 
 def candidates(device: torch.device) -> list[BackendSpec]:
-    """What is worth measuring here: eager fp32 (the reference) and one precision per engine kind."""
-    half = "bf16" if native_bf16(device) else None
-    if device.type == "cuda":
-        return [BackendSpec("torch", "fp32"), BackendSpec("torch", half or "fp16"), BackendSpec("compile", half or "fp16")]
-    specs = [BackendSpec("torch", "fp32"), BackendSpec("onnx", "fp32")]
-    if half:  # emulated bf16 runs at a tenth of fp32's speed: not a candidate without hardware support
-        specs.append(BackendSpec("torch", "bf16"))
-    specs.append(BackendSpec("compile", half or "fp32"))  # one compile at most
+    """What is worth measuring here, from the registry: eager fp32 (the reference), then per backend that
+    --backend auto measures on this device fp32 and the native half precision (emulated bf16 runs at a
+    tenth of fp32's speed: no candidate without hardware support); one precision at most of a backend
+    that compiles (the half one where native); export-run backends at fp32 (reduced precision inside
+    an export changes pictures or is not a CPU path)."""
+    half = "bf16" if native_bf16(device) else "fp16" if device.type == "cuda" else None
+    specs = [BackendSpec("torch", "fp32")]
+    order = sorted(BACKENDS.values(), key=lambda r: (r.compiles, r.runs_from == "model"))  # the compile last
+    for record in order:
+        if device.type not in record.auto_on:
+            continue
+        precisions = ["fp32"] if record.runs_from == "export" else [p for p in ("fp32", half) if p in record.precisions]
+        if record.compiles:
+            precisions = precisions[-1:]
+        specs += [BackendSpec(record.name, p) for p in precisions if BackendSpec(record.name, p) not in specs]
     return specs
 
 

@@ -1,15 +1,20 @@
 """The one timing harness: dip-bench, the yardstick and --backend auto all time with it.
 
 Protocol (nanoGPT's bench.py, the TensorRT demo): warm-up runs first, CUDA synchronised around
-every timed region, many repeats, the median and the spread (relative interquartile range),
-per-stage timers around an engine's two calls, peak memory, and the CPU thread count the runs
-used. Timed runs return their results (images), which torch.utils.benchmark.Timer does not; its
-thread-count discipline is followed here (`threads` is set for the runs and restored after).
+every timed region, repeats until the spread (relative interquartile range) is below a bound or a
+cap is reached, the median, per-stage timers around an engine's two calls (in a separate profiling
+run), peak memory, and the CPU thread count the runs used. Timed runs return their results
+(images), which torch.utils.benchmark.Timer does not; its thread discipline is followed here: one
+count (`threads`, default the physical cores) is set for torch's intra-op pool for the whole
+measurement, engine construction included, so that ONNX Runtime sessions (which take torch's count
+when they are made) and torch.compile's kernels (whose OpenMP width is fixed when they are compiled)
+run with the same count as eager PyTorch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +26,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dip_export.errors import UsageError
 from dip_export.sampling import Denoiser
+from dip_export.settings import MAX_REPEATS, exact_int, finite_float
 
 T = TypeVar("T")
 
@@ -61,12 +68,75 @@ class Timing:
         return max(self.seconds)
 
     @property
+    def quartiles(self) -> tuple[float, float]:
+        """The 25th and 75th percentiles of the run times (both the one time for a single run)."""
+        q1, q3 = np.percentile(self.seconds, [25, 75])
+        return float(q1), float(q3)
+
+    @property
     def spread(self) -> float:
         """Relative interquartile range (IQR / median): 0 for one run; above ~0.1 the machine was noisy."""
         if len(self.seconds) < 2:
             return 0.0
-        q1, q3 = np.percentile(self.seconds, [25, 75])
-        return float((q3 - q1) / self.median) if self.median > 0 else 0.0
+        q1, q3 = self.quartiles
+        return (q3 - q1) / self.median if self.median > 0 else 0.0
+
+
+def ratio_spread(a: Timing, b: Timing) -> float:
+    """Relative spread of the ratio of two medians: the two relative spreads added in quadrature."""
+    return float(np.hypot(a.spread, b.spread))
+
+
+@dataclass(frozen=True)
+class RepeatPolicy:
+    """How many timed runs: at least `repeats`; more, one at a time, while the spread is above
+    `target_spread`, until `max_repeats` runs or `max_seconds` of timed runs."""
+
+    repeats: int = 5
+    max_repeats: int = 30
+    target_spread: float = 0.05
+    max_seconds: float = 60.0  # of timed runs; the minimum `repeats` are always made
+
+    def __post_init__(self) -> None:
+        exact_int(self.repeats, "--repeats", 1, MAX_REPEATS)
+        exact_int(self.max_repeats, "--max-repeats", self.repeats, MAX_REPEATS)
+        finite_float(self.target_spread, "--target-spread", 0.0, 1.0)
+        if not (isinstance(self.max_seconds, (int, float)) and self.max_seconds > 0):
+            raise UsageError(f"the time cap of a measurement must be a positive number, got {self.max_seconds!r:.40}")
+
+    def more(self, seconds: list[float]) -> bool:
+        """Whether another timed run is wanted after these."""
+        if len(seconds) < self.repeats:
+            return True
+        if len(seconds) >= self.max_repeats or sum(seconds) >= self.max_seconds:
+            return False
+        return Timing(tuple(seconds), 0).spread > self.target_spread
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (hyper-threads counted once); the logical count where unknown."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in allowed:
+        try:
+            siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip()
+        except OSError:
+            return max(1, len(allowed))
+        cores.add(siblings)
+    return max(1, len(cores))
+
+
+def cpu_flags() -> list[str]:
+    """The CPU flags that decide which kernels are fast (AVX2, AVX-512 kinds, VNNI, AMX); empty off Linux."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = line.split(":", 1)[1].split()
+            return sorted(f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "avx_vnni", "fma", "f16c"))
+    return []
 
 
 @contextlib.contextmanager
@@ -82,19 +152,21 @@ def cpu_threads(threads: int | None) -> Iterator[int]:
 
 
 def repeat(
-    run: Callable[[], T], device: torch.device, *, warmup: int, repeats: int, threads: int | None = None,
+    run: Callable[[], T], device: torch.device, *, warmup: int, repeats: int | RepeatPolicy, threads: int | None = None,
     before: Callable[[], None] | None = None, after: Callable[[Any], None] | None = None,
 ) -> tuple[Timing, T | None]:  # fmt: skip
-    """`warmup` untimed runs, then `repeats` synchronised timed runs; the timing and the last result.
+    """`warmup` untimed runs, then synchronised timed runs; the timing and the last result.
 
-    `before` runs ahead of each timed run (reset per-run counters), `after` gets each timed run's result.
+    `repeats`: a fixed count, or a RepeatPolicy (repeat while the spread is above its bound, up to its
+    cap). `before` runs ahead of each timed run (reset per-run counters), `after` gets each timed run's result.
     """
+    policy = repeats if isinstance(repeats, RepeatPolicy) else RepeatPolicy(repeats, repeats, max_seconds=float("inf"))
     last: T | None = None
-    seconds = []
+    seconds: list[float] = []
     with cpu_threads(threads) as used:
         for _ in range(warmup):
             run()
-        for _ in range(repeats):
+        while policy.more(seconds):
             if before is not None:
                 before()
             result, elapsed = timed_call(run, device)
@@ -106,7 +178,9 @@ def repeat(
 
 
 class StageTimer:
-    """Wraps an engine; accumulates wall time per call of its two networks (synchronising CUDA around each)."""
+    """Wraps an engine; counts calls and rows of its two networks and, while `profile` is set, accumulates
+    wall time per call (synchronising CUDA around each): only in a separate profiling run, so that timed
+    runs synchronise once before and after, as graphed runs do."""
 
     def __init__(self, net: Denoiser, device: torch.device) -> None:
         self.net, self.device = net, device

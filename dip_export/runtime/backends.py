@@ -1,19 +1,21 @@
 """The backend registry: one record per backend name, and specs `name[:precision]` checked against it.
 
-Everything that asks what a backend is (the CLI's help, the pipeline, dip-bench, --backend auto, the
-TensorRT build) reads its record here; adding a backend is one record.
+Everything that asks what a backend is (the pipeline, dip-bench, --backend auto, the TensorRT build)
+reads its record here; the facts come from `catalog` (plain data the CLI's help reads without torch),
+the engine maker from this module. Adding a backend is one catalog entry and one maker.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 
 from dip_export.checkpoint import LoadedModel
 from dip_export.errors import UsageError
+from dip_export.runtime.catalog import CATALOG, BackendInfo
 from dip_export.runtime.engine_io import ExportFiles
 from dip_export.sampling import Denoiser
 
@@ -21,18 +23,10 @@ EngineMaker = Callable[[Any, str, torch.device], Denoiser]  # (torch module or E
 
 
 @dataclass(frozen=True)
-class Backend:
-    """What a backend is: its precisions, what it needs, and how an engine is made from data."""
+class Backend(BackendInfo):
+    """What a backend is (its catalog entry) and how an engine is made from data."""
 
-    name: str
-    precisions: tuple[str, ...]
-    default: str  # precision when none is named
-    graphable: bool  # its kernels run on the torch stream a CUDA graph captures
-    needs_cuda: bool
-    needs_tensorrt: bool
-    runs_from: str  # "model": the torch module; "export": an export folder's ONNX graphs or plans
-    make: EngineMaker
-    help: str  # one line for the CLI's help
+    make: EngineMaker = field(kw_only=True)
 
     def unavailable_reason(self, precision: str, device: torch.device) -> str | None:
         """Why this backend cannot run here (None when it can)."""
@@ -70,14 +64,9 @@ def _trt(export: ExportFiles, precision: str, device: torch.device) -> Denoiser:
     return TrtEngine.from_export(export, precision=precision, device=device)
 
 
+MAKERS: dict[str, EngineMaker] = {"torch": _torch, "compile": _compiled, "onnx": _onnx, "trt": _trt}
 BACKENDS: dict[str, Backend] = {
-    b.name: b
-    for b in (
-        Backend("torch", ("fp32", "bf16", "fp16"), "fp32", True, False, False, "model", _torch, "eager PyTorch"),
-        Backend("compile", ("fp32", "bf16", "fp16"), "fp32", True, False, False, "model", _compiled, "torch.compile"),
-        Backend("onnx", ("fp32", "fp16", "bf16", "int8"), "fp32", False, False, False, "export", _onnx, "ONNX Runtime"),
-        Backend("trt", ("fp16", "bf16", "int8", "fp8", "fp32"), "fp16", True, True, True, "export", _trt, "TensorRT"),
-    )
+    info.name: Backend(**{f.name: getattr(info, f.name) for f in fields(info)}, make=MAKERS[info.name]) for info in CATALOG
 }
 
 

@@ -6,7 +6,6 @@ Returned tensors are the engine's own buffers: valid until the next call of the 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +26,14 @@ def _ort() -> Any:
     return onnxruntime
 
 
-def physical_cores() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
-
-
 def make_session(path: Path, device: torch.device | None = None, threads: int | None = None) -> Any:
+    """A tuned session; its intra-op pool has `threads` workers (None: torch's intra-op thread count, so
+    that one setting, torch.set_num_threads or dip-bench --threads, governs every backend)."""
     ort = _ort()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.intra_op_num_threads = threads or physical_cores()
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     # ONNX Runtime's workers spin after each run by default, stealing the cores from the sampler's own
@@ -100,6 +97,7 @@ class OrtEngine:
         self.device = device
         self._backbone = _BoundSession(make_session(export.graphs["backbone"], device, threads), export.io["backbone"], device)
         self._detailer = _BoundSession(make_session(export.graphs["detailer"], device, threads), export.io["detailer"], device)
+        self.threads = int(self._backbone.session.get_session_options().intra_op_num_threads)  # as the sessions run
 
     @classmethod
     def from_export(cls, export: ExportFiles, device: torch.device, threads: int | None = None) -> OrtEngine:

@@ -4,12 +4,47 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from dip_export.sampling.rules import Denoiser, SamplerSettings, guidance_combine, runs_paired, step_weight, time_grid
-from dip_export.sampling.solvers import SolverState, plan_steps, solver_update
+from dip_export.sampling.solvers import N_COEF, SolverState, plan_steps, solver_update
 from dip_export.sampling.tokens import TokenSchedule, forecast_mode, forecast_tokens
+
+
+def device_table(rows: list[list[float]], width: int, device: torch.device) -> Tensor:
+    """Per-step scalars for a whole call in one host-to-device transfer, from pinned memory on CUDA (a copy
+    from pageable memory synchronises the stream); each step indexes the table on the device."""
+    table = torch.from_numpy(np.asarray(rows, dtype=np.float32).reshape(len(rows), width))
+    if device.type != "cuda":
+        return table.to(device)
+    return table.pin_memory().to(device, non_blocking=True)
+
+
+def _calls(settings: SamplerSettings) -> list[tuple[float, bool]]:
+    """(t, paired) of every network evaluation, in order."""
+    if settings.method != "heun":
+        return [(p.t, p.paired) for p in plan_steps(settings)]
+    grid = time_grid(settings.steps, settings.shift).tolist()
+    calls = []
+    for i in range(settings.steps):
+        w = step_weight(settings, grid[i])
+        ts = [grid[i]] + ([grid[i + 1]] if i < settings.steps - 1 else [])
+        calls += [(t, runs_paired(settings, t, w)) for t in ts]
+    return calls
+
+
+def _forecast_rows(settings: SamplerSettings) -> list[list[float]]:
+    """The forecast weights of every evaluation (zeros where the backbone runs or tokens are reused)."""
+    schedule = TokenSchedule(settings)
+    rows = []
+    for t, paired in _calls(settings):
+        weights = schedule.decide(t, paired)
+        if weights is None:
+            schedule.stored(t, paired)
+        rows.append([*(weights if weights is not None and len(weights) > 1 else ()), 0.0, 0.0, 0.0][:3])
+    return rows
 
 
 class _Velocity:
@@ -22,9 +57,12 @@ class _Velocity:
         self.schedule = TokenSchedule(settings)
         self.copy = forecast_mode(settings) != "off"  # forecasts keep several results: own copies
         self.history: list[Tensor] = []  # newest first, matching schedule.times
+        self.fw: Tensor | None = None  # every evaluation's forecast weights, made at the first forecast
+        self.calls = 0
 
     def _tokens(self, x: Tensor, t: float, y: Tensor, paired: bool) -> Tensor:
         weights = self.schedule.decide(t, paired)
+        call, self.calls = self.calls, self.calls + 1
         if weights is None:
             tb = torch.full((x.shape[0],), t, dtype=torch.float32, device=x.device)
             tokens = self.net.backbone(x, tb, y)
@@ -36,8 +74,9 @@ class _Velocity:
             return tokens
         if len(weights) == 1:  # reuse; paired tokens hold [uncond, cond]: conditional-only takes the second half
             return self.history[0][-x.shape[0] :]
-        fw = torch.tensor(weights, dtype=torch.float32, device=x.device)
-        return forecast_tokens(self.history[: len(weights)], fw)
+        if self.fw is None:
+            self.fw = device_table(_forecast_rows(self.schedule.settings), 3, x.device)
+        return forecast_tokens(self.history[: len(weights)], self.fw[call, : len(weights)])
 
     def __call__(self, x: Tensor, t: float, w: float, paired: bool | None = None) -> Tensor:
         if paired is None:
@@ -81,9 +120,11 @@ def sample(
         if settings.method == "heun":
             return _heun(velocity, noise.float(), settings, on_step)
         state = SolverState.like(noise.float())
-        for i, plan in enumerate(plan_steps(settings)):
+        plans = plan_steps(settings)
+        coefs = device_table([list(p.coef) for p in plans], N_COEF, noise.device)
+        for i, plan in enumerate(plans):
             v = velocity(state.x, plan.t, plan.w, plan.paired)
-            solver_update(state, v, torch.tensor(plan.coef, dtype=torch.float32, device=noise.device))
+            solver_update(state, v, coefs[i])
             if on_step is not None:
                 on_step(i)
     return state.x
@@ -91,15 +132,7 @@ def sample(
 
 def sample_counts(settings: SamplerSettings) -> dict[str, int]:
     """Network evaluations (and backbone calls) a run makes with these settings, per image, without running it."""
-    if settings.method == "heun":
-        grid = time_grid(settings.steps, settings.shift).tolist()
-        calls = []
-        for i in range(settings.steps):
-            w = step_weight(settings, grid[i])
-            ts = [grid[i]] + ([grid[i + 1]] if i < settings.steps - 1 else [])
-            calls += [(t, runs_paired(settings, t, w)) for t in ts]
-    else:
-        calls = [(p.t, p.paired) for p in plan_steps(settings)]
+    calls = _calls(settings)
     schedule = TokenSchedule(settings)
     backbone = 0
     for t, paired in calls:

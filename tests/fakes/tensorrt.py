@@ -9,8 +9,10 @@ the TensorRT 10.x / 11.x Python API references and the parser's sources:
   and no FP16/BF16/INT8/FP8 builder flags; BuilderFlag.TF32 exists in both and is on by default.
 - add_optimization_profile returns -1 for an invalid profile; create_timing_cache logs and returns
   None for a corrupt blob.
-- Engines compute in the engine's precision: with TF32 on, fp32 graphs run with every MatMul/Gemm/Conv
-  input rounded to a 10-bit mantissa, so verification meets TF32's error.
+- Engines compute in the engine's precision, so verification meets realistic errors: with TF32 on, fp32
+  graphs run with every MatMul/Gemm/Conv input rounded to a 10-bit mantissa; fp16 MatMuls run split-K
+  (two half-depth products summed in fp16); Q/DQ graphs run each DequantizeLinear -> GEMM as an int8
+  GEMM rescaled once (no fp16 rounding of the dequantised values, as ONNX Runtime does).
 - ICudaEngine reports I/O dtypes and shapes (get_tensor_dtype / get_tensor_shape) and device_memory_size_v2;
   a USER_MANAGED context runs only after set_device_memory (256-byte aligned, big enough); STATIC
   contexts are counted in `context_memory`. Addresses must be multiples of 256 bytes; an enqueue
@@ -24,8 +26,9 @@ the TensorRT 10.x / 11.x Python API references and the parser's sources:
   address unset, and during a CUDA-graph capture when the shapes changed since the last normal
   enqueue (or always, with `refuse_capture`). A captured enqueue replays with the shapes and
   addresses of the capture, and refuses to replay once they changed (one context per graph).
-- Engines execute: inputs are read from the bound addresses, the ONNX the plan was built from runs
-  in ONNX Runtime, outputs are written to the bound addresses. `corrupt_outputs` adds an error.
+- Engines execute: inputs are read from the bound addresses, the ONNX the plan was built from (rewritten
+  for the engine's precision, above) runs in ONNX Runtime, outputs are written to the bound addresses.
+  `corrupt_outputs` adds an error.
 Everything it did is counted on the module (`built`, `enqueues`, `streams`, `deserialized_on`).
 """
 
@@ -283,10 +286,9 @@ class Runtime:
         return _Engine(self.module, body, _device_index())
 
 
-def _tf32_model(path: str) -> bytes:
-    """The graph with every MatMul/Gemm/Conv input rounded to TF32 (10-bit mantissa), as TensorRT's fp32
-    kernels do while BuilderFlag.TF32 is set (accumulation stays fp32)."""
-    model = onnx.load(path)
+def _tf32_model(model: Any) -> None:
+    """Every MatMul/Gemm/Conv input rounded to TF32 (10-bit mantissa), as TensorRT's fp32 kernels do while
+    BuilderFlag.TF32 is set (accumulation stays fp32)."""
     graph = model.graph
     consts = {"tf32_tiny": 1e-30, "tf32_ln2": float(np.log(2.0)), "tf32_two": 2.0, "tf32_ten": 10.0}
     graph.initializer.extend(numpy_helper.from_array(np.array(v, dtype=np.float32), k) for k, v in consts.items())
@@ -309,6 +311,95 @@ def _tf32_model(path: str) -> bytes:
         nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)
+
+
+def _tensor_info(model: Any) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """Element type and static shape (-1 where unknown) of every named tensor, after shape inference."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    g = inferred.graph
+    types = {i.name: i.data_type for i in g.initializer}
+    shapes = {i.name: list(i.dims) for i in g.initializer}
+    for v in [*g.value_info, *g.input, *g.output]:
+        tt = v.type.tensor_type
+        types[v.name] = tt.elem_type
+        shapes[v.name] = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
+    return types, shapes
+
+
+def _int8_gemms(model: Any, types: dict[str, int]) -> set[str]:
+    """TensorRT fuses DequantizeLinear -> MatMul/Gemm/Conv into an int8 kernel: int32 accumulation of the
+    integer products, one rescale, one rounding to the output type. The graph as written (ONNX Runtime)
+    rounds each dequantised value to the scale's type (fp16) first. Rewritten here: the DQs feeding a GEMM
+    dequantise to float32, the GEMM runs in float32 (exact for int8 products) and its output is cast back."""
+    graph = model.graph
+    dq = {n.output[0]: n for n in graph.node if n.op_type == "DequantizeLinear"}
+    done: set[str] = set()
+    made: set[str] = set()
+    nodes = []
+    for node in graph.node:
+        fused = node.op_type in ("MatMul", "Gemm", "Conv") and all(i in dq for i in node.input[:2])
+        if fused and types.get(node.output[0]) != onnx.TensorProto.FLOAT:
+            for i, name in enumerate(node.input):
+                if f"{name}__f32" not in made and i < 2:
+                    src = dq[name]
+                    scale = f"{name}__scale32"
+                    nodes.append(helper.make_node("Cast", [src.input[1]], [scale], to=onnx.TensorProto.FLOAT))
+                    nodes.append(helper.make_node("DequantizeLinear", [src.input[0], scale, *src.input[2:]], [f"{name}__f32"],
+                                                  axis=next((a.i for a in src.attribute if a.name == "axis"), 1)))  # fmt: skip
+                elif f"{name}__f32" not in made and name:
+                    nodes.append(helper.make_node("Cast", [name], [f"{name}__f32"], to=onnx.TensorProto.FLOAT))
+                made.add(f"{name}__f32")
+                node.input[i] = f"{name}__f32" if name else name
+            out = node.output[0]
+            node.output[0] = f"{out}__i8"
+            nodes += [node, helper.make_node("Cast", [f"{out}__i8"], [out], to=types[out])]
+            done.add(out)
+            continue
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return done
+
+
+def _fp16_split_k(model: Any, types: dict[str, int], shapes: dict[str, list[int]], skip: set[str]) -> None:
+    """fp16 MatMuls as TensorRT's split-K kernels run them: two half-depth products, each rounded to fp16,
+    summed in fp16 (one more fp16 rounding than ONNX Runtime's single product)."""
+    graph = model.graph
+    nodes = []
+    for node in graph.node:
+        b_shape = shapes.get(node.input[1], []) if node.op_type == "MatMul" else []
+        k = b_shape[-2] if len(b_shape) >= 2 else -1
+        if node.output[0] in skip or types.get(node.output[0]) != onnx.TensorProto.FLOAT16 or k < 2:
+            nodes.append(node)
+            continue
+        out, h = node.output[0], k // 2
+        for part, (lo, hi) in enumerate(((0, h), (h, k))):
+            values = enumerate((lo, hi, -1, -2))
+            bounds = [numpy_helper.from_array(np.array([v], np.int64), f"{out}__k{part}_{i}") for i, v in values]
+            graph.initializer.extend(bounds)
+            b = [t.name for t in bounds]
+            nodes += [helper.make_node("Slice", [node.input[0], b[0], b[1], b[2]], [f"{out}__a{part}"]),
+                      helper.make_node("Slice", [node.input[1], b[0], b[1], b[3]], [f"{out}__b{part}"]),
+                      helper.make_node("MatMul", [f"{out}__a{part}", f"{out}__b{part}"], [f"{out}__p{part}"])]  # fmt: skip
+        nodes.append(helper.make_node("Add", [f"{out}__p0", f"{out}__p1"], [out]))
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _engine_model(path: str, tf32: bool) -> Any:
+    """What the engine computes, as an ONNX graph ONNX Runtime can run: the plan's graph in the engine's precision.
+    fp32 graphs: TF32-rounded GEMM inputs while the flag is set; fp16 graphs: split-K fp16 matmuls; Q/DQ graphs:
+    int8 GEMMs rescaled once (and the remaining fp16 matmuls split-K)."""
+    model = onnx.load(path)
+    kinds = {i.data_type for i in model.graph.initializer}
+    if not kinds & {onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8}:
+        if not tf32:
+            return path
+        _tf32_model(model)
+        return model.SerializeToString()
+    types, shapes = _tensor_info(model)
+    done = _int8_gemms(model, types) if onnx.TensorProto.INT8 in kinds else set()
+    _fp16_split_k(model, types, shapes, done)
     return model.SerializeToString()
 
 
@@ -348,17 +439,10 @@ class _Engine:
         if self.session is None:
             import onnxruntime
 
-            onnx_path = self.body["onnx"]
-            model = _tf32_model(onnx_path) if self.body.get("tf32") and _is_fp32(onnx_path) else onnx_path
+            model = _engine_model(self.body["onnx"], bool(self.body.get("tf32")))
             self.session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
         names = list(self.body["outputs"])
         return dict(zip(names, self.session.run(names, feeds), strict=True))
-
-
-def _is_fp32(path: str) -> bool:
-    """TF32 touches float32 math only: a graph whose weights are half or quantised does not use it."""
-    model = onnx.load(path, load_external_data=False)
-    return not any(i.data_type in (onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8) for i in model.graph.initializer)
 
 
 def _view(address: int, dtype: str, shape: tuple[int, ...]) -> np.ndarray:

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 
 from dip_export import cli
 from dip_export.errors import UsageError
-from dip_export.io import check_export_target, remove_stale_temporaries
-from dip_export.ownership import check_not_input, check_output_name, journal_path, ownership_problem, recover_swap
+from dip_export.export.manifest import check_export_target, ownership_problem
+from dip_export.io import remove_stale_temporaries
+from dip_export.ownership import check_not_input, check_output_name, journal_path, recover_swap
 from tests.test_hostile import one_line, run
 
 
@@ -104,8 +105,7 @@ def step(fn):
 own.os.replace = step(real_replace)
 own.shutil.rmtree = step(real_rmtree)
 own.Path.unlink = step(real_unlink)
-io_mod.check_export_target = lambda target: None
-with io_mod.atomic_dir(Path(sys.argv[1])) as tmp:
+with io_mod.atomic_dir(Path(sys.argv[1]), problem_of=lambda target: None) as tmp:
     (tmp / "model.onnx").write_text("new")
 """
 
