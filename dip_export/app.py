@@ -525,6 +525,7 @@ def run_schedule(request: ScheduleRequest, console: Console, progress: Progress)
 
 def _check_schedule_request(request: ScheduleRequest) -> Any:
     """The fit's settings, after every check that needs no model (output, counts, band, seed, solver)."""
+    from dip_export.checkpoint import DEMO_CHECKPOINT
     from dip_export.measure.yardstick import GridFit
     from dip_export.sampling.fitgrid import SearchSettings
 
@@ -532,13 +533,14 @@ def _check_schedule_request(request: ScheduleRequest) -> Any:
     if r.output.suffix != ".safetensors":
         raise UsageError(f"--output must name a .safetensors file, got {r.output}")
     check_output_file(r.output)
-    check_not_input(r.output, [r.model.model])
+    check_not_input(r.output, [r.model.model, DEMO_CHECKPOINT])  # never over the input, nor over the bundled model
     check_replaceable_output(r.output, "safetensors")
     images = (r.train_images, r.heldout_images)
     if min(*images, r.sweeps, r.batch) < 1 or max(images) > 1000 or r.sweeps > 100:
         raise UsageError("--train-images and --heldout-images must be in 1..1000, --sweeps in 1..100, --batch >= 1")
     lo_hi = _parse_band(r.band)
     check_seed(r.seed, "--seed")
+    SamplerSettings(steps=r.nfe, cfg=r.cfg, shift=r.shift, method=r.sampler)  # the count first: the grid below divides by it
     SamplerSettings(steps=r.nfe, cfg=r.cfg, shift=r.shift, method=r.sampler, grid=tuple(i / r.nfe for i in range(r.nfe + 1)))
     return GridFit(r.sampler, r.nfe, r.cfg, r.shift, lo_hi, r.train_images, r.heldout_images,
                    SearchSettings(sweeps=r.sweeps, seed=r.seed))  # fmt: skip

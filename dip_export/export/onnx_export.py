@@ -178,6 +178,8 @@ def _quiet_exporter() -> Iterator[None]:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
+            # torch.export's own pytree use of a deprecated spec class (torch 2.13): a note to torch's developers
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
             yield
     finally:
         log.setLevel(level)

@@ -14,3 +14,4 @@ def test_export_warns_nothing_about_training_mode(tmp_path: Path, loaded) -> Non
         export_onnx(loaded, precision="fp32", image_size=(32, 32), output_dir=tmp_path / "e")
     training = [str(w.message) for w in caught if "training" in str(w.message).lower()]
     assert training == []
+    assert [f"{w.category.__name__}: {w.message}" for w in caught] == []  # no other warning either
