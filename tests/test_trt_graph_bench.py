@@ -44,8 +44,10 @@ def test_trt_rows_with_graphs_and_cache_interval_2_are_graphed_and_sample_the_pl
                       opt_level=3, console=Console(quiet=True), device="cpu")  # fmt: skip
     net = TrtEngine.from_entry(folder, entry, io_specs(read_manifest(folder).config, *SIZE), CPU)
     loaded = LoadedModel(golden_model, golden.config, name="golden", source="test")
-    settings = bench_mod.BenchSettings(steps=6, batch=2, height=SIZE[0], width=SIZE[1], warmup=1, repeats=2, cuda_graphs=True)
     sampler = SamplerSettings(steps=6, cfg=2.5, cache_interval=2, token_forecast=forecast)
+    settings = bench_mod.BenchSettings(
+        sampler=sampler, batch=2, height=SIZE[0], width=SIZE[1], warmup=1, repeats=2, cuda_graphs=True
+    )
     spec = BackendSpec("trt", "fp32")
     plain = bench_mod.run_backend(spec, net, loaded, settings, sampler, CPU)
     assert not plain.cuda_graphs and gpu.captures == 0
@@ -53,7 +55,7 @@ def test_trt_rows_with_graphs_and_cache_interval_2_are_graphed_and_sample_the_pl
     monkeypatch.setattr(bench_mod, "graphs_unavailable", lambda s, b, d: decide(s, b, torch.device("cuda")))  # a CUDA device
     row = bench_mod.run_backend(spec, net, loaded, settings, sampler, CPU)
     assert row.cuda_graphs is True and row.cuda_graphs_note == ""  # graphed: no fallback in any timed run
-    assert gpu.captures >= 3 and gpu.replays == 6 * (settings.warmup + settings.repeats)
+    assert gpu.captures >= 3 and gpu.replays == 6 * (settings.warmup + 2)
     assert row.images is not None and plain.images is not None and row.images.shape == plain.images.shape
     diff = np.abs(row.images.astype(int) - plain.images.astype(int))
     assert diff.max() <= 1  # fp32 engines: the same images up to a last-level rounding
