@@ -193,8 +193,9 @@ def test_fake_refuses_misaligned_addresses_and_the_wrong_device(built):
         context.set_device_memory(buf.data_ptr() + 4, plan.engine.device_memory_size_v2)
     for name, shape in (("x", (1, 3, *SIZE)), ("tokens", (1, *plan.spec.inputs[1].shape[1:]))):
         assert context.set_input_shape(name, shape)
-    for name in ("tokens", "v"):
-        context.set_tensor_address(name, aligned_empty((1 << 16,), torch.float32, CPU).data_ptr())
+    bound = {name: aligned_empty((1 << 16,), torch.float32, CPU) for name in ("tokens", "v")}  # alive while the engine writes
+    for name, tensor in bound.items():
+        context.set_tensor_address(name, tensor.data_ptr())
     assert not context.execute_async_v3(1)  # USER_MANAGED without memory
     memory = aligned_empty((plan.engine.device_memory_size_v2,), torch.uint8, CPU)
     context.set_device_memory(memory.data_ptr(), memory.numel())
