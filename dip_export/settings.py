@@ -181,15 +181,15 @@ SAMPLING_DEFAULTS = {
 }
 
 
-def _solvers() -> tuple[str, ...]:
-    from dip_export.sampling.rules import SOLVERS
+SOLVERS = ("euler", "heun", "ab2", "ab3", "dpmpp_2m", "unipc")  # the sampler's names (sampling.rules reads them here)
+FORECASTS = ("off", "linear", "quadratic", "auto")
 
+
+def _solvers() -> tuple[str, ...]:
     return SOLVERS
 
 
 def _forecasts() -> tuple[str, ...]:
-    from dip_export.sampling.rules import FORECASTS
-
     return FORECASTS
 
 

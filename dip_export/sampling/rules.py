@@ -14,9 +14,11 @@ from torch import Tensor
 
 from dip_export.errors import UsageError
 from dip_export.settings import (
+    FORECASTS,
     MAX_CFG,
     MAX_SHIFT,
     MAX_STEPS,
+    SOLVERS,
     exact_bool,
     exact_int,
     finite_float,
@@ -24,9 +26,7 @@ from dip_export.settings import (
     one_of,
 )
 
-SOLVERS = ("euler", "heun", "ab2", "ab3", "dpmpp_2m", "unipc")
 MULTISTEP = ("ab2", "ab3", "dpmpp_2m", "unipc")  # one evaluation per step, history across steps
-FORECASTS = ("off", "linear", "quadratic", "auto")
 
 
 class Denoiser(Protocol):
