@@ -152,6 +152,9 @@ def _tensors_only(state: Mapping[str, Any]) -> dict[str, Tensor]:
         raise CheckpointError(
             f"weight {odd[:80]} is not a dense real floating-point tensor in memory ({v.dtype}, {v.layout}, {v.device.type})"
         )
+    broken = next((k for k, v in tensors.items() if not bool(torch.isfinite(v).all())), None)
+    if broken is not None:
+        raise CheckpointError(f"weight {broken[:80]} holds NaN or infinite values; the checkpoint is damaged")
     return tensors
 
 
@@ -228,14 +231,14 @@ def load_checkpoint(
         state, meta = _read_safetensors(path)
         stored = _stored_config(path, meta.get(META_CONFIG), json_text=True)
         sampling = _stored_sampling(path, meta.get(META_SAMPLING, "{}"))
-        state = select_state_dict(state, weights)
+        found: Any = state
     else:
-        obj = _torch_load(path, trust)
-        stored = _stored_config(path, obj.get(META_CONFIG)) if isinstance(obj, Mapping) else None
-        try:
-            state = select_state_dict(obj, weights)
-        except CheckpointError as err:
-            raise CheckpointError(f"{path}: {err}") from None
+        found = _torch_load(path, trust)
+        stored = _stored_config(path, found.get(META_CONFIG)) if isinstance(found, Mapping) else None
+    try:
+        state = select_state_dict(found, weights)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
     config = config or stored
     inferred = config is None
     try:

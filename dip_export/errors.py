@@ -23,6 +23,10 @@ class ExportError(DipError):
     """An export that failed or did not verify against PyTorch."""
 
 
+class NonFiniteError(DipError):
+    """Sampling produced NaN or infinite values (broken weights or export, or a precision that overflowed)."""
+
+
 class MissingDependencyError(DipError):
     """An optional package (tensorrt, onnxruntime, ...) is needed but not installed."""
 

@@ -78,18 +78,46 @@ def resolve_hub_checkpoint(text: str, revision: str | None = None) -> Path:
         ) from None
     except errors.RevisionNotFoundError:
         raise UsageError(f"{repo_id}: no revision {revision!r} on the Hub") from None
-    except errors.LocalEntryNotFoundError:
+    except errors.LocalEntryNotFoundError as err:
+        if (status := _http_status(err)) is not None:  # the Hub answered, with an error: not "offline"
+            raise CheckpointError(_refusal(text, status)) from None
         raise CheckpointError(
             f"{text}: not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the Hub cannot be "
             "reached (offline or HF_HUB_OFFLINE=1)"
         ) from None
     except errors.EntryNotFoundError:
         raise CheckpointError(f"{repo_id}: no file {filename!r} in this Hub repo") from None
-    except (errors.HfHubHTTPError, OSError) as err:
+    except errors.HfHubHTTPError as err:
+        status = _http_status(err)
+        detail = _refusal(text, status) if status is not None else f"{text}: Hugging Face Hub error ({_first_line(err)})"
+        raise CheckpointError(detail) from None
+    except OSError as err:
         raise CheckpointError(f"{text}: Hugging Face Hub error ({_first_line(err)})") from None
     except Exception as err:  # the HTTP client's own errors (connection refused, DNS) are not the Hub's
         reason = f"{type(err).__name__}: {_first_line(err)}"
         raise CheckpointError(f"{text}: the Hugging Face Hub cannot be reached ({reason})") from None
+
+
+def _http_status(err: BaseException) -> int | None:
+    """The HTTP status of the Hub's answer behind `err` (following its causes), None if the Hub never answered."""
+    seen: BaseException | None = err
+    for _ in range(8):
+        response = getattr(seen, "response", None)
+        status = getattr(response, "status_code", None)
+        if isinstance(status, int):
+            return status
+        if seen is None:
+            break
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _refusal(text: str, status: int) -> str:
+    if status in (401, 403):
+        return f"{text}: the Hugging Face Hub refused access (HTTP {status}); if it is private or gated, log in (hf auth login)"
+    if status == 404:
+        return f"{text}: no such file, and the Hugging Face Hub has no such repo or file (HTTP 404; private: hf auth login)"
+    return f"{text}: the Hugging Face Hub answered HTTP {status}; try again later"
 
 
 def _repo_files(repo_id: str, revision: str | None) -> list[str]:
@@ -107,8 +135,8 @@ def _repo_files(repo_id: str, revision: str | None) -> list[str]:
         raise errors.LocalEntryNotFoundError(f"{repo_id} is not in the cache")
     try:
         return list(huggingface_hub.list_repo_files(repo_id, revision=revision))
-    except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError, errors.GatedRepoError):
-        raise
+    except errors.HfHubHTTPError:
+        raise  # the Hub answered (404, 401, ...): reported with its status, not as "offline"
     except Exception as err:  # the HTTP client's connection errors share no base class with the Hub's or OSError
         raise errors.LocalEntryNotFoundError(f"{repo_id}: {_first_line(err)}") from None
 

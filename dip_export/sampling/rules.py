@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dip_export.errors import UsageError
+from dip_export.errors import NonFiniteError, UsageError
 from dip_export.settings import (
     FORECASTS,
     MAX_CFG,
@@ -189,7 +189,13 @@ def initial_noise(seeds: Sequence[int], height: int, width: int, channels: int =
 
 
 def to_uint8(x: Tensor) -> np.ndarray:
-    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8, the release's rounding."""
+    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8, the release's rounding; NaN or inf is refused, not rounded."""
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise NonFiniteError(
+            f"sampling produced {bad} NaN or infinite values of {x.numel()}: the weights or the export hold "
+            "non-finite numbers, or the precision overflowed (try fp32)"
+        )
     img = ((x.float() + 1) * 127.5 + 0.5).clamp(0, 255).to(torch.uint8)
     return img.permute(0, 2, 3, 1).cpu().numpy()
 

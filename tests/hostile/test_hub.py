@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import http.server
-import threading
-from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 from hypothesis import given, settings
@@ -16,45 +12,8 @@ from dip_export import cli
 from dip_export.errors import DipError, UsageError
 from dip_export.hub import CHECKPOINT_SUFFIXES, is_local_name, looks_like_hub_name
 from dip_export.pipeline import open_source
+from tests.hostile.conftest import HubRecorder
 from tests.test_hostile import one_line, run
-
-
-class _Recorder(http.server.BaseHTTPRequestHandler):
-    seen: ClassVar[list[tuple[str, str, str | None]]] = []
-
-    def _answer(self) -> None:
-        self.seen.append((self.command, self.path, self.headers.get("Authorization")))
-        self.send_response(404)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    do_GET = do_HEAD = _answer
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def fake_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[list[tuple[str, str, str | None]]]:
-    """A local HTTP endpoint standing in for the Hub; it records every request it gets."""
-    from huggingface_hub import constants
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
-    monkeypatch.setenv("HF_ENDPOINT", endpoint)
-    monkeypatch.setenv("HF_TOKEN", "hf_secret_token")
-    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.chdir(tmp_path)
-    _Recorder.seen = []
-    yield _Recorder.seen
-    server.shutdown()
-    server.server_close()
-
 
 LOCAL_NAMES = ["models/missing.pt", "models/sub/missing", "./org/name", "~/x/y", "/abs/org/name", "ckpt/model.safetensors",
                "org/model.ckpt", "org/name.bin", "models/name"]  # fmt: skip
@@ -102,3 +61,29 @@ def test_two_part_checkpoint_names_and_path_prefixes_are_local(org: str, name: s
     text = f"{prefix}{org}/{name}{suffix}"
     assert is_local_name(text) and not looks_like_hub_name(text)
     assert looks_like_hub_name(f"{org}/{name}/{name}{suffix}") or Path(org).is_dir()  # three parts: a Hub file
+
+
+@pytest.mark.parametrize(("status", "words"), [(404, ["HTTP 404", "no such repo"]), (401, ["HTTP 401", "log in"]),
+                                               (403, ["HTTP 403", "log in"]), (400, ["HTTP 400"])])  # fmt: skip
+@pytest.mark.parametrize("name", ["org/name", "org/name/weights.pt"])
+def test_an_answer_from_the_hub_is_reported_with_its_status_not_as_offline(fake_hub, name, status, words) -> None:
+    HubRecorder.status = status
+    with pytest.raises(DipError) as err:
+        open_source(name)
+    assert fake_hub, "the request reached the endpoint"
+    assert all(w in str(err.value) for w in words) and "offline" not in str(err.value), err.value
+    code, stderr = run(cli.sample_main, name, "--out", "o.npz")
+    one_line(code, stderr, 1, f"HTTP {status}")
+
+
+def test_an_endpoint_that_does_not_answer_is_reported_as_unreachable(monkeypatch, tmp_path) -> None:
+    from huggingface_hub import constants, hf_api
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # discard port: connection refused
+    monkeypatch.setattr(hf_api.api, "endpoint", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", "http://127.0.0.1:9/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr("huggingface_hub.utils._http.time.sleep", lambda seconds: None)  # its retries' back-off
+    with pytest.raises(DipError, match="cannot be reached"):
+        open_source("org/name/weights.pt")
