@@ -123,8 +123,10 @@ def sample(
     seed: Annotated[int, typer.Option(help="First seed for --num-samples (0..2^63-1; negative seeds are refused).")] = 0,
     steps: Annotated[int | None, typer.Option(help="Sampling steps [default: the model's, else 100].")] = None,
     cfg: Annotated[float | None, typer.Option(help="Guidance scale [default: the model's, else 1.0].")] = None,
-    shift: Annotated[float, typer.Option(help="Time shift (1 = none).")] = 1.0,
-    guidance_interval: Annotated[str, typer.Option(help="Guidance applies for lo < t < hi.")] = "0.1,1.0",
+    shift: Annotated[float | None, typer.Option(help="Time shift (1 = none) [default: the model's, else 1].")] = None,
+    guidance_interval: Annotated[
+        str | None, typer.Option(help="Guidance applies for lo < t < hi [default: the model's, else 0.1,1.0].")
+    ] = None,
     sampler: Annotated[
         str | None,
         typer.Option(
@@ -182,9 +184,11 @@ def sample(
     run_sample(request, console, progress_bar())
 
 
-def _parse_interval(text: str) -> tuple[float, float]:
+def _parse_interval(text: str | None) -> tuple[float, float] | None:
     from dip_export.errors import UsageError
 
+    if text is None:
+        return None
     try:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:

@@ -266,9 +266,10 @@ class DiPPipeline:
     def recommended_settings(self) -> SamplerSettings:
         """The model's recommended sampler settings (stored with the checkpoint or export), else the defaults."""
         stored = self.source.sampling
-        known: dict[str, Any] = {k: stored[k] for k in ("steps", "cfg", "cache_interval", "token_forecast") if k in stored}
-        if "sampler" in stored:
-            known["method"] = stored["sampler"]
+        names = {f.name for f in dataclasses.fields(SamplerSettings)}
+        known = {OVERRIDE_ALIASES.get(k, k): v for k, v in stored.items() if OVERRIDE_ALIASES.get(k, k) in names}
+        if "interval" in known:
+            known["interval"] = tuple(known["interval"])  # stored as a JSON list
         return SamplerSettings(**known)
 
     def plan(

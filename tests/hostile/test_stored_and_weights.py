@@ -80,3 +80,26 @@ def test_meta_tensors_in_a_pickle_are_one_error(tmp_path):
     torch.save(state, tmp_path / "m.pt")
     with pytest.raises(CheckpointError, match=r"m\.pt"):
         load_checkpoint(tmp_path / "m.pt")
+
+
+def test_every_stored_default_reaches_the_settings_of_both_surfaces(tmp_path):
+    """Stored shift and guidance interval are used by the API and dip-sample alike (not only steps and cfg)."""
+    import numpy as np
+
+    from dip_export import cli
+    from dip_export.pipeline import DiPPipeline
+    from tests.test_hostile import run
+
+    stored = {"steps": 6, "cfg": 3.0, "shift": 3.0, "guidance_interval": [0.2, 0.9], "sampler": "ab2"}
+    path = _with_metadata(tmp_path, dip_sampling=stored)
+    pipe = DiPPipeline.load(path)
+    got = pipe.recommended_settings()
+    assert (got.steps, got.cfg, got.shift, got.interval, got.method) == (6, 3.0, 3.0, (0.2, 0.9), "ab2")
+    explicit = DiPPipeline.load()(classes=[3, 4], seeds=[0, 1], steps=6, cfg=3.0, shift=3.0, sampler="ab2",
+                                  guidance_interval=(0.2, 0.9))  # fmt: skip
+    plain = DiPPipeline.load()(classes=[3, 4], seeds=[0, 1], steps=6, cfg=3.0, sampler="ab2")
+    assert np.abs(explicit.astype(int) - plain.astype(int)).max() > 0  # the stored values change the images
+    np.testing.assert_array_equal(pipe(classes=[3, 4], seeds=[0, 1]), explicit)
+    code, _ = run(cli.sample_main, path, "--classes", "3,4", "--seeds", "0,1", "--out", tmp_path / "s.npz")
+    assert code == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "s.npz")["arr_0"], explicit)
