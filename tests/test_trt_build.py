@@ -267,3 +267,56 @@ def test_inputs_in_the_right_form_are_bound_in_place(export_copy, gpu, monkeypat
     assert 0 not in trt.streams  # never the legacy default stream
     torch.testing.assert_close(v, torch.from_numpy(make_session(export_copy / "detailer.onnx").run(
         None, {"x": x.numpy(), "tokens": tokens.numpy()})[0]))  # fmt: skip
+
+
+@pytest.mark.parametrize("stage", ["second build", "verification"])
+def test_an_interrupt_leaves_no_unlisted_engine_and_the_export_stays_replaceable(export_copy, gpu, monkeypatch, stage):
+    """Ctrl-C after one engine is written: it is removed, and the folder still proves it is this tool's export."""
+    from dip_export.export import trt_build
+    from dip_export.export.manifest import ownership_problem
+
+    fake_tensorrt.install(monkeypatch)
+    before = sorted(p.name for p in export_copy.iterdir())
+    real_build, calls = trt_build._build_role, []
+
+    def build_role(*args, **kwargs):
+        calls.append(args[2])
+        if stage == "second build" and len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_build(*args, **kwargs)
+
+    def verify(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trt_build, "_build_role", build_role)
+    if stage == "verification":
+        monkeypatch.setattr(trt_build, "verify_engines", verify)
+    with pytest.raises(KeyboardInterrupt):
+        _build(export_copy)
+    assert calls[:1] == ["backbone"]
+    assert sorted(p.name for p in export_copy.iterdir()) == before
+    assert ownership_problem(export_copy) is None
+
+
+def test_a_failed_verification_leaves_an_export_that_can_still_be_replaced(export_copy, gpu, monkeypatch):
+    from dip_export.export.manifest import ownership_problem
+
+    trt = fake_tensorrt.install(monkeypatch)
+    trt.corrupt_outputs = True
+    with pytest.raises(ExportError):
+        _build(export_copy)
+    assert ownership_problem(export_copy) is None, "the polygraphy files are the tool's own"
+
+
+def test_a_build_lists_only_what_it_wrote_so_a_users_file_is_never_adopted(export_copy, gpu, monkeypatch):
+    """A user's note in an export folder stays unlisted after engines are built: the folder is then not replaced."""
+    from dip_export.export.manifest import ownership_problem
+
+    fake_tensorrt.install(monkeypatch)
+    (export_copy / "notes.txt").write_text("mine")
+    entry = _build(export_copy)
+    listed = read_manifest(export_copy).contents
+    assert set(entry["files"].values()) <= set(listed) and "notes.txt" not in listed
+    assert "notes.txt" in ownership_problem(export_copy)
+    (export_copy / "notes.txt").unlink()
+    assert ownership_problem(export_copy) is None  # the engines themselves are listed with their hashes

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -57,10 +58,25 @@ class Manifest:
         return cls(**data)
 
 
-def write_manifest(folder: Path, manifest: Manifest) -> None:
-    """The manifest, listing every other file of the folder (what makes the folder provably the tool's)."""
+def write_manifest(folder: Path, manifest: Manifest, written: Iterable[str] | None = None) -> None:
+    """The manifest, listing the folder's files (what makes the folder provably the tool's).
 
-    manifest.contents = folder_contents(folder)
+    A new folder (`written` None) lists everything in it. In a folder that already holds an export,
+    only the names this run `written` (files, or folders whose files it wrote) join the listed contents,
+    with their hashes; a file someone else put there stays unlisted, so the folder is never taken for
+    the tool's own and replaced with it."""
+    if written is None:
+        manifest.contents = folder_contents(folder)
+    else:
+        added: dict[str, Any] = {}
+        for name in written:
+            path = folder / name
+            if path.is_dir() and not path.is_symlink():
+                added.update({f"{name}/{rel}": entry for rel, entry in folder_contents(path).items()})
+            elif path.is_file() and not path.is_symlink():
+                added[name] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
+        kept = {rel: entry for rel, entry in manifest.contents.items() if (folder / rel).exists()}
+        manifest.contents = {**kept, **added}
     with atomic_path(folder / MANIFEST) as tmp:
         tmp.write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
-from dip_export.errors import DipError, ExportError, UsageError
+from dip_export.errors import ExportError, UsageError
 from dip_export.export.manifest import MANIFEST, Manifest, read_manifest, write_manifest
 from dip_export.export.spec import BATCH, SubModelSpec, io_specs
 from dip_export.io import atomic_path
@@ -225,29 +225,50 @@ def build_trt(
             f"opt level {existing.get('opt_level')}) are up to date",
         )
         return existing
+    before = {p.name for p in folder.iterdir()}  # what this run makes is the tool's; the rest stays as listed
     onnx_dir = onnx_for_precision(folder, manifest, precision, console)
-    onnx_manifest = read_manifest(onnx_dir)
-    specs = io_specs(manifest.config, *manifest.image_size)
-    started = time.perf_counter()
-    with torch.cuda.device(device):
-        build = (precision, trt.__version__, gpu, profile, opt_level, timing_cache, console)
-        files = {role: _build_role(onnx_dir / onnx_manifest.files[role], folder, role, s, *build) for role, s in specs.items()}
-    entry = {
-        "files": files, "precision": precision, "trt_version": trt.__version__, "gpu": gpu,
-        "compute_capability": list(capability), "profile": profile_entry(profile),
-        "onnx": str(onnx_dir.relative_to(folder)) if onnx_dir != folder else ".", "opt_level": opt_level,
-        "build_seconds": round(time.perf_counter() - started, 1),
-    }  # fmt: skip
-    with console.status("verifying the engines against ONNX Runtime ..."):
-        try:
-            entry["verification"] = verify_engines(folder, entry, onnx_dir, onnx_manifest, specs, device)
-        except DipError:  # a hard error, like the export's: no engine that does not match its ONNX is left
-            for f in files.values():
-                (folder / f).unlink(missing_ok=True)
-            raise
+    made = [onnx_dir.name] if onnx_dir != folder and onnx_dir.name not in before else []
+    build = (precision, trt.__version__, gpu, profile, opt_level, timing_cache, console)
+    recorded = {"compute_capability": list(capability), "profile": profile_entry(profile), "opt_level": opt_level}
+    try:
+        entry = _build_and_verify(folder, onnx_dir, io_specs(manifest.config, *manifest.image_size), build, recorded, device)
+    except BaseException:  # what this run wrote and keeps (a sub-export, the Polygraphy files) is listed as the tool's
+        debug = f"verify-{precision}"
+        ours = debug not in before or any(rel.startswith(f"{debug}/") for rel in manifest.contents)
+        write_manifest(folder, manifest, written=[*made, *([debug] if ours else [])])
+        raise
     manifest.engines[precision] = entry
-    write_manifest(folder, manifest)
-    say(console, f"wrote {', '.join(files.values())} into {folder}/")
+    write_manifest(folder, manifest, written=[*made, *entry["files"].values()])
+    say(console, f"wrote {', '.join(entry['files'].values())} into {folder}/")
+    return entry
+
+
+def _build_and_verify(
+    folder: Path, onnx_dir: Path, specs: dict[str, Any], build: tuple[Any, ...], recorded: dict[str, Any], device: Any
+) -> dict[str, Any]:
+    """Build each role's engine and verify them against ONNX Runtime; on any failure or Ctrl-C the
+    engines this run wrote are removed, so the folder never holds an engine its manifest does not list."""
+    import torch
+
+    precision, trt_version, gpu, *_ = build
+    onnx_manifest = read_manifest(onnx_dir)
+    started, files = time.perf_counter(), {}
+    try:
+        with torch.cuda.device(device):
+            for role, spec in specs.items():
+                files[role] = _build_role(onnx_dir / onnx_manifest.files[role], folder, role, spec, *build)
+        entry = {
+            "files": files, "precision": precision, "trt_version": trt_version, "gpu": gpu,
+            "onnx": str(onnx_dir.relative_to(folder)) if onnx_dir != folder else ".",
+            "build_seconds": round(time.perf_counter() - started, 1), **recorded,
+        }  # fmt: skip
+        console = build[-1]
+        with console.status("verifying the engines against ONNX Runtime ..."):
+            entry["verification"] = verify_engines(folder, entry, onnx_dir, onnx_manifest, specs, device)
+    except BaseException:  # a hard error, like the export's, or an interrupt: no unlisted engine is left
+        for f in files.values():
+            (folder / f).unlink(missing_ok=True)
+        raise
     return entry
 
 
