@@ -251,7 +251,7 @@ def export_schedule_cmd(
         str | None,
         typer.Argument(help="Checkpoint file or Hub repo org/name(/FILE); omitted: the demo.", show_default=False),
     ] = None,
-    output: Annotated[Path, typer.Option(help="The model file to write (.safetensors; may be the input's own path).")] = ...,  # type: ignore[assignment]
+    output: Annotated[Path, typer.Option(help="The model file to write (.safetensors; not the input, not the demo).")] = ...,  # type: ignore[assignment]
     sampler: Annotated[str, typer.Option(help="Solver whose grid is fitted (one evaluation per step).")] = "ab2",
     nfe: Annotated[int, typer.Option(help="Network evaluations per image (= steps).")] = 15,
     cfg: Annotated[float, typer.Option(help="Guidance scale the grid is fitted at.")] = 1.5,

@@ -94,9 +94,11 @@ def check_settings(folder: Path, settings: dict[str, Any], world: World) -> None
     world.barrier()
     stored = _read_settings(path)
     if stored != settings:
-        diff = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+        diff = sorted(k for k in settings if stored.get(k) != settings.get(k))  # this run's names: no file content echoed
+        foreign = len(set(stored) - set(settings))
+        named = ", ".join(diff) + (f"{', ' if diff else ''}{foreign} unknown key(s)" if foreign else "")
         raise UsageError(
-            f"{folder} holds shards made with other settings ({', '.join(diff)}); "
+            f"{folder} holds shards made with other settings ({named}); "
             "use another --out or delete that folder to start over"
         )
 

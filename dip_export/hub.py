@@ -24,7 +24,8 @@ _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}(/[\w./-]+)?$")
 def is_local_name(text: str) -> bool:
     """A name that can only mean a path on this machine, so it is never sent to the Hub.
 
-    It exists; or its first component is an existing folder; or it starts with `.`, `~` or `/`; or
+    It exists; or its first component exists here (a folder, a file, or a symlink even when dangling,
+    e.g. a link to an unmounted drive); or it starts with `.`, `~` or `/`; or
     it has two parts and ends in a checkpoint suffix (`dir/model.ckpt`). `org/name/FILE` stays a Hub name.
     """
     parts = text.split("/")
@@ -32,7 +33,7 @@ def is_local_name(text: str) -> bool:
         text.startswith(("/", ".", "~"))
         or "\\" in text
         or os.path.lexists(text)
-        or (len(parts) > 1 and (os.path.isdir(parts[0]) or parts[0] in TOOL_FOLDERS))
+        or (len(parts) > 1 and (os.path.lexists(parts[0]) or parts[0] in TOOL_FOLDERS))
         or (len(parts) == 2 and _looks_like_file(parts[1]))
     )
 
@@ -94,8 +95,19 @@ def resolve_hub_checkpoint(text: str, revision: str | None = None) -> Path:
     except OSError as err:
         raise CheckpointError(f"{text}: Hugging Face Hub error ({_first_line(err)})") from None
     except Exception as err:  # the HTTP client's own errors (connection refused, DNS) are not the Hub's
+        if not _unreachable(err):
+            raise CheckpointError(f"{text}: the Hugging Face Hub's answer could not be read ({type(err).__name__})") from None
         reason = f"{type(err).__name__}: {_first_line(err)}"
         raise CheckpointError(f"{text}: the Hugging Face Hub cannot be reached ({reason})") from None
+
+
+_NO_ANSWER = {"TransportError", "ConnectError", "ConnectionError", "ConnectTimeout", "TimeoutException", "NetworkError",
+              "ProxyError", "ReadTimeout"}  # the HTTP clients' (httpx, httpx2, requests) names for "no answer came"
+
+
+def _unreachable(err: BaseException) -> bool:
+    """True when no answer came at all (connection refused, DNS, timeout), as opposed to an unreadable one."""
+    return isinstance(err, OSError | TimeoutError) or any(k.__name__ in _NO_ANSWER for k in type(err).__mro__)
 
 
 def _http_status(err: BaseException) -> int | None:
@@ -138,6 +150,8 @@ def _repo_files(repo_id: str, revision: str | None) -> list[str]:
     except errors.HfHubHTTPError:
         raise  # the Hub answered (404, 401, ...): reported with its status, not as "offline"
     except Exception as err:  # the HTTP client's connection errors share no base class with the Hub's or OSError
+        if not _unreachable(err):  # an answer came, but not a listing: not "offline"
+            raise CheckpointError(f"{repo_id}: the Hugging Face Hub's answer could not be read ({type(err).__name__})") from None
         raise errors.LocalEntryNotFoundError(f"{repo_id}: {_first_line(err)}") from None
 
 
@@ -160,7 +174,9 @@ def _cached_files(repo_id: str, revision: str | None) -> list[str]:
 
 
 def _only_checkpoint(repo_id: str, files: list[str]) -> str:
-    found = [f for f in files if f.endswith(CHECKPOINT_SUFFIXES)]
+    found = [f for f in files if isinstance(f, str) and f.endswith(CHECKPOINT_SUFFIXES)]
+    if any(f.startswith("/") or "\\" in f or ".." in f.split("/") for f in found):
+        raise CheckpointError(f"{repo_id}: the Hub repo lists a checkpoint name that leaves the repo; not downloaded")
     if not found:
         raise CheckpointError(f"{repo_id}: no checkpoint file ({', '.join(CHECKPOINT_SUFFIXES)}) in this Hub repo")
     if len(found) > 1:

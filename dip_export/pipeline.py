@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,16 @@ from dip_export.errors import UsageError
 from dip_export.generate import SamplePlan, check_image_size, generate, make_plan, parse_image_size
 from dip_export.runtime.backends import BackendSpec
 from dip_export.sampling import Denoiser, SamplerSettings
-from dip_export.settings import MAX_BATCH, MAX_SAMPLES, exact_bool, exact_int, one_of, optional_callable, optional_text
+from dip_export.settings import (
+    MAX_BATCH,
+    MAX_IMAGE_SIDE,
+    MAX_SAMPLES,
+    exact_bool,
+    exact_int,
+    one_of,
+    optional_callable,
+    optional_text,
+)
 
 ProgressCallback = Callable[[int, int], None]  # (steps done, steps in all) over every batch
 OVERRIDE_ALIASES = {"sampler": "method", "guidance_interval": "interval"}  # the API's and CLI's names
@@ -75,6 +85,16 @@ class ModelSource:
         return f"{sha256_file(file)}:{self.weights}" + (f":{self.preset}" if self.preset else "")
 
 
+def model_text(model: Any) -> str:
+    """A model argument as text: a path (str or os.PathLike) or a Hub name; nothing else, and never empty."""
+    if not isinstance(model, str | os.PathLike):
+        raise UsageError(f"model must be a path or a Hub name (text), got {type(model).__name__}")
+    text = os.fspath(model)
+    if not isinstance(text, str) or not text.strip() or "\x00" in text or len(text) > 4096:
+        raise UsageError("model must be a path or a Hub name: got empty text, a NUL byte or over 4096 characters")
+    return text
+
+
 def open_source(
     model: str | Path | None = None,
     *,
@@ -90,7 +110,7 @@ def open_source(
     one_of(weights, "--weights", ("ema", "raw"))
     target: Path | None = None
     if model is not None:
-        text = str(model)
+        text = model_text(model)
         hub = looks_like_hub_name(text)
         if revision is not None and not hub:
             raise UsageError(f"--revision goes with a Hugging Face Hub name (org/name); {text} is a local path")
@@ -161,7 +181,9 @@ class DiPPipeline:
         """
         from dip_export.runtime.torch_engine import resolve_device
 
-        dev = device if isinstance(device, torch.device) else resolve_device(device)
+        dev = resolve_device(str(device) if isinstance(device, torch.device) else device)  # one check for both forms
+        if console is not None and not (callable(getattr(console, "print", None)) and callable(getattr(console, "status", None))):
+            raise UsageError(f"console must be a rich Console or None, got {type(console).__name__}")
         batch_size = exact_int(batch_size, "batch_size", 1, MAX_BATCH)
         trust_checkpoint = exact_bool(trust_checkpoint, "trust_checkpoint")
         backend = optional_text(backend, "backend", 64)
@@ -234,8 +256,12 @@ class DiPPipeline:
 
     def engine(self, size: tuple[int, int] | None = None, batch: int | None = None) -> Denoiser:
         """The engine for an image size (made once; exports happen here, cached under engines/)."""
+        if size is not None:
+            if not isinstance(size, tuple | list) or len(size) != 2:
+                raise UsageError(f"size must be (height, width), got {type(size).__name__}")
+            size = self._size("x".join(str(exact_int(v, "image side", 1, MAX_IMAGE_SIDE)) for v in size))
         size = size or self.image_size
-        batch = batch or self.batch_size
+        batch = self.batch_size if batch is None else exact_int(batch, "batch", 1, MAX_BATCH)
         if self._auto_pending:
             self._choose_auto(size, batch)
             self._auto_pending = False
@@ -255,6 +281,11 @@ class DiPPipeline:
         base = settings if settings is not None else self.recommended_settings()
         if not isinstance(base, SamplerSettings):
             raise UsageError(f"settings must be a SamplerSettings, got {type(base).__name__}")
+        given = [OVERRIDE_ALIASES.get(name, name) for name, value in overrides.items() if value is not None]
+        twice = sorted({name for name in given if given.count(name) > 1})
+        if twice:
+            spelled = [n for n in overrides if OVERRIDE_ALIASES.get(n, n) in twice]
+            raise UsageError(f"one setting given twice ({' and '.join(spelled)}); give one")
         fields = {OVERRIDE_ALIASES.get(name, name): value for name, value in overrides.items() if value is not None}
         unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(SamplerSettings)})
         if unknown:
@@ -294,8 +325,11 @@ class DiPPipeline:
         on_step: Callable[[int], None] | None = None,
     ) -> np.ndarray:
         """The images of a plan, uint8 (N, H, W, 3)."""
+        if not isinstance(plan, SamplePlan) or not isinstance(settings, SamplerSettings):
+            raise UsageError("generate takes a SamplePlan (pipe.plan(...)) and SamplerSettings (pipe.sampler_settings(...))")
+        plan = self.plan(plan.classes, plan.seeds)  # a plan made by hand is checked as one made by plan()
         size = self._size(image_size)
-        batch = batch_size or self.batch_size
+        batch = self.batch_size if batch_size is None else exact_int(batch_size, "batch_size", 1, MAX_BATCH)
         self.check_budget(len(plan), batch, size)
         return generate(
             self.engine(size, batch), plan, settings, null_class=self.config.null_class, height=size[0], width=size[1],

@@ -193,18 +193,27 @@ def _forecasts() -> tuple[str, ...]:
     return FORECASTS
 
 
+def value_kind(value: Any) -> str:
+    """What a stored value is, without its content: 'a str of 12 characters', 'an int', 'a list of 3'."""
+    name = type(value).__name__
+    if isinstance(value, str | list | dict):
+        return f"a {name} of {len(value)}" + (" characters" if isinstance(value, str) else "")
+    return f"a {name}" if name[0] not in "aeiou" else f"an {name}"
+
+
 def parse_sampling_defaults(data: Any) -> dict[str, Any]:
     """Recommended sampler settings stored in a file: a JSON object whose known keys are within the limits."""
     if not isinstance(data, dict):
         raise UsageError(f"sampling defaults must be a JSON object, got {type(data).__name__}")
     for key, value in data.items():
         if key not in SAMPLING_DEFAULTS:  # a key no version writes: a damaged or foreign file, not one to half-trust
-            raise UsageError(f"unknown stored sampling default {plain_value(key)}; known: {', '.join(SAMPLING_DEFAULTS)}")
+            raise UsageError(f"an unknown stored sampling default (key {list(data).index(key) + 1} of {len(data)}); known: "
+                             f"{', '.join(SAMPLING_DEFAULTS)}")  # fmt: skip
         try:
             SAMPLING_DEFAULTS[key](value)
         except UsageError:
             raise UsageError(
-                f"stored sampling default {key}={plain_value(value, 60)} is out of range or of the wrong type"
+                f"stored sampling default {key} ({value_kind(value)}) is out of range or of the wrong type"
             ) from None
     return dict(data)
 

@@ -24,6 +24,9 @@ def resolve_device(device: str) -> torch.device:
         raise UsageError("--device cuda asked for, but PyTorch sees no CUDA device")
     if device != "cpu" and not device.startswith("cuda"):
         raise UsageError(f"unknown device {device!r}; use auto, cpu or cuda")
+    index = torch.device(device).index
+    if index is not None and index >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: PyTorch sees {torch.cuda.device_count()} CUDA device(s)")
     return torch.device(device)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from dip_export.errors import UsageError
 from dip_export.sampling.rules import SamplerSettings
+from dip_export.settings import value_kind
 
 MAX_GRIDS = 64  # entries a file may hold
 
@@ -31,17 +32,20 @@ def _check_entry(entry: Any, max_steps: int) -> dict[str, Any]:
         raise UsageError("a grid entry must be an object")
     nfe = entry.get("nfe")
     if type(nfe) is not int or not 1 <= nfe <= max_steps:
-        raise UsageError(f"grid entry nfe must be an integer in 1..{max_steps}, got {nfe!r}")
+        raise UsageError(f"grid entry nfe must be an integer in 1..{max_steps}, got {value_kind(nfe)}")
     for key in ("cfg", "interval"):
         pair = entry.get(key)
         if not (isinstance(pair, list) and len(pair) == 2 and all(_number(v) for v in pair) and pair[0] <= pair[1]):
-            raise UsageError(f"grid entry {key} must be [lo, hi], got {pair!r}")
+            raise UsageError(f"grid entry {key} must be [lo, hi], got {value_kind(pair)}")
     if not (_number(entry.get("shift")) and entry["shift"] > 0):
-        raise UsageError(f"grid entry shift must be a positive number, got {entry.get('shift')!r}")
+        raise UsageError(f"grid entry shift must be a positive number, got {value_kind(entry.get('shift'))}")
     grid = entry.get("grid")
     if not (isinstance(grid, list) and all(_number(v) for v in grid)):
         raise UsageError("grid entry grid must be a list of numbers")
-    SamplerSettings(steps=nfe, method=str(entry.get("sampler")), grid=tuple(grid))  # sampler name and grid shape
+    try:
+        SamplerSettings(steps=nfe, method=str(entry.get("sampler")), grid=tuple(grid))  # sampler name and grid shape
+    except UsageError:
+        raise UsageError(f"grid entry sampler ({value_kind(entry.get('sampler'))}) or grid does not fit its nfe") from None
     return dict(entry)
 
 

@@ -16,12 +16,16 @@ from tests.test_hostile import ckpt, export, loaded, no_sampling, pristine  # no
 class HubRecorder(http.server.BaseHTTPRequestHandler):
     seen: ClassVar[list[tuple[str, str, str | None]]] = []
     status: ClassVar[int] = 404  # what every request gets
+    body: ClassVar[bytes] = b""
 
     def _answer(self) -> None:
         self.seen.append((self.command, self.path, self.headers.get("Authorization")))
         self.send_response(self.status)
-        self.send_header("Content-Length", "0")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.send_header("Content-Type", "application/json")
         self.end_headers()
+        if self.command == "GET":
+            self.wfile.write(self.body)
 
     do_GET = do_HEAD = _answer
 
@@ -46,7 +50,7 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[list[t
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
     monkeypatch.chdir(tmp_path)
-    HubRecorder.seen, HubRecorder.status = [], 404
+    HubRecorder.seen, HubRecorder.status, HubRecorder.body = [], 404, b""
     yield HubRecorder.seen
     server.shutdown()
     server.server_close()

@@ -69,3 +69,44 @@ def test_budget_before_building_a_huge_plan(pipe, monkeypatch):
     monkeypatch.setattr(pipe, "plan", no_plan)
     with pytest.raises(DipError, match="keeping 10000000 images"):
         pipe(num_samples=10**7, steps=1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [({"device": ("meta",)}, "unknown device"), ({"device": ("cuda:7",)}, "CUDA device"),
+     ({"console": 5}, "rich Console"), ({"console": "x"}, "rich Console"), ({"model": ""}, "empty"),
+     ({"model": "  "}, "empty"), ({"model": "a\x00b"}, "NUL"), ({"model": 5}, "got int"), ({"model": ["a"]}, "got list"),
+     ({"model": b"/tmp/x.pt"}, "got bytes")],
+)  # fmt: skip
+def test_load_checks_objects_as_well_as_text(kwargs, words):
+    """A torch.device goes through the same device check as its text; a console or model of the wrong kind is refused."""
+    import torch
+
+    kwargs = {k: torch.device(*v) if k == "device" else v for k, v in kwargs.items()}  # a torch.device object
+    with pytest.raises(UsageError, match=words):
+        DiPPipeline.load(**kwargs)
+
+
+def test_a_hand_made_plan_is_checked_as_one_from_plan(pipe):
+    from dip_export.generate import SamplePlan
+
+    for bad in (SamplePlan([0.5], ["a"]), SamplePlan([0], [10]), SamplePlan([-1], [1]), SamplePlan([0], [1, 2])):
+        with pytest.raises(UsageError):
+            pipe.generate(bad, pipe.sampler_settings(steps=2))
+    with pytest.raises(UsageError, match="SamplerSettings"):
+        pipe.generate(pipe.plan([1], [0]), {"steps": 2})
+    good = pipe.generate(SamplePlan([0], [1]), pipe.sampler_settings(steps=2))
+    np.testing.assert_array_equal(good, pipe(classes=[1], seeds=[0], steps=2))
+
+
+def test_one_setting_under_two_names_is_refused(pipe):
+    with pytest.raises(UsageError, match="sampler and method"):
+        pipe(classes=[1], seeds=[0], sampler="euler", method="heun")
+    with pytest.raises(UsageError, match="guidance_interval and interval"):
+        pipe.sampler_settings(guidance_interval=(0.1, 1.0), interval=(0.2, 1.0))
+
+
+@pytest.mark.parametrize("size", [(7, 7), (32, 32.0), (32,), "32x32", (0, 32), (32, 10**9)])
+def test_engine_sizes_are_checked(pipe, size):
+    with pytest.raises(UsageError):
+        pipe.engine(size=size)

@@ -87,3 +87,55 @@ def test_an_endpoint_that_does_not_answer_is_reported_as_unreachable(monkeypatch
     monkeypatch.setattr("huggingface_hub.utils._http.time.sleep", lambda seconds: None)  # its retries' back-off
     with pytest.raises(DipError, match="cannot be reached"):
         open_source("org/name/weights.pt")
+
+
+NAME = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,12}", fullmatch=True).filter(lambda s: ".." not in s)
+
+
+@settings(max_examples=60, deadline=None)
+@given(kind=st.sampled_from(["folder", "file", "dangling link", "link to a file"]), first=NAME,
+       rest=st.lists(NAME, min_size=1, max_size=3))  # fmt: skip
+def test_a_name_whose_first_part_exists_here_in_any_form_is_local(tmp_path_factory, kind, first, rest) -> None:
+    import os
+
+    where = tmp_path_factory.mktemp("cwd")
+    path = where / first
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "file":
+        path.write_text("notes")
+    else:
+        target = where / "elsewhere"
+        if kind == "link to a file":
+            target.write_text("x")
+        path.symlink_to(target if path != target else where / "other")
+    old = os.getcwd()
+    os.chdir(where)
+    try:
+        assert is_local_name("/".join([first, *rest])) and not looks_like_hub_name("/".join([first, *rest]))
+    finally:
+        os.chdir(old)
+
+
+@pytest.mark.parametrize("kind", ["file", "dangling link"])
+def test_existing_first_parts_send_no_request_from_the_api_or_the_cli(fake_hub, tmp_path, kind) -> None:
+    first = tmp_path / "lnk"
+    first.symlink_to(tmp_path / "unmounted-drive") if kind == "dangling link" else first.write_text("notes")
+    with pytest.raises(DipError):
+        open_source("lnk/model")
+    code, stderr = run(cli.sample_main, "lnk/model", "--out", tmp_path / "o.npz")
+    assert code != 0 and "Traceback" not in stderr
+    assert fake_hub == []
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [(b'{"id": "org/name", "siblings": []}', "could not be read"), (b"\x1b]0;x\x07[red]" * 20, "could not be read"),
+     (b'[{"type": "file", "path": "../../outside.pt", "size": 1, "oid": "a"}]', "leaves the repo")],
+)  # fmt: skip
+def test_an_unreadable_or_unsafe_listing_is_said_so_not_offline(fake_hub, body, words) -> None:
+    HubRecorder.status, HubRecorder.body = 200, body
+    with pytest.raises(DipError, match=words) as err:
+        open_source("org/name")
+    assert "offline" not in str(err.value) and "\x1b" not in str(err.value)
+    assert not any(p.endswith("outside.pt") for _, p, _ in fake_hub)
