@@ -227,7 +227,6 @@ def _run_sharded(
         world.close()
 
 
-
 @dataclass(frozen=True)
 class BenchRequest:
     """dip-bench: which backends, timed how, on which sampler run; or the yardstick with --samplers."""
@@ -235,7 +234,7 @@ class BenchRequest:
     model: ModelRequest
     sampling: dict[str, Any]  # SamplerSettings overrides of every row (None or absent: the model's recommendation)
     backends: str | None = None  # None: DEFAULT_BACKENDS for the table, torch for the yardstick
-    batch_size: int = 1  # images per timed run (the yardstick: images per solver and count)
+    batch_size: int | None = None  # images per timed run (the yardstick: per solver and count); None: 1, --headline 32
     image_size: str | None = None
     variants: bool = False
     cuda_graphs: bool = True
@@ -248,7 +247,17 @@ class BenchRequest:
     json_out: Path | None = None
     plot: Path | None = None
     samplers: str | None = None  # the yardstick: solvers against the converged reference
-    nfe: str = "10,15,20,25,50,100"
+    nfe: str | None = None  # the yardstick's evaluation counts; None: DEFAULT_NFE
+    headline: bool = False  # the release's recipe against the fast one, end to end, judged against the reference
+
+    @property
+    def images(self) -> int:
+        """Images per timed run: --batch-size, else 32 for --headline (a PSNR over few images says little), else 1."""
+        return self.batch_size if self.batch_size is not None else HEADLINE_IMAGES if self.headline else 1
+
+
+DEFAULT_NFE = "10,15,20,25,50,100"
+HEADLINE_IMAGES = 32
 
 
 def run_bench(request: BenchRequest, console: Console, progress: Progress) -> None:
@@ -261,21 +270,24 @@ def run_bench(request: BenchRequest, console: Console, progress: Progress) -> No
     specs = [BackendSpec.parse(b) for b in names if b != "auto"]
     dev = resolve_device(request.device)
     pipe = request.model.load(
-        backend="auto" if "auto" in names else None, device=dev, image_size=request.image_size,
-        batch_size=request.batch_size, console=console,
+        backend="auto" if "auto" in names or request.headline else None, device=dev, image_size=request.image_size,
+        batch_size=request.images, console=console,
     )  # fmt: skip
     loaded = pipe.source.loaded
     if loaded is None:
         raise UsageError("dip-bench runs from a checkpoint, a preset or the demo model, not an export folder")
     sampler = pipe.sampler_settings(**request.sampling)
     say_assumed_size(pipe.source, request.image_size, pipe.image_size, console)
+    if request.headline:
+        _run_headline(pipe, sampler, policy, request, dev, console, progress)
+        return
     say(console, _sampler_line(sampler, request.sampling, pipe.source.sampling))
     if "auto" in names:
         chosen = pipe.choose_backend()
         say(console, f"--backend auto: {pipe.reason}")
         specs = list(dict.fromkeys([*specs, chosen]))
     settings = BenchSettings(
-        sampler, batch=request.batch_size, height=pipe.image_size[0], width=pipe.image_size[1], warmup=request.warmup,
+        sampler, batch=request.images, height=pipe.image_size[0], width=pipe.image_size[1], warmup=request.warmup,
         repeats=policy, cuda_graphs=request.cuda_graphs, threads=request.threads,
     )  # fmt: skip
     if request.samplers is not None:
@@ -285,7 +297,7 @@ def run_bench(request: BenchRequest, console: Console, progress: Progress) -> No
 
     rows = len(specs) + 1 + (8 if request.variants else 0)  # eager fp32 is always timed; the variants add rows
     runs = (request.warmup + max(request.repeats, request.max_repeats)) * rows
-    check_work([sampler.steps] * runs, images=request.batch_size)  # the product of the limits, before any timing
+    check_work([sampler.steps] * runs, images=request.images)  # the product of the limits, before any timing
     _run_backends(loaded, specs, settings, request, dev, console, progress)
 
 
@@ -308,6 +320,8 @@ def _sampler_line(sampler: SamplerSettings, given: dict[str, Any], stored: dict[
 
 def _check_bench_request(request: BenchRequest) -> list[str]:
     """The backend names asked for, after the checks that need no model (matplotlib for --plot first)."""
+    if request.headline:
+        _check_headline_request(request)
     if request.plot is not None:
         from dip_export.measure.plotting import require_matplotlib
 
@@ -325,10 +339,10 @@ def _check_bench_request(request: BenchRequest) -> list[str]:
         if len(names) != 1 or names[0] == "auto":
             raise UsageError(f"--samplers measures on one backend; name one with --backends (got {', '.join(names)})")
         _yardstick_runs(request)
-    if request.batch_size < 1 or request.repeats < 1 or request.warmup < 0:
+    if request.images < 1 or request.repeats < 1 or request.warmup < 0:
         raise UsageError("--batch-size and --repeats must be >= 1, --warmup >= 0")
     sampling = {OVERRIDE_NAMES.get(k, k): v for k, v in request.sampling.items() if v is not None}
-    check_run_limits(steps=sampling.get("steps"), cfg=sampling.get("cfg"), batch_size=request.batch_size,
+    check_run_limits(steps=sampling.get("steps"), cfg=sampling.get("cfg"), batch_size=request.images,
                      cache_interval=sampling.get("cache_interval"))  # fmt: skip
     SamplerSettings(**sampling)  # the names and ranges of the given settings, before any work
     if request.repeats > MAX_REPEATS or request.warmup > MAX_REPEATS or request.max_repeats > MAX_REPEATS:
@@ -368,6 +382,75 @@ def _run_backends(
     _write_report(report, request.json_out, request.plot, plot_report, console)
 
 
+HEADLINE_TAKES = ("cfg", "shift")  # the sampling options --headline uses: the guidance and time shift of both recipes
+HEADLINE_IGNORES = (("backends", "--backends"), ("variants", "--variants"), ("samplers", "--samplers"), ("nfe", "--nfe"),
+                    ("plot", "--plot"))  # fmt: skip
+
+
+def _check_headline_request(request: BenchRequest) -> None:
+    """--headline's recipes are fixed: an option that would change them (or that it would ignore) is refused."""
+    given = [option for name, option in HEADLINE_IGNORES if getattr(request, name) not in (None, False)]
+    given += [f"--{name.replace('_', '-')}" for name, value in request.sampling.items()
+              if value is not None and name not in HEADLINE_TAKES]  # fmt: skip
+    if given:
+        raise UsageError(
+            f"--headline does not take {', '.join(given)}: it compares two fixed recipes (the release's Euler 100 on eager "
+            "PyTorch, and the model's recommendation on --backend auto) at the model's guidance or --cfg"
+        )
+
+
+def _run_headline(
+    pipe: DiPPipeline, recommended: SamplerSettings, policy: Any, request: BenchRequest, dev: torch.device,
+    console: Console, progress: Progress,
+) -> None:  # fmt: skip
+    """dip-bench --headline: both recipes resolved and said, the work bounded, then measured; the table and the JSON."""
+    from dip_export.budget import check_work
+    from dip_export.measure.bench import BenchSettings
+    from dip_export.measure.headline import (
+        FAST,
+        Recipe,
+        evaluations_per_image,
+        fast_sampler,
+        headline_line,
+        release_recipe,
+        render_headline,
+        run_headline,
+    )  # fmt: skip
+    from dip_export.measure.yardstick import REFERENCE_STEPS
+
+    sampler = fast_sampler(recommended, pipe.source.sampling)
+    release = release_recipe(sampler, dev)
+    runs = request.warmup + max(request.repeats, request.max_repeats) + 1  # + the stage-profiling run
+    evals = [evaluations_per_image(sampler), release.evaluations()]
+    check_work([n for n in evals for _ in range(runs)], images=request.images, reference=REFERENCE_STEPS)
+    spec = pipe.choose_backend()  # the fast recipe's backend, as dip-sample --backend auto resolves it
+    fast = Recipe(FAST, spec, sampler, f"--backend auto: {pipe.reason}")
+    for recipe in (release, fast):
+        say(console, f"{recipe.name}: {_recipe_text(recipe)}")
+    bench = BenchSettings(
+        sampler, batch=request.images, height=pipe.image_size[0], width=pipe.image_size[1], warmup=request.warmup,
+        repeats=policy, cuda_graphs=request.cuda_graphs, threads=request.threads,
+    )  # fmt: skip
+    assert pipe.source.loaded is not None
+    report = run_headline(pipe.source.loaded, (release, fast), bench, dev, console=console, progress=progress)
+    out = Console() if Console().is_terminal else Console(width=200)  # a file or pipe: do not squeeze the table
+    if report["noise"]["warning"]:
+        say(out, report["noise"]["warning"], style="yellow")
+    out.print(render_headline(report))
+    line, style = headline_line(report)
+    say(out, line, style=style)
+    _write_report(report, request.json_out, None, lambda *_: None, console)
+
+
+def _recipe_text(recipe: Any) -> str:
+    from dip_export.sampling.tokens import forecast_mode
+
+    s = recipe.sampler
+    tokens = "" if s.cache_interval == 1 else f", backbone every {s.cache_interval} evaluations, tokens {forecast_mode(s)}"
+    grid = ", the model's fitted grid" if s.grid is not None else ""
+    return f"{recipe.spec}; {recipe.why}; {s.method} {s.steps} steps{grid}{tokens}, guidance {s.cfg:g}"
+
+
 def _yardstick_runs(request: BenchRequest) -> tuple[list[str], list[int]]:
     """The --samplers names and --nfe counts, checked (and the work they ask for bounded) before any work."""
     from dip_export.budget import check_work
@@ -376,8 +459,8 @@ def _yardstick_runs(request: BenchRequest) -> tuple[list[str], list[int]]:
     from dip_export.settings import choice_list
 
     names = choice_list(request.samplers or "", "--samplers", SOLVERS)  # before the reference is computed
-    counts = parse_int_list(request.nfe, "--nfe")
-    check_work(counts, images=request.batch_size, reference=REFERENCE_STEPS)
+    counts = parse_int_list(DEFAULT_NFE if request.nfe is None else request.nfe, "--nfe")
+    check_work(counts, images=request.images, reference=REFERENCE_STEPS)
     return names, counts
 
 
@@ -471,6 +554,8 @@ def run_export_trt(
         precision=precision, output_dir=output_dir, root=EXPORT_ROOT, profile=BatchProfile.parse(batch),
         timing_cache=timing_cache, opt_level=opt_level, console=console,
     )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class ScheduleRequest:
     """dip-export schedule: which solver grid to fit, on how many images, written where."""

@@ -303,7 +303,12 @@ def bench(
     steps: Annotated[
         int | None, typer.Option(help="Steps per run (network evaluations; heun: 2N - 1) [default: the model's, else 100].")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per timed run (CFG doubles the network batch).")] = 1,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Images per timed run (CFG doubles the network batch) [default: 1; with --headline 32].", show_default=False
+        ),
+    ] = None,
     batch_alias: Annotated[int | None, typer.Option("--batch", hidden=True)] = None,  # the old name of --batch-size
     cfg: Annotated[
         float | None, typer.Option(help="Guidance scale (1 = no guidance, half the work) [default: the model's, else 1.0].")
@@ -331,7 +336,18 @@ def bench(
         str | None,
         typer.Option(help="Yardstick instead of backends: e.g. euler,heun,ab2 against a cached converged reference."),
     ] = None,
-    nfe: Annotated[str, typer.Option(help="Evaluation counts for --samplers.")] = "10,15,20,25,50,100",
+    nfe: Annotated[
+        str | None, typer.Option(help="Evaluation counts for --samplers [default: 10,15,20,25,50,100].", show_default=False)
+    ] = None,
+    headline: Annotated[
+        bool,
+        typer.Option(
+            help="The end-to-end speed-up a user gets, in one run: the release's recipe (eager PyTorch, bf16 where the "
+            "CPU has it, Euler 100 steps) against the fast one (--backend auto, the model's recommended solver, steps, "
+            "stored grid and token forecast), both judged against the converged reference. Takes the model, --cfg, "
+            "--shift, --batch-size (images), --image-size and the timing options."
+        ),
+    ] = False,
     shift: Annotated[
         float | None,
         typer.Option(help="Time shift of every row, of the --samplers runs and their reference [default: the model's, else 1]."),
@@ -339,8 +355,10 @@ def bench(
     cuda_graphs: Annotated[bool, typer.Option(help="Whole-step CUDA graphs (CUDA; torch, compile, trt).")] = True,
     threads: Annotated[
         int | None,
-        typer.Option(help="CPU threads of every backend: torch and ONNX Runtime intra-op, torch.compile's kernels "
-                     "[default: the physical cores]."),
+        typer.Option(
+            help="CPU threads of every backend: torch and ONNX Runtime intra-op, torch.compile's kernels "
+            "[default: the physical cores]."
+        ),
     ] = None,
     warmup: Annotated[int, typer.Option(help="Untimed runs before timing.")] = 1,
     repeats: Annotated[int, typer.Option(help="Timed runs at least; the median is reported.")] = 5,
@@ -374,7 +392,7 @@ def bench(
         ModelRequest(model, preset, weights, trust_checkpoint, revision), sampling, backends=backends,
         batch_size=batch_alias if batch_alias is not None else batch_size, image_size=image_size, variants=variants,
         cuda_graphs=cuda_graphs, warmup=warmup, repeats=repeats, max_repeats=max_repeats, target_spread=target_spread,
-        threads=threads, device=device, json_out=json_out, plot=plot, samplers=samplers, nfe=nfe,
+        threads=threads, device=device, json_out=json_out, plot=plot, samplers=samplers, nfe=nfe, headline=headline,
     )  # fmt: skip
     run_bench(request, console, progress_bar())
 

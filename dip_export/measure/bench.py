@@ -41,6 +41,7 @@ from dip_export.measure.harness import (
 from dip_export.model import flops_per_sample
 from dip_export.runtime.backends import BackendSpec, unavailable_reason
 from dip_export.sampling import Denoiser, SamplerSettings, initial_noise, sample_counts, to_uint8
+from dip_export.sampling.tokens import forecast_mode
 from dip_export.settings import MAX_BATCH, MAX_REPEATS, MAX_SEED, exact_bool, exact_int, image_side
 
 NOISE_WARNING = 0.10  # a speed-up whose relative spread is above this is flagged: "noisy machine"
@@ -84,8 +85,12 @@ class BenchRow:
     cuda_graphs: bool = False  # every timed run replayed whole-step CUDA graphs
     cuda_graphs_note: str = ""  # why graphs were not used (off, not this backend, a capture that fell back)
     evaluations_per_image: int = 0  # network evaluations of the sampler (its --steps; heun 2N - 1)
-    sampler: str = ""  # the solver of the row, and its token forecast
+    sampler: str = ""  # the solver the row ran, and the token forecast it used ("auto" resolved)
     token_forecast: str = ""
+    steps: int = 0  # the sampler's steps, its backbone refresh interval and its time grid (None: the default)
+    cache_interval: int = 0
+    grid: list[float] | None = None
+    psnr_db_vs_reference: float = float("nan")  # --headline: final images against the converged reference
     images: np.ndarray | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -283,7 +288,9 @@ def _fill_timing(
         row.backbone_calls, row.detailer_calls = timed.calls["backbone"], timed.calls["detailer"]
         row.gflop_per_step = sum(timed.rows[k] * flops[k] for k in flops) / sampler.steps / 1e9
     row.evaluations_per_image = counts["paired_evals"] + counts["single_evals"]
-    row.sampler, row.token_forecast = sampler.method, sampler.token_forecast
+    row.sampler, row.token_forecast = sampler.method, forecast_mode(sampler)
+    row.steps, row.cache_interval = sampler.steps, sampler.cache_interval
+    row.grid = None if sampler.grid is None else list(sampler.grid)
 
 
 def graphs_unavailable(spec: BackendSpec, bench: BenchSettings, device: torch.device) -> str | None:
@@ -336,12 +343,16 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def compare_to(rows: list[BenchRow], reference: BenchRow, digits: bool, classes: list[int]) -> None:
-    """Speed-up (with its spread), PSNR and the digit accuracy of each timed row against `reference`."""
+def compare_to(rows: list[BenchRow], reference: BenchRow, digits: bool, classes: list[int], *, per_image: bool = False) -> None:
+    """Speed-up (with its spread), PSNR and the digit accuracy of each timed row against `reference`.
+
+    The speed-up compares time per step (the same network evaluations), or with `per_image` the time
+    per image, end to end (rows whose samplers take different steps).
+    """
     for row in rows:
         if row.status != "ok" or row.images is None:
             continue
-        row.speedup_vs_eager = reference.ms_per_step / row.ms_per_step
+        row.speedup_vs_eager = reference.s_per_image / row.s_per_image if per_image else reference.ms_per_step / row.ms_per_step
         pair = np.hypot(reference.spread, row.spread) if row is not reference else 0.0  # a row against itself: exactly 1
         row.speedup_spread = row.speedup_vs_eager * float(pair)
         assert reference.images is not None
@@ -392,31 +403,59 @@ def run_bench(
     if eager not in specs:
         specs = [eager, *specs]  # the reference every row is compared with
     jobs = [Job(s) for s in specs] + ([Job(eager, v) for v in VARIANTS] if variants else [])
-    machine = machine_info(device)
-    with cpu_threads(bench.threads or physical_cores()) as threads:
-        peaks = {p: gemm_peak_gflops(d, device) for p, d in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
-        rows = _run_jobs(jobs, loaded, bench, device, console, progress)
-    for row in rows:
-        if row.status == "ok":
-            add_peak_fraction(row, peaks["bf16" if row.precision in ("bf16", "fp16") else "fp32"])
+    rows, machine, threads = measure_jobs(jobs, loaded, bench, device, console, progress)
     _compare_rows(rows, loaded, bench)
-    if hasattr(os, "getloadavg"):
-        machine["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     return {
-        "settings": _settings_json(loaded, bench, device, threads),
-        "machine": {**machine, "gemm_peak_gflops": peaks},
+        "settings": settings_json(loaded, bench, device, threads),
+        "machine": machine,
         "noise": noise_summary(rows),
         "results": [r.to_json() for r in rows],
     }
 
 
+@dataclass(frozen=True)
+class Stage:
+    """Work before the rows that shares their progress bar and thread count (e.g. a reference to compute).
+
+    `run(note)` does it; `note(text)` says how far it got on the bar.
+    """
+
+    label: str
+    run: Callable[[Callable[[str], None]], None]
+
+
+def measure_jobs(
+    jobs: list[Job], loaded: LoadedModel, bench: BenchSettings, device: torch.device, console: Any, progress: Any,
+    first: Stage | None = None,
+) -> tuple[list[BenchRow], dict[str, Any], int]:  # fmt: skip
+    """The timed rows at one thread count (`first` before them), the machine they ran on and the thread count.
+
+    The machine's record: CPU kind and flags, cores, load before and after, the measured GEMM peaks
+    (each row gets its fraction of the one of its precision).
+    """
+    machine = machine_info(device)
+    with cpu_threads(bench.threads or physical_cores()) as threads:
+        peaks = {p: gemm_peak_gflops(d, device) for p, d in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+        rows = _run_jobs(jobs, loaded, bench, device, console, progress, first)
+    for row in rows:
+        if row.status == "ok":
+            add_peak_fraction(row, peaks["bf16" if row.precision in ("bf16", "fp16") else "fp32"])
+    if hasattr(os, "getloadavg"):
+        machine["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
+    return rows, {**machine, "gemm_peak_gflops": peaks}, threads
+
+
 def _run_jobs(jobs: list[Job], loaded: LoadedModel, bench: BenchSettings, device: torch.device, console: Any,
-              progress: Any) -> list[BenchRow]:  # fmt: skip
+              progress: Any, first: Stage | None = None) -> list[BenchRow]:  # fmt: skip
     """The rows, one job at a time; the progress bar names the row it is on, and each finished row prints a line."""
     rows: list[BenchRow] = []
     engines: dict[BackendSpec, Denoiser] = {}  # one at a time (plus eager for the variants), so memory is per backend
     with progress:
-        task = progress.add_task("benchmark", total=len(jobs))
+        task = progress.add_task("benchmark", total=len(jobs) + (first is not None))
+        if first is not None:
+            progress.update(task, description=first.label)
+            first.run(lambda note: progress.update(task, description=f"{first.label} ({note})"))
+            progress.advance(task)
         for i, job in enumerate(jobs, 1):
             head = f"row {i}/{len(jobs)}: {job.label()}"
             progress.update(task, description=head)
@@ -439,7 +478,7 @@ def _row_line(row: BenchRow) -> str:
     return f"{row.label}: {row.ms_per_step:.2f} ms/step +-{100 * row.spread:.0f}% ({row.repeats} runs, {row.threads} threads)"
 
 
-def _settings_json(loaded: LoadedModel, bench: BenchSettings, device: torch.device, threads: int) -> dict[str, Any]:
+def settings_json(loaded: LoadedModel, bench: BenchSettings, device: torch.device, threads: int) -> dict[str, Any]:
     s, policy = bench.sampler, bench.policy
     return {
         "model": loaded.name, "source": loaded.source, "steps": s.steps, "batch": bench.batch, "cfg": s.cfg,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from dip_export.checkpoint import LoadedModel, is_demo
+from dip_export.errors import DipError
 from dip_export.generate import SamplePlan, generate, make_plan
 from dip_export.measure.harness import psnr, timed_call
 from dip_export.sampling import Denoiser, SamplerSettings, initial_noise, sample_counts
@@ -31,6 +33,14 @@ from dip_export.untrusted import source_identity
 REFERENCE_STEPS = ref_solver.REFERENCE_STEPS
 REFERENCE_AGREEMENT_DB = ref_solver.REFERENCE_AGREEMENT_DB
 CACHE = Path("engines") / "yardstick"
+RELEASE_STEPS = 100  # the release's Euler steps: the level the solvers are judged by
+
+
+def release_settings(base: SamplerSettings) -> SamplerSettings:
+    """The release's sampler: Euler, 100 steps on its uniform grid, every backbone run, both guidance halves
+    always computed (as the release does); the guidance, interval and shift of `base`."""
+    return replace(base, method="euler", steps=RELEASE_STEPS, cache_interval=1, token_forecast="off", grid=None,
+                   skip_uncond=False)  # fmt: skip
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -89,9 +99,15 @@ class ReferenceImages:
 
 
 def reference_images(
-    net: Denoiser, loaded: LoadedModel, plan: SamplePlan, y: Yardstick, base: SamplerSettings
-) -> ReferenceImages:
-    """The converged reference from the same noise (`sampling.reference`), computed once and cached."""
+    net: Denoiser, loaded: LoadedModel, plan: SamplePlan, y: Yardstick, base: SamplerSettings,
+    on_step: Callable[[int], None] | None = None,
+) -> ReferenceImages:  # fmt: skip
+    """The converged reference from the same noise (`sampling.reference`), computed once and cached.
+
+    A cached file is used only when it holds what this key asks for (uint8 images and float x of the
+    plan's count and size); anything else is computed again and the file replaced. `on_step`: after
+    every sampler step of the computation (none when cached).
+    """
     settings = ref_solver.reference_settings(base, REFERENCE_STEPS)
     identity = source_identity(loaded.source)  # the checkpoint's content, not its name
     key = json.dumps(
@@ -99,12 +115,12 @@ def reference_images(
         sort_keys=True, default=str,
     )  # fmt: skip
     path = CACHE / f"{loaded.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
-    if path.exists():
-        with np.load(path) as data:
-            return ReferenceImages(data["images"], data["x"], str(data["label"]))
+    cached = _cached_reference(path, (len(plan), y.height, y.width))
+    if cached is not None:
+        return cached
     noise = initial_noise(plan.seeds, y.height, y.width)
     labels = torch.tensor(plan.classes, dtype=torch.int64)
-    run = ref_solver.sampled(net, noise, labels, loaded.config.null_class, y.batch)
+    run = ref_solver.sampled(net, noise, labels, loaded.config.null_class, y.batch, on_step)
     found = ref_solver.converged(run, settings, steps=REFERENCE_STEPS, agreement_db=REFERENCE_AGREEMENT_DB)
     label = f"{found.solver} {found.steps} (half the steps: {found.self_check_db:.1f} dB)"
     out = ReferenceImages(to_uint8(found.x), found.x.numpy().astype(np.float32), label)
@@ -114,6 +130,25 @@ def reference_images(
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, images=out.images, x=out.x, label=np.array(label))
     return out
+
+
+def _cached_reference(path: Path, shape: tuple[int, int, int]) -> ReferenceImages | None:
+    """The reference cached at `path` when it is well formed for `shape` (N, H, W); None otherwise."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise DipError(f"{path} is a folder, a link or not a file; the cached reference goes there (move it away)")
+    if not path.exists():
+        return None
+    n, h, w = shape
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            images, x, label = data["images"], data["x"], data["label"]
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+    if images.dtype != np.uint8 or images.shape != (n, h, w, 3) or x.dtype != np.float32 or x.shape != (n, 3, h, w):
+        return None
+    if label.dtype.kind != "U" or label.shape != () or not np.isfinite(x).all():
+        return None
+    return ReferenceImages(images, x, str(label)[:200])
 
 
 def measure(
@@ -163,9 +198,9 @@ def _euler_100_db(
 ) -> float:  # fmt: skip
     """The release's 100-step Euler against the reference: the level the solvers are judged by (measured when not a row)."""
     for r in rows:
-        if r["sampler"] == "euler" and r["nfe"] == 100 and r["cache_interval"] == 1:
+        if r["sampler"] == "euler" and r["nfe"] == RELEASE_STEPS and r["cache_interval"] == 1:
             return float(r["psnr_db"])
-    images, _ = _run(net, loaded, plan, y, replace(base, method="euler", steps=100, cache_interval=1, token_forecast="off"))
+    images, _ = _run(net, loaded, plan, y, release_settings(base))
     return psnr(images, ref)
 
 
@@ -244,7 +279,7 @@ def fit_schedule(
     held = Yardstick(fit.heldout_images, 0, fit.cfg, fit.shift, min(batch, fit.heldout_images), *size)
     plan = make_plan(loaded.config.num_classes, num_samples=held.num_samples, seed=held.seed)
     reference = reference_images(net, loaded, plan, held, base)
-    release = replace(base, method="euler", steps=100)
+    release = release_settings(base)
     scores = {name: psnr(_run(net, loaded, plan, held, s)[0], reference.images) for name, s in
               (("default_grid_db", base), ("fitted_grid_db", fitted), ("euler_100_db", release))}  # fmt: skip
     info = {

@@ -76,11 +76,14 @@ def converged(
         coarse, steps = fine, steps * 2
 
 
-def sampled(net: Denoiser, noise: Tensor, y: Tensor, null_class: int, batch: int) -> Callable[[SamplerSettings], Tensor]:
-    """`run` for `converged`: the sampler over fixed noise and labels, in batches."""
+def sampled(
+    net: Denoiser, noise: Tensor, y: Tensor, null_class: int, batch: int, on_step: Callable[[int], None] | None = None
+) -> Callable[[SamplerSettings], Tensor]:
+    """`run` for `converged`: the sampler over fixed noise and labels, in batches (`on_step` after every step)."""
 
     def run(settings: SamplerSettings) -> Tensor:
-        parts = [sample(net, noise[i : i + batch], y[i : i + batch], null_class, settings) for i in range(0, len(noise), batch)]
+        parts = [sample(net, noise[i : i + batch], y[i : i + batch], null_class, settings, on_step=on_step)
+                 for i in range(0, len(noise), batch)]  # fmt: skip
         return torch.cat(parts)
 
     return run
