@@ -383,6 +383,9 @@ def bench(
     thread count, recorded in the JSON with the CPU flags. Sampling settings not given are the
     model's recommendation. Backends that cannot run here are listed as skipped with the reason.
     Exports are cached in engines/.
+
+    --headline instead times the release's recipe against the fast one per image, on the same
+    images, each judged against the converged reference; a less accurate fast recipe is flagged.
     """
     from dip_export.app import BenchRequest, ModelRequest, run_bench
 

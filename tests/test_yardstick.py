@@ -68,3 +68,40 @@ def test_shift_reaches_the_runs_and_the_reference(tmp_path, monkeypatch):
     assert len(list(tmp_path.iterdir())) == 2  # one reference per shift
     assert reports[0]["settings"]["reference"].startswith("ab3 ")
     assert reports[0]["results"][0]["psnr_db"] != reports[1]["results"][0]["psnr_db"]
+
+
+def test_a_damaged_cached_reference_is_computed_again(tmp_path, monkeypatch):
+    import numpy as np
+
+    from dip_export.errors import DipError
+    from dip_export.generate import make_plan
+    from dip_export.sampling import SamplerSettings
+
+    monkeypatch.setattr(yardstick, "REFERENCE_STEPS", 16)
+    monkeypatch.setattr(yardstick, "REFERENCE_AGREEMENT_DB", 10.0)
+    monkeypatch.setattr(yardstick, "CACHE", tmp_path)
+    loaded = resolve_model(None, None)
+    net = make_torch_engine(BackendSpec("torch", "fp32"), loaded, torch.device("cpu"))
+    plan = make_plan(loaded.config.num_classes, num_samples=2, seed=0)
+    y, base = yardstick.Yardstick(num_samples=2, batch=2), SamplerSettings(cfg=1.5)
+    steps = []
+    first = yardstick.reference_images(net, loaded, plan, y, base, on_step=steps.append)
+    assert len(steps) == 8 + 16  # the half-step run and the full one, each step reported
+    (path,) = tmp_path.iterdir()
+    damaged = [
+        lambda: np.savez(path, images=np.zeros((1, 32, 32, 3), np.uint8), x=first.x[:1], label=np.array("x")),
+        lambda: np.savez(path, images=first.images, x=np.full_like(first.x, np.nan), label=np.array("x")),
+        lambda: path.write_bytes(b"not a zip file"),
+    ]
+    for damage in damaged:
+        damage()
+        steps.clear()
+        again = yardstick.reference_images(net, loaded, plan, y, base, on_step=steps.append)
+        assert steps and (again.images == first.images).all() and again.label == first.label
+    steps.clear()
+    assert (yardstick.reference_images(net, loaded, plan, y, base, on_step=steps.append).images == first.images).all()
+    assert steps == []  # a good cached file is used as it is
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(DipError, match="is a folder, a link or not a file"):
+        yardstick.reference_images(net, loaded, plan, y, base)
