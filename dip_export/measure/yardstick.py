@@ -26,7 +26,7 @@ from dip_export.sampling import reference as ref_solver
 from dip_export.sampling.fitgrid import SearchSettings, fit_grid
 from dip_export.sampling.grids import grid_entry
 from dip_export.sampling.rules import to_uint8
-from dip_export.untrusted import source_identity
+from dip_export.untrusted import ArraySchema, ArraySpec, UntrustedFileError, read_npz, source_identity
 
 REFERENCE_STEPS = ref_solver.REFERENCE_STEPS
 REFERENCE_AGREEMENT_DB = ref_solver.REFERENCE_AGREEMENT_DB
@@ -99,9 +99,8 @@ def reference_images(
         sort_keys=True, default=str,
     )  # fmt: skip
     path = CACHE / f"{loaded.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
-    if path.exists():
-        with np.load(path) as data:
-            return ReferenceImages(data["images"], data["x"], str(data["label"]))
+    if path.exists() or path.is_symlink():
+        return _read_reference(path, len(plan.seeds), y, loaded.config.in_channels)
     noise = initial_noise(plan.seeds, y.height, y.width)
     labels = torch.tensor(plan.classes, dtype=torch.int64)
     run = ref_solver.sampled(net, noise, labels, loaded.config.null_class, y.batch)
@@ -114,6 +113,20 @@ def reference_images(
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, images=out.images, x=out.x, label=np.array(label))
     return out
+
+
+def _read_reference(path: Path, n: int, y: Yardstick, channels: int) -> ReferenceImages:
+    """A cached reference found on disk, every array checked; a damaged one is refused, never replaced."""
+    schema = ArraySchema({
+        "images": ArraySpec("uint8", (n, y.height, y.width, channels)),
+        "x": ArraySpec("float32", (n, channels, y.height, y.width)),
+        "label": ArraySpec("U", ()),
+    })  # fmt: skip
+    try:
+        data = read_npz(path, folder=CACHE, what="yardstick reference", check=schema)
+    except UntrustedFileError as err:
+        raise UntrustedFileError(f"{err}; delete it to compute the reference again") from None
+    return ReferenceImages(data["images"], data["x"], str(data["label"])[:200])
 
 
 def measure(
