@@ -24,6 +24,7 @@ from dip_export.errors import DipError, UsageError
 from dip_export.generate import SamplePlan
 from dip_export.io import atomic_path, save_npz
 from dip_export.messages import where
+from dip_export.untrusted import ArraySchema, ArraySpec, UntrustedFileError, read_npz
 
 SETTINGS_FILE = "settings.json"
 MAX_CLASS_FILE_BYTES = 256 << 20
@@ -115,52 +116,36 @@ def _read_settings(path: Path) -> dict[str, Any]:
     return stored
 
 
+def _shard_schema(start: int, stop: int, image_shape: tuple[int, ...] | None) -> ArraySchema:
+    images = (stop - start, *image_shape) if image_shape is not None else (stop - start, None, None, 3)
+    return ArraySchema({"indices": ArraySpec("int64", (stop - start,)), "arr_0": ArraySpec("uint8", images)})
+
+
+def _read_shard_arrays(
+    path: Path, start: int, stop: int, shape: tuple[int, ...] | None, load: tuple[str, ...]
+) -> dict[str, np.ndarray]:
+    """A finished shard's arrays in `load`, the others checked by their headers only; its indices those of this run."""
+    try:
+        data = read_npz(path, folder=path.parent, what="shard", check=_shard_schema(start, stop, shape), load=load)
+    except UntrustedFileError as err:
+        raise DipError(f"{err}; delete it and rerun to remake it") from None
+    if not np.array_equal(data["indices"], np.arange(start, stop)):
+        raise DipError(f"{path} holds other indices; delete {path.parent} and rerun")
+    return data
+
+
 def _read_shard(path: Path, start: int, stop: int, shape: tuple[int, ...] | None) -> np.ndarray:
     """One finished shard: its indices, count, dtype and image shape as this run expects, or one error."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            indices, images = data["indices"], data["arr_0"]
-    except Exception as err:  # zip, npy header and key errors of a damaged file all land here
-        raise DipError(f"{path}: damaged shard ({type(err).__name__}); delete it and rerun to remake it") from None
-    if not np.array_equal(indices, np.arange(start, stop)):
-        raise DipError(f"{path} holds other indices; delete {path.parent} and rerun")
-    if (
-        images.dtype != np.uint8
-        or images.ndim != 4
-        or len(images) != stop - start
-        or (shape is not None and images.shape[1:] != shape)
-    ):
-        raise DipError(f"{path}: images of shape {images.shape} ({images.dtype}) do not belong to this run; delete it and rerun")
-    return images
+    return _read_shard_arrays(path, start, stop, shape, ("indices", "arr_0"))["arr_0"]
 
 
 def check_finished_shards(out: Path, n: int, shard_size: int, image_shape: tuple[int, ...]) -> None:
-    """Before a resumed run starts: every shard already there has this run's indices and image shape."""
+    """Before a resumed run starts: every shard already there has this run's indices and image shape (headers only)."""
     folder = parts_dir(out)
     for k, (start, stop) in enumerate(shard_ranges(n, shard_size)):
         path = folder / f"shard-{k:06d}.npz"
         if path.is_file():
-            shape = _shard_header(path, start, stop)
-            if shape != (stop - start, *image_shape):
-                raise DipError(f"{path}: images of shape {shape} do not belong to this run; delete it and rerun")
-
-
-def _shard_header(path: Path, start: int, stop: int) -> tuple[int, ...]:
-    """The indices and the image array's shape of a shard, reading only the array's header."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            indices = data["indices"]
-            with data.zip.open("arr_0.npy") as f:
-                version = np.lib.format.read_magic(f)
-                read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-                shape, _, dtype = read_header[version](f)
-    except Exception as err:  # zip, npy header and key errors of a damaged file all land here
-        raise DipError(f"{path}: damaged shard ({type(err).__name__}); delete it and rerun to remake it") from None
-    if not np.array_equal(indices, np.arange(start, stop)):
-        raise DipError(f"{path} holds other indices; delete {path.parent} and rerun")
-    if dtype != np.uint8:
-        raise DipError(f"{path}: images of type {dtype} do not belong to this run; delete it and rerun")
-    return tuple(shape)
+            _read_shard_arrays(path, start, stop, image_shape, ("indices",))
 
 
 def read_class_file(path: Path, num_classes: int, n: int) -> list[int]:

@@ -1,9 +1,11 @@
-"""The one reader for files the tool did not just write: JSON, class files, stored metadata.
+"""The one reader for files the tool did not just write: JSON, .npz arrays, class files, stored metadata.
 
-Every such read is capped in size and nesting, checked against a schema of types and ranges, and
-refused with one error naming the file. A file inside a folder (a manifest, a cache, shard
-settings) is never a symlink and never resolves outside that folder. Content identities (cache
-and resume keys) hash the bytes of every file that defines a model, whatever the files are named.
+Every such read is capped in size and nesting, checked against a schema of types and ranges (of
+dtypes and shapes for arrays), and refused with one error naming the file. A file is opened only
+when it is a regular file (a FIFO would block the reader forever), and never with pickles. A file
+inside a folder (a manifest, a cache, shard settings) is never a symlink and never resolves outside
+that folder. Content identities (cache and resume keys) hash the bytes of
+every file that defines a model, whatever the files are named.
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ import json
 import math
 import os
 import re
+import stat as stat_kind
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+if TYPE_CHECKING:
+    import numpy as np
 
 from dip_export.errors import DipError
 
@@ -77,6 +83,22 @@ def check_file(path: Path, folder: Path | None, max_bytes: int, what: str) -> in
     return stat.st_size
 
 
+def open_regular(path: Path, folder: Path | None, max_bytes: int, what: str) -> BinaryIO:
+    """`check_file`, then open without blocking or following a last symlink (inside `folder`): the file opened
+    is the regular file that was checked, even if the name was replaced by a FIFO or a link meanwhile."""
+    check_file(path, folder, max_bytes, what)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | (getattr(os, "O_NOFOLLOW", 0) if folder is not None else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as err:
+        raise UntrustedFileError(f"{path}: cannot read the {what} ({err.strerror or err})") from None
+    opened = os.fstat(fd)
+    if not stat_kind.S_ISREG(opened.st_mode) or opened.st_size > max_bytes:
+        os.close(fd)
+        raise UntrustedFileError(f"{path}: the {what} changed while it was opened; refusing to read it")
+    return os.fdopen(fd, "rb")
+
+
 def nesting_depth(data: bytes) -> int:
     """How deep brackets nest in JSON text, counted without parsing (strings skipped); linear time in C and numpy."""
     import numpy as np
@@ -111,9 +133,9 @@ def read_json(
     max_bytes: int = MAX_JSON_BYTES,
 ) -> Any:  # fmt: skip
     """A JSON file read under every rule of this module; `schema` checks the top-level object."""
-    check_file(path, folder, max_bytes, what)
     try:
-        raw = Path(path).read_bytes()[: max_bytes + 1]
+        with open_regular(path, folder, max_bytes, what) as f:
+            raw = f.read(max_bytes + 1)
     except OSError as err:
         raise UntrustedFileError(f"{path}: cannot read the {what} ({err.strerror or err})") from None
     data = parse_json(raw, str(path))
@@ -175,6 +197,137 @@ class Schema:
         problem = self.problem(data)
         if problem:
             raise UntrustedFileError(f"{source}: {problem}")
+
+
+MAX_NPZ_BYTES = 4 << 30  # declared bytes of all arrays together (and the file's size)
+MAX_NPZ_MEMBERS = 4096
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One array's element type and shape: `dtype` a numpy name ("float32") or a kind ("U": any text),
+    None in `shape` any size of that dimension; `finite` refuses NaN and infinities."""
+
+    dtype: str
+    shape: tuple[int | None, ...]
+    finite: bool = True
+
+    def problem(self, dtype: np.dtype, shape: tuple[int, ...]) -> str | None:
+        import numpy as np
+
+        kind_only = self.dtype in ("U", "S")
+        same_type = dtype.kind == self.dtype if kind_only else dtype == np.dtype(self.dtype)
+        same_shape = len(shape) == len(self.shape) and all(w is None or w == d for w, d in zip(self.shape, shape, strict=False))
+        if same_type and same_shape:
+            return None
+        dims = ", ".join("any" if d is None else str(d) for d in self.shape)
+        kind = {"U": "text", "S": "bytes"}.get(self.dtype, self.dtype)
+        return f"must be {kind} of shape ({dims}{',' if len(self.shape) == 1 else ''})"
+
+
+@dataclass(frozen=True)
+class ArraySchema:
+    """The arrays of an .npz file: each name of `arrays` is required, a name matching (in full) a regular
+    expression of `patterns` is allowed, nothing else is; `extra` checks across the arrays read."""
+
+    arrays: Mapping[str, ArraySpec]
+    patterns: Mapping[str, ArraySpec] = field(default_factory=dict)
+    extra: Callable[[Mapping[str, np.ndarray]], str | None] | None = None
+
+    def spec(self, name: str) -> ArraySpec | None:
+        if name in self.arrays:
+            return self.arrays[name]
+        return next((s for p, s in self.patterns.items() if re.fullmatch(p, name)), None)
+
+
+@dataclass(frozen=True)
+class _Member:
+    info: Any  # zipfile.ZipInfo
+    spec: ArraySpec
+
+
+def read_npz(
+    path: Path, *, folder: Path, what: str, check: ArraySchema, load: Iterable[str] | None = None,
+    max_bytes: int = MAX_NPZ_BYTES, max_members: int = MAX_NPZ_MEMBERS,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """The arrays of an .npz file inside `folder`, read under every rule of this module and `check`.
+
+    Every member's .npy header is checked (name, dtype, shape, declared bytes against `max_bytes`)
+    before any array is read; then the arrays named in `load` (all when None) are read, without
+    pickles, and checked for finite values. A damaged zip or .npy is one error naming the file.
+    """
+    import zipfile
+
+    with open_regular(path, folder, max_bytes, what) as f:
+        try:
+            with zipfile.ZipFile(f) as zf:
+                members = _npz_members(zf, path, what, check, max_bytes, max_members)
+                wanted = list(members) if load is None else list(load)
+                arrays = {name: _npz_array(zf, members[name], path, name) for name in wanted}
+        except UntrustedFileError:
+            raise
+        except Exception as err:  # zipfile, zlib, lzma and numpy's header errors of a damaged file all land here
+            raise UntrustedFileError(f"{path}: the {what} is not a readable .npz file ({type(err).__name__})") from None
+    problem = check.extra(arrays) if check.extra is not None else None
+    if problem:
+        raise UntrustedFileError(f"{path}: the {what} {problem}")
+    return arrays
+
+
+def _npz_members(zf: Any, path: Path, what: str, check: ArraySchema, max_bytes: int, max_members: int) -> dict[str, _Member]:
+    """Each member's name and .npy header checked against `check`, reading only the headers."""
+    infos = zf.infolist()
+    if len(infos) > max_members:
+        raise UntrustedFileError(f"{path}: the {what} holds more than {max_members} members")
+    members: dict[str, _Member] = {}
+    total = 0
+    for index, info in enumerate(infos):
+        name = info.filename.removesuffix(".npy")
+        spec = check.spec(name) if info.filename.endswith(".npy") else None
+        if spec is None or name in members:
+            raise UntrustedFileError(f"{path}: the {what} holds an unexpected member (number {index + 1})")
+        shape, dtype, header_bytes = _npy_header(zf, info, path, what, name)
+        declared = math.prod(shape) * dtype.itemsize
+        total += declared
+        if total > max_bytes or info.file_size > max_bytes:
+            raise UntrustedFileError(f"{path}: the {what} declares more than {max_bytes >> 20} MiB of arrays")
+        if header_bytes + declared > info.file_size:
+            raise UntrustedFileError(f"{path}: array {name} of the {what} is truncated")
+        problem = spec.problem(dtype, shape)
+        if problem:
+            raise UntrustedFileError(f"{path}: array {name} of the {what} {problem}")
+        members[name] = _Member(info, spec)
+    missing = [name for name in check.arrays if name not in members]
+    if missing:
+        raise UntrustedFileError(f"{path}: the {what} lacks the array {missing[0]}")
+    return members
+
+
+def _npy_header(zf: Any, info: Any, path: Path, what: str, name: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, header length) of one .npy member; Python objects are refused here."""
+    from numpy.lib import format as npy
+
+    readers = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
+    with zf.open(info) as member:
+        version = npy.read_magic(member)
+        if version not in readers:
+            raise UntrustedFileError(f"{path}: array {name} of the {what} has an unsupported .npy version")
+        shape, _, dtype = readers[version](member)
+        header_bytes = member.tell()
+    if dtype.hasobject:
+        raise UntrustedFileError(f"{path}: array {name} of the {what} holds Python objects; refusing to read it")
+    return tuple(shape), dtype, header_bytes
+
+
+def _npz_array(zf: Any, member: _Member, path: Path, name: str) -> np.ndarray:
+    import numpy as np
+    from numpy.lib import format as npy
+
+    with zf.open(member.info) as f:
+        array = npy.read_array(f, allow_pickle=False)
+    if member.spec.finite and array.dtype.kind in "fc" and not np.isfinite(array).all():
+        raise UntrustedFileError(f"{path}: array {name} holds NaN or infinite values")
+    return array
 
 
 def read_lines(path: Path, *, what: str, max_bytes: int = MAX_TEXT_BYTES) -> list[tuple[int, str]]:

@@ -70,7 +70,7 @@ def test_shift_reaches_the_runs_and_the_reference(tmp_path, monkeypatch):
     assert reports[0]["results"][0]["psnr_db"] != reports[1]["results"][0]["psnr_db"]
 
 
-def test_a_damaged_cached_reference_is_computed_again(tmp_path, monkeypatch):
+def test_a_damaged_cached_reference_is_refused_and_kept(tmp_path, monkeypatch):
     import numpy as np
 
     from dip_export.errors import DipError
@@ -93,15 +93,19 @@ def test_a_damaged_cached_reference_is_computed_again(tmp_path, monkeypatch):
         lambda: np.savez(path, images=first.images, x=np.full_like(first.x, np.nan), label=np.array("x")),
         lambda: path.write_bytes(b"not a zip file"),
     ]
+    good = path.read_bytes()
     for damage in damaged:
         damage()
+        before = path.read_bytes()
         steps.clear()
-        again = yardstick.reference_images(net, loaded, plan, y, base, on_step=steps.append)
-        assert steps and (again.images == first.images).all() and again.label == first.label
+        with pytest.raises(DipError, match="delete it to compute the reference again"):
+            yardstick.reference_images(net, loaded, plan, y, base, on_step=steps.append)
+        assert steps == [] and path.read_bytes() == before  # refused before any work, left as it was
+    path.write_bytes(good)
     steps.clear()
     assert (yardstick.reference_images(net, loaded, plan, y, base, on_step=steps.append).images == first.images).all()
     assert steps == []  # a good cached file is used as it is
     path.unlink()
     path.mkdir()
-    with pytest.raises(DipError, match="is a folder, a link or not a file"):
+    with pytest.raises(DipError, match="yardstick reference"):
         yardstick.reference_images(net, loaded, plan, y, base)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from torch import Tensor
 from dip_export.checkpoint import LoadedModel
 from dip_export.io import atomic_path
 from dip_export.sampling import Denoiser, SamplerSettings, initial_noise, sample
-from dip_export.untrusted import source_identity
+from dip_export.untrusted import ArraySchema, ArraySpec, UntrustedFileError, read_npz, source_identity
+
+_NAMES = {"backbone": ("x", "t", "y"), "detailer": ("x", "tokens")}
 
 
 @dataclass(frozen=True)
@@ -74,14 +77,8 @@ def load_or_collect(
 ) -> dict[str, list[dict[str, np.ndarray]]]:
     """Calibration batches per sub-model; reused from `cache_dir` when the settings match."""
     path = cache_dir / f"calib-{settings.key(loaded, size)}.npz"
-    if path.is_file():
-        with np.load(path) as data:
-            out: dict[str, list[dict[str, np.ndarray]]] = {"backbone": [], "detailer": []}
-            for role in out:
-                n = int(data[f"{role}/count"])
-                names = ("x", "t", "y") if role == "backbone" else ("x", "tokens")
-                out[role] = [{k: data[f"{role}/{i}/{k}"] for k in names} for i in range(n)]
-            return out
+    if path.exists() or path.is_symlink():
+        return _read_cache(path, loaded, size, settings)
     batches = collect(loaded, size, settings)
     arrays: dict[str, np.ndarray] = {}
     for role, items in batches.items():
@@ -91,3 +88,48 @@ def load_or_collect(
     with atomic_path(path) as tmp, tmp.open("wb") as f:
         np.savez(f, **arrays)  # type: ignore[arg-type]
     return batches
+
+
+def _cache_schema(loaded: LoadedModel, size: tuple[int, int], settings: CalibrationSettings) -> ArraySchema:
+    """What a calibration cache of this model, size and settings holds: per kept call its inputs, in order."""
+    c = loaded.config
+    rows = None  # 2 x samples inside the guidance interval, samples outside it
+    inputs = {
+        "x": ArraySpec("float32", (rows, c.in_channels, *size)),
+        "t": ArraySpec("float32", (rows,)),
+        "y": ArraySpec("int64", (rows,)),
+        "tokens": ArraySpec("float32", (rows, (size[0] // c.patch_size) * (size[1] // c.patch_size), c.hidden_size)),
+    }
+
+    def consistent(data: Mapping[str, np.ndarray]) -> str | None:
+        counts = {role: int(data[f"{role}/count"]) for role in _NAMES}
+        if not all(1 <= n <= settings.keep_steps for n in counts.values()):
+            return f"holds more calls than the {settings.keep_steps} kept, or none"
+        calls = [[data.get(f"{role}/{i}/{k}") for k in names] for role, names in _NAMES.items() for i in range(counts[role])]
+        if len(data) != len(counts) + sum(map(len, calls)) or any(a is None for call in calls for a in call):
+            return "holds calls that do not match its counts"
+        if any(len({len(a) for a in call if a is not None}) != 1 for call in calls):
+            return "holds a call whose inputs differ in batch size"
+        if any(((y < 0) | (y > c.null_class)).any() for y in (data[f"backbone/{i}/y"] for i in range(counts["backbone"]))):
+            return "holds a class label out of range"
+        return None
+
+    return ArraySchema(
+        {f"{role}/count": ArraySpec("int64", ()) for role in _NAMES},
+        {rf"{role}/\d{{1,6}}/{k}": inputs[k] for role, names in _NAMES.items() for k in names},
+        consistent,
+    )
+
+
+def _read_cache(
+    path: Path, loaded: LoadedModel, size: tuple[int, int], settings: CalibrationSettings
+) -> dict[str, list[dict[str, np.ndarray]]]:
+    """A calibration cache found on disk: every array checked; a damaged one is refused, never replaced."""
+    try:
+        data = read_npz(path, folder=path.parent, what="calibration cache", check=_cache_schema(loaded, size, settings))
+    except UntrustedFileError as err:
+        raise UntrustedFileError(f"{err}; delete it to calibrate again") from None
+    return {
+        role: [{k: data[f"{role}/{i}/{k}"] for k in names} for i in range(int(data[f"{role}/count"]))]
+        for role, names in _NAMES.items()
+    }

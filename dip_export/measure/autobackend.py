@@ -161,6 +161,24 @@ def _read_cache(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _check_cache_kind(path: Path) -> None:
+    """Before any measuring: the cache is absent or a regular file (a FIFO would block its reader forever)."""
+    import stat
+
+    from dip_export.errors import DipError
+
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise DipError(f"{path}: cannot read the --backend auto cache ({err.strerror or err})") from None
+    if not stat.S_ISREG(mode):
+        kinds = {stat.S_IFDIR: "a folder", stat.S_IFLNK: "a symlink", stat.S_IFIFO: "a FIFO"}
+        kind = kinds.get(stat.S_IFMT(mode), "not a regular file")
+        raise DipError(f"{path} is {kind}; the --backend auto cache goes there (move it away)")
+
+
 def _valid_entry(entry: Any, allowed: list[BackendSpec]) -> Decision | None:
     if not isinstance(entry, dict) or not isinstance(entry.get("backend"), str) or not isinstance(entry.get("reason"), str):
         return None
@@ -182,8 +200,7 @@ def choose_backend(
 
     specs = candidates(device)
     path = root / CACHE_FILE
-    if path.is_dir() or path.is_symlink():
-        raise DipError(f"{path} is a folder or a symlink; the --backend auto cache goes there (move it away)")
+    _check_cache_kind(path)
     key = cache_key(model_id, size, batch, device)
     cache = _read_cache(path)
     cached = _valid_entry(cache.get(key), specs)

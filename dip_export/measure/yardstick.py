@@ -28,7 +28,7 @@ from dip_export.sampling import reference as ref_solver
 from dip_export.sampling.fitgrid import SearchSettings, fit_grid
 from dip_export.sampling.grids import grid_entry
 from dip_export.sampling.rules import to_uint8
-from dip_export.untrusted import source_identity
+from dip_export.untrusted import ArraySchema, ArraySpec, UntrustedFileError, read_npz, source_identity
 
 REFERENCE_STEPS = ref_solver.REFERENCE_STEPS
 REFERENCE_AGREEMENT_DB = ref_solver.REFERENCE_AGREEMENT_DB
@@ -115,9 +115,8 @@ def reference_images(
         sort_keys=True, default=str,
     )  # fmt: skip
     path = CACHE / f"{loaded.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
-    cached = _cached_reference(path, (len(plan), y.height, y.width))
-    if cached is not None:
-        return cached
+    if path.exists() or path.is_symlink():
+        return _read_reference(path, len(plan.seeds), y, loaded.config.in_channels)
     noise = initial_noise(plan.seeds, y.height, y.width)
     labels = torch.tensor(plan.classes, dtype=torch.int64)
     run = ref_solver.sampled(net, noise, labels, loaded.config.null_class, y.batch, on_step)
@@ -132,23 +131,18 @@ def reference_images(
     return out
 
 
-def _cached_reference(path: Path, shape: tuple[int, int, int]) -> ReferenceImages | None:
-    """The reference cached at `path` when it is well formed for `shape` (N, H, W); None otherwise."""
-    if path.is_symlink() or (path.exists() and not path.is_file()):
-        raise DipError(f"{path} is a folder, a link or not a file; the cached reference goes there (move it away)")
-    if not path.exists():
-        return None
-    n, h, w = shape
+def _read_reference(path: Path, n: int, y: Yardstick, channels: int) -> ReferenceImages:
+    """A cached reference found on disk, every array checked; a damaged one is refused, never replaced."""
+    schema = ArraySchema({
+        "images": ArraySpec("uint8", (n, y.height, y.width, channels)),
+        "x": ArraySpec("float32", (n, channels, y.height, y.width)),
+        "label": ArraySpec("U", ()),
+    })  # fmt: skip
     try:
-        with np.load(path, allow_pickle=False) as data:
-            images, x, label = data["images"], data["x"], data["label"]
-    except (OSError, ValueError, KeyError, EOFError):
-        return None
-    if images.dtype != np.uint8 or images.shape != (n, h, w, 3) or x.dtype != np.float32 or x.shape != (n, 3, h, w):
-        return None
-    if label.dtype.kind != "U" or label.shape != () or not np.isfinite(x).all():
-        return None
-    return ReferenceImages(images, x, str(label)[:200])
+        data = read_npz(path, folder=CACHE, what="yardstick reference", check=schema)
+    except UntrustedFileError as err:
+        raise UntrustedFileError(f"{err}; delete it to compute the reference again") from None
+    return ReferenceImages(data["images"], data["x"], str(data["label"])[:200])
 
 
 def measure(
