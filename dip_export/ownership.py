@@ -1,11 +1,14 @@
 """What the tool may replace, proven rather than guessed; and the crash-safe swap of an export.
 
 A folder is the tool's to replace only if it holds exactly the files its own manifest lists, with
-their sizes and sha256, and nothing else (`owned_export`). Paths are compared after resolving
-symlinks, and an output may not be or contain an input. An old export is swapped for a new one
-under a journal naming the backup: after a kill at any instant, the next run restores the old
-export or finishes the new one, and never deletes the only copy. Output names (length,
-writability, free space) are checked before any work.
+their sizes and sha256, and nothing else (`owned_export`). A single file is the tool's to replace
+only if it carries this tool's mark for its kind (`OUTPUT_KINDS`: a zip comment, a PNG text chunk,
+a JSON field, a safetensors metadata key), which every writer of that kind puts there. Paths are
+compared after resolving symlinks, an output that is a symlink is refused (never followed), and an
+output may not be or contain an input. An old export is swapped for a new one under a journal
+naming the backup: after a kill at any instant, the next run restores the old export or finishes
+the new one, and never deletes the only copy. Output names (length, writability, free space) are
+checked before any work.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import os
 import re
 import shutil
 import socket
+import struct
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -62,53 +67,97 @@ def check_not_input(output: Path, inputs: Iterable[Path | str | None], what: str
             raise UsageError(f"the {what} {output} lies inside the input folder {item}; name another {what}")
 
 
-def _is_npz(head: bytes, path: Path) -> bool:
-    import zipfile
+# ---------------------------------------------------------------- the marks of single-file outputs
 
-    if not head.startswith(b"PK\x03\x04"):
-        return False
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return all(name.endswith(".npy") for name in archive.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
+MARK = "dip-export"  # the value of each kind's mark: PNG `Software` text, JSON and safetensors `written_by`
+NPZ_COMMENT = b"dip-export samples v1"  # the zip comment of a samples .npz
+NPZ_MEMBERS = ("arr_0.npy",)  # and exactly these members (ADM layout)
+PNG_TEXT = b"Software\x00" + MARK.encode()  # the data of a PNG tEXt chunk
+MARK_KEY = "written_by"  # top-level JSON field, safetensors metadata key
+MAX_HEADER_BYTES = 100 << 20  # a safetensors header larger than this is no file of ours
 
 
-def _is_json(head: bytes, path: Path) -> bool:
-    from dip_export.untrusted import UntrustedFileError, read_json
-
-    if head.lstrip()[:1] not in (b"{", b"["):
-        return False
-    try:
-        read_json(path, what="earlier output")
-    except UntrustedFileError:
-        return False
-    return True
+def _npz_is_ours(path: Path) -> bool:
+    with zipfile.ZipFile(path) as archive:
+        return archive.comment == NPZ_COMMENT and tuple(archive.namelist()) == NPZ_MEMBERS
 
 
-_OUTPUT_KINDS = {
-    "npz": _is_npz,  # np.savez: a zip of .npy arrays
-    "png": lambda head, path: head.startswith(b"\x89PNG\r\n\x1a\n"),
-    "json": _is_json,
-    "safetensors": lambda head, path: len(head) > 8 and head[8:9] == b"{",
+def _png_is_ours(path: Path) -> bool:
+    """A PNG whose chunks (walked by their lengths, never decoded) include tEXt `Software: dip-export`."""
+    with open(path, "rb") as f:
+        if f.read(8) != b"\x89PNG\r\n\x1a\n":
+            return False
+        size = os.fstat(f.fileno()).st_size
+        while f.tell() + 12 <= size:
+            length, tag = struct.unpack(">I4s", f.read(8))
+            if tag == b"tEXt" and length == len(PNG_TEXT):
+                if f.read(length) == PNG_TEXT:
+                    return True
+                f.seek(4, os.SEEK_CUR)
+                continue
+            if tag in (b"IDAT", b"IEND"):  # the mark comes before the image data
+                return False
+            f.seek(length + 4, os.SEEK_CUR)
+    return False
+
+
+def _json_is_ours(path: Path) -> bool:
+    from dip_export.untrusted import read_json
+
+    data = read_json(path, what="earlier output")
+    return isinstance(data, dict) and data.get(MARK_KEY) == MARK
+
+
+def _safetensors_is_ours(path: Path) -> bool:
+    from dip_export.untrusted import parse_json
+
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            return False
+        (length,) = struct.unpack("<Q", head)
+        if length > min(MAX_HEADER_BYTES, os.fstat(f.fileno()).st_size - 8):
+            return False
+        header = parse_json(f.read(length), str(path))
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return isinstance(meta, dict) and meta.get(MARK_KEY) == MARK
+
+
+OUTPUT_KINDS = {  # kind -> (what it is, whether a file carries this tool's mark for it)
+    "npz": ("samples .npz", _npz_is_ours),
+    "png": ("PNG", _png_is_ours),
+    "json": ("JSON report", _json_is_ours),
+    "safetensors": ("safetensors checkpoint", _safetensors_is_ours),
 }
 
 
+def is_ours(path: Path | str, kind: str) -> bool:
+    """A regular file (not a symlink) carrying this tool's mark for `kind`; anything unreadable or malformed is not."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        return OUTPUT_KINDS[kind][1](path)
+    except (OSError, ValueError, EOFError, RecursionError, DipError, zipfile.BadZipFile, struct.error):
+        return False  # unreadable or malformed: not provably ours
+
+
 def check_replaceable_output(path: Path | str, kind: str) -> None:
-    """A file the user names (or one derived from it) replaces an existing file only if that holds what this tool
-    writes there (`kind`: npz, png, json, safetensors): an earlier result, not a user's notes or pictures."""
+    """A file the user names (or one derived from it) replaces an existing file only if that carries this tool's
+    mark for `kind` (npz, png, json, safetensors): proof that the tool wrote it, not a user's notes or pictures.
+    A symlink is never followed nor replaced."""
     path = Path(path)
     if not os.path.lexists(path):
         return
-    if path.is_symlink() or not path.is_file():
+    if path.is_symlink():
+        raise UsageError(f"{path} is a symlink; an output is never written through one (name another output)")
+    if not path.is_file():
         raise UsageError(f"{path} exists and is not a regular file; refusing to replace it (name another output)")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(16)
-    except OSError as err:
-        raise UsageError(f"{path}: cannot read the existing file ({err.strerror or err}); name another output") from None
-    if not _OUTPUT_KINDS[kind](head, path):
-        raise UsageError(f"{path} exists and is not a {kind} file this tool writes; refusing to replace it (name another output)")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"{path}: cannot read the existing file; name another output")
+    if not is_ours(path, kind):
+        what = OUTPUT_KINDS[kind][0]
+        raise UsageError(f"{path} exists and is not a {what} this tool wrote; refusing to replace it (name another output)")
 
 
 def check_output_name(path: Path) -> None:
