@@ -461,7 +461,7 @@ def run_export_trt(
 ) -> None:  # fmt: skip
     """dip-export trt: TensorRT engines for an export folder (SOURCE, --output-dir, or the newest under engines/)."""
     from dip_export.export.onnx_export import EXPORT_ROOT
-    from dip_export.export.trt_build import BatchProfile, build_trt, export_for_source
+    from dip_export.export.trt_build import BatchProfile, build_trt, check_timing_cache, export_for_source
     from dip_export.runtime.trt_support import gpu_identity, import_tensorrt
 
     if source is not None:
@@ -469,6 +469,7 @@ def run_export_trt(
             raise UsageError("give the export as SOURCE or as --output-dir, not both")
         import_tensorrt()  # what is missing comes first, before an export is made
         gpu_identity()
+        check_timing_cache(timing_cache)
         output_dir = export_for_source(source, console)
     build_trt(
         precision=precision, output_dir=output_dir, root=EXPORT_ROOT, profile=BatchProfile.parse(batch),

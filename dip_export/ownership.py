@@ -67,6 +67,83 @@ def check_not_input(output: Path, inputs: Iterable[Path | str | None], what: str
             raise UsageError(f"the {what} {output} lies inside the input folder {item}; name another {what}")
 
 
+# ---------------------------------------------------------------- the owner key of export manifests
+
+KEY_ENV = "DIP_EXPORT_KEY_FILE"  # overrides where the owner key lives
+
+
+def owner_key_path() -> Path:
+    """$DIP_EXPORT_KEY_FILE, else $XDG_CONFIG_HOME/dip-export/owner.key, else ~/.config/dip-export/owner.key."""
+    given = os.environ.get(KEY_ENV)
+    if given:
+        return Path(given)
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config) / "dip-export" / "owner.key"
+
+
+def owner_key(create: bool) -> bytes | None:
+    """This user's secret for marking manifests (made on first use when `create`); None if there is none yet."""
+    path = owner_key_path()
+    if not os.path.lexists(path):
+        if not create:
+            return None
+        _create_key(path)
+    if path.is_symlink() or not path.is_file():
+        raise DipError(f"{path}: the owner key is not a regular file (move it away; {KEY_ENV} names another)")
+    info = path.stat()
+    if info.st_mode & 0o077 or info.st_uid != os.getuid():
+        raise DipError(f"{path}: the owner key is not yours alone (mode 600, your own); fix it or move it away")
+    text = path.read_bytes()[:100]
+    if not re.fullmatch(rb"[0-9a-f]{64}\n?", text):
+        raise DipError(f"{path}: not an owner key of this tool (64 hex digits); move it away to make a new one")
+    return bytes.fromhex(text[:64].decode())
+
+
+def _create_key(path: Path) -> None:
+    """A new random key, mode 600, appearing whole: written beside it, then linked to its name (a race keeps one)."""
+    import secrets
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(prefix=".owner.key.", suffix=".tmp", dir=path.parent)  # mode 600
+    except OSError as err:
+        raise DipError(f"cannot make the owner key {path}: {err.strerror or err}") from None
+    try:
+        os.write(fd, secrets.token_hex(32).encode() + b"\n")
+        os.fsync(fd)
+        os.close(fd)
+        os.link(tmp, path)
+    except FileExistsError:
+        pass  # another run made it first: its key is the key
+    except OSError as err:
+        raise DipError(f"cannot make the owner key {path}: {err.strerror or err}") from None
+    finally:
+        os.unlink(tmp)
+
+
+def contents_mac(contents: dict[str, Any], key: bytes) -> str:
+    """HMAC-SHA256 of a manifest's file list (names, sizes, sha256) under this user's key."""
+    import hmac
+
+    text = json.dumps(contents, sort_keys=True, separators=(",", ":")).encode()
+    return hmac.new(key, text, hashlib.sha256).hexdigest()
+
+
+def mac_problem(contents: dict[str, Any], mac: str) -> str | None:
+    """Why a manifest's mark does not prove this user's tool wrote its file list (None: it does)."""
+    import hmac
+
+    try:
+        key = owner_key(create=False)
+    except DipError as err:
+        return str(err)
+    given = mac.encode("utf-8", "surrogatepass")  # any text a manifest holds is compared as bytes
+    if key is None or not hmac.compare_digest(contents_mac(contents, key).encode(), given):
+        return "its manifest carries no valid mark of this user's tool (made by hand, by another user or an older version)"
+    return None
+
+
 # ---------------------------------------------------------------- the marks of single-file outputs
 
 MARK = "dip-export"  # the value of each kind's mark: PNG `Software` text, JSON and safetensors `written_by`
