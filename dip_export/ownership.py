@@ -281,7 +281,11 @@ def _host() -> str:
 def swap_in(tmp: Path, target: Path, backup: Path) -> None:
     """Put the finished folder `tmp` at `target`; an old `target` goes to the empty folder `backup` under a journal."""
     journal = journal_path(target)
-    _write_journal(journal, {"backup": backup.name, "host": _host(), "pid": os.getpid()})
+    try:
+        _write_journal(journal, {"backup": backup.name, "host": _host(), "pid": os.getpid()})
+    except OSError as err:
+        backup.rmdir()
+        raise DipError(f"cannot write {journal}: {err.strerror or err} (a file or link of that name is in the way)") from None
     try:
         os.replace(target, backup)
     except OSError as err:
@@ -299,8 +303,10 @@ def swap_in(tmp: Path, target: Path, backup: Path) -> None:
 
 
 def _write_journal(journal: Path, data: dict[str, Any]) -> None:
-    """Written and synced before the first rename: a journal cut short means the swap had not begun."""
-    with open(journal, "w") as f:
+    """Written and synced before the first rename: a journal cut short means the swap had not begun. Made new,
+    never through a symlink or over a file someone put there."""
+    fd = os.open(journal, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    with open(fd, "w") as f:
         f.write(json.dumps(data))
         f.flush()
         os.fsync(f.fileno())

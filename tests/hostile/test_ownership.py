@@ -205,3 +205,24 @@ def test_the_owner_key_is_made_once_private_and_checked(tmp_path: Path, monkeypa
     path.symlink_to(tmp_path / "real.key")
     with pytest.raises(DipError, match="not a regular file"):
         owner_key(create=False)
+
+
+def test_a_link_at_the_journal_name_is_never_written_through(tmp_path: Path) -> None:
+    from dip_export.errors import DipError
+    from dip_export.io import atomic_dir
+    from dip_export.ownership import swap_in
+
+    target = tmp_path / "exp"
+    target.mkdir()
+    (target / "model.onnx").write_text("old")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    journal_path(target).symlink_to(victim)
+    with pytest.raises(DipError), atomic_dir(target, problem_of=lambda folder: None) as tmp:
+        (tmp / "model.onnx").write_text("new")
+    new, backup = tmp_path / "new", tmp_path / ".exp.old.tmp"
+    new.mkdir()
+    backup.mkdir()
+    with pytest.raises(DipError, match="in the way"):
+        swap_in(new, target, backup)  # even past the recovery: the journal is made new, never through a link
+    assert victim.read_text() == "mine" and (target / "model.onnx").read_text() == "old" and not backup.exists()
