@@ -20,7 +20,7 @@ from rich.progress import Progress
 from dip_export.engines import make_engine
 from dip_export.errors import ExportError, UsageError
 from dip_export.generate import SamplePlan, check_run_limits, check_seed, make_plan, parse_image_size, parse_int_list
-from dip_export.io import check_output_file, check_output_folder, image_grid, save_npz, save_png
+from dip_export.io import check_output_file, check_output_folder, image_grid, remove_output, save_npz, save_png
 from dip_export.messages import say
 from dip_export.ownership import check_free_space, check_not_input, check_replaceable_output
 from dip_export.pipeline import DiPPipeline
@@ -78,7 +78,7 @@ def run_sample(request: SampleRequest, console: Console, progress: Progress) -> 
 
     world = World.from_env()
     dev = world.device(resolve_device(request.device))
-    _check_sample_request(request)
+    _check_sample_request(request, world)
     pipe = request.model.load(
         backend=request.backend, device=dev, image_size=request.image_size, batch_size=request.batch_size, console=console
     )
@@ -101,7 +101,7 @@ def run_sample(request: SampleRequest, console: Console, progress: Progress) -> 
 
     if world.size > 1 or request.resume:
         if world.is_main:
-            request.out.with_suffix(".png").unlink(missing_ok=True)  # never an old grid beside a new npz
+            remove_output(request.out.with_suffix(".png"), "png")  # never an old grid beside a new npz
         identity = {
             "model": pipe.name, "source": str(pipe.source.path or request.model.preset or "demo"), "backend": str(spec),
             "weights": request.model.weights, "sampler": settings.__dict__, "size": list(pipe.image_size),
@@ -115,12 +115,12 @@ def run_sample(request: SampleRequest, console: Console, progress: Progress) -> 
             total = settings.steps * -(-len(plan) // request.batch_size)
             task = progress.add_task(f"{pipe.name} {spec} {len(plan)} images", total=total)
             images = make_images(plan, lambda _: progress.advance(task))
-        request.out.with_suffix(".png").unlink(missing_ok=True)  # never an old grid beside a new npz
+        remove_output(request.out.with_suffix(".png"), "png")  # never an old grid beside a new npz
         save_npz(request.out, images)
     _write_images(request, images, pipe.image_size, console)
 
 
-def _check_sample_request(request: SampleRequest) -> None:
+def _check_sample_request(request: SampleRequest, world: World) -> None:
     """Everything that needs no model: arguments, limits and output locations."""
     out = request.out
     if out.suffix != ".npz":
@@ -144,8 +144,14 @@ def _check_sample_request(request: SampleRequest) -> None:
     for output in (out, out.with_suffix(".png"), request.png_dir):
         if output is not None:
             check_not_input(output, [request.model.model, request.class_file])
+    if request.png_dir is not None and request.png_dir.is_symlink():
+        raise UsageError(f"--png-dir {request.png_dir} is a symlink; an output folder is never written through one")
     if request.png_dir is not None and request.png_dir.exists() and not request.png_dir.is_dir():
         raise UsageError(f"--png-dir {request.png_dir} exists and is not a folder")
+    if world.size > 1 or request.resume:
+        from dip_export.distributed import parts_dir
+
+        parts_dir(out)  # the shard folder: no symlink, before any work
 
 
 def _write_images(request: SampleRequest, images: np.ndarray, size: tuple[int, int], console: Console) -> None:
@@ -493,14 +499,11 @@ def _write_report(
     report: dict[str, Any], json_out: Path | None, plot: Path | None, plotter: Callable[[dict[str, Any], Path], None],
     console: Console,
 ) -> None:  # fmt: skip
-    """A benchmark's JSON and plot, each written atomically."""
-    import json
-
-    from dip_export.io import atomic_path
+    """A benchmark's JSON and plot, each written atomically and marked as this tool's."""
+    from dip_export.io import save_json
 
     if json_out is not None:
-        with atomic_path(json_out) as tmp:
-            tmp.write_text(json.dumps(report, indent=2) + "\n")
+        save_json(json_out, report)
         say(console, f"wrote {json_out}")
     if plot is not None:
         plotter(report, plot)
@@ -541,7 +544,7 @@ def run_export_trt(
 ) -> None:  # fmt: skip
     """dip-export trt: TensorRT engines for an export folder (SOURCE, --output-dir, or the newest under engines/)."""
     from dip_export.export.onnx_export import EXPORT_ROOT
-    from dip_export.export.trt_build import BatchProfile, build_trt, export_for_source
+    from dip_export.export.trt_build import BatchProfile, build_trt, check_timing_cache, export_for_source
     from dip_export.runtime.trt_support import gpu_identity, import_tensorrt
 
     if source is not None:
@@ -549,6 +552,7 @@ def run_export_trt(
             raise UsageError("give the export as SOURCE or as --output-dir, not both")
         import_tensorrt()  # what is missing comes first, before an export is made
         gpu_identity()
+        check_timing_cache(timing_cache)
         output_dir = export_for_source(source, console)
     build_trt(
         precision=precision, output_dir=output_dir, root=EXPORT_ROOT, profile=BatchProfile.parse(batch),

@@ -294,14 +294,15 @@ def check_config_matches(path: Path, config: DiPConfig, state: Mapping[str, Tens
 
 
 def save_checkpoint(path: str | Path, model: DiP, sampling: Mapping[str, Any] | None = None) -> None:
-    """Write the project's own format: safetensors + config + sampling defaults, atomically."""
+    """Write the project's own format: safetensors + config + sampling defaults + this tool's mark, atomically."""
     from safetensors.torch import save_file
 
     from dip_export.io import atomic_path
+    from dip_export.ownership import MARK, MARK_KEY
 
-    meta = {META_CONFIG: json.dumps(model.cfg.to_dict()), META_SAMPLING: json.dumps(dict(sampling or {}))}
+    meta = {META_CONFIG: json.dumps(model.cfg.to_dict()), META_SAMPLING: json.dumps(dict(sampling or {})), MARK_KEY: MARK}
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(Path(path)) as tmp:
+    with atomic_path(Path(path), "safetensors") as tmp:
         save_file(state, str(tmp), metadata=meta)
 
 

@@ -68,7 +68,22 @@ class World:
 
 
 def parts_dir(out: Path) -> Path:
-    return out.with_name(out.name + ".parts")
+    """The shard folder beside `out` (OUT.parts), checked: see `check_parts_dir`."""
+    folder = out.with_name(out.name + ".parts")
+    check_parts_dir(folder)
+    return folder
+
+
+def check_parts_dir(folder: Path) -> None:
+    """The shard folder and the files in it are written and read, never followed: no symlink, no other kind of file."""
+    if folder.is_symlink():
+        raise UsageError(f"{folder} is a symlink; the shard folder is never written through one (move it away)")
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise UsageError(f"{folder} exists and is not a folder; the shards go there (move it away)")
+    if folder.is_dir():
+        for path in sorted(folder.iterdir()):
+            if path.is_symlink():
+                raise UsageError(f"{path} is a symlink; files in the shard folder are never followed (delete it)")
 
 
 def shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
@@ -87,6 +102,7 @@ def run_settings(settings: dict[str, Any], plan: SamplePlan, batch_size: int, sh
 def check_settings(folder: Path, settings: dict[str, Any], world: World) -> None:
     """Rank 0 records the settings of the run; every rank refuses a folder made with other ones."""
     settings = json.loads(json.dumps(settings))  # tuples become lists, as they read back
+    check_parts_dir(folder)
     path = folder / SETTINGS_FILE
     if world.is_main and not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)

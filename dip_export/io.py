@@ -15,7 +15,18 @@ from pathlib import Path
 import numpy as np
 
 from dip_export.errors import DipError, UsageError
-from dip_export.ownership import check_output_name, check_replaceable_output, journal_path, recover_swap, swap_in
+from dip_export.ownership import (
+    MARK,
+    MARK_KEY,
+    NPZ_COMMENT,
+    PNG_TEXT,
+    check_output_name,
+    check_replaceable_output,
+    is_ours,
+    journal_path,
+    recover_swap,
+    swap_in,
+)
 
 
 def _umask() -> int:
@@ -62,10 +73,16 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds."""
+def atomic_path(target: Path, kind: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds.
+
+    With a `kind` (ownership.OUTPUT_KINDS) an existing `target` is replaced only if it carries this tool's mark
+    for that kind, checked before and again after the block, and the new file must carry the mark itself.
+    """
     target = Path(target)
     check_output_file(target)
+    if kind is not None:
+        check_replaceable_output(target, kind)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(target)
@@ -77,6 +94,10 @@ def atomic_path(target: Path) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result should read like any new file
     try:
         yield tmp
+        if kind is not None:
+            if not is_ours(tmp, kind):
+                raise DipError(f"cannot write {target}: the new file lacks this tool's mark")
+            check_replaceable_output(target, kind)  # still the tool's after the work
         try:
             os.replace(tmp, target)
         except OSError as err:
@@ -160,6 +181,8 @@ def check_output_file(path: Path) -> None:
     """A file output may be created or replace a regular file; never a folder. Checked before any work."""
     path = Path(path)
     check_output_name(path)
+    if path.is_symlink():
+        raise UsageError(f"{path} is a symlink; an output is never written through one (name another output)")
     if path.is_dir():
         raise UsageError(f"{path} is a folder; a file goes there (name a file)")
     if path.exists() and not path.is_file():
@@ -171,6 +194,8 @@ def check_output_folder(folder: Path, allowed: Callable[[str], bool], kind: str 
     """A folder output may be new, empty, or hold only files `allowed` names (this run replaces them), each of
     them a `kind` file this tool writes (ownership.check_replaceable_output) when a kind is given."""
     folder = Path(folder)
+    if folder.is_symlink():
+        raise UsageError(f"{folder} is a symlink; an output folder is never written through one (name another folder)")
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"{folder} exists and is not a folder")
     if folder.is_dir() and kind is not None:
@@ -200,9 +225,34 @@ def _normal_permissions(folder: Path) -> None:
 
 
 def save_npz(path: Path, images: np.ndarray) -> None:
-    """ADM layout: `arr_0` uint8 (N, H, W, 3)."""
-    with atomic_path(path) as tmp, tmp.open("wb") as f:
-        np.savez(f, arr_0=images)
+    """ADM layout: `arr_0` uint8 (N, H, W, 3); the zip comment marks it as this tool's samples."""
+    import zipfile
+
+    with atomic_path(path, "npz") as tmp:
+        with tmp.open("wb") as f:
+            np.savez(f, arr_0=images)
+        with zipfile.ZipFile(tmp, "a") as archive:
+            archive.comment = NPZ_COMMENT
+
+
+def save_json(path: Path, data: dict[str, object]) -> None:
+    """A JSON report, its first field marking it as this tool's."""
+    import json
+
+    with atomic_path(path, "json") as tmp:
+        marked: dict[str, object] = {MARK_KEY: MARK}  # the first field
+        marked.update(data)
+        marked[MARK_KEY] = MARK
+        tmp.write_text(json.dumps(marked, indent=2) + "\n")
+
+
+PNG_INFO = {"Software": MARK}  # what a PNG writer (matplotlib's savefig metadata) records as this tool's mark
+
+
+def remove_output(path: Path, kind: str) -> None:
+    """Delete an earlier output of `kind` (a grid that would not match new samples): only one this tool wrote."""
+    check_replaceable_output(path, kind)
+    Path(path).unlink(missing_ok=True)
 
 
 GRID_COLUMNS = 10  # one row per cycle of ten classes (the demo's digits 0-9 line up in columns)
@@ -232,7 +282,7 @@ def image_grid(images: np.ndarray, columns: int | None = None, min_cell: int = G
 
 
 def save_png(path: Path, image: np.ndarray) -> None:
-    """A minimal PNG writer (RGB, 8-bit), so pictures need no imaging library."""
+    """A minimal PNG writer (RGB, 8-bit), so pictures need no imaging library; a tEXt chunk marks it as this tool's."""
     import struct
     import zlib
 
@@ -243,6 +293,7 @@ def save_png(path: Path, image: np.ndarray) -> None:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
-    with atomic_path(path) as tmp:
+    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"tEXt", PNG_TEXT)
+            + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))  # fmt: skip
+    with atomic_path(path, "png") as tmp:
         tmp.write_bytes(data)

@@ -1,11 +1,14 @@
 """What the tool may replace, proven rather than guessed; and the crash-safe swap of an export.
 
 A folder is the tool's to replace only if it holds exactly the files its own manifest lists, with
-their sizes and sha256, and nothing else (`owned_export`). Paths are compared after resolving
-symlinks, and an output may not be or contain an input. An old export is swapped for a new one
-under a journal naming the backup: after a kill at any instant, the next run restores the old
-export or finishes the new one, and never deletes the only copy. Output names (length,
-writability, free space) are checked before any work.
+their sizes and sha256, and nothing else (`owned_export`). A single file is the tool's to replace
+only if it carries this tool's mark for its kind (`OUTPUT_KINDS`: a zip comment, a PNG text chunk,
+a JSON field, a safetensors metadata key), which every writer of that kind puts there. Paths are
+compared after resolving symlinks, an output that is a symlink is refused (never followed), and an
+output may not be or contain an input. An old export is swapped for a new one under a journal
+naming the backup: after a kill at any instant, the next run restores the old export or finishes
+the new one, and never deletes the only copy. Output names (length, writability, free space) are
+checked before any work.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import os
 import re
 import shutil
 import socket
+import struct
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -62,53 +67,174 @@ def check_not_input(output: Path, inputs: Iterable[Path | str | None], what: str
             raise UsageError(f"the {what} {output} lies inside the input folder {item}; name another {what}")
 
 
-def _is_npz(head: bytes, path: Path) -> bool:
-    import zipfile
+# ---------------------------------------------------------------- the owner key of export manifests
 
-    if not head.startswith(b"PK\x03\x04"):
-        return False
+KEY_ENV = "DIP_EXPORT_KEY_FILE"  # overrides where the owner key lives
+
+
+def owner_key_path() -> Path:
+    """$DIP_EXPORT_KEY_FILE, else $XDG_CONFIG_HOME/dip-export/owner.key, else ~/.config/dip-export/owner.key."""
+    given = os.environ.get(KEY_ENV)
+    if given:
+        return Path(given)
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config) / "dip-export" / "owner.key"
+
+
+def owner_key(create: bool) -> bytes | None:
+    """This user's secret for marking manifests (made on first use when `create`); None if there is none yet."""
+    path = owner_key_path()
+    if not os.path.lexists(path):
+        if not create:
+            return None
+        _create_key(path)
+    if path.is_symlink() or not path.is_file():
+        raise DipError(f"{path}: the owner key is not a regular file (move it away; {KEY_ENV} names another)")
+    info = path.stat()
+    if info.st_mode & 0o077 or info.st_uid != os.getuid():
+        raise DipError(f"{path}: the owner key is not yours alone (mode 600, your own); fix it or move it away")
+    text = path.read_bytes()[:100]
+    if not re.fullmatch(rb"[0-9a-f]{64}\n?", text):
+        raise DipError(f"{path}: not an owner key of this tool (64 hex digits); move it away to make a new one")
+    return bytes.fromhex(text[:64].decode())
+
+
+def _create_key(path: Path) -> None:
+    """A new random key, mode 600, appearing whole: written beside it, then linked to its name (a race keeps one)."""
+    import secrets
+    import tempfile
+
     try:
-        with zipfile.ZipFile(path) as archive:
-            return all(name.endswith(".npy") for name in archive.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
-
-
-def _is_json(head: bytes, path: Path) -> bool:
-    from dip_export.untrusted import UntrustedFileError, read_json
-
-    if head.lstrip()[:1] not in (b"{", b"["):
-        return False
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(prefix=".owner.key.", suffix=".tmp", dir=path.parent)  # mode 600
+    except OSError as err:
+        raise DipError(f"cannot make the owner key {path}: {err.strerror or err}") from None
     try:
-        read_json(path, what="earlier output")
-    except UntrustedFileError:
-        return False
-    return True
+        os.write(fd, secrets.token_hex(32).encode() + b"\n")
+        os.fsync(fd)
+        os.close(fd)
+        os.link(tmp, path)
+    except FileExistsError:
+        pass  # another run made it first: its key is the key
+    except OSError as err:
+        raise DipError(f"cannot make the owner key {path}: {err.strerror or err}") from None
+    finally:
+        os.unlink(tmp)
 
 
-_OUTPUT_KINDS = {
-    "npz": _is_npz,  # np.savez: a zip of .npy arrays
-    "png": lambda head, path: head.startswith(b"\x89PNG\r\n\x1a\n"),
-    "json": _is_json,
-    "safetensors": lambda head, path: len(head) > 8 and head[8:9] == b"{",
+def contents_mac(contents: dict[str, Any], key: bytes) -> str:
+    """HMAC-SHA256 of a manifest's file list (names, sizes, sha256) under this user's key."""
+    import hmac
+
+    text = json.dumps(contents, sort_keys=True, separators=(",", ":")).encode()
+    return hmac.new(key, text, hashlib.sha256).hexdigest()
+
+
+def mac_problem(contents: dict[str, Any], mac: str) -> str | None:
+    """Why a manifest's mark does not prove this user's tool wrote its file list (None: it does)."""
+    import hmac
+
+    try:
+        key = owner_key(create=False)
+    except DipError as err:
+        return str(err)
+    given = mac.encode("utf-8", "surrogatepass")  # any text a manifest holds is compared as bytes
+    if key is None or not hmac.compare_digest(contents_mac(contents, key).encode(), given):
+        return "its manifest carries no valid mark of this user's tool (made by hand, by another user or an older version)"
+    return None
+
+
+# ---------------------------------------------------------------- the marks of single-file outputs
+
+MARK = "dip-export"  # the value of each kind's mark: PNG `Software` text, JSON and safetensors `written_by`
+NPZ_COMMENT = b"dip-export samples v1"  # the zip comment of a samples .npz
+NPZ_MEMBERS = ("arr_0.npy",)  # and exactly these members (ADM layout)
+PNG_TEXT = b"Software\x00" + MARK.encode()  # the data of a PNG tEXt chunk
+MARK_KEY = "written_by"  # top-level JSON field, safetensors metadata key
+MAX_HEADER_BYTES = 100 << 20  # a safetensors header larger than this is no file of ours
+
+
+def _npz_is_ours(path: Path) -> bool:
+    with zipfile.ZipFile(path) as archive:
+        return archive.comment == NPZ_COMMENT and tuple(archive.namelist()) == NPZ_MEMBERS
+
+
+def _png_is_ours(path: Path) -> bool:
+    """A PNG whose chunks (walked by their lengths, never decoded) include tEXt `Software: dip-export`."""
+    with open(path, "rb") as f:
+        if f.read(8) != b"\x89PNG\r\n\x1a\n":
+            return False
+        size = os.fstat(f.fileno()).st_size
+        while f.tell() + 12 <= size:
+            length, tag = struct.unpack(">I4s", f.read(8))
+            if tag == b"tEXt" and length == len(PNG_TEXT):
+                if f.read(length) == PNG_TEXT:
+                    return True
+                f.seek(4, os.SEEK_CUR)
+                continue
+            if tag in (b"IDAT", b"IEND"):  # the mark comes before the image data
+                return False
+            f.seek(length + 4, os.SEEK_CUR)
+    return False
+
+
+def _json_is_ours(path: Path) -> bool:
+    from dip_export.untrusted import read_json
+
+    data = read_json(path, what="earlier output")
+    return isinstance(data, dict) and data.get(MARK_KEY) == MARK
+
+
+def _safetensors_is_ours(path: Path) -> bool:
+    from dip_export.untrusted import parse_json
+
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            return False
+        (length,) = struct.unpack("<Q", head)
+        if length > min(MAX_HEADER_BYTES, os.fstat(f.fileno()).st_size - 8):
+            return False
+        header = parse_json(f.read(length), str(path))
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return isinstance(meta, dict) and meta.get(MARK_KEY) == MARK
+
+
+OUTPUT_KINDS = {  # kind -> (what it is, whether a file carries this tool's mark for it)
+    "npz": ("samples .npz", _npz_is_ours),
+    "png": ("PNG", _png_is_ours),
+    "json": ("JSON report", _json_is_ours),
+    "safetensors": ("safetensors checkpoint", _safetensors_is_ours),
 }
 
 
+def is_ours(path: Path | str, kind: str) -> bool:
+    """A regular file (not a symlink) carrying this tool's mark for `kind`; anything unreadable or malformed is not."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        return OUTPUT_KINDS[kind][1](path)
+    except (OSError, ValueError, EOFError, RecursionError, DipError, zipfile.BadZipFile, struct.error):
+        return False  # unreadable or malformed: not provably ours
+
+
 def check_replaceable_output(path: Path | str, kind: str) -> None:
-    """A file the user names (or one derived from it) replaces an existing file only if that holds what this tool
-    writes there (`kind`: npz, png, json, safetensors): an earlier result, not a user's notes or pictures."""
+    """A file the user names (or one derived from it) replaces an existing file only if that carries this tool's
+    mark for `kind` (npz, png, json, safetensors): proof that the tool wrote it, not a user's notes or pictures.
+    A symlink is never followed nor replaced."""
     path = Path(path)
     if not os.path.lexists(path):
         return
-    if path.is_symlink() or not path.is_file():
+    if path.is_symlink():
+        raise UsageError(f"{path} is a symlink; an output is never written through one (name another output)")
+    if not path.is_file():
         raise UsageError(f"{path} exists and is not a regular file; refusing to replace it (name another output)")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(16)
-    except OSError as err:
-        raise UsageError(f"{path}: cannot read the existing file ({err.strerror or err}); name another output") from None
-    if not _OUTPUT_KINDS[kind](head, path):
-        raise UsageError(f"{path} exists and is not a {kind} file this tool writes; refusing to replace it (name another output)")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"{path}: cannot read the existing file; name another output")
+    if not is_ours(path, kind):
+        what = OUTPUT_KINDS[kind][0]
+        raise UsageError(f"{path} exists and is not a {what} this tool wrote; refusing to replace it (name another output)")
 
 
 def check_output_name(path: Path) -> None:
@@ -155,7 +281,11 @@ def _host() -> str:
 def swap_in(tmp: Path, target: Path, backup: Path) -> None:
     """Put the finished folder `tmp` at `target`; an old `target` goes to the empty folder `backup` under a journal."""
     journal = journal_path(target)
-    _write_journal(journal, {"backup": backup.name, "host": _host(), "pid": os.getpid()})
+    try:
+        _write_journal(journal, {"backup": backup.name, "host": _host(), "pid": os.getpid()})
+    except OSError as err:
+        backup.rmdir()
+        raise DipError(f"cannot write {journal}: {err.strerror or err} (a file or link of that name is in the way)") from None
     try:
         os.replace(target, backup)
     except OSError as err:
@@ -173,8 +303,10 @@ def swap_in(tmp: Path, target: Path, backup: Path) -> None:
 
 
 def _write_journal(journal: Path, data: dict[str, Any]) -> None:
-    """Written and synced before the first rename: a journal cut short means the swap had not begun."""
-    with open(journal, "w") as f:
+    """Written and synced before the first rename: a journal cut short means the swap had not begun. Made new,
+    never through a symlink or over a file someone put there."""
+    fd = os.open(journal, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    with open(fd, "w") as f:
         f.write(json.dumps(data))
         f.flush()
         os.fsync(f.fileno())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,21 @@ from dip_export.config import DiPConfig
 from dip_export.model import DiP
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def owner_key_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The tests' own owner key (made on first use), never the one in the real home; subprocesses inherit it."""
+    from dip_export.ownership import KEY_ENV
+
+    path = tmp_path_factory.mktemp("owner") / "owner.key"
+    old = os.environ.get(KEY_ENV)
+    os.environ[KEY_ENV] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop(KEY_ENV, None)
+    else:
+        os.environ[KEY_ENV] = old
 
 
 class Golden:

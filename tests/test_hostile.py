@@ -224,14 +224,19 @@ def test_resume_with_a_replaced_checkpoint_is_refused(tmp_path, golden):
     assert not out.exists()
 
 
-OLD_PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16  # what this tool writes there (a user's other file is never replaced)
+def old_png(path: Path) -> bytes:
+    """An earlier run's image, as this tool writes it (marked; a user's other file is never replaced)."""
+    from dip_export.io import save_png
+
+    save_png(path, np.full((2, 2, 3), 9, np.uint8))
+    return path.read_bytes()
 
 
 def test_png_dir_reused_by_a_smaller_run_is_refused(tmp_path, ckpt, no_sampling):
     pngs = tmp_path / "pngs"
     pngs.mkdir()
     for i in range(3):
-        (pngs / f"{i:06d}.png").write_bytes(OLD_PNG)  # an earlier run's images
+        old_png(pngs / f"{i:06d}.png")  # an earlier run's images
     out = tmp_path / "o.npz"
     code, err = sample(ckpt, "--image-size", "32", "--num-samples", "2", "--steps", "1", "--png-dir", pngs, "--out", out)
     one_line(code, err, 2, "000002.png")
@@ -241,11 +246,11 @@ def test_png_dir_reused_by_a_smaller_run_is_refused(tmp_path, ckpt, no_sampling)
 def test_png_dir_rerun_of_the_same_plan_replaces_its_files(tmp_path, ckpt):
     pngs = tmp_path / "pngs"
     pngs.mkdir()
-    (pngs / "000000.png").write_bytes(OLD_PNG)  # an earlier run's image
+    old = old_png(pngs / "000000.png")  # an earlier run's image
     code, err = sample(ckpt, "--image-size", "32", "--num-samples", "1", "--steps", "1", "--png-dir", pngs,
                        "--out", tmp_path / "o.npz")  # fmt: skip
     assert code == 0, err
-    assert (pngs / "000000.png").read_bytes().startswith(b"\x89PNG") and (pngs / "000000.png").read_bytes() != OLD_PNG
+    assert (pngs / "000000.png").read_bytes().startswith(b"\x89PNG") and (pngs / "000000.png").read_bytes() != old
 
 
 # ------------------------------------------------------------------ 4. resource exhaustion

@@ -169,6 +169,28 @@ def test_timing_cache_from_another_gpu_starts_a_new_one(export_copy, gpu, monkey
     assert saved["owner"] == f"10.13.0|{gpu.get_device_name()}" and saved["entries"] == 2  # a new cache, both builds
 
 
+@pytest.mark.parametrize("kind", ["user file", "symlink"])
+def test_a_timing_cache_path_holding_a_users_file_is_refused_before_any_build(export_copy, gpu, monkeypatch, tmp_path,
+                                                                             kind):  # fmt: skip
+    from dip_export.errors import UsageError
+
+    trt = fake_tensorrt.install(monkeypatch)
+    mine = tmp_path / "notes.txt"
+    mine.write_bytes(b"my notes")
+    cache = mine if kind == "user file" else tmp_path / "timing.cache"
+    if kind == "symlink":
+        cache.symlink_to(fake_tensorrt_cache(tmp_path / "real.cache"))
+    before = cache.read_bytes()
+    with pytest.raises(UsageError, match="refusing to replace" if kind == "user file" else "symlink"):
+        _build(export_copy, cache=cache)
+    assert cache.read_bytes() == before and trt.built == [] and mine.read_bytes() == b"my notes"
+
+
+def fake_tensorrt_cache(path):
+    path.write_bytes(fake_tensorrt.CACHE_MAGIC + b'{"owner": "10.13.0|NVIDIA A100", "entries": 7}')
+    return path
+
+
 def test_a_build_that_returns_none_is_an_error_and_writes_nothing(export_copy, gpu, monkeypatch):
     trt = fake_tensorrt.install(monkeypatch)
     trt.fail_builds = True

@@ -13,7 +13,7 @@ from typing import Any
 from dip_export.config import DiPConfig, check_sampling_defaults
 from dip_export.errors import DipError, ExportError, UsageError
 from dip_export.io import EXPORT_FORMAT_PREFIX, MANIFEST_NAME, atomic_path, check_replaceable_folder
-from dip_export.ownership import file_sha256, folder_contents
+from dip_export.ownership import contents_mac, file_sha256, folder_contents, mac_problem, owner_key
 from dip_export.runtime.catalog import ALL_PRECISIONS
 from dip_export.settings import MAX_IMAGE_SIDE
 from dip_export.untrusted import UntrustedFileError, read_json
@@ -42,6 +42,7 @@ class Manifest:
     engines: dict[str, Any] = field(default_factory=dict)  # TensorRT plans built from this export
     extra: dict[str, Any] = field(default_factory=dict)  # stage-specific notes (quantization, timings)
     contents: dict[str, Any] = field(default_factory=dict)  # every other file of the folder: size and sha256
+    owner_mac: str = ""  # HMAC of `contents` under this user's key: only then may the tool replace the folder
     format: str = FORMAT
 
     def to_json(self) -> dict[str, Any]:
@@ -59,7 +60,8 @@ class Manifest:
 
 
 def write_manifest(folder: Path, manifest: Manifest, written: Iterable[str] | None = None) -> None:
-    """The manifest, listing the folder's files (what makes the folder provably the tool's).
+    """The manifest, listing the folder's files and marking the list with this user's key (`contents_mac`): what
+    makes the folder provably the tool's.
 
     A new folder (`written` None) lists everything in it. In a folder that already holds an export,
     only the names this run `written` (files, or folders whose files it wrote) join the listed contents,
@@ -77,6 +79,7 @@ def write_manifest(folder: Path, manifest: Manifest, written: Iterable[str] | No
                 added[name] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
         kept = {rel: entry for rel, entry in manifest.contents.items() if (folder / rel).exists()}
         manifest.contents = {**kept, **added}
+    manifest.owner_mac = contents_mac(manifest.contents, owner_key(create=True) or b"")
     with atomic_path(folder / MANIFEST) as tmp:
         tmp.write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
 
@@ -119,6 +122,7 @@ def parse_manifest(data: Any) -> Manifest:
         _typed(data, key, dict)
     for key in ("verification", "sampling", "engines", "extra", "contents"):
         _typed(data, key, dict, required=False)
+    _typed(data, "owner_mac", str, required=False)
     if data["precision"] not in PRECISIONS:
         raise ValueError(f"precision {data['precision']!r} is not one of {', '.join(PRECISIONS)}")
     size = data["image_size"]
@@ -287,6 +291,9 @@ def ownership_problem(folder: Path) -> str | None:
     extra = sorted(found - set(listed) - {MANIFEST_NAME})
     if extra:
         return f"it holds files its manifest does not list ({', '.join(extra[:3])})"
+    forged = mac_problem(listed, manifest.owner_mac)
+    if forged:
+        return forged
     for rel, entry in listed.items():
         path = folder / rel
         if path.is_symlink() or not path.is_file() or path.stat().st_size != entry.get("size"):

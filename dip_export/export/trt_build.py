@@ -113,6 +113,28 @@ def profile_entry(profile: BatchProfile) -> dict[str, Any]:
     return {"min": profile.min, "opt": profile.opt, "max": profile.max, "network_rows": list(profile.network_batches())}
 
 
+def check_timing_cache(path: Path | None) -> None:
+    """--timing-cache is read and rewritten: it may be new, or a timing cache TensorRT reads (from any GPU or
+    version; those start afresh); a user's other file or a symlink is refused before any work."""
+    from dip_export.io import check_output_file
+
+    if path is None:
+        return
+    check_output_file(path)  # no symlink, no folder, a writable place
+    if not path.exists():
+        return
+    trt = _tensorrt()
+    config = trt.Builder(trt.Logger(trt.Logger.ERROR)).create_builder_config()
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise UsageError(f"--timing-cache {path}: cannot read it ({err.strerror or err})") from None
+    if config.create_timing_cache(data) is None:
+        raise UsageError(
+            f"--timing-cache {path} exists and is not a TensorRT timing cache; refusing to replace it (name another file)"
+        )
+
+
 def _load_timing_cache(trt: Any, config: Any, timing_cache: Path | None, console: Console | None) -> None:
     """The saved cache when TensorRT accepts it; an empty one when it was made on another GPU or version."""
     cache_bytes = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
@@ -209,6 +231,7 @@ def build_trt(
     if not 0 <= opt_level <= 5:
         raise UsageError(f"--opt-level must be 0..5, got {opt_level}")
     trt = _tensorrt()  # what is missing comes first, and before any file is made
+    check_timing_cache(timing_cache)
     device = torch.device(device if device is not None else "cuda")
     gpu, capability = gpu_identity(device)
     folder = find_export(root, output_dir)

@@ -39,11 +39,11 @@ def pyplot() -> Any:
 
 
 def save(fig: Any, path: Path) -> None:
-    """The figure as a PNG, written atomically; the figure is closed."""
-    from dip_export.io import atomic_path
+    """The figure as a PNG marked as this tool's, written atomically; the figure is closed."""
+    from dip_export.io import PNG_INFO, atomic_path
 
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    with atomic_path(path, "png") as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight", metadata=PNG_INFO)
     pyplot().close(fig)
 
 

@@ -24,18 +24,28 @@ def test_user_file_is_not_replaceable(tmp_path, kind):
 
 
 def test_earlier_results_are_replaceable(tmp_path):
-    from dip_export.io import save_png
+    from dip_export.io import save_json, save_npz, save_png
 
-    np.savez(tmp_path / "a.npz", arr_0=np.zeros((1, 2, 2, 3), np.uint8))
+    save_npz(tmp_path / "a.npz", np.zeros((1, 2, 2, 3), np.uint8))
     save_png(tmp_path / "a.png", np.zeros((2, 2, 3), np.uint8))
-    (tmp_path / "a.json").write_text(json.dumps({"rows": []}))
+    save_json(tmp_path / "a.json", {"rows": []})
     for kind in ("npz", "png", "json"):
         check_replaceable_output(tmp_path / f"a.{kind}", kind)
     check_replaceable_output(tmp_path / "new.npz", "npz")  # nothing there yet
 
 
+def test_results_of_another_program_are_not_replaceable(tmp_path):
+    np.savez(tmp_path / "a.npz", arr_0=np.zeros((1, 2, 2, 3), np.uint8))
+    (tmp_path / "a.json").write_text(json.dumps({"rows": []}))
+    for kind in ("npz", "json"):
+        with pytest.raises(UsageError, match="not a"):
+            check_replaceable_output(tmp_path / f"a.{kind}", kind)
+
+
 def test_a_symlinked_output_is_refused(tmp_path):
-    np.savez(tmp_path / "a.npz", arr_0=np.zeros(1))
+    from dip_export.io import save_npz
+
+    save_npz(tmp_path / "a.npz", np.zeros((1, 2, 2, 3), np.uint8))
     (tmp_path / "b.npz").symlink_to(tmp_path / "a.npz")
     with pytest.raises(UsageError):
         check_replaceable_output(tmp_path / "b.npz", "npz")

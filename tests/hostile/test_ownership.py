@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from dip_export import cli
@@ -123,3 +123,106 @@ def test_a_kill_at_any_step_of_the_swap_loses_no_export(tmp_path: Path, kill_at:
     assert not journal_path(target).exists()
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "exp" and ".old." in p.name]
     assert leftovers == []
+
+
+# ---------------------------------------------------------------- a forged manifest proves nothing
+
+
+def _forge(folder: Path, **changes: object) -> None:
+    """Rewrite the manifest with the folder's true file list (names, sizes, sha256), as anyone could."""
+    from dip_export.ownership import folder_contents
+
+    manifest = folder / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["contents"] = folder_contents(folder)
+    data.update(changes)
+    if data.get("owner_mac") is None:
+        data.pop("owner_mac")
+    manifest.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("mac", [None, "", "0" * 64, "other key"])
+def test_a_manifest_listing_a_users_files_does_not_make_them_replaceable(export: Path, mac: str | None) -> None:
+    from dip_export.ownership import contents_mac, folder_contents
+
+    (export / "thesis.tex").write_text("years")  # the user's file, listed with its true size and hash
+    if mac == "other key":
+        mac = contents_mac(folder_contents(export), b"another user's key")
+    _forge(export, owner_mac=mac)
+    assert "no valid mark" in (ownership_problem(export) or "")
+    before = {p.name: p.read_bytes() for p in export.iterdir()}
+    with pytest.raises(UsageError, match="not an export of this tool"):
+        check_export_target(export)
+    assert {p.name: p.read_bytes() for p in export.iterdir()} == before
+
+
+@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mac=st.text(max_size=70))
+def test_no_guessed_mark_makes_a_folder_replaceable(export: Path, mac: str) -> None:
+    from dip_export.ownership import contents_mac, owner_key
+
+    listed = json.loads((export / "manifest.json").read_text())["contents"]
+    assume(mac != contents_mac(listed, owner_key(create=False) or b""))
+    _forge(export, owner_mac=mac)
+    assert ownership_problem(export) is not None
+
+
+def test_the_cli_refuses_to_export_over_a_forged_folder(tmp_path: Path, ckpt: Path, export: Path) -> None:
+    (export / "thesis.tex").write_text("years")
+    _forge(export)
+    code, err = run(cli.export_main, "onnx", ckpt, "--output-dir", export, "--image-size", "32x64")
+    one_line(code, err, 2, "not an export of this tool")
+    assert (export / "thesis.tex").read_text() == "years"
+
+
+def test_an_export_is_read_without_the_key_but_not_replaced(export: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            tmp_path: Path) -> None:  # fmt: skip
+    from dip_export.export.manifest import read_manifest
+    from dip_export.ownership import KEY_ENV
+
+    monkeypatch.setenv(KEY_ENV, str(tmp_path / "another-user" / "owner.key"))
+    assert read_manifest(export).name  # reading for use needs no key
+    assert "no valid mark" in (ownership_problem(export) or "")
+    assert not (tmp_path / "another-user").exists()  # checking makes no key
+
+
+def test_the_owner_key_is_made_once_private_and_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dip_export.errors import DipError
+    from dip_export.ownership import KEY_ENV, owner_key, owner_key_path
+
+    monkeypatch.delenv(KEY_ENV)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    path = tmp_path / "cfg" / "dip-export" / "owner.key"
+    assert owner_key_path() == path and owner_key(create=False) is None
+    key = owner_key(create=True)
+    assert key is not None and len(key) == 32 and owner_key(create=True) == key
+    assert path.stat().st_mode & 0o777 == 0o600 and os.listdir(path.parent) == ["owner.key"]
+    path.chmod(0o644)
+    with pytest.raises(DipError, match="not yours alone"):
+        owner_key(create=False)
+    path.chmod(0o600)
+    path.rename(tmp_path / "real.key")
+    path.symlink_to(tmp_path / "real.key")
+    with pytest.raises(DipError, match="not a regular file"):
+        owner_key(create=False)
+
+
+def test_a_link_at_the_journal_name_is_never_written_through(tmp_path: Path) -> None:
+    from dip_export.errors import DipError
+    from dip_export.io import atomic_dir
+    from dip_export.ownership import swap_in
+
+    target = tmp_path / "exp"
+    target.mkdir()
+    (target / "model.onnx").write_text("old")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    journal_path(target).symlink_to(victim)
+    with pytest.raises(DipError), atomic_dir(target, problem_of=lambda folder: None) as tmp:
+        (tmp / "model.onnx").write_text("new")
+    new, backup = tmp_path / "new", tmp_path / ".exp.old.tmp"
+    new.mkdir()
+    backup.mkdir()
+    with pytest.raises(DipError, match="in the way"):
+        swap_in(new, target, backup)  # even past the recovery: the journal is made new, never through a link
+    assert victim.read_text() == "mine" and (target / "model.onnx").read_text() == "old" and not backup.exists()
