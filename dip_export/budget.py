@@ -18,7 +18,7 @@ from dip_export.errors import DipError, UsageError
 
 MAX_EVALUATIONS = 10_000_000  # network evaluations per image over a whole measurement (--nfe lists)
 SOLVER_COPIES = 10  # image-sized float tensors a multistep solver holds (x, noise, history, guidance halves)
-EXPORT_WEIGHT_COPIES = 4  # an ONNX export holds the weights ~4 times: the module, the traced graph, the protobuf, the verifying session
+EXPORT_WEIGHT_COPIES = 4  # an ONNX export holds the weights ~4 times: module, traced graph, protobuf, verifying session
 TRT_WEIGHT_COPIES = 3  # a TensorRT build: the parsed network, the builder's tactics and the serialized plan
 TRT_WORKSPACE = 1 << 30  # the builder's scratch memory on top of the network's own tensors
 EXPORT_BATCH = 2  # the batch an export traces and verifies at (onnx_export.VERIFY_BATCHES)

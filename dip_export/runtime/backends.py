@@ -104,7 +104,7 @@ def check_available(spec: BackendSpec, device: torch.device, from_model: bool = 
     if reason is not None:
         from dip_export.errors import MissingDependencyError
 
-        raise MissingDependencyError(spec.name, reason, message=f"backend {spec}: {reason}" if "backend" not in reason else reason)
+        raise MissingDependencyError(spec.name, reason, message=reason if "backend" in reason else f"backend {spec}: {reason}")
 
 
 def make_torch_engine(spec: BackendSpec, loaded: LoadedModel, device: torch.device) -> Denoiser:

@@ -95,7 +95,7 @@ def unavailable_reason(name: str, device_type: str | None = None, from_model: bo
     if missing is None:
         return None
     hint = record.install if missing in record.packages else "pip install -e ."
-    return f"backend {name} needs the {missing} package: {hint}"
+    return f"{missing} is not installed: backend {name} needs it; {hint}"
 
 
 def check_available(name: str, device_type: str | None = None, from_model: bool = False) -> None:
@@ -105,3 +105,12 @@ def check_available(name: str, device_type: str | None = None, from_model: bool 
         from dip_export.errors import MissingDependencyError
 
         raise MissingDependencyError(name, reason, message=reason)
+
+
+def check_packages(modules: tuple[str, ...], what: str, hint: str = "pip install -e .") -> None:
+    """Refuse, in one line and before any work, a step whose packages are missing (e.g. the ONNX exporter's)."""
+    missing = next((m for m in modules if not installed(m)), None)
+    if missing is not None:
+        from dip_export.errors import MissingDependencyError
+
+        raise MissingDependencyError(missing, hint, message=f"{missing} is not installed: {what} needs it; {hint}")
