@@ -62,7 +62,7 @@ def run_bytes(config: Any, shape: RunShape) -> int:
 def parameter_count(config: Any) -> int:
     """Parameters of a DiP of this config, from its arithmetic (the same count `DiP(config)` holds, without building it)."""
     d, p, c = config.hidden_size, config.patch_size, config.in_channels
-    m, hd = config.mlp_hidden, d // config.num_heads
+    m, hd = int(2 * 4 * d / 3), d // config.num_heads  # DiPConfig.mlp_hidden, head_dim (plain fields: any namespace will do)
     time_features = 256  # model.TIME_FREQ_DIM (not imported: this module needs no torch)
     embedders = (c * p * p * d + d) + (time_features * d + d + d * d + d) + (config.num_classes + 1) * d
     block = 2 * d + (3 * d * d + 2 * hd + d * d + d) + 3 * d * m + (6 * d * d + 6 * d)

@@ -345,6 +345,7 @@ def _stored_config(path: Path, value: Any, json_text: bool = False) -> DiPConfig
     """The architecture a file records (safetensors metadata or a pickle's dip_config), checked."""
     if value is None:
         return None
+    data: Any = None
     try:
         data = parse_json(value, f"{path} metadata {META_CONFIG}") if json_text else value
         if not isinstance(data, Mapping):
@@ -353,7 +354,20 @@ def _stored_config(path: Path, value: Any, json_text: bool = False) -> DiPConfig
     except UntrustedFileError:
         raise
     except (ValueError, TypeError, UsageError) as err:
+        _check_unbounded(path, data if isinstance(data, Mapping) else {})  # its size first: the figure says what is wrong
         raise CheckpointError(f"{path}: bad stored config {META_CONFIG} ({_first_line(err)})") from None
+
+
+def _check_unbounded(path: Path, data: Mapping[Any, Any]) -> None:
+    """A stored config beyond the bounds whose model would not fit either is refused with its memory figure."""
+    from types import SimpleNamespace
+
+    fields = {**DiPConfig().to_dict(), **{k: v for k, v in data.items() if k in DiPConfig.__dataclass_fields__}}
+    if not all(type(v) is int and 1 <= v <= 1 << 32 for v in fields.values()) or fields["hidden_size"] % fields["num_heads"]:
+        return
+    if fields["patch_size"] < 2 or fields["patch_size"] & (fields["patch_size"] - 1):
+        return
+    check_weights(SimpleNamespace(**fields), str(path))
 
 
 def _stored_sampling(path: Path, text: str) -> dict[str, Any]:
