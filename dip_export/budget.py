@@ -132,9 +132,12 @@ def check_memory(need: int, what: str, device: Any = None) -> None:
         raise BudgetError(f"{what} needs about {gib(need)}, more than the {gib(limit)} of {where}; make it smaller")
 
 
-def check_run(config: Any, shape: RunShape, device: Any = None) -> None:
-    """A sampling run fits in memory (called where every run goes through, before any tensor)."""
-    need = run_bytes(config, shape)
+def check_run(config: Any, shape: RunShape, device: Any = None, resident: bool = False) -> None:
+    """A sampling run fits in memory (called where every run goes through, before any tensor).
+
+    `resident`: the weights are already where the run happens (the limit, measured now, has them taken off).
+    """
+    need = run_bytes(config, shape) - (weight_bytes(config) if resident else 0)
     what = f"sampling batch {shape.batch} at {shape.height}x{shape.width}" + (
         f" keeping {shape.samples} images" if shape.samples > 1 else ""
     )

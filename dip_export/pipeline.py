@@ -240,7 +240,9 @@ class DiPPipeline:
         from dip_export.budget import RunShape, check_run
 
         h, w = size or self.image_size
-        check_run(self.config, RunShape(batch or self.batch_size, h, w, samples=samples), self.device)
+        on_cpu = self.device.type == "cpu" and self.source.loaded is not None  # the torch model is in RAM already
+        resident = on_cpu or bool(self._engines)  # what free memory reads now has the weights taken off
+        check_run(self.config, RunShape(batch or self.batch_size, h, w, samples=samples), self.device, resident=resident)
 
     image_size: tuple[int, int]
     batch_size: int

@@ -73,6 +73,16 @@ def test_estimates_grow_with_batch_size_and_images(config: DiPConfig, batch: int
     assert trt_build_bytes(config, h * p, w * p, batch + 1) > trt_build_bytes(config, h * p, w * p, batch)
 
 
+def test_resident_weights_are_not_counted_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dip_export.budget import check_run
+
+    config, shape = DiPConfig(hidden_size=64, num_heads=4, depth=2, patch_size=4), RunShape(2, 32, 32)
+    monkeypatch.setenv("DIP_MEMORY_LIMIT", str(run_bytes(config, shape) - 1))  # the weights are already taken off
+    check_run(config, shape, resident=True)
+    with pytest.raises(BudgetError):
+        check_run(config, shape)
+
+
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(small_configs(), st.sampled_from(["depth", "hidden_size", "num_classes", "detailer_width"]))
 def test_weights_grow_with_the_architecture(config: DiPConfig, field: str) -> None:
