@@ -146,10 +146,10 @@ def safetensors_header(path: Path) -> tuple[dict[str, _Shape], dict[str, str]]:
         raise CheckpointError(f"{bad} (metadata is not text)")
     shapes: dict[str, _Shape] = {}
     declared = 0
-    for name, entry in header.items():
+    for index, (name, entry) in enumerate(header.items()):
         shape = entry.get("shape") if isinstance(entry, dict) else None
         if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
-            raise CheckpointError(f"{bad} (tensor {str(name)[:80]} has no valid shape)")
+            raise CheckpointError(f"{bad} (header entry {index + 1} has no valid shape)")  # its name is file content
         numel = 1
         for n in shape:
             numel *= n
@@ -354,20 +354,26 @@ def _stored_config(path: Path, value: Any, json_text: bool = False) -> DiPConfig
     except UntrustedFileError:
         raise
     except (ValueError, TypeError, UsageError) as err:
-        _check_unbounded(path, data if isinstance(data, Mapping) else {})  # its size first: the figure says what is wrong
-        raise CheckpointError(f"{path}: bad stored config {META_CONFIG} ({_first_line(err)})") from None
+        figure = _unbounded_figure(data if isinstance(data, Mapping) else {})
+        raise CheckpointError(f"{path}: bad stored config {META_CONFIG} ({_first_line(err)}){figure}") from None
 
 
-def _check_unbounded(path: Path, data: Mapping[Any, Any]) -> None:
-    """A stored config beyond the bounds whose model would not fit either is refused with its memory figure."""
+def _unbounded_figure(data: Mapping[Any, Any]) -> str:
+    """For a stored config beyond the bounds whose model would not fit either: its memory figure against the limit."""
     from types import SimpleNamespace
+
+    from dip_export.budget import describe, gib, memory_limit, weight_bytes
 
     fields = {**DiPConfig().to_dict(), **{k: v for k, v in data.items() if k in DiPConfig.__dataclass_fields__}}
     if not all(type(v) is int and 1 <= v <= 1 << 32 for v in fields.values()) or fields["hidden_size"] % fields["num_heads"]:
-        return
+        return ""
     if fields["patch_size"] < 2 or fields["patch_size"] & (fields["patch_size"] - 1):
-        return
-    check_weights(SimpleNamespace(**fields), str(path))
+        return ""
+    config = SimpleNamespace(**fields)
+    need, limit = weight_bytes(config), memory_limit()
+    if need <= limit:
+        return ""
+    return f"; {describe(config)} would need about {gib(need)}, more than the {gib(limit)} of available memory"
 
 
 def _stored_sampling(path: Path, text: str) -> dict[str, Any]:
