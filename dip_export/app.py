@@ -27,7 +27,7 @@ from dip_export.pipeline import DiPPipeline
 from dip_export.runtime.backends import BackendSpec
 from dip_export.runtime.torch_engine import resolve_device
 from dip_export.sampling import SamplerSettings
-from dip_export.settings import MAX_REPEATS, MAX_SHARD_BATCHES, BuildSettings
+from dip_export.settings import MAX_REPEATS, MAX_SAMPLES, MAX_SHARD_BATCHES, BuildSettings, exact_int
 
 if TYPE_CHECKING:
     from dip_export.distributed import World
@@ -79,9 +79,11 @@ def run_sample(request: SampleRequest, console: Console, progress: Progress) -> 
     world = World.from_env()
     dev = world.device(resolve_device(request.device))
     _check_sample_request(request, world)
+    count = _sample_count(request)  # the images the run keeps, counted by the memory estimate before the model is built
     pipe = request.model.load(
-        backend=request.backend, device=dev, image_size=request.image_size, batch_size=request.batch_size, console=console
-    )
+        backend=request.backend, device=dev, image_size=request.image_size, batch_size=request.batch_size,
+        num_samples=count, console=console,
+    )  # fmt: skip
     settings = pipe.sampler_settings(**request.sampling)
     plan = _plan(pipe.config.num_classes, request)
     pipe.check_budget(len(plan))
@@ -152,6 +154,15 @@ def _check_sample_request(request: SampleRequest, world: World) -> None:
         from dip_export.distributed import parts_dir
 
         parts_dir(out)  # the shard folder: no symlink, before any work
+
+
+def _sample_count(request: SampleRequest) -> int:
+    """How many images the plan will hold, from the arguments alone (the plan itself needs the model's classes)."""
+    if request.num_samples is not None:
+        return exact_int(request.num_samples, "--num-samples", 1, MAX_SAMPLES)
+    lengths = [len(parse_int_list(text, option)) for text, option in ((request.classes, "--classes"), (request.seeds, "--seeds"))
+               if text is not None]  # fmt: skip
+    return max(lengths, default=8)  # make_plan's default: 8 samples
 
 
 def _write_images(request: SampleRequest, images: np.ndarray, size: tuple[int, int], console: Console) -> None:
@@ -514,15 +525,24 @@ def run_export_onnx(
     model: ModelRequest, build: BuildSettings, image_size: str | None, output_dir: Path | None, console: Console
 ) -> Path:
     """dip-export onnx: the verified ONNX graphs and manifest (int8 / fp8: calibrated Q/DQ graphs)."""
+    from dip_export.budget import check_export
     from dip_export.export.manifest import check_export_target
     from dip_export.export.onnx_export import export_onnx
     from dip_export.generate import check_image_size
     from dip_export.pipeline import open_source
+    from dip_export.runtime.catalog import EXPORT_PACKAGES, check_packages
 
+    check_packages(EXPORT_PACKAGES, "dip-export onnx")  # before any file is read
     if output_dir is not None:
         check_export_target(output_dir)
+    if image_size is not None:
+        parse_image_size(image_size)
+
+    def fits(config: Any) -> None:  # tracing and verifying hold the weights several times: checked before the model is built
+        check_export(config, *parse_image_size(image_size or config.image_size))
+
     source = open_source(model.model, preset=model.preset, weights=model.weights, trust_checkpoint=model.trust,
-                         revision=model.revision)  # fmt: skip
+                         revision=model.revision, check=fits)  # fmt: skip
     if source.loaded is None:
         raise UsageError(f"{model.model} is an export folder already; export from a checkpoint")
     loaded = source.loaded
@@ -545,17 +565,21 @@ def run_export_trt(
     """dip-export trt: TensorRT engines for an export folder (SOURCE, --output-dir, or the newest under engines/)."""
     from dip_export.export.onnx_export import EXPORT_ROOT
     from dip_export.export.trt_build import BatchProfile, build_trt, check_timing_cache, export_for_source
+    from dip_export.runtime.catalog import check_available
     from dip_export.runtime.trt_support import gpu_identity, import_tensorrt
 
+    profile = BatchProfile.parse(batch)
+    if source is not None and output_dir is not None:
+        raise UsageError("give the export as SOURCE or as --output-dir, not both")
+    from_model = source is not None and source.is_file()
+    check_available("trt", from_model=from_model)  # what is missing comes first, before an export is made
     if source is not None:
-        if output_dir is not None:
-            raise UsageError("give the export as SOURCE or as --output-dir, not both")
-        import_tensorrt()  # what is missing comes first, before an export is made
+        import_tensorrt()
         gpu_identity()
         check_timing_cache(timing_cache)
-        output_dir = export_for_source(source, console)
+        output_dir = export_for_source(source, console, max_batch=profile.max)
     build_trt(
-        precision=precision, output_dir=output_dir, root=EXPORT_ROOT, profile=BatchProfile.parse(batch),
+        precision=precision, output_dir=output_dir, root=EXPORT_ROOT, profile=profile,
         timing_cache=timing_cache, opt_level=opt_level, console=console,
     )  # fmt: skip
 
@@ -580,6 +604,7 @@ class ScheduleRequest:
 
 def run_schedule(request: ScheduleRequest, console: Console, progress: Progress) -> None:
     """dip-export schedule: fit a grid (yardstick.fit_schedule) and write the model with it in its sampling defaults."""
+    from dip_export.budget import RunShape, check_run
     from dip_export.checkpoint import save_checkpoint
     from dip_export.measure.yardstick import fit_schedule
     from dip_export.pipeline import open_source
@@ -589,7 +614,14 @@ def run_schedule(request: ScheduleRequest, console: Console, progress: Progress)
 
     fit = _check_schedule_request(request)
     m = request.model
-    source = open_source(m.model, preset=m.preset, weights=m.weights, trust_checkpoint=m.trust, revision=m.revision)
+    images = request.train_images + request.heldout_images
+
+    def fits(config: Any) -> None:  # the fit's sampler runs on the CPU: checked before the model is built
+        h, w = parse_image_size(config.image_size)
+        check_run(config, RunShape(request.batch, h, w, samples=images), torch.device("cpu"))
+
+    source = open_source(m.model, preset=m.preset, weights=m.weights, trust_checkpoint=m.trust, revision=m.revision,
+                         check=fits)  # fmt: skip
     if source.loaded is None:
         raise UsageError(f"{m.model} is an export folder; fit on its checkpoint (exports made from it carry the grid)")
     loaded = source.loaded
@@ -614,6 +646,7 @@ def run_schedule(request: ScheduleRequest, console: Console, progress: Progress)
 
 def _check_schedule_request(request: ScheduleRequest) -> Any:
     """The fit's settings, after every check that needs no model (output, counts, band, seed, solver)."""
+    from dip_export.budget import MAX_SCHEDULE_BATCH
     from dip_export.checkpoint import DEMO_CHECKPOINT
     from dip_export.measure.yardstick import GridFit
     from dip_export.sampling.fitgrid import SearchSettings
@@ -625,8 +658,9 @@ def _check_schedule_request(request: ScheduleRequest) -> Any:
     check_not_input(r.output, [r.model.model, DEMO_CHECKPOINT])  # never over the input, nor over the bundled model
     check_replaceable_output(r.output, "safetensors")
     images = (r.train_images, r.heldout_images)
-    if min(*images, r.sweeps, r.batch) < 1 or max(images) > 1000 or r.sweeps > 100:
-        raise UsageError("--train-images and --heldout-images must be in 1..1000, --sweeps in 1..100, --batch >= 1")
+    if min(*images, r.sweeps) < 1 or max(images) > 1000 or r.sweeps > 100:
+        raise UsageError("--train-images and --heldout-images must be in 1..1000, --sweeps in 1..100")
+    exact_int(r.batch, "--batch", 1, MAX_SCHEDULE_BATCH)
     lo_hi = _parse_band(r.band)
     check_seed(r.seed, "--seed")
     SamplerSettings(steps=r.nfe, cfg=r.cfg, shift=r.shift, method=r.sampler)  # the count first: the grid below divides by it

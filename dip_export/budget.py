@@ -18,6 +18,11 @@ from dip_export.errors import DipError, UsageError
 
 MAX_EVALUATIONS = 10_000_000  # network evaluations per image over a whole measurement (--nfe lists)
 SOLVER_COPIES = 10  # image-sized float tensors a multistep solver holds (x, noise, history, guidance halves)
+EXPORT_WEIGHT_COPIES = 4  # an ONNX export holds the weights ~4 times: module, traced graph, protobuf, verifying session
+TRT_WEIGHT_COPIES = 3  # a TensorRT build: the parsed network, the builder's tactics and the serialized plan
+TRT_WORKSPACE = 1 << 30  # the builder's scratch memory on top of the network's own tensors
+EXPORT_BATCH = 2  # the batch an export traces and verifies at (onnx_export.VERIFY_BATCHES)
+MAX_SCHEDULE_BATCH = 4096  # images per sampler run of dip-export schedule
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -41,7 +46,7 @@ def gib(n: float) -> str:
 
 
 def run_bytes(config: Any, shape: RunShape) -> int:
-    """Peak bytes of sampling: one network call's activations, the solver's tensors and the kept images."""
+    """Peak bytes of sampling: the weights, one network call's activations, the solver's tensors and the kept images."""
     rows = shape.batch * (2 if shape.guided else 1)
     pixels = shape.height * shape.width
     tokens = pixels // (config.patch_size**2)
@@ -51,14 +56,37 @@ def run_bytes(config: Any, shape: RunShape) -> int:
     detailer = rows * config.detailer_width * pixels * 4 * 3  # the full-resolution convolutions
     solver = shape.batch * config.in_channels * pixels * 4 * SOLVER_COPIES
     images = shape.samples * pixels * 3
-    return block + attention + detailer + solver + images
+    return weight_bytes(config) + block + attention + detailer + solver + images
+
+
+def parameter_count(config: Any) -> int:
+    """Parameters of a DiP of this config, from its arithmetic (the same count `DiP(config)` holds, without building it)."""
+    d, p, c = config.hidden_size, config.patch_size, config.in_channels
+    m, hd = int(2 * 4 * d / 3), d // config.num_heads  # DiPConfig.mlp_hidden, head_dim (plain fields: any namespace will do)
+    time_features = 256  # model.TIME_FREQ_DIM (not imported: this module needs no torch)
+    embedders = (c * p * p * d + d) + (time_features * d + d + d * d + d) + (config.num_classes + 1) * d
+    block = 2 * d + (3 * d * d + 2 * hd + d * d + d) + 3 * d * m + (6 * d * d + 6 * d)
+    widths = [config.detailer_width * 2**k for k in range(p.bit_length() - 1)]
+    detailer, cin = 0, c
+    for w in widths:  # encoder 3x3 convolutions
+        detailer += cin * w * 9 + w
+        cin = w
+    detailer += (widths[-1] + d) * widths[-1] + widths[-1]  # bottleneck 1x1
+    for k in range(len(widths), 0, -1):  # transposed 2x2 and decoder 3x3 on the concatenation
+        w, out = widths[k - 1], widths[k - 2] if k > 1 else widths[0]
+        detailer += w * w * 4 + w + 2 * w * out * 9 + out
+    detailer += widths[0] * c + c  # out_conv 1x1
+    return embedders + config.depth * block + detailer
 
 
 def weight_bytes(config: Any) -> int:
-    """fp32 weights of a DiP of this config (blocks, embedders and detailer), without building it."""
-    d, p, c = config.hidden_size, config.patch_size, config.in_channels
-    blocks = config.depth * 12 * d * d
-    return 4 * (blocks + (config.num_classes + 1) * d + p * p * c * d + 64 * config.detailer_width**2 * 9)
+    """fp32 weights of a DiP of this config (blocks, embedders and detailer), exactly, without building it."""
+    return 4 * parameter_count(config)
+
+
+def describe(config: Any) -> str:
+    """A config in a few words, for refusals: 'a DiP of hidden 8192, depth 256 (206.3 G parameters)'."""
+    return f"a DiP of hidden {config.hidden_size}, depth {config.depth} ({parameter_count(config) / 1e9:.1f} G parameters)"
 
 
 def memory_limit(device: Any = None) -> int:
@@ -104,13 +132,44 @@ def check_memory(need: int, what: str, device: Any = None) -> None:
         raise BudgetError(f"{what} needs about {gib(need)}, more than the {gib(limit)} of {where}; make it smaller")
 
 
-def check_run(config: Any, shape: RunShape, device: Any = None) -> None:
-    """A sampling run fits in memory (called where every run goes through, before any tensor)."""
-    need = run_bytes(config, shape)
+def check_run(config: Any, shape: RunShape, device: Any = None, resident: bool = False) -> None:
+    """A sampling run fits in memory (called where every run goes through, before any tensor).
+
+    `resident`: the weights are already where the run happens (the limit, measured now, has them taken off).
+    """
+    need = run_bytes(config, shape) - (weight_bytes(config) if resident else 0)
     what = f"sampling batch {shape.batch} at {shape.height}x{shape.width}" + (
         f" keeping {shape.samples} images" if shape.samples > 1 else ""
     )
     check_memory(need, what, device)
+
+
+def check_weights(config: Any, source: str = "") -> None:
+    """The model a config describes fits in memory: checked before it is built or its tensors are read."""
+    check_memory(weight_bytes(config), (f"{source}: " if source else "") + f"{describe(config)} in fp32", None)
+
+
+def export_bytes(config: Any, height: int, width: int) -> int:
+    """Peak bytes of an ONNX export: the weights several times over and the network at the verifying batch."""
+    shape = RunShape(EXPORT_BATCH, height, width, samples=0, guided=False)
+    return (EXPORT_WEIGHT_COPIES - 1) * weight_bytes(config) + run_bytes(config, shape)
+
+
+def check_export(config: Any, height: int, width: int) -> None:
+    """An ONNX export of this config and image size fits in memory (before the model is built or traced)."""
+    check_memory(export_bytes(config, height, width), f"exporting {describe(config)} at {height}x{width}", None)
+
+
+def trt_build_bytes(config: Any, height: int, width: int, max_batch: int) -> int:
+    """GPU bytes of a TensorRT build: the weights a few times, the workspace and the network at the profile's largest batch."""
+    shape = RunShape(max_batch, height, width, samples=0)
+    return (TRT_WEIGHT_COPIES - 1) * weight_bytes(config) + TRT_WORKSPACE + run_bytes(config, shape)
+
+
+def check_trt_build(config: Any, height: int, width: int, max_batch: int, device: Any = None) -> None:
+    """A TensorRT build of this export and batch profile fits in the GPU's free memory (before the builder starts)."""
+    need = trt_build_bytes(config, height, width, max_batch)
+    check_memory(need, f"building TensorRT engines of {describe(config)} at {height}x{width} for batch {max_batch}", device)
 
 
 def check_work(evaluations: list[int], images: int, reference: int = 0) -> None:

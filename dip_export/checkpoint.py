@@ -14,7 +14,7 @@ import pickle
 import re
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dip_export.budget import check_checkpoint_tensors
+from dip_export.budget import check_checkpoint_tensors, check_declared, check_weights
 from dip_export.config import DiPConfig, check_sampling_defaults, get_preset
 from dip_export.errors import CheckpointError, UsageError
 from dip_export.model import DiP
@@ -34,6 +34,10 @@ META_CONFIG = "dip_config"  # safetensors metadata key: JSON of DiPConfig
 META_SAMPLING = "dip_sampling"  # safetensors metadata key: JSON of recommended sampler settings
 PREFIXES = ("model.", "module.", "_orig_mod.")
 MAX_LISTED = 8
+MAX_SAFETENSORS_HEADER = 100 << 20  # the safetensors format's own bound on its JSON header
+SAFETENSORS_SIZES = {"F64": 8, "I64": 8, "U64": 8, "C64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2,
+                     "U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}  # fmt: skip
+ConfigCheck = Callable[[DiPConfig], None]  # called with the config a model will be built of, before it is built
 
 
 @dataclass
@@ -44,7 +48,6 @@ class LoadedModel:
     source: str  # path of the checkpoint, "preset:NAME" or the demo path
     sampling: dict[str, Any] = field(default_factory=dict)  # recommended steps / cfg / ...
     size_assumed: bool = False  # no stored config: the architecture was read off the weights, the image size assumed
-
 
 
 
@@ -112,8 +115,65 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
         raise CheckpointError(f"{path}: truncated or not a safetensors file ({_first_line(err)})") from None
 
 
+class _Shape:
+    """A tensor as far as its header goes: its shape (what `infer_config` reads)."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+
+
+def safetensors_header(path: Path) -> tuple[dict[str, _Shape], dict[str, str]]:
+    """The tensor shapes and metadata a safetensors file's header declares, its tensor bytes checked, no tensor read.
+
+    The bytes the header declares are refused above the file's size or the memory limit (`budget.check_declared`).
+    """
+    bad = f"{path}: truncated or not a safetensors file"
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 2 <= length <= min(MAX_SAFETENSORS_HEADER, size - 8):
+            raise CheckpointError(f"{bad} (header length)")
+        raw = f.read(length)
+    try:
+        header = parse_json(raw, f"{path} header")
+    except UntrustedFileError:
+        raise CheckpointError(f"{bad} (header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{bad} (header is not an object)")
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise CheckpointError(f"{bad} (metadata is not text)")
+    shapes: dict[str, _Shape] = {}
+    declared = 0
+    for index, (name, entry) in enumerate(header.items()):
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+            raise CheckpointError(f"{bad} (header entry {index + 1} has no valid shape)")  # its name is file content
+        numel = 1
+        for n in shape:
+            numel *= n
+        declared += numel * SAFETENSORS_SIZES.get(str(entry.get("dtype")), 8)
+        shapes[name] = _Shape(tuple(shape))
+    check_declared(declared, 1, str(path), file_size=size)
+    return shapes, meta
+
+
+def _header_config(path: Path, shapes: Mapping[str, _Shape], weights: str) -> DiPConfig | None:
+    """The architecture the header's shapes describe (None where they describe none: the tensors will say why)."""
+    try:
+        return infer_config(pick_weights(shapes, weights))
+    except (CheckpointError, UsageError):
+        return None
+
+
 def select_state_dict(obj: Any, weights: str = "ema") -> dict[str, Tensor]:
     """Pick the DiP weights out of whatever the file held."""
+    return _tensors_only(pick_weights(obj, weights))
+
+
+def pick_weights(obj: Any, weights: str = "ema") -> dict[str, Any]:
+    """The entries of the DiP weights (the EMA or raw ones, prefixes removed), whatever their values."""
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"expected a dict of tensors, found {type(obj).__name__}")
     if isinstance(obj.get("state_dict"), Mapping):
@@ -124,14 +184,14 @@ def select_state_dict(obj: Any, weights: str = "ema") -> dict[str, Tensor]:
     for prefix in order:
         picked = {k[len(prefix) :]: v for k, v in obj.items() if k.startswith(prefix)}
         if picked:
-            return _tensors_only(picked)
+            return picked
     if weights == "raw" and any(k.startswith("ema_denoiser.") for k in obj):
         raise CheckpointError("checkpoint holds only EMA weights (ema_denoiser.*); use --weights ema")
     state = dict(obj)
     for prefix in PREFIXES:
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix) :]: v for k, v in state.items()}
-    return _tensors_only(state)
+    return state
 
 
 def _tensors_only(state: Mapping[str, Any]) -> dict[str, Tensor]:
@@ -189,7 +249,8 @@ def infer_config(state: Mapping[str, Tensor]) -> DiPConfig:
 
 
 def build_model(config: DiPConfig, state: Mapping[str, Tensor] | None = None, seed: int = 0) -> DiP:
-    """A DiP in eval mode: with `state` loaded strictly, or random weights from `seed`."""
+    """A DiP in eval mode: with `state` loaded strictly, or random weights from `seed`; refused if it would not fit."""
+    check_weights(config)
     torch.manual_seed(seed)
     model = DiP(config)
     if state is not None:
@@ -222,31 +283,53 @@ def load_checkpoint(
     weights: str = "ema",
     trust: bool = False,
     config: DiPConfig | None = None,
+    check: ConfigCheck | None = None,
 ) -> LoadedModel:
-    """Load a DiP from a file; `config` overrides the stored or inferred one."""
+    """Load a DiP from a file; `config` overrides the stored or inferred one.
+
+    The config a model will be built of is checked against memory (and by `check`, e.g. a whole run's
+    estimate) before the model is built: for safetensors from the header, before any tensor is read.
+    """
     path = Path(path)
     _check_is_file(path)
+    given = config
     sampling: dict[str, Any] = {}
     if path.suffix == ".safetensors":
-        state, meta = _read_safetensors(path)
+        shapes, meta = safetensors_header(path)
         stored = _stored_config(path, meta.get(META_CONFIG), json_text=True)
         sampling = _stored_sampling(path, meta.get(META_SAMPLING, "{}"))
+        early = given or stored or _header_config(path, shapes, weights)
+        if early is not None:
+            _check_config(str(path), early, check)
+        state, _ = _read_safetensors(path)
         found: Any = state
     else:
         found = _torch_load(path, trust)
         stored = _stored_config(path, found.get(META_CONFIG)) if isinstance(found, Mapping) else None
+        early = given or stored
+        if early is not None:
+            _check_config(str(path), early, check)
     try:
         state = select_state_dict(found, weights)
     except CheckpointError as err:
         raise CheckpointError(f"{path}: {err}") from None
-    config = config or stored
+    config = given or stored
     inferred = config is None
     try:
         config = check_config_matches(path, config, state) if config is not None else infer_config(state)
+        if config != early:
+            _check_config(str(path), config, check)
         model = build_model(config, state)
     except CheckpointError as err:
         raise CheckpointError(str(err) if str(err).startswith(f"{path}:") else f"{path}: {err}") from None
     return LoadedModel(model, config, name=path.stem, source=str(path), sampling=sampling, size_assumed=inferred)
+
+
+def _check_config(source: str, config: DiPConfig, check: ConfigCheck | None) -> None:
+    """The model of `config` fits in memory, and so does what the caller will do with it."""
+    check_weights(config, source)
+    if check is not None:
+        check(config)
 
 
 def _check_is_file(path: Path) -> None:
@@ -262,6 +345,7 @@ def _stored_config(path: Path, value: Any, json_text: bool = False) -> DiPConfig
     """The architecture a file records (safetensors metadata or a pickle's dip_config), checked."""
     if value is None:
         return None
+    data: Any = None
     try:
         data = parse_json(value, f"{path} metadata {META_CONFIG}") if json_text else value
         if not isinstance(data, Mapping):
@@ -270,7 +354,26 @@ def _stored_config(path: Path, value: Any, json_text: bool = False) -> DiPConfig
     except UntrustedFileError:
         raise
     except (ValueError, TypeError, UsageError) as err:
-        raise CheckpointError(f"{path}: bad stored config {META_CONFIG} ({_first_line(err)})") from None
+        figure = _unbounded_figure(data if isinstance(data, Mapping) else {})
+        raise CheckpointError(f"{path}: bad stored config {META_CONFIG} ({_first_line(err)}){figure}") from None
+
+
+def _unbounded_figure(data: Mapping[Any, Any]) -> str:
+    """For a stored config beyond the bounds whose model would not fit either: its memory figure against the limit."""
+    from types import SimpleNamespace
+
+    from dip_export.budget import describe, gib, memory_limit, weight_bytes
+
+    fields = {**DiPConfig().to_dict(), **{k: v for k, v in data.items() if k in DiPConfig.__dataclass_fields__}}
+    if not all(type(v) is int and 1 <= v <= 1 << 32 for v in fields.values()) or fields["hidden_size"] % fields["num_heads"]:
+        return ""
+    if fields["patch_size"] < 2 or fields["patch_size"] & (fields["patch_size"] - 1):
+        return ""
+    config = SimpleNamespace(**fields)
+    need, limit = weight_bytes(config), memory_limit()
+    if need <= limit:
+        return ""
+    return f"; {describe(config)} would need about {gib(need)}, more than the {gib(limit)} of available memory"
 
 
 def _stored_sampling(path: Path, text: str) -> dict[str, Any]:
@@ -316,17 +419,22 @@ def resolve_model(
     preset: str | None = None,
     weights: str = "ema",
     trust: bool = False,
+    check: ConfigCheck | None = None,
 ) -> LoadedModel:
-    """The model a command works on: a checkpoint, a random-weight preset, or the bundled demo."""
+    """The model a command works on: a checkpoint, a random-weight preset, or the bundled demo.
+
+    `check` is called with the config before the model is built (a run's or an export's memory estimate).
+    """
     one_of(weights, "--weights", ("ema", "raw"))
     if checkpoint is not None:
         config = get_preset(preset) if preset is not None else None
-        return load_checkpoint(checkpoint, weights=weights, trust=trust, config=config)
+        return load_checkpoint(checkpoint, weights=weights, trust=trust, config=config, check=check)
     if preset is not None:
         config = get_preset(preset)
+        _check_config(f"preset {preset}", config, check)
         return LoadedModel(build_model(config), config, name=preset, source=f"preset:{preset}")
     if not DEMO_CHECKPOINT.is_file():
         raise CheckpointError(f"the bundled demo model is missing ({DEMO_CHECKPOINT}); pass a checkpoint or --preset")
-    loaded = load_checkpoint(DEMO_CHECKPOINT)
+    loaded = load_checkpoint(DEMO_CHECKPOINT, check=check)
     loaded.name = "dip-digits"
     return loaded

@@ -30,6 +30,6 @@ class NonFiniteError(DipError):
 class MissingDependencyError(DipError):
     """An optional package (tensorrt, onnxruntime, ...) is needed but not installed."""
 
-    def __init__(self, package: str, hint: str) -> None:
-        super().__init__(f"{package} is not installed: {hint}")
+    def __init__(self, package: str, hint: str, message: str | None = None) -> None:
+        super().__init__(message or f"{package} is not installed: {hint}")
         self.package = package

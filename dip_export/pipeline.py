@@ -102,8 +102,13 @@ def open_source(
     weights: str = "ema",
     trust_checkpoint: bool = False,
     revision: str | None = None,
+    check: Callable[[DiPConfig], None] | None = None,
 ) -> ModelSource:
-    """Resolve a model argument: export folder, checkpoint file, Hub name, preset or the demo."""
+    """Resolve a model argument: export folder, checkpoint file, Hub name, preset or the demo.
+
+    `check` is called with the model's config before the model is built or its tensors are read
+    (a caller's memory estimate); an export folder's config is checked from its manifest.
+    """
     from dip_export.checkpoint import resolve_model
     from dip_export.hub import looks_like_hub_name, resolve_hub_checkpoint
 
@@ -119,13 +124,15 @@ def open_source(
             from dip_export.export.manifest import read_manifest
 
             manifest = read_manifest(target)
+            if check is not None:
+                check(manifest.config)
             return ModelSource(
                 name=manifest.name, config=manifest.config, sampling=dict(manifest.sampling), path=target, export_dir=target,
                 export_size=manifest.image_size, export_precision=manifest.precision,
             )  # fmt: skip
     elif revision is not None:
         raise UsageError("--revision goes with a Hugging Face Hub name (org/name)")
-    loaded = resolve_model(target, preset, weights=weights, trust=trust_checkpoint)
+    loaded = resolve_model(target, preset, weights=weights, trust=trust_checkpoint, check=check)
     return ModelSource(
         loaded.name, loaded.config, dict(loaded.sampling), loaded=loaded, path=target, weights=weights,
         preset=preset if target is not None else None,
@@ -161,6 +168,7 @@ class DiPPipeline:
         revision: str | None = None,
         image_size: int | str | None = None,
         batch_size: int = 16,
+        num_samples: int = 1,
         console: Any = None,
     ) -> DiPPipeline:
         """Open a model and pick its backend.
@@ -177,6 +185,7 @@ class DiPPipeline:
             revision: Hub branch, tag or commit (with a Hub name).
             image_size: default image size of calls (an export's size is fixed).
             batch_size: images per sampler batch; also the batch `auto` measures and TensorRT's profile.
+            num_samples: images the run will keep; the memory estimate counts them before the model is built.
             console: a rich Console for export progress and messages (None: quiet).
         """
         from dip_export.runtime.torch_engine import resolve_device
@@ -185,12 +194,27 @@ class DiPPipeline:
         if console is not None and not (callable(getattr(console, "print", None)) and callable(getattr(console, "status", None))):
             raise UsageError(f"console must be a rich Console or None, got {type(console).__name__}")
         batch_size = exact_int(batch_size, "batch_size", 1, MAX_BATCH)
+        num_samples = exact_int(num_samples, "num_samples", 1, MAX_SAMPLES)
         trust_checkpoint = exact_bool(trust_checkpoint, "trust_checkpoint")
         backend = optional_text(backend, "backend", 64)
         revision = optional_text(revision, "revision")
         if image_size is not None:
             parse_image_size(image_size)  # checked before the model is opened; 0, "" and False are not "the default"
-        source = open_source(model, preset=preset, weights=weights, trust_checkpoint=trust_checkpoint, revision=revision)
+        if backend is not None and backend != "auto":  # its packages and device, before any file is read
+            from dip_export.runtime.backends import check_available
+
+            exported = model is not None and Path(model_text(model)).is_dir()
+            check_available(BackendSpec.parse(backend), dev, from_model=not exported)
+
+        def fits(config: DiPConfig) -> None:  # the whole run's memory, before the model is built
+            from dip_export.budget import RunShape, check_run
+
+            h, w = parse_image_size(config.image_size if image_size is None else image_size)
+            check_run(config, RunShape(batch_size, h, w, samples=num_samples), dev)
+
+        source = open_source(
+            model, preset=preset, weights=weights, trust_checkpoint=trust_checkpoint, revision=revision, check=fits
+        )  # fmt: skip
         size = source.export_size or parse_image_size(source.config.image_size if image_size is None else image_size)
         if source.export_size is not None and image_size is not None and parse_image_size(image_size) != source.export_size:
             raise UsageError(
@@ -201,10 +225,14 @@ class DiPPipeline:
             pipe = cls(source, BackendSpec("torch", "fp32"), dev, console)
             pipe._auto_pending = True
         else:
-            pipe = cls(source, _backend_for(source, backend), dev, console)
+            from dip_export.runtime.backends import check_available
+
+            spec = _backend_for(source, backend)
+            check_available(spec, dev, from_model=source.loaded is not None)
+            pipe = cls(source, spec, dev, console)
         pipe.image_size = size
         pipe.batch_size = batch_size
-        pipe.check_budget()
+        pipe.check_budget(num_samples)
         return pipe
 
     def check_budget(self, samples: int = 1, batch: int | None = None, size: tuple[int, int] | None = None) -> None:
@@ -212,7 +240,9 @@ class DiPPipeline:
         from dip_export.budget import RunShape, check_run
 
         h, w = size or self.image_size
-        check_run(self.config, RunShape(batch or self.batch_size, h, w, samples=samples), self.device)
+        on_cpu = self.device.type == "cpu" and self.source.loaded is not None  # the torch model is in RAM already
+        resident = on_cpu or bool(self._engines)  # what free memory reads now has the weights taken off
+        check_run(self.config, RunShape(batch or self.batch_size, h, w, samples=samples), self.device, resident=resident)
 
     image_size: tuple[int, int]
     batch_size: int

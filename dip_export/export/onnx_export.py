@@ -21,6 +21,7 @@ import torch
 from rich.console import Console
 from torch import Tensor, nn
 
+from dip_export.budget import check_export
 from dip_export.checkpoint import LoadedModel
 from dip_export.errors import ExportError, UsageError
 from dip_export.export.manifest import MANIFEST, Manifest, ownership_problem, read_manifest, write_manifest
@@ -80,6 +81,7 @@ def export_onnx(
     """Write backbone.onnx, detailer.onnx and manifest.json into a folder, or nothing at all."""
     if precision not in DTYPES:
         raise UsageError(f"--precision must be one of {', '.join(DTYPES)} or int8, got {precision!r}")
+    check_export(loaded.config, *image_size)  # every export (dip-export, made on the fly, a sub-export) before tracing
     console = console or Console(stderr=True)
     out = Path(output_dir) if output_dir else default_export_dir(loaded.name, precision, image_size)
     specs = io_specs(loaded.config, *image_size)

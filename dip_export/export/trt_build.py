@@ -16,6 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
+from dip_export.budget import check_trt_build
 from dip_export.errors import ExportError, UsageError
 from dip_export.export.manifest import MANIFEST, Manifest, read_manifest, write_manifest
 from dip_export.export.spec import BATCH, SubModelSpec, io_specs
@@ -24,6 +25,7 @@ from dip_export.messages import say
 from dip_export.runtime.backends import BACKENDS
 from dip_export.runtime.trt_support import engine_matches, gpu_identity
 from dip_export.runtime.trt_support import import_tensorrt as _tensorrt
+from dip_export.settings import MAX_BATCH
 
 TRT_PRECISIONS = BACKENDS["trt"].precisions
 DEFAULT_WORKSPACE = 8 << 30
@@ -43,8 +45,8 @@ class BatchProfile:
             lo, opt, hi = (int(v) for v in text.split(","))
         except ValueError:
             raise UsageError(f"--batch must be MIN,OPT,MAX (image batch sizes), got {text!r}") from None
-        if not 1 <= lo <= opt <= hi:
-            raise UsageError(f"--batch needs 1 <= MIN <= OPT <= MAX, got {text!r}")
+        if not 1 <= lo <= opt <= hi <= MAX_BATCH:
+            raise UsageError(f"--batch needs 1 <= MIN <= OPT <= MAX <= {MAX_BATCH}, got {text!r}")
         return cls(lo, opt, hi)
 
     def network_batches(self) -> tuple[int, int, int]:
@@ -87,17 +89,25 @@ def find_export(root: Path, output_dir: Path | None) -> Path:
     return max(found, key=lambda p: ((p / MANIFEST).stat().st_mtime_ns, p.name))
 
 
-def export_for_source(source: Path, console: Console) -> Path:
-    """`dip-export trt SOURCE`: an export folder as it is, or a checkpoint's fp32 export (made under engines/ if missing)."""
+def export_for_source(source: Path, console: Console, max_batch: int = 8) -> Path:
+    """`dip-export trt SOURCE`: an export folder as it is, or a checkpoint's fp32 export (made under engines/ if missing).
+
+    A checkpoint's config is checked first: its export and the build for batches up to `max_batch` fit in memory.
+    """
     if source.is_dir():
         read_manifest(source)
         return source
     if not source.is_file():
         raise UsageError(f"{source} is neither a checkpoint file nor an export folder")
+    from dip_export.budget import check_export
     from dip_export.checkpoint import resolve_model
     from dip_export.export.onnx_export import ensure_export
 
-    loaded = resolve_model(source)
+    def fits(config: Any) -> None:
+        check_export(config, config.image_size, config.image_size)
+        check_trt_build(config, config.image_size, config.image_size, max_batch, _cuda())
+
+    loaded = resolve_model(source, check=fits)
     size = (loaded.config.image_size, loaded.config.image_size)
     return ensure_export(loaded, precision="fp32", image_size=size, console=console)
 
@@ -248,6 +258,7 @@ def build_trt(
             f"opt level {existing.get('opt_level')}) are up to date",
         )
         return existing
+    check_trt_build(manifest.config, *manifest.image_size, profile.max, device)  # the build's memory, before it starts
     before = {p.name for p in folder.iterdir()}  # what this run makes is the tool's; the rest stays as listed
     onnx_dir = onnx_for_precision(folder, manifest, precision, console)
     made = [onnx_dir.name] if onnx_dir != folder and onnx_dir.name not in before else []
@@ -417,3 +428,9 @@ def loaded_from_source(manifest: Manifest, resolve: Any) -> Any:
         raise ExportError(f"the checkpoint this export came from ({path}) is gone; export the matching ONNX again")
     loaded.name = manifest.name
     return loaded
+
+
+def _cuda() -> Any:
+    import torch
+
+    return torch.device("cuda")

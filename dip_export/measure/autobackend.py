@@ -85,8 +85,8 @@ def candidates(device: torch.device) -> list[BackendSpec]:
     specs = [BackendSpec("torch", "fp32")]
     order = sorted(BACKENDS.values(), key=lambda r: (r.compiles, r.runs_from == "model"))  # the compile last
     for record in order:
-        if device.type not in record.auto_on:
-            continue
+        if device.type not in record.auto_on or record.unavailable_reason(record.default, device, from_model=True):
+            continue  # not tried here, or its packages are missing: never a candidate
         precisions = ["fp32"] if record.runs_from == "export" else [p for p in ("fp32", half) if p in record.precisions]
         if record.compiles:
             precisions = precisions[-1:]

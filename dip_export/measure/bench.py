@@ -510,7 +510,7 @@ def _run_job(
 ) -> BenchRow:  # fmt: skip
     """One row: skipped with the reason, failed with the error, or timed (its engine made or reused)."""
     spec = job.spec
-    reason = unavailable_reason(spec, device)
+    reason = unavailable_reason(spec, device, from_model=True)  # the catalog's one check: device and packages
     if reason is not None:
         row = skipped(spec, reason)
     else:

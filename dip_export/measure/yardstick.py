@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from dip_export.checkpoint import LoadedModel, is_demo
-from dip_export.errors import DipError
 from dip_export.generate import SamplePlan, generate, make_plan
 from dip_export.measure.harness import psnr, timed_call
 from dip_export.sampling import Denoiser, SamplerSettings, initial_noise, sample_counts

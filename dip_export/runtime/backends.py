@@ -15,6 +15,7 @@ import torch
 
 from dip_export.checkpoint import LoadedModel
 from dip_export.errors import UsageError
+from dip_export.runtime import catalog
 from dip_export.runtime.catalog import CATALOG, BackendInfo
 from dip_export.runtime.engine_io import ExportFiles
 from dip_export.sampling import Denoiser
@@ -28,15 +29,11 @@ class Backend(BackendInfo):
 
     make: EngineMaker = field(kw_only=True)
 
-    def unavailable_reason(self, precision: str, device: torch.device) -> str | None:
-        """Why this backend cannot run here (None when it can)."""
-        if self.needs_cuda and device.type != "cuda":
-            return "TensorRT needs a CUDA GPU" if self.needs_tensorrt else f"{self.name} needs a CUDA GPU"
-        if self.needs_tensorrt:
-            try:
-                import tensorrt  # noqa: F401
-            except ImportError:
-                return "tensorrt is not installed (pip install -e '.[gpu]')"
+    def unavailable_reason(self, precision: str, device: torch.device, from_model: bool = False) -> str | None:
+        """Why this backend cannot run here (None when it can): its device and packages (the catalog's check), its precision."""
+        reason = catalog.unavailable_reason(self.name, device.type, from_model)
+        if reason is not None:
+            return reason
         if self.name == "compile" and precision == "fp16" and device.type == "cpu":
             return "fp16 autocast is not a CPU path"
         return None
@@ -96,9 +93,18 @@ class BackendSpec:
         return f"{self.name}:{self.precision}"
 
 
-def unavailable_reason(spec: BackendSpec, device: torch.device) -> str | None:
+def unavailable_reason(spec: BackendSpec, device: torch.device, from_model: bool = False) -> str | None:
     """Why a backend cannot run on this machine (None when it can)."""
-    return spec.backend.unavailable_reason(spec.precision, device)
+    return spec.backend.unavailable_reason(spec.precision, device, from_model)
+
+
+def check_available(spec: BackendSpec, device: torch.device, from_model: bool = False) -> None:
+    """Refuse, in one line and before any work, a backend (and precision) this machine cannot run."""
+    reason = unavailable_reason(spec, device, from_model)
+    if reason is not None:
+        from dip_export.errors import MissingDependencyError
+
+        raise MissingDependencyError(spec.name, reason, message=reason if "backend" in reason else f"backend {spec}: {reason}")
 
 
 def make_torch_engine(spec: BackendSpec, loaded: LoadedModel, device: torch.device) -> Denoiser:
