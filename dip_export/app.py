@@ -595,7 +595,7 @@ class ScheduleRequest:
     cfg: float
     shift: float = 1.0
     band: str | None = None  # "LO,HI": the guidance weights the stored grid serves
-    train_images: int = 32
+    train_images: int = 64
     heldout_images: int = 32
     sweeps: int = 6
     seed: int = 0
@@ -629,7 +629,7 @@ def run_schedule(request: ScheduleRequest, console: Console, progress: Progress)
     size = parse_image_size(loaded.config.image_size)
     label = f"fitting {fit.sampler} {fit.nfe} at guidance {fit.cfg}"
     with progress:
-        task = progress.add_task(label, total=trial_count(fit.search, fit.nfe))
+        task = progress.add_task(label, total=trial_count(fit.search, fit.start()))
         entry, info = fit_schedule(net, loaded, fit, size, request.batch, lambda n, best: progress.update(
             task, completed=n, description=f"{label}: {best:.1f} dB (train)"
         ))  # fmt: skip
@@ -649,7 +649,7 @@ def _check_schedule_request(request: ScheduleRequest) -> Any:
     from dip_export.budget import MAX_SCHEDULE_BATCH
     from dip_export.checkpoint import DEMO_CHECKPOINT
     from dip_export.measure.yardstick import GridFit
-    from dip_export.sampling.fitgrid import SearchSettings
+    from dip_export.sampling.fitgrid import GridFamily, SearchSettings
 
     r = request
     if r.output.suffix != ".safetensors":
@@ -663,8 +663,7 @@ def _check_schedule_request(request: ScheduleRequest) -> Any:
     exact_int(r.batch, "--batch", 1, MAX_SCHEDULE_BATCH)
     lo_hi = _parse_band(r.band)
     check_seed(r.seed, "--seed")
-    SamplerSettings(steps=r.nfe, cfg=r.cfg, shift=r.shift, method=r.sampler)  # the count first: the grid below divides by it
-    SamplerSettings(steps=r.nfe, cfg=r.cfg, shift=r.shift, method=r.sampler, grid=tuple(i / r.nfe for i in range(r.nfe + 1)))
+    GridFamily(SamplerSettings(steps=r.nfe, cfg=r.cfg, shift=r.shift, method=r.sampler))  # settings, then a fittable solver
     return GridFit(r.sampler, r.nfe, r.cfg, r.shift, lo_hi, r.train_images, r.heldout_images,
                    SearchSettings(sweeps=r.sweeps, seed=r.seed))  # fmt: skip
 

@@ -259,9 +259,9 @@ def export_schedule_cmd(
     band: Annotated[
         str | None, typer.Option(help="Guidance weights LO,HI that use the grid [default: cfg/1.25,cfg*1.25].")
     ] = None,
-    train_images: Annotated[int, typer.Option(help="Training images (seeds 1000000 + 1000 * seed ...).")] = 32,
+    train_images: Annotated[int, typer.Option(help="Training images (seeds 1000000 + 1000 * seed ...).")] = 64,
     heldout_images: Annotated[int, typer.Option(help="Held-out images for the report (seeds 0..N-1).")] = 32,
-    sweeps: Annotated[int, typer.Option(help="Passes of the search over all grid points.")] = 6,
+    sweeps: Annotated[int, typer.Option(help="Passes of the search over the family's coordinates.")] = 6,
     seed: Annotated[int, typer.Option(help="Seed of the fit (training seeds, search order): same seed, same grid.")] = 0,
     batch: Annotated[int, typer.Option(help="Images per sampler run.")] = 32,
     weights: WeightsOpt = "ema",
@@ -270,10 +270,13 @@ def export_schedule_cmd(
 ) -> None:
     """Fit a solver's time grid for one model and guidance, and store it with the model.
 
-    The grid points of --sampler at --nfe evaluations are optimised on training seeds against the
-    converged reference; the held-out PSNR (default grid, fitted grid, Euler-100) is printed. The
-    grid goes into the model's sampling defaults (exports made from the file carry it in their
-    manifest); sampling with the same solver, count, shift and a guidance weight in the band uses it.
+    The grid of --sampler at --nfe evaluations is chosen from a small family (the default warp with
+    a chosen number of steps under the guidance bound, and a tilt and a bend of the step widths on
+    each side of it) by its PSNR against the converged reference on training seeds; the held-out
+    PSNR (default grid, fitted grid, Euler-100) is printed, and a grid worse than the default is not
+    stored. The grid goes into the model's sampling defaults (exports made from the file carry it in
+    their manifest); sampling with the same solver, count, shift and a guidance weight in the band
+    uses it.
     """
     from dip_export.app import ModelRequest, ScheduleRequest, run_schedule
 

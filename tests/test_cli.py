@@ -164,7 +164,7 @@ def test_schedule_refuses_bad_arguments_in_one_line(tmp_path, args, message):
 
 @pytest.mark.parametrize("fitted_db", [38.0, 41.0])
 def test_schedule_stores_a_grid_only_when_held_out_images_say_it_is_better(tmp_path, monkeypatch, fitted_db):
-    from dip_export.checkpoint import load_checkpoint
+    from dip_export.checkpoint import DEMO_CHECKPOINT, load_checkpoint
     from dip_export.measure import yardstick
     from dip_export.sampling import SamplerSettings
     from dip_export.sampling.grids import grid_entry
@@ -185,4 +185,6 @@ def test_schedule_stores_a_grid_only_when_held_out_images_say_it_is_better(tmp_p
     else:
         assert result.exit_code == 0, result.output
         stored = load_checkpoint(out).sampling
-        assert stored["grids"][0]["grid"] == list(grid) and stored["grids"][0]["cfg"] == [1.6, 2.5] and stored["steps"] == 25
+        shipped = load_checkpoint(DEMO_CHECKPOINT).sampling["grids"]
+        assert stored["grids"][:-1] == shipped  # the model's own grids are kept
+        assert stored["grids"][-1]["grid"] == list(grid) and stored["grids"][-1]["cfg"] == [1.6, 2.5] and stored["steps"] == 25

@@ -3,38 +3,65 @@
 import itertools
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
-from dip_export.checkpoint import load_checkpoint, save_checkpoint
+from dip_export.checkpoint import DEMO_CHECKPOINT, load_checkpoint, save_checkpoint
+from dip_export.cli import sample_app
 from dip_export.errors import CheckpointError, UsageError
 from dip_export.pipeline import DiPPipeline
 from dip_export.sampling import SamplerSettings, initial_noise, plan_steps, sample
-from dip_export.sampling.fitgrid import GridShape, SearchSettings, fit_grid
+from dip_export.sampling.fitgrid import SHAPE_LIMIT, GridFamily, GridPoint, SearchSettings, fit_grid, trial_count
 from dip_export.sampling.grids import grid_entry, stored_with, with_stored_grid
-from dip_export.sampling.rules import solver_grid
+from dip_export.sampling.rules import MULTISTEP, solver_grid, to_uint8
 
 
 def _fitted(steps=6, cfg=1.5, method="ab2"):
-    shape = GridShape(SamplerSettings(steps=steps, cfg=cfg, method=method))
-    theta = shape.theta0() + np.linspace(-0.3, 0.3, steps)  # any theta is a valid grid
-    return shape.settings(theta)
+    family = GridFamily(SamplerSettings(steps=steps, cfg=cfg, method=method))
+    return family.settings(GridPoint(family.default_below + 1, (0.4, -0.8, -0.3, 0.5)))
 
 
-def test_grid_shape_keeps_the_fixed_points_and_starts_at_the_default():
+def test_the_familys_default_member_is_the_default_grid_and_the_bound_stays():
     start = SamplerSettings(steps=9, cfg=4.0, method="unipc")
-    shape = GridShape(start)
+    family = GridFamily(start)
     default, restarts = solver_grid(start)
-    assert list(shape.settings(shape.theta0()).grid) == pytest.approx(default, abs=1e-7)
-    moved = shape.settings(shape.theta0() + np.sin(np.arange(9.0)))
+    assert list(family.settings(family.default()).grid) == default and restarts == {family.default_below}
+    moved = family.settings(GridPoint(family.default_below + 2, (1.0, -1.0, 0.5, 2.0)))
     grid, moved_restarts = solver_grid(moved)
-    assert moved_restarts == restarts and len(restarts) == 1  # the point on the guidance bound stays, with its restart
-    assert grid[next(iter(restarts))] == default[next(iter(restarts))]
+    assert moved_restarts == {family.default_below + 2}  # the point on the guidance bound moves in index, with its restart
+    assert grid[family.default_below + 2] == default[family.default_below]
     assert grid != default and all(b > a for a, b in itertools.pairwise(grid))
+    unguided = GridFamily(SamplerSettings(steps=9, method="ab2"))
+    assert unguided.dims() == 2 and unguided.belows() == [0]  # no bound: one segment, a tilt and a bend
+    with pytest.raises(UsageError, match="not heun"):
+        GridFamily(SamplerSettings(steps=9, cfg=1.5, method="heun"))
+    with pytest.raises(UsageError, match="numbers in"):
+        family.settings(GridPoint(3, (0.0, 0.0, SHAPE_LIMIT + 1, 0.0)))
+
+
+@given(
+    steps=st.integers(2, 40), method=st.sampled_from(MULTISTEP), cfg=st.sampled_from([1.0, 1.5, 4.0]),
+    shift=st.floats(0.3, 4.0), lo=st.floats(0.02, 0.8), data=st.data(),
+)  # fmt: skip
+def test_every_member_of_the_family_is_a_valid_grid(steps, method, cfg, shift, lo, data):
+    start = SamplerSettings(steps=steps, method=method, cfg=cfg, shift=shift, interval=(lo, 1.0))
+    family = GridFamily(start)
+    below = data.draw(st.integers(1, steps - 1)) if family.segments == 2 else 0
+    shape = tuple(data.draw(st.floats(-SHAPE_LIMIT, SHAPE_LIMIT)) for _ in range(2 * family.segments))
+    settings = family.settings(GridPoint(below, shape))  # SamplerSettings checks: steps + 1 times rising from 0 to 1
+    grid, restarts = solver_grid(settings)  # as the solver steps on it, in float32
+    assert grid[0] == 0.0 and grid[-1] == 1.0 and len(grid) == steps + 1
+    assert all(b > a for a, b in itertools.pairwise(grid))
+    if family.segments == 2:
+        assert restarts == {below} and grid[below] == float(np.float32(lo))  # the point on the bound, restarted there
+    else:
+        assert restarts == set()
 
 
 def test_fitted_grid_round_trips_through_the_model_file_and_is_used_when_settings_match(golden_model, golden, tmp_path):
@@ -117,13 +144,57 @@ def _score(settings):
     return -10 * math.log10(float(((x - exact) ** 2).mean()))
 
 
-def test_fit_improves_on_training_and_is_deterministic_given_its_seed():
-    start = SamplerSettings(steps=6, method="ab2")
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_fit_improves_on_training_and_is_deterministic_given_its_seed(cfg):
+    start = SamplerSettings(steps=6, method="ab2", cfg=cfg, interval=(0.3, 1.0))
     search = SearchSettings(sweeps=3, seed=7)
     first = fit_grid(start, _score, search)
     again = fit_grid(start, _score, search)
-    assert first[0].grid == again[0].grid and first[2] == again[2]
-    assert first[2] > first[1] + 1.0  # at least 1 dB better than the default warp on this field
+    assert first.settings.grid == again.settings.grid and first.best == again.best and first.point == again.point
+    assert first.settings == GridFamily(start).settings(first.point)
+    assert first.first == _score(replace(start, grid=tuple(solver_grid(start)[0])))  # the default grid scored first
+    assert first.best > first.first + 1.0  # at least 1 dB better than the default warp on this field
     trials = []
-    fit_grid(start, _score, search, on_trial=lambda n, best: trials.append(best))
-    assert len(trials) <= 1 + 3 * 2 * 6 and trials == sorted(trials)
+    fit_grid(start, _score, search, on_trial=lambda n, best: trials.append((n, best)))
+    assert len(trials) == first.trials <= trial_count(search, start)
+    assert [n for n, _ in trials] == list(range(1, len(trials) + 1)) and [b for _, b in trials] == sorted(b for _, b in trials)
+    other = fit_grid(start, _score, SearchSettings(sweeps=3, seed=8))
+    assert other.best > first.first  # another seed walks another way, and also improves
+
+
+def test_dip_sample_uses_a_stored_grid_when_its_settings_match(golden_model, golden, tmp_path):
+    fitted = _fitted()
+    plain, with_grid = tmp_path / "plain.safetensors", tmp_path / "grid.safetensors"
+    save_checkpoint(plain, golden_model, {})
+    save_checkpoint(with_grid, golden_model, stored_with({}, grid_entry(fitted, (1.2, 1.875), {})))
+    size = golden.meta["image_height"]
+
+    def images(path, *args):
+        out = tmp_path / "s.npz"
+        common = ["--image-size", f"{size}x{size}", "--classes", "1,2", "--seeds", "3,4", "--sampler", "ab2", "--device", "cpu"]
+        result = CliRunner().invoke(sample_app, [str(path), *common, *args, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        return np.load(out)["arr_0"]
+
+    noise, null = initial_noise([3, 4], size, size), golden.config.null_class
+    expected = to_uint8(sample(golden_model, noise, torch.tensor([1, 2]), null, fitted))
+    assert np.array_equal(images(with_grid, "--steps", "6", "--cfg", "1.5"), expected)
+    assert not np.array_equal(images(plain, "--steps", "6", "--cfg", "1.5"), expected)
+    for other in (["--steps", "7", "--cfg", "1.5"], ["--steps", "6", "--cfg", "4"]):  # not what the grid was fitted for
+        assert np.array_equal(images(with_grid, *other), images(plain, *other))
+
+
+def test_the_demo_ships_fitted_grids_that_sampling_uses():
+    loaded = load_checkpoint(DEMO_CHECKPOINT)  # read through the checks of a file the tool did not write
+    entries = loaded.sampling.get("grids", [])
+    assert any(e["cfg"][0] <= 1.5 <= e["cfg"][1] for e in entries) and any(e["cfg"][0] <= 4.0 <= e["cfg"][1] for e in entries)
+    pipe = DiPPipeline.load(DEMO_CHECKPOINT, device="cpu")
+    for e in entries:
+        assert e["nfe"] <= 15 and e["sampler"] in MULTISTEP and e["shift"] == 1.0 and e["interval"] == [0.1, 1.0]
+        fit = e["fit"]
+        assert fit["fitted_grid_db"] >= fit["default_grid_db"] and fit["heldout_images"] >= 32  # never worse on held-out
+        assert fit["train_seeds"][0] >= 1_000_000  # trained on seeds apart from the held-out 0..N-1
+        cfg = (e["cfg"][0] + e["cfg"][1]) / 2
+        used = pipe.sampler_settings(sampler=e["sampler"], steps=e["nfe"], cfg=cfg)
+        assert list(used.grid) == e["grid"] and solver_grid(used)[1]  # with its point on the guidance bound
+        assert pipe.sampler_settings(sampler=e["sampler"], steps=e["nfe"] + 1, cfg=cfg).grid is None

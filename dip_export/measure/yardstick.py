@@ -249,9 +249,13 @@ class GridFit:
     cfg: float = 1.5
     shift: float = 1.0
     band: tuple[float, float] | None = None  # guidance weights the grid is stored for; None: cfg / 1.25 .. cfg * 1.25
-    train_images: int = 32
+    train_images: int = 64
     heldout_images: int = 32
     search: SearchSettings = field(default_factory=SearchSettings)
+
+    def start(self) -> SamplerSettings:
+        """The settings the grid is fitted for (the default grid)."""
+        return SamplerSettings(steps=self.nfe, cfg=self.cfg, shift=self.shift, method=self.sampler)
 
     def stored_band(self) -> tuple[float, float]:
         return self.band if self.band is not None else (round(self.cfg / 1.25, 4), round(self.cfg * 1.25, 4))
@@ -261,14 +265,15 @@ def fit_schedule(
     net: Denoiser, loaded: LoadedModel, fit: GridFit, size: tuple[int, int], batch: int, on_trial: Any = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit the grid on training seeds against the reference; (stored entry, report with held-out PSNR)."""
-    base = SamplerSettings(steps=fit.nfe, cfg=fit.cfg, shift=fit.shift, method=fit.sampler)
+    base = fit.start()
     first_seed = TRAIN_SEED_BASE + 1000 * fit.search.seed
     train = Yardstick(fit.train_images, first_seed, fit.cfg, fit.shift, min(batch, fit.train_images), *size)
     train_plan = make_plan(loaded.config.num_classes, num_samples=train.num_samples, seed=train.seed)
     target = torch.from_numpy(reference_images(net, loaded, train_plan, train, base).x)
     noise = initial_noise(train_plan.seeds, *size)
     run = ref_solver.sampled(net, noise, torch.tensor(train_plan.classes), loaded.config.null_class, train.batch)
-    fitted, first, best = fit_grid(base, lambda s: ref_solver.float_psnr(run(s), target), fit.search, on_trial)
+    result = fit_grid(base, lambda s: ref_solver.float_psnr(run(s), target), fit.search, on_trial)
+    fitted = result.settings
     held = Yardstick(fit.heldout_images, 0, fit.cfg, fit.shift, min(batch, fit.heldout_images), *size)
     plan = make_plan(loaded.config.num_classes, num_samples=held.num_samples, seed=held.seed)
     reference = reference_images(net, loaded, plan, held, base)
@@ -277,7 +282,9 @@ def fit_schedule(
               (("default_grid_db", base), ("fitted_grid_db", fitted), ("euler_100_db", release))}  # fmt: skip
     info = {
         "train_seeds": [train.seed, train.seed + train.num_samples - 1], "heldout_images": held.num_samples,
-        "train_float_db": [round(first, 2), round(best, 2)], "search_seed": fit.search.seed, "reference": reference.label,
+        "train_float_db": [round(result.first, 2), round(result.best, 2)], "search_seed": fit.search.seed,
+        "trials": result.trials, "below": result.point.below, "shape": [round(v, 4) for v in result.point.shape],
+        "reference": reference.label,
         **{k: round(v, 2) for k, v in scores.items()},
     }  # fmt: skip
     return grid_entry(fitted, fit.stored_band(), info), info

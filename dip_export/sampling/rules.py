@@ -100,17 +100,26 @@ def solver_grid(settings: SamplerSettings) -> tuple[list[float], set[int]]:
         return _given_grid(settings)
     if settings.method not in MULTISTEP:
         return time_grid(settings.steps, settings.shift).tolist(), set()
+    return warp_grid(settings)
+
+
+def warp_grid(settings: SamplerSettings, below: int | None = None) -> tuple[list[float], set[int]]:
+    """The multistep solvers' default grid (see solver_grid), with `below` steps under the guidance bound.
+
+    below=None chooses the count by rounding (the default grid); otherwise it must be in 1..steps - 1
+    and is used where the grid has a point on the bound (`bound_split`), ignored where it has none.
+    """
     n, s = settings.steps, settings.shift
     u = torch.linspace(0, 1, n + 1, dtype=torch.float64)
     restarts: set[int] = set()
     b = _f32(settings.interval[0])
     n1 = 0
-    if settings.cfg != 1.0 and INTERVAL_JUMP != "none" and 0.0 < b < 1.0 and n > 1:
+    if bound_split(settings):
         lo_u, hi_u = 0.0, 1.0
         for _ in range(60):  # the u whose grid time is the bound
             mid = 0.5 * (lo_u + hi_u)
             lo_u, hi_u = (mid, hi_u) if _grid_time(mid, s) < b else (lo_u, mid)
-        n1 = min(max(round(lo_u * n), 1), n - 1)
+        n1 = min(max(round(lo_u * n), 1), n - 1) if below is None else exact_int(below, "steps below the bound", 1, n - 1)
         u = torch.cat(
             [torch.linspace(0, lo_u, n1 + 1, dtype=torch.float64)[:-1], torch.linspace(lo_u, 1, n - n1 + 1, dtype=torch.float64)]
         )
@@ -122,6 +131,12 @@ def solver_grid(settings: SamplerSettings) -> tuple[list[float], set[int]]:
     if n1:
         grid[n1] = b
     return grid, restarts
+
+
+def bound_split(settings: SamplerSettings) -> bool:
+    """Whether a multistep solver's default grid has a point on the guidance interval's lower bound."""
+    b = _f32(settings.interval[0])
+    return settings.cfg != 1.0 and INTERVAL_JUMP != "none" and 0.0 < b < 1.0 and settings.steps > 1
 
 
 def _given_grid(settings: SamplerSettings) -> tuple[list[float], set[int]]:
