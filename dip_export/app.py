@@ -7,6 +7,7 @@ over the model's recommendations and validates once.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -352,6 +353,9 @@ def _check_bench_request(request: BenchRequest) -> list[str]:
     for name in names:
         if name != "auto":
             BackendSpec.parse(name)
+    canonical = [name if name == "auto" else str(BackendSpec.parse(name)) for name in names]
+    if len(set(canonical)) != len(canonical):
+        raise UsageError("--backends names a backend twice; name each once")
     if request.samplers is not None:
         if len(names) != 1 or names[0] == "auto":
             raise UsageError(f"--samplers measures on one backend; name one with --backends (got {', '.join(names)})")
@@ -364,6 +368,12 @@ def _check_bench_request(request: BenchRequest) -> list[str]:
     SamplerSettings(**sampling)  # the names and ranges of the given settings, before any work
     if request.repeats > MAX_REPEATS or request.warmup > MAX_REPEATS or request.max_repeats > MAX_REPEATS:
         raise UsageError(f"--repeats, --max-repeats and --warmup must be at most {MAX_REPEATS}")
+    if request.max_repeats < request.repeats:
+        raise UsageError(f"--max-repeats ({request.max_repeats}) must be at least --repeats ({request.repeats})")
+    if request.plot is not None and request.plot.suffix.lower() != ".png":
+        raise UsageError(f"--plot writes a PNG; name a .png file (got {request.plot.suffix or 'no suffix'})")
+    if request.plot is not None and request.json_out is not None and _same_path(request.plot, request.json_out):
+        raise UsageError("--json and --plot name the same file; name two files")
     if request.threads is not None and not 1 <= request.threads <= 1024:
         raise UsageError(f"--threads must be in 1..1024, got {request.threads}")
     for path, kind in ((request.json_out, "json"), (request.plot, "png")):
@@ -372,6 +382,10 @@ def _check_bench_request(request: BenchRequest) -> list[str]:
             check_not_input(path, [request.model.model])
             check_replaceable_output(path, kind)
     return names
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    return Path(os.path.abspath(a)).resolve() == Path(os.path.abspath(b)).resolve()
 
 
 OVERRIDE_NAMES = {"sampler": "method", "guidance_interval": "interval"}  # dip-bench's option names for SamplerSettings fields

@@ -304,9 +304,23 @@ def _scan_one(ops: Any) -> int:
             pid = stack.pop() if name == "BINPERSID" and stack else arg
             total += _storage_bytes(pid)
             stack.append(None)
+        elif name in ("REDUCE", "NEWOBJ"):
+            args, func = (stack.pop() if stack else None), (stack.pop() if stack else None)
+            total += _buffer_bytes(func, args)
+            stack.append(None)
         else:
             _generic(op, stack)
     return total
+
+
+_BUFFERS = {("builtins", "bytearray"), ("builtins", "bytes"), ("__builtin__", "bytearray"), ("__builtin__", "bytes")}
+
+
+def _buffer_bytes(func: Any, args: Any) -> int:
+    """Bytes a call allocates by size alone: `bytearray(n)` / `bytes(n)` (globals a weights-only load allows)."""
+    if func not in _BUFFERS or not isinstance(args, tuple):
+        return 0
+    return sum(a for a in args if type(a) is int and a > 0)
 
 
 def _storage_bytes(pid: Any) -> int:

@@ -365,7 +365,9 @@ def bench(
     ] = None,
     warmup: Annotated[int, typer.Option(help="Untimed runs before timing.")] = 1,
     repeats: Annotated[int, typer.Option(help="Timed runs at least; the median is reported.")] = 5,
-    max_repeats: Annotated[int, typer.Option(help="Timed runs at most, added one by one while the spread is high.")] = 30,
+    max_repeats: Annotated[int | None, typer.Option(
+        help="Timed runs at most, added one by one while the spread is high [default: 30, or --repeats if more].",
+        show_default=False)] = None,
     target_spread: Annotated[
         float, typer.Option(help="Stop adding runs when the interquartile range / median is below this.")
     ] = 0.05,
@@ -397,7 +399,8 @@ def bench(
     request = BenchRequest(
         ModelRequest(model, preset, weights, trust_checkpoint, revision), sampling, backends=backends,
         batch_size=batch_alias if batch_alias is not None else batch_size, image_size=image_size, variants=variants,
-        cuda_graphs=cuda_graphs, warmup=warmup, repeats=repeats, max_repeats=max_repeats, target_spread=target_spread,
+        cuda_graphs=cuda_graphs, warmup=warmup, repeats=repeats,
+        max_repeats=max(30, repeats) if max_repeats is None else max_repeats, target_spread=target_spread,
         threads=threads, device=device, json_out=json_out, plot=plot, samplers=samplers, nfe=nfe, headline=headline,
     )  # fmt: skip
     run_bench(request, console, progress_bar())

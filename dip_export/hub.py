@@ -18,7 +18,8 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
 FILE_SUFFIXES = (".onnx", ".pkl", ".pickle", ".tar", ".zip", ".gz", ".json", ".npz", ".npy", ".plan", ".engine", ".h5")
 TOOL_FOLDERS = ("engines",)  # the tool's own artifact folder: `engines/NAME` is an export, even run elsewhere
 # a repo id is `org/name` (letters, digits, '-', '_', '.'); anything after the second '/' names a file in it
-_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}(/[\w./-]+)?$")
+_REPO_PART = r"[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9_])?"  # the Hub's rule: starts and ends with a letter or digit
+_HUB_NAME = re.compile(rf"{_REPO_PART}/{_REPO_PART}(?:/[\w.-]+)*")
 
 
 def is_local_name(text: str) -> bool:
@@ -46,9 +47,11 @@ def _looks_like_file(name: str) -> bool:
 
 def looks_like_hub_name(text: str) -> bool:
     """`org/name[/FILE]` that is not a local name (`is_local_name`)."""
-    if is_local_name(text) or "//" in text:
+    if is_local_name(text) or not _HUB_NAME.fullmatch(text):
         return False
-    return bool(_HUB_NAME.match(text)) and ".." not in text.split("/")
+    repo_id, filename = split_hub_name(text)
+    file_parts = filename.split("/") if filename else []
+    return "--" not in repo_id and ".." not in repo_id and not repo_id.endswith(".git") and not {".", ".."} & set(file_parts)
 
 
 def split_hub_name(text: str) -> tuple[str, str | None]:

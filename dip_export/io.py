@@ -175,6 +175,18 @@ def check_writable_parent(path: Path) -> None:
         raise UsageError(f"cannot write {path}: {anchor} is not a folder")
     if not os.access(anchor, os.W_OK | os.X_OK):
         raise UsageError(f"cannot write {path}: {anchor} is not writable")
+    probe_write(anchor, path)
+
+
+def probe_write(folder: Path, path: Path) -> None:
+    """Make and remove an empty file of our own in `folder`: permissions alone miss read-only and virtual file systems."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".dip-export-probe-", dir=folder)
+    except OSError as err:
+        why = err.strerror or type(err).__name__
+        raise UsageError(f"cannot write {path}: {folder} does not take new files ({why})") from None
+    os.close(fd)
+    os.unlink(name)
 
 
 def check_output_file(path: Path) -> None:

@@ -1,8 +1,8 @@
 """The one way a line reaches the terminal: control characters and rich markup escaped, length capped.
 
 Text from files, names and caches is shown as it is (never interpreted: no terminal escape codes, no
-markup), and never longer than `MAX_LINE` characters; what is cut is counted. Content of user files
-is not echoed at all: messages name the file and line instead (`where`).
+markup), and no printed line is longer than `MAX_LINE` characters, prefix and the count of what was
+cut included. Content of user files is not echoed at all: messages name the file and line instead (`where`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ def plain_line(text: object, limit: int = MAX_LINE) -> str:
     line = " ".join(str(text).split())
     line = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}", line)
     if len(line) > limit:
-        cut = len(line) - limit
-        line = f"{line[:limit]}... ({cut} more characters)"
+        keep = max(limit - len(f"... ({len(line)} more characters)"), 0)  # the note counts toward the limit
+        line = f"{line[:keep]}... ({len(line) - keep} more characters)"
     return line
 
 
@@ -38,7 +38,8 @@ def say(console: Any, text: object, style: str | None = None, prefix: str = "") 
         return
     from rich.text import Text
 
-    line = Text.from_markup(prefix) + Text(plain_line(text))  # the text itself is never parsed as markup
+    head = Text.from_markup(prefix)
+    line = head + Text(plain_line(text, max(MAX_LINE - len(head.plain), 40)))  # the text is never parsed as markup
     console.print(line, style=style, highlight=False, soft_wrap=True)
 
 

@@ -237,6 +237,9 @@ def check_replaceable_output(path: Path | str, kind: str) -> None:
         raise UsageError(f"{path} exists and is not a {what} this tool wrote; refusing to replace it (name another output)")
 
 
+MAX_NEW_FOLDERS = 32  # folders an output path may create below the nearest existing one
+
+
 def check_output_name(path: Path) -> None:
     """The name fits the file system with the temporary's additions; the whole path too."""
     path = Path(os.path.abspath(path))
@@ -252,6 +255,11 @@ def check_output_name(path: Path) -> None:
         raise UsageError(f"{path.name[:60]}...: the output name is too long (at most {name_max - TEMP_OVERHEAD} bytes here)")
     if len(os.fsencode(str(path))) + TEMP_OVERHEAD > path_max:
         raise UsageError(f"the output path is too long (at most {path_max - TEMP_OVERHEAD} bytes here)")
+    to_make = path.parent.relative_to(anchor).parts if path.parent != anchor else ()
+    if len(to_make) > MAX_NEW_FOLDERS:
+        raise UsageError(f"the output path would need {len(to_make)} new nested folders (at most {MAX_NEW_FOLDERS})")
+    if any(len(os.fsencode(part)) > name_max for part in to_make):
+        raise UsageError(f"a folder name in the output path is too long (at most {name_max} bytes here)")
 
 
 def check_free_space(path: Path, need: int) -> None:

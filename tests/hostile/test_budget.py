@@ -142,3 +142,29 @@ def test_export_declaring_more_weights_than_it_holds_is_refused(tmp_path: Path, 
     onnx.save_model(model, str(graph))
     with pytest.raises(Exception, match="declares"):
         read_manifest(export)
+
+
+class _Buffer:
+    """Pickles as a call of an allowed global that allocates by size alone: bytearray(n) or bytes(n)."""
+
+    def __init__(self, kind: type, n: int) -> None:
+        self.kind, self.n = kind, n
+
+    def __reduce__(self):
+        return (self.kind, (self.n,))
+
+
+@settings(max_examples=25, deadline=None)
+@given(kind=st.sampled_from([bytearray, bytes]), n=st.integers(1, 1 << 40), protocol=st.sampled_from([2, 4]))
+def test_a_buffer_a_pickle_allocates_by_size_counts_as_declared(kind: type, n: int, protocol: int) -> None:
+    data = pickle.dumps({"state_dict": {}, "x": _Buffer(kind, n)}, protocol=protocol)
+    assert pickle_declared_bytes(io.BytesIO(data)) == n
+
+
+def test_a_checkpoint_allocating_a_huge_buffer_is_refused_before_torch_reads_it(tmp_path: Path, golden,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "buffer.pt"
+    torch.save({"state_dict": golden.state, "x": _Buffer(bytearray, 3 * 10**9)}, path)
+    monkeypatch.setattr(dip_export.checkpoint.torch, "load", lambda *a, **k: pytest.fail("torch.load ran"))
+    with pytest.raises(BudgetError, match="declares"):
+        load_checkpoint(path)
