@@ -331,7 +331,9 @@ def _sampler_line(sampler: SamplerSettings, given: dict[str, Any], stored: dict[
     from_model = [opt for key, opt in (("steps", "--steps"), ("cfg", "--cfg"), ("sampler", "--sampler"))
                   if given.get(key) is None and key in stored]  # fmt: skip
     line = f"sampler: {sampler.method}, {sampler.steps} steps, guidance {sampler.cfg:g}"
-    if from_model:
+    if sampler.grid is not None and given.get("steps") is None and given.get("sampler") is None:
+        line += f" (the model's fitted grid for guidance {sampler.cfg:g})"
+    elif from_model:
         line += f" ({', '.join(from_model)}: the model's recommendation)"
     return line
 

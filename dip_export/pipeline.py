@@ -306,7 +306,9 @@ class DiPPipeline:
 
         Overrides are SamplerSettings fields (`sampler` and `guidance_interval` name `method` and
         `interval`); None leaves a field as it is. Where the model stores a fitted time grid for
-        the resulting solver, steps, shift, interval and guidance, the settings use it.
+        the resulting solver, steps, shift, interval and guidance, the settings use it; where neither
+        `settings`, the solver nor the steps are given and a fitted grid matches the guidance, shift
+        and interval, its solver and count are used too (the fewest evaluations).
         """
         base = settings if settings is not None else self.recommended_settings()
         if not isinstance(base, SamplerSettings):
@@ -320,9 +322,12 @@ class DiPPipeline:
         unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(SamplerSettings)})
         if unknown:
             raise UsageError(f"unknown sampler setting(s): {', '.join(unknown)}")
-        from dip_export.sampling.grids import with_stored_grid
+        from dip_export.sampling.grids import with_fitted_solver, with_stored_grid
 
-        return with_stored_grid(dataclasses.replace(base, **fields), self.source.sampling)  # a fitted grid where one matches
+        chosen = dataclasses.replace(base, **fields)
+        if settings is None and not {"method", "steps", "grid"} & set(fields):  # the model's recommendation
+            chosen = with_fitted_solver(chosen, self.source.sampling)  # its fitted grid for this guidance, if any
+        return with_stored_grid(chosen, self.source.sampling)  # a fitted grid where one matches
 
     def recommended_settings(self) -> SamplerSettings:
         """The model's recommended sampler settings (stored with the checkpoint or export), else the defaults."""

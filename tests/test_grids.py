@@ -198,3 +198,28 @@ def test_the_demo_ships_fitted_grids_that_sampling_uses():
         used = pipe.sampler_settings(sampler=e["sampler"], steps=e["nfe"], cfg=cfg)
         assert list(used.grid) == e["grid"] and solver_grid(used)[1]  # with its point on the guidance bound
         assert pipe.sampler_settings(sampler=e["sampler"], steps=e["nfe"] + 1, cfg=cfg).grid is None
+
+
+def _entry(method, nfe, band, cfg=1.5):
+    settings = _fitted(steps=nfe, cfg=cfg, method=method)
+    return grid_entry(settings, band, {"seed": 0})
+
+
+@given(cfg=st.floats(1.0, 6.0), steps=st.sampled_from([None, 20]), sampler=st.sampled_from([None, "unipc"]))
+def test_the_fitted_grid_for_the_guidance_is_the_recommendation_unless_solver_or_steps_are_chosen(cfg, steps, sampler):
+    low, high = _entry("ab2", 6, (1.25, 2.0)), _entry("unipc", 8, (3.0, 5.0), cfg=4.0)
+    more = _entry("ab3", 10, (1.25, 2.0))
+    pipe = DiPPipeline.load(batch_size=1)
+    pipe.source = replace(pipe.source, sampling={**pipe.source.sampling, "grids": [more, low, high]})
+    chosen = pipe.sampler_settings(cfg=cfg, steps=steps, sampler=sampler)
+    expected = next((e for e in (low, high) if e["cfg"][0] <= cfg <= e["cfg"][1]), None)
+    if steps is None and sampler is None and expected is not None:
+        assert (chosen.method, chosen.steps, list(chosen.grid)) == (expected["sampler"], expected["nfe"], expected["grid"])
+    elif steps is None and sampler is None:
+        recommended = pipe.recommended_settings()
+        assert (chosen.method, chosen.steps, chosen.grid) == (recommended.method, recommended.steps, None)
+    else:
+        assert chosen.grid is None or (chosen.method, chosen.steps) in {("ab2", 6), ("unipc", 8), ("ab3", 10)}
+        assert (steps is None or chosen.steps == steps) and (sampler is None or chosen.method == sampler)
+    explicit = SamplerSettings(cfg=cfg)  # settings given whole are the caller's: no solver swapped in
+    assert pipe.sampler_settings(explicit).method == "euler"

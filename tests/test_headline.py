@@ -205,7 +205,12 @@ def test_headline_defaults_to_32_images_at_the_models_guidance(stopped, tmp_path
     assert result.exit_code == 1 and "stopped before timing" in result.output
     release, fast = stopped["recipes"]
     assert stopped["bench"].batch == 32 and release.sampler.cfg == fast.sampler.cfg == 1.5  # the demo's guidance
-    assert (fast.sampler.method, fast.sampler.steps) == ("euler", 25)  # the demo's recommendation
+    from dip_export.checkpoint import DEMO_CHECKPOINT, load_checkpoint
+
+    fitted = [e for e in load_checkpoint(DEMO_CHECKPOINT).sampling["grids"] if e["cfg"][0] <= 1.5 <= e["cfg"][1]]
+    assert fitted  # the demo's recommendation at its guidance is its fitted grid there
+    assert (fast.sampler.method, fast.sampler.steps, list(fast.sampler.grid)) == (
+        fitted[0]["sampler"], fitted[0]["nfe"], fitted[0]["grid"])
     result = runner.invoke(bench_app, ["--headline", "--device", "cpu", "--cfg", "3", "--batch-size", "4"])
     assert result.exit_code == 1 and "stopped before timing" in result.output
     assert stopped["bench"].batch == 4 and stopped["recipes"][0].sampler.cfg == stopped["recipes"][1].sampler.cfg == 3.0

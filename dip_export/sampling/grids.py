@@ -3,7 +3,9 @@
 A model's sampling defaults may hold `grids`, a list of entries
 `{"sampler", "nfe", "cfg": [lo, hi], "shift", "interval": [lo, hi], "grid": [0, ..., 1], "fit": {...}}`.
 Sampling uses an entry's grid when the solver, the evaluation count, the shift and the guidance
-interval are the same and the guidance weight lies in the band; otherwise the default warp.
+interval are the same and the guidance weight lies in the band; otherwise the default warp. Where
+neither the solver nor the step count was chosen (the model's recommendation), a fitted grid for the
+guidance picks both: the fitted grid is the model's recommendation at that guidance.
 """
 
 from __future__ import annotations
@@ -73,6 +75,19 @@ def with_stored_grid(settings: SamplerSettings, sampling: Mapping[str, Any]) -> 
         if matches(entry, settings):
             return replace(settings, grid=tuple(float(v) for v in entry["grid"]))
     return settings
+
+
+def with_fitted_solver(settings: SamplerSettings, sampling: Mapping[str, Any]) -> SamplerSettings:
+    """`settings` with the solver and evaluation count of the model's fitted grid for its guidance, shift and
+    interval (the fewest evaluations where several match), and that grid; unchanged where none matches.
+    For settings whose solver and count were not chosen by the caller."""
+    if settings.grid is not None:
+        return settings
+    fitted = [e for e in sampling.get("grids", []) if matches(e, replace(settings, method=e["sampler"], steps=e["nfe"]))]
+    if not fitted:
+        return settings
+    best = min(fitted, key=lambda e: (e["nfe"], str(e["sampler"])))
+    return replace(settings, method=best["sampler"], steps=best["nfe"], grid=tuple(float(v) for v in best["grid"]))
 
 
 def stored_with(sampling: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[str, Any]:
