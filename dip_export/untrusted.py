@@ -200,6 +200,7 @@ class Schema:
 
 
 MAX_NPZ_BYTES = 4 << 30  # declared bytes of all arrays together (and the file's size)
+MAX_NPZ_RATIO = 64  # unpacked / stored bytes of a member: real arrays stay far below, zip bombs far above
 MAX_NPZ_MEMBERS = 4096
 
 
@@ -264,7 +265,7 @@ def read_npz(
                 members = _npz_members(zf, path, what, check, max_bytes, max_members)
                 wanted = list(members) if load is None else list(load)
                 arrays = {name: _npz_array(zf, members[name], path, name) for name in wanted}
-        except UntrustedFileError:
+        except DipError:  # a refusal of ours (the file's own fault, or its size against the memory budget)
             raise
         except Exception as err:  # zipfile, zlib, lzma and numpy's header errors of a damaged file all land here
             raise UntrustedFileError(f"{path}: the {what} is not a readable .npz file ({type(err).__name__})") from None
@@ -293,10 +294,15 @@ def _npz_members(zf: Any, path: Path, what: str, check: ArraySchema, max_bytes: 
             raise UntrustedFileError(f"{path}: the {what} declares more than {max_bytes >> 20} MiB of arrays")
         if header_bytes + declared > info.file_size:
             raise UntrustedFileError(f"{path}: array {name} of the {what} is truncated")
+        if declared > MAX_NPZ_RATIO * info.compress_size + (1 << 20):
+            raise UntrustedFileError(f"{path}: array {name} of the {what} unpacks to over {MAX_NPZ_RATIO}x its stored size")
         problem = spec.problem(dtype, shape)
         if problem:
             raise UntrustedFileError(f"{path}: array {name} of the {what} {problem}")
         members[name] = _Member(info, spec)
+    from dip_export.budget import check_memory
+
+    check_memory(total, f"{path}: the arrays of the {what}")  # what reading them would take, before any is read
     missing = [name for name in check.arrays if name not in members]
     if missing:
         raise UntrustedFileError(f"{path}: the {what} lacks the array {missing[0]}")

@@ -438,3 +438,23 @@ def test_a_symlink_as_the_auto_backend_cache_is_refused_before_measuring(tmp_pat
     with pytest.raises(DipError, match="is a symlink"):
         autobackend.choose_backend(loaded, "id", (32, 32), 1, torch.device("cpu"),
                                    make=lambda spec: pytest.fail("measuring started"), root=tmp_path)  # fmt: skip
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.integers(4, 48).map(lambda mib: mib << 20), st.sampled_from(["uint8", "float32", "int64"]))
+def test_a_zeroed_array_packed_far_below_its_size_is_refused_before_reading(tmp_path_factory, nbytes, dtype):
+    from numpy.lib import format as npy
+
+    folder = tmp_path_factory.mktemp("bomb")
+    n = nbytes // np.dtype(dtype).itemsize
+    header = io.BytesIO()
+    npy.write_array_header_1_0(header, {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": (n,)})
+    path = folder / "c.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf, zf.open("a.npy", "w", force_zip64=True) as member:
+        member.write(header.getvalue())
+        chunk = bytes(1 << 20)
+        for _ in range(n * np.dtype(dtype).itemsize >> 20):
+            member.write(chunk)
+    schema = ArraySchema({"a": ArraySpec(dtype, (None,))})
+    with pytest.raises(UntrustedFileError, match="unpacks to over"):
+        read_npz(path, folder=folder, what="cache", check=schema)
