@@ -169,7 +169,7 @@ def read_class_file(path: Path, num_classes: int, n: int) -> list[int]:
     from dip_export.untrusted import UntrustedFileError, read_lines
 
     try:
-        lines = read_lines(path, what="class file", max_bytes=MAX_CLASS_FILE_BYTES)
+        lines = read_lines(path, what="class file", max_bytes=MAX_CLASS_FILE_BYTES, max_lines=n)
     except UntrustedFileError as err:
         raise UsageError(f"--class-file {err}") from None
     classes = []

@@ -336,17 +336,27 @@ def _npz_array(zf: Any, member: _Member, path: Path, name: str) -> np.ndarray:
     return array
 
 
-def read_lines(path: Path, *, what: str, max_bytes: int = MAX_TEXT_BYTES) -> list[tuple[int, str]]:
-    """The non-empty lines of a text file with their line numbers (1-based); never quoted in errors."""
+def read_lines(
+    path: Path, *, what: str, max_bytes: int = MAX_TEXT_BYTES, max_lines: int | None = None
+) -> list[tuple[int, str]]:
+    """The non-empty lines of a text file with their line numbers (1-based); never quoted in errors.
+    Reading stops after `max_lines` non-empty lines (what the caller can use), so a long file costs no more."""
     check_file(path, None, max_bytes, what)
+    lines: list[tuple[int, str]] = []
     try:
-        text = Path(path).read_bytes().decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = Path(path).read_bytes()[: err.start].count(b"\n") + 1
-        raise UntrustedFileError(f"{path} line {line}: the {what} is not UTF-8 text") from None
+        with open_regular(Path(path), None, max_bytes, what) as f:
+            for number, raw in enumerate(f, 1):
+                try:
+                    text = raw.decode("utf-8").strip()
+                except UnicodeDecodeError:
+                    raise UntrustedFileError(f"{path} line {number}: the {what} is not UTF-8 text") from None
+                if text:
+                    lines.append((number, text))
+                    if max_lines is not None and len(lines) >= max_lines:
+                        break
     except OSError as err:
         raise UntrustedFileError(f"{path}: cannot read the {what} ({err.strerror or err})") from None
-    return [(i, line.strip()) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+    return lines
 
 
 def content_identity(files: Iterable[Path], root: Path | None = None) -> str:

@@ -7,10 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from dip_export.cli import sample_app
 from dip_export.distributed import World, parts_dir, shard_ranges
+from dip_export.errors import UsageError
 
 runner = CliRunner()
 ARGS = ["--num-samples", "10", "--seed", "5", "--steps", "3", "--batch-size", "2", "--shard-batches", "2", "--device", "cpu"]
@@ -96,3 +99,20 @@ def test_torchrun_two_cpu_workers_match_single_process(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     np.testing.assert_array_equal(np.load(out)["arr_0"], expected)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 20), blank=st.integers(0, 3), extra=st.integers(0, 10**5))
+def test_the_class_file_is_read_only_as_far_as_the_samples_need(tmp_path_factory, n, blank, extra):
+    from dip_export.distributed import read_class_file
+    from dip_export.untrusted import read_lines
+
+    path = tmp_path_factory.mktemp("cf") / "c.txt"
+    wanted = [(i * 7) % 10 for i in range(n)]
+    path.write_bytes(b"\n" * blank + b"".join(b"%d\r\n" % c for c in wanted) + b"\xff not a class\n" * extra)
+    assert read_class_file(path, 10, n) == wanted  # lines past the n-th are never read
+    lines = read_lines(path, what="class file", max_lines=n)
+    assert [number for number, _ in lines] == list(range(blank + 1, blank + n + 1))
+    if extra:
+        with pytest.raises(UsageError, match=f"line {blank + n + 1}: the class file is not UTF-8"):
+            read_class_file(path, 10, n + 1)
