@@ -19,6 +19,7 @@ from dip_export.pipeline import DiPPipeline
 from dip_export.sampling import SamplerSettings, initial_noise, plan_steps, sample
 from dip_export.sampling.fitgrid import SHAPE_LIMIT, GridFamily, GridPoint, SearchSettings, fit_grid, trial_count
 from dip_export.sampling.grids import grid_entry, stored_with, with_stored_grid
+from dip_export.sampling.reference import PSNR_CAP_DB, fit_score, image_psnrs
 from dip_export.sampling.rules import MULTISTEP, solver_grid, to_uint8
 
 
@@ -223,3 +224,22 @@ def test_the_fitted_grid_for_the_guidance_is_the_recommendation_unless_solver_or
         assert (steps is None or chosen.steps == steps) and (sampler is None or chosen.method == sampler)
     explicit = SamplerSettings(cfg=cfg)  # settings given whole are the caller's: no solver swapped in
     assert pipe.sampler_settings(explicit).method == "euler"
+
+
+@given(
+    data=st.lists(st.floats(-0.5, 0.5), min_size=4 * 3 * 2 * 2, max_size=4 * 3 * 2 * 2),
+    offsets=st.lists(st.floats(1e-4, 0.5), min_size=4, max_size=4),
+    order=st.permutations(range(4)),
+)
+def test_the_mean_fit_score_ignores_image_order_and_is_the_pooled_score_when_images_err_alike(data, offsets, order):
+    ref = np.asarray(data).reshape(4, 3, 2, 2)
+    out = ref + np.asarray(offsets).reshape(4, 1, 1, 1)
+    mean = fit_score("mean", out, ref)
+    assert mean == pytest.approx(fit_score("mean", out[list(order)], ref[list(order)]), abs=1e-9)
+    assert mean == pytest.approx(float(np.mean(image_psnrs(out, ref))))
+    assert mean >= fit_score("pooled", out, ref) - 1e-9  # log of the mean MSE >= mean of the log (Jensen)
+    alike = ref + offsets[0]
+    assert fit_score("mean", alike, ref) == pytest.approx(fit_score("pooled", alike, ref), abs=1e-9)
+    assert fit_score("mean", ref, ref) == fit_score("pooled", ref, ref) == PSNR_CAP_DB
+    with pytest.raises(UsageError, match="unknown fit score"):
+        fit_score("median", out, ref)

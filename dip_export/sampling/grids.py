@@ -97,6 +97,11 @@ def stored_with(sampling: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[s
     return {**sampling, "grids": [*kept, dict(entry)]}
 
 
+def recommended(sampling: Mapping[str, Any], settings: SamplerSettings) -> dict[str, Any]:
+    """Sampling defaults whose recommended solver, steps, guidance and shift are `settings`' (grids kept)."""
+    return {**sampling, "sampler": settings.method, "steps": settings.steps, "cfg": settings.cfg, "shift": settings.shift}
+
+
 def grid_entry(settings: SamplerSettings, band: Sequence[float], fit: Mapping[str, Any]) -> dict[str, Any]:
     """The stored form of a fitted grid (`settings.grid` set)."""
     if settings.grid is None:
