@@ -243,3 +243,17 @@ def test_the_mean_fit_score_ignores_image_order_and_is_the_pooled_score_when_ima
     assert fit_score("mean", ref, ref) == fit_score("pooled", ref, ref) == PSNR_CAP_DB
     with pytest.raises(UsageError, match="unknown fit score"):
         fit_score("median", out, ref)
+
+
+@given(cfg=st.floats(1.0, 2.5), recommended=st.sampled_from([("ab2", 6), ("ab3", 10), ("unipc", 10), ("euler", 25)]))
+def test_where_several_fitted_grids_match_the_recommended_solver_and_count_win_else_the_fewest(cfg, recommended):
+    low, more = _entry("ab2", 6, (1.25, 2.0)), _entry("ab3", 10, (1.25, 2.0))
+    pipe = DiPPipeline.load(batch_size=1)
+    sampler, steps = recommended
+    pipe.source = replace(pipe.source, sampling={"sampler": sampler, "steps": steps, "cfg": 1.5, "grids": [more, low]})
+    chosen = pipe.sampler_settings(cfg=cfg)
+    if not 1.25 <= cfg <= 2.0:
+        assert (chosen.method, chosen.steps, chosen.grid) == (sampler, steps, None)
+    else:
+        expected = more if recommended == ("ab3", 10) else low
+        assert (chosen.method, chosen.steps, list(chosen.grid)) == (expected["sampler"], expected["nfe"], expected["grid"])
