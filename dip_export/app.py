@@ -94,6 +94,7 @@ def run_sample(request: SampleRequest, console: Console, progress: Progress) -> 
     if request.png_dir is not None:
         check_output_folder(request.png_dir, lambda name: _png_index(name) < len(plan), kind="png")
     say_assumed_size(pipe.source, request.image_size, pipe.image_size, console)  # the arguments are good: now say it
+    say(console, _sampler_line(settings, request.sampling, pipe.source.sampling))
     spec = pipe.choose_backend()  # only now the heavy part: measuring (auto), engines, exports made on the fly
     if pipe.reason:
         say(console, f"backend {pipe.reason}")
