@@ -28,7 +28,7 @@ from dip_export.pipeline import DiPPipeline
 from dip_export.runtime.backends import BackendSpec
 from dip_export.runtime.torch_engine import resolve_device
 from dip_export.sampling import SamplerSettings
-from dip_export.settings import MAX_REPEATS, MAX_SAMPLES, MAX_SHARD_BATCHES, BuildSettings, exact_int
+from dip_export.settings import MAX_REPEATS, MAX_SAMPLES, MAX_SHARD_BATCHES, BuildSettings, exact_int, one_of
 
 if TYPE_CHECKING:
     from dip_export.distributed import World
@@ -94,6 +94,7 @@ def run_sample(request: SampleRequest, console: Console, progress: Progress) -> 
     if request.png_dir is not None:
         check_output_folder(request.png_dir, lambda name: _png_index(name) < len(plan), kind="png")
     say_assumed_size(pipe.source, request.image_size, pipe.image_size, console)  # the arguments are good: now say it
+    say(console, _sampler_line(settings, request.sampling, pipe.source.sampling))
     spec = pipe.choose_backend()  # only now the heavy part: measuring (auto), engines, exports made on the fly
     if pipe.reason:
         say(console, f"backend {pipe.reason}")
@@ -616,6 +617,8 @@ class ScheduleRequest:
     sweeps: int = 6
     seed: int = 0
     batch: int = 32
+    score: str = "pooled"  # the fit's score on the training images (sampling.reference.FIT_SCORES)
+    recommend: bool = False  # also store sampler, nfe, cfg and shift as the model's recommended settings
 
 
 def run_schedule(request: ScheduleRequest, console: Console, progress: Progress) -> None:
@@ -626,7 +629,7 @@ def run_schedule(request: ScheduleRequest, console: Console, progress: Progress)
     from dip_export.pipeline import open_source
     from dip_export.runtime.backends import make_torch_engine
     from dip_export.sampling.fitgrid import trial_count
-    from dip_export.sampling.grids import stored_with
+    from dip_export.sampling.grids import recommended, stored_with
 
     fit = _check_schedule_request(request)
     m = request.model
@@ -656,7 +659,10 @@ def run_schedule(request: ScheduleRequest, console: Console, progress: Progress)
     )
     if info["fitted_grid_db"] < info["default_grid_db"]:  # overfitted to the training seeds: sampling would get worse
         raise ExportError("the fitted grid is worse than the default on held-out images; not stored (try more --train-images)")
-    save_checkpoint(request.output, loaded.model, stored_with(loaded.sampling, entry))
+    sampling = stored_with(loaded.sampling, entry)
+    if request.recommend:
+        sampling = recommended(sampling, fit.start())
+    save_checkpoint(request.output, loaded.model, sampling)
     say(console, f"wrote {request.output}")
 
 
@@ -666,6 +672,7 @@ def _check_schedule_request(request: ScheduleRequest) -> Any:
     from dip_export.checkpoint import DEMO_CHECKPOINT
     from dip_export.measure.yardstick import GridFit
     from dip_export.sampling.fitgrid import GridFamily, SearchSettings
+    from dip_export.sampling.reference import FIT_SCORES
 
     r = request
     if r.output.suffix != ".safetensors":
@@ -679,9 +686,10 @@ def _check_schedule_request(request: ScheduleRequest) -> Any:
     exact_int(r.batch, "--batch", 1, MAX_SCHEDULE_BATCH)
     lo_hi = _parse_band(r.band)
     check_seed(r.seed, "--seed")
+    one_of(r.score, "--score", FIT_SCORES)
     GridFamily(SamplerSettings(steps=r.nfe, cfg=r.cfg, shift=r.shift, method=r.sampler))  # settings, then a fittable solver
     return GridFit(r.sampler, r.nfe, r.cfg, r.shift, lo_hi, r.train_images, r.heldout_images,
-                   SearchSettings(sweeps=r.sweeps, seed=r.seed))  # fmt: skip
+                   SearchSettings(sweeps=r.sweeps, seed=r.seed), r.score)  # fmt: skip
 
 
 def _parse_band(text: str | None) -> tuple[float, float] | None:

@@ -264,6 +264,12 @@ def export_schedule_cmd(
     sweeps: Annotated[int, typer.Option(help="Passes of the search over the family's coordinates.")] = 6,
     seed: Annotated[int, typer.Option(help="Seed of the fit (training seeds, search order): same seed, same grid.")] = 0,
     batch: Annotated[int, typer.Option(help="Images per sampler run.")] = 32,
+    score: Annotated[
+        str, typer.Option(help="Fit score on the training images: pooled (PSNR of the pooled MSE) or mean (mean per-image PSNR).")
+    ] = "pooled",
+    recommend: Annotated[
+        bool, typer.Option("--recommend", help="Also make --sampler, --nfe, --cfg, --shift the model's recommended settings.")
+    ] = False,
     weights: WeightsOpt = "ema",
     trust_checkpoint: TrustOpt = False,
     revision: RevisionOpt = None,
@@ -283,6 +289,7 @@ def export_schedule_cmd(
     request = ScheduleRequest(
         ModelRequest(model, None, weights, trust_checkpoint, revision), output, sampler, nfe, cfg, shift=shift, band=band,
         train_images=train_images, heldout_images=heldout_images, sweeps=sweeps, seed=seed, batch=batch,
+        score=score, recommend=recommend,
     )  # fmt: skip
     run_schedule(request, console, progress_bar())
 

@@ -308,7 +308,8 @@ class DiPPipeline:
         `interval`); None leaves a field as it is. Where the model stores a fitted time grid for
         the resulting solver, steps, shift, interval and guidance, the settings use it; where neither
         `settings`, the solver nor the steps are given and a fitted grid matches the guidance, shift
-        and interval, its solver and count are used too (the fewest evaluations).
+        and interval, its solver and count are used too (the model's recommended solver and count where
+        a grid for them matches, else the fewest evaluations).
         """
         base = settings if settings is not None else self.recommended_settings()
         if not isinstance(base, SamplerSettings):

@@ -153,6 +153,7 @@ def test_batch_options_say_what_they_mean_and_old_spellings_still_work(monkeypat
         (["--output", "m.safetensors", "--sampler", "heun"], "not heun"),
         (["--output", "m.safetensors", "--sweeps", "0"], "--sweeps"),
         (["--output", "m.safetensors", "--nfe", "0"], "steps"),
+        (["--output", "m.safetensors", "--score", "median"], "--score must be one of pooled, mean"),
     ],
 )
 def test_schedule_refuses_bad_arguments_in_one_line(tmp_path, args, message):
@@ -185,6 +186,39 @@ def test_schedule_stores_a_grid_only_when_held_out_images_say_it_is_better(tmp_p
     else:
         assert result.exit_code == 0, result.output
         stored = load_checkpoint(out).sampling
-        shipped = load_checkpoint(DEMO_CHECKPOINT).sampling["grids"]
-        assert stored["grids"][:-1] == shipped  # the model's own grids are kept
-        assert stored["grids"][-1]["grid"] == list(grid) and stored["grids"][-1]["cfg"] == [1.6, 2.5] and stored["steps"] == 25
+        shipped = load_checkpoint(DEMO_CHECKPOINT).sampling
+        assert stored["grids"][:-1] == shipped["grids"]  # the model's own grids are kept
+        assert stored["grids"][-1]["grid"] == list(grid) and stored["grids"][-1]["cfg"] == [1.6, 2.5]
+        assert stored["steps"] == shipped["steps"]  # the recommendation changes only with --recommend
+
+
+@pytest.mark.parametrize("recommend", [False, True])
+def test_schedule_recommend_stores_the_fitted_solver_and_count_as_the_models_settings(tmp_path, monkeypatch, recommend):
+    from dip_export.checkpoint import DEMO_CHECKPOINT, load_checkpoint
+    from dip_export.measure import yardstick
+    from dip_export.pipeline import DiPPipeline
+    from dip_export.sampling import SamplerSettings
+    from dip_export.sampling.grids import grid_entry
+
+    grid = tuple(i / 7 for i in range(8))
+    info = {"reference": "ab3 512", "heldout_images": 32, "default_grid_db": 40.0, "fitted_grid_db": 41.0, "euler_100_db": 43.0}
+
+    def fake_fit(net, loaded, fit, size, batch, on_trial=None):
+        assert (fit.sampler, fit.nfe, fit.cfg, fit.score) == ("unipc", 7, 1.75, "mean")
+        return grid_entry(SamplerSettings(steps=7, cfg=1.75, method="unipc", grid=grid), fit.stored_band(), info), info
+
+    monkeypatch.setattr(yardstick, "fit_schedule", fake_fit)
+    out = tmp_path / "m.safetensors"
+    args = ["schedule", "--output", str(out), "--sampler", "unipc", "--nfe", "7", "--cfg", "1.75", "--score", "mean"]
+    result = runner.invoke(export_app, args + (["--recommend"] if recommend else []))
+    assert result.exit_code == 0, result.output
+    stored, shipped = load_checkpoint(out).sampling, load_checkpoint(DEMO_CHECKPOINT).sampling
+    assert stored["grids"][:-1] == shipped["grids"] and stored["grids"][-1]["grid"] == list(grid)
+    pipe = DiPPipeline.load(out, device="cpu")
+    chosen = pipe.recommended_settings()
+    if recommend:
+        assert (stored["sampler"], stored["steps"], stored["cfg"], stored["shift"]) == ("unipc", 7, 1.75, 1.0)
+        assert (chosen.method, chosen.steps, chosen.cfg) == ("unipc", 7, 1.75)
+        assert list(pipe.sampler_settings().grid) == list(grid)  # nothing chosen: the recommendation with its grid
+    else:
+        assert {k: stored.get(k) for k in ("sampler", "steps", "cfg")} == {k: shipped.get(k) for k in ("sampler", "steps", "cfg")}

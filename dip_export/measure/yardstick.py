@@ -254,6 +254,7 @@ class GridFit:
     train_images: int = 64
     heldout_images: int = 32
     search: SearchSettings = field(default_factory=SearchSettings)
+    score: str = "pooled"  # ref_solver.fit_score on the training images
 
     def start(self) -> SamplerSettings:
         """The settings the grid is fitted for (the default grid)."""
@@ -274,7 +275,7 @@ def fit_schedule(
     target = torch.from_numpy(reference_images(net, loaded, train_plan, train, base).x)
     noise = initial_noise(train_plan.seeds, *size)
     run = ref_solver.sampled(net, noise, torch.tensor(train_plan.classes), loaded.config.null_class, train.batch)
-    result = fit_grid(base, lambda s: ref_solver.float_psnr(run(s), target), fit.search, on_trial)
+    result = fit_grid(base, lambda s: ref_solver.fit_score(fit.score, run(s), target), fit.search, on_trial)
     fitted = result.settings
     held = Yardstick(fit.heldout_images, 0, fit.cfg, fit.shift, min(batch, fit.heldout_images), *size)
     plan = make_plan(loaded.config.num_classes, num_samples=held.num_samples, seed=held.seed)
@@ -285,6 +286,7 @@ def fit_schedule(
     info = {
         "train_seeds": [train.seed, train.seed + train.num_samples - 1], "heldout_images": held.num_samples,
         "train_float_db": [round(result.first, 2), round(result.best, 2)], "search_seed": fit.search.seed,
+        "score": fit.score,
         "trials": result.trials, "below": result.point.below, "shape": [round(v, 4) for v in result.point.shape],
         "reference": reference.label,
         **{k: round(v, 2) for k, v in scores.items()},

@@ -79,14 +79,15 @@ def with_stored_grid(settings: SamplerSettings, sampling: Mapping[str, Any]) -> 
 
 def with_fitted_solver(settings: SamplerSettings, sampling: Mapping[str, Any]) -> SamplerSettings:
     """`settings` with the solver and evaluation count of the model's fitted grid for its guidance, shift and
-    interval (the fewest evaluations where several match), and that grid; unchanged where none matches.
-    For settings whose solver and count were not chosen by the caller."""
+    interval, and that grid; unchanged where none matches. Where several match: the one for `settings`' own
+    solver and count (the model's recommendation), else the fewest evaluations. For settings whose solver
+    and count were not chosen by the caller."""
     if settings.grid is not None:
         return settings
     fitted = [e for e in sampling.get("grids", []) if matches(e, replace(settings, method=e["sampler"], steps=e["nfe"]))]
     if not fitted:
         return settings
-    best = min(fitted, key=lambda e: (e["nfe"], str(e["sampler"])))
+    best = min(fitted, key=lambda e: ((e["sampler"], e["nfe"]) != (settings.method, settings.steps), e["nfe"], str(e["sampler"])))
     return replace(settings, method=best["sampler"], steps=best["nfe"], grid=tuple(float(v) for v in best["grid"]))
 
 
@@ -95,6 +96,11 @@ def stored_with(sampling: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[s
     key = ("sampler", "nfe", "cfg", "shift", "interval")
     kept = [e for e in sampling.get("grids", []) if any(e[k] != entry[k] for k in key)]
     return {**sampling, "grids": [*kept, dict(entry)]}
+
+
+def recommended(sampling: Mapping[str, Any], settings: SamplerSettings) -> dict[str, Any]:
+    """Sampling defaults whose recommended solver, steps, guidance and shift are `settings`' (grids kept)."""
+    return {**sampling, "sampler": settings.method, "steps": settings.steps, "cfg": settings.cfg, "shift": settings.shift}
 
 
 def grid_entry(settings: SamplerSettings, band: Sequence[float], fit: Mapping[str, Any]) -> dict[str, Any]:

@@ -43,6 +43,29 @@ def float_psnr(a: Tensor | np.ndarray, b: Tensor | np.ndarray) -> float:
     return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
+PSNR_CAP_DB = 100.0  # a per-image PSNR counts at most this much (an exact match would be infinite)
+FIT_SCORES = ("pooled", "mean")  # how a grid fit sums images up: PSNR of the pooled MSE, or mean per-image PSNR
+
+
+def image_psnrs(a: Tensor | np.ndarray, b: Tensor | np.ndarray) -> np.ndarray:
+    """Per-image PSNR (uint8 scale, float images) of two (B, ...) batches, capped at `PSNR_CAP_DB`."""
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    mse = np.mean(((diff * 127.5) ** 2).reshape(diff.shape[0], -1), axis=1)
+    with np.errstate(divide="ignore"):
+        db = 10 * np.log10(255.0**2 / mse)
+    return np.minimum(db, PSNR_CAP_DB)
+
+
+def fit_score(name: str, a: Tensor | np.ndarray, b: Tensor | np.ndarray) -> float:
+    """A batch's score for a grid fit (higher is better). "pooled": PSNR of the MSE over all images, led by
+    the hardest image; "mean": the mean of the per-image PSNRs, where every image counts alike."""
+    if name == "pooled":
+        return min(float_psnr(a, b), PSNR_CAP_DB)
+    if name == "mean":
+        return float(np.mean(image_psnrs(a, b)))
+    raise UsageError(f"unknown fit score {name}; choose from {', '.join(FIT_SCORES)}")
+
+
 def reference_settings(base: SamplerSettings, steps: int) -> SamplerSettings:
     """The reference solver with `steps` steps; guidance, interval and shift of `base`."""
     return replace(base, method=REFERENCE_SOLVER, steps=steps, cache_interval=1, token_forecast="off", grid=None)
