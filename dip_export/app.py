@@ -360,6 +360,8 @@ def _check_bench_request(request: BenchRequest) -> list[str]:
     if len(set(canonical)) != len(canonical):
         raise UsageError("--backends names a backend twice; name each once")
     if request.samplers is not None:
+        if request.variants:
+            raise UsageError("--variants times backends' sampler savings; --samplers measures solvers instead: give one")
         if len(names) != 1 or names[0] == "auto":
             raise UsageError(f"--samplers measures on one backend; name one with --backends (got {', '.join(names)})")
         _yardstick_runs(request)

@@ -112,7 +112,8 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
             meta = f.metadata() or {}
             return {k: f.get_tensor(k) for k in f.keys()}, meta  # noqa: SIM118 (safe_open has no items)
     except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: truncated or not a safetensors file ({_first_line(err)})") from None
+        # the library's text may quote the file: only the kind of error is named
+        raise CheckpointError(f"{path}: truncated or not a safetensors file ({type(err).__name__})") from None
 
 
 class _Shape:
@@ -150,10 +151,12 @@ def safetensors_header(path: Path) -> tuple[dict[str, _Shape], dict[str, str]]:
         shape = entry.get("shape") if isinstance(entry, dict) else None
         if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
             raise CheckpointError(f"{bad} (header entry {index + 1} has no valid shape)")  # its name is file content
+        if not isinstance(entry.get("dtype"), str) or entry["dtype"] not in SAFETENSORS_SIZES:
+            raise CheckpointError(f"{bad} (header entry {index + 1} has an unknown dtype)")  # never quoted: file content
         numel = 1
         for n in shape:
             numel *= n
-        declared += numel * SAFETENSORS_SIZES.get(str(entry.get("dtype")), 8)
+        declared += numel * SAFETENSORS_SIZES[entry["dtype"]]
         shapes[name] = _Shape(tuple(shape))
     check_declared(declared, 1, str(path), file_size=size)
     return shapes, meta

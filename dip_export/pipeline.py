@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,8 @@ class ModelSource:
         return f"{sha256_file(file)}:{self.weights}" + (f":{self.preset}" if self.preset else "")
 
 
+_REVISION = re.compile(r"[A-Za-z0-9][\w./-]{0,254}")  # a Hub branch, tag, commit or refs/pr/N
+
 def model_text(model: Any) -> str:
     """A model argument as text: a path (str or os.PathLike) or a Hub name; nothing else, and never empty."""
     if not isinstance(model, str | os.PathLike):
@@ -119,6 +122,8 @@ def open_source(
         hub = looks_like_hub_name(text)
         if revision is not None and not hub:
             raise UsageError(f"--revision goes with a Hugging Face Hub name (org/name); {text} is a local path")
+        if (revision is not None and not _REVISION.fullmatch(revision)) or ".." in (revision or ""):
+            raise UsageError("--revision must be a branch, tag or commit name (letters, digits, '.', '_', '-', '/')")
         target = resolve_hub_checkpoint(text, revision) if hub else Path(text)
         if target.is_dir():
             from dip_export.export.manifest import read_manifest
@@ -326,6 +331,8 @@ class DiPPipeline:
         from dip_export.sampling.grids import with_fitted_solver, with_stored_grid
 
         chosen = dataclasses.replace(base, **fields)
+        if fields.get("token_forecast", "off") != "off" and chosen.cache_interval == 1:
+            raise UsageError("--token-forecast forecasts between backbone refreshes: give --cache-interval 2 or more with it")
         if settings is None and not {"method", "steps", "grid"} & set(fields):  # the model's recommendation
             chosen = with_fitted_solver(chosen, self.source.sampling)  # its fitted grid for this guidance, if any
         return with_stored_grid(chosen, self.source.sampling)  # a fitted grid where one matches

@@ -266,5 +266,7 @@ class BuildSettings:
             raise UsageError(f"--target must be onnx or trt, got {self.target!r:.40}")
         if self.precision == "fp8" and self.target != "trt":
             raise UsageError("fp8 is a TensorRT graph: add --target trt")
+        if self.target != "onnx" and self.precision not in ("int8", "fp8"):
+            raise UsageError(f"--target trt shapes int8 and fp8 graphs; a {self.precision} export has no target (leave it out)")
         if isinstance(self.opset, bool) or not isinstance(self.opset, int) or self.opset not in OPSETS:
             raise UsageError(f"--opset must be in {OPSETS.start}..{OPSETS.stop - 1}, got {self.opset!r:.40}")

@@ -207,8 +207,10 @@ def test_headline_defaults_to_32_images_at_the_models_guidance(stopped, tmp_path
     assert stopped["bench"].batch == 32 and release.sampler.cfg == fast.sampler.cfg == 1.5  # the demo's guidance
     from dip_export.checkpoint import DEMO_CHECKPOINT, load_checkpoint
 
-    fitted = [e for e in load_checkpoint(DEMO_CHECKPOINT).sampling["grids"] if e["cfg"][0] <= 1.5 <= e["cfg"][1]]
-    assert fitted  # the demo's recommendation at its guidance is its fitted grid there
+    stored = load_checkpoint(DEMO_CHECKPOINT).sampling
+    fitted = [e for e in stored["grids"] if e["cfg"][0] <= 1.5 <= e["cfg"][1]
+              and (e["sampler"], e["nfe"]) == (stored["sampler"], stored["steps"])]  # fmt: skip
+    assert len(fitted) == 1  # the demo's recommendation at its guidance is its fitted grid there
     assert (fast.sampler.method, fast.sampler.steps, list(fast.sampler.grid)) == (
         fitted[0]["sampler"], fitted[0]["nfe"], fitted[0]["grid"])
     result = runner.invoke(bench_app, ["--headline", "--device", "cpu", "--cfg", "3", "--batch-size", "4"])

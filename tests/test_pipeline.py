@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from dip_export import DiPPipeline
 from dip_export.checkpoint import DEMO_CHECKPOINT, resolve_model
 from dip_export.cli import sample_app
-from dip_export.errors import CheckpointError, UsageError
+from dip_export.errors import CheckpointError, DipError, UsageError
 from dip_export.hub import looks_like_hub_name, split_hub_name
 from dip_export.measure.autobackend import CACHE_FILE, choose_backend, recommend_from_bench
 from dip_export.runtime.backends import BackendSpec
@@ -230,10 +230,15 @@ def test_auto_cache_is_untrusted(tmp_path):
         calls.append(spec)
         return TorchEngine(loaded.model, torch.device("cpu"))
 
-    (tmp_path / CACHE_FILE).write_text("[1, 2")  # damaged
+    (tmp_path / CACHE_FILE).write_text("[1, 2")  # not this tool's file: refused before measuring, and kept
+    with pytest.raises(DipError, match="is not a --backend auto cache this tool wrote"):
+        choose_backend(loaded, "demo", (32, 32), 1, torch.device("cpu"), make, tmp_path)
+    assert calls == [] and (tmp_path / CACHE_FILE).read_text() == "[1, 2"
+    (tmp_path / CACHE_FILE).unlink()
     choose_backend(loaded, "demo", (32, 32), 1, torch.device("cpu"), make, tmp_path)
     data = json.loads((tmp_path / CACHE_FILE).read_text())
-    key = next(iter(data))
+    assert data["written_by"] == "dip-export"
+    key = next(k for k in data if k != "written_by")
     data[key]["backend"] = "onnx:int8"  # never a candidate: int8 changes pictures
     (tmp_path / CACHE_FILE).write_text(json.dumps(data))
     calls.clear()

@@ -179,7 +179,7 @@ def test_the_cli_refuses_the_same_steps(tmp_path):
 def test_settings_object_and_overrides_give_the_same_images(demo):
     base = SamplerSettings(steps=3, cfg=2.0)
     a = demo([2, 5], [7, 8], base, shift=1.5)
-    b = demo([2, 5], [7, 8], steps=3, cfg=2.0, shift=1.5)
+    b = demo([2, 5], [7, 8], steps=3, cfg=2.0, shift=1.5, sampler="euler")  # the demo recommends another solver
     np.testing.assert_array_equal(a, b)
     assert a.shape == (2, 32, 32, 3) and a.std() > 5  # real images, not a constant
 

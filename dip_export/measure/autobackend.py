@@ -8,6 +8,7 @@ versions. int8 changes the pictures visibly and is never chosen here; TensorRT i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import platform
@@ -149,7 +150,8 @@ def decide(ms: dict[str, float], device: torch.device) -> tuple[BackendSpec, str
 
 
 def _read_cache(path: Path) -> dict[str, Any]:
-    """The cache file is untrusted: anything malformed is ignored (and rewritten)."""
+    """The cache file is untrusted: anything malformed in it is ignored (the file is rewritten only when it
+    carries this tool's mark: `choose_backend` refuses any other file before measuring)."""
     from dip_export.untrusted import UntrustedFileError, read_json
 
     if not path.exists() and not path.is_symlink():
@@ -196,11 +198,14 @@ def choose_backend(
 ) -> Decision:  # fmt: skip
     """The cached decision for this model, size, batch and machine, or a new measurement (then cached)."""
     from dip_export.errors import DipError
-    from dip_export.io import atomic_path
+    from dip_export.io import save_json
+    from dip_export.ownership import is_ours
 
     specs = candidates(device)
     path = root / CACHE_FILE
     _check_cache_kind(path)
+    if path.exists() and not is_ours(path, "json"):  # never measured over, never replaced: it is not ours
+        raise DipError(f"{path} is not a --backend auto cache this tool wrote; move it away")
     key = cache_key(model_id, size, batch, device)
     cache = _read_cache(path)
     cached = _valid_entry(cache.get(key), specs)
@@ -212,11 +217,8 @@ def choose_backend(
     spec, reason = decide(ms, device)
     cache = _read_cache(path)  # another process may have added entries meanwhile
     cache[key] = {"backend": str(spec), "reason": reason, "ms": ms, "model": model_id, "size": list(size), "batch": batch}
-    try:
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(cache, indent=1) + "\n")
-    except OSError:
-        pass  # an unwritable cache only costs a new measurement next time
+    with contextlib.suppress(OSError, DipError):  # unwritable, or no longer ours: it only costs a new measurement
+        save_json(path, cache)  # marked as this tool's, replaced only while it still is
     return Decision(spec, reason, ms)
 
 

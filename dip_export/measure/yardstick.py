@@ -51,8 +51,12 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     with warnings.catch_warnings():  # fewer images than features make the product singular; the root is still usable
         warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
         root = np.real(linalg.sqrtm(cov_a @ cov_b))
     return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a + cov_b - 2 * root))
+
+
+DIGIT_FD_MIN_IMAGES = 4  # fewer images give no usable covariance for the digit FD (one gives none at all)
 
 
 def digit_scores(images: np.ndarray, classes: list[int]) -> dict[str, float]:
@@ -157,11 +161,11 @@ def measure(
 ) -> dict[str, Any]:
     """PSNR against the reference (and digit scores on the demo) per solver and evaluation count."""
     base = base or SamplerSettings(cfg=y.cfg, shift=y.shift)
-    base = replace(base, cfg=y.cfg, shift=y.shift)
+    base = replace(base, cfg=y.cfg, shift=y.shift, grid=None)  # each solver and count on its default grid
     plan = make_plan(loaded.config.num_classes, num_samples=y.num_samples, seed=y.seed)
     reference = reference_images(net, loaded, plan, y, base)
     ref = reference.images
-    digits = is_demo(loaded)
+    digits = is_demo(loaded) and y.num_samples >= DIGIT_FD_MIN_IMAGES  # a covariance needs several images
     rows = []
     for name in samplers:
         for nfe in nfes:

@@ -174,6 +174,16 @@ def test_a_header_is_refused_exactly_when_it_declares_more_than_it_holds(
         assert {k: v.shape for k, v in safetensors_header(path)[0].items()} == {k: tuple(v["shape"]) for k, v in header.items()}
 
 
+@pytest.mark.parametrize("dtype", ["\x1b[31mF99", "SECRET", 5, ["F32"], None])
+def test_an_unknown_dtype_is_named_by_its_entry_not_echoed(tmp_path: Path, dtype) -> None:
+    path = tmp_path / "dtype.safetensors"
+    raw = json.dumps({"SECRET-NAME": {"dtype": dtype, "shape": [1], "data_offsets": [0, 4]}}).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(4))
+    with pytest.raises(dip_export.errors.CheckpointError, match="header entry 1 has an unknown dtype") as err:
+        load_checkpoint(path)
+    assert "SECRET" not in str(err.value) and "\x1b" not in str(err.value)
+
+
 def test_a_broken_header_is_named_not_echoed(tmp_path: Path) -> None:
     path = tmp_path / "broken.safetensors"
     raw = json.dumps({"SECRET-NAME": {"dtype": "F32", "shape": "x"}}).encode()

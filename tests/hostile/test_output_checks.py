@@ -102,3 +102,64 @@ def test_hub_names_follow_the_hubs_rules(parts):
     if looks_like_hub_name(text):
         assert valid, text
     assert not looks_like_hub_name(text + "\n") and not looks_like_hub_name(f"{parts[0]}/./{parts[-1]}")
+
+
+@pytest.mark.parametrize(
+    "main, args, words",
+    [(cli.sample_main, ["--token-forecast", "linear"], "give --cache-interval 2 or more"),
+     (cli.bench_main, ["--token-forecast", "quadratic", "--backends", "torch"], "give --cache-interval 2 or more"),
+     (cli.bench_main, ["--variants", "--samplers", "euler", "--nfe", "2"], "--samplers measures solvers instead"),
+     (cli.export_main, ["onnx", "--target", "trt"], "--target trt shapes int8 and fp8 graphs"),
+     (cli.sample_main, ["org/name", "--revision", "../../etc"], "--revision must be a branch, tag or commit"),
+     (cli.sample_main, ["org/name", "--revision", "\x1b[31mmain"], "--revision must be a branch, tag or commit")],
+)  # fmt: skip
+def test_options_that_cannot_mean_anything_are_refused_before_the_work(tmp_path, no_work, monkeypatch, main, args, words):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    extra = ["--out", tmp_path / "o.npz"] if main is cli.sample_main else ["--output-dir", tmp_path / "x"] if main is \
+        cli.export_main else ["--steps", "2"]
+    code, err = run(main, *args, *extra)
+    one_line(code, err, 2, words)
+    assert list(tmp_path.iterdir()) == []
+
+
+class _Sent(Exception):
+    pass
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(min_size=1, max_size=40))
+def test_a_revision_is_sent_only_when_it_is_a_plain_ref_name(revision):
+    import re
+
+    import dip_export.hub as hub
+    from dip_export.pipeline import open_source
+
+    plain = bool(re.fullmatch(r"[A-Za-z0-9][\w./-]{0,254}", revision)) and ".." not in revision
+
+    def send(text, rev):
+        raise _Sent(rev)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(hub, "resolve_hub_checkpoint", send)
+        try:
+            open_source("org/name", revision=revision)
+        except UsageError:
+            assert not plain, revision
+        except _Sent:
+            assert plain, revision
+
+
+def test_the_yardstick_on_one_image_reports_without_the_digit_distance(tmp_path, monkeypatch):
+    import json
+
+    import dip_export.measure.yardstick as yardstick
+
+    monkeypatch.setattr(yardstick, "REFERENCE_STEPS", 16)
+    monkeypatch.setattr(yardstick, "REFERENCE_AGREEMENT_DB", 10.0)
+    monkeypatch.setattr(yardstick, "CACHE", tmp_path / "ys")
+    out = tmp_path / "y.json"
+    code, err = run(cli.bench_main, "--samplers", "euler", "--nfe", "2", "--batch-size", "1", "--json", out)
+    assert code == 0 and "Traceback" not in err and "Warning" not in err, err
+    row = json.loads(out.read_text())["results"][0]
+    assert row["psnr_db"] > 0 and "digit_fd" not in row
