@@ -10,12 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings as hypothesis_settings
 
 from dip_export.checkpoint import build_model
 from dip_export.config import DiPConfig
 from dip_export.model import DiP
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+hypothesis_settings.register_profile("shared-cpu", deadline=None)  # a 2-core machine shared with other jobs
+hypothesis_settings.load_profile("shared-cpu")
 
 
 @pytest.fixture(scope="session", autouse=True)

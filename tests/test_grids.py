@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -210,6 +210,7 @@ def _entry(method, nfe, band, cfg=1.5):
     return grid_entry(settings, band, {"seed": 0})
 
 
+@settings(deadline=None, max_examples=30)
 @given(cfg=st.floats(1.0, 6.0), steps=st.sampled_from([None, 20]), sampler=st.sampled_from([None, "unipc"]))
 def test_the_fitted_grid_for_the_guidance_is_the_recommendation_unless_solver_or_steps_are_chosen(cfg, steps, sampler):
     low, high = _entry("ab2", 6, (1.25, 2.0)), _entry("unipc", 8, (3.0, 5.0), cfg=4.0)
@@ -249,6 +250,7 @@ def test_the_mean_fit_score_ignores_image_order_and_is_the_pooled_score_when_ima
         fit_score("median", out, ref)
 
 
+@settings(deadline=None, max_examples=30)
 @given(cfg=st.floats(1.0, 2.5), recommended=st.sampled_from([("ab2", 6), ("ab3", 10), ("unipc", 10), ("euler", 25)]))
 def test_where_several_fitted_grids_match_the_recommended_solver_and_count_win_else_the_fewest(cfg, recommended):
     low, more = _entry("ab2", 6, (1.25, 2.0)), _entry("ab3", 10, (1.25, 2.0))

@@ -42,8 +42,8 @@ def _check_entry(entry: Any, max_steps: int) -> dict[str, Any]:
     if not (_number(entry.get("shift")) and entry["shift"] > 0):
         raise UsageError(f"grid entry shift must be a positive number, got {value_kind(entry.get('shift'))}")
     grid = entry.get("grid")
-    if not (isinstance(grid, list) and all(_number(v) for v in grid)):
-        raise UsageError("grid entry grid must be a list of numbers")
+    if not (isinstance(grid, list) and len(grid) == nfe + 1 and all(_number(v) for v in grid)):
+        raise UsageError("grid entry grid must be a list of nfe + 1 numbers")
     try:
         SamplerSettings(steps=nfe, method=str(entry.get("sampler")), grid=tuple(grid))  # sampler name and grid shape
     except UsageError:
