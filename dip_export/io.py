@@ -113,7 +113,7 @@ def atomic_dir(target: Path, *, problem_of: Callable[[Path], str | None]) -> Ite
     An existing `target` is replaced only if `problem_of` finds nothing against it (`check_replaceable_folder`).
     """
     target = Path(os.path.abspath(target))
-    recover_swap(target, _alive)
+    recover_swap(target, _alive, problem_of)
     check_replaceable_folder(target, problem_of)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ import shutil
 import socket
 import struct
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -290,7 +290,7 @@ def swap_in(tmp: Path, target: Path, backup: Path) -> None:
     """Put the finished folder `tmp` at `target`; an old `target` goes to the empty folder `backup` under a journal."""
     journal = journal_path(target)
     try:
-        _write_journal(journal, {"backup": backup.name, "host": _host(), "pid": os.getpid()})
+        _write_journal(journal, _journal_fields(target, backup.name, _host(), os.getpid()))
     except OSError as err:
         backup.rmdir()
         raise DipError(f"cannot write {journal}: {err.strerror or err} (a file or link of that name is in the way)") from None
@@ -306,13 +306,20 @@ def swap_in(tmp: Path, target: Path, backup: Path) -> None:
         os.replace(backup, target)  # the earlier export goes back where it was
         journal.unlink(missing_ok=True)
         raise DipError(f"cannot write {target}: {err.strerror or err}") from None
+    journal.unlink(missing_ok=True)  # first: a backup left without its journal is a stale temporary of a dead run
     shutil.rmtree(backup, ignore_errors=True)
-    journal.unlink(missing_ok=True)
+
+
+def _journal_fields(target: Path, backup: str, host: str, pid: int) -> dict[str, Any]:
+    """What a journal holds: the backup's name, the run that made it, and a mark under this user's owner key
+    (the one of export manifests) over those and the export's name, proof that this tool wrote it."""
+    fields = {"backup": backup, "host": host, "pid": pid}
+    return {**fields, "mac": contents_mac({**fields, "target": target.name}, owner_key(create=True) or b"")}
 
 
 def _write_journal(journal: Path, data: dict[str, Any]) -> None:
-    """Written and synced before the first rename: a journal cut short means the swap had not begun. Made new,
-    never through a symlink or over a file someone put there."""
+    """Written and synced before the first rename. Made new, never through a symlink or over a file someone put
+    there."""
     fd = os.open(journal, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
     with open(fd, "w") as f:
         f.write(json.dumps(data))
@@ -320,30 +327,62 @@ def _write_journal(journal: Path, data: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def recover_swap(target: Path, alive: Any) -> None:
-    """Finish or undo a swap a killed run left: the new export stays if it is in place, else the old comes back."""
+def _backup_pattern(target: Path) -> re.Pattern[str]:
+    """Exactly the names `io._swap_in` gives a backup of `target`: `.NAME.HOST-PID.old.XXXXXXXX.tmp`."""
+    return re.compile(rf"\.{re.escape(target.name)}\.(?P<host>[^/\x00-\x1f]+)-(?P<pid>[0-9]+)\.old\.[a-z0-9_]{{8}}\.tmp")
+
+
+def _journal_problem(target: Path, journal: Path, problem_of: Callable[[Path], str | None]) -> tuple[str | None, dict[str, Any]]:
+    """Why `journal` is not provably one this tool wrote for `target` (None: it is), and its fields."""
     from dip_export.untrusted import Field, Schema, UntrustedFileError, read_json
 
-    journal = journal_path(target)
-    if not journal.exists() and not journal.is_symlink():
-        return
-    schema = Schema({"backup": Field(str, max_len=255), "host": Field(str, max_len=64), "pid": Field(int, lo=0, hi=2**31)})
+    if journal.is_symlink() or not journal.is_file():
+        return "it is not a regular file", {}
+    schema = Schema(
+        {
+            "backup": Field(str, max_len=255),
+            "host": Field(str, max_len=32),
+            "pid": Field(int, lo=1, hi=2**31),
+            "mac": Field(str, max_len=64),
+        }
+    )
     try:
         data = read_json(journal, folder=target.parent, schema=schema, what="swap journal", max_bytes=4096)
-    except UntrustedFileError as err:
-        if os.path.lexists(target) and not journal.is_symlink():
-            journal.unlink()  # cut short while being written: nothing had been moved yet
-            return
-        raise DipError(f"{err}; look at {target.parent} and delete {journal.name} when it is in order") from None
+    except UntrustedFileError:
+        return "not a journal of the expected form", {}
+    fields = {key: data[key] for key in ("backup", "host", "pid")}
+    if mac_problem({**fields, "target": target.name}, data["mac"]):
+        return "it carries no valid mark of this user's tool", {}
+    match = _backup_pattern(target).fullmatch(data["backup"])
+    if match is None or match["host"][:32] != data["host"] or int(match["pid"]) != data["pid"]:
+        return "it names a backup that is not this tool's", {}
+    backup = target.parent / data["backup"]
+    if os.path.lexists(backup):
+        if backup.is_symlink() or not backup.is_dir():
+            return "its backup is not a plain folder", {}
+        if any(backup.iterdir()) and problem_of(backup):  # empty: the swap had not moved the old export yet
+            return "its backup is not an export of this tool", {}
+    return None, data
+
+
+def recover_swap(target: Path, alive: Any, problem_of: Callable[[Path], str | None]) -> None:
+    """Finish or undo a swap a killed run left: the new export stays if it is in place, else the old comes back.
+
+    Only a journal proven this tool's is acted on (its owner mark, the exact backup name the tool gives, a backup
+    that passes `problem_of` as an export being replaced must); any other is refused before any work, and nothing
+    is deleted or renamed."""
+    journal = journal_path(target)
+    if not os.path.lexists(journal):
+        return
+    problem, data = _journal_problem(target, journal, problem_of)
+    if problem:
+        raise DipError(f"{journal} is not a swap journal this tool wrote ({problem}); move it away")
     if data["host"] == _host() and alive(data["pid"]):
         raise DipError(f"another run (pid {data['pid']}) is replacing {target}; wait for it")
-    own = re.compile(rf"\.{re.escape(target.name)}\.[^/]+\.old\.[a-z0-9_]{{8}}\.tmp")
     backup = target.parent / data["backup"]
-    if not own.fullmatch(data["backup"]):
-        raise DipError(f"{journal}: names a backup that is not this tool's; delete {journal.name} when {target} is in order")
     if os.path.lexists(target):
-        if backup.is_dir() and not backup.is_symlink():
+        if os.path.lexists(backup):
             shutil.rmtree(backup)  # the new export was in place: the old one was on its way out
-    elif backup.is_dir() and not backup.is_symlink():
+    elif os.path.lexists(backup):
         os.replace(backup, target)  # killed between the renames: the old export comes back
     journal.unlink()

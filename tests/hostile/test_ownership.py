@@ -117,7 +117,7 @@ def test_a_kill_at_any_step_of_the_swap_loses_no_export(tmp_path: Path, kill_at:
     (target / "model.onnx").write_text("old")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
     subprocess.run([sys.executable, "-c", KILLER, str(target), str(kill_at)], env=env, check=False, timeout=120)
-    recover_swap(target, lambda pid: False)  # what the next run does first
+    recover_swap(target, lambda pid: False, lambda folder: None)  # what the next run does first
     remove_stale_temporaries(target)
     assert (target / "model.onnx").read_text() in ("old", "new")
     assert not journal_path(target).exists()
