@@ -94,11 +94,11 @@ def run_sample(request: SampleRequest, console: Console, progress: Progress) -> 
     if request.png_dir is not None:
         check_output_folder(request.png_dir, lambda name: _png_index(name) < len(plan), kind="png")
     say_assumed_size(pipe.source, request.image_size, pipe.image_size, console)  # the arguments are good: now say it
-    say(console, _sampler_line(settings, request.sampling, pipe.source.sampling))
     spec = pipe.choose_backend()  # only now the heavy part: measuring (auto), engines, exports made on the fly
     if pipe.reason:
         say(console, f"backend {pipe.reason}")
     pipe.engine()
+    sampler_line = _sampler_line(settings, request.sampling, pipe.source.sampling)
 
     def make_images(part: SamplePlan, on_step: Callable[[int], None] | None = None) -> np.ndarray:
         return pipe.generate(part, settings, batch_size=request.batch_size, cuda_graphs=request.cuda_graphs, on_step=on_step)
@@ -111,10 +111,11 @@ def run_sample(request: SampleRequest, console: Console, progress: Progress) -> 
             "weights": request.model.weights, "sampler": settings.__dict__, "size": list(pipe.image_size),
             "content": pipe.source.identity,
         }  # fmt: skip
-        images = _run_sharded(plan, request, world, dev, identity, make_images, progress, console)
+        images = _run_sharded(plan, request, world, dev, identity, make_images, progress, console, sampler_line)
         if images is None:
             return
     else:
+        say(console, sampler_line)  # every check has passed: the sampling starts now
         with progress:
             total = settings.steps * -(-len(plan) // request.batch_size)
             task = progress.add_task(f"{pipe.name} {spec} {len(plan)} images", total=total)
@@ -214,6 +215,7 @@ def _run_sharded(
     make_images: Callable[[SamplePlan], np.ndarray],
     progress: Progress,
     console: Console,
+    sampler_line: str,
 ) -> np.ndarray | None:
     """torchrun / --resume: shards of whole batches, resumable; rank 0 shows the global count and merges."""
     out, batch_size, shard_batches = request.out, request.batch_size, request.shard_batches
@@ -227,6 +229,7 @@ def _run_sharded(
             return run_sharded(plan, out, world=world, settings=identity, batch_size=batch_size,
                                shard_batches=shard_batches, make_images=make_images)  # fmt: skip
         folder = parts_dir(out)
+        say(console, sampler_line)  # every check has passed: the sampling starts now
         with progress:
             task = progress.add_task(f"{world.size} worker(s), {len(plan)} images", total=len(plan))
 

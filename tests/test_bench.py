@@ -194,8 +194,11 @@ def test_no_options_use_the_models_recommended_guidance_and_steps(captured):
     result = runner.invoke(bench_app, ["--device", "cpu"])
     assert result.exit_code == 1 and "stopped before timing" in result.output
     sampler = captured["bench"].sampler
-    assert (sampler.steps, sampler.cfg, sampler.method) == (25, 1.5, "euler")  # the demo stores 25 steps, guidance 1.5
-    assert "the model's recommendation" in result.output
+    from dip_export.checkpoint import DEMO_CHECKPOINT, load_checkpoint
+
+    stored = load_checkpoint(DEMO_CHECKPOINT).sampling  # the demo's recommendation, with a grid fitted for it
+    assert (sampler.steps, sampler.cfg, sampler.method) == (stored["steps"], stored["cfg"], stored["sampler"])
+    assert sampler.grid is not None and "the model's fitted grid for guidance 1.5" in result.output
     assert [str(s) for s in captured["specs"]][:2] == ["torch:fp32", "torch:bf16"]
 
 
