@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from dip_export.hub import CHECKPOINT_SUFFIXES, FILE_SUFFIXES, is_local_name, looks_like_hub_name
 
 WORD = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,10}", fullmatch=True)
+# a repo id part as the Hub takes it: starts and ends with a letter or digit ('_' may end it), no '--'
+HUB_WORD = st.from_regex(r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,9}[A-Za-z0-9_])?", fullmatch=True).filter(lambda w: "--" not in w)
 SUFFIX = st.sampled_from(CHECKPOINT_SUFFIXES + FILE_SUFFIXES)
 
 
@@ -27,10 +29,15 @@ def test_the_tool_folder_is_local(name):
     assert not looks_like_hub_name(f"engines/{name}")
 
 
-@given(WORD, WORD)
+@given(HUB_WORD, HUB_WORD)
 def test_plain_repo_names_stay_hub_names(org, name):
     assert looks_like_hub_name(f"{org}-nonexistent/{name}")
     assert looks_like_hub_name(f"{org}-nonexistent/{name}/model.onnx")  # org/name/FILE names a file in a repo
+
+
+@given(HUB_WORD, st.sampled_from(["name-", "name.", "na--me", "na..me", ".name", "-name"]))
+def test_names_the_hub_would_refuse_are_not_sent(org, name):
+    assert not looks_like_hub_name(f"{org}-nonexistent/{name}")
 
 
 NAMES = ["nodir/x.onnx", "nodir/x.pth.tar", "nodir/x.safetensors.1", "engines/dip-digits-32x32-fp32", "nodir/x.pkl"]
