@@ -88,6 +88,15 @@ class ModelSource:
 
 _REVISION = re.compile(r"[A-Za-z0-9][\w./-]{0,254}")  # a Hub branch, tag, commit or refs/pr/N
 
+
+def _plain_ref(revision: str) -> bool:
+    """A name git would take as a ref (and nothing a URL could read as more): no '..', '//', a last '/' or '.',
+    no part ending in '.lock'."""
+    return (
+        bool(_REVISION.fullmatch(revision)) and ".." not in revision and "//" not in revision
+        and not revision.endswith(("/", ".")) and not any(part.endswith(".lock") for part in revision.split("/"))
+    )  # fmt: skip
+
 def model_text(model: Any) -> str:
     """A model argument as text: a path (str or os.PathLike) or a Hub name; nothing else, and never empty."""
     if not isinstance(model, str | os.PathLike):
@@ -122,9 +131,11 @@ def open_source(
         hub = looks_like_hub_name(text)
         if revision is not None and not hub:
             raise UsageError(f"--revision goes with a Hugging Face Hub name (org/name); {text} is a local path")
-        if (revision is not None and not _REVISION.fullmatch(revision)) or ".." in (revision or ""):
+        if revision is not None and not _plain_ref(revision):
             raise UsageError("--revision must be a branch, tag or commit name (letters, digits, '.', '_', '-', '/')")
         target = resolve_hub_checkpoint(text, revision) if hub else Path(text)
+        if target.is_dir() and (weights != "ema" or trust_checkpoint):
+            raise UsageError(f"{text} is an export folder: --weights and --trust-checkpoint go with a checkpoint file")
         if target.is_dir():
             from dip_export.export.manifest import read_manifest
 

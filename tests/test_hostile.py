@@ -701,3 +701,30 @@ def test_random_bad_export_arguments_fail_cleanly(tmp_path_factory, bad):
 def test_random_bad_bench_arguments_fail_cleanly(tmp_path_factory, bad):
     work = tmp_path_factory.mktemp("prop")
     _fails_cleanly(work, cli.bench_main, [*[str(v) for pair in bad for v in pair], "--json", "r.json", "--plot", "p.png"])
+
+
+@pytest.mark.parametrize("option", [["--weights", "raw"], ["--trust-checkpoint"]])
+def test_checkpoint_options_with_an_export_folder_are_refused(tmp_path, export, option):
+    code, err = sample(export, *option, "--num-samples", "2", "--steps", "2", "--out", tmp_path / "o.npz")
+    one_line(code, err, 2, "is an export folder")
+    assert not (tmp_path / "o.npz").exists()
+
+
+@pytest.mark.parametrize("kind", ["folder", "symlink", "loose"])
+def test_a_bad_owner_key_is_refused_before_the_export_is_made(tmp_path, monkeypatch, kind):
+    import dip_export.export.onnx_export as onnx_export
+    from dip_export.ownership import KEY_ENV
+
+    key = tmp_path / "owner.key"
+    if kind == "folder":
+        key.mkdir()
+    elif kind == "symlink":
+        key.symlink_to(tmp_path / "elsewhere.key")
+    else:
+        key.write_text("0" * 64 + "\n")
+        key.chmod(0o644)
+    monkeypatch.setenv(KEY_ENV, str(key))
+    monkeypatch.setattr(onnx_export, "export_onnx", lambda *a, **k: pytest.fail("the export started"))
+    code, err = run(cli.export_main, "onnx", "--output-dir", tmp_path / "new")
+    one_line(code, err, 1, "owner key")
+    assert not (tmp_path / "new").exists()

@@ -304,5 +304,9 @@ def ownership_problem(folder: Path) -> str | None:
 
 
 def check_export_target(target: Path) -> None:
-    """An export folder may be created, or replace an earlier export of this tool; nothing else is touched."""
+    """An export folder may be created, or replace an earlier export of this tool; nothing else is touched.
+    The owner key that will mark its manifest is checked here too (before the work), if one exists."""
+    from dip_export.ownership import owner_key
+
+    owner_key(create=False)
     check_replaceable_folder(target, ownership_problem)

@@ -111,7 +111,8 @@ def test_hub_names_follow_the_hubs_rules(parts):
      (cli.bench_main, ["--variants", "--samplers", "euler", "--nfe", "2"], "--samplers measures solvers instead"),
      (cli.export_main, ["onnx", "--target", "trt"], "--target trt shapes int8 and fp8 graphs"),
      (cli.sample_main, ["org/name", "--revision", "../../etc"], "--revision must be a branch, tag or commit"),
-     (cli.sample_main, ["org/name", "--revision", "\x1b[31mmain"], "--revision must be a branch, tag or commit")],
+     (cli.sample_main, ["org/name", "--revision", "\x1b[31mmain"], "--revision must be a branch, tag or commit"),
+     (cli.sample_main, ["org/name", "--revision", "main/"], "--revision must be a branch, tag or commit")],
 )  # fmt: skip
 def test_options_that_cannot_mean_anything_are_refused_before_the_work(tmp_path, no_work, monkeypatch, main, args, words):
     monkeypatch.chdir(tmp_path)
@@ -128,14 +129,17 @@ class _Sent(Exception):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.text(min_size=1, max_size=40))
+@given(st.text(min_size=1, max_size=40) | st.sampled_from(["main/", "a//b", "main.lock", "v1.0.", "refs/pr/1", "v1.2"]))
 def test_a_revision_is_sent_only_when_it_is_a_plain_ref_name(revision):
     import re
 
     import dip_export.hub as hub
     from dip_export.pipeline import open_source
 
-    plain = bool(re.fullmatch(r"[A-Za-z0-9][\w./-]{0,254}", revision)) and ".." not in revision
+    plain = (
+        bool(re.fullmatch(r"[A-Za-z0-9][\w./-]{0,254}", revision)) and not {"..", "//"} & {revision[i:i + 2] for i in
+        range(len(revision))} and not revision.endswith(("/", ".")) and ".lock/" not in revision + "/"
+    )  # fmt: skip
 
     def send(text, rev):
         raise _Sent(rev)
