@@ -80,7 +80,7 @@ def atomic_path(target: Path, kind: str | None = None) -> Iterator[Path]:
     for that kind, checked before and again after the block, and the new file must carry the mark itself.
     """
     target = Path(target)
-    check_output_file(target)
+    check_output_file(target, probe=False)  # the temporary made below is the write test
     if kind is not None:
         check_replaceable_output(target, kind)
     try:
@@ -168,14 +168,16 @@ def _existing_ancestor(path: Path) -> Path:
     return path
 
 
-def check_writable_parent(path: Path) -> None:
-    """The folder that will hold `path` exists or can be made there, and can be written."""
+def check_writable_parent(path: Path, probe: bool = True) -> None:
+    """The folder that will hold `path` exists or can be made there, and can be written (tried with a file
+    of our own when `probe`)."""
     anchor = _existing_ancestor(Path(os.path.abspath(path)).parent)
     if not anchor.is_dir():
         raise UsageError(f"cannot write {path}: {anchor} is not a folder")
     if not os.access(anchor, os.W_OK | os.X_OK):
         raise UsageError(f"cannot write {path}: {anchor} is not writable")
-    probe_write(anchor, path)
+    if probe:
+        probe_write(anchor, path)
 
 
 def probe_write(folder: Path, path: Path) -> None:
@@ -189,7 +191,7 @@ def probe_write(folder: Path, path: Path) -> None:
     os.unlink(name)
 
 
-def check_output_file(path: Path) -> None:
+def check_output_file(path: Path, probe: bool = True) -> None:
     """A file output may be created or replace a regular file; never a folder. Checked before any work."""
     path = Path(path)
     check_output_name(path)
@@ -199,7 +201,7 @@ def check_output_file(path: Path) -> None:
         raise UsageError(f"{path} is a folder; a file goes there (name a file)")
     if path.exists() and not path.is_file():
         raise UsageError(f"{path} exists and is not a regular file")
-    check_writable_parent(path)
+    check_writable_parent(path, probe)
 
 
 def check_output_folder(folder: Path, allowed: Callable[[str], bool], kind: str | None = None) -> None:
