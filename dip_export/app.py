@@ -28,7 +28,16 @@ from dip_export.pipeline import DiPPipeline
 from dip_export.runtime.backends import BackendSpec
 from dip_export.runtime.torch_engine import resolve_device
 from dip_export.sampling import SamplerSettings
-from dip_export.settings import MAX_REPEATS, MAX_SAMPLES, MAX_SHARD_BATCHES, BuildSettings, exact_int, one_of
+from dip_export.settings import (
+    MAX_REPEATS,
+    MAX_SAMPLES,
+    MAX_SHARD_BATCHES,
+    BuildSettings,
+    decimal_text,
+    exact_int,
+    number_list,
+    one_of,
+)
 
 if TYPE_CHECKING:
     from dip_export.distributed import World
@@ -700,10 +709,7 @@ def _check_schedule_request(request: ScheduleRequest) -> Any:
 def _parse_band(text: str | None) -> tuple[float, float] | None:
     if text is None:
         return None
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError:
-        raise UsageError(f"--band must be LO,HI, got {text!r}") from None
+    lo, hi = number_list(text, "--band", decimal_text, count=2, form="LO,HI")
     if not (0 <= lo <= hi <= 100):
         raise UsageError(f"--band must be 0 <= LO <= HI <= 100, got {text!r}")
     return lo, hi

@@ -6,8 +6,10 @@ Only this module prints errors and chooses exit codes; the library raises `DipEr
 from __future__ import annotations
 
 import functools
-import math
+import inspect
 import sys
+import types
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -19,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from dip_export.errors import DipError
 from dip_export.messages import safe_progress, say
 from dip_export.runtime.catalog import BENCH_DEFAULT, backend_help
+from dip_export.settings import decimal_text, number_list, whole_text
 
 try:  # typer >= 0.20 carries its own click
     from typer._click.exceptions import ClickException
@@ -81,9 +84,64 @@ def progress_bar() -> Progress:
     )
 
 
+def whole_number(text: str) -> int:
+    """The parser of every int option (`settings.whole_text`): no `1.0`, `1_0`, `1e3` or spaces."""
+    return _as_option_value(whole_text, text)
+
+
+def decimal_number(text: str) -> float:
+    """The parser of every float option (`settings.decimal_text`): a finite decimal; no `nan`, `inf` or `1_5`."""
+    return _as_option_value(decimal_text, text)
+
+
+def _as_option_value(parse: Callable[[Any, str], Any], text: Any) -> Any:
+    if isinstance(text, (int, float)) and not isinstance(text, bool):  # a default, not typed by the user
+        return text
+    try:
+        return parse(text, "")
+    except DipError as err:
+        raise typer.BadParameter(str(err).strip()) from None
+
+
+def _number_parser(annotation: Any) -> Callable[[str], Any] | None:
+    """whole_number for an int (or int | None) parameter, decimal_number for a float one, else None."""
+    if typing.get_origin(annotation) in (types.UnionType, typing.Union):
+        kinds = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        annotation = kinds[0] if len(kinds) == 1 else None
+    if annotation is int:
+        return whole_number
+    if annotation is float:
+        return decimal_number
+    return None
+
+
+def strict_numbers(func: F) -> F:
+    """Give every int and float parameter of a command its strict parser (typer's own rounds "2.0" and takes "1_0")."""
+    hints = typing.get_type_hints(inspect.unwrap(func), include_extras=True)  # evaluated once: typer sees these objects
+    for hint in hints.values():
+        if typing.get_origin(hint) is not Annotated:
+            continue
+        base, *metadata = typing.get_args(hint)
+        parser = _number_parser(base)
+        for info in metadata:
+            if parser is not None and isinstance(info, typer.models.ParameterInfo) and info.parser is None:
+                info.parser = parser
+    for target in {func, inspect.unwrap(func)}:
+        target.__annotations__ = dict(hints)
+    return func
+
+
+class _Typer(typer.Typer):
+    """A Typer whose commands all parse numbers strictly (one parser for every int, one for every float)."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[F], F]:
+        register = super().command(*args, **kwargs)
+        return lambda func: register(strict_numbers(func))
+
+
 def _app(help_text: str) -> typer.Typer:
     # no markup in help texts: "[default: ...]" and "org/name(/FILE)" are meant literally
-    return typer.Typer(
+    return _Typer(
         help=help_text, add_completion=False, pretty_exceptions_enable=False, no_args_is_help=False, rich_markup_mode=None
     )
 
@@ -185,16 +243,10 @@ def sample(
 
 
 def _parse_interval(text: str | None) -> tuple[float, float] | None:
-    from dip_export.errors import UsageError
 
     if text is None:
         return None
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError:
-        raise UsageError(f"--guidance-interval must be two numbers lo,hi; got {text!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise UsageError(f"--guidance-interval must be finite, got {text!r}")
+    lo, hi = number_list(text, "--guidance-interval", decimal_text, count=2, form="two numbers lo,hi")
     return lo, hi
 
 

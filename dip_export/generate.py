@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -23,7 +22,8 @@ from dip_export.settings import (
     finite_float,
     image_size,
     int_list,
-    plain_value,
+    number_list,
+    whole_text,
 )
 
 
@@ -38,17 +38,9 @@ class SamplePlan:
         return len(self.seeds)
 
 
-_INT = re.compile(r"-?[0-9]{1,30}")
-
-
 def parse_int_list(text: str, what: str) -> list[int]:
     """'1,2,3' -> [1, 2, 3]: ASCII digits only ('3_2', '0x10' and other scripts' digits are refused)."""
-    parts = [part.strip() for part in text.split(",")]
-    if not any(parts):
-        raise UsageError(f"{what} is empty")
-    if not all(_INT.fullmatch(part) for part in parts):
-        raise UsageError(f"{what} must be comma-separated integers, got {plain_value(text)}")
-    return [int(part) for part in parts]
+    return number_list(text, what, whole_text)
 
 
 def make_plan(

@@ -122,6 +122,44 @@ def image_size(value: Any, what: str = "image size") -> tuple[int, int]:
     return (h, w)
 
 
+# Numbers typed as text (CLI options, comma lists): ASCII digits, no `_`, no `0x`, no other scripts' digits.
+_WHOLE_TEXT = re.compile(r"[+-]?[0-9]{1,40}")
+_DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]{1,40}(?:\.[0-9]{0,40})?|\.[0-9]{1,40})(?:[eE][+-]?[0-9]{1,4})?")
+
+
+def whole_text(text: Any, what: str) -> int:
+    """An integer typed as text: `12`, `-3`, `+4`; not `1.0`, `1_0`, `1e3`, ` 3` or `０`."""
+    if not isinstance(text, str) or not _WHOLE_TEXT.fullmatch(text):
+        raise UsageError(f"{what} must be a whole number, got {plain_value(text)}")
+    return int(text)
+
+
+def decimal_text(text: Any, what: str) -> float:
+    """A finite number typed as text: `1.5`, `-2`, `.5`, `1e-3`; not `nan`, `inf`, `1e999` or `1_5`."""
+    if not isinstance(text, str) or not _DECIMAL_TEXT.fullmatch(text):
+        raise UsageError(f"{what} must be a finite decimal number, got {plain_value(text)}")
+    number = float(text)
+    if not math.isfinite(number):
+        raise UsageError(f"{what} is beyond the range of a float, got {plain_value(text)}")
+    return number
+
+
+def number_list(text: Any, what: str, parse: Any, count: int | None = None, form: str = "") -> list[Any]:
+    """'a,b,c' -> [parse(a), ...] with `whole_text` or `decimal_text`; `count` items exactly when given."""
+    if not isinstance(text, str):
+        raise UsageError(f"{what} must be text, got {type(text).__name__}")
+    parts = [part.strip() for part in text.split(",")]
+    if count is not None and len(parts) != count:
+        raise UsageError(f"{what} must be {form or f'{count} comma-separated numbers'}, got {plain_value(text)}")
+    if not any(parts):
+        raise UsageError(f"{what} is empty")
+    try:
+        return [parse(part, what) for part in parts]
+    except UsageError:
+        kind = "integers" if parse is whole_text else "numbers"
+        raise UsageError(f"{what} must be {form or f'comma-separated {kind}'}, got {plain_value(text)}") from None
+
+
 def plain_value(value: Any, limit: int = 40) -> str:
     """A short repr of a user's value for a message (the message itself is escaped where printed)."""
     text = repr(value)

@@ -54,7 +54,7 @@ def test_num_samples_cycles_classes_and_batches_do_not_matter(tmp_path, ckpt):
         (["--classes", "9"], "class 9 is out of range"),
         (["--image-size", "40"], "not a positive multiple of the patch size 16"),
         (["--steps", "0"], "--steps must be in 1..10000"),
-        (["--cfg", "inf"], "--cfg must be in 0..100"),
+        (["--cfg", "1e3"], "--cfg must be in 0..100"),
         (["--classes", "1,2", "--seeds", "1"], "2 classes but 1 seeds"),
         (["--guidance-interval", "0.5"], "two numbers"),
         (["--backend", "tpu"], "unknown backend"),

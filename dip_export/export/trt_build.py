@@ -25,7 +25,7 @@ from dip_export.messages import say
 from dip_export.runtime.backends import BACKENDS
 from dip_export.runtime.trt_support import engine_matches, gpu_identity
 from dip_export.runtime.trt_support import import_tensorrt as _tensorrt
-from dip_export.settings import MAX_BATCH
+from dip_export.settings import MAX_BATCH, number_list, whole_text
 
 TRT_PRECISIONS = BACKENDS["trt"].precisions
 DEFAULT_WORKSPACE = 8 << 30
@@ -41,10 +41,7 @@ class BatchProfile:
 
     @classmethod
     def parse(cls, text: str) -> BatchProfile:
-        try:
-            lo, opt, hi = (int(v) for v in text.split(","))
-        except ValueError:
-            raise UsageError(f"--batch must be MIN,OPT,MAX (image batch sizes), got {text!r}") from None
+        lo, opt, hi = number_list(text, "--batch", whole_text, count=3, form="MIN,OPT,MAX (image batch sizes)")
         if not 1 <= lo <= opt <= hi <= MAX_BATCH:
             raise UsageError(f"--batch needs 1 <= MIN <= OPT <= MAX <= {MAX_BATCH}, got {text!r}")
         return cls(lo, opt, hi)
