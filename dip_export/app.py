@@ -595,11 +595,12 @@ def run_export_trt(
 ) -> None:  # fmt: skip
     """dip-export trt: TensorRT engines for an export folder (SOURCE, --output-dir, or the newest under engines/)."""
     from dip_export.export.onnx_export import EXPORT_ROOT
-    from dip_export.export.trt_build import BatchProfile, build_trt, check_timing_cache, export_for_source
+    from dip_export.export.trt_build import BatchProfile, build_trt, check_build_options, check_timing_cache, export_for_source
     from dip_export.runtime.catalog import check_available
     from dip_export.runtime.trt_support import gpu_identity, import_tensorrt
 
     profile = BatchProfile.parse(batch)
+    check_build_options(precision, opt_level)
     if source is not None and output_dir is not None:
         raise UsageError("give the export as SOURCE or as --output-dir, not both")
     from_model = source is not None and source.is_file()

@@ -90,6 +90,28 @@ def test_trt_without_tensorrt_or_gpu_refuses_cleanly(tmp_path, monkeypatch, flag
     assert sorted(p.name for p in export.iterdir()) == before
 
 
+@pytest.mark.parametrize(("args", "words"), [(["--opt-level", "9"], "--opt-level"), (["--opt-level", "-1"], "--opt-level"),
+                                            (["--batch", "4,2,1"], "--batch")])
+def test_bad_build_options_are_named_before_a_missing_tensorrt(tmp_path, monkeypatch, args, words):
+    import dip_export.runtime.catalog as catalog
+
+    monkeypatch.setattr(catalog, "check_available", lambda *a, **k: pytest.fail("package checked before the options"))
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(export_app, ["trt", *args])
+    assert result.exit_code == 2 and words in result.output and "tensorrt" not in result.output.lower()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("level", [9, -1, 3.0, True, "3"])
+def test_build_trt_checks_its_level_before_importing_tensorrt(tmp_path, monkeypatch, level):
+    import dip_export.export.trt_build as trt_build
+
+    monkeypatch.setattr(trt_build, "_tensorrt", lambda: pytest.fail("tensorrt imported before the options"))
+    with pytest.raises(UsageError, match="--opt-level"):
+        build_trt(precision="fp16", output_dir=tmp_path, root=tmp_path, profile=BatchProfile(), timing_cache=None,
+                  opt_level=level, console=Console(quiet=True))  # fmt: skip
+
+
 def test_two_precisions_at_once_are_refused():
     result = runner.invoke(export_app, ["trt", "--fp16", "--int8"])
     assert result.exit_code == 2 and "choose one precision" in result.output

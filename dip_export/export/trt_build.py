@@ -25,7 +25,7 @@ from dip_export.messages import say
 from dip_export.runtime.backends import BACKENDS
 from dip_export.runtime.trt_support import engine_matches, gpu_identity
 from dip_export.runtime.trt_support import import_tensorrt as _tensorrt
-from dip_export.settings import MAX_BATCH, number_list, whole_text
+from dip_export.settings import MAX_BATCH, exact_int, number_list, one_of, whole_text
 
 TRT_PRECISIONS = BACKENDS["trt"].precisions
 DEFAULT_WORKSPACE = 8 << 30
@@ -49,6 +49,12 @@ class BatchProfile:
     def network_batches(self) -> tuple[int, int, int]:
         """(min, opt, max) rows: a guidance-1 step runs B rows, a CFG step 2B."""
         return self.min, 2 * self.opt, 2 * self.max
+
+
+def check_build_options(precision: Any, opt_level: Any) -> None:
+    """The engine's precision and builder level, checked before anything else (the TensorRT package included)."""
+    one_of(precision, "TensorRT precision", TRT_PRECISIONS)
+    exact_int(opt_level, "--opt-level", 0, 5)
 
 
 def profile_shapes(spec: SubModelSpec, profile: BatchProfile) -> dict[str, tuple[tuple[int, ...], ...]]:
@@ -233,10 +239,7 @@ def build_trt(
     `covering=True` reuses engines whose profile covers `profile` (see `engine_matches`)."""
     import torch
 
-    if precision not in TRT_PRECISIONS:
-        raise UsageError(f"TensorRT precision must be one of {', '.join(TRT_PRECISIONS)}")
-    if not 0 <= opt_level <= 5:
-        raise UsageError(f"--opt-level must be 0..5, got {opt_level}")
+    check_build_options(precision, opt_level)
     trt = _tensorrt()  # what is missing comes first, and before any file is made
     check_timing_cache(timing_cache)
     device = torch.device(device if device is not None else "cuda")
