@@ -19,7 +19,7 @@ import dataclasses
 import functools
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -432,8 +432,8 @@ class DiPPipeline:
         sampler = self.sampler_settings(settings, **overrides)
         optional_callable(callback, "callback")
         batch = self.batch_size if batch_size is None else exact_int(batch_size, "batch_size", 1, MAX_BATCH)
-        if num_samples is not None:  # the images kept, against memory, before a plan of that length is built
-            count = exact_int(num_samples, "num_samples", 1, MAX_SAMPLES)
+        count = _planned_count(classes, seeds, num_samples)
+        if count is not None:  # the images kept, against memory, before a plan of that length is built
             self.check_budget(count, batch, self._size(image_size))
         plan = self.plan(classes, seeds, num_samples=num_samples, seed=seed)
         total = sampler.steps * -(-len(plan) // batch)
@@ -450,6 +450,16 @@ class DiPPipeline:
     def __repr__(self) -> str:
         where = self.source.export_dir or (self.source.loaded.source if self.source.loaded else "?")
         return f"DiPPipeline({self.name!r} from {where}, backend={self.spec}, device={self.device})"
+
+
+def _planned_count(classes: Any, seeds: Any, num_samples: Any) -> int | None:
+    """How many images a call asks for, from lengths alone (None: the plan will say why it is wrong)."""
+    if num_samples is not None:
+        return exact_int(num_samples, "num_samples", 1, MAX_SAMPLES)
+    lengths = [len(v) for v in (classes, seeds) if isinstance(v, Sized) and not isinstance(v, (str, bytes))]
+    if not lengths:
+        return None
+    return exact_int(max(lengths), "the number of classes/seeds", 1, MAX_SAMPLES)
 
 
 def _backend_for(source: ModelSource, backend: str | None) -> BackendSpec:

@@ -66,6 +66,19 @@ def test_api_call_refuses_before_sampling(monkeypatch: pytest.MonkeyPatch, no_sa
         pipe(num_samples=2000, steps=2, batch_size=1)
 
 
+@pytest.mark.parametrize("given", ["classes", "seeds", "both"])
+def test_api_call_refuses_a_long_class_or_seed_list_before_building_the_plan(monkeypatch: pytest.MonkeyPatch, no_sampling,
+                                                                          given: str) -> None:
+    pipe = DiPPipeline.load(device="cpu")
+    monkeypatch.setattr(DiPPipeline, "plan", lambda *a, **k: pytest.fail("the plan was built before the budget"))
+    monkeypatch.setenv("DIP_MEMORY_LIMIT", "4M")
+    n = 3000
+    args = {"classes": {"classes": [1] * n}, "seeds": {"seeds": range(n)},
+            "both": {"classes": [1] * n, "seeds": list(range(n))}}[given]  # fmt: skip
+    with pytest.raises(BudgetError, match=f"keeping {n} images"):
+        pipe(**args, steps=2, batch_size=1)
+
+
 def test_cli_sample_refuses_with_one_line(tmp_path: Path, no_sampling) -> None:
     code, err = run(cli.sample_main, "--preset", "dip-s-16", "--batch-size", "4096", "--image-size", "2048",
                     "--out", tmp_path / "o.npz")  # fmt: skip
