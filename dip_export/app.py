@@ -391,6 +391,8 @@ def _check_bench_request(request: BenchRequest) -> list[str]:
         raise UsageError(f"--plot writes a PNG; name a .png file (got {request.plot.suffix or 'no suffix'})")
     if request.plot is not None and request.json_out is not None and _same_path(request.plot, request.json_out):
         raise UsageError("--json and --plot name the same file; name two files")
+    if request.json_out is not None and request.json_out.suffix.lower() != ".json":
+        raise UsageError(f"--json writes JSON; name a .json file (got {request.json_out.suffix or 'no suffix'})")
     if request.threads is not None and not 1 <= request.threads <= 1024:
         raise UsageError(f"--threads must be in 1..1024, got {request.threads}")
     for path, kind in ((request.json_out, "json"), (request.plot, "png")):

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from dip_export.budget import parameter_count
 from dip_export.config import DiPConfig, check_sampling_defaults
 from dip_export.errors import DipError, ExportError, UsageError
 from dip_export.io import EXPORT_FORMAT_PREFIX, MANIFEST_NAME, atomic_path, check_replaceable_folder
@@ -100,6 +101,7 @@ def read_manifest(folder: Path) -> Manifest:
         raise ExportError(f"{path}: invalid manifest ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
     for role, rel in manifest.files.items():
         check_graph(folder, inside(folder, rel, role), role, manifest)
+    check_weight_count(folder, manifest)
     for precision, entry in manifest.engines.items():
         for role, rel in entry["files"].items():
             inside(folder, rel, f"{precision} {role} engine", must_exist=False)
@@ -123,6 +125,9 @@ def parse_manifest(data: Any) -> Manifest:
     for key in ("verification", "sampling", "engines", "extra", "contents"):
         _typed(data, key, dict, required=False)
     _typed(data, "owner_mac", str, required=False)
+    _short_text(data, ["name"], "", 200)
+    _short_text(data["versions"], data["versions"], "versions.", 100)
+    _short_text(data["source"], data["source"], "source.", 4096)  # an absolute checkpoint path and its sha256
     if data["precision"] not in PRECISIONS:
         raise ValueError(f"precision {data['precision']!r} is not one of {', '.join(PRECISIONS)}")
     size = data["image_size"]
@@ -141,6 +146,15 @@ def parse_manifest(data: Any) -> Manifest:
     if any(v % patch for v in manifest.image_size):
         raise ValueError(f"image_size {size} is not a multiple of the patch size {patch}")
     return manifest
+
+
+def _short_text(table: dict[str, Any], keys: Iterable[str], what: str, limit: int) -> None:
+    """Each `table[key]` is a string of at most `limit` characters (`what` names the table in the message)."""
+    for key in keys:
+        value = table[key]
+        if not isinstance(value, str) or len(value) > limit:
+            got = f"{len(value)} characters" if isinstance(value, str) else type(value).__name__
+            raise ValueError(f"{what}{key} must be a string of at most {limit} characters, got {got}")
 
 
 def _typed(data: dict[str, Any], key: str, kind: type, required: bool = True) -> None:
@@ -226,6 +240,41 @@ def _graph_problem(
         if tensor.name.endswith("embedding_table.weight") and tensor.dims and tensor.dims[0] != num_classes + 1:
             return f"the graph has {tensor.dims[0] - 1} classes, the manifest's config says {num_classes}"
     return _precision_problem(model, precision)
+
+
+def check_weight_count(folder: Path, manifest: Manifest) -> None:
+    """The graphs hold the weights of the manifest's config: its exact parameter count, plus position tables and
+    small constants (and per-channel scales in a quantized graph). A config that is not the graph's is refused."""
+    held = 0
+    for role, rel in manifest.files.items():
+        path = inside(folder, rel, role)
+        stat = path.stat()
+        held += _graph_elements(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    config = manifest.config
+    want = parameter_count(config)
+    if not want <= held <= want + weight_allowance(config, manifest.image_size, manifest.precision):
+        shape = f"hidden {config.hidden_size}, depth {config.depth}, patch {config.patch_size}"
+        raise ExportError(f"{folder}: the graphs hold {held:,} weights where the manifest's config ({shape}) has {want:,}: "
+                          "the manifest does not describe these graphs")  # fmt: skip
+
+
+def weight_allowance(config: DiPConfig, image_size: tuple[int, int], precision: str) -> int:
+    """Elements a graph may hold beyond the parameters: RoPE tables and shapes (far less than one block), and
+    per-channel scales in a quantized graph."""
+    tokens = (image_size[0] // config.patch_size) * (image_size[1] // config.patch_size)
+    scales = parameter_count(config) // 8 if precision in ("int8", "fp8") else 0
+    return 8 * tokens * config.hidden_size + (1 << 14) + scales
+
+
+@functools.lru_cache(maxsize=64)
+def _graph_elements(path: str, size: int, mtime_ns: int) -> int:
+    """Elements of every initializer a graph declares (from the protobuf only; external data is not read)."""
+    import math
+
+    import onnx
+
+    graph = onnx.load(path, load_external_data=False).graph  # parsed and checked by check_graph just before
+    return sum(math.prod(max(int(d), 0) for d in tensor.dims) for tensor in graph.initializer)
 
 
 def _declared_problem(graph: Any, stored: int) -> str:

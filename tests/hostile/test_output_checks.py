@@ -67,7 +67,9 @@ def test_deeply_nested_output_is_one_line_before_sampling(tmp_path, no_work):
     [(["--repeats", "5", "--max-repeats", "1"], "--max-repeats (1) must be at least --repeats (5)"),
      (["--backends", "torch,torch:fp32"], "names a backend twice"),
      (["--plot", "report.txt"], "--plot writes a PNG"),
-     (["--json", "r.png", "--plot", "r.png"], "name the same file")],
+     (["--json", "r.png", "--plot", "r.png"], "name the same file"),
+     (["--json", "r.txt"], "--json writes JSON"),
+     (["--json", "r"], "--json writes JSON")],
 )  # fmt: skip
 def test_bench_options_that_contradict_are_refused(tmp_path, no_work, monkeypatch, extra, words):
     monkeypatch.chdir(tmp_path)

@@ -94,11 +94,12 @@ def test_dip_bench_keeps_user_files_and_the_checkpoint(tmp_path, monkeypatch, op
     from dip_export.cli import bench_main
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "notes.txt").write_bytes(USER)
+    notes = "notes.json" if option == "--json" else "notes.png"  # the right suffix: the file's mark decides
+    (tmp_path / notes).write_bytes(USER)
     shutil.copy(DEMO_CHECKPOINT, tmp_path / "m.safetensors")
     before = (tmp_path / "m.safetensors").read_bytes()
     base = ["dip-bench", "m.safetensors", "--steps", "1", "--backends", "torch", "--repeats", "1", "--warmup", "0"]
-    assert _run(bench_main, [*base, option, "notes.txt"], monkeypatch) == 2
+    assert _run(bench_main, [*base, option, notes], monkeypatch) == 2
     assert _run(bench_main, [*base, option, "m.safetensors"], monkeypatch) == 2
-    assert (tmp_path / "notes.txt").read_bytes() == USER
+    assert (tmp_path / notes).read_bytes() == USER
     assert (tmp_path / "m.safetensors").read_bytes() == before

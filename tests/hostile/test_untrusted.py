@@ -164,3 +164,64 @@ def test_auto_backend_cache_that_is_a_folder_is_refused_before_measuring(tmp_pat
     with pytest.raises(DipError, match="is a folder"):
         autobackend.choose_backend(loaded, "id", (32, 32), 1, torch.device("cpu"),
                                    make=lambda spec: pytest.fail("measuring started"), root=tmp_path)  # fmt: skip
+
+
+# ---- a manifest describes its graphs: the config's exact parameter count against the weights the graphs hold
+
+CONFIG_CHANGES = st.sampled_from(["depth", "hidden_size", "detailer_width", "num_classes"]).flatmap(
+    lambda key: st.tuples(st.just(key), st.integers(1, 64) if key != "hidden_size" else st.sampled_from([64, 96, 256]))
+)
+
+
+@settings(max_examples=20, deadline=None)
+@given(change=CONFIG_CHANGES)
+def test_a_manifest_config_that_is_not_the_graphs_is_refused(tmp_path_factory, pristine, change) -> None:
+    from dip_export.budget import parameter_count
+    from dip_export.config import DiPConfig
+    from dip_export.export.manifest import weight_allowance
+
+    folder = Path(shutil.copytree(pristine, tmp_path_factory.mktemp("m") / "exp"))
+    data = json.loads((folder / "manifest.json").read_text())
+    config = DiPConfig.from_dict(data["config"])
+    key, value = change
+    data["config"][key] = value
+    if key == "hidden_size":
+        data["config"]["num_heads"] = value // config.head_dim
+    (folder / "manifest.json").write_text(json.dumps(data))
+    try:
+        after = parameter_count(DiPConfig.from_dict(data["config"]))
+    except DipError:
+        return
+    before = parameter_count(config)
+    if after == before:
+        assert read_manifest(folder).config.to_dict() == data["config"]
+    elif abs(after - before) > weight_allowance(config, tuple(data["image_size"]), "fp32"):
+        with pytest.raises(ExportError, match="manifest does not describe these graphs|has shape"):
+            read_manifest(folder)
+    else:  # a few class rows: the label table's own check
+        with pytest.raises(ExportError, match="classes"):
+            read_manifest(folder)
+
+
+@pytest.mark.parametrize("depth", [1, 256])
+def test_a_wrong_depth_is_refused_on_every_surface(tmp_path: Path, export: Path, depth: int) -> None:
+    from dip_export import DiPPipeline
+
+    data = json.loads((export / "manifest.json").read_text())
+    data["config"]["depth"] = depth
+    (export / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ExportError, match="does not describe"):
+        DiPPipeline.load(export)
+    code, err = run(cli.sample_main, export, "--num-samples", "1", "--out", tmp_path / "o.npz")
+    one_line(code, err, 1, "does not describe")
+    assert not (tmp_path / "o.npz").exists()
+
+
+@pytest.mark.parametrize(("key", "value"), [("versions", {"torch": "x" * 5000}), ("versions", {"torch": 2}),
+                                            ("name", "n" * 201), ("source", {"path": ["a"]})])
+def test_manifest_text_fields_are_short_strings(export: Path, key: str, value: object) -> None:
+    data = json.loads((export / "manifest.json").read_text())
+    data[key] = value
+    (export / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ExportError, match="at most"):
+        read_manifest(export)
