@@ -291,7 +291,8 @@ class DiPPipeline:
             make=lambda spec: self._make(spec, size, batch), root=EXPORT_ROOT,
         )  # fmt: skip
         self.spec = decision.spec
-        self.reason = decision.reason + (" (cached decision)" if decision.cached else "")
+        cached = f"{decision.spec}: cached decision, from an earlier run ({decision.reason})"
+        self.reason = cached if decision.cached else decision.reason  # a cached claim is not this run's timing
         self._engines.clear()  # the candidates' engines were for measuring only
 
     def _make(self, spec: BackendSpec, size: tuple[int, int], batch: int) -> Denoiser:

@@ -222,7 +222,35 @@ def test_auto_picks_the_fastest_measured_and_caches_it(tmp_path, monkeypatch):
     assert made
 
 
-def test_auto_cache_is_untrusted(tmp_path):
+@pytest.mark.parametrize(("eager_again", "cached"), [(0.1, True), (0.12, True), (0.3, False), (0.02, False)])
+def test_auto_remembers_a_decision_only_if_eager_timed_the_same_at_start_and_end(tmp_path, monkeypatch, eager_again,
+                                                                               cached):
+    from dip_export.measure import harness
+
+    loaded = resolve_model()
+    delays = {"torch:fp32": 0.1, "onnx:fp32": 0.05, "compile:fp32": 0.15, "torch:bf16": 0.15, "compile:bf16": 0.15}
+    eager_builds = []
+    clock = _Clock()
+    monkeypatch.setattr(harness, "time", clock)
+
+    def make(spec: BackendSpec):
+        if str(spec) == "torch:fp32":
+            eager_builds.append(spec)
+        delay = eager_again if str(spec) == "torch:fp32" and len(eager_builds) == 2 else delays[str(spec)]
+        return _Slowed(TorchEngine(loaded.model, torch.device("cpu")), delay, clock)
+
+    decision = choose_backend(loaded, "demo", (32, 32), 2, torch.device("cpu"), make, tmp_path)
+    assert len(eager_builds) == 2 and str(decision.spec) == "onnx:fp32"  # the second eager timing never wins
+    assert (tmp_path / CACHE_FILE).exists() == cached
+    assert ("the load changed" in decision.reason) != cached
+    again = choose_backend(loaded, "demo", (32, 32), 2, torch.device("cpu"), make, tmp_path)
+    assert again.cached == cached
+
+
+def test_auto_cache_is_untrusted(tmp_path, monkeypatch):
+    from dip_export.measure import autobackend
+
+    monkeypatch.setattr(autobackend, "steady", lambda ms: True)  # real timings: the load may change on this machine
     loaded = resolve_model()
     calls = []
 

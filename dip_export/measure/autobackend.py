@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from dip_export.sampling import Denoiser
 
 CACHE_FILE = "auto-backend.json"
 WARMUP, REPEATS = 2, 5  # evaluations per candidate: the first ones include compilation
+STEADY = 0.25  # eager fp32 timed first and last may differ this much (relative) for a decision to be cached
 
 
 @dataclass(frozen=True)
@@ -131,11 +133,12 @@ def measure(
     t = torch.full((rows,), 0.5, device=device)
     y = torch.randint(0, loaded.config.num_classes, (rows,), generator=gen).to(device)
     results: dict[str, float] = {}
-    for spec in specs:
+    for spec in [*specs, specs[0]]:  # the reference (eager fp32) again last: did the machine's load change?
+        key = str(spec) if str(spec) not in results else f"{spec} again"
         try:
             net = make(spec)
             timing, _ = repeat(evaluation(net, x, t, y), device, warmup=WARMUP, repeats=REPEATS)
-            results[str(spec)] = 1000 * timing.median
+            results[key] = 1000 * timing.median
         except (DipError, RuntimeError, ImportError, ValueError):
             continue  # a backend that cannot run here is simply not chosen
         finally:
@@ -143,9 +146,15 @@ def measure(
     return results
 
 
+def steady(ms: dict[str, float]) -> bool:
+    """Eager fp32 took about as long at the end as at the start: the comparison was made under one load."""
+    first, last = ms.get("torch:fp32"), ms.get("torch:fp32 again")
+    return first is not None and last is not None and abs(last - first) <= STEADY * min(first, last)
+
+
 def decide(ms: dict[str, float], device: torch.device) -> tuple[BackendSpec, str]:
     eager = ms["torch:fp32"]
-    best = min(ms, key=lambda k: ms[k])
+    best = min((k for k in ms if not k.endswith(" again")), key=lambda k: ms[k])
     return BackendSpec.parse(best), f"{best}: {eager / ms[best]:.1f}x eager {hardware_label(device)}"
 
 
@@ -215,6 +224,9 @@ def choose_backend(
     if "torch:fp32" not in ms:
         raise DipError("--backend auto: eager fp32 could not run, so nothing could be compared")
     spec, reason = decide(ms, device)
+    if not steady(ms):  # measured while the load changed: used for this run, never remembered
+        first, last = ms["torch:fp32"], ms.get("torch:fp32 again", math.nan)
+        return Decision(spec, f"{reason}; not cached: eager took {first:.1f} then {last:.1f} ms (the load changed)", ms)
     cache = _read_cache(path)  # another process may have added entries meanwhile
     cache[key] = {"backend": str(spec), "reason": reason, "ms": ms, "model": model_id, "size": list(size), "batch": batch}
     with contextlib.suppress(OSError, DipError):  # unwritable, or no longer ours: it only costs a new measurement
