@@ -155,6 +155,55 @@ def open_source(
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class LoadRequest:
+    """The checked arguments of `DiPPipeline.load`: exact types, and what can be refused before a file is read."""
+
+    device: torch.device
+    backend: str | None
+    revision: str | None
+    trust: bool
+    image_size: tuple[int, int] | None
+    batch_size: int
+    num_samples: int
+
+    @classmethod
+    def checked(cls, model: Any, *, preset: Any, backend: Any, device: Any, weights: Any, trust_checkpoint: Any,
+                revision: Any, image_size: Any, batch_size: Any, num_samples: Any, console: Any) -> LoadRequest:  # fmt: skip
+        from dip_export.runtime.torch_engine import resolve_device
+
+        dev = resolve_device(str(device) if isinstance(device, torch.device) else device)  # one check for both forms
+        if console is not None and not (callable(getattr(console, "print", None)) and callable(getattr(console, "status", None))):
+            raise UsageError(f"console must be a rich Console or None, got {type(console).__name__}")
+        request = cls(
+            dev, optional_text(backend, "backend", 64), optional_text(revision, "revision"),
+            exact_bool(trust_checkpoint, "trust_checkpoint"),
+            None if image_size is None else parse_image_size(image_size),  # 0, "" and False are not "the default"
+            exact_int(batch_size, "batch_size", 1, MAX_BATCH), exact_int(num_samples, "num_samples", 1, MAX_SAMPLES),
+        )  # fmt: skip
+        if request.backend is not None and request.backend != "auto":  # its packages and device, before any file is read
+            from dip_export.runtime.backends import check_available
+
+            exported = model is not None and Path(model_text(model)).is_dir()
+            check_available(BackendSpec.parse(request.backend), dev, from_model=not exported)
+        return request
+
+    def fits(self, config: DiPConfig) -> None:
+        """The whole run's memory, before the model is built (`open_source` calls it with the config it read)."""
+        from dip_export.budget import RunShape, check_run
+
+        h, w = self.image_size or parse_image_size(config.image_size)
+        check_run(config, RunShape(self.batch_size, h, w, samples=self.num_samples), self.device)
+
+    def size_of(self, source: ModelSource) -> tuple[int, int]:
+        """The image size calls default to: an export's own, else the one asked for, else the config's."""
+        size = source.export_size or self.image_size or parse_image_size(source.config.image_size)
+        if source.export_size is not None and self.image_size is not None and self.image_size != source.export_size:
+            raise UsageError(f"this export is fixed at {size[0]}x{size[1]}; another --image-size needs a new export")
+        check_image_size(*size, source.config.patch_size)
+        return size
+
+
 class DiPPipeline:
     """A DiP model on one backend and device, ready to turn classes and seeds into images.
 
@@ -204,51 +253,27 @@ class DiPPipeline:
             num_samples: images the run will keep; the memory estimate counts them before the model is built.
             console: a rich Console for export progress and messages (None: quiet).
         """
-        from dip_export.runtime.torch_engine import resolve_device
-
-        dev = resolve_device(str(device) if isinstance(device, torch.device) else device)  # one check for both forms
-        if console is not None and not (callable(getattr(console, "print", None)) and callable(getattr(console, "status", None))):
-            raise UsageError(f"console must be a rich Console or None, got {type(console).__name__}")
-        batch_size = exact_int(batch_size, "batch_size", 1, MAX_BATCH)
-        num_samples = exact_int(num_samples, "num_samples", 1, MAX_SAMPLES)
-        trust_checkpoint = exact_bool(trust_checkpoint, "trust_checkpoint")
-        backend = optional_text(backend, "backend", 64)
-        revision = optional_text(revision, "revision")
-        if image_size is not None:
-            parse_image_size(image_size)  # checked before the model is opened; 0, "" and False are not "the default"
-        if backend is not None and backend != "auto":  # its packages and device, before any file is read
-            from dip_export.runtime.backends import check_available
-
-            exported = model is not None and Path(model_text(model)).is_dir()
-            check_available(BackendSpec.parse(backend), dev, from_model=not exported)
-
-        def fits(config: DiPConfig) -> None:  # the whole run's memory, before the model is built
-            from dip_export.budget import RunShape, check_run
-
-            h, w = parse_image_size(config.image_size if image_size is None else image_size)
-            check_run(config, RunShape(batch_size, h, w, samples=num_samples), dev)
-
-        source = open_source(
-            model, preset=preset, weights=weights, trust_checkpoint=trust_checkpoint, revision=revision, check=fits
+        request = LoadRequest.checked(
+            model, preset=preset, backend=backend, device=device, weights=weights, trust_checkpoint=trust_checkpoint,
+            revision=revision, image_size=image_size, batch_size=batch_size, num_samples=num_samples, console=console,
         )  # fmt: skip
-        size = source.export_size or parse_image_size(source.config.image_size if image_size is None else image_size)
-        if source.export_size is not None and image_size is not None and parse_image_size(image_size) != source.export_size:
-            raise UsageError(
-                f"this export is fixed at {size[0]}x{size[1]}; another --image-size needs a new export"
-            )  # fmt: skip
-        check_image_size(*size, source.config.patch_size)
-        if backend == "auto":  # decided on first use (engine()), after the caller's cheap checks
-            pipe = cls(source, BackendSpec("torch", "fp32"), dev, console)
+        source = open_source(
+            model, preset=preset, weights=weights, trust_checkpoint=request.trust, revision=request.revision,
+            check=request.fits,
+        )  # fmt: skip
+        size = request.size_of(source)
+        if request.backend == "auto":  # decided on first use (engine()), after the caller's cheap checks
+            pipe = cls(source, BackendSpec("torch", "fp32"), request.device, console)
             pipe._auto_pending = True
         else:
             from dip_export.runtime.backends import check_available
 
-            spec = _backend_for(source, backend)
-            check_available(spec, dev, from_model=source.loaded is not None)
-            pipe = cls(source, spec, dev, console)
+            spec = _backend_for(source, request.backend)
+            check_available(spec, request.device, from_model=source.loaded is not None)
+            pipe = cls(source, spec, request.device, console)
         pipe.image_size = size
-        pipe.batch_size = batch_size
-        pipe.check_budget(num_samples)
+        pipe.batch_size = request.batch_size
+        pipe.check_budget(request.num_samples)
         return pipe
 
     def check_budget(self, samples: int = 1, batch: int | None = None, size: tuple[int, int] | None = None) -> None:
