@@ -242,7 +242,7 @@ def build_trt(
     check_build_options(precision, opt_level)
     trt = _tensorrt()  # what is missing comes first, and before any file is made
     check_timing_cache(timing_cache)
-    device = torch.device(device if device is not None else "cuda")
+    device = torch.device("cuda" if device is None else device)
     gpu, capability = gpu_identity(device)
     folder = find_export(root, output_dir)
     if output_dir is None:
@@ -252,11 +252,8 @@ def build_trt(
     existing = _reusable(manifest, folder, precision, trt.__version__, gpu, profile, opt_level, covering)
     if existing is not None:
         p = existing["profile"]
-        say(
-            console,
-            f"engines for {precision} on {gpu} with TensorRT {trt.__version__} (batch {p['min']},{p['opt']},{p['max']}, "
-            f"opt level {existing.get('opt_level')}) are up to date",
-        )
+        say(console, f"engines for {precision} on {gpu} with TensorRT {trt.__version__} (batch {p['min']},{p['opt']},"
+                     f"{p['max']}, opt level {existing.get('opt_level')}) are up to date")  # fmt: skip
         return existing
     check_trt_build(manifest.config, *manifest.image_size, profile.max, device)  # the build's memory, before it starts
     before = {p.name for p in folder.iterdir()}  # what this run makes is the tool's; the rest stays as listed

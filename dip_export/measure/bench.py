@@ -227,11 +227,15 @@ def run_backend(
     row.threads, row.ort_threads = torch.get_num_threads(), getattr(net, "threads", None)
     _fill_timing(row, timing, timed, loaded, bench, sampler)
     if not row.cuda_graphs:  # the stage breakdown, from its own synchronised run
-        stages = _stage_profile(timed, once, device)
-        per_step = 1000 / sampler.steps
-        row.backbone_ms, row.detailer_ms = stages["backbone"] * per_step, stages["detailer"] * per_step
-        row.overhead_ms = stages["total"] * per_step - row.backbone_ms - row.detailer_ms  # the profiled run's own total
+        _fill_stages(row, _stage_profile(timed, once, device), sampler.steps)
     return row
+
+
+def _fill_stages(row: BenchRow, stages: dict[str, float], steps: int) -> None:
+    """ms per step of the backbone, the detailer and the rest, from a profiled run's seconds per stage."""
+    per_step = 1000 / steps
+    row.backbone_ms, row.detailer_ms = stages["backbone"] * per_step, stages["detailer"] * per_step
+    row.overhead_ms = stages["total"] * per_step - row.backbone_ms - row.detailer_ms  # the profiled run's own total
 
 
 def _sampler_run(
