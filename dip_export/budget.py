@@ -186,7 +186,7 @@ def check_declared(elements: int, element_size: int, source: str, file_size: int
     need = elements * element_size
     if file_size is not None and need > file_size + (1 << 20):
         raise BudgetError(f"{source}: declares {gib(need)} of tensors but holds {gib(file_size)} of data; refusing to load it")
-    check_memory(need, f"{source}: its tensors", None)
+    check_memory(need, f"{source}: reading its tensors", None)
 
 
 # ---------------------------------------------------------------- what a pickle declares
