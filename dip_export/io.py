@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
+import hmac
 import os
 import re
 import shutil
@@ -24,6 +26,7 @@ from dip_export.ownership import (
     check_replaceable_output,
     is_ours,
     journal_path,
+    owner_key,
     recover_swap,
     swap_in,
 )
@@ -36,8 +39,21 @@ def _umask() -> int:
 
 
 def _tmp_prefix(target: Path) -> str:
-    """Temporaries carry host and pid, so that leftovers of a killed run can be told from live ones."""
-    return f".{target.name}.{socket.gethostname()}-{os.getpid()}."
+    """Temporaries carry host, pid and a tag under the owner key: a leftover of a killed run of this tool can be
+    told from a live one, and from a user's file that merely looks like one (only a tagged name is ever deleted)."""
+    host, pid = socket.gethostname(), os.getpid()
+    return f".{target.name}.{host}-{pid}-{_tmp_tag(target.name, host, pid, create=True) or 'untagged'}."
+
+
+def _tmp_tag(name: str, host: str, pid: int, create: bool) -> str | None:
+    """16 hex digits of HMAC(owner key, name, host, pid); None without a usable key (then nothing is deleted)."""
+    try:
+        key = owner_key(create=create)
+    except (DipError, OSError):
+        return None
+    if key is None:
+        return None
+    return hmac.new(key, f"{name}\0{host}\0{pid}".encode(), hashlib.sha256).hexdigest()[:16]
 
 
 EXPORT_FORMAT_PREFIX = "dip-export/"  # the `format` of every manifest.json this tool writes
@@ -50,12 +66,14 @@ def remove_stale_temporaries(target: Path) -> None:
     Only names exactly of the form this module makes (`.NAME.HOST-PID.XXXXXXXX.tmp`) are touched.
     """
     host = socket.gethostname()
-    own = re.compile(rf"{re.escape(f'.{target.name}.{host}-')}(\d+)\.(?:old\.)?[a-z0-9_]{{8}}\.tmp")
+    own = re.compile(rf"{re.escape(f'.{target.name}.{host}-')}(\d{{1,10}})-([0-9a-f]{{16}})\.(?:old\.)?[a-z0-9_]{{8}}\.tmp")
     swapping = journal_path(target).exists()  # its backup is the only copy until the swap is recovered
     for path in target.parent.glob(f".{glob.escape(target.name)}.{glob.escape(host)}-*.tmp"):
         match = own.fullmatch(path.name)
         if match is None or _alive(int(match.group(1))) or (swapping and ".old." in path.name):
             continue
+        if match.group(2) != _tmp_tag(target.name, host, int(match.group(1)), create=False):
+            continue  # not a name this tool made: a user's file, kept
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:

@@ -328,8 +328,9 @@ def _write_journal(journal: Path, data: dict[str, Any]) -> None:
 
 
 def _backup_pattern(target: Path) -> re.Pattern[str]:
-    """Exactly the names `io._swap_in` gives a backup of `target`: `.NAME.HOST-PID.old.XXXXXXXX.tmp`."""
-    return re.compile(rf"\.{re.escape(target.name)}\.(?P<host>[^/\x00-\x1f]+)-(?P<pid>[0-9]+)\.old\.[a-z0-9_]{{8}}\.tmp")
+    """Exactly the names `io._swap_in` gives a backup of `target`: `.NAME.HOST-PID-TAG.old.XXXXXXXX.tmp`."""
+    return re.compile(rf"\.{re.escape(target.name)}\.(?P<host>[^/\x00-\x1f]+)-(?P<pid>[0-9]+)-(?:[0-9a-f]{{16}}|untagged)"
+                      rf"\.old\.[a-z0-9_]{{8}}\.tmp")  # fmt: skip
 
 
 def _journal_problem(target: Path, journal: Path, problem_of: Callable[[Path], str | None]) -> tuple[str | None, dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -41,7 +42,10 @@ def listing(folder: Path) -> dict[str, Any]:
 
 def backup_name(target: str, pid: int = 999_999, tail: str = "abcdefgh") -> str:
     """A name of exactly the form the tool gives the backup of `target` (on this host)."""
-    return f".{target}.{socket.gethostname()}-{pid}.old.{tail}.tmp"
+    from dip_export.io import _tmp_tag
+
+    host = socket.gethostname()
+    return f".{target}.{host}-{pid}-{_tmp_tag(target, host, pid, create=True)}.old.{tail}.tmp"
 
 
 def user_folder(path: Path) -> None:
@@ -85,7 +89,7 @@ def forged(draw: st.DrawFn) -> tuple[str, str, Any]:
         return name, "user", data
     if kind == "wrong mac":
         mac = draw(st.text("0123456789abcdef", min_size=64, max_size=64) | st.text(max_size=64))
-        pid = int(name.split("-")[-1].split(".")[0])
+        pid = int(re.search(r"-([0-9]+)-[0-9a-f]{16}\.old\.", name).group(1))
         return name, draw(st.sampled_from(["user", "export"])), {"backup": name, "host": HOST, "pid": pid, "mac": mac}
     if kind == "user folder":
         return name, draw(st.sampled_from(["user", "dressed"])), "sign"
@@ -126,7 +130,7 @@ def test_a_forged_journal_is_refused_and_nothing_moves(pristine: Path, case: tup
             shutil.copytree(pristine, root / "elsewhere")
             backup.symlink_to(root / "elsewhere", target_is_directory=True)
         if isinstance(data, str):
-            pid = int(name.split("-")[-1].split(".")[0]) if lying != "none" else 999_999
+            pid = int(re.search(r"-([0-9]+)-[0-9a-f]{16}\.old\.", name).group(1)) if lying != "none" else 999_999
             signed_data = signed(target, name, pid=pid)
             if data == "pid as text":
                 signed_data["pid"] = str(pid)
