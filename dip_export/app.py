@@ -702,6 +702,8 @@ def _check_schedule_request(request: ScheduleRequest) -> Any:
         raise UsageError("--train-images and --heldout-images must be in 1..1000, --sweeps in 1..100")
     exact_int(r.batch, "--batch", 1, MAX_SCHEDULE_BATCH)
     lo_hi = _parse_band(r.band)
+    if lo_hi is not None and not lo_hi[0] <= r.cfg <= lo_hi[1]:
+        raise UsageError(f"--band {lo_hi[0]:g},{lo_hi[1]:g} leaves out --cfg {r.cfg:g}, the guidance the grid is fitted at")
     check_seed(r.seed, "--seed")
     one_of(r.score, "--score", FIT_SCORES)
     GridFamily(SamplerSettings(steps=r.nfe, cfg=r.cfg, shift=r.shift, method=r.sampler))  # settings, then a fittable solver

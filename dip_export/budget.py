@@ -235,11 +235,11 @@ def check_checkpoint_tensors(path: Any) -> None:
     size = path.stat().st_size
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
-            names = [n for n in archive.namelist() if n.endswith("data.pkl")]
-            if not names:
-                return
-            with archive.open(names[0]) as f:
-                declared = pickle_declared_bytes(_Seekless(f))
+            names = [n for n in archive.namelist() if n.rsplit("/", 1)[-1] == "data.pkl"]  # every one torch could read
+            declared = 0
+            for name in names:
+                with archive.open(name) as f:
+                    declared = max(declared, pickle_declared_bytes(_Seekless(f)))
     else:
         with path.open("rb") as f:
             declared = pickle_declared_bytes(f)
@@ -307,6 +307,16 @@ def _scan_one(ops: Any) -> int:
         elif name in ("REDUCE", "NEWOBJ"):
             args, func = (stack.pop() if stack else None), (stack.pop() if stack else None)
             total += _buffer_bytes(func, args)
+            stack.append(None)
+        elif name in ("INST", "OBJ"):  # calls with the items above the mark: INST names the class, OBJ pops it first
+            items = []
+            while stack and stack[-1] is not _MARK:
+                items.append(stack.pop())
+            if stack:
+                stack.pop()
+            items.reverse()
+            func = tuple(str(arg).split(" ", 1)) if name == "INST" else (items.pop(0) if items else None)
+            total += _buffer_bytes(func, tuple(items))
             stack.append(None)
         else:
             _generic(op, stack)

@@ -41,9 +41,9 @@ class BatchProfile:
 
     @classmethod
     def parse(cls, text: str) -> BatchProfile:
-        lo, opt, hi = number_list(text, "--batch", whole_text, count=3, form="MIN,OPT,MAX (image batch sizes)")
+        lo, opt, hi = number_list(text, "--batch-profile", whole_text, count=3, form="MIN,OPT,MAX (image batch sizes)")
         if not 1 <= lo <= opt <= hi <= MAX_BATCH:
-            raise UsageError(f"--batch needs 1 <= MIN <= OPT <= MAX <= {MAX_BATCH}, got {text!r}")
+            raise UsageError(f"--batch-profile needs 1 <= MIN <= OPT <= MAX <= {MAX_BATCH}, got {text!r}")
         return cls(lo, opt, hi)
 
     def network_batches(self) -> tuple[int, int, int]:

@@ -174,6 +174,27 @@ def test_a_buffer_a_pickle_allocates_by_size_counts_as_declared(kind: type, n: i
     assert pickle_declared_bytes(io.BytesIO(data)) == n
 
 
+@settings(max_examples=25, deadline=None)
+@given(kind=st.sampled_from([b"bytearray", b"bytes"]), n=st.integers(1, 1 << 40), form=st.sampled_from(["inst", "obj"]))
+def test_a_buffer_built_by_protocol_0_or_1_opcodes_counts_as_declared(kind: bytes, n: int, form: str) -> None:
+    call = b"(I%d\nibuiltins\n%s\n" % (n, kind) if form == "inst" else b"(cbuiltins\n%s\nI%d\no" % (kind, n)
+    data = b"(dp0\nVx\n" + call + b"s."  # {"x": bytearray(n)} by INST / OBJ
+    assert pickle_declared_bytes(io.BytesIO(data)) == n
+
+
+def test_every_data_pkl_of_a_zip_checkpoint_is_scanned_not_a_decoy(tmp_path: Path) -> None:
+    import zipfile
+
+    from dip_export.budget import check_checkpoint_tensors
+
+    path = tmp_path / "decoy.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/xdata.pkl", pickle.dumps({}))  # sorts first, names end in data.pkl
+        archive.writestr("archive/data.pkl", pickle.dumps({"x": _Buffer(bytearray, 1 << 40)}, protocol=2))
+    with pytest.raises(BudgetError):
+        check_checkpoint_tensors(path)
+
+
 def test_a_checkpoint_allocating_a_huge_buffer_is_refused_before_torch_reads_it(tmp_path: Path, golden,
                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "buffer.pt"

@@ -165,3 +165,23 @@ def test_dip_export_takes_what_the_api_takes(args, tmp_path):
     code, err = run(cli.export_main, *args)
     one_line(code, err, 2)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [(["schedule", "--output", "f.safetensors", "--cfg", "1.5", "--band", "3,4"], "leaves out --cfg 1.5"),
+     (["onnx", "--precision", "fp32", "--output-dir", "x", "--target", "onnx", "--image-size", "3_2"], "")],
+)  # fmt: skip
+def test_contradicting_export_options_are_refused_before_work(args, words, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, err = run(cli.export_main, *args)
+    one_line(code, err, 2, words)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("text", ["onnx:", "torch:", " : "])
+def test_a_backend_with_an_empty_precision_is_refused(text):
+    from dip_export.runtime.backends import BackendSpec
+
+    with pytest.raises(UsageError):
+        BackendSpec.parse(text)
