@@ -128,14 +128,16 @@ def open_source(
     target: Path | None = None
     if model is not None:
         text = model_text(model)
-        hub = looks_like_hub_name(text)
+        hub = not isinstance(model, os.PathLike) and looks_like_hub_name(text)  # a Path is local by its type
         if revision is not None and not hub:
             raise UsageError(f"--revision goes with a Hugging Face Hub name (org/name); {text} is a local path")
         if revision is not None and not _plain_ref(revision):
             raise UsageError("--revision must be a branch, tag or commit name (letters, digits, '.', '_', '-', '/')")
         target = resolve_hub_checkpoint(text, revision) if hub else Path(text)
-        if target.is_dir() and (weights != "ema" or trust_checkpoint):
-            raise UsageError(f"{text} is an export folder: --weights and --trust-checkpoint go with a checkpoint file")
+        if target.is_dir() and (weights != "ema" or trust_checkpoint or preset is not None):
+            raise UsageError(
+                f"{text} is an export folder: --weights, --trust-checkpoint and --preset go with a checkpoint file"
+            )  # fmt: skip
         if target.is_dir():
             from dip_export.export.manifest import read_manifest
 

@@ -77,3 +77,23 @@ def test_fake_hub_sees_a_real_hub_name(fake_hub, tmp_path, monkeypatch):
     with pytest.raises(DipError):
         DiPPipeline.load("someorg-nonexistent/somemodel")
     assert any(path.startswith("/api/models/someorg-nonexistent/") for _, path, _ in fake_hub)
+
+
+def test_a_path_object_is_local_by_its_type_and_never_asks_the_hub(fake_hub, tmp_path, monkeypatch) -> None:
+    from pathlib import Path
+
+    from dip_export import DiPPipeline
+    from dip_export.errors import DipError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DipError):
+        DiPPipeline.load(Path("org/name"))
+    assert fake_hub == []
+
+
+def test_preset_with_an_export_folder_is_refused(export, tmp_path) -> None:
+    from dip_export import DiPPipeline
+    from dip_export.errors import UsageError
+
+    with pytest.raises(UsageError, match="--preset"):
+        DiPPipeline.load(export, preset="dip-s-16")
