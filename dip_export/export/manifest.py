@@ -99,9 +99,8 @@ def read_manifest(folder: Path) -> Manifest:
         manifest = parse_manifest(data)
     except (ValueError, TypeError, KeyError, UsageError) as err:
         raise ExportError(f"{path}: invalid manifest ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
-    for role, rel in manifest.files.items():
-        check_graph(folder, inside(folder, rel, role), role, manifest)
-    check_weight_count(folder, manifest)
+    held = sum(check_graph(folder, inside(folder, rel, role), role, manifest) for role, rel in manifest.files.items())
+    check_weight_count(folder, manifest, held)
     for precision, entry in manifest.engines.items():
         for role, rel in entry["files"].items():
             inside(folder, rel, f"{precision} {role} engine", must_exist=False)
@@ -191,8 +190,9 @@ def inside(folder: Path, rel: str, role: str, must_exist: bool = True) -> Path:
     return path
 
 
-def check_graph(folder: Path, path: Path, role: str, manifest: Manifest) -> None:
-    """The ONNX file parses, takes the manifest's image size, and carries the precision it is labelled with."""
+def check_graph(folder: Path, path: Path, role: str, manifest: Manifest) -> int:
+    """The ONNX file parses, takes the manifest's image size, and carries the precision it is labelled with.
+    Returns the elements of every initializer it declares (for `check_weight_count`)."""
     from dip_export.export.spec import io_specs
 
     spec = io_specs(manifest.config, *manifest.image_size).get(role)
@@ -200,23 +200,34 @@ def check_graph(folder: Path, path: Path, role: str, manifest: Manifest) -> None
         raise ExportError(f"{folder}: unknown sub-model {role!r} in the manifest")
     io = tuple((t.name, tuple(d if isinstance(d, int) else None for d in t.shape)) for t in spec.inputs + spec.outputs)
     stat = path.stat()
-    problem = _graph_problem(str(path.resolve()), stat.st_size, stat.st_mtime_ns, str(folder.resolve()),
-                             manifest.precision, io, manifest.config.num_classes)  # fmt: skip
+    problem, elements = _graph_problem(str(path.resolve()), stat.st_size, stat.st_mtime_ns, str(folder.resolve()),
+                                       manifest.precision, io, manifest.config.num_classes)  # fmt: skip
     if problem:
         raise ExportError(f"{path}: {problem}")
+    return elements
 
 
 @functools.lru_cache(maxsize=64)
 def _graph_problem(
     path: str, size: int, mtime_ns: int, folder: str, precision: str, io: tuple[Any, ...], num_classes: int
-) -> str:
+) -> tuple[str, int]:
+    """What is wrong with a graph ("" if nothing), and the elements of its initializers (external data not read)."""
+    import math
+
     import onnx
 
     try:
         model = onnx.load(path, load_external_data=False)
     except Exception as err:  # protobuf raises its own DecodeError, and others on random bytes
-        return f"not a readable ONNX model ({type(err).__name__})"
+        return f"not a readable ONNX model ({type(err).__name__})", 0
     graph = model.graph
+    elements = sum(math.prod(max(int(d), 0) for d in tensor.dims) for tensor in graph.initializer)
+    return _structure_problem(graph, model, size, folder, precision, io, num_classes), elements
+
+
+def _structure_problem(
+    graph: Any, model: Any, size: int, folder: str, precision: str, io: tuple[Any, ...], num_classes: int
+) -> str:
     stored = size
     for tensor in graph.initializer:
         for entry in tensor.external_data:
@@ -242,15 +253,10 @@ def _graph_problem(
     return _precision_problem(model, precision)
 
 
-def check_weight_count(folder: Path, manifest: Manifest) -> None:
+def check_weight_count(folder: Path, manifest: Manifest, held: int) -> None:
     """The graphs hold the weights of the manifest's config: its exact parameter count, within the allowance for
     position tables and small constants (plus per-channel scales in a quantized graph; minus a few tensors the
-    exporter folds away). A config that is not the graph's is refused."""
-    held = 0
-    for role, rel in manifest.files.items():
-        path = inside(folder, rel, role)
-        stat = path.stat()
-        held += _graph_elements(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    exporter folds away). A config that is not the graph's is refused. `held`: the elements the graphs declare."""
     config = manifest.config
     want = parameter_count(config)
     if abs(held - want) > weight_allowance(config, manifest.image_size, manifest.precision):
@@ -265,17 +271,6 @@ def weight_allowance(config: DiPConfig, image_size: tuple[int, int], precision: 
     tokens = (image_size[0] // config.patch_size) * (image_size[1] // config.patch_size)
     scales = parameter_count(config) // 8 if precision in ("int8", "fp8") else 0
     return 8 * tokens * config.hidden_size + (1 << 14) + scales
-
-
-@functools.lru_cache(maxsize=64)
-def _graph_elements(path: str, size: int, mtime_ns: int) -> int:
-    """Elements of every initializer a graph declares (from the protobuf only; external data is not read)."""
-    import math
-
-    import onnx
-
-    graph = onnx.load(path, load_external_data=False).graph  # parsed and checked by check_graph just before
-    return sum(math.prod(max(int(d), 0) for d in tensor.dims) for tensor in graph.initializer)
 
 
 def _declared_problem(graph: Any, stored: int) -> str:
