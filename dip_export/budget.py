@@ -285,12 +285,7 @@ def _scan_one(ops: Any) -> int:
             else:
                 stack.append(tuple(str(arg).split(" ", 1)))
         elif name == "TUPLE":
-            items = []
-            while stack and stack[-1] is not _MARK:
-                items.append(stack.pop())
-            if stack:
-                stack.pop()
-            stack.append(tuple(reversed(items)))
+            stack.append(tuple(_pop_to_mark(stack)))
         elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
             n = int(name[-1])
             items = stack[-n:] if len(stack) >= n else []
@@ -309,12 +304,7 @@ def _scan_one(ops: Any) -> int:
             total += _buffer_bytes(func, args)
             stack.append(None)
         elif name in ("INST", "OBJ"):  # calls with the items above the mark: INST names the class, OBJ pops it first
-            items = []
-            while stack and stack[-1] is not _MARK:
-                items.append(stack.pop())
-            if stack:
-                stack.pop()
-            items.reverse()
+            items = _pop_to_mark(stack)
             func = tuple(str(arg).split(" ", 1)) if name == "INST" else (items.pop(0) if items else None)
             total += _buffer_bytes(func, tuple(items))
             stack.append(None)
@@ -340,16 +330,24 @@ def _storage_bytes(pid: Any) -> int:
     return numel * _element_size(pid[1]) if isinstance(numel, int) and numel > 0 else 0
 
 
+def _pop_to_mark(stack: list[Any]) -> list[Any]:
+    """The items above the topmost mark, in push order; they and the mark leave the stack."""
+    items = []
+    while stack and stack[-1] is not _MARK:
+        items.append(stack.pop())
+    if stack:
+        stack.pop()
+    items.reverse()
+    return items
+
+
 def _generic(op: Any, stack: list[Any]) -> None:
     """Any other opcode: pop what it takes (to the mark for a slice), push one opaque value per result."""
     import pickletools
 
     before = op.stack_before
     if pickletools.markobject in before:
-        while stack and stack[-1] is not _MARK:
-            stack.pop()
-        if stack:
-            stack.pop()
+        _pop_to_mark(stack)
         before = [b for b in before if b is not pickletools.markobject and b is not pickletools.stackslice]
     for _ in before:
         if stack:
