@@ -28,6 +28,7 @@ from dip_export.sampling import Denoiser
 CACHE_FILE = "auto-backend.json"
 WARMUP, REPEATS = 2, 5  # evaluations per candidate: the first ones include compilation
 STEADY = 0.25  # eager fp32 timed first and last may differ this much (relative) for a decision to be cached
+AGAIN = " again"  # the key suffix of eager fp32's second timing, made after every candidate
 
 
 @dataclass(frozen=True)
@@ -133,8 +134,8 @@ def measure(
     t = torch.full((rows,), 0.5, device=device)
     y = torch.randint(0, loaded.config.num_classes, (rows,), generator=gen).to(device)
     results: dict[str, float] = {}
-    for spec in [*specs, specs[0]]:  # the reference (eager fp32) again last: did the machine's load change?
-        key = str(spec) if str(spec) not in results else f"{spec} again"
+    runs = [(str(spec), spec) for spec in specs] + [(f"{specs[0]}{AGAIN}", specs[0])]  # eager again: did the load change?
+    for key, spec in runs:
         try:
             net = make(spec)
             timing, _ = repeat(evaluation(net, x, t, y), device, warmup=WARMUP, repeats=REPEATS)
@@ -148,13 +149,13 @@ def measure(
 
 def steady(ms: dict[str, float]) -> bool:
     """Eager fp32 took about as long at the end as at the start: the comparison was made under one load."""
-    first, last = ms.get("torch:fp32"), ms.get("torch:fp32 again")
+    first, last = ms.get("torch:fp32"), ms.get(f"torch:fp32{AGAIN}")
     return first is not None and last is not None and abs(last - first) <= STEADY * min(first, last)
 
 
 def decide(ms: dict[str, float], device: torch.device) -> tuple[BackendSpec, str]:
     eager = ms["torch:fp32"]
-    best = min((k for k in ms if not k.endswith(" again")), key=lambda k: ms[k])
+    best = min((k for k in ms if not k.endswith(AGAIN)), key=lambda k: ms[k])
     return BackendSpec.parse(best), f"{best}: {eager / ms[best]:.1f}x eager {hardware_label(device)}"
 
 
@@ -225,7 +226,7 @@ def choose_backend(
         raise DipError("--backend auto: eager fp32 could not run, so nothing could be compared")
     spec, reason = decide(ms, device)
     if not steady(ms):  # measured while the load changed: used for this run, never remembered
-        first, last = ms["torch:fp32"], ms.get("torch:fp32 again", math.nan)
+        first, last = ms["torch:fp32"], ms.get(f"torch:fp32{AGAIN}", math.nan)
         return Decision(spec, f"{reason}; not cached: eager took {first:.1f} then {last:.1f} ms (the load changed)", ms)
     cache = _read_cache(path)  # another process may have added entries meanwhile
     cache[key] = {"backend": str(spec), "reason": reason, "ms": ms, "model": model_id, "size": list(size), "batch": batch}
