@@ -63,7 +63,8 @@ MANIFEST_NAME = "manifest.json"
 def remove_stale_temporaries(target: Path) -> None:
     """Delete temporaries beside `target` left by processes of this host that no longer run (kill -9).
 
-    Only names exactly of the form this module makes (`.NAME.HOST-PID.XXXXXXXX.tmp`) are touched.
+    Only names exactly of the form this module makes (`.NAME.HOST-PID-TAG.XXXXXXXX.tmp`) whose TAG is this
+    user's HMAC of name, host and pid are touched.
     """
     host = socket.gethostname()
     own = re.compile(rf"{re.escape(f'.{target.name}.{host}-')}(\d{{1,10}})-([0-9a-f]{{16}})\.(?:old\.)?[a-z0-9_]{{8}}\.tmp")
