@@ -243,7 +243,6 @@ def sample(
 
 
 def _parse_interval(text: str | None) -> tuple[float, float] | None:
-
     if text is None:
         return None
     lo, hi = number_list(text, "--guidance-interval", decimal_text, count=2, form="two numbers lo,hi")
