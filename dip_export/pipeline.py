@@ -97,6 +97,7 @@ def _plain_ref(revision: str) -> bool:
         and not revision.endswith(("/", ".")) and not any(part.endswith(".lock") for part in revision.split("/"))
     )  # fmt: skip
 
+
 def model_text(model: Any) -> str:
     """A model argument as text: a path (str or os.PathLike) or a Hub name; nothing else, and never empty."""
     if not isinstance(model, str | os.PathLike):
@@ -170,8 +171,8 @@ class LoadRequest:
     num_samples: int
 
     @classmethod
-    def checked(cls, model: Any, *, preset: Any, backend: Any, device: Any, weights: Any, trust_checkpoint: Any,
-                revision: Any, image_size: Any, batch_size: Any, num_samples: Any, console: Any) -> LoadRequest:  # fmt: skip
+    def checked(cls, model: Any, *, backend: Any, device: Any, trust_checkpoint: Any, revision: Any, image_size: Any,
+                batch_size: Any, num_samples: Any, console: Any) -> LoadRequest:  # fmt: skip
         from dip_export.runtime.torch_engine import resolve_device
 
         dev = resolve_device(str(device) if isinstance(device, torch.device) else device)  # one check for both forms
@@ -256,8 +257,8 @@ class DiPPipeline:
             console: a rich Console for export progress and messages (None: quiet).
         """
         request = LoadRequest.checked(
-            model, preset=preset, backend=backend, device=device, weights=weights, trust_checkpoint=trust_checkpoint,
-            revision=revision, image_size=image_size, batch_size=batch_size, num_samples=num_samples, console=console,
+            model, backend=backend, device=device, trust_checkpoint=trust_checkpoint, revision=revision,
+            image_size=image_size, batch_size=batch_size, num_samples=num_samples, console=console,
         )  # fmt: skip
         source = open_source(
             model, preset=preset, weights=weights, trust_checkpoint=request.trust, revision=request.revision,
