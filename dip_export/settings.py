@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,7 +144,9 @@ def decimal_text(text: Any, what: str) -> float:
     return number
 
 
-def number_list(text: Any, what: str, parse: Any, count: int | None = None, form: str = "") -> list[Any]:
+def number_list(
+    text: Any, what: str, parse: Callable[[Any, str], Any], count: int | None = None, form: str = ""
+) -> list[Any]:
     """'a,b,c' -> [parse(a), ...] with `whole_text` or `decimal_text`; `count` items exactly when given."""
     if not isinstance(text, str):
         raise UsageError(f"{what} must be text, got {type(text).__name__}")

@@ -341,7 +341,6 @@ def read_lines(
 ) -> list[tuple[int, str]]:
     """The non-empty lines of a text file with their line numbers (1-based); never quoted in errors.
     Reading stops after `max_lines` non-empty lines (what the caller can use), so a long file costs no more."""
-    check_file(path, None, max_bytes, what)
     lines: list[tuple[int, str]] = []
     try:
         with open_regular(Path(path), None, max_bytes, what) as f:
