@@ -29,12 +29,16 @@ from dip_export.runtime.backends import BackendSpec
 from dip_export.runtime.torch_engine import resolve_device
 from dip_export.sampling import SamplerSettings
 from dip_export.settings import (
+    BENCH_RULES,
     MAX_REPEATS,
     MAX_SAMPLES,
     MAX_SHARD_BATCHES,
+    SAMPLE_RULES,
     BuildSettings,
+    check_options,
     decimal_text,
     exact_int,
+    given_options,
     number_list,
     one_of,
 )
@@ -70,7 +74,7 @@ class SampleRequest:
     classes: str | None = None
     seeds: str | None = None
     num_samples: int | None = None
-    seed: int = 0
+    seed: int | None = None  # the first seed of --num-samples (or of --classes alone); None: not given (0)
     class_file: Path | None = None
     image_size: str | None = None
     batch_size: int = 16
@@ -78,8 +82,28 @@ class SampleRequest:
     backend: str | None = None
     cuda_graphs: bool = True
     resume: bool = False
-    shard_batches: int = 4
+    shard_batches: int | None = None  # batches per shard of a sharded run; None: not given (DEFAULT_SHARD_BATCHES)
     png_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        """An option the run would ignore or contradict is refused here, before any work (`settings.SAMPLE_RULES`)."""
+        from dip_export.distributed import World
+
+        given = {"--classes": self.classes, "--seeds": self.seeds, "--num-samples": self.num_samples, "--seed": self.seed,
+                 "--class-file": self.class_file, "--resume": self.resume, "--shard-batches": self.shard_batches,
+                 "torchrun": World.from_env().size > 1}  # fmt: skip
+        check_options(SAMPLE_RULES, given_options(given))
+
+    @property
+    def first_seed(self) -> int:
+        return 0 if self.seed is None else self.seed
+
+    @property
+    def batches_per_shard(self) -> int:
+        return DEFAULT_SHARD_BATCHES if self.shard_batches is None else self.shard_batches
+
+
+DEFAULT_SHARD_BATCHES = 4
 
 
 def run_sample(request: SampleRequest, console: Console, progress: Progress) -> None:
@@ -139,18 +163,18 @@ def _check_sample_request(request: SampleRequest, world: World) -> None:
     out = request.out
     if out.suffix != ".npz":
         raise UsageError(f"--out must end in .npz, got {out}")
-    if request.batch_size < 1 or request.shard_batches < 1:
+    if request.batch_size < 1 or request.batches_per_shard < 1:
         raise UsageError("--batch-size and --shard-batches must be >= 1")
     sampling = request.sampling
     check_run_limits(
         steps=sampling.get("steps"), cfg=sampling.get("cfg"), batch_size=request.batch_size,
         cache_interval=sampling.get("cache_interval"),
     )  # fmt: skip
-    check_seed(request.seed, "--seed")
+    check_seed(request.first_seed, "--seed")
     if request.image_size is not None:
         parse_image_size(request.image_size)
-    if request.shard_batches > MAX_SHARD_BATCHES:
-        raise UsageError(f"--shard-batches must be in 1..{MAX_SHARD_BATCHES}, got {request.shard_batches}")
+    if request.batches_per_shard > MAX_SHARD_BATCHES:
+        raise UsageError(f"--shard-batches must be in 1..{MAX_SHARD_BATCHES}, got {request.batches_per_shard}")
     check_output_file(out)
     check_output_file(out.with_suffix(".png"))
     check_replaceable_output(out, "npz")
@@ -198,8 +222,8 @@ def _png_index(name: str) -> float:
 
 
 def _plan(num_classes: int, request: SampleRequest) -> SamplePlan:
-    classes, seeds, num_samples, seed = request.classes, request.seeds, request.num_samples, request.seed
-    if request.class_file is None:
+    classes, seeds, num_samples, seed = request.classes, request.seeds, request.num_samples, request.first_seed
+    if request.class_file is None or num_samples is None:  # --class-file goes with --num-samples (SAMPLE_RULES)
         return make_plan(
             num_classes,
             classes=parse_int_list(classes, "--classes") if classes is not None else None,
@@ -209,8 +233,6 @@ def _plan(num_classes: int, request: SampleRequest) -> SamplePlan:
         )
     from dip_export.distributed import read_class_file
 
-    if classes is not None or num_samples is None:
-        raise UsageError("--class-file goes with --num-samples (and not with --classes)")
     return make_plan(num_classes, classes=read_class_file(request.class_file, num_classes, num_samples),
                      seeds=[seed + i for i in range(num_samples)])  # fmt: skip
 
@@ -227,7 +249,7 @@ def _run_sharded(
     sampler_line: str,
 ) -> np.ndarray | None:
     """torchrun / --resume: shards of whole batches, resumable; rank 0 shows the global count and merges."""
-    out, batch_size, shard_batches = request.out, request.batch_size, request.shard_batches
+    out, batch_size, shard_batches = request.out, request.batch_size, request.batches_per_shard
     from dip_export.distributed import check_finished_shards, check_settings, parts_dir, run_settings, run_sharded
 
     world.init(device)
@@ -281,6 +303,13 @@ class BenchRequest:
     nfe: str | None = None  # the yardstick's evaluation counts; None: DEFAULT_NFE
     headline: bool = False  # the release's recipe against the fast one, end to end, judged against the reference
 
+    def __post_init__(self) -> None:
+        """An option the run would ignore is refused here, before any work (`settings.BENCH_RULES`)."""
+        given = {"--backends": self.backends, "--variants": self.variants, "--samplers": self.samplers, "--nfe": self.nfe,
+                 "--plot": self.plot, "--headline": self.headline}  # fmt: skip
+        given.update({f"--{name.replace('_', '-')}": value for name, value in self.sampling.items()})
+        check_options(BENCH_RULES, given_options(given))
+
     @property
     def images(self) -> int:
         """Images per timed run: --batch-size, else 32 for --headline (a PSNR over few images says little), else 1."""
@@ -302,7 +331,7 @@ def run_bench(request: BenchRequest, console: Console, progress: Progress) -> No
     dev = resolve_device(request.device)
     pipe = request.model.load(
         backend="auto" if "auto" in names or request.headline else None, device=dev, image_size=request.image_size,
-        batch_size=request.images, console=console,
+        batch_size=request.images, num_samples=request.images, console=console,
     )  # fmt: skip
     loaded = pipe.source.loaded
     if loaded is None:
@@ -312,7 +341,8 @@ def run_bench(request: BenchRequest, console: Console, progress: Progress) -> No
     if request.headline:
         _run_headline(pipe, sampler, policy, request, dev, console, progress)
         return
-    say(console, _sampler_line(sampler, request.sampling, pipe.source.sampling))
+    if request.samplers is None:  # the yardstick runs its own solvers and counts: no line claims the rows' sampler
+        say(console, _sampler_line(sampler, request.sampling, pipe.source.sampling))
     if "auto" in names:
         chosen = pipe.choose_backend()
         say(console, f"--backend auto: {pipe.reason}")
@@ -353,8 +383,6 @@ def _sampler_line(sampler: SamplerSettings, given: dict[str, Any], stored: dict[
 
 def _check_bench_request(request: BenchRequest) -> list[str]:
     """The backend names asked for, after the checks that need no model (matplotlib for --plot first)."""
-    if request.headline:
-        _check_headline_request(request)
     if request.plot is not None:
         from dip_export.measure.plotting import require_matplotlib
 
@@ -371,9 +399,7 @@ def _check_bench_request(request: BenchRequest) -> list[str]:
     canonical = [name if name == "auto" else str(BackendSpec.parse(name)) for name in names]
     if len(set(canonical)) != len(canonical):
         raise UsageError("--backends names a backend twice; name each once")
-    if request.samplers is not None:
-        if request.variants:
-            raise UsageError("--variants times backends' sampler savings; --samplers measures solvers instead: give one")
+    if request.samplers is not None:  # --variants, --steps and --sampler are refused with it (BENCH_RULES)
         if len(names) != 1 or names[0] == "auto":
             raise UsageError(f"--samplers measures on one backend; name one with --backends (got {', '.join(names)})")
         _yardstick_runs(request)
@@ -430,23 +456,6 @@ def _run_backends(
         report["recommendation"] = recommendation
         say(out, f"fastest fp32/bf16 backend here: {recommendation}  (dip-sample --backend auto picks by measuring)")
     _write_report(report, request.json_out, request.plot, plot_report, console)
-
-
-HEADLINE_TAKES = ("cfg", "shift")  # the sampling options --headline uses: the guidance and time shift of both recipes
-HEADLINE_IGNORES = (("backends", "--backends"), ("variants", "--variants"), ("samplers", "--samplers"), ("nfe", "--nfe"),
-                    ("plot", "--plot"))  # fmt: skip
-
-
-def _check_headline_request(request: BenchRequest) -> None:
-    """--headline's recipes are fixed: an option that would change them (or that it would ignore) is refused."""
-    given = [option for name, option in HEADLINE_IGNORES if getattr(request, name) not in (None, False)]
-    given += [f"--{name.replace('_', '-')}" for name, value in request.sampling.items()
-              if value is not None and name not in HEADLINE_TAKES]  # fmt: skip
-    if given:
-        raise UsageError(
-            f"--headline does not take {', '.join(given)}: it compares two fixed recipes (the release's Euler 100 on eager "
-            "PyTorch, and the model's recommendation on --backend auto) at the model's guidance or --cfg"
-        )
 
 
 def _run_headline(
@@ -654,7 +663,8 @@ def run_schedule(request: ScheduleRequest, console: Console, progress: Progress)
 
     def fits(config: Any) -> None:  # the fit's sampler runs on the CPU: checked before the model is built
         h, w = parse_image_size(config.image_size)
-        check_run(config, RunShape(request.batch, h, w, samples=images), torch.device("cpu"))
+        batch = min(request.batch, max(request.train_images, request.heldout_images))  # the batch really run
+        check_run(config, RunShape(batch, h, w, samples=images), torch.device("cpu"))
 
     source = open_source(m.model, preset=m.preset, weights=m.weights, trust_checkpoint=m.trust, revision=m.revision,
                          check=fits)  # fmt: skip

@@ -40,6 +40,15 @@ class RunShape:
     samples: int = 1  # images kept in memory (the whole run's output)
     guided: bool = True  # guidance doubles the network batch
 
+    @classmethod
+    def sampling(cls, batch_size: int, height: int, width: int, samples: int) -> RunShape:
+        """A sampling run of `samples` images in batches of `batch_size`: no batch it runs holds more than its images.
+
+        Every sampling surface (dip-sample, resumed and sharded runs, the Python API, dip-bench) sizes its run here,
+        so the estimate is of the batch really run (`--batch-size 16` with one image runs a batch of 1).
+        """
+        return cls(max(1, min(batch_size, samples)), height, width, samples=samples)
+
 
 def gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**28 else f"{n / 2**20:.0f} MiB"

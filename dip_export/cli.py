@@ -178,7 +178,10 @@ def sample(
     classes: Annotated[str | None, typer.Option(help="Comma-separated class ids, e.g. 207,360.")] = None,
     seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds, one per class (0..2^63-1).")] = None,
     num_samples: Annotated[int | None, typer.Option(help="N samples: seed S+i, class i % num_classes.")] = None,
-    seed: Annotated[int, typer.Option(help="First seed for --num-samples (0..2^63-1; negative seeds are refused).")] = 0,
+    seed: Annotated[
+        int | None,
+        typer.Option(help="First seed for --num-samples, or for --classes without --seeds (0..2^63-1) [default: 0]."),
+    ] = None,
     steps: Annotated[int | None, typer.Option(help="Sampling steps [default: the model's, else 100].")] = None,
     cfg: Annotated[float | None, typer.Option(help="Guidance scale [default: the model's, else 1.0].")] = None,
     shift: Annotated[float | None, typer.Option(help="Time shift (1 = none) [default: the model's, else 1].")] = None,
@@ -218,7 +221,9 @@ def sample(
     resume: Annotated[
         bool, typer.Option(help="Write shards next to OUT and skip finished ones on rerun (always on under torchrun).")
     ] = False,
-    shard_batches: Annotated[int, typer.Option(help="Batches per shard file (sharded runs).")] = 4,
+    shard_batches: Annotated[
+        int | None, typer.Option(help="Batches per shard file (with --resume or under torchrun) [default: 4].")
+    ] = None,
     png_dir: Annotated[Path | None, typer.Option(help="Also write every image as PNG into this folder.")] = None,
 ) -> None:
     """Sample images with the flow-matching sampler (Euler, Heun or a multistep solver) and classifier-free guidance.

@@ -38,6 +38,8 @@ from dip_export.settings import (
     MAX_BATCH,
     MAX_IMAGE_SIDE,
     MAX_SAMPLES,
+    SAMPLE_RULES,
+    check_options,
     exact_bool,
     exact_int,
     one_of,
@@ -196,7 +198,7 @@ class LoadRequest:
         from dip_export.budget import RunShape, check_run
 
         h, w = self.image_size or parse_image_size(config.image_size)
-        check_run(config, RunShape(self.batch_size, h, w, samples=self.num_samples), self.device)
+        check_run(config, RunShape.sampling(self.batch_size, h, w, self.num_samples), self.device)
 
     def size_of(self, source: ModelSource) -> tuple[int, int]:
         """The image size calls default to: an export's own, else the one asked for, else the config's."""
@@ -286,7 +288,8 @@ class DiPPipeline:
         h, w = size or self.image_size
         on_cpu = self.device.type == "cpu" and self.source.loaded is not None  # the torch model is in RAM already
         resident = on_cpu or bool(self._engines)  # what free memory reads now has the weights taken off
-        check_run(self.config, RunShape(batch or self.batch_size, h, w, samples=samples), self.device, resident=resident)
+        shape = RunShape.sampling(batch or self.batch_size, h, w, samples)  # the batch really run: at most `samples`
+        check_run(self.config, shape, self.device, resident=resident)
 
     image_size: tuple[int, int]
     batch_size: int
@@ -392,10 +395,15 @@ class DiPPipeline:
         seeds: Sequence[int] | None = None,
         *,
         num_samples: int | None = None,
-        seed: int = 0,
+        seed: int | None = None,
     ) -> SamplePlan:
-        """Explicit classes/seeds pairs, or num_samples from seed (sample i: seed+i, class i % classes)."""
-        return make_plan(self.config.num_classes, classes=classes, seeds=seeds, num_samples=num_samples, seed=seed)
+        """Explicit classes/seeds pairs, or num_samples from seed (sample i: seed+i, class i % classes).
+
+        `seed` (default 0) is the first seed of num_samples, or of classes without seeds; with seeds it is refused.
+        """
+        _check_plan_options(classes, seeds, num_samples, seed)
+        first = 0 if seed is None else seed
+        return make_plan(self.config.num_classes, classes=classes, seeds=seeds, num_samples=num_samples, seed=first)
 
     def generate(
         self,
@@ -436,7 +444,7 @@ class DiPPipeline:
         settings: SamplerSettings | None = None,
         *,
         num_samples: int | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         image_size: int | str | None = None,
         batch_size: int | None = None,
         cuda_graphs: bool = True,
@@ -447,7 +455,7 @@ class DiPPipeline:
 
         Args:
             classes, seeds: one class per seed (a single class goes with every seed); or
-            num_samples, seed: sample i gets seed `seed + i` and class `i % num_classes`.
+            num_samples, seed: sample i gets seed `seed + i` (seed: default 0) and class `i % num_classes`.
             settings: a SamplerSettings (default: the model's recommendation, else the defaults).
             **overrides: SamplerSettings fields to change, validated like the object itself: steps,
                 cfg, shift, guidance_interval, sampler (euler, heun, ab2, ab3, dpmpp_2m, unipc; `steps`
@@ -458,6 +466,7 @@ class DiPPipeline:
             cuda_graphs: replay each step as one CUDA graph (CUDA; torch, compile, trt).
             callback: called as callback(steps_done, steps_total) after every sampler step.
         """
+        _check_plan_options(classes, seeds, num_samples, seed)  # an argument the call would ignore, before any work
         sampler = self.sampler_settings(settings, **overrides)
         optional_callable(callback, "callback")
         batch = self.batch_size if batch_size is None else exact_int(batch_size, "batch_size", 1, MAX_BATCH)
@@ -479,6 +488,12 @@ class DiPPipeline:
     def __repr__(self) -> str:
         where = self.source.export_dir or (self.source.loaded.source if self.source.loaded else "?")
         return f"DiPPipeline({self.name!r} from {where}, backend={self.spec}, device={self.device})"
+
+
+def _check_plan_options(classes: Any, seeds: Any, num_samples: Any, seed: Any) -> None:
+    """The call's image arguments against the options' rules (`settings.SAMPLE_RULES`, as dip-sample checks them)."""
+    given = {"--classes": classes, "--seeds": seeds, "--num-samples": num_samples, "--seed": seed}
+    check_options(SAMPLE_RULES, {name for name, value in given.items() if value is not None})
 
 
 def _planned_count(classes: Any, seeds: Any, num_samples: Any) -> int | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -256,6 +256,69 @@ def parse_sampling_defaults(data: Any) -> dict[str, Any]:
                 f"stored sampling default {key} ({value_kind(value)}) is out of range or of the wrong type"
             ) from None
     return dict(data)
+
+
+@dataclass(frozen=True)
+class OptionRule:
+    """One dependency between options, as data: `option` goes only with one of `needs`, and with none of `excludes`.
+
+    Names are the CLI's (`--seed`); the Python API checks its keyword arguments under the same names. A name
+    without dashes is a condition of the run, not an option (`torchrun`: started by torchrun).
+    """
+
+    option: str
+    needs: tuple[str, ...] = ()  # at least one of these is given with it (an option it only modifies)
+    excludes: tuple[str, ...] = ()  # none of these is given with it (an option it would ignore or contradict)
+    why: str = ""
+
+    def broken_by(self, given: Collection[str]) -> str | None:
+        """The one-line refusal when `given` (the options given) breaks this rule, else None."""
+        if self.option not in given:
+            return None
+        if self.needs and not any(name in given for name in self.needs):
+            return f"{self.option} goes only with {' or '.join(self.needs)}: {self.why}"
+        hits = sorted(name for name in self.excludes if name in given)
+        if hits:
+            return f"{self.option} does not take {', '.join(hits)}: {self.why}"
+        return None
+
+
+# What dip-sample and `DiPPipeline.__call__` refuse rather than ignore: which images, and how a run is sharded.
+SAMPLE_RULES = (
+    OptionRule("--num-samples", excludes=("--classes", "--seeds"),
+               why="give either --classes/--seeds or --num-samples, not both"),
+    OptionRule("--seeds", excludes=("--seed",),
+               why="each image's seed is listed (--seed is the first seed of --num-samples, or of --classes alone)"),
+    OptionRule("--class-file", needs=("--num-samples",), why="its line i is the class of sample i (and not with --classes)"),
+    OptionRule("--shard-batches", needs=("--resume", "torchrun"), why="only a sharded run writes shards"),
+)  # fmt: skip
+
+# What dip-bench refuses rather than ignore: --headline's recipes are fixed, the yardstick picks its own solvers and counts.
+BENCH_RULES = (
+    OptionRule("--headline", excludes=("--backends", "--variants", "--samplers", "--nfe", "--plot", "--steps", "--sampler",
+                                       "--cache-interval", "--token-forecast"),
+               why="it compares two fixed recipes (the release's Euler 100 on eager PyTorch, and the model's "
+               "recommendation on --backend auto) at the model's guidance or --cfg"),
+    OptionRule("--samplers", excludes=("--variants", "--steps", "--sampler"),
+               why="--samplers measures solvers instead, each at every --nfe count"),
+    OptionRule("--nfe", needs=("--samplers",), why="the evaluation counts of the solver yardstick"),
+)  # fmt: skip
+
+
+def given_options(values: Mapping[str, Any]) -> frozenset[str]:
+    """The names given: a value that is None (an option not typed) or False (a flag left off) is not given.
+
+    Options that must be told apart from their default have None as their default on every surface.
+    """
+    return frozenset(name for name, value in values.items() if value is not None and value is not False)
+
+
+def check_options(rules: Sequence[OptionRule], given: Collection[str]) -> None:
+    """Refuse, in one line, the first rule the given options break (before any work)."""
+    for rule in rules:
+        broken = rule.broken_by(given)
+        if broken is not None:
+            raise UsageError(broken)
 
 
 @dataclass(frozen=True)

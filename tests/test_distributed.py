@@ -16,12 +16,13 @@ from dip_export.distributed import World, parts_dir, shard_ranges
 from dip_export.errors import UsageError
 
 runner = CliRunner()
-ARGS = ["--num-samples", "10", "--seed", "5", "--steps", "3", "--batch-size", "2", "--shard-batches", "2", "--device", "cpu"]
+SINGLE = ["--num-samples", "10", "--seed", "5", "--steps", "3", "--batch-size", "2", "--device", "cpu"]
+ARGS = [*SINGLE, "--shard-batches", "2"]  # sharded runs (--resume, torchrun): --shard-batches goes only with them
 
 
 def _single(tmp_path: Path) -> np.ndarray:
     out = tmp_path / "single.npz"
-    result = runner.invoke(sample_app, [*ARGS, "--out", str(out)])
+    result = runner.invoke(sample_app, [*SINGLE, "--out", str(out)])
     assert result.exit_code == 0, result.output
     return np.load(out)["arr_0"]
 
@@ -68,11 +69,11 @@ def test_class_file(tmp_path):
     classes = tmp_path / "classes.txt"
     classes.write_text("\n".join(str(9 - i % 10) for i in range(10)))
     out = tmp_path / "c.npz"
-    result = runner.invoke(sample_app, [*ARGS, "--class-file", str(classes), "--out", str(out)])
+    result = runner.invoke(sample_app, [*SINGLE, "--class-file", str(classes), "--out", str(out)])
     assert result.exit_code == 0, result.output
     short = tmp_path / "short.txt"
     short.write_text("1\n2\n")
-    result = runner.invoke(sample_app, [*ARGS, "--class-file", str(short), "--out", str(out)])
+    result = runner.invoke(sample_app, [*SINGLE, "--class-file", str(short), "--out", str(out)])
     assert result.exit_code == 2 and "2 classes for 10 samples" in result.output
 
 

@@ -56,7 +56,7 @@ def test_each_limit_alone_holds_but_the_product_is_refused() -> None:
 def test_api_load_refuses_a_run_too_large_before_any_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(DiPPipeline, "engine", lambda *a, **k: pytest.fail("an engine was made"))
     with pytest.raises(BudgetError, match="2048x2048"):
-        DiPPipeline.load(preset="dip-s-16", batch_size=4096, image_size=2048, device="cpu")
+        DiPPipeline.load(preset="dip-s-16", batch_size=4096, image_size=2048, num_samples=4096, device="cpu")
 
 
 def test_api_call_refuses_before_sampling(monkeypatch: pytest.MonkeyPatch, no_sampling) -> None:

@@ -212,7 +212,7 @@ def test_cli_refuses_the_huge_declared_model_in_one_line(tmp_path: Path, nothing
 
 def test_a_run_too_large_is_refused_before_the_preset_is_built(nothing_built: None) -> None:
     with pytest.raises(BudgetError, match="batch 4096 at 2048x2048"):
-        DiPPipeline.load(preset="dip-s-16", batch_size=4096, image_size=2048, device="cpu")
+        DiPPipeline.load(preset="dip-s-16", batch_size=4096, image_size=2048, num_samples=4096, device="cpu")
 
 
 def test_the_images_kept_are_counted_at_load(monkeypatch: pytest.MonkeyPatch, nothing_built: None) -> None:
@@ -255,7 +255,7 @@ def test_schedule_batch_is_budgeted_before_the_model_is_built(tmp_path: Path, mo
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DIP_MEMORY_LIMIT", "16M")
     code, err = run(cli.export_main, "schedule", "--output", "fit.safetensors", "--batch", "4096")
-    one_line(code, err, 1, "sampling batch 4096", "needs about")
+    one_line(code, err, 1, "sampling batch 64", "needs about")  # 64 training images: no batch holds more
 
 
 # ---------------------------------------------------------------- backend packages, up front
