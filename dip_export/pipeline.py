@@ -493,7 +493,7 @@ class DiPPipeline:
 def _check_plan_options(classes: Any, seeds: Any, num_samples: Any, seed: Any) -> None:
     """The call's image arguments against the options' rules (`settings.SAMPLE_RULES`, as dip-sample checks them)."""
     given = {"--classes": classes, "--seeds": seeds, "--num-samples": num_samples, "--seed": seed}
-    check_options(SAMPLE_RULES, {name for name, value in given.items() if value is not None})
+    check_options(SAMPLE_RULES, {name for name, value in given.items() if value is not None})  # seed=False: given (and refused)
 
 
 def _planned_count(classes: Any, seeds: Any, num_samples: Any) -> int | None:
