@@ -65,27 +65,62 @@ def _torch_load(path: Path, trust: bool) -> Any:
     inert_pickle.replaced.clear()
     try:
         return _torch_load_with(path, weights_only=False, pickle_module=inert_pickle)
-    except CheckpointError:
-        names = ", ".join(sorted(inert_pickle.replaced)[:3]) or "unknown objects"
+    except _Unreadable:
+        if not inert_pickle.replaced:
+            raise
+        names = ", ".join(sorted(inert_pickle.replaced)[:3])
         raise CheckpointError(
             f"{path}: its weights cannot be read without running code it names ({names}); "
             "if you trust this file, pass --trust-checkpoint"
         ) from None
 
 
+class _Unreadable(CheckpointError):
+    """torch could not read the file (damaged, or an inert placeholder where its code needs a real object)."""
+
+
 def _torch_load_with(path: Path, weights_only: bool, pickle_module: Any = None) -> Any:
+    from dip_export.inert_pickle import Refused
+
     extra = {"pickle_module": pickle_module} if pickle_module is not None else {}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's advice on plain pickles and weights_only
             # mmap keeps a multi-GB checkpoint out of RAM; only the zip format supports it
             return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=zipfile.is_zipfile(path), **extra)
-    except pickle.UnpicklingError:
+    except Refused as err:
+        raise CheckpointError(f"{path}: {err}; refusing it") from None
+    except pickle.UnpicklingError as err:
         if weights_only:
             raise
-        raise CheckpointError(f"{path}: truncated or not a checkpoint") from None
+        raise _Unreadable(f"{path}: {load_failure(err)}") from None
     except Exception as err:  # a damaged file can fail anywhere inside the unpickler
-        raise CheckpointError(f"{path}: truncated or not a checkpoint ({_first_line(err)})") from None
+        raise _Unreadable(f"{path}: {load_failure(err)}") from None
+
+
+_ZIP_FAILURES = (  # torch's zip reader (miniz) texts, and the tool's own reason for each
+    (re.compile(r"failed locating file data\.pkl"), "not a torch checkpoint zip (no data.pkl)"),
+    (re.compile(r"failed locating file"), "a tensor record it names is missing from the zip"),
+    (re.compile(r"failed finding central directory|not a ZIP archive|zip archive", re.I), "truncated or damaged zip archive"),
+    (re.compile(r"file in archive is not in a subdirectory|more than one|multiple records", re.I),
+     "not a torch checkpoint zip (its records are not laid out as torch.save writes them)"),
+    (re.compile(r"CRC|checksum", re.I), "damaged zip archive (a record fails its checksum)"),
+)  # fmt: skip
+
+
+def load_failure(err: BaseException) -> str:
+    """The tool's own one-line reason for an error torch raised reading a checkpoint (no library or file text)."""
+    if isinstance(err, EOFError):
+        return "truncated (the data ends early)"
+    if isinstance(err, pickle.UnpicklingError):
+        return "truncated or not a checkpoint (damaged pickle data)"
+    if isinstance(err, MemoryError):
+        return "its tensors do not fit in memory"
+    text = str(err)
+    for pattern, reason in _ZIP_FAILURES:
+        if isinstance(err, RuntimeError) and pattern.search(text):
+            return reason
+    return f"truncated or not a checkpoint (torch's reader failed: {type(err).__name__})"
 
 
 def _check_pickle_header(path: Path) -> None:
@@ -94,7 +129,12 @@ def _check_pickle_header(path: Path) -> None:
         head = f.read(4)
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
         return
-    kind = "a text or JSON file" if head[:1] in (b"{", b"[") or head.isascii() else "neither a zip nor a pickle"
+    if not head:
+        kind = "an empty file"
+    elif head[:1] in (b"{", b"[") or head.isascii():
+        kind = "a text or JSON file"
+    else:
+        kind = "neither a zip nor a pickle"
     raise CheckpointError(f"{path}: not a PyTorch checkpoint (it is {kind})")
 
 

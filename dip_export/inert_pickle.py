@@ -1,18 +1,30 @@
-"""A pickle module for `torch.load` that never runs what a file names.
+"""A pickle module for `torch.load` that never runs what a file names, and changes nothing it did not make.
 
 Globals torch's weights-only loader allows (tensor rebuilders, storages, dtypes, plain containers)
 resolve as usual; every other class or function a file names (training configs, functools.partial,
 user classes) becomes an inert placeholder: it is never imported, called or constructed, and it
 only records the arguments and state the file gives it. Tensors are rebuilt by torch's own code.
+
+A file read this way changes no object it did not create: the opcodes that change an object
+(BUILD, which sets state or attributes, and SETITEM(S), APPEND(S), ADDITEMS) are carried out only on
+objects this load made (by a call, a constructor, or an empty list/dict/set), never on a class,
+module, function or any other global the file names (e.g. `torch.UntypedStorage`'s methods,
+`collections.Counter`'s, a placeholder class shared by every load). Anything else refuses the file
+(`Refused`). The reader is pickle's own Python implementation with those opcodes checked first.
 """
 
 from __future__ import annotations
 
 import pickle
+import types
 from pickle import PickleError, UnpicklingError  # noqa: F401 (torch.load reads these off the module)
 from typing import Any
 
 replaced: set[str] = set()  # names resolved to placeholders by the last loads (for messages)
+
+
+class Refused(UnpicklingError):
+    """The file asks to change an object it did not create; the text is the reason (no file content)."""
 
 
 class Inert:
@@ -71,17 +83,71 @@ def _allowed() -> dict[str, Any]:
     return allowed
 
 
-class Unpickler(pickle.Unpickler):
+# what a global or a call may return that is never an object of this load's own (nothing of it may change)
+_NOT_MADE = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType,
+             types.MethodWrapperType, types.WrapperDescriptorType, types.MethodDescriptorType,
+             types.GetSetDescriptorType, types.MemberDescriptorType, property, staticmethod, classmethod)  # fmt: skip
+_MAKERS = (pickle.REDUCE, pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.INST, pickle.OBJ, pickle.EMPTY_DICT, pickle.DICT,
+           pickle.EMPTY_LIST, pickle.LIST, pickle.EMPTY_SET, pickle.BINPERSID, pickle.PERSID)  # fmt: skip
+_CHANGERS = {pickle.BUILD: "set the state of", pickle.SETITEM: "add entries to", pickle.SETITEMS: "add entries to",
+             pickle.APPEND: "append to", pickle.APPENDS: "append to", pickle.ADDITEMS: "add items to"}  # fmt: skip
+
+
+def _target(unpickler: Unpickler, code: bytes) -> Any:
+    """The object an opcode that changes one would change (where it sits on the stack before the opcode runs)."""
+    stack = unpickler.stack
+    if code == pickle.BUILD:
+        return stack[-2] if len(stack) >= 2 else None
+    if code == pickle.SETITEM:
+        return stack[-3] if len(stack) >= 3 else None
+    if code == pickle.APPEND:
+        return stack[-2] if len(stack) >= 2 else None
+    return unpickler.metastack[-1][-1] if unpickler.metastack and unpickler.metastack[-1] else None  # under the mark
+
+
+def _making(code: bytes, original: Any) -> Any:
+    def run(self: Unpickler) -> None:
+        original(self)
+        made = self.stack[-1] if self.stack else None
+        if not isinstance(made, _NOT_MADE) and id(made) not in self._named:
+            self._made[id(made)] = made
+
+    return run
+
+
+def _changing(code: bytes, original: Any) -> Any:
+    def run(self: Unpickler) -> None:
+        target = _target(self, code)
+        if self._made.get(id(target)) is not target or id(target) in self._named:
+            raise Refused(f"it asks to {_CHANGERS[code]} an object it did not create (a class, function or other global)")
+        original(self)
+
+    return run
+
+
+class Unpickler(pickle._Unpickler):  # type: ignore[name-defined]  # the Python one: its opcodes can be checked
+    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+    for _code in _MAKERS:
+        dispatch[_code[0]] = _making(_code, dispatch[_code[0]])
+    for _code in _CHANGERS:
+        dispatch[_code[0]] = _changing(_code, dispatch[_code[0]])
+    del _code
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._allowed = _allowed()
+        self._made: dict[int, Any] = {}  # id -> object, for every object this load made (kept alive: ids stay unique)
+        self._named: dict[int, Any] = {}  # id -> object, for every global the file named
 
     def find_class(self, module: str, name: str) -> Any:
         key = f"{module}.{name}"
         if key in self._allowed:
-            return self._allowed[key]
-        replaced.add(key)
-        return _placeholder(key)
+            found = self._allowed[key]
+        else:
+            replaced.add(key)
+            found = _placeholder(key)
+        self._named[id(found)] = found
+        return found
 
 
 def load(file: Any, **kwargs: Any) -> Any:

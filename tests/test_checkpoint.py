@@ -71,7 +71,7 @@ def test_truncated_and_foreign_files_are_refused(tmp_path, golden):
     good = lightning_checkpoint(tmp_path / "good.ckpt", golden.state)
     cut = tmp_path / "cut.ckpt"
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(CheckpointError, match="truncated or not a checkpoint"):
+    with pytest.raises(CheckpointError, match="truncated"):
         load_checkpoint(cut)
     text = tmp_path / "notes.pt"
     text.write_text("hello")
