@@ -216,20 +216,34 @@ def select_state_dict(obj: Any, weights: str = "ema") -> dict[str, Tensor]:
 
 
 def pick_weights(obj: Any, weights: str = "ema") -> dict[str, Any]:
-    """The entries of the DiP weights (the EMA or raw ones, prefixes removed), whatever their values."""
+    """The entries of the DiP weights (the EMA or raw ones, prefixes removed), whatever their values.
+
+    A training checkpoint (Lightning: `ema_denoiser.*` and/or `denoiser.*`) gives the weights asked for, or is
+    refused where it lacks them: "ema" (the default) never falls back to raw weights, nor "raw" to EMA ones.
+    A file with one set of weights (a bare state dict, the project's .safetensors) is read as it is under
+    "ema", and refused under "raw": it has no raw weights to pick.
+    """
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"expected a dict of tensors, found {type(obj).__name__}")
     if isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not all(isinstance(k, str) for k in obj):
         raise CheckpointError("its weights are not keyed by parameter names (found a key that is not a string)")
-    order = ["ema_denoiser.", "denoiser."] if weights == "ema" else ["denoiser."]
-    for prefix in order:
-        picked = {k[len(prefix) :]: v for k, v in obj.items() if k.startswith(prefix)}
-        if picked:
-            return picked
-    if weights == "raw" and any(k.startswith("ema_denoiser.") for k in obj):
-        raise CheckpointError("checkpoint holds only EMA weights (ema_denoiser.*); use --weights ema")
+    held = {name: {k[len(prefix) :]: v for k, v in obj.items() if k.startswith(prefix)}
+            for name, prefix in (("ema", "ema_denoiser."), ("raw", "denoiser."))}  # fmt: skip
+    if held[weights]:
+        return held[weights]
+    if weights == "ema" and held["raw"]:
+        raise CheckpointError(
+            'it holds only raw weights (denoiser.*), no EMA weights (ema_denoiser.*); pass --weights raw (weights="raw")'
+        )
+    if weights == "raw" and held["ema"]:
+        raise CheckpointError("it holds only EMA weights (ema_denoiser.*); use --weights ema")
+    if weights == "raw":
+        raise CheckpointError(
+            "it holds one set of weights, not a training checkpoint's raw weights (denoiser.*); "
+            '--weights raw (weights="raw") applies only to such a checkpoint: leave it out'
+        )
     state = dict(obj)
     for prefix in PREFIXES:
         if state and all(k.startswith(prefix) for k in state):
