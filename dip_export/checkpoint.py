@@ -50,7 +50,6 @@ class LoadedModel:
     size_assumed: bool = False  # no stored config: the architecture was read off the weights, the image size assumed
 
 
-
 def _torch_load(path: Path, trust: bool) -> Any:
     _check_pickle_header(path)
     check_checkpoint_tensors(path)  # declared tensor sizes, before torch allocates any
