@@ -491,6 +491,6 @@ def resolve_model(
         return LoadedModel(build_model(config), config, name=preset, source=f"preset:{preset}")
     if not DEMO_CHECKPOINT.is_file():
         raise CheckpointError(f"the bundled demo model is missing ({DEMO_CHECKPOINT}); pass a checkpoint or --preset")
-    loaded = load_checkpoint(DEMO_CHECKPOINT, check=check)
+    loaded = load_checkpoint(DEMO_CHECKPOINT, weights=weights, check=check)
     loaded.name = "dip-digits"
     return loaded
