@@ -16,6 +16,7 @@ own Python implementation with those opcodes checked first.
 
 from __future__ import annotations
 
+import _compat_pickle
 import pickle
 import types
 from pickle import PickleError, UnpicklingError  # noqa: F401 (torch.load reads these off the module)
@@ -170,6 +171,9 @@ class Unpickler(_PythonUnpickler):
         self._mark(self.stack[-1], klass)
 
     def find_class(self, module: str, name: str) -> Any:
+        if self.proto < 3 and self.fix_imports:  # Python 2 names (a protocol 2 pickle's __builtin__.set), as pickle does
+            module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+            module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         key = f"{module}.{name}"
         if key in self._allowed:
             found = self._allowed[key]

@@ -157,7 +157,7 @@ def test_objects_the_file_makes_still_get_their_state(tmp_path: Path, golden: An
     state._metadata = {"": {"version": 1}}  # type: ignore[attr-defined]
     path = tmp_path / "last.ckpt"
     torch.save({"state_dict": state, "hyper_parameters": _Config(lr=1e-4, sizes=[1, 2]),
-                "callbacks": [functools.partial(print, 1)]}, path)  # fmt: skip
+                "callbacks": [functools.partial(print, 1)], "seen": {1, 2}}, path)  # fmt: skip
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)  # the inert reader is the one that reads it
     before = snapshot()
@@ -166,4 +166,5 @@ def test_objects_the_file_makes_still_get_their_state(tmp_path: Path, golden: An
     found = torch.load(path, weights_only=False, pickle_module=inert_pickle)
     assert found["state_dict"]._metadata == {"": {"version": 1}}
     assert found["hyper_parameters"].state == {"lr": 1e-4, "sizes": [1, 2]}
+    assert found["seen"] == {1, 2}  # protocol 2's __builtin__.set is the allowed builtins.set
     assert_unchanged(before)
