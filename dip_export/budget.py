@@ -308,28 +308,75 @@ def _scan_one(ops: Any) -> int:
             pid = stack.pop() if name == "BINPERSID" and stack else arg
             total += _storage_bytes(pid)
             stack.append(None)
-        elif name in ("REDUCE", "NEWOBJ"):
+        elif name in ("REDUCE", "NEWOBJ", "NEWOBJ_EX"):
+            if name == "NEWOBJ_EX" and stack:
+                stack.pop()  # the keyword arguments
             args, func = (stack.pop() if stack else None), (stack.pop() if stack else None)
-            total += _buffer_bytes(func, args)
-            stack.append(None)
+            total += _call_bytes(func, args)
+            stack.append(_made(func, args))
         elif name in ("INST", "OBJ"):  # calls with the items above the mark: INST names the class, OBJ pops it first
             items = _pop_to_mark(stack)
             func = tuple(str(arg).split(" ", 1)) if name == "INST" else (items.pop(0) if items else None)
-            total += _buffer_bytes(func, tuple(items))
-            stack.append(None)
+            total += _call_bytes(func, tuple(items))
+            stack.append(_made(func, tuple(items)))
         else:
             _generic(op, stack)
     return total
 
 
 _BUFFERS = {("builtins", "bytearray"), ("builtins", "bytes"), ("__builtin__", "bytearray"), ("__builtin__", "bytes")}
+_ALLOWED_MODULES = ("builtins", "__builtin__", "collections", "torch")  # where a weights-only load's callables live
+_WIDEST_ELEMENT = 16  # complex128: an element of a dtype the file does not name
+_MAX_COUNTED = 1 << 64  # a product past this is refused anyway; stops the arithmetic on absurd sizes
 
 
-def _buffer_bytes(func: Any, args: Any) -> int:
-    """Bytes a call allocates by size alone: `bytearray(n)` / `bytes(n)` (globals a weights-only load allows)."""
-    if func not in _BUFFERS or not isinstance(args, tuple):
+class _Size:
+    """A `torch.Size(...)` the pickle builds: its element count, for a constructor it is passed to."""
+
+    def __init__(self, elements: int) -> None:
+        self.elements = elements
+
+
+def _call_bytes(func: Any, args: Any) -> int:
+    """Bytes a call may allocate by size alone, before it runs (REDUCE / NEWOBJ / INST / OBJ).
+
+    `bytearray(n)` / `bytes(n)`: n. Any other class among the globals a weights-only load allows (a name
+    starting with a capital in builtins, collections or torch: storages `UntypedStorage(n)`, `FloatStorage(n)`,
+    `TypedStorage(n, ...)`, legacy tensor types `FloatTensor(a, b)`, `torch.Tensor(torch.Size(...))`) may
+    allocate as many elements as the product of its positive int (and torch.Size) arguments, each as wide as
+    its name says (Float 4, Untyped 1, ...) or the widest dtype. Functions are torch's tensor rebuilders, whose
+    ints are offsets into storages already counted, except `_rebuild_qtensor`, which allocates its size before
+    it sets the storage. Placeholders (every other global) never run: nothing.
+    """
+    if not (isinstance(func, tuple) and len(func) == 2 and all(isinstance(x, str) for x in func)):
         return 0
-    return sum(a for a in args if type(a) is int and a > 0)
+    module, name = func
+    args = args if isinstance(args, tuple) else ()
+    if func in _BUFFERS:
+        return sum(a for a in args if type(a) is int and a > 0)
+    if module == "torch._utils" and name == "_rebuild_qtensor":
+        return _elements(args[2] if len(args) > 2 and isinstance(args[2], tuple) else ()) * 4
+    if module.split(".", 1)[0] not in _ALLOWED_MODULES or not name.lstrip("_")[:1].isupper():
+        return 0
+    size = _ELEMENT_SIZES.get(next((p for p in _ELEMENT_SIZES if name.startswith(p)), ""), _WIDEST_ELEMENT)
+    return _elements(args) * size
+
+
+def _elements(args: tuple[Any, ...]) -> int:
+    """The product of the positive ints and torch.Size counts among `args` (0 when there are none)."""
+    found, product = False, 1
+    for a in args:
+        n = a if type(a) is int else a.elements if isinstance(a, _Size) else 0
+        if n > 0:
+            found, product = True, min(product * n, _MAX_COUNTED)
+    return product if found else 0
+
+
+def _made(func: Any, args: Any) -> Any:
+    """What the scan keeps of a call's result: a torch.Size's element count, nothing of anything else."""
+    if func == ("torch", "Size") and isinstance(args, tuple) and args and isinstance(args[0], tuple):
+        return _Size(_elements(args[0]) if all(type(a) is int for a in args[0]) else 0)
+    return None
 
 
 def _storage_bytes(pid: Any) -> int:

@@ -50,7 +50,6 @@ class LoadedModel:
     size_assumed: bool = False  # no stored config: the architecture was read off the weights, the image size assumed
 
 
-
 def _torch_load(path: Path, trust: bool) -> Any:
     _check_pickle_header(path)
     check_checkpoint_tensors(path)  # declared tensor sizes, before torch allocates any
@@ -65,27 +64,62 @@ def _torch_load(path: Path, trust: bool) -> Any:
     inert_pickle.replaced.clear()
     try:
         return _torch_load_with(path, weights_only=False, pickle_module=inert_pickle)
-    except CheckpointError:
-        names = ", ".join(sorted(inert_pickle.replaced)[:3]) or "unknown objects"
+    except _Unreadable:
+        if not inert_pickle.replaced:
+            raise
+        names = ", ".join(sorted(inert_pickle.replaced)[:3])
         raise CheckpointError(
             f"{path}: its weights cannot be read without running code it names ({names}); "
             "if you trust this file, pass --trust-checkpoint"
         ) from None
 
 
+class _Unreadable(CheckpointError):
+    """torch could not read the file (damaged, or an inert placeholder where its code needs a real object)."""
+
+
 def _torch_load_with(path: Path, weights_only: bool, pickle_module: Any = None) -> Any:
+    from dip_export.inert_pickle import Refused
+
     extra = {"pickle_module": pickle_module} if pickle_module is not None else {}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's advice on plain pickles and weights_only
             # mmap keeps a multi-GB checkpoint out of RAM; only the zip format supports it
             return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=zipfile.is_zipfile(path), **extra)
-    except pickle.UnpicklingError:
+    except Refused as err:
+        raise CheckpointError(f"{path}: {err}; refusing it") from None
+    except pickle.UnpicklingError as err:
         if weights_only:
             raise
-        raise CheckpointError(f"{path}: truncated or not a checkpoint") from None
+        raise _Unreadable(f"{path}: {load_failure(err)}") from None
     except Exception as err:  # a damaged file can fail anywhere inside the unpickler
-        raise CheckpointError(f"{path}: truncated or not a checkpoint ({_first_line(err)})") from None
+        raise _Unreadable(f"{path}: {load_failure(err)}") from None
+
+
+_ZIP_FAILURES = (  # torch's zip reader (miniz) texts, and the tool's own reason for each
+    (re.compile(r"failed locating file data\.pkl"), "not a torch checkpoint zip (no data.pkl)"),
+    (re.compile(r"failed locating file"), "a tensor record it names is missing from the zip"),
+    (re.compile(r"failed finding central directory|not a ZIP archive|zip archive", re.I), "truncated or damaged zip archive"),
+    (re.compile(r"file in archive is not in a subdirectory|more than one|multiple records", re.I),
+     "not a torch checkpoint zip (its records are not laid out as torch.save writes them)"),
+    (re.compile(r"CRC|checksum", re.I), "damaged zip archive (a record fails its checksum)"),
+)  # fmt: skip
+
+
+def load_failure(err: BaseException) -> str:
+    """The tool's own one-line reason for an error torch raised reading a checkpoint (no library or file text)."""
+    if isinstance(err, EOFError):
+        return "truncated (the data ends early)"
+    if isinstance(err, pickle.UnpicklingError):
+        return "truncated or not a checkpoint (damaged pickle data)"
+    if isinstance(err, MemoryError):
+        return "its tensors do not fit in memory"
+    text = str(err)
+    for pattern, reason in _ZIP_FAILURES:
+        if isinstance(err, RuntimeError) and pattern.search(text):
+            return reason
+    return f"truncated or not a checkpoint (torch's reader failed: {type(err).__name__})"
 
 
 def _check_pickle_header(path: Path) -> None:
@@ -94,7 +128,12 @@ def _check_pickle_header(path: Path) -> None:
         head = f.read(4)
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
         return
-    kind = "a text or JSON file" if head[:1] in (b"{", b"[") or head.isascii() else "neither a zip nor a pickle"
+    if not head:
+        kind = "an empty file"
+    elif head[:1] in (b"{", b"[") or head.isascii():
+        kind = "a text or JSON file"
+    else:
+        kind = "neither a zip nor a pickle"
     raise CheckpointError(f"{path}: not a PyTorch checkpoint (it is {kind})")
 
 
@@ -176,20 +215,34 @@ def select_state_dict(obj: Any, weights: str = "ema") -> dict[str, Tensor]:
 
 
 def pick_weights(obj: Any, weights: str = "ema") -> dict[str, Any]:
-    """The entries of the DiP weights (the EMA or raw ones, prefixes removed), whatever their values."""
+    """The entries of the DiP weights (the EMA or raw ones, prefixes removed), whatever their values.
+
+    A training checkpoint (Lightning: `ema_denoiser.*` and/or `denoiser.*`) gives the weights asked for, or is
+    refused where it lacks them: "ema" (the default) never falls back to raw weights, nor "raw" to EMA ones.
+    A file with one set of weights (a bare state dict, the project's .safetensors) is read as it is under
+    "ema", and refused under "raw": it has no raw weights to pick.
+    """
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"expected a dict of tensors, found {type(obj).__name__}")
     if isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not all(isinstance(k, str) for k in obj):
         raise CheckpointError("its weights are not keyed by parameter names (found a key that is not a string)")
-    order = ["ema_denoiser.", "denoiser."] if weights == "ema" else ["denoiser."]
-    for prefix in order:
-        picked = {k[len(prefix) :]: v for k, v in obj.items() if k.startswith(prefix)}
-        if picked:
-            return picked
-    if weights == "raw" and any(k.startswith("ema_denoiser.") for k in obj):
-        raise CheckpointError("checkpoint holds only EMA weights (ema_denoiser.*); use --weights ema")
+    held = {name: {k[len(prefix) :]: v for k, v in obj.items() if k.startswith(prefix)}
+            for name, prefix in (("ema", "ema_denoiser."), ("raw", "denoiser."))}  # fmt: skip
+    if held[weights]:
+        return held[weights]
+    if weights == "ema" and held["raw"]:
+        raise CheckpointError(
+            'it holds only raw weights (denoiser.*), no EMA weights (ema_denoiser.*); pass --weights raw (weights="raw")'
+        )
+    if weights == "raw" and held["ema"]:
+        raise CheckpointError("it holds only EMA weights (ema_denoiser.*); use --weights ema")
+    if weights == "raw":
+        raise CheckpointError(
+            "it holds one set of weights, not a training checkpoint's raw weights (denoiser.*); "
+            '--weights raw (weights="raw") applies only to such a checkpoint: leave it out'
+        )
     state = dict(obj)
     for prefix in PREFIXES:
         if state and all(k.startswith(prefix) for k in state):
@@ -438,6 +491,6 @@ def resolve_model(
         return LoadedModel(build_model(config), config, name=preset, source=f"preset:{preset}")
     if not DEMO_CHECKPOINT.is_file():
         raise CheckpointError(f"the bundled demo model is missing ({DEMO_CHECKPOINT}); pass a checkpoint or --preset")
-    loaded = load_checkpoint(DEMO_CHECKPOINT, check=check)
+    loaded = load_checkpoint(DEMO_CHECKPOINT, weights=weights, check=check)
     loaded.name = "dip-digits"
     return loaded

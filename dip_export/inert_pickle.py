@@ -1,18 +1,32 @@
-"""A pickle module for `torch.load` that never runs what a file names.
+"""A pickle module for `torch.load` that never runs what a file names, and changes nothing it did not make.
 
 Globals torch's weights-only loader allows (tensor rebuilders, storages, dtypes, plain containers)
 resolve as usual; every other class or function a file names (training configs, functools.partial,
 user classes) becomes an inert placeholder: it is never imported, called or constructed, and it
 only records the arguments and state the file gives it. Tensors are rebuilt by torch's own code.
+
+A file read this way changes no object it did not create: the opcodes that change an object
+(BUILD, which sets state or attributes, and SETITEM(S), APPEND(S), ADDITEMS) are carried out only
+on objects this load made (a list, dict or set, a storage, an instance a class constructed, a
+tensor), never on a class, module, function, any other global the file names, or what a function
+returned otherwise (e.g. `torch.UntypedStorage`'s methods, `collections.Counter`'s, a placeholder
+class shared by every load). Anything else refuses the file (`Refused`). The reader is pickle's
+own Python implementation with those opcodes checked first.
 """
 
 from __future__ import annotations
 
+import _compat_pickle
 import pickle
+import types
 from pickle import PickleError, UnpicklingError  # noqa: F401 (torch.load reads these off the module)
-from typing import Any
+from typing import Any, ClassVar
 
 replaced: set[str] = set()  # names resolved to placeholders by the last loads (for messages)
+
+
+class Refused(UnpicklingError):
+    """The file asks to change an object it did not create; the text is the reason (no file content)."""
 
 
 class Inert:
@@ -71,17 +85,103 @@ def _allowed() -> dict[str, Any]:
     return allowed
 
 
-class Unpickler(pickle.Unpickler):
+# what a global or a call may return that is never an object of this load's own (nothing of it may change)
+_NOT_MADE = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType,
+             types.MethodWrapperType, types.WrapperDescriptorType, types.MethodDescriptorType,
+             types.GetSetDescriptorType, types.MemberDescriptorType, property, staticmethod, classmethod)  # fmt: skip
+_CONTAINERS = (pickle.EMPTY_DICT, pickle.DICT, pickle.EMPTY_LIST, pickle.LIST, pickle.EMPTY_SET, pickle.BINPERSID,
+               pickle.PERSID)  # fmt: skip
+_CALLS = {pickle.REDUCE: 2, pickle.NEWOBJ: 2, pickle.NEWOBJ_EX: 3}  # where the callable sits on the stack before it runs
+_CHANGERS = {pickle.BUILD: "set the state of", pickle.SETITEM: "add entries to", pickle.SETITEMS: "add entries to",
+             pickle.APPEND: "append to", pickle.APPENDS: "append to", pickle.ADDITEMS: "add items to"}  # fmt: skip
+_TARGET_DEPTH = {pickle.BUILD: 2, pickle.SETITEM: 3, pickle.APPEND: 2}  # the others change what lies under their mark
+
+
+def _target(unpickler: Unpickler, code: bytes) -> Any:
+    """The object an opcode that changes one would change (where it sits on the stack before the opcode runs)."""
+    if code in _TARGET_DEPTH:
+        depth = _TARGET_DEPTH[code]
+        return unpickler.stack[-depth] if len(unpickler.stack) >= depth else None
+    outer = unpickler.metastack[-1] if unpickler.metastack else None
+    return outer[-1] if outer else None
+
+
+def _container(code: bytes, original: Any) -> Any:
+    def run(self: Unpickler) -> None:
+        original(self)
+        self._mark(self.stack[-1], None)
+
+    return run
+
+
+def _call(code: bytes, original: Any) -> Any:
+    depth = _CALLS[code]
+
+    def run(self: Unpickler) -> None:
+        maker = self.stack[-depth] if len(self.stack) >= depth else None
+        original(self)
+        self._mark(self.stack[-1], maker)
+
+    return run
+
+
+def _changing(code: bytes, original: Any) -> Any:
+    def run(self: Unpickler) -> None:
+        target = _target(self, code)
+        if self._made.get(id(target)) is not target or id(target) in self._named:
+            raise Refused(f"it asks to {_CHANGERS[code]} an object it did not create (a class, function or other global)")
+        original(self)
+
+    return run
+
+
+_PythonUnpickler: Any = pickle._Unpickler  # type: ignore[attr-defined]  # the Python one: its opcodes can be checked
+
+
+class Unpickler(_PythonUnpickler):
+    dispatch: ClassVar[dict[int, Any]] = dict(_PythonUnpickler.dispatch)
+    for _code in _CONTAINERS:
+        dispatch[_code[0]] = _container(_code, dispatch[_code[0]])
+    for _code in _CALLS:
+        dispatch[_code[0]] = _call(_code, dispatch[_code[0]])
+    for _code in _CHANGERS:
+        dispatch[_code[0]] = _changing(_code, dispatch[_code[0]])
+    del _code
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        import torch
+
         super().__init__(*args, **kwargs)
         self._allowed = _allowed()
+        self._made: dict[int, Any] = {}  # id -> object, for every object this load made (kept alive: ids stay unique)
+        self._named: dict[int, Any] = {}  # id -> object, for every global the file named
+        self._fresh = (torch.Tensor, Inert)  # what any call returns new: no global is a tensor or a placeholder instance
+
+    def _mark(self, obj: Any, maker: Any) -> None:
+        """Record `obj` as made by this load: a new container or storage (`maker` None), an instance a class made
+        (the allowed classes and the placeholders construct new objects), or a tensor or placeholder instance
+        whatever made it; never a class, module, function or global the file named."""
+        if isinstance(obj, _NOT_MADE) or id(obj) in self._named:
+            return
+        if maker is None or isinstance(maker, type) or isinstance(obj, self._fresh):
+            self._made[id(obj)] = obj
+
+    def _instantiate(self, klass: Any, args: Any) -> None:  # INST and OBJ
+        super()._instantiate(klass, args)
+        self._mark(self.stack[-1], klass)
 
     def find_class(self, module: str, name: str) -> Any:
+        if self.proto < 3 and self.fix_imports:  # Python 2 names (a protocol 2 pickle's __builtin__.set), as pickle does
+            module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+            module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         key = f"{module}.{name}"
         if key in self._allowed:
-            return self._allowed[key]
-        replaced.add(key)
-        return _placeholder(key)
+            found = self._allowed[key]
+        else:
+            replaced.add(key)
+            found = _placeholder(key)
+        self._named[id(found)] = found
+        return found
 
 
 def load(file: Any, **kwargs: Any) -> Any:

@@ -1,0 +1,158 @@
+"""A checkpoint is refused with the tool's own one-line reason, and `--weights` names what the file must hold.
+
+Reasons: torch's reader fails in many ways (miniz texts, enforce failures, pickle errors); each maps to
+one reason of the tool's (`checkpoint.load_failure`), never the library's text. Weights: a training
+checkpoint gives the weights asked for (EMA by default, `--weights raw` / weights="raw" for the raw
+ones) or is refused; a file with one set of weights is read as it is by default and refuses "raw".
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import save_file
+
+from dip_export import DiPPipeline, cli
+from dip_export.checkpoint import DEMO_CHECKPOINT, load_checkpoint, pick_weights
+from dip_export.errors import CheckpointError, DipError
+from tests.test_hostile import one_line, run
+
+LIBRARY_WORDS = ("PytorchStreamReader", "miniz", "enforce fail", "inline_container", "weights_only", "Traceback")
+
+
+def _saved(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _zip(entries: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in entries.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def damaged_files() -> dict[str, tuple[bytes, str]]:
+    """name -> (bytes, the reason the refusal must give)."""
+    good = _saved({"w": torch.zeros(3)})
+    records = {n: zipfile.ZipFile(io.BytesIO(good)).read(n) for n in zipfile.ZipFile(io.BytesIO(good)).namelist()}
+    return {
+        "nopkl.pt": (_zip({"archive/version": b"3\n"}), "not a torch checkpoint zip (no data.pkl)"),
+        "badzip.pt": (good[: len(good) // 2], "truncated or damaged zip archive"),
+        "norecord.pt": (_zip({n: d for n, d in records.items() if "/data/" not in n}), "a tensor record it names is missing"),
+        "flat.pt": (_zip({"data.pkl": b"\x80\x02}."}), "not a torch checkpoint zip"),
+        "empty.pt": (b"", "not a PyTorch checkpoint (it is an empty file)"),
+        "cut.pkl": (b"\x80\x02}q\x00(X\x01\x00\x00\x00a", "truncated"),
+        "text.pt": (b'{"a": 1}', "a text or JSON file"),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(damaged_files()))
+def test_damaged_files_get_the_tools_reason(tmp_path: Path, name: str) -> None:
+    data, reason = damaged_files()[name]
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(path)
+    message = str(refused.value)
+    assert message.startswith(f"{path}: ") and reason in message and "\n" not in message
+    assert not any(word in message for word in LIBRARY_WORDS), message
+
+
+@pytest.mark.parametrize("name", ["nopkl.pt", "empty.pt", "badzip.pt"])
+def test_api_and_cli_give_the_reason_in_one_line(tmp_path: Path, name: str) -> None:
+    data, reason = damaged_files()[name]
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(CheckpointError, match=f"^{path}: .*{reason.split(' (')[0]}"):
+        DiPPipeline.load(path)
+    code, err = run(cli.sample_main, path, "--classes", "1", "--seeds", "0", "--steps", "2", "--out", tmp_path / "o.npz")
+    one_line(code, err, 1, str(path), reason)
+    assert not any(word in err for word in LIBRARY_WORDS), err
+
+
+_GOOD_ZIP = _saved({"state_dict": {"a": torch.arange(6.0)}, "epoch": 1})
+
+
+@settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, len(_GOOD_ZIP)), st.lists(st.tuples(st.integers(0, len(_GOOD_ZIP) - 1), st.integers(0, 255)), max_size=3))
+def test_any_cut_or_changed_byte_is_one_line_of_the_tools_text(tmp_path: Path, cut: int, flips: list[tuple[int, int]]) -> None:
+    data = bytearray(_GOOD_ZIP[:cut])
+    for at, value in flips:
+        if at < len(data):
+            data[at] = value
+    path = tmp_path / "damaged.pt"
+    path.write_bytes(bytes(data))
+    try:
+        load_checkpoint(path)
+    except DipError as err:
+        message = str(err)
+        assert "\n" not in message and message.startswith(str(path)), message
+        assert not any(word in message for word in LIBRARY_WORDS), message
+        assert len(message) < len(str(path)) + 200, message
+
+
+# ------------------------------------------------------------------ which weights
+
+
+def _layout(state: dict[str, torch.Tensor], layout: str) -> dict[str, Any]:
+    ema = {f"ema_denoiser.{k}": v for k, v in state.items()}
+    raw = {f"denoiser.{k}": v + 1 for k, v in state.items()}  # raw weights told apart by +1
+    return {"both": {"state_dict": {**ema, **raw}}, "ema only": {"state_dict": ema}, "raw only": {"state_dict": raw},
+            "plain": dict(state), "plain model.": {f"model.{k}": v for k, v in state.items()}}[layout]  # fmt: skip
+
+
+EXPECTED = {  # (layout, weights) -> offset of the weights read, or the refusal's words
+    ("both", "ema"): 0, ("both", "raw"): 1, ("ema only", "ema"): 0, ("ema only", "raw"): "--weights ema",
+    ("raw only", "ema"): "--weights raw", ("raw only", "raw"): 1, ("plain", "ema"): 0, ("plain", "raw"): "one set of weights",
+    ("plain model.", "ema"): 0, ("plain model.", "raw"): "one set of weights",
+}  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.sampled_from(sorted(EXPECTED)))
+def test_the_weights_read_are_the_ones_asked_for(case: tuple[str, str]) -> None:
+    state = {"s_embedder.proj.weight": torch.zeros(2, 2), "blocks.0.x": torch.ones(3)}
+    layout, weights = case
+    expected = EXPECTED[case]
+    if isinstance(expected, str):
+        with pytest.raises(CheckpointError, match=expected.replace(".", r"\.")):
+            pick_weights(_layout(state, layout), weights)
+        return
+    picked = pick_weights(_layout(state, layout), weights)
+    assert picked.keys() == state.keys()
+    assert all(torch.equal(picked[k], v + expected) for k, v in state.items())
+
+
+def test_raw_only_lightning_file_through_the_api_and_cli(tmp_path: Path, golden: Any) -> None:
+    path = tmp_path / "rawonly.ckpt"
+    torch.save({"state_dict": {f"denoiser.{k}": v for k, v in golden.state.items()}}, path)
+    with pytest.raises(CheckpointError, match=f"^{path}: .*--weights raw"):
+        DiPPipeline.load(path)
+    pipe = DiPPipeline.load(path, weights="raw")
+    model = pipe.source.loaded.model
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in golden.state.items())
+    code, err = run(cli.sample_main, path, "--classes", "1", "--seeds", "0", "--steps", "2", "--out", tmp_path / "o.npz")
+    one_line(code, err, 1, str(path), "--weights raw")
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_weights_raw_on_a_file_with_one_set_is_refused(tmp_path: Path, golden: Any) -> None:
+    plain = tmp_path / "plain.safetensors"
+    save_file({k: v.contiguous() for k, v in golden.state.items()}, str(plain))
+    assert DiPPipeline.load(plain) is not None  # the default reads the only weights there are
+    with pytest.raises(CheckpointError, match=f"^{plain}: .*one set of weights"):
+        DiPPipeline.load(plain, weights="raw")
+    code, err = run(cli.sample_main, "--weights", "raw", "--classes", "1", "--seeds", "0", "--steps", "2",
+                    "--out", tmp_path / "o.npz")  # fmt: skip
+    one_line(code, err, 1, str(DEMO_CHECKPOINT), "one set of weights")  # the bundled demo model too
+    assert not (tmp_path / "o.npz").exists()
