@@ -155,7 +155,7 @@ def _shard_schema(start: int, stop: int, image_shape: tuple[int, ...] | None) ->
 
 
 def _read_shard_arrays(
-    path: Path, start: int, stop: int, shape: tuple[int, ...] | None, load: tuple[str, ...], digest: str
+    path: Path, start: int, stop: int, shape: tuple[int, ...] | None, load: tuple[str, ...], digest: str | None
 ) -> dict[str, np.ndarray]:
     """A finished shard's arrays in `load`, the others checked by their headers only; its indices those of this run,
     and its mark this tool's, made under this run's settings (`digest`)."""
@@ -163,7 +163,7 @@ def _read_shard_arrays(
         data = read_npz(path, folder=path.parent, what="shard", check=_shard_schema(start, stop, shape), load=(*load, "run"))
     except UntrustedFileError as err:
         raise DipError(f"{err}; delete it and rerun to remake it") from None
-    if str(data["run"]) != shard_label(digest):
+    if digest is None or str(data["run"]) != shard_label(digest):
         raise DipError(f"{path}: not a shard of this run (made with other settings, or not by this tool); "
                        f"delete {path.parent} to start over")  # fmt: skip
     if not np.array_equal(data["indices"], np.arange(start, stop)):
@@ -180,7 +180,8 @@ def check_finished_shards(out: Path, n: int, shard_size: int, image_shape: tuple
     """Before a resumed run starts (after `check_settings`): every shard already there is this run's, with its
     indices and image shape (headers only)."""
     folder = parts_dir(out)
-    digest = settings_digest(_read_settings(folder / SETTINGS_FILE))
+    settings = folder / SETTINGS_FILE
+    digest = settings_digest(_read_settings(settings)) if os.path.lexists(settings) else None  # None: no shard is this run's
     for k, (start, stop) in enumerate(shard_ranges(n, shard_size)):
         path = folder / f"shard-{k:06d}.npz"
         if path.is_file():

@@ -96,7 +96,11 @@ def _check_fit(fit: Any) -> None:
 
 
 def _number(value: Any) -> bool:
-    return type(value) in (int, float) and math.isfinite(value)
+    """A finite int or float (an int beyond float range is not one: it cannot become a time)."""
+    return (type(value) is float and math.isfinite(value)) or (type(value) is int and abs(value) <= _FLOAT_MAX)
+
+
+_FLOAT_MAX = 1.7e308
 
 
 def matches(entry: Mapping[str, Any], settings: SamplerSettings) -> bool:
