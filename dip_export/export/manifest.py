@@ -222,11 +222,11 @@ def _graph_problem(
         return f"not a readable ONNX model ({type(err).__name__})", 0
     graph = model.graph
     elements = sum(math.prod(max(int(d), 0) for d in tensor.dims) for tensor in graph.initializer)
-    return _structure_problem(graph, model, size, folder, precision, io, num_classes, path), elements
+    return _structure_problem(graph, model, size, path, precision, io, num_classes), elements
 
 
 def _structure_problem(
-    graph: Any, model: Any, size: int, folder: str, precision: str, io: tuple[Any, ...], num_classes: int, graph_path: str
+    graph: Any, model: Any, size: int, graph_path: str, precision: str, io: tuple[Any, ...], num_classes: int
 ) -> str:
     problem, stored = _external_problem(graph, Path(graph_path).parent)
     problem = problem or _declared_problem(graph, size + stored)
@@ -259,11 +259,12 @@ def _external_problem(graph: Any, graph_dir: Path) -> tuple[str, int]:
             continue
         try:
             data = contained(graph_dir, entries["location"], "external data")  # graph_dir: checked, inside `folder`
-        except UntrustedFileError:
-            return f"external data of tensor #{number} lies outside the export folder or is a symlink", 0
+        except UntrustedFileError as err:
+            where = "is a symlink, or lies in a symlinked folder" if "symlink" in str(err) else "lies outside the export folder"
+            return f"external data of tensor #{number} {where}; refusing to follow it", 0
         if data not in sizes:
             if not data.is_file():
-                return f"external data of tensor #{number}: {data.name} is missing or not a regular file", 0
+                return f"external data of tensor #{number} is missing or not a regular file", 0
             sizes[data] = data.stat().st_size
         numbers = {key: entries.get(key, "0") for key in ("offset", "length")}
         if not all(_DECIMAL.fullmatch(v) for v in numbers.values()):

@@ -49,7 +49,8 @@ def make_session(path: Path, device: torch.device | None = None, threads: int | 
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
     except Exception as err:  # ONNX Runtime's exceptions quote the graph's own names (and cut them): never shown
-        raise ExportError(f"{path}: ONNX Runtime cannot load this graph ({_ORT_REASONS.get(type(err).__name__, 'refused')})") from None
+        reason = _ORT_REASONS.get(type(err).__name__, "refused")
+        raise ExportError(f"{path}: ONNX Runtime cannot load this graph ({reason})") from None
 
 
 # ONNX Runtime's exception types -> the tool's own words (its messages carry names from the graph file)
