@@ -27,6 +27,7 @@ from dip_export.messages import where
 from dip_export.untrusted import ArraySchema, ArraySpec, UntrustedFileError, read_npz
 
 SETTINGS_FILE = "settings.json"
+SHARD_MARK = "dip-export shard v1"  # with the run's settings digest, the `run` array of every shard this tool writes
 MAX_CLASS_FILE_BYTES = 256 << 20
 
 
@@ -99,11 +100,26 @@ def run_settings(settings: dict[str, Any], plan: SamplePlan, batch_size: int, sh
     return {**settings, "plan": plan_digest(plan), "shard_size": batch_size * shard_batches, "batch_size": batch_size}
 
 
+def settings_digest(settings: dict[str, Any]) -> str:
+    """sha256 of a run's recorded settings (as `settings.json` holds them): what each of its shards carries."""
+    text = json.dumps(json.loads(json.dumps(settings)), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def shard_label(digest: str) -> str:
+    """The `run` array of a shard made under settings of this digest."""
+    return f"{SHARD_MARK} {digest}"
+
+
 def check_settings(folder: Path, settings: dict[str, Any], world: World) -> None:
-    """Rank 0 records the settings of the run; every rank refuses a folder made with other ones."""
+    """Rank 0 records the settings of the run; every rank refuses a folder made with other ones, and shards
+    whose settings are no longer recorded (they are never deleted nor taken for this run's)."""
     settings = json.loads(json.dumps(settings))  # tuples become lists, as they read back
     check_parts_dir(folder)
     path = folder / SETTINGS_FILE
+    if not os.path.lexists(path) and folder.is_dir() and any(folder.glob("shard-*.npz")):
+        raise UsageError(f"{folder} holds shards but no {SETTINGS_FILE}: their settings are unknown; "
+                         "use another --out or delete that folder to start over")  # fmt: skip
     if world.is_main and not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
@@ -134,34 +150,42 @@ def _read_settings(path: Path) -> dict[str, Any]:
 
 def _shard_schema(start: int, stop: int, image_shape: tuple[int, ...] | None) -> ArraySchema:
     images = (stop - start, *image_shape) if image_shape is not None else (stop - start, None, None, 3)
-    return ArraySchema({"indices": ArraySpec("int64", (stop - start,)), "arr_0": ArraySpec("uint8", images)})
+    return ArraySchema({"indices": ArraySpec("int64", (stop - start,)), "arr_0": ArraySpec("uint8", images),
+                        "run": ArraySpec("U", ())})  # fmt: skip
 
 
 def _read_shard_arrays(
-    path: Path, start: int, stop: int, shape: tuple[int, ...] | None, load: tuple[str, ...]
+    path: Path, start: int, stop: int, shape: tuple[int, ...] | None, load: tuple[str, ...], digest: str | None
 ) -> dict[str, np.ndarray]:
-    """A finished shard's arrays in `load`, the others checked by their headers only; its indices those of this run."""
+    """A finished shard's arrays in `load`, the others checked by their headers only; its indices those of this run,
+    and its mark this tool's, made under this run's settings (`digest`)."""
     try:
-        data = read_npz(path, folder=path.parent, what="shard", check=_shard_schema(start, stop, shape), load=load)
+        data = read_npz(path, folder=path.parent, what="shard", check=_shard_schema(start, stop, shape), load=(*load, "run"))
     except UntrustedFileError as err:
         raise DipError(f"{err}; delete it and rerun to remake it") from None
+    if digest is None or str(data["run"]) != shard_label(digest):
+        raise DipError(f"{path}: not a shard of this run (made with other settings, or not by this tool); "
+                       f"delete {path.parent} to start over")  # fmt: skip
     if not np.array_equal(data["indices"], np.arange(start, stop)):
         raise DipError(f"{path} holds other indices; delete {path.parent} and rerun")
     return data
 
 
-def _read_shard(path: Path, start: int, stop: int, shape: tuple[int, ...] | None) -> np.ndarray:
-    """One finished shard: its indices, count, dtype and image shape as this run expects, or one error."""
-    return _read_shard_arrays(path, start, stop, shape, ("indices", "arr_0"))["arr_0"]
+def _read_shard(path: Path, start: int, stop: int, shape: tuple[int, ...] | None, digest: str) -> np.ndarray:
+    """One finished shard: its mark, indices, count, dtype and image shape as this run expects, or one error."""
+    return _read_shard_arrays(path, start, stop, shape, ("indices", "arr_0"), digest)["arr_0"]
 
 
 def check_finished_shards(out: Path, n: int, shard_size: int, image_shape: tuple[int, ...]) -> None:
-    """Before a resumed run starts: every shard already there has this run's indices and image shape (headers only)."""
+    """Before a resumed run starts (after `check_settings`): every shard already there is this run's, with its
+    indices and image shape (headers only)."""
     folder = parts_dir(out)
+    settings = folder / SETTINGS_FILE
+    digest = settings_digest(_read_settings(settings)) if os.path.lexists(settings) else None  # None: no shard is this run's
     for k, (start, stop) in enumerate(shard_ranges(n, shard_size)):
         path = folder / f"shard-{k:06d}.npz"
         if path.is_file():
-            _read_shard_arrays(path, start, stop, image_shape, ("indices",))
+            _read_shard_arrays(path, start, stop, image_shape, ("indices",), digest)
 
 
 def read_class_file(path: Path, num_classes: int, n: int) -> list[int]:
@@ -196,7 +220,9 @@ def run_sharded(
     """Generate this rank's missing shards, then (rank 0) merge all of them; returns the merged images on rank 0."""
     folder = parts_dir(out)
     shard_size = batch_size * shard_batches
-    check_settings(folder, run_settings(settings, plan, batch_size, shard_batches), world)
+    recorded = run_settings(settings, plan, batch_size, shard_batches)
+    check_settings(folder, recorded, world)
+    digest = settings_digest(recorded)
     shards = shard_ranges(len(plan), shard_size)
     done = sum(b - a for k, (a, b) in enumerate(shards) if (folder / f"shard-{k:06d}.npz").is_file())
     if on_images is not None and done:
@@ -207,13 +233,13 @@ def run_sharded(
             continue
         images = make_images(SamplePlan(plan.seeds[start:stop], plan.classes[start:stop]))
         with atomic_path(path) as tmp, tmp.open("wb") as f:
-            np.savez(f, arr_0=images, indices=np.arange(start, stop))
+            np.savez(f, arr_0=images, indices=np.arange(start, stop), run=np.array(shard_label(digest)))
     world.barrier()
     if not world.is_main:
         return None
     parts: list[np.ndarray] = []
     for k, (start, stop) in enumerate(shards):
-        parts.append(_read_shard(folder / f"shard-{k:06d}.npz", start, stop, parts[0].shape[1:] if parts else None))
+        parts.append(_read_shard(folder / f"shard-{k:06d}.npz", start, stop, parts[0].shape[1:] if parts else None, digest))
     images = np.concatenate(parts)
     save_npz(out, images)
     return images

@@ -71,7 +71,8 @@ def resolve_hub_checkpoint(text: str, revision: str | None = None) -> Path:
     try:
         if filename is None:
             filename = _only_checkpoint(repo_id, _repo_files(repo_id, revision))
-        return Path(huggingface_hub.hf_hub_download(repo_id, filename, revision=revision))
+        found = huggingface_hub.hf_hub_download(repo_id, filename, revision=revision)
+        return checked_cache_entry(text, repo_id, Path(found), Path(constants.HF_HUB_CACHE))
     except DipError:
         raise
     except errors.GatedRepoError:
@@ -102,6 +103,34 @@ def resolve_hub_checkpoint(text: str, revision: str | None = None) -> Path:
             raise CheckpointError(f"{text}: the Hugging Face Hub's answer could not be read ({type(err).__name__})") from None
         reason = f"{type(err).__name__}: {_first_line(err)}"
         raise CheckpointError(f"{text}: the Hugging Face Hub cannot be reached ({reason})") from None
+
+
+def checked_cache_entry(text: str, repo_id: str, entry: Path, cache: Path) -> Path:
+    """`entry` when it is what huggingface_hub makes: a file under the repo's `snapshots/COMMIT/` (no symlinked
+    folder on the way) that is a regular file there or a symlink to a regular file directly in the same repo's
+    `blobs/`. Anything else (a link to any other file on the machine, say) is refused, offline and online alike."""
+    repo = Path(os.path.abspath(cache)) / f"models--{repo_id.replace('/', '--')}"
+    entry = Path(os.path.abspath(entry))
+    refused = CheckpointError(f"{text}: the Hugging Face cache entry {entry} is not a file of the repo's blobs "
+                              "(a link huggingface_hub does not make); refusing to read it")  # fmt: skip
+    try:
+        parts = entry.relative_to(repo / "snapshots").parts
+    except ValueError:
+        raise refused from None
+    step = repo
+    for part in ("snapshots", *parts[:-1]):
+        step = step / part
+        if step.is_symlink():
+            raise refused
+    if len(parts) < 2 or (repo / "blobs").is_symlink():
+        raise refused
+    if entry.is_symlink():
+        target = entry.resolve()
+        if target.parent != (repo / "blobs").resolve() or not target.is_file():
+            raise refused
+    elif not entry.is_file():
+        raise refused
+    return entry
 
 
 _NO_ANSWER = {"TransportError", "ConnectError", "ConnectionError", "ConnectTimeout", "TimeoutException", "NetworkError",

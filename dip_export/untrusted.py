@@ -56,21 +56,33 @@ class UntrustedFileError(DipError):
 
 
 def contained(folder: Path, path: Path | str, what: str = "file") -> Path:
-    """`path` (relative to `folder` or absolute) when it resolves inside `folder`; else an error."""
+    """`folder/path` (`path` relative to `folder`, or absolute below it) when no component below `folder` is a
+    symlink (wherever it leads, dangling or not) and the path stays inside `folder`; else one error. The one check
+    of every file read from inside a folder: manifests, graphs, external data, shards, caches."""
     folder = Path(folder)
     candidate = folder / path
+    try:
+        parts = candidate.relative_to(folder).parts
+    except ValueError:
+        parts = ("..",)
+    if ".." in parts:
+        raise UntrustedFileError(f"{candidate}: the {what} leads outside {folder}; refusing to read it")
+    step = folder
+    for part in parts:
+        step = step / part
+        if step.is_symlink():
+            where = "is a symlink" if step == candidate else f"lies in a symlinked folder ({part})"
+            raise UntrustedFileError(f"{candidate}: the {what} {where}; refusing to follow it")
     root, resolved = folder.resolve(), candidate.resolve()
-    if resolved != root and root not in resolved.parents:
+    if resolved != root and root not in resolved.parents:  # a folder renamed meanwhile: still never outside
         raise UntrustedFileError(f"{candidate}: the {what} leads outside {folder}; refusing to read it")
     return candidate
 
 
 def check_file(path: Path, folder: Path | None, max_bytes: int, what: str) -> int:
-    """A regular file of at most `max_bytes`; inside `folder` (and no symlink) when one is given. Its size."""
+    """A regular file of at most `max_bytes`; `contained` in `folder` (no symlink on the way) when one is given. Its size."""
     path = Path(path)
     if folder is not None:
-        if path.is_symlink():
-            raise UntrustedFileError(f"{path}: the {what} is a symlink; refusing to follow it")
         contained(folder, path.relative_to(folder) if path.is_relative_to(folder) else path, what)
     try:
         stat = path.stat()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath
@@ -17,7 +18,7 @@ from dip_export.io import EXPORT_FORMAT_PREFIX, MANIFEST_NAME, atomic_path, chec
 from dip_export.ownership import contents_mac, file_sha256, folder_contents, mac_problem, owner_key
 from dip_export.runtime.catalog import ALL_PRECISIONS
 from dip_export.settings import MAX_IMAGE_SIDE
-from dip_export.untrusted import UntrustedFileError, read_json
+from dip_export.untrusted import UntrustedFileError, contained, read_json
 
 MANIFEST = MANIFEST_NAME
 FORMAT = EXPORT_FORMAT_PREFIX + "1"
@@ -176,15 +177,14 @@ def _check_files(files: dict[str, Any], required: tuple[str, ...] = ()) -> None:
 
 
 def inside(folder: Path, rel: str, role: str, must_exist: bool = True) -> Path:
-    """`folder/rel` when it stays inside `folder`: no absolute path, no `..`, no symlink out."""
+    """`folder/rel` when it stays inside `folder`: no absolute path, no `..`, no symlink on the way (`contained`)."""
     pure = PurePosixPath(rel)
     if pure.is_absolute() or os.path.isabs(rel) or ".." in pure.parts or "\\" in rel:
-        raise ExportError(f"{folder}: the {role} path {rel!r} in the manifest leads outside the export folder")
-    path = folder / rel
-    root = folder.resolve()
-    resolved = path.resolve()
-    if resolved != root and root not in resolved.parents:
-        raise ExportError(f"{folder}: the {role} path {rel!r} in the manifest leads outside the export folder")
+        raise ExportError(f"{folder}: the {role} path in the manifest leads outside the export folder")
+    try:
+        path = contained(folder, rel, f"{role} file")
+    except UntrustedFileError as err:
+        raise ExportError(str(err)) from None
     if must_exist and not path.is_file():
         raise ExportError(f"{folder}: the {role} file {rel} named in the manifest is missing")
     return path
@@ -222,22 +222,14 @@ def _graph_problem(
         return f"not a readable ONNX model ({type(err).__name__})", 0
     graph = model.graph
     elements = sum(math.prod(max(int(d), 0) for d in tensor.dims) for tensor in graph.initializer)
-    return _structure_problem(graph, model, size, folder, precision, io, num_classes), elements
+    return _structure_problem(graph, model, size, path, precision, io, num_classes), elements
 
 
 def _structure_problem(
-    graph: Any, model: Any, size: int, folder: str, precision: str, io: tuple[Any, ...], num_classes: int
+    graph: Any, model: Any, size: int, graph_path: str, precision: str, io: tuple[Any, ...], num_classes: int
 ) -> str:
-    stored = size
-    for tensor in graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                try:
-                    data = inside(Path(folder), entry.value, "external data", must_exist=False)
-                except ExportError:
-                    return f"external weights at {entry.value!r} lie outside the export folder"
-                stored += data.stat().st_size if data.is_file() else 0
-    problem = _declared_problem(graph, stored)
+    problem, stored = _external_problem(graph, Path(graph_path).parent)
+    problem = problem or _declared_problem(graph, size + stored)
     if problem:
         return problem
     found = {v.name: v for v in list(graph.input) + list(graph.output)}
@@ -251,6 +243,49 @@ def _structure_problem(
         if tensor.name.endswith("embedding_table.weight") and tensor.dims and tensor.dims[0] != num_classes + 1:
             return f"the graph has {tensor.dims[0] - 1} classes, the manifest's config says {num_classes}"
     return _precision_problem(model, precision)
+
+
+_DECIMAL = re.compile(r"[0-9]{1,19}")  # an external-data offset or length: what a protobuf string may hold
+
+
+def _external_problem(graph: Any, graph_dir: Path) -> tuple[str, int]:
+    """Each initializer's external data lies in a regular file `contained` in the export folder (never a symlink),
+    and its offset and length (or its declared bytes) fit in that file: checked before ONNX Runtime reads any
+    of it. ("" if so, and the bytes of the distinct files, for `_declared_problem`.)"""
+    sizes: dict[Path, int] = {}
+    for number, tensor in enumerate(graph.initializer, 1):
+        entries = {entry.key: entry.value for entry in tensor.external_data}
+        if "location" not in entries:
+            continue
+        try:
+            data = contained(graph_dir, entries["location"], "external data")  # graph_dir: checked, inside `folder`
+        except UntrustedFileError as err:
+            where = "is a symlink, or lies in a symlinked folder" if "symlink" in str(err) else "lies outside the export folder"
+            return f"external data of tensor #{number} {where}; refusing to follow it", 0
+        if data not in sizes:
+            if not data.is_file():
+                return f"external data of tensor #{number} is missing or not a regular file", 0
+            sizes[data] = data.stat().st_size
+        numbers = {key: entries.get(key, "0") for key in ("offset", "length")}
+        if not all(_DECIMAL.fullmatch(v) for v in numbers.values()):
+            return f"external data of tensor #{number} has an offset or length that is not a whole number", 0
+        offset, length = (int(numbers[key]) for key in ("offset", "length"))
+        if offset + max(length, _tensor_bytes(tensor)) > sizes[data]:
+            return f"external data of tensor #{number} declares more bytes than {data.name} holds", 0
+    return "", sum(sizes.values())
+
+
+def _tensor_bytes(tensor: Any) -> int:
+    """The bytes a tensor's dims and element type declare (8 per element for a type numpy does not know)."""
+    import math
+
+    from onnx import helper
+
+    try:
+        element = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        element = 8
+    return math.prod(max(int(d), 0) for d in tensor.dims) * element
 
 
 def check_weight_count(folder: Path, manifest: Manifest, held: int) -> None:
@@ -274,20 +309,14 @@ def weight_allowance(config: DiPConfig, image_size: tuple[int, int], precision: 
 
 
 def _declared_problem(graph: Any, stored: int) -> str:
-    """The weights a graph declares fit in the bytes it and its external data hold, and in memory."""
-    import math
-
-    from onnx import helper
-
+    """The weights a graph declares (or the external bytes it names, where more) fit in the bytes it and its
+    external data hold, and in memory."""
     from dip_export.budget import BudgetError, check_declared
 
     total = 0
     for tensor in graph.initializer:
-        try:
-            element = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-        except (KeyError, TypeError, ValueError):
-            element = 8
-        total += math.prod(max(int(d), 0) for d in tensor.dims) * element
+        length = {entry.key: entry.value for entry in tensor.external_data}.get("length", "0")
+        total += max(_tensor_bytes(tensor), int(length) if _DECIMAL.fullmatch(length) else 0)
     try:
         check_declared(total, 1, "its weights", file_size=stored)
     except BudgetError as err:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dip_export.errors import MissingDependencyError, UsageError
+from dip_export.errors import ExportError, MissingDependencyError, UsageError
 from dip_export.runtime.engine_io import ExportFiles, SubModelIO
 
 NP_TO_TORCH = {"float32": torch.float32, "int64": torch.int64, "float16": torch.float16}
@@ -46,7 +46,20 @@ def make_session(path: Path, device: torch.device | None = None, threads: int | 
                 "onnxruntime-gpu", "pip uninstall -y onnxruntime && pip install onnxruntime-gpu (or use --device cpu)"
             )
         providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
-    return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    except Exception as err:  # ONNX Runtime's exceptions quote the graph's own names (and cut them): never shown
+        reason = _ORT_REASONS.get(type(err).__name__, "refused")
+        raise ExportError(f"{path}: ONNX Runtime cannot load this graph ({reason})") from None
+
+
+# ONNX Runtime's exception types -> the tool's own words (its messages carry names from the graph file)
+_ORT_REASONS = {
+    "Fail": "a tensor or its external data cannot be read", "InvalidGraph": "an invalid graph",
+    "InvalidProtobuf": "not a readable ONNX model", "NoSuchFile": "a file it names is missing",
+    "NotImplemented": "an operator this ONNX Runtime does not implement", "InvalidArgument": "an invalid value",
+    "RuntimeException": "a runtime error", "EPFail": "the execution provider failed",
+}  # fmt: skip
 
 
 class _BoundSession:

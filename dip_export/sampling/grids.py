@@ -11,13 +11,13 @@ guidance picks both: the fitted grid is the model's recommendation at that guida
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 from dip_export.errors import UsageError
-from dip_export.sampling.rules import SamplerSettings
-from dip_export.settings import value_kind
+from dip_export.sampling.rules import MULTISTEP, SamplerSettings
+from dip_export.settings import MAX_STEPS, exact_int, one_of, value_kind
 
 MAX_GRIDS = 64  # entries a file may hold
 
@@ -29,30 +29,78 @@ def check_grid_entries(entries: Any, max_steps: int) -> list[dict[str, Any]]:
     return [_check_entry(e, max_steps) for e in entries]
 
 
+ENTRY_KEYS = ("sampler", "nfe", "cfg", "shift", "interval", "grid")  # every entry holds these (`grid_entry`)
+FIT_NUMBERS = ("heldout_images", "search_seed", "trials", "below", "default_grid_db", "fitted_grid_db", "euler_100_db")
+FIT_LISTS = ("train_seeds", "train_float_db", "shape")  # the fit's report (yardstick.fit_schedule): short number lists
+FIT_TEXTS = ("reference", "score")
+MAX_FIT_LIST = 16
+MAX_FIT_TEXT = 200
+
+
 def _check_entry(entry: Any, max_steps: int) -> dict[str, Any]:
+    """An entry that `dip-export schedule` could have written: its keys, and each value within the limits of the
+    settings it serves (the sampler settings' own checks: steps, guidance, shift, interval, grid), for a solver a
+    grid is fitted for."""
     if not isinstance(entry, Mapping):
         raise UsageError("a grid entry must be an object")
-    nfe = entry.get("nfe")
-    if type(nfe) is not int or not 1 <= nfe <= max_steps:
-        raise UsageError(f"grid entry nfe must be an integer in 1..{max_steps}, got {value_kind(nfe)}")
-    for key in ("cfg", "interval"):
-        pair = entry.get(key)
-        if not (isinstance(pair, list) and len(pair) == 2 and all(_number(v) for v in pair) and pair[0] <= pair[1]):
-            raise UsageError(f"grid entry {key} must be [lo, hi], got {value_kind(pair)}")
-    if not (_number(entry.get("shift")) and entry["shift"] > 0):
-        raise UsageError(f"grid entry shift must be a positive number, got {value_kind(entry.get('shift'))}")
-    grid = entry.get("grid")
-    if not (isinstance(grid, list) and len(grid) == nfe + 1 and all(_number(v) for v in grid)):
-        raise UsageError("grid entry grid must be a list of nfe + 1 numbers")
-    try:
-        SamplerSettings(steps=nfe, method=str(entry.get("sampler")), grid=tuple(grid))  # sampler name and grid shape
-    except UsageError:
-        raise UsageError(f"grid entry sampler ({value_kind(entry.get('sampler'))}) or grid does not fit its nfe") from None
+    unknown = [k for k in entry if k not in (*ENTRY_KEYS, "fit")]
+    missing = [k for k in ENTRY_KEYS if k not in entry]
+    if unknown or missing:
+        raise UsageError(f"a grid entry {'lacks the key ' + missing[0] if missing else 'holds an unknown key'}; known: "
+                         f"{', '.join((*ENTRY_KEYS, 'fit'))}")  # fmt: skip
+    _checked(entry, "nfe", lambda v: exact_int(v, "grid entry nfe", 1, max_steps))
+    _checked(entry, "sampler", lambda v: one_of(v, "grid entry sampler", MULTISTEP))
+    _checked(entry, "cfg", _band)
+    _checked(entry, "shift", lambda v: SamplerSettings(shift=v))
+    _checked(entry, "interval", lambda v: SamplerSettings(interval=v))
+    _checked(entry, "grid", lambda v: SamplerSettings(steps=entry["nfe"], method=entry["sampler"], grid=_numbers(v)))
+    if "fit" in entry:
+        _checked(entry, "fit", _check_fit)
     return dict(entry)
 
 
+def _checked(entry: Mapping[str, Any], key: str, check: Callable[[Any], Any]) -> None:
+    """`check(entry[key])`, its refusal said without the value (stored values are never echoed)."""
+    try:
+        check(entry[key])
+    except UsageError:
+        raise UsageError(f"grid entry {key} ({value_kind(entry[key])}) is out of range or of the wrong type") from None
+
+
+def _band(pair: Any) -> None:
+    """[lo, hi] guidance weights, each a valid guidance weight, lo <= hi."""
+    if not isinstance(pair, list) or len(pair) != 2:
+        raise UsageError("a band is [lo, hi]")
+    lo, hi = (SamplerSettings(cfg=v).cfg for v in pair)
+    if lo > hi:
+        raise UsageError("a band is lo <= hi")
+
+
+def _numbers(values: Any) -> tuple[float, ...]:
+    if not isinstance(values, list) or len(values) > MAX_STEPS + 1 or not all(_number(v) for v in values):
+        raise UsageError("a list of numbers")
+    return tuple(values)
+
+
+def _check_fit(fit: Any) -> None:
+    """The fit's report: known keys only, numbers, short number lists, short texts."""
+    if not isinstance(fit, Mapping) or any(k not in (*FIT_NUMBERS, *FIT_LISTS, *FIT_TEXTS) for k in fit):
+        raise UsageError("a fit report of known keys")
+    for key, value in fit.items():
+        if key in FIT_NUMBERS and not _number(value):
+            raise UsageError(key)
+        if key in FIT_LISTS and not (isinstance(value, list) and len(value) <= MAX_FIT_LIST and all(_number(v) for v in value)):
+            raise UsageError(key)
+        if key in FIT_TEXTS and not (isinstance(value, str) and len(value) <= MAX_FIT_TEXT):
+            raise UsageError(key)
+
+
 def _number(value: Any) -> bool:
-    return type(value) in (int, float) and math.isfinite(value)
+    """A finite int or float (an int beyond float range is not one: it cannot become a time)."""
+    return (type(value) is float and math.isfinite(value)) or (type(value) is int and abs(value) <= _FLOAT_MAX)
+
+
+_FLOAT_MAX = 1.7e308
 
 
 def matches(entry: Mapping[str, Any], settings: SamplerSettings) -> bool:

@@ -1,0 +1,88 @@
+"""External data is checked by the export reader before ONNX Runtime sees a graph (every tensor's offset and length
+against the file's size), and what ONNX Runtime still refuses is said in the tool's words: no names from the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper
+
+from dip_export import DiPPipeline
+from dip_export.errors import ExportError
+from dip_export.export.manifest import _external_problem
+from dip_export.runtime.ort_engine import make_session
+from tests.test_hostile import one_line, sample
+
+SECRET = "model.t_embedder.mlp.0.weightSECRET"
+FILE_BYTES = 64
+ODD = ["1000000000000", "-1", "1e12", "", "0x10", "9" * 30]  # what a hand-edited graph may declare
+DIGITS = st.one_of(st.integers(0, 2 * FILE_BYTES).map(str), st.sampled_from(ODD))
+
+
+def _graph(folder: Path, entries: dict[str, str], dims: tuple[int, ...] = (4,)) -> onnx.GraphProto:
+    """A graph of one float initializer (named after the report) whose data lies in `w.bin` (FILE_BYTES bytes)."""
+    (folder / "w.bin").write_bytes(bytes(FILE_BYTES))
+    tensor = TensorProto(name=SECRET, data_type=TensorProto.FLOAT, dims=dims)
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in {"location": "w.bin", **entries}.items():
+        tensor.external_data.add(key=key, value=value)
+    return helper.make_graph([], "g", [], [], initializer=[tensor])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(offset=st.none() | DIGITS, length=st.none() | DIGITS, elements=st.integers(0, 20))
+def test_offset_and_length_must_fit_in_the_file(tmp_path: Path, offset: str | None, length: str | None, elements: int) -> None:
+    entries = {k: v for k, v in (("offset", offset), ("length", length)) if v is not None}
+    problem, _ = _external_problem(_graph(tmp_path, entries, (elements,)), tmp_path)
+    numbers = [int(v) if v.isdigit() and len(v) < 20 else None for v in ("0" if v is None else v for v in (offset, length))]
+    fits = None not in numbers and numbers[0] + max(numbers[1], 4 * elements) <= FILE_BYTES  # type: ignore[operator]
+    assert (problem == "") == fits, problem
+    assert SECRET not in problem and len(problem.splitlines()) <= 1
+
+
+def _external(export: Path, length: str) -> None:
+    """The backbone's weights moved to external data, the first external tensor's length set to `length`."""
+    model = onnx.load(str(export / "backbone.onnx"))
+    onnx.save_model(model, str(export / "backbone.onnx"), save_as_external_data=True, location="backbone.onnx.data")
+    model = onnx.load(str(export / "backbone.onnx"), load_external_data=False)
+    tensor = next(t for t in model.graph.initializer if t.external_data)
+    for entry in tensor.external_data:
+        if entry.key == "length":
+            entry.value = length
+    onnx.save_model(model, str(export / "backbone.onnx"))
+
+
+def test_a_huge_declared_length_is_the_tools_own_refusal(tmp_path: Path, export: Path, no_sampling) -> None:
+    _external(export, str(10**12))
+    out = tmp_path / "o.npz"
+    code, err = sample(export, "--classes", "1", "--seeds", "0", "--steps", "2", "--out", out)
+    one_line(code, err, 1, "declares more bytes than backbone.onnx.data holds", "backbone.onnx")
+    assert "ONNXRuntimeError" not in err and "t_embedder" not in err and not out.exists()
+    with pytest.raises(ExportError, match=r"declares more bytes than backbone\.onnx\.data holds"):
+        DiPPipeline.load(export, device="cpu")
+
+
+def test_onnx_runtimes_own_text_never_reaches_the_message(tmp_path: Path, export: Path, no_sampling) -> None:
+    """A graph the reader accepts but ONNX Runtime refuses (an operator it does not know, named from the file)."""
+    model = onnx.load(str(export / "detailer.onnx"))
+    model.graph.node[0].op_type = "NoSuchOp" + SECRET
+    model.graph.node[0].name = SECRET
+    onnx.save_model(model, str(export / "detailer.onnx"))
+    code, err = sample(export, "--classes", "1", "--seeds", "0", "--steps", "2", "--out", tmp_path / "o.npz")
+    one_line(code, err, 1, "detailer.onnx", "ONNX Runtime cannot load this graph")
+    assert SECRET not in err and "ONNXRuntimeError" not in err
+    with pytest.raises(ExportError) as raised:  # the sessions are made on the first call
+        DiPPipeline.load(export, device="cpu")(classes=[1], seeds=[0], steps=2)
+    assert SECRET not in str(raised.value) and len(str(raised.value).splitlines()) == 1
+
+
+def test_make_session_says_its_own_words(tmp_path: Path) -> None:
+    path = tmp_path / "g.onnx"
+    path.write_bytes(SECRET.encode() * 10)
+    with pytest.raises(ExportError, match=r"g\.onnx: ONNX Runtime cannot load this graph \(") as raised:
+        make_session(path)
+    assert SECRET not in str(raised.value)
