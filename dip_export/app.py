@@ -395,7 +395,7 @@ def _check_bench_request(request: BenchRequest) -> list[str]:
         raise UsageError(f"--json writes JSON; name a .json file (got {request.json_out.suffix or 'no suffix'})")
     if request.threads is not None and not 1 <= request.threads <= 1024:
         raise UsageError(f"--threads must be in 1..1024, got {request.threads}")
-    for path, kind in ((request.json_out, "json"), (request.plot, "png")):
+    for path, kind in ((request.json_out, "bench-report"), (request.plot, "png")):
         if path is not None:
             check_output_file(path)
             check_not_input(path, [request.model.model])
@@ -547,7 +547,7 @@ def _write_report(
     from dip_export.io import save_json
 
     if json_out is not None:
-        save_json(json_out, report)
+        save_json(json_out, report, "bench-report")
         say(console, f"wrote {json_out}")
     if plot is not None:
         plotter(report, plot)
@@ -696,7 +696,7 @@ def _check_schedule_request(request: ScheduleRequest) -> Any:
         raise UsageError(f"--output must name a .safetensors file, got {r.output}")
     check_output_file(r.output)
     check_not_input(r.output, [r.model.model, DEMO_CHECKPOINT])  # never over the input, nor over the bundled model
-    check_replaceable_output(r.output, "safetensors")
+    check_replaceable_output(r.output, "checkpoint")
     images = (r.train_images, r.heldout_images)
     if min(*images, r.sweeps) < 1 or max(images) > 1000 or r.sweeps > 100:
         raise UsageError("--train-images and --heldout-images must be in 1..1000, --sweeps in 1..100")

@@ -18,6 +18,7 @@ import numpy as np
 
 from dip_export.errors import DipError, UsageError
 from dip_export.ownership import (
+    JSON_KINDS,
     MARK,
     MARK_KEY,
     NPZ_COMMENT,
@@ -26,6 +27,7 @@ from dip_export.ownership import (
     check_replaceable_output,
     is_ours,
     journal_path,
+    mark,
     owner_key,
     recover_swap,
     swap_in,
@@ -268,14 +270,17 @@ def save_npz(path: Path, images: np.ndarray) -> None:
             archive.comment = NPZ_COMMENT
 
 
-def save_json(path: Path, data: dict[str, object]) -> None:
-    """A JSON report, its first field marking it as this tool's."""
+def save_json(path: Path, data: dict[str, object], kind: str) -> None:
+    """A JSON file of `kind` (ownership.JSON_KINDS), its first field marking it as this tool's of that kind: it
+    replaces only a file carrying the same mark."""
     import json
 
-    with atomic_path(path, "json") as tmp:
-        marked: dict[str, object] = {MARK_KEY: MARK}  # the first field
+    if kind not in JSON_KINDS:
+        raise ValueError(f"no JSON output kind {kind!r}")
+    with atomic_path(path, kind) as tmp:
+        marked: dict[str, object] = {MARK_KEY: mark(kind)}  # the first field
         marked.update(data)
-        marked[MARK_KEY] = MARK
+        marked[MARK_KEY] = mark(kind)
         tmp.write_text(json.dumps(marked, indent=2) + "\n")
 
 

@@ -3,7 +3,8 @@
 A folder is the tool's to replace only if it holds exactly the files its own manifest lists, with
 their sizes and sha256, and nothing else (`owned_export`). A single file is the tool's to replace
 only if it carries this tool's mark for its kind (`OUTPUT_KINDS`: a zip comment, a PNG text chunk,
-a JSON field, a safetensors metadata key), which every writer of that kind puts there. Paths are
+a JSON field or safetensors metadata key naming the kind, `mark`), which every writer of that kind puts
+there: a bench report never replaces the --backend auto cache, nor the cache a report. Paths are
 compared after resolving symlinks, an output that is a symlink is refused (never followed), and an
 output may not be or contain an input. An old export is swapped for a new one under a journal
 naming the backup: after a kill at any instant, the next run restores the old export or finishes
@@ -146,12 +147,24 @@ def mac_problem(contents: dict[str, Any], mac: str) -> str | None:
 
 # ---------------------------------------------------------------- the marks of single-file outputs
 
-MARK = "dip-export"  # the value of each kind's mark: PNG `Software` text, JSON and safetensors `written_by`
+MARK = "dip-export"  # this tool's name in every mark: PNG `Software` text; JSON and safetensors marks name the kind too
 NPZ_COMMENT = b"dip-export samples v1"  # the zip comment of a samples .npz
 NPZ_MEMBERS = ("arr_0.npy",)  # and exactly these members (ADM layout)
 PNG_TEXT = b"Software\x00" + MARK.encode()  # the data of a PNG tEXt chunk
-MARK_KEY = "written_by"  # top-level JSON field, safetensors metadata key
+MARK_KEY = "written_by"  # top-level JSON field, safetensors metadata key: `mark(kind)`
 MAX_HEADER_BYTES = 100 << 20  # a safetensors header larger than this is no file of ours
+
+JSON_KINDS = {"bench-report": "bench JSON report", "auto-backend-cache": "--backend auto cache"}  # kind -> what it is
+SAFETENSORS_KINDS = {"checkpoint": "safetensors checkpoint"}
+
+
+def mark(kind: str) -> str:
+    """The value of MARK_KEY in a JSON or safetensors output of `kind`: the tool and the kind, e.g.
+    `dip-export/bench-report`. A file carrying another kind's mark, or the bare `dip-export` of earlier
+    versions, is not this kind's to replace."""
+    if kind not in JSON_KINDS and kind not in SAFETENSORS_KINDS:
+        raise ValueError(f"no marked output kind {kind!r}")
+    return f"{MARK}/{kind}"
 
 
 def _npz_is_ours(path: Path) -> bool:
@@ -178,33 +191,39 @@ def _png_is_ours(path: Path) -> bool:
     return False
 
 
-def _json_is_ours(path: Path) -> bool:
-    from dip_export.untrusted import read_json
+def _json_is(kind: str) -> Callable[[Path], bool]:
+    def is_ours(path: Path) -> bool:
+        from dip_export.untrusted import read_json
 
-    data = read_json(path, what="earlier output")
-    return isinstance(data, dict) and data.get(MARK_KEY) == MARK
+        data = read_json(path, what="earlier output")
+        return isinstance(data, dict) and data.get(MARK_KEY) == mark(kind)
 
-
-def _safetensors_is_ours(path: Path) -> bool:
-    from dip_export.untrusted import parse_json
-
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            return False
-        (length,) = struct.unpack("<Q", head)
-        if length > min(MAX_HEADER_BYTES, os.fstat(f.fileno()).st_size - 8):
-            return False
-        header = parse_json(f.read(length), str(path))
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
-    return isinstance(meta, dict) and meta.get(MARK_KEY) == MARK
+    return is_ours
 
 
-OUTPUT_KINDS = {  # kind -> (what it is, whether a file carries this tool's mark for it)
+def _safetensors_is(kind: str) -> Callable[[Path], bool]:
+    def is_ours(path: Path) -> bool:
+        from dip_export.untrusted import parse_json
+
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) != 8:
+                return False
+            (length,) = struct.unpack("<Q", head)
+            if length > min(MAX_HEADER_BYTES, os.fstat(f.fileno()).st_size - 8):
+                return False
+            header = parse_json(f.read(length), str(path))
+        meta = header.get("__metadata__") if isinstance(header, dict) else None
+        return isinstance(meta, dict) and meta.get(MARK_KEY) == mark(kind)
+
+    return is_ours
+
+
+OUTPUT_KINDS: dict[str, tuple[str, Callable[[Path], bool]]] = {  # kind -> (what it is, whether a file carries its mark)
     "npz": ("samples .npz", _npz_is_ours),
     "png": ("PNG", _png_is_ours),
-    "json": ("JSON report", _json_is_ours),
-    "safetensors": ("safetensors checkpoint", _safetensors_is_ours),
+    **{kind: (what, _json_is(kind)) for kind, what in JSON_KINDS.items()},
+    **{kind: (what, _safetensors_is(kind)) for kind, what in SAFETENSORS_KINDS.items()},
 }
 
 
@@ -221,7 +240,7 @@ def is_ours(path: Path | str, kind: str) -> bool:
 
 def check_replaceable_output(path: Path | str, kind: str) -> None:
     """A file the user names (or one derived from it) replaces an existing file only if that carries this tool's
-    mark for `kind` (npz, png, json, safetensors): proof that the tool wrote it, not a user's notes or pictures.
+    mark for `kind` (OUTPUT_KINDS: npz, png, a JSON or safetensors kind): proof that the tool wrote it, not a user's notes or pictures.
     A symlink is never followed nor replaced."""
     path = Path(path)
     if not os.path.lexists(path):
