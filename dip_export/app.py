@@ -23,7 +23,7 @@ from dip_export.errors import ExportError, UsageError
 from dip_export.generate import SamplePlan, check_run_limits, check_seed, make_plan, parse_image_size, parse_int_list
 from dip_export.io import check_output_file, check_output_folder, image_grid, remove_output, save_npz, save_png
 from dip_export.messages import say
-from dip_export.ownership import check_free_space, check_not_input, check_replaceable_output
+from dip_export.ownership import check_free_space, check_not_input, check_outputs_apart, check_replaceable_output
 from dip_export.pipeline import DiPPipeline
 from dip_export.runtime.backends import BackendSpec
 from dip_export.runtime.torch_engine import resolve_device
@@ -162,7 +162,10 @@ def _check_sample_request(request: SampleRequest, world: World) -> None:
         raise UsageError(f"--png-dir {request.png_dir} is a symlink; an output folder is never written through one")
     if request.png_dir is not None and request.png_dir.exists() and not request.png_dir.is_dir():
         raise UsageError(f"--png-dir {request.png_dir} exists and is not a folder")
-    if world.size > 1 or request.resume:
+    sharded = world.size > 1 or request.resume
+    check_outputs_apart({"--out": out, "the grid": out.with_suffix(".png"), "--png-dir": request.png_dir,
+                         "the shard folder": out.with_name(out.name + ".parts") if sharded else None})  # fmt: skip
+    if sharded:
         from dip_export.distributed import parts_dir
 
         parts_dir(out)  # the shard folder: no symlink, before any work

@@ -173,6 +173,7 @@ def check_replaceable_folder(target: Path, problem_of: Callable[[Path], str | No
         raise UsageError(f"{target}: refusing to replace the working folder, the home folder or one above them (name a new one)")
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         raise UsageError(f"{target} exists and is not a folder; refusing to replace it (name a new folder)")
+    check_not_inside_export(target)
     problem = problem_of(target) if target.is_dir() and any(target.iterdir()) else None
     if problem:
         raise UsageError(
@@ -180,6 +181,36 @@ def check_replaceable_folder(target: Path, problem_of: Callable[[Path], str | No
         )
     check_output_name(target)
     check_writable_parent(target)
+
+
+def enclosing_export(path: Path) -> Path | None:
+    """The nearest folder above `path` that holds a manifest.json of this tool (its `format` names the tool),
+    whoever wrote it; None if there is none. Looked up by name and after resolving symlinks."""
+    from dip_export.untrusted import UntrustedFileError, read_json
+
+    absolute = Path(os.path.abspath(path))
+    seen: set[Path] = set()
+    for parent in [*absolute.parents, *absolute.resolve().parents]:
+        manifest = parent / MANIFEST_NAME
+        if parent in seen or manifest.is_symlink() or not manifest.is_file():
+            continue
+        seen.add(parent)
+        try:
+            data = read_json(manifest, what="manifest")
+        except (UntrustedFileError, DipError, OSError):
+            continue  # not readable as one: not an export of this tool
+        if isinstance(data, dict) and str(data.get("format", "")).startswith(EXPORT_FORMAT_PREFIX):
+            return parent
+    return None
+
+
+def check_not_inside_export(target: Path) -> None:
+    """An export is an artifact the tool replaces whole: no output folder is made inside one."""
+    export = enclosing_export(target)
+    if export is not None:
+        raise UsageError(
+            f"{target} lies inside the export {export}; an export holds only its own files (name a folder outside it)"
+        )
 
 
 def _existing_ancestor(path: Path) -> Path:

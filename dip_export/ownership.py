@@ -54,6 +54,28 @@ def folder_contents(folder: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def unlisted_entries(folder: Path, listed: Iterable[str]) -> list[str]:
+    """Every entry below `folder` a manifest listing `listed` does not account for, sorted: a file, link or
+    anything else not listed, and a folder (empty or not) that holds no listed file. The manifest itself is
+    accounted for. Raises OSError when the folder cannot be listed."""
+    names = set(listed) | {MANIFEST_NAME}
+    holders = {parent.as_posix() for name in names for parent in Path(name).parents if parent != Path(".")}
+    found: list[str] = []
+
+    def fail(err: OSError) -> None:
+        raise err
+
+    for root, dirs, files in os.walk(folder, onerror=fail):  # never into a linked folder
+        base = Path(root).relative_to(folder)
+        for name in dirs:
+            rel = (base / name).as_posix()
+            linked = os.path.islink(os.path.join(root, name))
+            if (linked and rel not in names) or (not linked and rel not in holders):
+                found.append(rel)
+        found += [(base / name).as_posix() for name in files if (base / name).as_posix() not in names]
+    return sorted(found)
+
+
 def check_not_input(output: Path, inputs: Iterable[Path | str | None], what: str = "output") -> None:
     """An output is never an input, a folder holding one, or inside an input folder (an export): paths are
     compared after resolving symlinks."""
@@ -66,6 +88,21 @@ def check_not_input(output: Path, inputs: Iterable[Path | str | None], what: str
             raise UsageError(f"the {what} {output} is or holds the input {item}; name another {what}")
         if source.is_dir() and source in out.parents:
             raise UsageError(f"the {what} {output} lies inside the input folder {item}; name another {what}")
+
+
+def check_outputs_apart(outputs: dict[str, Path | str | None]) -> None:
+    """The outputs of one run (option or role -> path) are all different, and none is inside another (a PNG
+    folder that is the shard folder, an npz inside the PNG folder): such a run would pass once and be refused
+    the next time, or write over its own work. Paths are compared after resolving symlinks; before any work."""
+    given = [(what, Path(os.path.abspath(path))) for what, path in outputs.items() if path is not None]
+    for i, (what, path) in enumerate(given):
+        for other, second in given[i + 1 :]:
+            a, b = path.resolve(), second.resolve()
+            if a == b:
+                raise UsageError(f"{what} {path} and {other} {second} are the same; name two different outputs")
+            inner = (what, path, other, second) if b in a.parents else (other, second, what, path) if a in b.parents else None
+            if inner:
+                raise UsageError(f"{inner[0]} {inner[1]} lies inside {inner[2]} {inner[3]}; name outputs apart from each other")
 
 
 # ---------------------------------------------------------------- the owner key of export manifests
@@ -240,8 +277,8 @@ def is_ours(path: Path | str, kind: str) -> bool:
 
 def check_replaceable_output(path: Path | str, kind: str) -> None:
     """A file the user names (or one derived from it) replaces an existing file only if that carries this tool's
-    mark for `kind` (OUTPUT_KINDS: npz, png, a JSON or safetensors kind): proof that the tool wrote it, not a user's notes or pictures.
-    A symlink is never followed nor replaced."""
+    mark for `kind` (OUTPUT_KINDS: npz, png, a JSON or a safetensors kind): proof that the tool wrote it, not a
+    user's notes or pictures. A symlink is never followed nor replaced."""
     path = Path(path)
     if not os.path.lexists(path):
         return
