@@ -98,6 +98,9 @@ def run_sample(request: SampleRequest, console: Console, progress: Progress) -> 
     plan = _plan(pipe.config.num_classes, request)
     pipe.check_budget(len(plan))
     size = pipe.image_size
+    from dip_export.export.onnx_export import managed_folders
+
+    check_outputs_apart([*_sample_outputs(request, world), *(("the export folder", f) for f in managed_folders(pipe.name, size))])
     png_bytes = len(plan) * size[0] * size[1] * 3 * (2 if request.png_dir is not None else 1)
     check_free_space(request.out, png_bytes + (64 << 20))
     if request.png_dir is not None:
@@ -163,12 +166,18 @@ def _check_sample_request(request: SampleRequest, world: World) -> None:
     if request.png_dir is not None and request.png_dir.exists() and not request.png_dir.is_dir():
         raise UsageError(f"--png-dir {request.png_dir} exists and is not a folder")
     sharded = world.size > 1 or request.resume
-    check_outputs_apart({"--out": out, "the grid": out.with_suffix(".png"), "--png-dir": request.png_dir,
-                         "the shard folder": out.with_name(out.name + ".parts") if sharded else None})  # fmt: skip
+    check_outputs_apart(_sample_outputs(request, world))
     if sharded:
         from dip_export.distributed import parts_dir
 
         parts_dir(out)  # the shard folder: no symlink, before any work
+
+
+def _sample_outputs(request: SampleRequest, world: World) -> list[tuple[str, Path | None]]:
+    """What dip-sample writes: the npz, its grid, --png-dir, and the shard folder of a resumable or torchrun run."""
+    out, sharded = request.out, world.size > 1 or request.resume
+    return [("--out", out), ("the grid", out.with_suffix(".png")), ("--png-dir", request.png_dir),
+            ("the shard folder", out.with_name(out.name + ".parts") if sharded else None)]  # fmt: skip
 
 
 def _sample_count(request: SampleRequest) -> int:

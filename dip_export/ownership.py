@@ -90,11 +90,12 @@ def check_not_input(output: Path, inputs: Iterable[Path | str | None], what: str
             raise UsageError(f"the {what} {output} lies inside the input folder {item}; name another {what}")
 
 
-def check_outputs_apart(outputs: dict[str, Path | str | None]) -> None:
-    """The outputs of one run (option or role -> path) are all different, and none is inside another (a PNG
-    folder that is the shard folder, an npz inside the PNG folder): such a run would pass once and be refused
-    the next time, or write over its own work. Paths are compared after resolving symlinks; before any work."""
-    given = [(what, Path(os.path.abspath(path))) for what, path in outputs.items() if path is not None]
+def check_outputs_apart(outputs: Iterable[tuple[str, Path | str | None]]) -> None:
+    """The outputs of one run ((option or role, path) pairs; None: not written) are all different, and none is
+    inside another (a PNG folder that is the shard folder, an npz inside the PNG folder or an export folder): such
+    a run would pass once and be refused the next time, or write over its own work. Paths are compared after
+    resolving symlinks; before any work."""
+    given = [(what, Path(os.path.abspath(path))) for what, path in outputs if path is not None]
     for i, (what, path) in enumerate(given):
         for other, second in given[i + 1 :]:
             a, b = path.resolve(), second.resolve()

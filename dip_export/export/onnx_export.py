@@ -65,6 +65,15 @@ def default_export_dir(name: str, precision: str, size: tuple[int, int]) -> Path
     return EXPORT_ROOT / f"{name}-{size[0]}x{size[1]}-{precision}"
 
 
+ON_THE_FLY = ("fp32", "fp16", "bf16", "int8", "int8-trt", "fp8", "fp8-trt", "calib")  # the suffixes below EXPORT_ROOT
+
+
+def managed_folders(name: str, size: tuple[int, int]) -> list[Path]:
+    """Every folder the tool makes on the fly under EXPORT_ROOT for a model and size: its exports (each precision,
+    quantized ones for ONNX Runtime and TensorRT) and its calibration cache. A run's other outputs stay out of them."""
+    return [default_export_dir(name, suffix, size) for suffix in ON_THE_FLY]
+
+
 def source_info(loaded: LoadedModel) -> dict[str, str]:
     path = Path(loaded.source)
     if path.is_file():
@@ -347,15 +356,15 @@ def check_export_run(
     from dip_export.export.manifest import check_export_target
     from dip_export.ownership import check_not_input, check_outputs_apart
 
-    outputs: dict[str, Path | str | None] = {"the output folder": out}
+    outputs = [("the output folder", out)]
     if calibration is not None:
         fp32 = default_export_dir(loaded.name, "fp32", image_size)
         check_not_input(out, [fp32], what="output folder")  # the fp32 export is what the run quantizes
         if not is_current(fp32, loaded):
-            outputs["the fp32 export"] = fp32
+            outputs.append(("the fp32 export", fp32))
     check_outputs_apart(outputs)
-    for path in outputs.values():
-        check_export_target(Path(path))  # type: ignore[arg-type]
+    for _, path in outputs:
+        check_export_target(path)
     if calibration is not None and calibration_dir is not None:
         check_cache(loaded, image_size, calibration, calibration_dir)
 

@@ -71,6 +71,17 @@ def test_dip_sample_npz_inside_its_png_dir_is_refused(tmp_path: Path, no_samplin
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("out", ["engines/dip-digits-32x32-fp32/q.npz", "engines/dip-digits-32x32-int8/a/q.npz",
+                                 "engines/dip-digits-32x32-calib/q.npz"])  # fmt: skip
+def test_dip_sample_never_writes_into_a_folder_the_tool_exports_to(tmp_path: Path, monkeypatch, no_sampling, out: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, err = run(cli.sample_main, "--num-samples", "1", "--steps", "1", "--backend", "onnx:fp32", "--out", out)
+    one_line(code, err, 2, "lies inside the export folder")
+    code, err = run(cli.sample_main, "--num-samples", "1", "--steps", "1", "--png-dir", Path(out).parent, "--out", "q.npz")
+    one_line(code, err, 2, "--png-dir", "the export folder")
+    assert os.listdir(tmp_path) == []
+
+
 # ---------------------------------------------------------------- never inside an export
 
 
