@@ -134,7 +134,7 @@ def atomic_dir(target: Path, *, problem_of: Callable[[Path], str | None]) -> Ite
     An existing `target` is replaced only if `problem_of` finds nothing against it (`check_replaceable_folder`).
     """
     target = Path(os.path.abspath(target))
-    recover_swap(target, _alive, problem_of)
+    settle_swap(target, problem_of)
     check_replaceable_folder(target, problem_of)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -149,6 +149,12 @@ def atomic_dir(target: Path, *, problem_of: Callable[[Path], str | None]) -> Ite
         _swap_in(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def settle_swap(target: Path, problem_of: Callable[[Path], str | None]) -> None:
+    """A swap of `target` a killed run left is finished or undone (`ownership.recover_swap`); a journal not
+    provably this tool's is refused. Called before any work on a folder output."""
+    recover_swap(Path(os.path.abspath(target)), _alive, problem_of)
 
 
 def _swap_in(tmp: Path, target: Path) -> None:

@@ -24,15 +24,15 @@ from torch import Tensor, nn
 from dip_export.budget import check_export
 from dip_export.checkpoint import LoadedModel
 from dip_export.errors import ExportError, UsageError
-
-if TYPE_CHECKING:
-    from dip_export.export.calibration import CalibrationSettings
 from dip_export.export.manifest import MANIFEST, Manifest, ownership_problem, read_manifest, write_manifest
 from dip_export.export.spec import SubModelSpec, backbone_inputs, io_specs
-from dip_export.io import atomic_dir
+from dip_export.io import atomic_dir, settle_swap
 from dip_export.messages import say, say_lines
 from dip_export.model import DiP
 from dip_export.untrusted import sha256_file
+
+if TYPE_CHECKING:
+    from dip_export.export.calibration import CalibrationSettings
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Max |onnx - torch fp32| / max |torch fp32| per output, by precision of the export.
@@ -350,8 +350,8 @@ def check_export_run(
 
     The output folder; for a quantized run (`calibration`) also the fp32 export it quantizes, which it makes
     when missing or stale (then an output too, and never the output itself nor around it), and the calibration
-    cache it reads. Each output may be new or replace an export of this tool, never lies inside an export, and
-    no two are nested; a cache file is read and checked whole now."""
+    cache it reads. Each output may be new or replace an export of this tool (a swap a killed run left settled
+    first), never lies inside an export, and no two are nested; a cache file is read and checked whole now."""
     from dip_export.export.calibration import check_cache
     from dip_export.export.manifest import check_export_target
     from dip_export.ownership import check_not_input, check_outputs_apart
@@ -364,6 +364,7 @@ def check_export_run(
             outputs.append(("the fp32 export", fp32))
     check_outputs_apart(outputs)
     for _, path in outputs:
+        settle_swap(path, ownership_problem)  # what atomic_dir does first, done before any export
         check_export_target(path)
     if calibration is not None and calibration_dir is not None:
         check_cache(loaded, image_size, calibration, calibration_dir)

@@ -41,7 +41,7 @@ def test_outputs_are_refused_exactly_when_two_are_equal_or_nested(tmp_path: Path
     base.mkdir(exist_ok=True)
     if not (tmp_path / "link").exists():
         (tmp_path / "link").symlink_to(base)
-    given_paths = {f"output {i}": (tmp_path / ("link" if link and i % 2 else "real")).joinpath(*p) for i, p in enumerate(paths)}
+    given_paths = [(f"output {i}", (tmp_path / ("link" if link and i % 2 else "real")).joinpath(*p)) for i, p in enumerate(paths)]
     tuples = [tuple(p) for p in paths]
     clash = any(a[: len(b)] == b or b[: len(a)] == a for i, a in enumerate(tuples) for b in tuples[i + 1 :])
     if clash:
@@ -231,3 +231,17 @@ def test_an_int8_export_never_goes_over_the_fp32_export_it_quantizes(tmp_path: P
         with pytest.raises(UsageError, match="fp32"):
             export_int8(loaded, image_size=SIZE, output_dir=out)
     assert not fp32.exists()
+
+
+def test_a_foreign_swap_journal_beside_the_int8_folder_is_refused_before_the_fp32_export(
+    tmp_path: Path, monkeypatch, loaded, no_export
+) -> None:
+    from dip_export.export.quantize import export_int8
+    from dip_export.ownership import journal_path
+
+    monkeypatch.chdir(tmp_path)
+    journal = journal_path(tmp_path / "e_int8")
+    journal.write_text("{}")
+    with pytest.raises(DipError, match="not a swap journal this tool wrote"):
+        export_int8(loaded, image_size=SIZE, output_dir=tmp_path / "e_int8")
+    assert not default_export_dir(loaded.name, "fp32", SIZE).exists() and journal.read_text() == "{}"
