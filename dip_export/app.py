@@ -23,7 +23,7 @@ from dip_export.errors import ExportError, UsageError
 from dip_export.generate import SamplePlan, check_run_limits, check_seed, make_plan, parse_image_size, parse_int_list
 from dip_export.io import check_output_file, check_output_folder, image_grid, remove_output, save_npz, save_png
 from dip_export.messages import say
-from dip_export.ownership import check_free_space, check_not_input, check_replaceable_output
+from dip_export.ownership import check_free_space, check_not_input, check_outputs_apart, check_replaceable_output
 from dip_export.pipeline import DiPPipeline
 from dip_export.runtime.backends import BackendSpec
 from dip_export.runtime.torch_engine import resolve_device
@@ -122,6 +122,9 @@ def run_sample(request: SampleRequest, console: Console, progress: Progress) -> 
     plan = _plan(pipe.config.num_classes, request)
     pipe.check_budget(len(plan))
     size = pipe.image_size
+    from dip_export.export.onnx_export import managed_folders
+
+    check_outputs_apart([*_sample_outputs(request, world), *(("the export folder", f) for f in managed_folders(pipe.name, size))])
     png_bytes = len(plan) * size[0] * size[1] * 3 * (2 if request.png_dir is not None else 1)
     check_free_space(request.out, png_bytes + (64 << 20))
     if request.png_dir is not None:
@@ -186,10 +189,19 @@ def _check_sample_request(request: SampleRequest, world: World) -> None:
         raise UsageError(f"--png-dir {request.png_dir} is a symlink; an output folder is never written through one")
     if request.png_dir is not None and request.png_dir.exists() and not request.png_dir.is_dir():
         raise UsageError(f"--png-dir {request.png_dir} exists and is not a folder")
-    if world.size > 1 or request.resume:
+    sharded = world.size > 1 or request.resume
+    check_outputs_apart(_sample_outputs(request, world))
+    if sharded:
         from dip_export.distributed import parts_dir
 
         parts_dir(out)  # the shard folder: no symlink, before any work
+
+
+def _sample_outputs(request: SampleRequest, world: World) -> list[tuple[str, Path | None]]:
+    """What dip-sample writes: the npz, its grid, --png-dir, and the shard folder of a resumable or torchrun run."""
+    out, sharded = request.out, world.size > 1 or request.resume
+    return [("--out", out), ("the grid", out.with_suffix(".png")), ("--png-dir", request.png_dir),
+            ("the shard folder", out.with_name(out.name + ".parts") if sharded else None)]  # fmt: skip
 
 
 def _sample_count(request: SampleRequest) -> int:
@@ -421,7 +433,7 @@ def _check_bench_request(request: BenchRequest) -> list[str]:
         raise UsageError(f"--json writes JSON; name a .json file (got {request.json_out.suffix or 'no suffix'})")
     if request.threads is not None and not 1 <= request.threads <= 1024:
         raise UsageError(f"--threads must be in 1..1024, got {request.threads}")
-    for path, kind in ((request.json_out, "json"), (request.plot, "png")):
+    for path, kind in ((request.json_out, "bench-report"), (request.plot, "png")):
         if path is not None:
             check_output_file(path)
             check_not_input(path, [request.model.model])
@@ -556,7 +568,7 @@ def _write_report(
     from dip_export.io import save_json
 
     if json_out is not None:
-        save_json(json_out, report)
+        save_json(json_out, report, "bench-report")
         say(console, f"wrote {json_out}")
     if plot is not None:
         plotter(report, plot)
@@ -706,7 +718,7 @@ def _check_schedule_request(request: ScheduleRequest) -> Any:
         raise UsageError(f"--output must name a .safetensors file, got {r.output}")
     check_output_file(r.output)
     check_not_input(r.output, [r.model.model, DEMO_CHECKPOINT])  # never over the input, nor over the bundled model
-    check_replaceable_output(r.output, "safetensors")
+    check_replaceable_output(r.output, "checkpoint")
     images = (r.train_images, r.heldout_images)
     if min(*images, r.sweeps) < 1 or max(images) > 1000 or r.sweeps > 100:
         raise UsageError("--train-images and --heldout-images must be in 1..1000, --sweeps in 1..100")

@@ -457,11 +457,12 @@ def save_checkpoint(path: str | Path, model: DiP, sampling: Mapping[str, Any] | 
     from safetensors.torch import save_file
 
     from dip_export.io import atomic_path
-    from dip_export.ownership import MARK, MARK_KEY
+    from dip_export.ownership import MARK_KEY, mark
 
-    meta = {META_CONFIG: json.dumps(model.cfg.to_dict()), META_SAMPLING: json.dumps(dict(sampling or {})), MARK_KEY: MARK}
+    meta = {META_CONFIG: json.dumps(model.cfg.to_dict()), META_SAMPLING: json.dumps(dict(sampling or {})),
+            MARK_KEY: mark("checkpoint")}  # fmt: skip
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(Path(path), "safetensors") as tmp:
+    with atomic_path(Path(path), "checkpoint") as tmp:
         save_file(state, str(tmp), metadata=meta)
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from dip_export.errors import DipError, UsageError
 from dip_export.ownership import (
+    JSON_KINDS,
     MARK,
     MARK_KEY,
     NPZ_COMMENT,
@@ -26,6 +27,7 @@ from dip_export.ownership import (
     check_replaceable_output,
     is_ours,
     journal_path,
+    mark,
     owner_key,
     recover_swap,
     swap_in,
@@ -132,7 +134,7 @@ def atomic_dir(target: Path, *, problem_of: Callable[[Path], str | None]) -> Ite
     An existing `target` is replaced only if `problem_of` finds nothing against it (`check_replaceable_folder`).
     """
     target = Path(os.path.abspath(target))
-    recover_swap(target, _alive, problem_of)
+    settle_swap(target, problem_of)
     check_replaceable_folder(target, problem_of)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -147,6 +149,12 @@ def atomic_dir(target: Path, *, problem_of: Callable[[Path], str | None]) -> Ite
         _swap_in(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def settle_swap(target: Path, problem_of: Callable[[Path], str | None]) -> None:
+    """A swap of `target` a killed run left is finished or undone (`ownership.recover_swap`); a journal not
+    provably this tool's is refused. Called before any work on a folder output."""
+    recover_swap(Path(os.path.abspath(target)), _alive, problem_of)
 
 
 def _swap_in(tmp: Path, target: Path) -> None:
@@ -171,6 +179,7 @@ def check_replaceable_folder(target: Path, problem_of: Callable[[Path], str | No
         raise UsageError(f"{target}: refusing to replace the working folder, the home folder or one above them (name a new one)")
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         raise UsageError(f"{target} exists and is not a folder; refusing to replace it (name a new folder)")
+    check_not_inside_export(target)
     problem = problem_of(target) if target.is_dir() and any(target.iterdir()) else None
     if problem:
         raise UsageError(
@@ -178,6 +187,36 @@ def check_replaceable_folder(target: Path, problem_of: Callable[[Path], str | No
         )
     check_output_name(target)
     check_writable_parent(target)
+
+
+def enclosing_export(path: Path) -> Path | None:
+    """The nearest folder above `path` that holds a manifest.json of this tool (its `format` names the tool),
+    whoever wrote it; None if there is none. Looked up by name and after resolving symlinks."""
+    from dip_export.untrusted import UntrustedFileError, read_json
+
+    absolute = Path(os.path.abspath(path))
+    seen: set[Path] = set()
+    for parent in [*absolute.parents, *absolute.resolve().parents]:
+        manifest = parent / MANIFEST_NAME
+        if parent in seen or manifest.is_symlink() or not manifest.is_file():
+            continue
+        seen.add(parent)
+        try:
+            data = read_json(manifest, what="manifest")
+        except (UntrustedFileError, DipError, OSError):
+            continue  # not readable as one: not an export of this tool
+        if isinstance(data, dict) and str(data.get("format", "")).startswith(EXPORT_FORMAT_PREFIX):
+            return parent
+    return None
+
+
+def check_not_inside_export(target: Path) -> None:
+    """An export is an artifact the tool replaces whole: no output folder is made inside one."""
+    export = enclosing_export(target)
+    if export is not None:
+        raise UsageError(
+            f"{target} lies inside the export {export}; an export holds only its own files (name a folder outside it)"
+        )
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -268,14 +307,17 @@ def save_npz(path: Path, images: np.ndarray) -> None:
             archive.comment = NPZ_COMMENT
 
 
-def save_json(path: Path, data: dict[str, object]) -> None:
-    """A JSON report, its first field marking it as this tool's."""
+def save_json(path: Path, data: dict[str, object], kind: str) -> None:
+    """A JSON file of `kind` (ownership.JSON_KINDS), its first field marking it as this tool's of that kind: it
+    replaces only a file carrying the same mark."""
     import json
 
-    with atomic_path(path, "json") as tmp:
-        marked: dict[str, object] = {MARK_KEY: MARK}  # the first field
+    if kind not in JSON_KINDS:
+        raise ValueError(f"no JSON output kind {kind!r}")
+    with atomic_path(path, kind) as tmp:
+        marked: dict[str, object] = {MARK_KEY: mark(kind)}  # the first field
         marked.update(data)
-        marked[MARK_KEY] = MARK
+        marked[MARK_KEY] = mark(kind)
         tmp.write_text(json.dumps(marked, indent=2) + "\n")
 
 

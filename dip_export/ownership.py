@@ -3,7 +3,8 @@
 A folder is the tool's to replace only if it holds exactly the files its own manifest lists, with
 their sizes and sha256, and nothing else (`owned_export`). A single file is the tool's to replace
 only if it carries this tool's mark for its kind (`OUTPUT_KINDS`: a zip comment, a PNG text chunk,
-a JSON field, a safetensors metadata key), which every writer of that kind puts there. Paths are
+a JSON field or safetensors metadata key naming the kind, `mark`), which every writer of that kind puts
+there: a bench report never replaces the --backend auto cache, nor the cache a report. Paths are
 compared after resolving symlinks, an output that is a symlink is refused (never followed), and an
 output may not be or contain an input. An old export is swapped for a new one under a journal
 naming the backup: after a kill at any instant, the next run restores the old export or finishes
@@ -53,6 +54,28 @@ def folder_contents(folder: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def unlisted_entries(folder: Path, listed: Iterable[str]) -> list[str]:
+    """Every entry below `folder` a manifest listing `listed` does not account for, sorted: a file, link or
+    anything else not listed, and a folder (empty or not) that holds no listed file. The manifest itself is
+    accounted for. Raises OSError when the folder cannot be listed."""
+    names = set(listed) | {MANIFEST_NAME}
+    holders = {parent.as_posix() for name in names for parent in Path(name).parents if parent != Path(".")}
+    found: list[str] = []
+
+    def fail(err: OSError) -> None:
+        raise err
+
+    for root, dirs, files in os.walk(folder, onerror=fail):  # never into a linked folder
+        base = Path(root).relative_to(folder)
+        for name in dirs:
+            rel = (base / name).as_posix()
+            linked = os.path.islink(os.path.join(root, name))
+            if (linked and rel not in names) or (not linked and rel not in holders):
+                found.append(rel)
+        found += [(base / name).as_posix() for name in files if (base / name).as_posix() not in names]
+    return sorted(found)
+
+
 def check_not_input(output: Path, inputs: Iterable[Path | str | None], what: str = "output") -> None:
     """An output is never an input, a folder holding one, or inside an input folder (an export): paths are
     compared after resolving symlinks."""
@@ -65,6 +88,22 @@ def check_not_input(output: Path, inputs: Iterable[Path | str | None], what: str
             raise UsageError(f"the {what} {output} is or holds the input {item}; name another {what}")
         if source.is_dir() and source in out.parents:
             raise UsageError(f"the {what} {output} lies inside the input folder {item}; name another {what}")
+
+
+def check_outputs_apart(outputs: Iterable[tuple[str, Path | str | None]]) -> None:
+    """The outputs of one run ((option or role, path) pairs; None: not written) are all different, and none is
+    inside another (a PNG folder that is the shard folder, an npz inside the PNG folder or an export folder): such
+    a run would pass once and be refused the next time, or write over its own work. Paths are compared after
+    resolving symlinks; before any work."""
+    given = [(what, Path(os.path.abspath(path))) for what, path in outputs if path is not None]
+    for i, (what, path) in enumerate(given):
+        for other, second in given[i + 1 :]:
+            a, b = path.resolve(), second.resolve()
+            if a == b:
+                raise UsageError(f"{what} {path} and {other} {second} are the same; name two different outputs")
+            inner = (what, path, other, second) if b in a.parents else (other, second, what, path) if a in b.parents else None
+            if inner:
+                raise UsageError(f"{inner[0]} {inner[1]} lies inside {inner[2]} {inner[3]}; name outputs apart from each other")
 
 
 # ---------------------------------------------------------------- the owner key of export manifests
@@ -146,12 +185,24 @@ def mac_problem(contents: dict[str, Any], mac: str) -> str | None:
 
 # ---------------------------------------------------------------- the marks of single-file outputs
 
-MARK = "dip-export"  # the value of each kind's mark: PNG `Software` text, JSON and safetensors `written_by`
+MARK = "dip-export"  # this tool's name in every mark: PNG `Software` text; JSON and safetensors marks name the kind too
 NPZ_COMMENT = b"dip-export samples v1"  # the zip comment of a samples .npz
 NPZ_MEMBERS = ("arr_0.npy",)  # and exactly these members (ADM layout)
 PNG_TEXT = b"Software\x00" + MARK.encode()  # the data of a PNG tEXt chunk
-MARK_KEY = "written_by"  # top-level JSON field, safetensors metadata key
+MARK_KEY = "written_by"  # top-level JSON field, safetensors metadata key: `mark(kind)`
 MAX_HEADER_BYTES = 100 << 20  # a safetensors header larger than this is no file of ours
+
+JSON_KINDS = {"bench-report": "bench JSON report", "auto-backend-cache": "--backend auto cache"}  # kind -> what it is
+SAFETENSORS_KINDS = {"checkpoint": "safetensors checkpoint"}
+
+
+def mark(kind: str) -> str:
+    """The value of MARK_KEY in a JSON or safetensors output of `kind`: the tool and the kind, e.g.
+    `dip-export/bench-report`. A file carrying another kind's mark, or the bare `dip-export` of earlier
+    versions, is not this kind's to replace."""
+    if kind not in JSON_KINDS and kind not in SAFETENSORS_KINDS:
+        raise ValueError(f"no marked output kind {kind!r}")
+    return f"{MARK}/{kind}"
 
 
 def _npz_is_ours(path: Path) -> bool:
@@ -178,33 +229,39 @@ def _png_is_ours(path: Path) -> bool:
     return False
 
 
-def _json_is_ours(path: Path) -> bool:
-    from dip_export.untrusted import read_json
+def _json_is(kind: str) -> Callable[[Path], bool]:
+    def is_ours(path: Path) -> bool:
+        from dip_export.untrusted import read_json
 
-    data = read_json(path, what="earlier output")
-    return isinstance(data, dict) and data.get(MARK_KEY) == MARK
+        data = read_json(path, what="earlier output")
+        return isinstance(data, dict) and data.get(MARK_KEY) == mark(kind)
 
-
-def _safetensors_is_ours(path: Path) -> bool:
-    from dip_export.untrusted import parse_json
-
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            return False
-        (length,) = struct.unpack("<Q", head)
-        if length > min(MAX_HEADER_BYTES, os.fstat(f.fileno()).st_size - 8):
-            return False
-        header = parse_json(f.read(length), str(path))
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
-    return isinstance(meta, dict) and meta.get(MARK_KEY) == MARK
+    return is_ours
 
 
-OUTPUT_KINDS = {  # kind -> (what it is, whether a file carries this tool's mark for it)
+def _safetensors_is(kind: str) -> Callable[[Path], bool]:
+    def is_ours(path: Path) -> bool:
+        from dip_export.untrusted import parse_json
+
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) != 8:
+                return False
+            (length,) = struct.unpack("<Q", head)
+            if length > min(MAX_HEADER_BYTES, os.fstat(f.fileno()).st_size - 8):
+                return False
+            header = parse_json(f.read(length), str(path))
+        meta = header.get("__metadata__") if isinstance(header, dict) else None
+        return isinstance(meta, dict) and meta.get(MARK_KEY) == mark(kind)
+
+    return is_ours
+
+
+OUTPUT_KINDS: dict[str, tuple[str, Callable[[Path], bool]]] = {  # kind -> (what it is, whether a file carries its mark)
     "npz": ("samples .npz", _npz_is_ours),
     "png": ("PNG", _png_is_ours),
-    "json": ("JSON report", _json_is_ours),
-    "safetensors": ("safetensors checkpoint", _safetensors_is_ours),
+    **{kind: (what, _json_is(kind)) for kind, what in JSON_KINDS.items()},
+    **{kind: (what, _safetensors_is(kind)) for kind, what in SAFETENSORS_KINDS.items()},
 }
 
 
@@ -221,8 +278,8 @@ def is_ours(path: Path | str, kind: str) -> bool:
 
 def check_replaceable_output(path: Path | str, kind: str) -> None:
     """A file the user names (or one derived from it) replaces an existing file only if that carries this tool's
-    mark for `kind` (npz, png, json, safetensors): proof that the tool wrote it, not a user's notes or pictures.
-    A symlink is never followed nor replaced."""
+    mark for `kind` (OUTPUT_KINDS: npz, png, a JSON or a safetensors kind): proof that the tool wrote it, not a
+    user's notes or pictures. A symlink is never followed nor replaced."""
     path = Path(path)
     if not os.path.lexists(path):
         return

@@ -265,7 +265,7 @@ def test_auto_cache_is_untrusted(tmp_path, monkeypatch):
     (tmp_path / CACHE_FILE).unlink()
     choose_backend(loaded, "demo", (32, 32), 1, torch.device("cpu"), make, tmp_path)
     data = json.loads((tmp_path / CACHE_FILE).read_text())
-    assert data["written_by"] == "dip-export"
+    assert data["written_by"] == "dip-export/auto-backend-cache"
     key = next(k for k in data if k != "written_by")
     data[key]["backend"] = "onnx:int8"  # never a candidate: int8 changes pictures
     (tmp_path / CACHE_FILE).write_text(json.dumps(data))

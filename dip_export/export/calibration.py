@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from dip_export.checkpoint import LoadedModel
+from dip_export.errors import DipError
 from dip_export.io import atomic_path
 from dip_export.sampling import Denoiser, SamplerSettings, initial_noise, sample
 from dip_export.untrusted import ArraySchema, ArraySpec, UntrustedFileError, read_npz, source_identity
@@ -72,11 +73,25 @@ def collect(loaded: LoadedModel, size: tuple[int, int], settings: CalibrationSet
     }
 
 
+def cache_path(loaded: LoadedModel, size: tuple[int, int], settings: CalibrationSettings, cache_dir: Path) -> Path:
+    return cache_dir / f"calib-{settings.key(loaded, size)}.npz"
+
+
+def check_cache(loaded: LoadedModel, size: tuple[int, int], settings: CalibrationSettings, cache_dir: Path) -> None:
+    """Before any export starts: the cache folder is absent or a plain folder, and a cache file this run would
+    read is checked whole now (a symlink, bad content), not after the fp32 export and the calibration."""
+    if cache_dir.is_symlink() or (cache_dir.exists() and not cache_dir.is_dir()):
+        raise DipError(f"{cache_dir}: the calibration cache folder is not a plain folder (move it away)")
+    path = cache_path(loaded, size, settings, cache_dir)
+    if path.exists() or path.is_symlink():
+        _read_cache(path, loaded, size, settings)
+
+
 def load_or_collect(
     loaded: LoadedModel, size: tuple[int, int], settings: CalibrationSettings, cache_dir: Path
 ) -> dict[str, list[dict[str, np.ndarray]]]:
     """Calibration batches per sub-model; reused from `cache_dir` when the settings match."""
-    path = cache_dir / f"calib-{settings.key(loaded, size)}.npz"
+    path = cache_path(loaded, size, settings, cache_dir)
     if path.exists() or path.is_symlink():
         return _read_cache(path, loaded, size, settings)
     batches = collect(loaded, size, settings)

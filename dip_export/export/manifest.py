@@ -15,7 +15,7 @@ from dip_export.budget import parameter_count
 from dip_export.config import DiPConfig, check_sampling_defaults
 from dip_export.errors import DipError, ExportError, UsageError
 from dip_export.io import EXPORT_FORMAT_PREFIX, MANIFEST_NAME, atomic_path, check_replaceable_folder
-from dip_export.ownership import contents_mac, file_sha256, folder_contents, mac_problem, owner_key
+from dip_export.ownership import contents_mac, file_sha256, folder_contents, mac_problem, owner_key, unlisted_entries
 from dip_export.runtime.catalog import ALL_PRECISIONS
 from dip_export.settings import MAX_IMAGE_SIDE
 from dip_export.untrusted import UntrustedFileError, contained, read_json
@@ -359,12 +359,11 @@ def ownership_problem(folder: Path) -> str | None:
     if not listed:
         return f"its {MANIFEST_NAME} lists no contents (written by an older version)"
     try:
-        found = {str(p.relative_to(folder).as_posix()) for p in folder.rglob("*") if p.is_symlink() or not p.is_dir()}
+        extra = unlisted_entries(folder, listed)  # folders too: a user's empty folder is not the tool's to delete
     except OSError as err:
         return f"it cannot be listed ({err.strerror or err})"
-    extra = sorted(found - set(listed) - {MANIFEST_NAME})
     if extra:
-        return f"it holds files its manifest does not list ({', '.join(extra[:3])})"
+        return f"it holds files or folders its manifest does not list ({', '.join(extra[:3])})"
     forged = mac_problem(listed, manifest.owner_mac)
     if forged:
         return forged

@@ -14,7 +14,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,10 +26,13 @@ from dip_export.checkpoint import LoadedModel
 from dip_export.errors import ExportError, UsageError
 from dip_export.export.manifest import MANIFEST, Manifest, ownership_problem, read_manifest, write_manifest
 from dip_export.export.spec import SubModelSpec, backbone_inputs, io_specs
-from dip_export.io import atomic_dir
+from dip_export.io import atomic_dir, settle_swap
 from dip_export.messages import say, say_lines
 from dip_export.model import DiP
 from dip_export.untrusted import sha256_file
+
+if TYPE_CHECKING:
+    from dip_export.export.calibration import CalibrationSettings
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Max |onnx - torch fp32| / max |torch fp32| per output, by precision of the export.
@@ -62,6 +65,15 @@ def default_export_dir(name: str, precision: str, size: tuple[int, int]) -> Path
     return EXPORT_ROOT / f"{name}-{size[0]}x{size[1]}-{precision}"
 
 
+ON_THE_FLY = ("fp32", "fp16", "bf16", "int8", "int8-trt", "fp8", "fp8-trt", "calib")  # the suffixes below EXPORT_ROOT
+
+
+def managed_folders(name: str, size: tuple[int, int]) -> list[Path]:
+    """Every folder the tool makes on the fly under EXPORT_ROOT for a model and size: its exports (each precision,
+    quantized ones for ONNX Runtime and TensorRT) and its calibration cache. A run's other outputs stay out of them."""
+    return [default_export_dir(name, suffix, size) for suffix in ON_THE_FLY]
+
+
 def source_info(loaded: LoadedModel) -> dict[str, str]:
     path = Path(loaded.source)
     if path.is_file():
@@ -84,6 +96,7 @@ def export_onnx(
     check_export(loaded.config, *image_size)  # every export (dip-export, made on the fly, a sub-export) before tracing
     console = console or Console(stderr=True)
     out = Path(output_dir) if output_dir else default_export_dir(loaded.name, precision, image_size)
+    check_export_run(loaded, image_size, out)
     specs = io_specs(loaded.config, *image_size)
     net = loaded.model if precision == "fp32" else copy.deepcopy(loaded.model).to(DTYPES[precision])
     wrappers = {"backbone": _Backbone(net, DTYPES[precision]).eval(), "detailer": _Detailer(net, DTYPES[precision]).eval()}
@@ -327,6 +340,34 @@ def is_current(folder: Path, loaded: LoadedModel) -> bool:
     except ExportError:
         return False  # damaged: the next export replaces it
     return manifest.source == source_info(loaded) and manifest.config == loaded.config
+
+
+def check_export_run(
+    loaded: LoadedModel, image_size: tuple[int, int], out: Path, *, calibration: CalibrationSettings | None = None,
+    calibration_dir: Path | None = None,
+) -> None:  # fmt: skip
+    """Before the first export of a run starts: every folder it writes and every cache it reads.
+
+    The output folder; for a quantized run (`calibration`) also the fp32 export it quantizes, which it makes
+    when missing or stale (then an output too, and never the output itself nor around it), and the calibration
+    cache it reads. Each output may be new or replace an export of this tool (a swap a killed run left settled
+    first), never lies inside an export, and no two are nested; a cache file is read and checked whole now."""
+    from dip_export.export.calibration import check_cache
+    from dip_export.export.manifest import check_export_target
+    from dip_export.ownership import check_not_input, check_outputs_apart
+
+    outputs = [("the output folder", out)]
+    if calibration is not None:
+        fp32 = default_export_dir(loaded.name, "fp32", image_size)
+        check_not_input(out, [fp32], what="output folder")  # the fp32 export is what the run quantizes
+        if not is_current(fp32, loaded):
+            outputs.append(("the fp32 export", fp32))
+    check_outputs_apart(outputs)
+    for _, path in outputs:
+        settle_swap(path, ownership_problem)  # what atomic_dir does first, done before any export
+        check_export_target(path)
+    if calibration is not None and calibration_dir is not None:
+        check_cache(loaded, image_size, calibration, calibration_dir)
 
 
 def ensure_export(loaded: LoadedModel, *, precision: str, image_size: tuple[int, int], console: Console | None = None) -> Path:

@@ -30,6 +30,7 @@ from dip_export.export.calibration import CalibrationSettings, load_or_collect
 from dip_export.export.manifest import Manifest, ownership_problem, read_manifest, write_manifest
 from dip_export.export.onnx_export import (
     EXPORT_ROOT,
+    check_export_run,
     ensure_export,
     format_report,
     is_current,
@@ -318,10 +319,11 @@ def export_int8(
     console = console or Console(stderr=True)
     calibration = calibration or CalibrationSettings()
     out = output_dir or int8_dir(loaded, image_size, target, fp8)
+    cache = EXPORT_ROOT / f"{loaded.name}-{image_size[0]}x{image_size[1]}-calib"
+    check_export_run(loaded, image_size, out, calibration=calibration, calibration_dir=cache)  # before the fp32 export
     fp32 = ensure_export(loaded, precision="fp32", image_size=image_size, console=console)
     source = read_manifest(fp32)
     started = time.perf_counter()
-    cache = EXPORT_ROOT / f"{loaded.name}-{image_size[0]}x{image_size[1]}-calib"
     with console.status(f"calibration trajectories ({calibration.samples} samples, {calibration.steps} steps) ..."):
         batches = load_or_collect(loaded, image_size, calibration, cache)
     with atomic_dir(out, problem_of=ownership_problem) as tmp:

@@ -26,6 +26,7 @@ from dip_export.runtime.backends import BACKENDS, BackendSpec
 from dip_export.sampling import Denoiser
 
 CACHE_FILE = "auto-backend.json"
+CACHE_KIND = "auto-backend-cache"  # its mark (ownership.mark): no other JSON of this tool replaces it, nor it another
 WARMUP, REPEATS = 2, 5  # evaluations per candidate: the first ones include compilation
 STEADY = 0.25  # eager fp32 timed first and last may differ this much (relative) for a decision to be cached
 AGAIN = " again"  # the key suffix of eager fp32's second timing, made after every candidate
@@ -192,14 +193,23 @@ def _check_cache_kind(path: Path) -> None:
 
 
 def _valid_entry(entry: Any, allowed: list[BackendSpec]) -> Decision | None:
-    if not isinstance(entry, dict) or not isinstance(entry.get("backend"), str) or not isinstance(entry.get("reason"), str):
+    """The cached decision, rebuilt from what the tool checks itself: the backend one of `allowed`, timings of
+    known candidates as positive finite numbers. No text of the file is kept: the reason is made here, from the
+    numbers (the file's own `reason` is never shown)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("backend"), str):
         return None
+    names = {str(s): s for s in allowed}
     ms = entry.get("ms")
-    if not isinstance(ms, dict) or not all(isinstance(v, int | float) for v in ms.values()):
+    if not isinstance(ms, dict) or entry["backend"] not in names:
         return None
-    if entry["backend"] not in {str(s) for s in allowed}:
+    known = set(names) | {f"{allowed[0]}{AGAIN}"}
+    if not all(k in known and type(v) in (int, float) and math.isfinite(v) and v > 0 for k, v in ms.items()):
         return None
-    return Decision(BackendSpec.parse(entry["backend"]), entry["reason"][:200], {str(k): float(v) for k, v in ms.items()}, True)
+    spec = names[entry["backend"]]
+    timings = {str(k): float(v) for k, v in ms.items()}
+    eager, chosen = timings.get(str(allowed[0])), timings.get(str(spec))
+    reason = f"{eager / chosen:.1f}x eager when measured" if eager and chosen else "no timing kept"
+    return Decision(spec, reason, timings, True)
 
 
 def choose_backend(
@@ -214,7 +224,7 @@ def choose_backend(
     specs = candidates(device)
     path = root / CACHE_FILE
     _check_cache_kind(path)
-    if path.exists() and not is_ours(path, "json"):  # never measured over, never replaced: it is not ours
+    if path.exists() and not is_ours(path, CACHE_KIND):  # never measured over, never replaced: it is not ours
         raise DipError(f"{path} is not a --backend auto cache this tool wrote; move it away")
     key = cache_key(model_id, size, batch, device)
     cache = _read_cache(path)
@@ -231,7 +241,7 @@ def choose_backend(
     cache = _read_cache(path)  # another process may have added entries meanwhile
     cache[key] = {"backend": str(spec), "reason": reason, "ms": ms, "model": model_id, "size": list(size), "batch": batch}
     with contextlib.suppress(OSError, DipError):  # unwritable, or no longer ours: it only costs a new measurement
-        save_json(path, cache)  # marked as this tool's, replaced only while it still is
+        save_json(path, cache, CACHE_KIND)  # marked as this tool's cache, replaced only while it still is
     return Decision(spec, reason, ms)
 
 

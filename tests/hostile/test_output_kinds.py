@@ -14,9 +14,9 @@ from dip_export.ownership import check_not_input, check_replaceable_output
 USER = b"my notes, not a result"
 
 
-@pytest.mark.parametrize("kind", ["npz", "png", "json", "safetensors"])
+@pytest.mark.parametrize("kind", ["npz", "png", "bench-report", "auto-backend-cache", "checkpoint"])
 def test_user_file_is_not_replaceable(tmp_path, kind):
-    path = tmp_path / f"out.{kind}"
+    path = tmp_path / f"out-{kind}"
     path.write_bytes(USER)
     with pytest.raises(UsageError, match="not a"):
         check_replaceable_output(path, kind)
@@ -28,18 +28,18 @@ def test_earlier_results_are_replaceable(tmp_path):
 
     save_npz(tmp_path / "a.npz", np.zeros((1, 2, 2, 3), np.uint8))
     save_png(tmp_path / "a.png", np.zeros((2, 2, 3), np.uint8))
-    save_json(tmp_path / "a.json", {"rows": []})
-    for kind in ("npz", "png", "json"):
-        check_replaceable_output(tmp_path / f"a.{kind}", kind)
+    save_json(tmp_path / "a.json", {"rows": []}, "bench-report")
+    for name, kind in (("a.npz", "npz"), ("a.png", "png"), ("a.json", "bench-report")):
+        check_replaceable_output(tmp_path / name, kind)
     check_replaceable_output(tmp_path / "new.npz", "npz")  # nothing there yet
 
 
 def test_results_of_another_program_are_not_replaceable(tmp_path):
     np.savez(tmp_path / "a.npz", arr_0=np.zeros((1, 2, 2, 3), np.uint8))
     (tmp_path / "a.json").write_text(json.dumps({"rows": []}))
-    for kind in ("npz", "json"):
+    for name, kind in (("a.npz", "npz"), ("a.json", "bench-report")):
         with pytest.raises(UsageError, match="not a"):
-            check_replaceable_output(tmp_path / f"a.{kind}", kind)
+            check_replaceable_output(tmp_path / name, kind)
 
 
 def test_a_symlinked_output_is_refused(tmp_path):

@@ -21,10 +21,25 @@ from safetensors.torch import save_file
 from dip_export import cli
 from dip_export.errors import UsageError
 from dip_export.io import atomic_path, save_json, save_npz, save_png
-from dip_export.ownership import MARK, NPZ_COMMENT, OUTPUT_KINDS, check_replaceable_output, is_ours
+from dip_export.ownership import MARK, NPZ_COMMENT, OUTPUT_KINDS, check_replaceable_output, is_ours, mark
 from tests.test_hostile import one_line, run
 
 KINDS = sorted(OUTPUT_KINDS)
+SUFFIX = {"npz": "npz", "png": "png", "bench-report": "json", "auto-backend-cache": "json", "checkpoint": "safetensors"}
+
+
+def _write_each_kind(tmp_path: Path, stem: str) -> None:
+    """One file of each kind, as the tool writes it: `STEM-KIND.SUFFIX`."""
+    for kind in KINDS:
+        path = tmp_path / f"{stem}-{kind}.{SUFFIX[kind]}"
+        if kind == "npz":
+            save_npz(path, np.zeros((1, 2, 2, 3), np.uint8))
+        elif kind == "png":
+            save_png(path, np.zeros((2, 2, 3), np.uint8))
+        elif SUFFIX[kind] == "json":
+            save_json(path, {"old": 1}, kind)
+        else:
+            save_file({"w": torch.zeros(1)}, str(path), metadata={"written_by": mark(kind)})
 TMP = settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 SMALL = ["--num-samples", "2", "--steps", "2"]
 
@@ -114,13 +129,13 @@ json_values = st.recursive(
 def test_json_without_the_mark_field_is_never_replaced(tmp_path: Path, data) -> None:
     path = tmp_path / "out.json"
     path.write_text(json.dumps(data))
-    if isinstance(data, dict) and data.get("written_by") == MARK:
-        check_replaceable_output(path, "json")
+    if isinstance(data, dict) and data.get("written_by") == mark("bench-report"):
+        check_replaceable_output(path, "bench-report")
     else:
-        _refused_untouched(path, "json")
+        _refused_untouched(path, "bench-report")
     if isinstance(data, dict):
         path.write_text(json.dumps({"rows": [], **data, "written_by": "someone else"}))
-        _refused_untouched(path, "json")
+        _refused_untouched(path, "bench-report")
 
 
 @TMP
@@ -128,10 +143,10 @@ def test_json_without_the_mark_field_is_never_replaced(tmp_path: Path, data) -> 
 def test_safetensors_without_the_mark_key_is_never_replaced(tmp_path: Path, meta: dict[str, str]) -> None:
     path = tmp_path / "out.safetensors"
     save_file({"w": torch.zeros(2)}, str(path), metadata=meta)
-    if meta.get("written_by") == MARK:
-        check_replaceable_output(path, "safetensors")
+    if meta.get("written_by") == mark("checkpoint"):
+        check_replaceable_output(path, "checkpoint")
     else:
-        _refused_untouched(path, "safetensors")
+        _refused_untouched(path, "checkpoint")
 
 
 @TMP
@@ -142,8 +157,8 @@ def test_the_tools_own_outputs_are_marked_and_replaced(tmp_path: Path, n: int, h
     for _ in range(2):  # the second write replaces the first
         save_npz(tmp_path / "s.npz", images)
         save_png(tmp_path / "s.png", images[0])
-        save_json(tmp_path / "r.json", report)
-    for name, kind in (("s.npz", "npz"), ("s.png", "png"), ("r.json", "json")):
+        save_json(tmp_path / "r.json", report, "bench-report")
+    for name, kind in (("s.npz", "npz"), ("s.png", "png"), ("r.json", "bench-report")):
         assert is_ours(tmp_path / name, kind)
     assert np.array_equal(np.load(tmp_path / "s.npz")["arr_0"], images)
     assert {k: v for k, v in json.loads((tmp_path / "r.json").read_text()).items() if k != "written_by"} == {
@@ -163,39 +178,37 @@ def test_a_saved_checkpoint_and_a_plot_are_marked_and_replaced(tmp_path: Path, g
     for _ in range(2):
         save_checkpoint(tmp_path / "m.safetensors", golden_model, {"steps": 7})
         save(plt.figure(), tmp_path / "p.png")
-    assert is_ours(tmp_path / "m.safetensors", "safetensors") and is_ours(tmp_path / "p.png", "png")
+    assert is_ours(tmp_path / "m.safetensors", "checkpoint") and is_ours(tmp_path / "p.png", "png")
     assert load_checkpoint(tmp_path / "m.safetensors").sampling["steps"] == 7
 
 
 def test_a_writer_that_leaves_out_the_mark_writes_nothing(tmp_path: Path) -> None:
     from dip_export.errors import DipError
 
-    with pytest.raises(DipError, match="mark"), atomic_path(tmp_path / "x.json", "json") as tmp:
+    with pytest.raises(DipError, match="mark"), atomic_path(tmp_path / "x.json", "bench-report") as tmp:
         tmp.write_text("{}")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_user_file_appearing_during_the_work_is_kept(tmp_path: Path) -> None:
     target = tmp_path / "r.json"
-    with pytest.raises(UsageError, match="refusing"), atomic_path(target, "json") as tmp:
+    with pytest.raises(UsageError, match="refusing"), atomic_path(target, "bench-report") as tmp:
         target.write_text("{}")  # the user's file arrives while the report is being made
-        tmp.write_text(json.dumps({"written_by": MARK}))
+        tmp.write_text(json.dumps({"written_by": mark("bench-report")}))
     assert target.read_text() == "{}" and [p.name for p in tmp_path.iterdir()] == ["r.json"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_an_interrupted_marked_write_leaves_the_earlier_output(tmp_path: Path, kind: str) -> None:
-    target = tmp_path / f"o.{kind}"
-    save_json(tmp_path / "o.json", {"old": 1})
-    save_npz(tmp_path / "o.npz", np.zeros((1, 2, 2, 3), np.uint8))
-    save_png(tmp_path / "o.png", np.zeros((2, 2, 3), np.uint8))
-    save_file({"w": torch.zeros(1)}, str(tmp_path / "o.safetensors"), metadata={"written_by": MARK})
+    target = tmp_path / f"o-{kind}.{SUFFIX[kind]}"
+    _write_each_kind(tmp_path, "o")
+    names = sorted(p.name for p in tmp_path.iterdir())
     before = target.read_bytes()
     with pytest.raises(KeyboardInterrupt), atomic_path(target, kind) as tmp:
         tmp.write_bytes(b"half")
         raise KeyboardInterrupt
     assert target.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.json", "o.npz", "o.png", "o.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
 
 
 # ---------------------------------------------------------------- symlinks
@@ -203,12 +216,9 @@ def test_an_interrupted_marked_write_leaves_the_earlier_output(tmp_path: Path, k
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_symlinked_output_is_refused_even_to_the_tools_own_file(tmp_path: Path, kind: str) -> None:
-    real = tmp_path / f"real.{kind}"
-    save_json(tmp_path / "real.json", {})
-    save_npz(tmp_path / "real.npz", np.zeros((1, 2, 2, 3), np.uint8))
-    save_png(tmp_path / "real.png", np.zeros((2, 2, 3), np.uint8))
-    save_file({"w": torch.zeros(1)}, str(tmp_path / "real.safetensors"), metadata={"written_by": MARK})
-    link = tmp_path / f"link.{kind}"
+    real = tmp_path / f"real-{kind}.{SUFFIX[kind]}"
+    _write_each_kind(tmp_path, "real")
+    link = tmp_path / f"link.{SUFFIX[kind]}"
     link.symlink_to(real)
     before = real.read_bytes()
     with pytest.raises(UsageError, match="symlink"):
@@ -325,7 +335,7 @@ def test_dip_bench_replaces_its_own_json_report(tmp_path: Path) -> None:
         code, err = run(cli.bench_main, *BENCH, "--batch-size", "1", "--json", report)
         assert code == 0, err
     data = json.loads(report.read_text())
-    assert data["written_by"] == MARK and data["results"]
+    assert data["written_by"] == mark("bench-report") and data["results"]
 
 
 def test_dip_export_schedule_keeps_a_users_checkpoint(tmp_path: Path, golden, no_timing) -> None:
