@@ -25,6 +25,7 @@ from dip_export.budget import check_export
 from dip_export.checkpoint import LoadedModel
 from dip_export.errors import ExportError, UsageError
 from dip_export.export.manifest import MANIFEST, Manifest, ownership_problem, read_manifest, write_manifest
+from dip_export.export.naming import export_folder_name
 from dip_export.export.spec import SubModelSpec, backbone_inputs, io_specs
 from dip_export.io import atomic_dir
 from dip_export.messages import say, say_lines
@@ -59,7 +60,7 @@ class _Detailer(nn.Module):
 
 
 def default_export_dir(name: str, precision: str, size: tuple[int, int]) -> Path:
-    return EXPORT_ROOT / f"{name}-{size[0]}x{size[1]}-{precision}"
+    return EXPORT_ROOT / export_folder_name(name, size, precision)
 
 
 def source_info(loaded: LoadedModel) -> dict[str, str]:
