@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from dip_export.errors import DipError, UsageError
 from dip_export.generate import SamplePlan
 from dip_export.io import atomic_path, save_npz
 from dip_export.messages import where
+from dip_export.settings import plain_value, whole_text
 from dip_export.untrusted import ArraySchema, ArraySpec, UntrustedFileError, read_npz
 
 SETTINGS_FILE = "settings.json"
@@ -31,8 +32,14 @@ SHARD_MARK = "dip-export shard v1"  # with the run's settings digest, the `run` 
 MAX_CLASS_FILE_BYTES = 256 << 20
 
 
+MAX_WORLD_SIZE = 1 << 20  # processes in one run (torchrun's WORLD_SIZE)
+MAX_PORT = 65535
+
+
 @dataclass(frozen=True)
 class World:
+    """Which process of a torchrun run this is (one process of one: not started by torchrun)."""
+
     rank: int = 0
     size: int = 1
     local_rank: int = 0
@@ -42,15 +49,37 @@ class World:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls) -> World:
-        env = os.environ
-        return cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+    def from_env(cls, env: Mapping[str, str] | None = None) -> World:
+        """The world torchrun describes in the environment, every variable checked before any work: WORLD_SIZE
+        1..MAX_WORLD_SIZE, RANK and LOCAL_RANK 0..WORLD_SIZE-1 (whole numbers as `settings.whole_text` reads them);
+        with more than one process also MASTER_ADDR and MASTER_PORT, where the process group meets. Else one
+        UsageError naming the variable."""
+        env = os.environ if env is None else env
+        size = _env_number(env, "WORLD_SIZE", 1, 1, MAX_WORLD_SIZE, f"1..{MAX_WORLD_SIZE}")
+        within = f"0..WORLD_SIZE-1 (WORLD_SIZE is {size})"
+        rank = _env_number(env, "RANK", 0, 0, size - 1, within)
+        local_rank = _env_number(env, "LOCAL_RANK", 0, 0, size - 1, within)
+        if size > 1:
+            address = env.get("MASTER_ADDR")
+            if not address or len(address) > 255 or not address.isprintable() or any(c.isspace() for c in address):
+                shown = "not set" if address is None else f"got {plain_value(address)}"
+                raise UsageError(f"MASTER_ADDR must name the host of rank 0 when WORLD_SIZE is {size} "
+                                 f"(torchrun sets it), {shown}")  # fmt: skip
+            if "MASTER_PORT" not in env:
+                raise UsageError(f"MASTER_PORT must be set when WORLD_SIZE is {size} (torchrun sets it)")
+            _env_number(env, "MASTER_PORT", 0, 1, MAX_PORT, f"1..{MAX_PORT}")
+        return cls(rank, size, local_rank)
 
     def init(self, device: torch.device) -> None:
-        """Join the process group (gloo on CPU, NCCL on GPU) when started by torchrun."""
+        """Join the process group (gloo on CPU, NCCL on GPU) when started by torchrun; its failure in one line."""
         if self.size > 1 and not torch.distributed.is_initialized():
             backend = "nccl" if device.type == "cuda" else "gloo"
-            torch.distributed.init_process_group(backend=backend)
+            try:
+                torch.distributed.init_process_group(backend=backend)
+            except (ValueError, RuntimeError, OSError) as err:  # torch's rendezvous errors (DistError is a RuntimeError)
+                first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+                raise DipError(f"rank {self.rank} of {self.size} could not join the {backend} process group at "
+                               f"MASTER_ADDR:MASTER_PORT ({type(err).__name__}: {first[:200]})") from None  # fmt: skip
 
     def barrier(self) -> None:
         if self.size > 1 and torch.distributed.is_initialized():
@@ -59,6 +88,9 @@ class World:
     def device(self, requested: torch.device) -> torch.device:
         """Each rank takes its own GPU (LOCAL_RANK) or the CPU."""
         if requested.type == "cuda":
+            if self.local_rank >= torch.cuda.device_count():
+                raise UsageError(f"LOCAL_RANK is {self.local_rank} but PyTorch sees {torch.cuda.device_count()} CUDA "
+                                 "device(s); use as many processes per node as GPUs, or --device cpu")  # fmt: skip
             torch.cuda.set_device(self.local_rank)
             return torch.device("cuda", self.local_rank)
         return requested
@@ -66,6 +98,21 @@ class World:
     def close(self) -> None:
         if self.size > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def _env_number(env: Mapping[str, str], name: str, default: int, lo: int, hi: int, within: str) -> int:
+    """The whole number in environment variable `name` (`default` when unset), in lo..hi; else one UsageError."""
+    text = env.get(name)
+    if text is None:
+        value = default
+    else:
+        try:
+            value = whole_text(text, name)
+        except UsageError:
+            value = None
+    if value is None or not lo <= value <= hi:
+        raise UsageError(f"{name} must be a whole number {within} (got {plain_value(text)})")
+    return value
 
 
 def parts_dir(out: Path) -> Path:

@@ -17,6 +17,7 @@ from dip_export.settings import (
     MAX_SAMPLES,
     MAX_SEED,
     MAX_STEPS,
+    ImageSize,
     RunSettings,
     exact_int,
     finite_float,
@@ -87,8 +88,8 @@ def check_run_limits(*, steps: int | None, cfg: float | None, batch_size: int, c
         exact_int(cache_interval, "--cache-interval", 1, MAX_STEPS)
 
 
-def parse_image_size(text: str | int) -> tuple[int, int]:
-    """'256' or 256 -> (256, 256); '32x64' -> (32, 64) (checked in settings.image_size)."""
+def parse_image_size(text: ImageSize) -> tuple[int, int]:
+    """'256' or 256 -> (256, 256); '32x64' or (32, 64) -> (32, 64) (checked in settings.image_size)."""
     return image_size(text)
 
 

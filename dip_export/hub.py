@@ -12,22 +12,26 @@ import re
 from pathlib import Path
 
 from dip_export.errors import CheckpointError, DipError, MissingDependencyError, UsageError
+from dip_export.export.naming import is_export_folder_name
 
-CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
-# other suffixes of model and data files: `dir/x.onnx` is a file on this machine, not a Hub repo
-FILE_SUFFIXES = (".onnx", ".pkl", ".pickle", ".tar", ".zip", ".gz", ".json", ".npz", ".npy", ".plan", ".engine", ".h5")
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")  # what a Hub repo's checkpoint file is named
 TOOL_FOLDERS = ("engines",)  # the tool's own artifact folder: `engines/NAME` is an export, even run elsewhere
 # a repo id is `org/name` (letters, digits, '-', '_', '.'); anything after the second '/' names a file in it
 _REPO_PART = r"[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9_])?"  # the Hub's rule: starts and ends with a letter or digit
 _HUB_NAME = re.compile(rf"{_REPO_PART}/{_REPO_PART}(?:/[\w.-]+)*")
+# a file name's suffix: a dot and a letter (`.safetensors`, `.gguf`, `.pb`, `.safetensors-00001-of-00002`, `.ckpt_old`);
+# a dot and a digit is a version in a repo name (`Mistral-7B-v0.2`, `Qwen2.5-0.5B`)
+_FILE_SUFFIX = re.compile(r"\.[A-Za-z]")
 
 
 def is_local_name(text: str) -> bool:
     """A name that can only mean a path on this machine, so it is never sent to the Hub.
 
     It exists; or its first component exists here (a folder, a file, or a symlink even when dangling,
-    e.g. a link to an unmounted drive); or it starts with `.`, `~` or `/`; or
-    it has two parts and ends in a checkpoint suffix (`dir/model.ckpt`). `org/name/FILE` stays a Hub name.
+    e.g. a link to an unmounted drive) or is the tool's folder (`engines/`); or it starts with `.`, `~`
+    or `/`; or its last component is named as the tool names its exports (`NAME-HxW-PRECISION`); or
+    it has two parts and the second has a file suffix (`dir/model.ckpt`, `dir/x.gguf`). A repo id's
+    name has none, so a file in a repo is named with three parts: `org/name/FILE` stays a Hub name.
     """
     parts = text.split("/")
     return (
@@ -35,14 +39,9 @@ def is_local_name(text: str) -> bool:
         or "\\" in text
         or os.path.lexists(text)
         or (len(parts) > 1 and (os.path.lexists(parts[0]) or parts[0] in TOOL_FOLDERS))
-        or (len(parts) == 2 and _looks_like_file(parts[1]))
+        or is_export_folder_name(parts[-1])
+        or (len(parts) == 2 and _FILE_SUFFIX.search(parts[1]) is not None)
     )
-
-
-def _looks_like_file(name: str) -> bool:
-    """A file name by its suffix: a checkpoint's, a model or data file's, or a checkpoint's with more after it (x.pth.tar)."""
-    lower = name.lower()
-    return lower.endswith(CHECKPOINT_SUFFIXES + FILE_SUFFIXES) or any(f"{suffix}." in lower for suffix in CHECKPOINT_SUFFIXES)
 
 
 def looks_like_hub_name(text: str) -> bool:

@@ -39,6 +39,7 @@ from dip_export.settings import (
     MAX_IMAGE_SIDE,
     MAX_SAMPLES,
     SAMPLE_RULES,
+    ImageSize,
     check_options,
     exact_bool,
     exact_int,
@@ -236,7 +237,7 @@ class DiPPipeline:
         weights: str = "ema",
         trust_checkpoint: bool = False,
         revision: str | None = None,
-        image_size: int | str | None = None,
+        image_size: ImageSize | None = None,
         batch_size: int = 16,
         num_samples: int = 1,
         console: Any = None,
@@ -253,7 +254,7 @@ class DiPPipeline:
             weights: ema or raw (training checkpoints with both).
             trust_checkpoint: allow a pickle that needs to run code (only for files you trust).
             revision: Hub branch, tag or commit (with a Hub name).
-            image_size: default image size of calls (an export's size is fixed).
+            image_size: default image size of calls: N, "HxW" or (H, W) (an export's size is fixed).
             batch_size: images per sampler batch; also the batch `auto` measures and TensorRT's profile.
             num_samples: images the run will keep; the memory estimate counts them before the model is built.
             console: a rich Console for export progress and messages (None: quiet).
@@ -410,7 +411,7 @@ class DiPPipeline:
         plan: SamplePlan,
         settings: SamplerSettings,
         *,
-        image_size: int | str | None = None,
+        image_size: ImageSize | None = None,
         batch_size: int | None = None,
         cuda_graphs: bool = True,
         on_step: Callable[[int], None] | None = None,
@@ -427,7 +428,7 @@ class DiPPipeline:
             batch_size=batch, device=self.device, on_step=on_step, cuda_graphs=cuda_graphs and self.spec.backend.graphable,
         )  # fmt: skip
 
-    def _size(self, image_size: int | str | None) -> tuple[int, int]:
+    def _size(self, image_size: ImageSize | None) -> tuple[int, int]:
         if image_size is None:
             return self.image_size
         size = parse_image_size(image_size)
@@ -445,7 +446,7 @@ class DiPPipeline:
         *,
         num_samples: int | None = None,
         seed: int | None = None,
-        image_size: int | str | None = None,
+        image_size: ImageSize | None = None,
         batch_size: int | None = None,
         cuda_graphs: bool = True,
         callback: ProgressCallback | None = None,

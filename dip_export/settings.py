@@ -101,11 +101,15 @@ def image_side(value: Any, what: str) -> int:
     return exact_int(value, what, 1, MAX_IMAGE_SIDE)
 
 
+# What every surface takes as an image size: N, "N" / "HxW", or (H, W) as a pipeline reports it.
+ImageSize = int | str | tuple[int, int] | list[int]
+
 _IMAGE_SIZE = re.compile(r"([0-9]{1,9})(?:[xX]([0-9]{1,9}))?")
 
 
 def image_size(value: Any, what: str = "image size") -> tuple[int, int]:
-    """An int N or text `N` / `HxW` (ASCII digits only) -> (H, W), each side 1..MAX_IMAGE_SIDE."""
+    """An int N, text `N` / `HxW` (ASCII digits only) or a pair (H, W) of ints (the form a pipeline's own
+    `image_size` takes: a tuple or list) -> (H, W), each side 1..MAX_IMAGE_SIDE. Bools and floats are refused."""
     if isinstance(value, str):
         match = _IMAGE_SIZE.fullmatch(value.strip())
         if match is None:
@@ -113,8 +117,11 @@ def image_size(value: Any, what: str = "image size") -> tuple[int, int]:
         h, w = int(match.group(1)), int(match.group(2) or match.group(1))
     elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
         h = w = int(value)
+    elif isinstance(value, tuple | list) and len(value) == 2:
+        h, w = exact_int(value[0], f"{what} height", 1, MAX_IMAGE_SIDE), exact_int(value[1], f"{what} width", 1, MAX_IMAGE_SIDE)
     else:
-        raise UsageError(f"{what} must be an integer N or text N or HxW, got {type(value).__name__}")
+        kind = type(value).__name__ + (f" of {len(value)}" if isinstance(value, tuple | list) else "")
+        raise UsageError(f"{what} must be an integer N, text N or HxW, or a pair (H, W) of integers, got {kind}")
     if min(h, w) < 1:
         raise UsageError(f"{what} must be N or HxW with positive sides, got {plain_value(value)}")
     if max(h, w) > MAX_IMAGE_SIDE:
@@ -342,10 +349,7 @@ class RunSettings:
         object.__setattr__(self, "seeds", seeds)
         object.__setattr__(self, "batch_size", exact_int(self.batch_size, "--batch-size", 1, MAX_BATCH))
         if self.image_size is not None:
-            size = self.image_size
-            if isinstance(size, (str, bytes)) or not isinstance(size, Sequence) or len(size) != 2:
-                raise UsageError("image size must be a pair (H, W)")
-            object.__setattr__(self, "image_size", (image_side(size[0], "image height"), image_side(size[1], "image width")))
+            object.__setattr__(self, "image_size", image_size(self.image_size))
         object.__setattr__(self, "cuda_graphs", exact_bool(self.cuda_graphs, "cuda_graphs"))
 
 

@@ -81,6 +81,8 @@ def test_world_from_env(monkeypatch):
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # torchrun sets where the group meets beside the ranks
+    monkeypatch.setenv("MASTER_PORT", "29500")
     world = World.from_env()
     assert (world.rank, world.size, world.local_rank, world.is_main) == (3, 4, 1, False)
 

@@ -25,6 +25,7 @@ from dip_export.budget import check_export
 from dip_export.checkpoint import LoadedModel
 from dip_export.errors import ExportError, UsageError
 from dip_export.export.manifest import MANIFEST, Manifest, ownership_problem, read_manifest, write_manifest
+from dip_export.export.naming import VARIANTS, export_folder_name
 from dip_export.export.spec import SubModelSpec, backbone_inputs, io_specs
 from dip_export.io import atomic_dir, settle_swap
 from dip_export.messages import say, say_lines
@@ -62,16 +63,13 @@ class _Detailer(nn.Module):
 
 
 def default_export_dir(name: str, precision: str, size: tuple[int, int]) -> Path:
-    return EXPORT_ROOT / f"{name}-{size[0]}x{size[1]}-{precision}"
-
-
-ON_THE_FLY = ("fp32", "fp16", "bf16", "int8", "int8-trt", "fp8", "fp8-trt", "calib")  # the suffixes below EXPORT_ROOT
+    return EXPORT_ROOT / export_folder_name(name, size, precision)
 
 
 def managed_folders(name: str, size: tuple[int, int]) -> list[Path]:
     """Every folder the tool makes on the fly under EXPORT_ROOT for a model and size: its exports (each precision,
     quantized ones for ONNX Runtime and TensorRT) and its calibration cache. A run's other outputs stay out of them."""
-    return [default_export_dir(name, suffix, size) for suffix in ON_THE_FLY]
+    return [default_export_dir(name, variant, size) for variant in VARIANTS]
 
 
 def source_info(loaded: LoadedModel) -> dict[str, str]:

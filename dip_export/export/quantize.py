@@ -28,6 +28,7 @@ from dip_export.checkpoint import LoadedModel
 from dip_export.errors import ExportError, MissingDependencyError
 from dip_export.export.calibration import CalibrationSettings, load_or_collect
 from dip_export.export.manifest import Manifest, ownership_problem, read_manifest, write_manifest
+from dip_export.export.naming import CALIBRATION, export_folder_name, export_variant
 from dip_export.export.onnx_export import (
     EXPORT_ROOT,
     check_export_run,
@@ -301,8 +302,7 @@ def tensorrt_qdq_problems(model: Any) -> list[str]:
 
 
 def int8_dir(loaded: LoadedModel, size: tuple[int, int], target: str, fp8: bool = False) -> Path:
-    suffix = ("fp8" if fp8 else "int8") + ("" if target == "onnx" else "-trt")
-    return EXPORT_ROOT / f"{loaded.name}-{size[0]}x{size[1]}-{suffix}"
+    return EXPORT_ROOT / export_folder_name(loaded.name, size, export_variant("fp8" if fp8 else "int8", target))
 
 
 def export_int8(
@@ -319,7 +319,7 @@ def export_int8(
     console = console or Console(stderr=True)
     calibration = calibration or CalibrationSettings()
     out = output_dir or int8_dir(loaded, image_size, target, fp8)
-    cache = EXPORT_ROOT / f"{loaded.name}-{image_size[0]}x{image_size[1]}-calib"
+    cache = EXPORT_ROOT / export_folder_name(loaded.name, image_size, CALIBRATION)
     check_export_run(loaded, image_size, out, calibration=calibration, calibration_dir=cache)  # before the fp32 export
     fp32 = ensure_export(loaded, precision="fp32", image_size=image_size, console=console)
     source = read_manifest(fp32)

@@ -10,11 +10,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dip_export.hub import CHECKPOINT_SUFFIXES, FILE_SUFFIXES, is_local_name, looks_like_hub_name
+from dip_export.hub import CHECKPOINT_SUFFIXES, is_local_name, looks_like_hub_name
 
 WORD = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,10}", fullmatch=True)
 # a repo id part as the Hub takes it: starts and ends with a letter or digit ('_' may end it), no '--'
 HUB_WORD = st.from_regex(r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,9}[A-Za-z0-9_])?", fullmatch=True).filter(lambda w: "--" not in w)
+FILE_SUFFIXES = (".onnx", ".pkl", ".pickle", ".tar", ".zip", ".gz", ".json", ".npz", ".npy", ".plan", ".engine", ".h5")
 SUFFIX = st.sampled_from(CHECKPOINT_SUFFIXES + FILE_SUFFIXES)
 
 

@@ -31,6 +31,7 @@ SAMPLE_VALUES: dict[str, dict[str, Any]] = {
     "--class-file": {"class_file": Path("classes.txt")}, "--resume": {"resume": True}, "--shard-batches": {"shard_batches": 2},
     "torchrun": {},  # a condition of the run: WORLD_SIZE > 1
 }  # fmt: skip
+TORCHRUN_MEETING = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}  # what torchrun sets beside WORLD_SIZE
 BENCH_VALUES: dict[str, dict[str, Any]] = {
     "--backends": {"backends": "torch"}, "--variants": {"variants": True}, "--samplers": {"samplers": "euler"},
     "--nfe": {"nfe": "2"}, "--plot": {"plot": Path("p.png")}, "--headline": {"headline": True},
@@ -43,7 +44,7 @@ def _build_sample(names: set[str]) -> SampleRequest:
     kwargs: dict[str, Any] = {}
     for name in names:
         kwargs.update(SAMPLE_VALUES[name])
-    env = {"WORLD_SIZE": "2" if "torchrun" in names else "1"}
+    env = {"WORLD_SIZE": "2" if "torchrun" in names else "1", **TORCHRUN_MEETING}
     with mock.patch.dict(os.environ, env):
         return SampleRequest(ModelRequest(), Path("o.npz"), **kwargs)
 
@@ -148,6 +149,8 @@ def test_dip_bench_refuses_an_option_it_would_ignore(nothing_loaded: None, tmp_p
 
 def test_shard_batches_is_taken_under_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WORLD_SIZE", "2")
+    for name, value in TORCHRUN_MEETING.items():
+        monkeypatch.setenv(name, value)
     assert SampleRequest(ModelRequest(), Path("o.npz"), num_samples=4, shard_batches=3).batches_per_shard == 3
     monkeypatch.setenv("WORLD_SIZE", "1")
     with pytest.raises(UsageError, match="--shard-batches goes only with --resume or torchrun"):

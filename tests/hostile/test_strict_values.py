@@ -53,7 +53,7 @@ def test_image_size_text_is_digits_or_refused(text):
 
 
 @pytest.mark.parametrize(
-    "value", ["3_2", "\u0663\u0662", "0", "", "32x", "x32", "32.0", "+32", "1e2", False, True, 32.0, (32, 32), None]
+    "value", ["3_2", "\u0663\u0662", "0", "", "32x", "x32", "32.0", "+32", "1e2", False, True, 32.0, (32.0, 32), (True, 32), None]
 )
 def test_image_size_refuses_lenient_forms(value):
     with pytest.raises(UsageError):

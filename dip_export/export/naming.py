@@ -1,0 +1,32 @@
+"""How the tool names the folders it writes under `engines/`: NAME-HxW-VARIANT, made and recognised here only.
+
+VARIANT is an export's precision (with its target when not ONNX Runtime: `int8-trt`) or `calib` (the
+calibration trajectories of a model at a size). Light on purpose: the Hub name rule (`hub.py`) reads it too.
+"""
+
+from __future__ import annotations
+
+import re
+
+from dip_export.settings import BUILD_PRECISIONS, BUILD_TARGETS
+
+CALIBRATION = "calib"
+
+
+def export_variant(precision: str, target: str = "onnx") -> str:
+    """fp16 -> fp16; int8 for TensorRT -> int8-trt."""
+    return precision if target == "onnx" else f"{precision}-{target}"
+
+
+def export_folder_name(name: str, size: tuple[int, int], variant: str) -> str:
+    """dip-digits, (32, 32), fp32 -> dip-digits-32x32-fp32."""
+    return f"{name}-{size[0]}x{size[1]}-{variant}"
+
+
+VARIANTS = (*(export_variant(p, t) for p in BUILD_PRECISIONS for t in BUILD_TARGETS), CALIBRATION)
+_FOLDER_NAME = re.compile(rf".+-[0-9]+x[0-9]+-(?:{'|'.join(map(re.escape, VARIANTS))})")
+
+
+def is_export_folder_name(text: str) -> bool:
+    """A name as `export_folder_name` makes it, for any model name, size and variant."""
+    return _FOLDER_NAME.fullmatch(text) is not None
