@@ -76,8 +76,7 @@ def _reference(model):
     loaded = resolve_model(model)
     plan = make_plan(loaded.config.num_classes, num_samples=IMAGES, seed=0)
     y = yardstick.Yardstick(IMAGES, 0, 1.5, 1.0, IMAGES, 32, 32)
-    net = make_engine(BackendSpec("torch", "fp32"), loaded, (32, 32), CPU, None, batch=IMAGES)
-    return loaded, plan, yardstick.reference_images(net, loaded, plan, y, SamplerSettings(cfg=1.5)).images
+    return loaded, plan, yardstick.reference_images(loaded, plan, y, SamplerSettings(cfg=1.5), device=CPU).images
 
 
 def _images(loaded, plan, spec, settings):

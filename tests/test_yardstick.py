@@ -81,11 +81,10 @@ def test_a_damaged_cached_reference_is_refused_and_kept(tmp_path, monkeypatch):
     monkeypatch.setattr(yardstick, "REFERENCE_AGREEMENT_DB", 10.0)
     monkeypatch.setattr(yardstick, "CACHE", tmp_path)
     loaded = resolve_model(None, None)
-    net = make_torch_engine(BackendSpec("torch", "fp32"), loaded, torch.device("cpu"))
     plan = make_plan(loaded.config.num_classes, num_samples=2, seed=0)
     y, base = yardstick.Yardstick(num_samples=2, batch=2), SamplerSettings(cfg=1.5)
     steps = []
-    first = yardstick.reference_images(net, loaded, plan, y, base, on_step=steps.append)
+    first = yardstick.reference_images(loaded, plan, y, base, on_step=steps.append)
     assert len(steps) == 8 + 16  # the half-step run and the full one, each step reported
     (path,) = tmp_path.iterdir()
     damaged = [
@@ -99,13 +98,13 @@ def test_a_damaged_cached_reference_is_refused_and_kept(tmp_path, monkeypatch):
         before = path.read_bytes()
         steps.clear()
         with pytest.raises(DipError, match="delete it to compute the reference again"):
-            yardstick.reference_images(net, loaded, plan, y, base, on_step=steps.append)
+            yardstick.reference_images(loaded, plan, y, base, on_step=steps.append)
         assert steps == [] and path.read_bytes() == before  # refused before any work, left as it was
     path.write_bytes(good)
     steps.clear()
-    assert (yardstick.reference_images(net, loaded, plan, y, base, on_step=steps.append).images == first.images).all()
+    assert (yardstick.reference_images(loaded, plan, y, base, on_step=steps.append).images == first.images).all()
     assert steps == []  # a good cached file is used as it is
     path.unlink()
     path.mkdir()
     with pytest.raises(DipError, match="yardstick reference"):
-        yardstick.reference_images(net, loaded, plan, y, base)
+        yardstick.reference_images(loaded, plan, y, base)

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from dip_export.checkpoint import LoadedModel, is_demo
-from dip_export.engines import make_engine
 from dip_export.errors import DipError
 from dip_export.generate import make_plan
 from dip_export.measure.autobackend import hardware_label, native_bf16
@@ -131,15 +130,13 @@ def _reference_stage(
     def run(note: Callable[[str], None]) -> None:
         plan = make_plan(loaded.config.num_classes, num_samples=bench.batch, seed=bench.seed)
         y = Yardstick(bench.batch, bench.seed, base.cfg, base.shift, bench.batch, bench.height, bench.width)
-        cpu = torch.device("cpu")
-        net = make_engine(BackendSpec("torch", "fp32"), loaded, (bench.height, bench.width), cpu, console, batch=bench.batch)
         steps = [0]
 
         def on_step(_: int) -> None:
             steps[0] += 1
             note(f"{steps[0]} solver steps")
 
-        found.append(reference_images(net, loaded, plan, y, base, on_step))
+        found.append(reference_images(loaded, plan, y, base, on_step, device=torch.device("cpu")))
         note(found[0].label)
 
     return run

@@ -1,16 +1,20 @@
 """Time to accuracy: how close each solver gets to the converged picture for a number of evaluations.
 
 Every run starts from the same noise. The reference is a third-order solver with many steps whose
-step was halved until the two runs agree to 70 dB (`sampling.reference`; cached under
-engines/yardstick/, keyed by model, settings and seeds); each solver's final uint8 images are
-compared with it by PSNR, and on the demo model also by the Frechet distance of their digit
-features to the real digits' and by the digit classifier's accuracy.
+step was halved until the two runs agree to 70 dB (`sampling.reference`), computed by the model itself
+in eager fp32 and cached under engines/yardstick/, keyed by the model's numbers, settings and seeds and
+marked under the owner key as the tool's (a file without that mark is refused, never used); each
+solver's final uint8 images are compared with it by PSNR, and on the demo model also by the Frechet
+distance of their digit features to the real digits' and by the digit classifier's accuracy.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -23,12 +27,13 @@ import torch
 from dip_export.checkpoint import LoadedModel, is_demo
 from dip_export.generate import SamplePlan, generate, make_plan
 from dip_export.measure.harness import psnr, timed_call
+from dip_export.ownership import MARK, contents_mac, mac_problem, owner_key
 from dip_export.sampling import Denoiser, SamplerSettings, initial_noise, sample_counts
 from dip_export.sampling import reference as ref_solver
 from dip_export.sampling.fitgrid import SearchSettings, fit_grid
 from dip_export.sampling.grids import grid_entry
 from dip_export.sampling.rules import to_uint8
-from dip_export.untrusted import ArraySchema, ArraySpec, UntrustedFileError, read_npz, source_identity
+from dip_export.untrusted import ArraySchema, ArraySpec, UntrustedFileError, read_npz
 
 REFERENCE_STEPS = ref_solver.REFERENCE_STEPS
 REFERENCE_AGREEMENT_DB = ref_solver.REFERENCE_AGREEMENT_DB
@@ -100,54 +105,157 @@ class ReferenceImages:
 
     images: np.ndarray  # (N, H, W, 3) uint8
     x: np.ndarray  # (N, 3, H, W) float32
-    label: str  # e.g. "ab3 512 (half the steps: 79.1 dB)"
+    label: str  # made here from the steps and the self-check, e.g. "ab3 512 (half the steps: 79.1 dB)"
+
+
+REFERENCE_KIND = f"{MARK}/yardstick-reference"  # the kind a cached reference's mark names, under the owner key
+REFERENCE_FORMAT = 2  # in the key: a reference of an earlier layout is never taken for one of this
+
+
+def model_identity(loaded: LoadedModel) -> str:
+    """sha256 of what defines the model's numbers: its config and every tensor of its state (names, dtypes,
+    shapes, bytes). Whatever chose them (a checkpoint's EMA or raw weights, a preset's random ones, a config
+    given over the stored one, weights changed in memory) is in it; the file's name is not."""
+    digest = hashlib.sha256(json.dumps(loaded.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(loaded.model.state_dict().items()):
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"\0{name}\0{flat.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return digest.hexdigest()
+
+
+def reference_key(loaded: LoadedModel, plan: SamplePlan, y: Yardstick, settings: SamplerSettings, device: torch.device) -> str:
+    """The one key of a cached reference (sha256 hex): the model's numbers (`model_identity`), the eager fp32
+    evaluator and its device kind, the yardstick, the reference solver's settings, seeds, classes and the
+    agreement asked for."""
+    fields = {
+        "format": REFERENCE_FORMAT, "model": model_identity(loaded), "evaluator": f"torch:fp32:{device.type}",
+        "yardstick": y.__dict__, "settings": settings.__dict__, "seeds": list(plan.seeds),
+        "classes": list(plan.classes), "agreement_db": REFERENCE_AGREEMENT_DB,
+    }  # fmt: skip
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def reference_images(
-    net: Denoiser, loaded: LoadedModel, plan: SamplePlan, y: Yardstick, base: SamplerSettings,
-    on_step: Callable[[int], None] | None = None,
+    loaded: LoadedModel, plan: SamplePlan, y: Yardstick, base: SamplerSettings,
+    on_step: Callable[[int], None] | None = None, device: torch.device | None = None,
 ) -> ReferenceImages:  # fmt: skip
     """The converged reference from the same noise (`sampling.reference`), computed once and cached.
 
-    A cached file is used only when it holds what this key asks for (uint8 images and float x of the
-    plan's count and size); anything else is computed again and the file replaced. `on_step`: after
-    every sampler step of the computation (none when cached).
+    It is computed by the model itself in eager fp32 (on `device`; None: where its weights are), never by
+    the backend being measured, and cached under `reference_key`. A cached file is used only when it carries
+    this tool's mark under the owner key for exactly this key and its images are its x rounded; the tool's
+    own file for another key is computed again and replaced; any other file is refused before any work,
+    never replaced. `on_step`: after every sampler step of the computation (none when cached).
     """
+    if device is None:
+        device = next(loaded.model.parameters()).device
     settings = ref_solver.reference_settings(base, REFERENCE_STEPS)
-    identity = source_identity(loaded.source)  # the checkpoint's content, not its name
-    key = json.dumps(
-        [loaded.name, identity, y.__dict__, settings.__dict__, plan.seeds, plan.classes, REFERENCE_AGREEMENT_DB],
-        sort_keys=True, default=str,
-    )  # fmt: skip
-    path = CACHE / f"{loaded.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
-    if path.exists() or path.is_symlink():
-        return _read_reference(path, len(plan.seeds), y, loaded.config.in_channels)
-    noise = initial_noise(plan.seeds, y.height, y.width)
-    labels = torch.tensor(plan.classes, dtype=torch.int64)
+    key = reference_key(loaded, plan, y, settings, device)
+    path = _cache_folder() / f"{loaded.name}-{key[:16]}.npz"
+    if os.path.lexists(path):
+        cached = _read_reference(path, key, (len(plan.seeds), loaded.config.in_channels, y.height, y.width))
+        if cached is not None:
+            return cached
+    from dip_export.runtime.backends import BackendSpec, make_torch_engine
+
+    net = make_torch_engine(BackendSpec("torch", "fp32"), loaded, device)
+    noise = initial_noise(plan.seeds, y.height, y.width).to(device)
+    labels = torch.tensor(plan.classes, dtype=torch.int64, device=device)
     run = ref_solver.sampled(net, noise, labels, loaded.config.null_class, y.batch, on_step)
     found = ref_solver.converged(run, settings, steps=REFERENCE_STEPS, agreement_db=REFERENCE_AGREEMENT_DB)
-    label = f"{found.solver} {found.steps} (half the steps: {found.self_check_db:.1f} dB)"
-    out = ReferenceImages(to_uint8(found.x), found.x.numpy().astype(np.float32), label)
-    from dip_export.io import atomic_path
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, images=out.images, x=out.x, label=np.array(label))
+    x = found.x.cpu()
+    out = ReferenceImages(to_uint8(x), x.numpy().astype(np.float32), _label(found.steps, found.self_check_db))
+    _write_reference(path, key, out, found.steps, found.self_check_db)
     return out
 
 
-def _read_reference(path: Path, n: int, y: Yardstick, channels: int) -> ReferenceImages:
-    """A cached reference found on disk, every array checked; a damaged one is refused, never replaced."""
-    schema = ArraySchema({
-        "images": ArraySpec("uint8", (n, y.height, y.width, channels)),
-        "x": ArraySpec("float32", (n, channels, y.height, y.width)),
-        "label": ArraySpec("U", ()),
-    })  # fmt: skip
+def _label(steps: int, self_check_db: float) -> str:
+    """What the tables print of a reference: made from its numbers, never text from a file."""
+    return f"{ref_solver.REFERENCE_SOLVER} {steps} (half the steps: {self_check_db:.1f} dB)"
+
+
+def _cache_folder() -> Path:
+    """The cache folder, refused when it is a symlink or not a folder (its files are `contained` in it on reading;
+    the artifact folder above it is taken as every cache and export under it takes it)."""
+    if CACHE.is_symlink():
+        raise UntrustedFileError(f"{CACHE}: the yardstick reference folder is a symlink; refusing to follow it (move it away)")
+    if CACHE.exists() and not CACHE.is_dir():
+        raise UntrustedFileError(f"{CACHE}: the yardstick reference folder is not a folder (move it away)")
+    return CACHE
+
+
+def _array_digest(array: np.ndarray) -> str:
+    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _marked_contents(key: str, images: np.ndarray, x: np.ndarray, steps: int, self_check_db: float) -> dict[str, Any]:
+    """What a cached reference's mark covers (ownership.contents_mac, the owner key of export manifests): the
+    kind, the key, the bytes of both arrays, the steps and the self-check."""
+    return {"written_by": REFERENCE_KIND, "key": key, "images": _array_digest(images), "x": _array_digest(x),
+            "steps": steps, "self_check_db": self_check_db}  # fmt: skip
+
+
+HEX64 = re.compile(r"[0-9a-f]{64}")
+REFERENCE_SCHEMA = ArraySchema({
+    "images": ArraySpec("uint8", (None, None, None, None)),
+    "x": ArraySpec("float32", (None, None, None, None)),
+    "steps": ArraySpec("int64", ()),
+    "self_check_db": ArraySpec("float64", (), finite=False),  # two runs that agree exactly: infinite
+    "key": ArraySpec("<U64", ()),
+    "mac": ArraySpec("<U64", ()),
+})  # fmt: skip
+
+
+def _marked(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a cached reference this tool wrote (a valid mark under the owner key over its own key and
+    contents); any other file, or one that cannot be read, is refused in one line and left as it is."""
     try:
-        data = read_npz(path, folder=CACHE, what="yardstick reference", check=schema)
+        data = read_npz(path, folder=_cache_folder(), what="yardstick reference", check=REFERENCE_SCHEMA)
     except UntrustedFileError as err:
         raise UntrustedFileError(f"{err}; delete it to compute the reference again") from None
-    return ReferenceImages(data["images"], data["x"], str(data["label"])[:200])
+    key, mac = str(data["key"]), str(data["mac"])
+    contents = _marked_contents(key, data["images"], data["x"], int(data["steps"]), float(data["self_check_db"]))
+    if not (HEX64.fullmatch(key) and HEX64.fullmatch(mac)) or mac_problem(contents, mac) is not None:
+        raise UntrustedFileError(
+            f"{path}: not a yardstick reference this tool wrote (no valid mark under your owner key); "
+            "delete it to compute the reference again"
+        )
+    return data
+
+
+def _read_reference(path: Path, key: str, shape: tuple[int, int, int, int]) -> ReferenceImages | None:
+    """The cached reference for `key` (shape: N, C, H, W of its x); None when the file is this tool's own but
+    made for another key (or not self-consistent): it is computed again and replaced."""
+    data = _marked(path)
+    images, x, steps, db = data["images"], data["x"], int(data["steps"]), float(data["self_check_db"])
+    n, c, h, w = shape
+    if str(data["key"]) != key or x.shape != shape or images.shape != (n, h, w, c) or math.isnan(db):
+        return None
+    if not (2 <= steps <= ref_solver.MAX_REFERENCE_STEPS and steps % 2 == 0) or not np.isfinite(x).all():
+        return None
+    if not np.array_equal(images, to_uint8(torch.from_numpy(x))):
+        return None
+    return ReferenceImages(images, x, _label(steps, db))
+
+
+def _write_reference(path: Path, key: str, out: ReferenceImages, steps: int, self_check_db: float) -> None:
+    """Written beside and renamed over `path`: an existing file is replaced only while it is still this tool's
+    (`_marked`), checked after the work, just before the rename."""
+    from dip_export.io import atomic_path
+
+    contents = _marked_contents(key, out.images, out.x, steps, self_check_db)
+    mac = contents_mac(contents, owner_key(create=True) or b"")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, images=out.images, x=out.x, steps=np.array(steps, np.int64),
+                     self_check_db=np.array(self_check_db, np.float64), key=np.array(key, "<U64"),
+                     mac=np.array(mac, "<U64"))  # fmt: skip
+        if os.path.lexists(path):
+            _marked(path)
 
 
 def measure(
@@ -163,7 +271,7 @@ def measure(
     base = base or SamplerSettings(cfg=y.cfg, shift=y.shift)
     base = replace(base, cfg=y.cfg, shift=y.shift, grid=None)  # each solver and count on its default grid
     plan = make_plan(loaded.config.num_classes, num_samples=y.num_samples, seed=y.seed)
-    reference = reference_images(net, loaded, plan, y, base)
+    reference = reference_images(loaded, plan, y, base)
     ref = reference.images
     digits = is_demo(loaded) and y.num_samples >= DIGIT_FD_MIN_IMAGES  # a covariance needs several images
     rows = []
@@ -276,14 +384,14 @@ def fit_schedule(
     first_seed = TRAIN_SEED_BASE + 1000 * fit.search.seed
     train = Yardstick(fit.train_images, first_seed, fit.cfg, fit.shift, min(batch, fit.train_images), *size)
     train_plan = make_plan(loaded.config.num_classes, num_samples=train.num_samples, seed=train.seed)
-    target = torch.from_numpy(reference_images(net, loaded, train_plan, train, base).x)
+    target = torch.from_numpy(reference_images(loaded, train_plan, train, base).x)
     noise = initial_noise(train_plan.seeds, *size)
     run = ref_solver.sampled(net, noise, torch.tensor(train_plan.classes), loaded.config.null_class, train.batch)
     result = fit_grid(base, lambda s: ref_solver.fit_score(fit.score, run(s), target), fit.search, on_trial)
     fitted = result.settings
     held = Yardstick(fit.heldout_images, 0, fit.cfg, fit.shift, min(batch, fit.heldout_images), *size)
     plan = make_plan(loaded.config.num_classes, num_samples=held.num_samples, seed=held.seed)
-    reference = reference_images(net, loaded, plan, held, base)
+    reference = reference_images(loaded, plan, held, base)
     release = release_settings(base)
     scores = {name: psnr(_run(net, loaded, plan, held, s)[0], reference.images) for name, s in
               (("default_grid_db", base), ("fitted_grid_db", fitted), ("euler_100_db", release))}  # fmt: skip

@@ -313,9 +313,9 @@ def _reference(demo) -> yardstick.ReferenceImages:
     from dip_export.generate import make_plan
     from dip_export.sampling import SamplerSettings
 
-    net, loaded = demo
+    _, loaded = demo
     plan = make_plan(loaded.config.num_classes, num_samples=YARDSTICK.num_samples, seed=YARDSTICK.seed)
-    return yardstick.reference_images(net, loaded, plan, YARDSTICK, SamplerSettings(cfg=YARDSTICK.cfg, shift=YARDSTICK.shift))
+    return yardstick.reference_images(loaded, plan, YARDSTICK, SamplerSettings(cfg=YARDSTICK.cfg, shift=YARDSTICK.shift))
 
 
 @pytest.fixture(scope="module")
