@@ -351,6 +351,8 @@ def load_checkpoint(
     given = config
     sampling: dict[str, Any] = {}
     if path.suffix == ".safetensors":
+        if trust:
+            raise UsageError(f"{path}: a .safetensors file holds no code; --trust-checkpoint goes with a pickle checkpoint")
         shapes, meta = safetensors_header(path)
         stored = _stored_config(path, meta.get(META_CONFIG), json_text=True)
         sampling = _stored_sampling(path, meta.get(META_SAMPLING, "{}"))
@@ -483,6 +485,8 @@ def resolve_model(
     `check` is called with the config before the model is built (a run's or an export's memory estimate).
     """
     one_of(weights, "--weights", ("ema", "raw"))
+    if checkpoint is None and preset is not None and (weights != "ema" or trust):  # nothing to apply to: refused
+        raise UsageError(f"--weights and --trust-checkpoint go with a checkpoint file; --preset {preset} has random weights")
     if checkpoint is not None:
         config = get_preset(preset) if preset is not None else None
         return load_checkpoint(checkpoint, weights=weights, trust=trust, config=config, check=check)
@@ -492,6 +496,6 @@ def resolve_model(
         return LoadedModel(build_model(config), config, name=preset, source=f"preset:{preset}")
     if not DEMO_CHECKPOINT.is_file():
         raise CheckpointError(f"the bundled demo model is missing ({DEMO_CHECKPOINT}); pass a checkpoint or --preset")
-    loaded = load_checkpoint(DEMO_CHECKPOINT, weights=weights, check=check)
+    loaded = load_checkpoint(DEMO_CHECKPOINT, weights=weights, trust=trust, check=check)
     loaded.name = "dip-digits"
     return loaded

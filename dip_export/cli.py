@@ -30,6 +30,7 @@ except ImportError:  # pragma: no cover
 
 console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 def print_error(message: str) -> None:
@@ -461,12 +462,21 @@ def bench(
                 "token_forecast": token_forecast, "shift": shift}  # fmt: skip
     request = BenchRequest(
         ModelRequest(model, preset, weights, trust_checkpoint, revision), sampling, backends=backends,
-        batch_size=batch_alias if batch_alias is not None else batch_size, image_size=image_size, variants=variants,
+        batch_size=_old_name(batch_size, batch_alias, "--batch-size"), image_size=image_size, variants=variants,
         cuda_graphs=cuda_graphs, warmup=warmup, repeats=repeats,
         max_repeats=max(30, repeats) if max_repeats is None else max_repeats, target_spread=target_spread,
         threads=threads, device=device, json_out=json_out, plot=plot, samplers=samplers, nfe=nfe, headline=headline,
     )  # fmt: skip
     run_bench(request, console, progress_bar())
+
+
+def _old_name(value: T | None, old: T | None, name: str) -> T | None:
+    """An option given by its new name or its old one (`--batch`), never both (one would be dropped)."""
+    if value is not None and old is not None:
+        from dip_export.errors import UsageError
+
+        raise UsageError(f"--batch is the old name of {name}; give one of them")
+    return old if old is not None else value
 
 
 def bench_main() -> None:
@@ -488,8 +498,12 @@ def export_trt_cmd(
         Path | None, typer.Option(help="Export folder to build from and into [default: the one under engines/].")
     ] = None,
     batch_profile: Annotated[
-        str, typer.Option(help="Images per batch MIN,OPT,MAX the engine's profile covers (CFG doubles the rows).")
-    ] = "1,1,8",
+        str | None,
+        typer.Option(
+            help="Images per batch MIN,OPT,MAX the engine's profile covers (CFG doubles the rows) [default: 1,1,8].",
+            show_default=False,
+        ),
+    ] = None,
     batch_alias: Annotated[str | None, typer.Option("--batch", hidden=True)] = None,  # the old name of --batch-profile
     timing_cache: Annotated[Path | None, typer.Option(help="Timing cache file, read and updated.")] = None,
     opt_level: Annotated[int, typer.Option(help="Builder optimisation level 0-5 (4-5 help int8/fp8).")] = 3,
@@ -508,5 +522,5 @@ def export_trt_cmd(
     chosen = [name for name, on in (("fp16", fp16), ("bf16", bf16), ("int8", int8), ("fp8", fp8)) if on] or ["fp16"]
     if len(chosen) > 1:
         raise UsageError(f"choose one precision, got {', '.join('--' + c for c in chosen)}")
-    profile = batch_alias if batch_alias is not None else batch_profile
+    profile = _old_name(batch_profile, batch_alias, "--batch-profile") or "1,1,8"
     run_export_trt(chosen[0], source, output_dir, profile, timing_cache, opt_level, console)

@@ -111,6 +111,14 @@ def model_text(model: Any) -> str:
     return text
 
 
+def hub_model_name(text: str) -> str:
+    """org/name -> org--name; org/name/sub/model.pt -> org--name--sub--model: the name its exports are made under."""
+    parts = text.split("/")
+    if len(parts) > 2:  # a file in the repo: its name without the suffix
+        parts[-1] = Path(parts[-1]).stem
+    return "--".join(parts)
+
+
 def open_source(
     model: str | Path | None = None,
     *,
@@ -155,6 +163,8 @@ def open_source(
     elif revision is not None:
         raise UsageError("--revision goes with a Hugging Face Hub name (org/name)")
     loaded = resolve_model(target, preset, weights=weights, trust=trust_checkpoint, check=check)
+    if model is not None and hub:  # named after the repo, not the file (most Hub checkpoints are model.safetensors)
+        loaded.name = hub_model_name(text)
     return ModelSource(
         loaded.name, loaded.config, dict(loaded.sampling), loaded=loaded, path=target, weights=weights,
         preset=preset if target is not None else None,
