@@ -190,13 +190,16 @@ def shard_label(digest: str) -> str:
     return f"{SHARD_MARK} {digest}"
 
 
-def check_settings(folder: Path, settings: dict[str, Any], world: World, *, pending: Collection[str] = ()) -> None:
+def check_settings(
+    folder: Path, settings: dict[str, Any], world: World, *, pending: Collection[str] | None = None
+) -> None:
     """Rank 0 records the settings of the run; every rank refuses a folder made with other ones, and shards
     whose settings are no longer recorded (they are never deleted nor taken for this run's).
 
-    A resumed run calls this twice: first with `pending` naming the settings not known yet (the backend's
-    identity, under backend auto, before it is measured), before any export, engine build or sampling: the folder
-    is compared on every other setting and nothing is written; then with every setting, once the engine is made.
+    A sharded run calls this twice. First, the pre-flight (`pending` given: the names of the settings not known
+    yet, e.g. the backend's identity under backend auto, before it is measured), before any export, engine build
+    or sampling and before the process group is joined: the folder is compared on every other setting, and nothing
+    is written or waited for. Then (`pending` None) with every setting, once the engine is made: recorded if new.
     """
     settings = json.loads(json.dumps(settings))  # tuples become lists, as they read back
     check_parts_dir(folder)
@@ -204,7 +207,7 @@ def check_settings(folder: Path, settings: dict[str, Any], world: World, *, pend
     if not os.path.lexists(path) and folder.is_dir() and any(folder.glob("shard-*.npz")):
         raise UsageError(f"{folder} holds shards but no {SETTINGS_FILE}: their settings are unknown; "
                          "use another --out or delete that folder to start over")  # fmt: skip
-    if pending:
+    if pending is not None:
         if os.path.lexists(path):
             _compare_settings(folder, _read_settings(path), settings, set(pending))
         return

@@ -159,10 +159,14 @@ def test_other_settings_are_found_before_the_engine_and_the_backend_after(
     assert _snapshot(folder) == before  # neither stage rewrites the record
 
 
-def test_the_preflight_writes_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pending", [(), ("backend",)])
+def test_the_preflight_writes_nothing(tmp_path: Path, pending: tuple[str, ...]) -> None:
     folder = tmp_path / "o.npz.parts"
-    check_settings(folder, {"sampler": 1}, World(), pending=("backend",))
-    assert not folder.exists()  # recorded only once every setting is known
+    check_settings(folder, {"sampler": 1, "backend": "torch:fp32"}, World(), pending=pending)
+    assert not folder.exists()  # recorded once the engine is made (and, under torchrun, the group joined), by rank 0
+    folder.mkdir()
+    check_settings(folder, {"sampler": 1, "backend": "torch:fp32"}, World(), pending=pending)
+    assert os.listdir(folder) == []
 
 
 # ---------------------------------------------------------------- the Python entry of sharded runs
@@ -282,13 +286,25 @@ def test_the_cli_refuses_a_bad_entry_before_sampling(
 
 @pytest.mark.parametrize("rank", [0, 1])
 def test_each_torchrun_rank_checks_the_folder_before_it_joins_or_samples(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finished: Path, no_work: list[str], rank: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finished: Path, rank: int
 ) -> None:
     """A rank as torchrun starts it (its environment): both checks come before the process group is joined."""
     for name, value in {"WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
                         "MASTER_PORT": "1"}.items():  # fmt: skip
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(World, "init", lambda self, device: pytest.fail("joined the group before the checks"))
+    joined: list[int] = []
+
+    def join(self: World, device: object) -> None:
+        joined.append(self.rank)
+        raise UsageError("stopped where the group is joined")
+
+    monkeypatch.setattr(World, "init", join)
+    fresh = tmp_path / "fresh.npz"
+    code, err = sample(*BASE, "--num-samples", "4", "--out", fresh)
+    one_line(code, err, 2, "stopped where the group is joined")
+    assert joined == [rank] and not parts_dir(fresh).exists()  # the pre-flight writes nothing, on any rank
+    monkeypatch.setattr(gen, "sample", lambda *a, **k: pytest.fail("sampled before joining"))
+    monkeypatch.setattr(DiPPipeline, "engine", lambda self, *a, **k: None)
     out = tmp_path / "r.npz"
     folder = _copy(finished, out)
     (folder / "shard-000000.npz").unlink()
@@ -299,7 +315,7 @@ def test_each_torchrun_rank_checks_the_folder_before_it_joins_or_samples(
     (folder / "shard-000000.npz").rmdir()
     code, err = sample(*BASE, "--num-samples", "4", "--cfg", "4", "--out", out)
     one_line(code, err, 2, str(folder), "other settings (sampler)")
-    assert no_work == [] and not out.exists() and set(_snapshot(folder)) == set(before) - {"shard-000000.npz"}
+    assert joined == [rank] and not out.exists() and set(_snapshot(folder)) == set(before) - {"shard-000000.npz"}
 
 
 def test_a_clean_resume_still_runs(tmp_path: Path, finished: Path) -> None:
