@@ -129,6 +129,8 @@ def run_sample(request: SampleRequest, console: Console, progress: Progress) -> 
     check_free_space(request.out, png_bytes + (64 << 20))
     if request.png_dir is not None:
         check_output_folder(request.png_dir, lambda name: _png_index(name) < len(plan), kind="png")
+    if world.size > 1 or request.resume:
+        _check_resume(request, world, pipe, settings, plan)  # a folder of other settings: refused before any engine
     say_assumed_size(pipe.source, request.image_size, pipe.image_size, console)  # the arguments are good: now say it
     spec = pipe.choose_backend()  # only now the heavy part: measuring (auto), engines, exports made on the fly
     if pipe.reason:
@@ -142,11 +144,7 @@ def run_sample(request: SampleRequest, console: Console, progress: Progress) -> 
     if world.size > 1 or request.resume:
         if world.is_main:
             remove_output(request.out.with_suffix(".png"), "png")  # never an old grid beside a new npz
-        identity = {
-            "model": pipe.name, "source": str(pipe.source.path or request.model.preset or "demo"), "backend": str(spec),
-            "weights": request.model.weights, "sampler": settings.__dict__, "size": list(pipe.image_size),
-            "content": pipe.source.identity,
-        }  # fmt: skip
+        identity = _run_identity(request, pipe, settings, spec)
         images = _run_sharded(plan, request, world, dev, identity, make_images, progress, console, sampler_line)
         if images is None:
             return
@@ -195,6 +193,30 @@ def _check_sample_request(request: SampleRequest, world: World) -> None:
         from dip_export.distributed import parts_dir
 
         parts_dir(out)  # the shard folder: no symlink, before any work
+
+
+def _run_identity(request: SampleRequest, pipe: DiPPipeline, settings: SamplerSettings, spec: Any) -> dict[str, Any]:
+    """What a sharded run's shards are made under (`settings.json`); `spec` None: the backend not known yet."""
+    identity = {
+        "model": pipe.name, "source": str(pipe.source.path or request.model.preset or "demo"),
+        "weights": request.model.weights, "sampler": settings.__dict__, "size": list(pipe.image_size),
+        "content": pipe.source.identity,
+    }  # fmt: skip
+    return identity if spec is None else {**identity, "backend": str(spec)}
+
+
+def _check_resume(request: SampleRequest, world: World, pipe: DiPPipeline, settings: SamplerSettings, plan: SamplePlan) -> None:
+    """The pre-flight of a sharded run, before any export, engine build or sampling: the shard folder's recorded
+    settings against every one known now (all but the backend under --backend auto, measured later), and the
+    shards already there (headers only)."""
+    from dip_export.distributed import check_finished_shards, check_settings, parts_dir, run_settings
+
+    known = request.backend != "auto"  # as DiPPipeline.load decides: any other backend is fixed at load
+    identity = _run_identity(request, pipe, settings, pipe.spec if known else None)
+    batch_size, shard_batches = request.batch_size, request.batches_per_shard
+    recorded = run_settings(identity, plan, batch_size, shard_batches)
+    check_settings(parts_dir(request.out), recorded, world, pending=() if known else ("backend",))
+    check_finished_shards(request.out, len(plan), batch_size * shard_batches, (*pipe.image_size, 3))
 
 
 def _sample_outputs(request: SampleRequest, world: World) -> list[tuple[str, Path | None]]:
@@ -262,12 +284,11 @@ def _run_sharded(
 ) -> np.ndarray | None:
     """torchrun / --resume: shards of whole batches, resumable; rank 0 shows the global count and merges."""
     out, batch_size, shard_batches = request.out, request.batch_size, request.batches_per_shard
-    from dip_export.distributed import check_finished_shards, check_settings, parts_dir, run_settings, run_sharded
+    from dip_export.distributed import check_settings, parts_dir, run_settings, run_sharded
 
     world.init(device)
     try:
-        check_settings(parts_dir(out), run_settings(identity, plan, batch_size, shard_batches), world)  # before any output
-        check_finished_shards(out, len(plan), batch_size * shard_batches, (*identity["size"], 3))
+        check_settings(parts_dir(out), run_settings(identity, plan, batch_size, shard_batches), world)  # the backend too
         if not world.is_main:
             return run_sharded(plan, out, world=world, settings=identity, batch_size=batch_size,
                                shard_batches=shard_batches, make_images=make_images)  # fmt: skip

@@ -12,7 +12,8 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Mapping
+import stat
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import torch
 
 from dip_export.errors import DipError, UsageError
 from dip_export.generate import SamplePlan
-from dip_export.io import atomic_path, save_npz
+from dip_export.io import atomic_path, save_npz, temporary_pattern
 from dip_export.messages import where
 from dip_export.settings import plain_value, whole_text
 from dip_export.untrusted import ArraySchema, ArraySpec, UntrustedFileError, read_npz
@@ -122,16 +123,47 @@ def parts_dir(out: Path) -> Path:
     return folder
 
 
+SHARD_NAME = r"shard-(?:[0-9]{6}|[1-9][0-9]{6,})\.npz"  # shard k is f"shard-{k:06d}.npz"
+_OWN_NAME = re.compile(rf"{re.escape(SETTINGS_FILE)}|{SHARD_NAME}")
+_OWN_TEMPORARY = re.compile(temporary_pattern(_OWN_NAME.pattern))
+_KINDS = ((stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "device"),
+          (stat.S_ISBLK, "device"))  # fmt: skip
+
+
 def check_parts_dir(folder: Path) -> None:
-    """The shard folder and the files in it are written and read, never followed: no symlink, no other kind of file."""
+    """The shard folder and the files in it are written and read, never followed; checked before any work.
+
+    It holds only what this tool writes there: `settings.json`, `shard-NNNNNN.npz` and their temporaries (of any
+    rank), each a regular file. Anything else (a symlink, folder, FIFO, socket or device, or another name) is
+    refused in one UsageError naming it, and left where it is.
+    """
     if folder.is_symlink():
-        raise UsageError(f"{folder} is a symlink; the shard folder is never written through one (move it away)")
+        raise UsageError(f"{where(folder)} is a symlink; the shard folder is never written through one (move it away)")
     if os.path.lexists(folder) and not folder.is_dir():
-        raise UsageError(f"{folder} exists and is not a folder; the shards go there (move it away)")
-    if folder.is_dir():
-        for path in sorted(folder.iterdir()):
-            if path.is_symlink():
-                raise UsageError(f"{path} is a symlink; files in the shard folder are never followed (delete it)")
+        raise UsageError(f"{where(folder)} exists and is not a folder; the shards go there (move it away)")
+    if not folder.is_dir():
+        return
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as err:
+        raise UsageError(f"cannot list the shard folder {where(folder)}: {err.strerror or err}") from None
+    for name in names:
+        path = folder / name
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            continue  # a temporary another rank has just renamed or removed
+        except OSError as err:
+            raise UsageError(f"cannot read {where(path)}: {err.strerror or err}") from None
+        if stat.S_ISLNK(mode):
+            raise UsageError(f"{where(path)} is a symlink; files in the shard folder are never followed (move it away)")
+        if not stat.S_ISREG(mode):
+            kind = next((kind for test, kind in _KINDS if test(mode)), "special file")
+            raise UsageError(f"{where(path)} is a {kind}, not a file; the shard folder holds only the files this tool "
+                             "writes (move it away, or use another --out)")  # fmt: skip
+        if not (_OWN_NAME.fullmatch(name) or _OWN_TEMPORARY.fullmatch(name)):
+            raise UsageError(f"{where(path)} is not a file this tool writes; the shard folder holds only "
+                             f"{SETTINGS_FILE} and shard-NNNNNN.npz (move it away, or use another --out)")  # fmt: skip
 
 
 def shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
@@ -158,29 +190,46 @@ def shard_label(digest: str) -> str:
     return f"{SHARD_MARK} {digest}"
 
 
-def check_settings(folder: Path, settings: dict[str, Any], world: World) -> None:
+def check_settings(
+    folder: Path, settings: dict[str, Any], world: World, *, pending: Collection[str] | None = None
+) -> None:
     """Rank 0 records the settings of the run; every rank refuses a folder made with other ones, and shards
-    whose settings are no longer recorded (they are never deleted nor taken for this run's)."""
+    whose settings are no longer recorded (they are never deleted nor taken for this run's).
+
+    A sharded run calls this twice. First, the pre-flight (`pending` given: the names of the settings not known
+    yet, e.g. the backend's identity under backend auto, before it is measured), before any export, engine build
+    or sampling and before the process group is joined: the folder is compared on every other setting, and nothing
+    is written or waited for. Then (`pending` None) with every setting, once the engine is made: recorded if new.
+    """
     settings = json.loads(json.dumps(settings))  # tuples become lists, as they read back
     check_parts_dir(folder)
     path = folder / SETTINGS_FILE
     if not os.path.lexists(path) and folder.is_dir() and any(folder.glob("shard-*.npz")):
         raise UsageError(f"{folder} holds shards but no {SETTINGS_FILE}: their settings are unknown; "
                          "use another --out or delete that folder to start over")  # fmt: skip
+    if pending is not None:
+        if os.path.lexists(path):
+            _compare_settings(folder, _read_settings(path), settings, set(pending))
+        return
     if world.is_main and not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
     world.barrier()
-    stored = _read_settings(path)
-    if stored != settings:
-        diff = sorted(k for k in settings if stored.get(k) != settings.get(k))  # this run's names: no file content echoed
-        foreign = len(set(stored) - set(settings))
-        named = ", ".join(diff) + (f"{', ' if diff else ''}{foreign} unknown key(s)" if foreign else "")
-        raise UsageError(
-            f"{folder} holds shards made with other settings ({named}); "
-            "use another --out or delete that folder to start over"
-        )
+    _compare_settings(folder, _read_settings(path), settings, set())
+
+
+def _compare_settings(folder: Path, stored: dict[str, Any], settings: dict[str, Any], pending: set[str]) -> None:
+    """The one comparison of a shard folder's recorded settings with this run's, `pending` names left out."""
+    known = {k: v for k, v in stored.items() if k not in pending}
+    mine = {k: v for k, v in settings.items() if k not in pending}
+    if known == mine:
+        return
+    diff = sorted(k for k in mine if known.get(k) != mine[k])  # this run's names: no file content echoed
+    foreign = len(set(known) - set(mine))
+    named = ", ".join(diff) + (f"{', ' if diff else ''}{foreign} unknown key(s)" if foreign else "")
+    raise UsageError(f"{folder} holds shards made with other settings ({named}); "
+                     "use another --out or delete that folder to start over")  # fmt: skip
 
 
 def _read_settings(path: Path) -> dict[str, Any]:

@@ -47,6 +47,12 @@ def _tmp_prefix(target: Path) -> str:
     return f".{target.name}.{host}-{pid}-{_tmp_tag(target.name, host, pid, create=True) or 'untagged'}."
 
 
+def temporary_pattern(target: str) -> str:
+    """A regex of the names `atomic_path` gives its temporaries beside a file whose name matches regex `target`,
+    made by any host and process (`_tmp_prefix`, then mkstemp's eight characters and `.tmp`)."""
+    return rf"\.(?:{target})\.[^/]+-[0-9]{{1,10}}-(?:[0-9a-f]{{16}}|untagged)\.[a-z0-9_]{{8}}\.tmp"
+
+
 def _tmp_tag(name: str, host: str, pid: int, create: bool) -> str | None:
     """16 hex digits of HMAC(owner key, name, host, pid); None without a usable key (then nothing is deleted)."""
     try:
