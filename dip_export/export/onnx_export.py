@@ -320,7 +320,14 @@ def onnx_runner(path: Path, precision: str) -> Any:
     from dip_export.runtime.ort_engine import make_session
 
     session = make_session(path)
-    return lambda feeds: session.run(None, feeds)[0]
+
+    def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        try:
+            return session.run(None, feeds)[0]
+        except Exception as err:  # ONNX Runtime's own text quotes the graph's names: never shown
+            raise ExportError(f"{path}: ONNX Runtime failed running this graph ({type(err).__name__})") from None
+
+    return run
 
 
 def _error_row(role: str, output: str, batch: int, got: np.ndarray, want: np.ndarray) -> dict[str, Any]:

@@ -161,4 +161,9 @@ def test_an_onnx_runtime_error_while_running_is_one_line(tmp_path: Path) -> None
     text = str(caught.value)
     assert "\n" not in text and text.startswith("ONNX Runtime failed running the detailer graph")
     assert "Expected" not in text and "index" not in text  # ONNX Runtime's own words stay out
+    from dip_export.export.onnx_export import onnx_runner
+
+    with pytest.raises(ExportError) as caught:  # the verification of an export runs its graphs the same way
+        onnx_runner(tmp_path / "g.onnx", "fp32")({"x": np.zeros((1, 3, 8, 8), np.float32)})
+    assert "\n" not in str(caught.value) and "ONNX Runtime failed running this graph" in str(caught.value)
 
