@@ -188,7 +188,7 @@ def _check_sample_request(request: SampleRequest, world: World) -> None:
     if request.png_dir is not None and request.png_dir.exists() and not request.png_dir.is_dir():
         raise UsageError(f"--png-dir {request.png_dir} exists and is not a folder")
     sharded = world.size > 1 or request.resume
-    check_outputs_apart(_sample_outputs(request, world))
+    check_outputs_apart(_sample_outputs(request, world), make_key=False)  # the export folders are known with the model
     if sharded:
         from dip_export.distributed import parts_dir
 
@@ -459,6 +459,7 @@ def _check_bench_request(request: BenchRequest) -> list[str]:
             check_output_file(path)
             check_not_input(path, [request.model.model])
             check_replaceable_output(path, kind)
+    check_outputs_apart([("--json", request.json_out), ("--plot", request.plot)])  # and the owner key, made or read now
     return names
 
 
@@ -610,6 +611,7 @@ def run_export_onnx(
     check_packages(EXPORT_PACKAGES, "dip-export onnx")  # before any file is read
     if output_dir is not None:
         check_export_target(output_dir)
+    check_outputs_apart([("--output-dir", output_dir)])  # and the owner key, made or read now
     if image_size is not None:
         parse_image_size(image_size)
 
@@ -647,6 +649,7 @@ def run_export_trt(
     check_build_options(precision, opt_level)
     if source is not None and output_dir is not None:
         raise UsageError("give the export as SOURCE or as --output-dir, not both")
+    check_outputs_apart([("--output-dir", output_dir)])  # and the owner key, made or read now
     from_model = source is not None and source.is_file()
     check_available("trt", from_model=from_model)  # what is missing comes first, before an export is made
     if source is not None:
@@ -740,6 +743,7 @@ def _check_schedule_request(request: ScheduleRequest) -> Any:
     check_output_file(r.output)
     check_not_input(r.output, [r.model.model, DEMO_CHECKPOINT])  # never over the input, nor over the bundled model
     check_replaceable_output(r.output, "checkpoint")
+    check_outputs_apart([("--output", r.output)])  # and the owner key, made or read now
     images = (r.train_images, r.heldout_images)
     if min(*images, r.sweeps) < 1 or max(images) > 1000 or r.sweeps > 100:
         raise UsageError("--train-images and --heldout-images must be in 1..1000, --sweeps in 1..100")

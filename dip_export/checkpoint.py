@@ -9,6 +9,7 @@ file whose weights themselves cannot be read that way needs `trust=True` (`--tru
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import re
@@ -27,7 +28,7 @@ from dip_export.config import DiPConfig, check_sampling_defaults, get_preset
 from dip_export.errors import CheckpointError, UsageError
 from dip_export.model import DiP
 from dip_export.settings import one_of
-from dip_export.untrusted import UntrustedFileError, parse_json
+from dip_export.untrusted import UntrustedFileError, parse_json, source_identity
 
 DEMO_CHECKPOINT = Path(__file__).parent / "demo" / "dip-digits.safetensors"
 META_CONFIG = "dip_config"  # safetensors metadata key: JSON of DiPConfig
@@ -48,6 +49,15 @@ class LoadedModel:
     source: str  # path of the checkpoint, "preset:NAME" or the demo path
     sampling: dict[str, Any] = field(default_factory=dict)  # recommended steps / cfg / ...
     size_assumed: bool = False  # no stored config: the architecture was read off the weights, the image size assumed
+    weights: str = "ema"  # which weights of a training checkpoint were taken (ema | raw)
+
+    @property
+    def identity(self) -> str:
+        """What defines this model's numbers, as one value: the source's content (sha256 of the file; a preset by
+        name, its weights drawn from a fixed seed), which weights were taken from it, and the config the network
+        was built of. Every cache and reuse of what the model computes keys on it: on-the-fly exports, calibration,
+        reference images; two models with the same identity compute the same numbers."""
+        return model_identity(self.source, self.weights, self.config)
 
 
 def _torch_load(path: Path, trust: bool) -> Any:
@@ -380,7 +390,14 @@ def load_checkpoint(
         model = build_model(config, state)
     except CheckpointError as err:
         raise CheckpointError(str(err) if str(err).startswith(f"{path}:") else f"{path}: {err}") from None
-    return LoadedModel(model, config, name=path.stem, source=str(path), sampling=sampling, size_assumed=inferred)
+    return LoadedModel(model, config, name=path.stem, source=str(path), sampling=sampling, size_assumed=inferred,
+                       weights=weights)  # fmt: skip
+
+
+def model_identity(source: str | Path, weights: str, config: DiPConfig) -> str:
+    """`LoadedModel.identity`: sha256 over the source's content identity, the weights choice and the config."""
+    text = json.dumps([source_identity(source), weights, config.to_dict()], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _check_config(source: str, config: DiPConfig, check: ConfigCheck | None) -> None:

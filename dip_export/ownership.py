@@ -90,11 +90,14 @@ def check_not_input(output: Path, inputs: Iterable[Path | str | None], what: str
             raise UsageError(f"the {what} {output} lies inside the input folder {item}; name another {what}")
 
 
-def check_outputs_apart(outputs: Iterable[tuple[str, Path | str | None]]) -> None:
+def check_outputs_apart(outputs: Iterable[tuple[str, Path | str | None]], *, make_key: bool = True) -> None:
     """The outputs of one run ((option or role, path) pairs; None: not written) are all different, and none is
     inside another (a PNG folder that is the shard folder, an npz inside the PNG folder or an export folder): such
-    a run would pass once and be refused the next time, or write over its own work. Paths are compared after
-    resolving symlinks; before any work."""
+    a run would pass once and be refused the next time, or write over its own work. The owner key is one of the
+    paths kept apart (the run itself would make it, or write, where the other goes), and is obtained here, made or
+    read with all its checks (`owner_key`), so that no problem of it surfaces after the work; `make_key` False: a
+    check made before all the outputs are known, which reads a key that exists but makes none (the later, complete
+    check makes it). Paths are compared after resolving symlinks; before any work."""
     given = [(what, Path(os.path.abspath(path))) for what, path in outputs if path is not None]
     for i, (what, path) in enumerate(given):
         for other, second in given[i + 1 :]:
@@ -104,6 +107,8 @@ def check_outputs_apart(outputs: Iterable[tuple[str, Path | str | None]]) -> Non
             inner = (what, path, other, second) if b in a.parents else (other, second, what, path) if a in b.parents else None
             if inner:
                 raise UsageError(f"{inner[0]} {inner[1]} lies inside {inner[2]} {inner[3]}; name outputs apart from each other")
+    check_key_apart(given)
+    owner_key(create=make_key)
 
 
 # ---------------------------------------------------------------- the owner key of export manifests
@@ -118,6 +123,19 @@ def owner_key_path() -> Path:
         return Path(given)
     config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     return Path(config) / "dip-export" / "owner.key"
+
+
+def check_key_apart(outputs: Iterable[tuple[str, Path]]) -> None:
+    """The owner key is not an output of the run, nor inside one, nor holds one: it is made (or kept) at its path
+    while the run writes the others."""
+    given = owner_key_path()
+    key = Path(os.path.abspath(given)).resolve()
+    for what, path in outputs:
+        out = Path(os.path.abspath(path)).resolve()
+        if key == out or out in key.parents:
+            raise UsageError(f"the owner key {given} ({KEY_ENV}) is or lies inside {what} {path}; keep the key elsewhere")
+        if key in out.parents:
+            raise UsageError(f"{what} {path} lies inside the owner key path {given} ({KEY_ENV}); keep the key elsewhere")
 
 
 def owner_key(create: bool) -> bytes | None:
@@ -143,6 +161,11 @@ def _create_key(path: Path) -> None:
     import secrets
     import tempfile
 
+    anchor = path.parent
+    while not os.path.lexists(anchor) and anchor != anchor.parent:
+        anchor = anchor.parent
+    if not anchor.is_dir():
+        raise DipError(f"cannot make the owner key {path}: {anchor} is not a folder ({KEY_ENV} names another place)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd, tmp = tempfile.mkstemp(prefix=".owner.key.", suffix=".tmp", dir=path.parent)  # mode 600

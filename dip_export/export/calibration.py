@@ -21,7 +21,7 @@ from dip_export.checkpoint import LoadedModel
 from dip_export.errors import DipError
 from dip_export.io import atomic_path
 from dip_export.sampling import Denoiser, SamplerSettings, initial_noise, sample
-from dip_export.untrusted import ArraySchema, ArraySpec, UntrustedFileError, read_npz, source_identity
+from dip_export.untrusted import ArraySchema, ArraySpec, UntrustedFileError, read_npz
 
 _NAMES = {"backbone": ("x", "t", "y"), "detailer": ("x", "tokens")}
 
@@ -35,7 +35,8 @@ class CalibrationSettings:
     seed: int = 1234  # seeds and classes of the calibration samples
 
     def key(self, loaded: LoadedModel, size: tuple[int, int]) -> str:
-        text = json.dumps([asdict(self), source_identity(loaded.source), loaded.config.to_dict(), list(size)], sort_keys=True)
+        """The cache's name: these settings, the model's identity (content, weights taken, config) and the size."""
+        text = json.dumps([asdict(self), loaded.identity, list(size)], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

@@ -30,6 +30,7 @@ from dip_export.export.spec import SubModelSpec, backbone_inputs, io_specs
 from dip_export.io import atomic_dir, settle_swap
 from dip_export.messages import say, say_lines
 from dip_export.model import DiP
+from dip_export.settings import OPSETS
 from dip_export.untrusted import sha256_file
 
 if TYPE_CHECKING:
@@ -73,10 +74,13 @@ def managed_folders(name: str, size: tuple[int, int]) -> list[Path]:
 
 
 def source_info(loaded: LoadedModel) -> dict[str, str]:
+    """The manifest's `source`: the checkpoint (path and sha256), the weights taken from it, and the model's
+    identity (`LoadedModel.identity`), which decides whether an export may stand in for the model."""
     path = Path(loaded.source)
+    found = {"path": loaded.source, "sha256": ""}
     if path.is_file():
-        return {"path": str(path.resolve()), "sha256": sha256_file(path)}
-    return {"path": loaded.source, "sha256": ""}
+        found = {"path": str(path.resolve()), "sha256": sha256_file(path)}
+    return {**found, "weights": loaded.weights, "identity": loaded.identity}
 
 
 def export_onnx(
@@ -91,6 +95,8 @@ def export_onnx(
     """Write backbone.onnx, detailer.onnx and manifest.json into a folder, or nothing at all."""
     if precision not in DTYPES:
         raise UsageError(f"--precision must be one of {', '.join(DTYPES)} or int8, got {precision!r}")
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset not in OPSETS:
+        raise UsageError(f"--opset must be in {OPSETS.start}..{OPSETS.stop - 1}, got {opset!r:.40}")
     check_export(loaded.config, *image_size)  # every export (dip-export, made on the fly, a sub-export) before tracing
     console = console or Console(stderr=True)
     out = Path(output_dir) if output_dir else default_export_dir(loaded.name, precision, image_size)
@@ -166,6 +172,7 @@ def export_submodel(module: nn.Module, spec: SubModelSpec, loaded: LoadedModel, 
             verbose=False,
         )
     model = onnx.load(str(path))
+    check_opset(model, opset, spec.name)
     _name_nodes_by_module(model)
     _pin_io_shapes(model, spec)
     large = sum(t.ByteSize() for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
@@ -182,12 +189,43 @@ def export_submodel(module: nn.Module, spec: SubModelSpec, loaded: LoadedModel, 
     return path.name
 
 
+def graph_opset(model: Any) -> int:
+    """The ONNX (default domain) opset a graph imports; 0 when it imports none."""
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+
+
+def check_opset(model: Any, opset: int, role: str) -> None:
+    """The graph imports exactly the opset asked for. The exporter writes opset 18 and converts to the one asked;
+    where a conversion fails it leaves the graph as it was (and says so only in its log), so the result is read."""
+    got = graph_opset(model)
+    if got != opset:
+        raise ExportError(
+            f"--opset {opset} is not reachable for this model (its {role} comes out as opset {got}); "
+            f"use {OPSETS.start}..{OPSETS.stop - 1}"
+        )
+
+
+def files_opset(folder: Path, files: dict[str, str]) -> int:
+    """The opset the graphs of an export import, for its manifest (what the files hold, never what was asked)."""
+    import onnx
+
+    found = {graph_opset(onnx.load(str(folder / rel), load_external_data=False)) for rel in files.values()}
+    if len(found) != 1:
+        raise ExportError(f"the graphs of {folder.name} import different opsets ({', '.join(map(str, sorted(found)))})")
+    return found.pop()
+
+
+QUIET_LOGGERS = ("torch.onnx", "onnxscript", "onnx_ir")  # the exporter's libraries: their notes and tracebacks
+
+
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
-    """The dynamo exporter logs optional-package notes (torchvision ops) and a note per shared dim name."""
-    log = logging.getLogger("torch.onnx")
-    level = log.level
-    log.setLevel(logging.ERROR)
+    """The exporter's libraries log optional-package notes (torchvision ops), a note per shared dim name, and the
+    traceback of an opset conversion that failed (`check_opset` then refuses the result): none reach the terminal."""
+    logs = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    levels = [log.level for log in logs]
+    for log in logs:
+        log.setLevel(logging.CRITICAL + 1)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
@@ -195,7 +233,8 @@ def _quiet_exporter() -> Iterator[None]:
             warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
             yield
     finally:
-        log.setLevel(level)
+        for log, level in zip(logs, levels, strict=True):
+            log.setLevel(level)
 
 
 def _name_nodes_by_module(model: Any) -> None:
@@ -279,7 +318,14 @@ def onnx_runner(path: Path, precision: str) -> Any:
     from dip_export.runtime.ort_engine import make_session
 
     session = make_session(path)
-    return lambda feeds: session.run(None, feeds)[0]
+
+    def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        try:
+            return session.run(None, feeds)[0]
+        except Exception as err:  # ONNX Runtime's own text quotes the graph's names: never shown
+            raise ExportError(f"{path}: ONNX Runtime failed running this graph ({type(err).__name__})") from None
+
+    return run
 
 
 def _error_row(role: str, output: str, batch: int, got: np.ndarray, want: np.ndarray) -> dict[str, Any]:
@@ -329,15 +375,25 @@ def tool_versions() -> dict[str, str]:
     }
 
 
-def is_current(folder: Path, loaded: LoadedModel) -> bool:
-    """A complete export in `folder` made from this very model (same weights file, same config)."""
+def is_current(
+    folder: Path, loaded: LoadedModel, *, precision: str, image_size: tuple[int, int], opset: int | None = DEFAULT_OPSET,
+    extra: dict[str, Any] | None = None,
+) -> bool:  # fmt: skip
+    """A complete export in `folder` that computes what this run needs: the same model (`LoadedModel.identity`:
+    content, weights taken, config), image size, precision and opset (None: whichever its graphs import), and the
+    stage's own settings (`extra`, e.g. a quantized export's target and calibration). Anything else is made again
+    in its place (the ownership rules of `atomic_dir` decide whether it may be replaced)."""
     if not (folder / MANIFEST).is_file():
         return False
     try:
         manifest = read_manifest(folder)
     except ExportError:
         return False  # damaged: the next export replaces it
-    return manifest.source == source_info(loaded) and manifest.config == loaded.config
+    return (
+        manifest.source == source_info(loaded) and manifest.config == loaded.config
+        and manifest.precision == precision and tuple(manifest.image_size) == tuple(image_size)
+        and opset in (None, manifest.opset) and all(manifest.extra.get(k) == v for k, v in (extra or {}).items())
+    )  # fmt: skip
 
 
 def check_export_run(
@@ -358,7 +414,7 @@ def check_export_run(
     if calibration is not None:
         fp32 = default_export_dir(loaded.name, "fp32", image_size)
         check_not_input(out, [fp32], what="output folder")  # the fp32 export is what the run quantizes
-        if not is_current(fp32, loaded):
+        if not is_current(fp32, loaded, precision="fp32", image_size=image_size):
             outputs.append(("the fp32 export", fp32))
     check_outputs_apart(outputs)
     for _, path in outputs:
@@ -371,6 +427,6 @@ def check_export_run(
 def ensure_export(loaded: LoadedModel, *, precision: str, image_size: tuple[int, int], console: Console | None = None) -> Path:
     """The cached export for this model, precision and size under engines/, made when missing or stale."""
     folder = default_export_dir(loaded.name, precision, image_size)
-    if is_current(folder, loaded):
+    if is_current(folder, loaded, precision=precision, image_size=image_size):
         return folder
     return export_onnx(loaded, precision=precision, image_size=image_size, output_dir=folder, console=console)

@@ -33,6 +33,7 @@ from dip_export.export.onnx_export import (
     EXPORT_ROOT,
     check_export_run,
     ensure_export,
+    files_opset,
     format_report,
     is_current,
     source_info,
@@ -336,7 +337,7 @@ def export_int8(
         report = _verify_quantized(tmp, files, loaded, image_size, fp8, console)
         manifest = Manifest(
             name=loaded.name, precision="fp8" if fp8 else "int8", image_size=image_size, config=loaded.config, files=files,
-            source=source_info(loaded), versions=tool_versions(), opset=source.opset, verification=report,
+            source=source_info(loaded), versions=tool_versions(), opset=files_opset(tmp, files), verification=report,
             sampling=dict(loaded.sampling),
             extra={
                 "target": target, "float_nodes": FLOAT_NODES.pattern, "quantized_ops": QUANTIZED_OPS,
@@ -374,6 +375,7 @@ def ensure_int8_export(
     loaded: LoadedModel, *, image_size: tuple[int, int], target: str = "onnx", console: Console | None = None
 ) -> Path:
     folder = int8_dir(loaded, image_size, target)
-    if is_current(folder, loaded):
+    wanted = {"target": target, "calibration": CalibrationSettings().__dict__}  # what export_int8 makes by default
+    if is_current(folder, loaded, precision="int8", image_size=image_size, opset=None, extra=wanted):
         return folder
     return export_int8(loaded, image_size=image_size, target=target, console=console)

@@ -96,7 +96,11 @@ class _BoundSession:
         self._bind(out_spec.name, out, torch.float32, out=True)
         if self.device.type == "cuda":
             torch.cuda.current_stream().synchronize()
-        self.session.run_with_iobinding(self.binding)
+        try:
+            self.session.run_with_iobinding(self.binding)
+        except Exception as err:  # as at loading: ONNX Runtime's own text quotes the graph, never shown
+            reason = _ORT_REASONS.get(type(err).__name__, "refused")
+            raise ExportError(f"ONNX Runtime failed running the {self.spec.name} graph ({reason})") from None
         del keep
         return out
 
