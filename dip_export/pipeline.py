@@ -425,7 +425,9 @@ class DiPPipeline:
         """`settings` (default: the model's recommendations) with `overrides` applied and validated.
 
         Overrides are SamplerSettings fields (`sampler` and `guidance_interval` name `method` and
-        `interval`); None leaves a field as it is. Where the model stores a fitted time grid for
+        `interval`); None leaves a field as it is. Guidance no step of the run would use is refused
+        when the caller gives it (cfg, guidance_interval or settings); the model's recommended guidance
+        is dropped (cfg 1, the same images) where the steps or shift asked for leave no step inside its interval. Where the model stores a fitted time grid for
         the resulting solver, steps, shift, interval and guidance, the settings use it; where neither
         `settings`, the solver nor the steps are given and a fitted grid matches the guidance, shift
         and interval, its solver and count are used too (the model's recommended solver and count where
@@ -444,8 +446,14 @@ class DiPPipeline:
         if unknown:
             raise UsageError(f"unknown sampler setting(s): {', '.join(unknown)}")
         from dip_export.sampling.grids import with_fitted_solver, with_stored_grid
+        from dip_export.sampling.rules import GuidanceNeverAppliesError
 
-        chosen = dataclasses.replace(base, **fields)
+        try:
+            chosen = dataclasses.replace(base, **fields)
+        except GuidanceNeverAppliesError:  # guidance the caller chose is refused; the model's is not the caller's
+            if settings is not None or {"cfg", "interval"} & set(fields):
+                raise
+            chosen = dataclasses.replace(base, **fields, cfg=1.0)  # its guidance could not apply to these steps
         if fields.get("token_forecast", "off") != "off" and chosen.cache_interval == 1:
             raise UsageError("--token-forecast forecasts between backbone refreshes: give --cache-interval 2 or more with it")
         if settings is None and not {"method", "steps", "grid"} & set(fields):  # the model's recommendation
@@ -454,12 +462,9 @@ class DiPPipeline:
 
     def recommended_settings(self) -> SamplerSettings:
         """The model's recommended sampler settings (stored with the checkpoint or export), else the defaults."""
-        stored = self.source.sampling
-        names = {f.name for f in dataclasses.fields(SamplerSettings)}
-        known = {OVERRIDE_ALIASES.get(k, k): v for k, v in stored.items() if OVERRIDE_ALIASES.get(k, k) in names}
-        if "interval" in known:
-            known["interval"] = tuple(known["interval"])  # stored as a JSON list
-        return SamplerSettings(**known)
+        from dip_export.sampling.rules import stored_settings
+
+        return stored_settings(self.source.sampling)
 
     def plan(
         self,
