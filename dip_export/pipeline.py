@@ -427,11 +427,12 @@ class DiPPipeline:
         Overrides are SamplerSettings fields (`sampler` and `guidance_interval` name `method` and
         `interval`); None leaves a field as it is. Guidance no step of the run would use is refused
         when the caller gives it (cfg, guidance_interval or settings); the model's recommended guidance
-        is dropped (cfg 1, the same images) where the steps or shift asked for leave no step inside its interval. Where the model stores a fitted time grid for
-        the resulting solver, steps, shift, interval and guidance, the settings use it; where neither
-        `settings`, the solver nor the steps are given and a fitted grid matches the guidance, shift
-        and interval, its solver and count are used too (the model's recommended solver and count where
-        a grid for them matches, else the fewest evaluations).
+        is dropped (cfg 1, the same images) where the steps or shift asked for leave no step inside its
+        interval. Where the model stores a fitted time grid for the resulting solver, steps, shift,
+        interval and guidance, the settings use it; where neither `settings`, the solver nor the steps
+        are given and a fitted grid matches the guidance, shift and interval, its solver and count are
+        used too (the model's recommended solver and count where a grid for them matches, else the
+        fewest evaluations).
         """
         base = settings if settings is not None else self.recommended_settings()
         if not isinstance(base, SamplerSettings):

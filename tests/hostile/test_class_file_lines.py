@@ -22,9 +22,7 @@ ENDINGS = ["\n", "\r\n"]
 @st.composite
 def class_files(draw: st.DrawFn) -> tuple[list[str | int], bytes]:
     """Lines that are each a class or blank, joined with any line ending (the last one optional)."""
-    lines: list[str | int] = draw(
-        st.lists(st.one_of(st.integers(0, 9), st.sampled_from(BLANKS)), min_size=0, max_size=12)
-    )
+    lines: list[str | int] = draw(st.lists(st.one_of(st.integers(0, 9), st.sampled_from(BLANKS)), min_size=0, max_size=12))
     ending = draw(st.sampled_from(ENDINGS))
     text = ending.join(str(line) for line in lines) + (ending if draw(st.booleans()) else "")
     return lines, text.encode()
@@ -51,12 +49,8 @@ def test_the_first_n_lines_are_the_classes_or_the_first_blank_one_is_named(
         assert read_class_file(path, 10, n) == lines[:n]  # line i is sample i
 
 
-@pytest.mark.parametrize(
-    ("text", "blank"), [("3\n\n7\n", 2), ("\n3\n7\n", 1), ("3\n \n7\n5\n", 2), ("3\r\n\r\n7\r\n", 2)]
-)
-def test_dip_sample_refuses_a_blank_line_before_any_sampling(
-    tmp_path: Path, no_sampling: None, text: str, blank: int
-) -> None:
+@pytest.mark.parametrize(("text", "blank"), [("3\n\n7\n", 2), ("\n3\n7\n", 1), ("3\n \n7\n5\n", 2), ("3\r\n\r\n7\r\n", 2)])
+def test_dip_sample_refuses_a_blank_line_before_any_sampling(tmp_path: Path, no_sampling: None, text: str, blank: int) -> None:
     path = tmp_path / "cf.txt"
     path.write_bytes(text.encode())
     out = tmp_path / "o.npz"

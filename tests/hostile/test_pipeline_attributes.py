@@ -107,7 +107,7 @@ def test_a_pipeline_made_directly_checks_what_load_would(monkeypatch: pytest.Mon
         DiPPipeline(p.source, p.spec, p.device, batch_size=0)
     with pytest.raises(UsageError, match="not a positive multiple of the patch size"):
         DiPPipeline(p.source, p.spec, p.device, image_size=33)
-    with pytest.raises(UsageError, match="device must be a torch.device"):
+    with pytest.raises(UsageError, match=r"device must be a torch\.device"):
         DiPPipeline(p.source, p.spec, "cuda")  # type: ignore[arg-type]
     with pytest.raises(UsageError, match="ModelSource and a BackendSpec"):
         DiPPipeline(p.source, "torch", p.device)  # type: ignore[arg-type]
