@@ -404,14 +404,16 @@ def say_assumed_size(source: Any, given: str | None, size: tuple[int, int], cons
 
 def _sampler_line(sampler: SamplerSettings, given: dict[str, Any], stored: dict[str, Any]) -> str:
     """What every row samples with, and which settings are the model's stored recommendation."""
+    dropped = given.get("cfg") is None and "cfg" in stored and stored["cfg"] != sampler.cfg  # no step in its interval
     from_model = [opt for key, opt in (("steps", "--steps"), ("cfg", "--cfg"), ("sampler", "--sampler"))
-                  if given.get(key) is None and key in stored]  # fmt: skip
-    line = f"sampler: {sampler.method}, {sampler.steps} steps, guidance {sampler.cfg:g}"
+                  if given.get(key) is None and key in stored and not (key == "cfg" and dropped)]  # fmt: skip
+    notes = [f"the model's guidance {stored['cfg']:g} would apply at no step of this run"] if dropped else []
     if sampler.grid is not None and given.get("steps") is None and given.get("sampler") is None:
-        line += f" (the model's fitted grid for guidance {sampler.cfg:g})"
+        notes.append(f"the model's fitted grid for guidance {sampler.cfg:g}")
     elif from_model:
-        line += f" ({', '.join(from_model)}: the model's recommendation)"
-    return line
+        notes.append(f"{', '.join(from_model)}: the model's recommendation")
+    line = f"sampler: {sampler.method}, {sampler.steps} steps, guidance {sampler.cfg:g}"
+    return line + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def _check_bench_request(request: BenchRequest) -> list[str]:

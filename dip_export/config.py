@@ -93,6 +93,9 @@ def check_sampling_defaults(data: Any) -> dict[str, Any]:
         from dip_export.sampling.grids import check_grid_entries  # fitted time grids: sampling's own format
 
         parsed["grids"] = check_grid_entries(parsed["grids"], MAX_STEPS)
+    from dip_export.sampling.rules import stored_settings
+
+    stored_settings(parsed)  # the values as a whole: a recommended guidance that no recommended step would use
     return parsed
 
 

@@ -285,7 +285,8 @@ def check_finished_shards(out: Path, n: int, shard_size: int, image_shape: tuple
 
 
 def read_class_file(path: Path, num_classes: int, n: int) -> list[int]:
-    """Line i is the class of sample i."""
+    """Line i is the class of sample i: a blank line among the first n is refused (skipping it would give every
+    later sample the class of the next line)."""
     from dip_export.untrusted import UntrustedFileError, read_lines
 
     try:
@@ -293,7 +294,9 @@ def read_class_file(path: Path, num_classes: int, n: int) -> list[int]:
     except UntrustedFileError as err:
         raise UsageError(f"--class-file {err}") from None
     classes = []
-    for number, text in lines:
+    for expected, (number, text) in enumerate(lines, 1):
+        if number != expected:  # read_lines skips blank lines but keeps the numbering: line `expected` was blank
+            raise UsageError(f"--class-file {where(path, expected)} is blank; line i is the class of sample i")
         if not re.fullmatch(r"[0-9]{1,9}", text):
             raise UsageError(f"--class-file {where(path, number)}: one non-negative integer class per line expected")
         classes.append(int(text))

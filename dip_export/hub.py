@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from dip_export.errors import CheckpointError, DipError, MissingDependencyError, UsageError
 from dip_export.export.naming import is_export_folder_name
@@ -59,15 +61,100 @@ def split_hub_name(text: str) -> tuple[str, str | None]:
     return "/".join(parts[:2]), "/".join(parts[2:]) or None
 
 
-def resolve_hub_checkpoint(text: str, revision: str | None = None) -> Path:
-    """The local path (in the Hub cache) of the checkpoint that `org/name[/FILE]` names."""
+# What huggingface_hub reads from the environment when it is imported, and how: switches are true where
+# `value.upper()` is one of its true words (anything else is false, so `HF_HUB_OFFLINE=maybe` would be online),
+# seconds go through int() (a traceback at import for `abc`; 0 means its default). Checked here first, strictly.
+HUB_SWITCHES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_IMPLICIT_TOKEN", "HF_HUB_DISABLE_TELEMETRY",
+                "HF_HUB_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_SYMLINKS", "HF_HUB_DISABLE_XET", "HF_HUB_ENABLE_HF_TRANSFER",
+                "HF_DEBUG")  # fmt: skip
+HUB_SECONDS = ("HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT")
+TRUE_WORDS = ("1", "ON", "YES", "TRUE")  # huggingface_hub's own (constants.ENV_VARS_TRUE_VALUES)
+FALSE_WORDS = ("0", "OFF", "NO", "FALSE", "")
+MAX_HUB_SECONDS = 86_400
+COMMIT_ID = re.compile(r"[0-9a-f]{40}")  # what huggingface_hub writes into a cache ref, and takes as a revision's commit
+
+
+def check_hub_environment(environ: Mapping[str, str] | None = None) -> None:
+    """Refuse, naming the variable (never its value), an HF_* setting huggingface_hub would misread or fail on.
+
+    A switch must be one of 1/0, true/false, yes/no, on/off (any case) or empty; a timeout a whole number of
+    seconds in 1..86400. What is accepted means to huggingface_hub what it means here."""
+    env = os.environ if environ is None else environ
+    for name in HUB_SWITCHES:
+        value = env.get(name)
+        if value is not None and value.upper() not in (*TRUE_WORDS, *FALSE_WORDS):
+            raise UsageError(f"{name} must be 1 or 0 (also true/false, yes/no, on/off) or empty; it holds another value")
+    for name in HUB_SECONDS:
+        value = env.get(name)
+        if value is not None and not (re.fullmatch(r"[0-9]{1,6}", value) and 1 <= int(value) <= MAX_HUB_SECONDS):
+            raise UsageError(f"{name} must be a whole number of seconds in 1..{MAX_HUB_SECONDS}; it holds another value")
+
+
+def _import_hub() -> Any:
+    """huggingface_hub, imported after its environment is checked; what its import still raises, in one line."""
+    check_hub_environment()
     try:
         import huggingface_hub
-        from huggingface_hub import constants, errors
+        from huggingface_hub import constants, errors  # noqa: F401  (its settings are read from the environment here)
     except ImportError:
         raise MissingDependencyError("huggingface_hub", "pip install huggingface_hub (to load checkpoints by Hub name)") from None
-    repo_id, filename = split_hub_name(text)
+    except Exception as err:  # a setting of its environment it cannot parse (those above are checked already)
+        raise UsageError(f"huggingface_hub cannot start with this environment ({type(err).__name__}); check its HF_* "
+                         "variables") from None  # fmt: skip
+    return huggingface_hub
+
+
+def _cache_origin() -> str:
+    """Which variable names the Hub cache folder (for messages)."""
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
+        if os.environ.get(name):
+            return f"from {name}"
+    return "the default"
+
+
+def check_hub_cache(text: str, cache: Path, repo_id: str, revision: str | None) -> None:
+    """What huggingface_hub reads from its cache before (or instead of) asking the Hub, refused here as a cache
+    problem naming the path: a cache (or the nearest existing folder above it) that is not a folder, a repo
+    entry that is not a folder, a ref of this revision that is not a commit id as huggingface_hub writes it."""
+    where = _cache_origin()
+    existing = Path(os.path.abspath(cache))
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "is not a folder" if existing == Path(os.path.abspath(cache)) else f"cannot be made: {existing} is not a folder"
+        raise CheckpointError(f"{text}: the Hugging Face cache {cache} ({where}) {what}; no request was made")
+    repo = Path(os.path.abspath(cache)) / f"models--{repo_id.replace('/', '--')}"
+    if os.path.lexists(repo) and (repo.is_symlink() or not repo.is_dir()):
+        raise CheckpointError(f"{text}: the Hugging Face cache entry {repo} is not a folder; no request was made")
+    wanted = revision or "main"
+    ref = Path(os.path.normpath(repo / "refs" / wanted))
+    if COMMIT_ID.fullmatch(wanted) or not ref.is_relative_to(repo / "refs") or not os.path.lexists(ref):
+        return
+    bad = CheckpointError(f"{text}: the Hugging Face cache ref {ref} is not a commit id as huggingface_hub writes it "
+                          "(a hand-made or damaged cache); refusing to follow it")  # fmt: skip
+    if ref.is_symlink() or not ref.is_file():
+        raise bad
     try:
+        with open(ref, "rb") as f:
+            content = f.read(64)
+    except OSError as err:
+        raise CheckpointError(f"{text}: the Hugging Face cache ref {ref} cannot be read ({err.strerror or err})") from None
+    if not COMMIT_ID.fullmatch(content.decode("ascii", "replace")):
+        raise bad
+
+
+def resolve_hub_checkpoint(text: str, revision: str | None = None) -> Path:
+    """The local path (in the Hub cache) of the checkpoint that `org/name[/FILE]` names.
+
+    The environment is checked before huggingface_hub is imported; the cache before any request; in offline mode
+    (no request at all) whatever fails is the cache's problem, said with its path."""
+    huggingface_hub = _import_hub()
+    from huggingface_hub import constants, errors
+
+    repo_id, filename = split_hub_name(text)
+    cache = Path(constants.HF_HUB_CACHE)
+    try:
+        check_hub_cache(text, cache, repo_id, revision)
         if filename is None:
             filename = _only_checkpoint(repo_id, _repo_files(repo_id, revision))
         found = huggingface_hub.hf_hub_download(repo_id, filename, revision=revision)
@@ -95,13 +182,27 @@ def resolve_hub_checkpoint(text: str, revision: str | None = None) -> Path:
         status = _http_status(err)
         detail = _refusal(text, status) if status is not None else f"{text}: Hugging Face Hub error ({_first_line(err)})"
         raise CheckpointError(detail) from None
-    except OSError as err:
-        raise CheckpointError(f"{text}: Hugging Face Hub error ({_first_line(err)})") from None
     except Exception as err:  # the HTTP client's own errors (connection refused, DNS) are not the Hub's
+        if constants.HF_HUB_OFFLINE or _in_cache(err, cache):  # no request was made, or the cache failed to hold it
+            detail = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
+            offline = "; offline, no request was made" if constants.HF_HUB_OFFLINE else ""
+            raise CheckpointError(f"{text}: the Hugging Face cache {cache} ({_cache_origin()}) could not be used "
+                                  f"({detail}){offline}") from None  # fmt: skip
+        if isinstance(err, OSError):
+            raise CheckpointError(f"{text}: Hugging Face Hub error ({_first_line(err)})") from None
         if not _unreachable(err):
             raise CheckpointError(f"{text}: the Hugging Face Hub's answer could not be read ({type(err).__name__})") from None
         reason = f"{type(err).__name__}: {_first_line(err)}"
         raise CheckpointError(f"{text}: the Hugging Face Hub cannot be reached ({reason})") from None
+
+
+def _in_cache(err: BaseException, cache: Path) -> bool:
+    """An OSError about a file inside the cache (a folder it cannot write, a file in a folder's place)."""
+    names = [getattr(err, "filename", None), getattr(err, "filename2", None)]
+    root = Path(os.path.abspath(cache))
+    return isinstance(err, OSError) and any(
+        isinstance(n, str | os.PathLike) and Path(os.path.abspath(n)).is_relative_to(root) for n in names
+    )
 
 
 def checked_cache_entry(text: str, repo_id: str, entry: Path, cache: Path) -> Path:
@@ -194,6 +295,9 @@ def _cached_files(repo_id: str, revision: str | None) -> list[str]:
         cache = huggingface_hub.scan_cache_dir(constants.HF_HUB_CACHE)
     except errors.CacheNotFound:
         cache = None
+    except (ValueError, OSError) as err:  # read before any request: the cache's problem, not the Hub's answer
+        raise CheckpointError(f"{repo_id}: the Hugging Face cache {constants.HF_HUB_CACHE} ({_cache_origin()}) cannot "
+                              f"be read ({type(err).__name__}); no request was made") from None  # fmt: skip
     wanted = revision or "main"
     for repo in cache.repos if cache is not None else ():
         if repo.repo_id != repo_id or repo.repo_type != "model":

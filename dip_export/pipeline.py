@@ -189,8 +189,7 @@ class LoadRequest:
         from dip_export.runtime.torch_engine import resolve_device
 
         dev = resolve_device(str(device) if isinstance(device, torch.device) else device)  # one check for both forms
-        if console is not None and not (callable(getattr(console, "print", None)) and callable(getattr(console, "status", None))):
-            raise UsageError(f"console must be a rich Console or None, got {type(console).__name__}")
+        _check_console(console)
         request = cls(
             dev, optional_text(backend, "backend", 64), optional_text(revision, "revision"),
             exact_bool(trust_checkpoint, "trust_checkpoint"),
@@ -220,21 +219,98 @@ class LoadRequest:
         return size
 
 
+class FixedSettingError(UsageError, AttributeError):
+    """An assignment to a pipeline's setting: they are fixed at load (also an AttributeError, as Python's read-only
+    attributes raise)."""
+
+
+# How to get another value of each read-only attribute of a pipeline (the messages of FixedSettingError).
+_HOW_TO_CHANGE = {
+    "batch_size": "pass batch_size= to the call, or load again with batch_size=",
+    "image_size": "pass image_size= to the call, or load again with image_size=",
+    "device": "load again with device=",
+    "spec": "load again with backend=",
+    "source": "load again with another model",
+    "config": "load again with another model",
+    "name": "load again with another model",
+    "console": "load again with console=",
+    "reason": "it says why backend='auto' chose the backend",
+}
+
+
 class DiPPipeline:
     """A DiP model on one backend and device, ready to turn classes and seeds into images.
 
     Make one with `DiPPipeline.load(...)`; call it as often as needed: engines (and exports made
-    on the fly) are built once per image size and kept.
+    on the fly) are built once per image size and kept. Its settings (`source`, `spec`, `device`,
+    `image_size`, `batch_size`, `console`) are fixed at load and read-only: the call takes its own
+    `image_size` and `batch_size`, and anything else needs a new load.
     """
 
-    def __init__(self, source: ModelSource, spec: BackendSpec, device: torch.device, console: Any = None) -> None:
-        self.source = source
-        self.spec = spec
-        self.device = device
-        self.console = console
-        self.reason = ""  # why this backend (set by backend="auto")
+    def __init__(self, source: ModelSource, spec: BackendSpec, device: torch.device, console: Any = None, *,
+                 image_size: ImageSize | None = None, batch_size: int = 16) -> None:  # fmt: skip
+        if not isinstance(source, ModelSource) or not isinstance(spec, BackendSpec):
+            raise UsageError("DiPPipeline takes a ModelSource and a BackendSpec; make one with DiPPipeline.load(...)")
+        if not isinstance(device, torch.device):
+            raise UsageError(f"device must be a torch.device, got {type(device).__name__}")
+        _check_console(console)
+        self._source = source
+        self._spec = spec
+        self._device = device
+        self._console = console
+        self._reason = ""  # why this backend (set by backend="auto")
+        self._batch_size = exact_int(batch_size, "batch_size", 1, MAX_BATCH)
+        default = source.export_size or parse_image_size(source.config.image_size)
+        self._image_size = self._size(default if image_size is None else image_size)  # an export's size is fixed
         self._auto_pending = False
         self._engines: dict[tuple[int, int, int], Denoiser] = {}
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Private state and methods (as test doubles replace them) may be set; a setting or a new name may not."""
+        if name.startswith("_") or _is_method(name):
+            object.__setattr__(self, name, value)
+            return
+        raise _fixed(name)
+
+    def __delattr__(self, name: str) -> None:
+        if name.startswith("_") or (_is_method(name) and name in vars(self)):
+            object.__delattr__(self, name)
+            return
+        raise _fixed(name)
+
+    @property
+    def source(self) -> ModelSource:
+        """Where the model comes from (its config, weights or export folder, stored sampler settings)."""
+        return self._source
+
+    @property
+    def spec(self) -> BackendSpec:
+        """The backend calls run on (for backend="auto": a placeholder until the first call decides)."""
+        return self._spec
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def console(self) -> Any:
+        """The rich Console for export progress and messages (None: quiet)."""
+        return self._console
+
+    @property
+    def reason(self) -> str:
+        """Why this backend (set by backend="auto"; empty otherwise)."""
+        return self._reason
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """The image size calls default to (an export's own, else load's image_size, else the config's)."""
+        return self._image_size
+
+    @property
+    def batch_size(self) -> int:
+        """Images per sampler batch when the call does not give batch_size."""
+        return self._batch_size
 
     @classmethod
     def load(
@@ -279,16 +355,14 @@ class DiPPipeline:
         )  # fmt: skip
         size = request.size_of(source)
         if request.backend == "auto":  # decided on first use (engine()), after the caller's cheap checks
-            pipe = cls(source, BackendSpec("torch", "fp32"), request.device, console)
-            pipe._auto_pending = True
+            spec = BackendSpec("torch", "fp32")
         else:
             from dip_export.runtime.backends import check_available
 
             spec = _backend_for(source, request.backend)
             check_available(spec, request.device, from_model=source.loaded is not None)
-            pipe = cls(source, spec, request.device, console)
-        pipe.image_size = size
-        pipe.batch_size = request.batch_size
+        pipe = cls(source, spec, request.device, console, image_size=size, batch_size=request.batch_size)
+        pipe._auto_pending = request.backend == "auto"
         pipe.check_budget(request.num_samples)
         return pipe
 
@@ -301,9 +375,6 @@ class DiPPipeline:
         resident = on_cpu or bool(self._engines)  # what free memory reads now has the weights taken off
         shape = RunShape.sampling(batch or self.batch_size, h, w, samples)  # the batch really run: at most `samples`
         check_run(self.config, shape, self.device, resident=resident)
-
-    image_size: tuple[int, int]
-    batch_size: int
 
     @property
     def config(self) -> DiPConfig:
@@ -325,16 +396,16 @@ class DiPPipeline:
         from dip_export.measure.autobackend import choose_backend
 
         if self.source.loaded is None:  # an export folder runs on what it holds
-            self.spec = _backend_for(self.source, None)
-            self.reason = f"{self.spec}: an export folder runs on ONNX Runtime (TensorRT by name)"
+            self._spec = _backend_for(self.source, None)
+            self._reason = f"{self.spec}: an export folder runs on ONNX Runtime (TensorRT by name)"
             return
         decision = choose_backend(
             self.source.loaded, self.source.identity, size, batch, self.device,
             make=lambda spec: self._make(spec, size, batch), root=EXPORT_ROOT,
         )  # fmt: skip
-        self.spec = decision.spec
+        self._spec = decision.spec
         cached = f"{decision.spec}: cached decision, from an earlier run ({decision.reason})"
-        self.reason = cached if decision.cached else decision.reason  # a cached claim is not this run's timing
+        self._reason = cached if decision.cached else decision.reason  # a cached claim is not this run's timing
         self._engines.clear()  # the candidates' engines were for measuring only
 
     def _make(self, spec: BackendSpec, size: tuple[int, int], batch: int) -> Denoiser:
@@ -364,11 +435,14 @@ class DiPPipeline:
         """`settings` (default: the model's recommendations) with `overrides` applied and validated.
 
         Overrides are SamplerSettings fields (`sampler` and `guidance_interval` name `method` and
-        `interval`); None leaves a field as it is. Where the model stores a fitted time grid for
-        the resulting solver, steps, shift, interval and guidance, the settings use it; where neither
-        `settings`, the solver nor the steps are given and a fitted grid matches the guidance, shift
-        and interval, its solver and count are used too (the model's recommended solver and count where
-        a grid for them matches, else the fewest evaluations).
+        `interval`); None leaves a field as it is. Guidance no step of the run would use is refused
+        when the caller gives it (cfg, guidance_interval or settings); the model's recommended guidance
+        is dropped (cfg 1, the same images) where the steps or shift asked for leave no step inside its
+        interval. Where the model stores a fitted time grid for the resulting solver, steps, shift,
+        interval and guidance, the settings use it; where neither `settings`, the solver nor the steps
+        are given and a fitted grid matches the guidance, shift and interval, its solver and count are
+        used too (the model's recommended solver and count where a grid for them matches, else the
+        fewest evaluations).
         """
         base = settings if settings is not None else self.recommended_settings()
         if not isinstance(base, SamplerSettings):
@@ -383,8 +457,14 @@ class DiPPipeline:
         if unknown:
             raise UsageError(f"unknown sampler setting(s): {', '.join(unknown)}")
         from dip_export.sampling.grids import with_fitted_solver, with_stored_grid
+        from dip_export.sampling.rules import GuidanceNeverAppliesError
 
-        chosen = dataclasses.replace(base, **fields)
+        try:
+            chosen = dataclasses.replace(base, **fields)
+        except GuidanceNeverAppliesError:  # guidance the caller chose is refused; the model's is not the caller's
+            if settings is not None or {"cfg", "interval"} & set(fields):
+                raise
+            chosen = dataclasses.replace(base, **fields, cfg=1.0)  # its guidance could not apply to these steps
         if fields.get("token_forecast", "off") != "off" and chosen.cache_interval == 1:
             raise UsageError("--token-forecast forecasts between backbone refreshes: give --cache-interval 2 or more with it")
         if settings is None and not {"method", "steps", "grid"} & set(fields):  # the model's recommendation
@@ -393,12 +473,9 @@ class DiPPipeline:
 
     def recommended_settings(self) -> SamplerSettings:
         """The model's recommended sampler settings (stored with the checkpoint or export), else the defaults."""
-        stored = self.source.sampling
-        names = {f.name for f in dataclasses.fields(SamplerSettings)}
-        known = {OVERRIDE_ALIASES.get(k, k): v for k, v in stored.items() if OVERRIDE_ALIASES.get(k, k) in names}
-        if "interval" in known:
-            known["interval"] = tuple(known["interval"])  # stored as a JSON list
-        return SamplerSettings(**known)
+        from dip_export.sampling.rules import stored_settings
+
+        return stored_settings(self.source.sampling)
 
     def plan(
         self,
@@ -499,6 +576,26 @@ class DiPPipeline:
     def __repr__(self) -> str:
         where = self.source.export_dir or (self.source.loaded.source if self.source.loaded else "?")
         return f"DiPPipeline({self.name!r} from {where}, backend={self.spec}, device={self.device})"
+
+
+def _is_method(name: str) -> bool:
+    """A method of DiPPipeline (replaceable on an instance, as test doubles do), not a setting or an unknown name."""
+    import inspect
+
+    found = inspect.getattr_static(DiPPipeline, name, None)
+    return callable(found) or isinstance(found, classmethod | staticmethod)
+
+
+def _fixed(name: str) -> FixedSettingError:
+    how = _HOW_TO_CHANGE.get(name)
+    if how is None:
+        return FixedSettingError(f"DiPPipeline has no setting {name!r} to set; settings are given to load() or the call")
+    return FixedSettingError(f"DiPPipeline.{name} is read-only (fixed at load); {how}")
+
+
+def _check_console(console: Any) -> None:
+    if console is not None and not (callable(getattr(console, "print", None)) and callable(getattr(console, "status", None))):
+        raise UsageError(f"console must be a rich Console or None, got {type(console).__name__}")
 
 
 def _check_plan_options(classes: Any, seeds: Any, num_samples: Any, seed: Any) -> None:

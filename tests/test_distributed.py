@@ -112,10 +112,10 @@ def test_the_class_file_is_read_only_as_far_as_the_samples_need(tmp_path_factory
 
     path = tmp_path_factory.mktemp("cf") / "c.txt"
     wanted = [(i * 7) % 10 for i in range(n)]
-    path.write_bytes(b"\n" * blank + b"".join(b"%d\r\n" % c for c in wanted) + b"\xff not a class\n" * extra)
+    path.write_bytes(b"".join(b"%d\r\n" % c for c in wanted) + b"\n" * blank + b"\xff not a class\n" * extra)
     assert read_class_file(path, 10, n) == wanted  # lines past the n-th are never read
     lines = read_lines(path, what="class file", max_lines=n)
-    assert [number for number, _ in lines] == list(range(blank + 1, blank + n + 1))
+    assert [number for number, _ in lines] == list(range(1, n + 1))
     if extra:
         with pytest.raises(UsageError, match=f"line {blank + n + 1}: the class file is not UTF-8"):
             read_class_file(path, 10, n + 1)

@@ -215,8 +215,9 @@ def _entry(method, nfe, band, cfg=1.5):
 def test_the_fitted_grid_for_the_guidance_is_the_recommendation_unless_solver_or_steps_are_chosen(cfg, steps, sampler):
     low, high = _entry("ab2", 6, (1.25, 2.0)), _entry("unipc", 8, (3.0, 5.0), cfg=4.0)
     more = _entry("ab3", 10, (1.25, 2.0))
-    pipe = DiPPipeline.load(batch_size=1)
-    pipe.source = replace(pipe.source, sampling={**pipe.source.sampling, "grids": [more, low, high]})
+    loaded = DiPPipeline.load(batch_size=1)  # its settings are read-only: a pipeline with other stored grids is a new one
+    pipe = DiPPipeline(replace(loaded.source, sampling={**loaded.source.sampling, "grids": [more, low, high]}),
+                       loaded.spec, loaded.device, batch_size=1)  # fmt: skip
     chosen = pipe.sampler_settings(cfg=cfg, steps=steps, sampler=sampler)
     expected = next((e for e in (low, high) if e["cfg"][0] <= cfg <= e["cfg"][1]), None)
     if steps is None and sampler is None and expected is not None:
@@ -254,9 +255,10 @@ def test_the_mean_fit_score_ignores_image_order_and_is_the_pooled_score_when_ima
 @given(cfg=st.floats(1.0, 2.5), recommended=st.sampled_from([("ab2", 6), ("ab3", 10), ("unipc", 10), ("euler", 25)]))
 def test_where_several_fitted_grids_match_the_recommended_solver_and_count_win_else_the_fewest(cfg, recommended):
     low, more = _entry("ab2", 6, (1.25, 2.0)), _entry("ab3", 10, (1.25, 2.0))
-    pipe = DiPPipeline.load(batch_size=1)
+    loaded = DiPPipeline.load(batch_size=1)
     sampler, steps = recommended
-    pipe.source = replace(pipe.source, sampling={"sampler": sampler, "steps": steps, "cfg": 1.5, "grids": [more, low]})
+    stored = {"sampler": sampler, "steps": steps, "cfg": 1.5, "grids": [more, low]}
+    pipe = DiPPipeline(replace(loaded.source, sampling=stored), loaded.spec, loaded.device, batch_size=1)
     chosen = pipe.sampler_settings(cfg=cfg)
     if not 1.25 <= cfg <= 2.0:
         assert (chosen.method, chosen.steps, chosen.grid) == (sampler, steps, None)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -66,6 +67,50 @@ class SamplerSettings:
         if self.grid is not None:
             check_grid(self.grid, self.steps, self.method)
             object.__setattr__(self, "grid", tuple(float(v) for v in self.grid))
+        check_guidance_applies(self)
+
+
+class GuidanceNeverAppliesError(UsageError):
+    """A guidance weight other than 1 with an interval that holds no evaluation time of the run: it would change
+    nothing (every evaluation is unguided), so it is refused rather than run as a silent no-op."""
+
+
+def guided_evaluations(settings: SamplerSettings) -> int:
+    """How many of the run's steps evaluate the guided field: the step times of its grid (0 <= t < 1) that the
+    weight rule of its solver puts inside the guidance interval."""
+    times = solver_grid(settings)[0][:-1]  # every solver decides a step's weight from its start time
+    return sum(eval_weight(settings, t) != 1.0 for t in times)
+
+
+def check_guidance_applies(settings: SamplerSettings) -> None:
+    """Refuse guidance that no step of the run would use (cfg 1 needs no interval)."""
+    if settings.cfg == 1.0:
+        return
+    lo, hi = settings.interval
+    if guided_evaluations(settings) == 0:  # each solver's own rule (Heun's upper bound is inclusive)
+        steps = "1 step (t = 0 only)" if settings.steps == 1 else f"{settings.steps} steps"
+        raise GuidanceNeverAppliesError(
+            f"guidance {settings.cfg:g} would never apply: the guidance interval {lo:g},{hi:g} holds no step "
+            f"time of this run's grid ({settings.method}, {steps}, shift {settings.shift:g}); widen --guidance-interval, "
+            "change --steps or --shift, or use --cfg 1"
+        )
+
+
+STORED_NAMES = {"sampler": "method", "guidance_interval": "interval"}  # stored defaults' (and the CLI's) field names
+
+
+def stored_settings(stored: dict[str, Any]) -> SamplerSettings:
+    """A model's stored sampling defaults (each already within its limits) as the settings they recommend, checked
+    as a whole: the recommended guidance must apply to the recommended steps. Stored values are never echoed."""
+    names = {f.name for f in dataclasses.fields(SamplerSettings)}
+    known = {STORED_NAMES.get(k, k): v for k, v in stored.items() if STORED_NAMES.get(k, k) in names}
+    if "interval" in known:
+        known["interval"] = tuple(known["interval"])  # stored as a JSON list
+    try:
+        return SamplerSettings(**known)
+    except GuidanceNeverAppliesError:
+        raise UsageError("the stored guidance would never apply: the stored guidance interval holds no step time of "
+                         "the stored steps") from None  # fmt: skip
 
 
 def check_grid(grid: Sequence[float], steps: int, method: str) -> None:
