@@ -21,7 +21,7 @@ from rich.progress import Progress
 from dip_export.engines import make_engine
 from dip_export.errors import ExportError, UsageError
 from dip_export.generate import SamplePlan, check_run_limits, check_seed, make_plan, parse_image_size, parse_int_list
-from dip_export.io import check_output_file, check_output_folder, image_grid, remove_output, save_npz, save_png
+from dip_export.io import check_output_file, check_output_folder, check_outputs, image_grid, remove_output, save_npz, save_png
 from dip_export.messages import say
 from dip_export.ownership import check_free_space, check_not_input, check_outputs_apart, check_replaceable_output
 from dip_export.pipeline import DiPPipeline
@@ -178,8 +178,9 @@ def _check_sample_request(request: SampleRequest, world: World) -> None:
         parse_image_size(request.image_size)
     if request.batches_per_shard > MAX_SHARD_BATCHES:
         raise UsageError(f"--shard-batches must be in 1..{MAX_SHARD_BATCHES}, got {request.batches_per_shard}")
-    check_output_file(out)
-    check_output_file(out.with_suffix(".png"))
+    check_outputs(_sample_outputs(request, world))  # none inside an artifact of this tool, all apart
+    check_output_file(out, what="--out")
+    check_output_file(out.with_suffix(".png"), what="the grid")
     check_replaceable_output(out, "npz")
     check_replaceable_output(out.with_suffix(".png"), "png")
     for output in (out, out.with_suffix(".png"), request.png_dir):
@@ -189,9 +190,7 @@ def _check_sample_request(request: SampleRequest, world: World) -> None:
         raise UsageError(f"--png-dir {request.png_dir} is a symlink; an output folder is never written through one")
     if request.png_dir is not None and request.png_dir.exists() and not request.png_dir.is_dir():
         raise UsageError(f"--png-dir {request.png_dir} exists and is not a folder")
-    sharded = world.size > 1 or request.resume
-    check_outputs_apart(_sample_outputs(request, world))
-    if sharded:
+    if world.size > 1 or request.resume:
         from dip_export.distributed import parts_dir
 
         parts_dir(out)  # the shard folder: no symlink, before any work
@@ -433,6 +432,7 @@ def _check_bench_request(request: BenchRequest) -> list[str]:
         raise UsageError(f"--json writes JSON; name a .json file (got {request.json_out.suffix or 'no suffix'})")
     if request.threads is not None and not 1 <= request.threads <= 1024:
         raise UsageError(f"--threads must be in 1..1024, got {request.threads}")
+    check_outputs([("--json", request.json_out), ("--plot", request.plot)])
     for path, kind in ((request.json_out, "bench-report"), (request.plot, "png")):
         if path is not None:
             check_output_file(path)
@@ -716,6 +716,7 @@ def _check_schedule_request(request: ScheduleRequest) -> Any:
     r = request
     if r.output.suffix != ".safetensors":
         raise UsageError(f"--output must name a .safetensors file, got {r.output}")
+    check_outputs([("--output", r.output)])
     check_output_file(r.output)
     check_not_input(r.output, [r.model.model, DEMO_CHECKPOINT])  # never over the input, nor over the bundled model
     check_replaceable_output(r.output, "checkpoint")
