@@ -27,6 +27,15 @@ ROLES = ("backbone", "detailer")  # the sub-models every export holds
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearMatMul", "QLinearConv",
                  "MatMulInteger", "ConvInteger"}  # fmt: skip
 MAX_MANIFEST_BYTES = 16 << 20
+# Every operator `dip-export onnx` writes (fp32, fp16, bf16; int8 and fp8 add Q/DQ), all of the default ONNX domain.
+# A graph with any other is not the exporter's: tests/hostile/test_graph_limits.py exports each precision and fails
+# when the exporter starts writing one not listed here.
+EXPORTER_OPS = frozenset({
+    "Add", "Cast", "Concat", "Conv", "ConvTranspose", "Cos", "DequantizeLinear", "Gather", "Gemm", "MatMul",
+    "MaxPool", "Mul", "Pow", "QuantizeLinear", "Reciprocal", "ReduceMean", "Reshape", "Shape", "Sigmoid", "Sin", "Slice",
+    "Softmax", "Split", "Sqrt", "Squeeze", "Sub", "Transpose", "Unsqueeze",
+})  # fmt: skip
+SIZING_BATCH = 2  # the graph's tensors are sized at one CFG pair, the batch exports are traced and verified at
 
 
 @dataclass
@@ -204,7 +213,87 @@ def check_graph(folder: Path, path: Path, role: str, manifest: Manifest) -> int:
                                        manifest.precision, io, manifest.config.num_classes)  # fmt: skip
     if problem:
         raise ExportError(f"{path}: {problem}")
+    _check_computed(path, _largest_tensor(str(path.resolve()), stat.st_size, stat.st_mtime_ns))
+    _check_recorded(folder, path, manifest)
     return elements
+
+
+def _check_computed(path: Path, largest: int) -> None:
+    """The largest tensor the graph computes (at SIZING_BATCH) fits in the memory budget."""
+    from dip_export.budget import gib, memory_limit
+
+    limit = memory_limit()
+    if largest > limit:
+        raise ExportError(f"{path}: the graph computes a tensor of {gib(largest)} at batch {SIZING_BATCH}, more than the "
+                          f"memory budget of {gib(limit)}; refusing to run it")  # fmt: skip
+
+
+@functools.lru_cache(maxsize=64)
+def _largest_tensor(path: str, size: int, mtime_ns: int) -> int:
+    """Bytes of the largest tensor a node of the graph computes, its shapes inferred by ONNX (constants propagated)
+    with the batch at SIZING_BATCH. Called once the graph's structure has passed `_graph_problem`."""
+    import math
+
+    import onnx
+    from onnx import helper, shape_inference
+
+    model = onnx.load(path, load_external_data=False)
+    _load_small_external(model, Path(path).parent)
+    for value in [*model.graph.input, *model.graph.output]:
+        for dim in value.type.tensor_type.shape.dim:
+            if not dim.HasField("dim_value"):
+                dim.dim_value = SIZING_BATCH  # the one dynamic axis of the exporter's I/O: the batch
+    del model.graph.value_info[:]  # only what inference derives is trusted
+    try:
+        inferred = shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)  # types: bf16 Conv is not in the schema
+    except Exception as err:  # onnx raises its own InferenceError, ValidationError and others
+        raise ExportError(f"{path}: ONNX shape inference fails on the graph ({type(err).__name__})") from None
+    known = {v.name: v.type.tensor_type for v in [*inferred.graph.value_info, *inferred.graph.output]}
+    largest = 0
+    for number, node in enumerate(inferred.graph.node, 1):
+        for name in filter(None, node.output):
+            kind = known.get(name)
+            if kind is None or not kind.HasField("shape") or not all(d.HasField("dim_value") for d in kind.shape.dim):
+                raise ExportError(f"{path}: node #{number} ({node.op_type}) computes a tensor whose size depends on "
+                                  "data; the exporter's graphs have static sizes")  # fmt: skip
+            try:
+                element = helper.tensor_dtype_to_np_dtype(kind.elem_type).itemsize
+            except (KeyError, TypeError, ValueError):
+                element = 8
+            largest = max(largest, math.prod(max(d.dim_value, 0) for d in kind.shape.dim) * element)
+    return largest
+
+
+SMALL_EXTERNAL = 1 << 16  # external tensors up to this size are read for shape inference (shapes, axes, constants)
+
+
+def _load_small_external(model: Any, graph_dir: Path) -> None:
+    """Shape inference propagates constants only from tensors it can read: a small one stored as external data
+    (already checked by `_external_problem`: contained, within its file) is read in; the weights stay on disk."""
+    from onnx import TensorProto
+    from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
+
+    for tensor in model.graph.initializer:
+        if uses_external_data(tensor) and _tensor_bytes(tensor) <= SMALL_EXTERNAL:
+            load_external_data_for_tensor(tensor, str(graph_dir))
+            tensor.data_location = TensorProto.DEFAULT
+            del tensor.external_data[:]
+
+
+def _check_recorded(folder: Path, path: Path, manifest: Manifest) -> None:
+    """A graph the manifest's contents list (with its size and sha256, as the export wrote it) is still that file."""
+    rel = path.relative_to(folder).as_posix() if path.is_relative_to(folder) else None
+    entry = manifest.contents.get(rel) if rel is not None else None
+    if not isinstance(entry, dict):
+        return  # not listed (an export of an older version): the checks above are all there is
+    stat = path.stat()
+    if stat.st_size != entry.get("size") or _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns) != entry.get("sha256"):
+        raise ExportError(f"{path}: changed since export (its size or sha256 is not the one {MANIFEST} records)")
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(Path(path))
 
 
 @functools.lru_cache(maxsize=64)
@@ -232,6 +321,9 @@ def _structure_problem(
     problem = problem or _declared_problem(graph, size + stored)
     if problem:
         return problem
+    problem = _operator_problem(graph)
+    if problem:
+        return problem
     found = {v.name: v for v in list(graph.input) + list(graph.output)}
     for name, want in io:
         if name not in found:
@@ -243,6 +335,20 @@ def _structure_problem(
         if tensor.name.endswith("embedding_table.weight") and tensor.dims and tensor.dims[0] != num_classes + 1:
             return f"the graph has {tensor.dims[0] - 1} classes, the manifest's config says {num_classes}"
     return _precision_problem(model, precision)
+
+
+def _operator_problem(graph: Any) -> str:
+    """Every node is an operator of EXPORTER_OPS, in the default ONNX domain. Only names ONNX itself defines are
+    shown (the graph's own text never is)."""
+    from onnx import defs
+
+    foreign = {(node.op_type, node.domain) for node in graph.node
+               if node.domain not in ("", "ai.onnx") or node.op_type not in EXPORTER_OPS}  # fmt: skip
+    if not foreign:
+        return ""
+    named = sorted(op for op, domain in foreign if domain in ("", "ai.onnx") and defs.has(op))
+    shown = f": {', '.join(named[:4])}" if named and len(named) == len(foreign) else ""
+    return f"the graph uses {len(foreign)} operator(s) the exporter never writes{shown}; refusing to run it"
 
 
 _DECIMAL = re.compile(r"[0-9]{1,19}")  # an external-data offset or length: what a protobuf string may hold
