@@ -179,8 +179,8 @@ def _check_sample_request(request: SampleRequest, world: World) -> None:
     if request.batches_per_shard > MAX_SHARD_BATCHES:
         raise UsageError(f"--shard-batches must be in 1..{MAX_SHARD_BATCHES}, got {request.batches_per_shard}")
     check_outputs(_sample_outputs(request, world))  # none inside an artifact of this tool, all apart
-    check_output_file(out, what="--out")
-    check_output_file(out.with_suffix(".png"), what="the grid")
+    check_output_file(out)
+    check_output_file(out.with_suffix(".png"))
     check_replaceable_output(out, "npz")
     check_replaceable_output(out.with_suffix(".png"), "png")
     for output in (out, out.with_suffix(".png"), request.png_dir):
@@ -623,6 +623,7 @@ def run_export_trt(
     from dip_export.runtime.trt_support import gpu_identity, import_tensorrt
 
     profile = BatchProfile.parse(batch)
+    check_outputs([("--timing-cache", timing_cache)])  # none inside an artifact (the export it builds for too)
     check_build_options(precision, opt_level)
     if source is not None and output_dir is not None:
         raise UsageError("give the export as SOURCE or as --output-dir, not both")

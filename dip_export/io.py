@@ -102,7 +102,7 @@ def atomic_path(target: Path, kind: str | None = None) -> Iterator[Path]:
     for that kind, checked before and again after the block, and the new file must carry the mark itself.
     """
     target = Path(target)
-    _check_file_target(target, probe=False)  # the temporary made below is the write test
+    check_output_file(target, probe=False)  # the temporary made below is the write test
     if kind is not None:
         check_replaceable_output(target, kind)
     try:
@@ -283,15 +283,11 @@ def probe_write(folder: Path, path: Path) -> None:
     os.unlink(name)
 
 
-def check_output_file(path: Path, probe: bool = True, what: str = "the output") -> None:
-    """A file output may be created or replace a regular file; never a folder, nor inside an artifact of this
-    tool. Checked before any work."""
-    check_output_place(Path(path), what)
-    _check_file_target(Path(path), probe)
-
-
-def _check_file_target(path: Path, probe: bool) -> None:
-    """What any file write needs (the tool's own files inside its artifacts too): a name, no symlink, no folder."""
+def check_output_file(path: Path, probe: bool = True) -> None:
+    """A file output may be created or replace a regular file; never a folder. Checked before any work (and for
+    every file the tool writes, its own inside its artifacts too: where a command's outputs may go is
+    `check_outputs`)."""
+    path = Path(path)
     check_output_name(path)
     if path.is_symlink():
         raise UsageError(f"{path} is a symlink; an output is never written through one (name another output)")

@@ -62,8 +62,9 @@ def _artifacts(root: Path) -> None:
 
 
 def _check(kind: str, path: Path) -> None:
-    if kind == "file":
-        check_output_file(path, what="--out")
+    if kind == "file":  # as a command checks a file it writes
+        check_outputs([("--out", path)])
+        check_output_file(path)
     elif kind == "folder":
         check_output_folder(path, lambda name: True)
     elif kind == "export":
@@ -153,6 +154,8 @@ def test_dip_export_writes_nothing_inside_an_artifact(tmp_path: Path, monkeypatc
     one_line(code, err, 2, "lies inside the export folder")
     code, err = run(cli.export_main, "schedule", "--output", exp / "s.safetensors", "--sampler", "euler", "--nfe", "4")
     one_line(code, err, 2, "--output", "lies inside the export")
+    code, err = run(cli.export_main, "trt", "--output-dir", exp, "--timing-cache", exp / "t.cache")
+    one_line(code, err, 2, "--timing-cache", "lies inside the export")
     with pytest.raises(UsageError, match="lies inside the shard folder"):  # the Python API: the same check
         export_onnx(loaded, image_size=SIZE, output_dir=tmp_path / "r.npz.parts" / "e")
     assert _listing(tmp_path) == before
