@@ -209,11 +209,11 @@ def check_graph(folder: Path, path: Path, role: str, manifest: Manifest) -> int:
         raise ExportError(f"{folder}: unknown sub-model {role!r} in the manifest")
     io = tuple((t.name, tuple(d if isinstance(d, int) else None for d in t.shape)) for t in spec.inputs + spec.outputs)
     stat = path.stat()
-    problem, elements = _graph_problem(str(path.resolve()), stat.st_size, stat.st_mtime_ns, str(folder.resolve()),
-                                       manifest.precision, io, manifest.config.num_classes)  # fmt: skip
+    problem, elements, largest = _graph_problem(str(path.resolve()), stat.st_size, stat.st_mtime_ns, str(folder.resolve()),
+                                                manifest.precision, io, manifest.config.num_classes)  # fmt: skip
     if problem:
         raise ExportError(f"{path}: {problem}")
-    _check_computed(path, _largest_tensor(str(path.resolve()), stat.st_size, stat.st_mtime_ns))
+    _check_computed(path, largest)
     _check_recorded(folder, path, manifest)
     return elements
 
@@ -228,40 +228,46 @@ def _check_computed(path: Path, largest: int) -> None:
                           f"memory budget of {gib(limit)}; refusing to run it")  # fmt: skip
 
 
-@functools.lru_cache(maxsize=64)
-def _largest_tensor(path: str, size: int, mtime_ns: int) -> int:
+def _largest_tensor(model: Any, graph_dir: Path) -> tuple[str, int]:
     """Bytes of the largest tensor a node of the graph computes, its shapes inferred by ONNX (constants propagated)
-    with the batch at SIZING_BATCH. Called once the graph's structure has passed `_graph_problem`."""
+    with the batch at SIZING_BATCH; or why they cannot be inferred. Called once the structure has passed; the
+    weights are taken out first (inference needs their shapes only), so the check holds no copy of them."""
     import math
 
-    import onnx
     from onnx import helper, shape_inference
 
-    model = onnx.load(path, load_external_data=False)
-    _load_small_external(model, Path(path).parent)
-    for value in [*model.graph.input, *model.graph.output]:
+    _load_small_external(model, graph_dir)
+    graph = model.graph
+    for value in [*graph.input, *graph.output]:
         for dim in value.type.tensor_type.shape.dim:
             if not dim.HasField("dim_value"):
                 dim.dim_value = SIZING_BATCH  # the one dynamic axis of the exporter's I/O: the batch
-    del model.graph.value_info[:]  # only what inference derives is trusted
+    del graph.value_info[:]  # only what inference derives is trusted
+    weights = [t for t in graph.initializer if _tensor_bytes(t) > SMALL_EXTERNAL]
+    graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in weights)
+    keep = [t for t in graph.initializer if _tensor_bytes(t) <= SMALL_EXTERNAL]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
     try:
         inferred = shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)  # types: bf16 Conv is not in the schema
     except Exception as err:  # onnx raises its own InferenceError, ValidationError and others
-        raise ExportError(f"{path}: ONNX shape inference fails on the graph ({type(err).__name__})") from None
+        return f"ONNX shape inference fails on the graph ({type(err).__name__})", 0
     known = {v.name: v.type.tensor_type for v in [*inferred.graph.value_info, *inferred.graph.output]}
     largest = 0
     for number, node in enumerate(inferred.graph.node, 1):
         for name in filter(None, node.output):
             kind = known.get(name)
             if kind is None or not kind.HasField("shape") or not all(d.HasField("dim_value") for d in kind.shape.dim):
-                raise ExportError(f"{path}: node #{number} ({node.op_type}) computes a tensor whose size depends on "
-                                  "data; the exporter's graphs have static sizes")  # fmt: skip
+                return (
+                    f"node #{number} ({node.op_type}) computes a tensor whose size depends on data; "
+                    "the exporter's graphs have static sizes"
+                ), 0
             try:
                 element = helper.tensor_dtype_to_np_dtype(kind.elem_type).itemsize
             except (KeyError, TypeError, ValueError):
                 element = 8
             largest = max(largest, math.prod(max(d.dim_value, 0) for d in kind.shape.dim) * element)
-    return largest
+    return "", largest
 
 
 SMALL_EXTERNAL = 1 << 16  # external tensors up to this size are read for shape inference (shapes, axes, constants)
@@ -299,8 +305,9 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
 @functools.lru_cache(maxsize=64)
 def _graph_problem(
     path: str, size: int, mtime_ns: int, folder: str, precision: str, io: tuple[Any, ...], num_classes: int
-) -> tuple[str, int]:
-    """What is wrong with a graph ("" if nothing), and the elements of its initializers (external data not read)."""
+) -> tuple[str, int, int]:
+    """What is wrong with a graph ("" if nothing), the elements of its initializers (external data not read), and
+    the bytes of the largest tensor it computes (`_largest_tensor`)."""
     import math
 
     import onnx
@@ -308,10 +315,14 @@ def _graph_problem(
     try:
         model = onnx.load(path, load_external_data=False)
     except Exception as err:  # protobuf raises its own DecodeError, and others on random bytes
-        return f"not a readable ONNX model ({type(err).__name__})", 0
+        return f"not a readable ONNX model ({type(err).__name__})", 0, 0
     graph = model.graph
     elements = sum(math.prod(max(int(d), 0) for d in tensor.dims) for tensor in graph.initializer)
-    return _structure_problem(graph, model, size, path, precision, io, num_classes), elements
+    problem = _structure_problem(graph, model, size, path, precision, io, num_classes)
+    if problem:
+        return problem, elements, 0
+    problem, largest = _largest_tensor(model, Path(path).parent)  # last: it takes the weights out of `model`
+    return problem, elements, largest
 
 
 def _structure_problem(
