@@ -213,19 +213,42 @@ def check_graph(folder: Path, path: Path, role: str, manifest: Manifest) -> int:
                                                 manifest.precision, io, manifest.config.num_classes)  # fmt: skip
     if problem:
         raise ExportError(f"{path}: {problem}")
-    _check_computed(path, largest)
+    _check_computed(path, largest, manifest)
     _check_recorded(folder, path, manifest)
     return elements
 
 
-def _check_computed(path: Path, largest: int) -> None:
-    """The largest tensor the graph computes (at SIZING_BATCH) fits in the memory budget."""
+def _check_computed(path: Path, largest: tuple[int, int], manifest: Manifest) -> None:
+    """The largest tensor the graph computes (at SIZING_BATCH) fits in the memory budget, and within ENVELOPE_SLACK
+    of what the exporter's graphs of the manifest's config compute (`exporter_envelope`): a graph that computes
+    more would grow past the run's memory estimate with the batch. `largest`: (computed bytes, the elements of
+    the largest initializer, which a quantized graph dequantizes whole)."""
     from dip_export.budget import gib, memory_limit
 
+    computed, weight = largest
     limit = memory_limit()
-    if largest > limit:
-        raise ExportError(f"{path}: the graph computes a tensor of {gib(largest)} at batch {SIZING_BATCH}, more than the "
-                          f"memory budget of {gib(limit)}; refusing to run it")  # fmt: skip
+    if computed > limit:
+        raise ExportError(f"{path}: the graph computes a tensor of {gib(computed)} at batch {SIZING_BATCH}, more than "
+                          f"the memory budget of {gib(limit)}; refusing to run it")  # fmt: skip
+    need = max(exporter_envelope(manifest.config, manifest.image_size), 4 * weight)
+    if computed > ENVELOPE_SLACK * need:
+        raise ExportError(f"{path}: the graph computes a tensor of {gib(computed)} at batch {SIZING_BATCH}, more than "
+                          f"{ENVELOPE_SLACK}x the largest the exporter's graphs of this config compute ({gib(need)}); "
+                          "refusing to run it")  # fmt: skip
+
+
+ENVELOPE_SLACK = 4
+
+
+def exporter_envelope(config: DiPConfig, image_size: tuple[int, int]) -> int:
+    """Bytes of the largest float32 tensor the exporter's graphs compute at SIZING_BATCH: the backbone's per-token
+    widths (qkv, MLP, attention scores) over the tokens, or an image-sized map (the patchified input, the
+    detailer's first level with its skip connection)."""
+    height, width = image_size
+    tokens = (height // config.patch_size) * (width // config.patch_size)
+    per_token = max(3 * config.hidden_size, config.mlp_hidden, config.num_heads * tokens)
+    image = 2 * max(config.detailer_width, config.in_channels) * height * width
+    return SIZING_BATCH * 4 * max(tokens * per_token, image)
 
 
 def _largest_tensor(model: Any, graph_dir: Path) -> tuple[str, int]:
@@ -305,9 +328,9 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
 @functools.lru_cache(maxsize=64)
 def _graph_problem(
     path: str, size: int, mtime_ns: int, folder: str, precision: str, io: tuple[Any, ...], num_classes: int
-) -> tuple[str, int, int]:
+) -> tuple[str, int, tuple[int, int]]:
     """What is wrong with a graph ("" if nothing), the elements of its initializers (external data not read), and
-    the bytes of the largest tensor it computes (`_largest_tensor`)."""
+    the bytes of the largest tensor it computes (`_largest_tensor`) with the elements of its largest initializer."""
     import math
 
     import onnx
@@ -315,14 +338,15 @@ def _graph_problem(
     try:
         model = onnx.load(path, load_external_data=False)
     except Exception as err:  # protobuf raises its own DecodeError, and others on random bytes
-        return f"not a readable ONNX model ({type(err).__name__})", 0, 0
+        return f"not a readable ONNX model ({type(err).__name__})", 0, (0, 0)
     graph = model.graph
     elements = sum(math.prod(max(int(d), 0) for d in tensor.dims) for tensor in graph.initializer)
     problem = _structure_problem(graph, model, size, path, precision, io, num_classes)
     if problem:
-        return problem, elements, 0
-    problem, largest = _largest_tensor(model, Path(path).parent)  # last: it takes the weights out of `model`
-    return problem, elements, largest
+        return problem, elements, (0, 0)
+    weight = max((math.prod(max(int(d), 0) for d in tensor.dims) for tensor in graph.initializer), default=0)
+    problem, computed = _largest_tensor(model, Path(path).parent)  # last: it takes the weights out of `model`
+    return problem, elements, (computed, weight)
 
 
 def _structure_problem(

@@ -1,8 +1,9 @@
 """What an export's graphs compute is checked by the export reader before ONNX Runtime sees them.
 
-Every node is an operator the exporter writes (EXPORTER_OPS, kept true by exporting each precision here); every
-tensor a node computes has a size ONNX shape inference derives from the graph alone (batch at SIZING_BATCH), and
-none is larger than the memory budget; a graph the manifest records is still the file it records (size, sha256).
+Every node is an operator the exporter writes (EXPORTER_OPS, kept true by exporting here); every tensor a node
+computes has a size ONNX shape inference derives from the graph alone (batch at SIZING_BATCH), none larger than
+the memory budget or than a few times what the exporter's graphs of the config compute; a graph the manifest
+records is still the file it records (size, sha256).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from dip_export import DiPPipeline
+from dip_export.config import DiPConfig
 from dip_export.errors import ExportError
-from dip_export.export.manifest import EXPORTER_OPS, SIZING_BATCH, read_manifest
+from dip_export.export.manifest import ENVELOPE_SLACK, EXPORTER_OPS, SIZING_BATCH, exporter_envelope, read_manifest
 from dip_export.export.onnx_export import export_onnx
 from tests.test_hostile import SIZE, one_line, sample
 
@@ -74,22 +76,32 @@ def _spread_bytes(stride: int) -> int:
 FAST = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
+def _envelope(export: Path) -> int:
+    """What the exporter's detailer may compute, by the reader's rule: its config's envelope, or a weight."""
+    manifest = json.loads((export / "manifest.json").read_text())
+    config = DiPConfig.from_dict(manifest["config"])
+    graph = onnx.load(str(export / "detailer.onnx"), load_external_data=False).graph
+    weight = max(int(np.prod(t.dims)) for t in graph.initializer)
+    return ENVELOPE_SLACK * max(exporter_envelope(config, SIZE), 4 * weight)
+
+
 @FAST
-@given(stride=st.integers(1, 3000), limit_mib=st.sampled_from([64, 512, 4096]))
-def test_a_tensor_is_refused_exactly_when_it_exceeds_the_budget(
+@given(stride=st.integers(1, 60) | st.integers(60, 3000), limit_mib=st.sampled_from([64, 512, 4096]))
+def test_a_tensor_is_refused_exactly_when_it_exceeds_the_budget_or_the_exporters_envelope(
     tmp_path: Path, pristine: Path, monkeypatch: pytest.MonkeyPatch, stride: int, limit_mib: int
 ) -> None:
-    export = Path(shutil.copytree(pristine, tmp_path / f"e{stride}-{limit_mib}"))
+    shutil.rmtree(tmp_path / "e", ignore_errors=True)  # the folder of an earlier example
+    export = Path(shutil.copytree(pristine, tmp_path / "e"))
     _edit_detailer(export, *_spread(stride), record=True)
     monkeypatch.setenv("DIP_MEMORY_LIMIT", f"{limit_mib}M")
-    too_big = _spread_bytes(stride) > limit_mib << 20
-    if too_big:
-        with pytest.raises(ExportError, match=r"the graph computes a tensor of .* more than the memory budget") as err:
+    over_budget, over_envelope = _spread_bytes(stride) > limit_mib << 20, _spread_bytes(stride) > _envelope(export)
+    if over_budget or over_envelope:
+        what = "the memory budget" if over_budget else "the largest the exporter's graphs of this config compute"
+        with pytest.raises(ExportError, match=rf"the graph computes a tensor of .* more than .*{what}") as err:
             read_manifest(export)
         assert SECRET not in str(err.value) and len(str(err.value).splitlines()) == 1
     else:
         read_manifest(export)  # every check passes: the edit is small and recorded
-    shutil.rmtree(export)
 
 
 def test_the_reported_graph_is_refused_on_the_command_line_and_in_the_api(export: Path, no_sampling) -> None:
