@@ -21,7 +21,7 @@ from rich.progress import Progress
 from dip_export.engines import make_engine
 from dip_export.errors import ExportError, UsageError
 from dip_export.generate import SamplePlan, check_run_limits, check_seed, make_plan, parse_image_size, parse_int_list
-from dip_export.io import check_output_file, check_output_folder, image_grid, remove_output, save_npz, save_png
+from dip_export.io import check_output_file, check_output_folder, check_outputs, image_grid, remove_output, save_npz, save_png
 from dip_export.messages import say
 from dip_export.ownership import check_free_space, check_not_input, check_outputs_apart, check_replaceable_output
 from dip_export.pipeline import DiPPipeline
@@ -176,6 +176,8 @@ def _check_sample_request(request: SampleRequest, world: World) -> None:
         parse_image_size(request.image_size)
     if request.batches_per_shard > MAX_SHARD_BATCHES:
         raise UsageError(f"--shard-batches must be in 1..{MAX_SHARD_BATCHES}, got {request.batches_per_shard}")
+    check_outputs(_sample_outputs(request, world), make_key=False)  # none inside an artifact, all apart; the export
+    # folders are known once the model is (`run_sample`), and the owner key is made then
     check_output_file(out)
     check_output_file(out.with_suffix(".png"))
     check_replaceable_output(out, "npz")
@@ -187,9 +189,7 @@ def _check_sample_request(request: SampleRequest, world: World) -> None:
         raise UsageError(f"--png-dir {request.png_dir} is a symlink; an output folder is never written through one")
     if request.png_dir is not None and request.png_dir.exists() and not request.png_dir.is_dir():
         raise UsageError(f"--png-dir {request.png_dir} exists and is not a folder")
-    sharded = world.size > 1 or request.resume
-    check_outputs_apart(_sample_outputs(request, world), make_key=False)  # the export folders are known with the model
-    if sharded:
+    if world.size > 1 or request.resume:
         from dip_export.distributed import parts_dir
 
         parts_dir(out)  # the shard folder: no symlink, before any work
@@ -461,7 +461,7 @@ def _check_bench_request(request: BenchRequest) -> list[str]:
             check_output_file(path)
             check_not_input(path, [request.model.model])
             check_replaceable_output(path, kind)
-    check_outputs_apart([("--json", request.json_out), ("--plot", request.plot)])  # and the owner key, made or read now
+    check_outputs([("--json", request.json_out), ("--plot", request.plot)])  # none in an artifact, apart; the owner key
     return names
 
 
@@ -648,6 +648,7 @@ def run_export_trt(
     from dip_export.runtime.trt_support import gpu_identity, import_tensorrt
 
     profile = BatchProfile.parse(batch)
+    check_outputs([("--timing-cache", timing_cache)])  # none inside an artifact (the export it builds for too)
     check_build_options(precision, opt_level)
     if source is not None and output_dir is not None:
         raise UsageError("give the export as SOURCE or as --output-dir, not both")
@@ -745,7 +746,7 @@ def _check_schedule_request(request: ScheduleRequest) -> Any:
     check_output_file(r.output)
     check_not_input(r.output, [r.model.model, DEMO_CHECKPOINT])  # never over the input, nor over the bundled model
     check_replaceable_output(r.output, "checkpoint")
-    check_outputs_apart([("--output", r.output)])  # and the owner key, made or read now
+    check_outputs([("--output", r.output)])  # none inside an artifact of this tool; the owner key, made or read now
     images = (r.train_images, r.heldout_images)
     if min(*images, r.sweeps) < 1 or max(images) > 1000 or r.sweeps > 100:
         raise UsageError("--train-images and --heldout-images must be in 1..1000, --sweeps in 1..100")

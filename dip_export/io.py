@@ -11,7 +11,7 @@ import re
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ from dip_export.ownership import (
     NPZ_COMMENT,
     PNG_TEXT,
     check_output_name,
+    check_outputs_apart,
     check_replaceable_output,
     is_ours,
     journal_path,
@@ -185,7 +186,7 @@ def check_replaceable_folder(target: Path, problem_of: Callable[[Path], str | No
         raise UsageError(f"{target}: refusing to replace the working folder, the home folder or one above them (name a new one)")
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         raise UsageError(f"{target} exists and is not a folder; refusing to replace it (name a new folder)")
-    check_not_inside_export(target)
+    check_output_place(target, "the output folder")
     problem = problem_of(target) if target.is_dir() and any(target.iterdir()) else None
     if problem:
         raise UsageError(
@@ -216,13 +217,47 @@ def enclosing_export(path: Path) -> Path | None:
     return None
 
 
-def check_not_inside_export(target: Path) -> None:
-    """An export is an artifact the tool replaces whole: no output folder is made inside one."""
-    export = enclosing_export(target)
+SHARD_FOLDER_SUFFIX = ".npz.parts"  # OUT.npz.parts: the shard folder of a resumable or torchrun dip-sample
+EXPORT_ROOT = Path("engines")  # where the tool makes its exports on the fly (relative to the working folder)
+MANAGED_NAME = re.compile(r".+-\d+x\d+-[a-z0-9]+(?:-[a-z0-9]+)?")  # MODEL-HxW-KIND: a folder it exports into there
+
+
+def artifact_around(path: Path) -> str | None:
+    """The artifact of this tool `path` would lie inside, named (an export, a shard folder, an export folder the
+    tool makes on the fly under engines/); None if none. Artifacts are replaced or read whole: nothing else goes
+    inside one. Looked up by name and after resolving symlinks."""
+    export = enclosing_export(path)
     if export is not None:
-        raise UsageError(
-            f"{target} lies inside the export {export}; an export holds only its own files (name a folder outside it)"
-        )
+        return f"the export {export}"
+    absolute = Path(os.path.abspath(path))
+    for parent in [*absolute.parents, *absolute.resolve().parents]:
+        if parent.name.endswith(SHARD_FOLDER_SUFFIX):
+            return f"the shard folder {parent}"
+    root, resolved = (Path.cwd() / EXPORT_ROOT).resolve(), absolute.resolve()
+    if root in resolved.parents:
+        top = resolved.relative_to(root).parts
+        if len(top) > 1 and MANAGED_NAME.fullmatch(top[0]):
+            return f"the export folder {EXPORT_ROOT / top[0]} the tool makes on the fly"
+    return None
+
+
+def check_output_place(path: Path, what: str = "the output") -> None:
+    """No output of any command lies inside an artifact of this tool (`artifact_around`): it would be written
+    once and block the artifact's next replacement or reading."""
+    artifact = artifact_around(path)
+    if artifact is not None:
+        raise UsageError(f"{what} {path} lies inside {artifact}, which holds only the tool's own files; name a place outside it")
+
+
+def check_outputs(outputs: Iterable[tuple[str, Path | str | None]], *, make_key: bool = True) -> None:
+    """Every output of a run ((option or role, path) pairs; None: not written), before any work: none inside an
+    artifact of this tool (`check_output_place`), and all apart from each other and from the owner key
+    (`ownership.check_outputs_apart`, which makes or reads the key unless `make_key` is False)."""
+    given = list(outputs)
+    for what, path in given:
+        if path is not None:
+            check_output_place(Path(path), what)
+    check_outputs_apart(given, make_key=make_key)
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -256,7 +291,9 @@ def probe_write(folder: Path, path: Path) -> None:
 
 
 def check_output_file(path: Path, probe: bool = True) -> None:
-    """A file output may be created or replace a regular file; never a folder. Checked before any work."""
+    """A file output may be created or replace a regular file; never a folder. Checked before any work (and for
+    every file the tool writes, its own inside its artifacts too: where a command's outputs may go is
+    `check_outputs`)."""
     path = Path(path)
     check_output_name(path)
     if path.is_symlink():
@@ -272,6 +309,7 @@ def check_output_folder(folder: Path, allowed: Callable[[str], bool], kind: str 
     """A folder output may be new, empty, or hold only files `allowed` names (this run replaces them), each of
     them a `kind` file this tool writes (ownership.check_replaceable_output) when a kind is given."""
     folder = Path(folder)
+    check_output_place(folder, "the output folder")
     if folder.is_symlink():
         raise UsageError(f"{folder} is a symlink; an output folder is never written through one (name another folder)")
     if folder.exists() and not folder.is_dir():

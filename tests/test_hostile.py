@@ -385,7 +385,7 @@ def test_graph_the_runtime_rejects_is_one_line(export, tmp_path, no_sampling):
     model.graph.node[0].op_type = "NoSuchOperator"
     onnx.save_model(model, str(export / "detailer.onnx"))
     code, err = sample(export, "--classes", "1", "--seeds", "0", "--out", tmp_path / "o.npz")
-    one_line(code, err, 1, str(export), "cannot load")
+    one_line(code, err, 1, str(export), "the exporter never writes")
 
 
 def test_onnx_external_data_outside_the_folder_is_refused(export, tmp_path, no_sampling):

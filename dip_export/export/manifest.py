@@ -27,6 +27,15 @@ ROLES = ("backbone", "detailer")  # the sub-models every export holds
 QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearMatMul", "QLinearConv",
                  "MatMulInteger", "ConvInteger"}  # fmt: skip
 MAX_MANIFEST_BYTES = 16 << 20
+# Every operator `dip-export onnx` writes (fp32, fp16, bf16; int8 and fp8 add Q/DQ), all of the default ONNX domain.
+# A graph with any other is not the exporter's: tests/hostile/test_graph_limits.py exports each precision and fails
+# when the exporter starts writing one not listed here.
+EXPORTER_OPS = frozenset({
+    "Add", "Cast", "Concat", "Conv", "ConvTranspose", "Cos", "DequantizeLinear", "Gather", "Gemm", "MatMul",
+    "MaxPool", "Mul", "Pow", "QuantizeLinear", "Reciprocal", "ReduceMean", "Reshape", "Shape", "Sigmoid", "Sin", "Slice",
+    "Softmax", "Split", "Sqrt", "Squeeze", "Sub", "Transpose", "Unsqueeze",
+})  # fmt: skip
+SIZING_BATCH = 2  # the graph's tensors are sized at one CFG pair, the batch exports are traced and verified at
 
 
 @dataclass
@@ -200,18 +209,128 @@ def check_graph(folder: Path, path: Path, role: str, manifest: Manifest) -> int:
         raise ExportError(f"{folder}: unknown sub-model {role!r} in the manifest")
     io = tuple((t.name, tuple(d if isinstance(d, int) else None for d in t.shape)) for t in spec.inputs + spec.outputs)
     stat = path.stat()
-    problem, elements = _graph_problem(str(path.resolve()), stat.st_size, stat.st_mtime_ns, str(folder.resolve()),
-                                       manifest.precision, io, manifest.config.num_classes)  # fmt: skip
+    problem, elements, largest = _graph_problem(str(path.resolve()), stat.st_size, stat.st_mtime_ns, str(folder.resolve()),
+                                                manifest.precision, io, manifest.config.num_classes)  # fmt: skip
     if problem:
         raise ExportError(f"{path}: {problem}")
+    _check_computed(path, largest, manifest)
+    _check_recorded(folder, path, manifest)
     return elements
+
+
+def _check_computed(path: Path, largest: tuple[int, int], manifest: Manifest) -> None:
+    """The largest tensor the graph computes (at SIZING_BATCH) fits in the memory budget, and within ENVELOPE_SLACK
+    of what the exporter's graphs of the manifest's config compute (`exporter_envelope`): a graph that computes
+    more would grow past the run's memory estimate with the batch. `largest`: (computed bytes, the elements of
+    the largest initializer, which a quantized graph dequantizes whole)."""
+    from dip_export.budget import gib, memory_limit
+
+    computed, weight = largest
+    limit = memory_limit()
+    if computed > limit:
+        raise ExportError(f"{path}: the graph computes a tensor of {gib(computed)} at batch {SIZING_BATCH}, more than "
+                          f"the memory budget of {gib(limit)}; refusing to run it")  # fmt: skip
+    need = max(exporter_envelope(manifest.config, manifest.image_size), 4 * weight)
+    if computed > ENVELOPE_SLACK * need:
+        raise ExportError(f"{path}: the graph computes a tensor of {gib(computed)} at batch {SIZING_BATCH}, more than "
+                          f"{ENVELOPE_SLACK}x the largest the exporter's graphs of this config compute ({gib(need)}); "
+                          "refusing to run it")  # fmt: skip
+
+
+ENVELOPE_SLACK = 4
+
+
+def exporter_envelope(config: DiPConfig, image_size: tuple[int, int]) -> int:
+    """Bytes of the largest float32 tensor the exporter's graphs compute at SIZING_BATCH: the backbone's per-token
+    widths (qkv, MLP, attention scores) over the tokens, or an image-sized map (the patchified input, the
+    detailer's first level with its skip connection)."""
+    height, width = image_size
+    tokens = (height // config.patch_size) * (width // config.patch_size)
+    per_token = max(3 * config.hidden_size, config.mlp_hidden, config.num_heads * tokens)
+    image = 2 * max(config.detailer_width, config.in_channels) * height * width
+    return SIZING_BATCH * 4 * max(tokens * per_token, image)
+
+
+def _largest_tensor(model: Any, graph_dir: Path) -> tuple[str, int]:
+    """Bytes of the largest tensor a node of the graph computes, its shapes inferred by ONNX (constants propagated)
+    with the batch at SIZING_BATCH; or why they cannot be inferred. Called once the structure has passed; the
+    weights are taken out first (inference needs their shapes only), so the check holds no copy of them."""
+    import math
+
+    from onnx import helper, shape_inference
+
+    _load_small_external(model, graph_dir)
+    graph = model.graph
+    for value in [*graph.input, *graph.output]:
+        for dim in value.type.tensor_type.shape.dim:
+            if not dim.HasField("dim_value"):
+                dim.dim_value = SIZING_BATCH  # the one dynamic axis of the exporter's I/O: the batch
+    del graph.value_info[:]  # only what inference derives is trusted
+    weights = [t for t in graph.initializer if _tensor_bytes(t) > SMALL_EXTERNAL]
+    graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in weights)
+    keep = [t for t in graph.initializer if _tensor_bytes(t) <= SMALL_EXTERNAL]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    try:
+        inferred = shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)  # types: bf16 Conv is not in the schema
+    except Exception as err:  # onnx raises its own InferenceError, ValidationError and others
+        return f"ONNX shape inference fails on the graph ({type(err).__name__})", 0
+    known = {v.name: v.type.tensor_type for v in [*inferred.graph.value_info, *inferred.graph.output]}
+    largest = 0
+    for number, node in enumerate(inferred.graph.node, 1):
+        for name in filter(None, node.output):
+            kind = known.get(name)
+            if kind is None or not kind.HasField("shape") or not all(d.HasField("dim_value") for d in kind.shape.dim):
+                return (
+                    f"node #{number} ({node.op_type}) computes a tensor whose size depends on data; "
+                    "the exporter's graphs have static sizes"
+                ), 0
+            try:
+                element = helper.tensor_dtype_to_np_dtype(kind.elem_type).itemsize
+            except (KeyError, TypeError, ValueError):
+                element = 8
+            largest = max(largest, math.prod(max(d.dim_value, 0) for d in kind.shape.dim) * element)
+    return "", largest
+
+
+SMALL_EXTERNAL = 1 << 16  # external tensors up to this size are read for shape inference (shapes, axes, constants)
+
+
+def _load_small_external(model: Any, graph_dir: Path) -> None:
+    """Shape inference propagates constants only from tensors it can read: a small one stored as external data
+    (already checked by `_external_problem`: contained, within its file) is read in; the weights stay on disk."""
+    from onnx import TensorProto
+    from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
+
+    for tensor in model.graph.initializer:
+        if uses_external_data(tensor) and _tensor_bytes(tensor) <= SMALL_EXTERNAL:
+            load_external_data_for_tensor(tensor, str(graph_dir))
+            tensor.data_location = TensorProto.DEFAULT
+            del tensor.external_data[:]
+
+
+def _check_recorded(folder: Path, path: Path, manifest: Manifest) -> None:
+    """A graph the manifest's contents list (with its size and sha256, as the export wrote it) is still that file."""
+    rel = path.relative_to(folder).as_posix() if path.is_relative_to(folder) else None
+    entry = manifest.contents.get(rel) if rel is not None else None
+    if not isinstance(entry, dict):
+        return  # not listed (an export of an older version): the checks above are all there is
+    stat = path.stat()
+    if stat.st_size != entry.get("size") or _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns) != entry.get("sha256"):
+        raise ExportError(f"{path}: changed since export (its size or sha256 is not the one {MANIFEST} records)")
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(Path(path))
 
 
 @functools.lru_cache(maxsize=64)
 def _graph_problem(
     path: str, size: int, mtime_ns: int, folder: str, precision: str, io: tuple[Any, ...], num_classes: int
-) -> tuple[str, int]:
-    """What is wrong with a graph ("" if nothing), and the elements of its initializers (external data not read)."""
+) -> tuple[str, int, tuple[int, int]]:
+    """What is wrong with a graph ("" if nothing), the elements of its initializers (external data not read), and
+    the bytes of the largest tensor it computes (`_largest_tensor`) with the elements of its largest initializer."""
     import math
 
     import onnx
@@ -219,10 +338,15 @@ def _graph_problem(
     try:
         model = onnx.load(path, load_external_data=False)
     except Exception as err:  # protobuf raises its own DecodeError, and others on random bytes
-        return f"not a readable ONNX model ({type(err).__name__})", 0
+        return f"not a readable ONNX model ({type(err).__name__})", 0, (0, 0)
     graph = model.graph
     elements = sum(math.prod(max(int(d), 0) for d in tensor.dims) for tensor in graph.initializer)
-    return _structure_problem(graph, model, size, path, precision, io, num_classes), elements
+    problem = _structure_problem(graph, model, size, path, precision, io, num_classes)
+    if problem:
+        return problem, elements, (0, 0)
+    weight = max((math.prod(max(int(d), 0) for d in tensor.dims) for tensor in graph.initializer), default=0)
+    problem, computed = _largest_tensor(model, Path(path).parent)  # last: it takes the weights out of `model`
+    return problem, elements, (computed, weight)
 
 
 def _structure_problem(
@@ -230,6 +354,9 @@ def _structure_problem(
 ) -> str:
     problem, stored = _external_problem(graph, Path(graph_path).parent)
     problem = problem or _declared_problem(graph, size + stored)
+    if problem:
+        return problem
+    problem = _operator_problem(graph)
     if problem:
         return problem
     found = {v.name: v for v in list(graph.input) + list(graph.output)}
@@ -243,6 +370,20 @@ def _structure_problem(
         if tensor.name.endswith("embedding_table.weight") and tensor.dims and tensor.dims[0] != num_classes + 1:
             return f"the graph has {tensor.dims[0] - 1} classes, the manifest's config says {num_classes}"
     return _precision_problem(model, precision)
+
+
+def _operator_problem(graph: Any) -> str:
+    """Every node is an operator of EXPORTER_OPS, in the default ONNX domain. Only names ONNX itself defines are
+    shown (the graph's own text never is)."""
+    from onnx import defs
+
+    foreign = {(node.op_type, node.domain) for node in graph.node
+               if node.domain not in ("", "ai.onnx") or node.op_type not in EXPORTER_OPS}  # fmt: skip
+    if not foreign:
+        return ""
+    named = sorted(op for op, domain in foreign if domain in ("", "ai.onnx") and defs.has(op))
+    shown = f": {', '.join(named[:4])}" if named and len(named) == len(foreign) else ""
+    return f"the graph uses {len(foreign)} operator(s) the exporter never writes{shown}; refusing to run it"
 
 
 _DECIMAL = re.compile(r"[0-9]{1,19}")  # an external-data offset or length: what a protobuf string may hold

@@ -27,7 +27,7 @@ from dip_export.errors import ExportError, UsageError
 from dip_export.export.manifest import MANIFEST, Manifest, ownership_problem, read_manifest, write_manifest
 from dip_export.export.naming import VARIANTS, export_folder_name
 from dip_export.export.spec import SubModelSpec, backbone_inputs, io_specs
-from dip_export.io import atomic_dir, settle_swap
+from dip_export.io import EXPORT_ROOT, atomic_dir, settle_swap
 from dip_export.messages import say, say_lines
 from dip_export.model import DiP
 from dip_export.settings import OPSETS
@@ -42,7 +42,6 @@ TOLERANCES = {"fp32": 1e-4, "fp16": 3e-2, "bf16": 6e-2}
 VERIFY_BATCHES = (1, 2)  # dynamic batch is checked at two sizes (2 = one CFG pair)
 DEFAULT_OPSET = 18
 EXTERNAL_DATA_BYTES = 1 << 30  # above this, weights go to a .onnx.data file (protobuf caps at 2 GB)
-EXPORT_ROOT = Path("engines")
 
 
 class _Backbone(nn.Module):

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -81,6 +83,10 @@ def _external_export(export: Path) -> Path:
     model = onnx.load(str(export / "backbone.onnx"))
     onnx.save_model(model, str(export / "backbone.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
                     location="backbone.onnx.data")  # fmt: skip
+    manifest = json.loads((export / "manifest.json").read_text())  # the re-saved graph recorded as the export's
+    data = (export / "backbone.onnx").read_bytes()
+    manifest["contents"]["backbone.onnx"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (export / "manifest.json").write_text(json.dumps(manifest))
     return export / "backbone.onnx.data"
 
 

@@ -18,6 +18,7 @@ from dip_export.distributed import World, check_settings
 from dip_export.errors import CheckpointError, DipError, ExportError
 from dip_export.export.manifest import read_manifest
 from dip_export.measure import autobackend
+from dip_export.ownership import file_sha256
 from dip_export.pipeline import ModelSource
 from dip_export.untrusted import MAX_DEPTH, Field, Schema, UntrustedFileError, nesting_depth, parse_json, read_json
 from tests.test_hostile import one_line, run
@@ -127,6 +128,9 @@ def test_identity_covers_external_data_whatever_its_name(tmp_path: Path, export:
     graph = export / "backbone.onnx"
     model = onnx.load(str(graph))
     onnx.save_model(model, str(graph), save_as_external_data=True, location="weights.bin", size_threshold=0)
+    manifest = json.loads((export / "manifest.json").read_text())  # the re-saved graph recorded as the export's own
+    manifest["contents"]["backbone.onnx"] = {"size": graph.stat().st_size, "sha256": file_sha256(graph)}
+    (export / "manifest.json").write_text(json.dumps(manifest))
     first = ModelSource("x", None, {}, export_dir=export).identity  # type: ignore[arg-type]
     data = bytearray((export / "weights.bin").read_bytes())
     data[-1] ^= 1
