@@ -205,6 +205,11 @@ _ELEMENT_SIZES = {"Double": 8, "Long": 8, "ComplexDouble": 16, "ComplexFloat": 8
 _CONSTANTS = {"BININT", "BININT1", "BININT2", "LONG1", "LONG4", "INT", "LONG", "SHORT_BINUNICODE", "BINUNICODE",
               "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING", "BINUNICODE8"}  # fmt: skip
 _MARK = object()
+class UnreadSize(Exception):
+    """A pickle calls a buffer or storage constructor with a size the scan cannot read."""
+
+
+_UNKNOWN = object()  # a value the scan does not follow (what an opcode it does not model made, a call's result)
 
 
 def _element_size(kind: Any) -> int:
@@ -228,6 +233,8 @@ def pickle_declared_bytes(stream: Any, max_pickles: int = 8) -> int:
         start = stream.tell()
         try:
             total += _scan_one(pickletools.genops(stream))
+        except UnreadSize:
+            raise
         except Exception:  # not (or no longer) a pickle: torch's own reader will say so
             break
         if stream.tell() == start:
@@ -237,10 +244,20 @@ def pickle_declared_bytes(stream: Any, max_pickles: int = 8) -> int:
 
 def check_checkpoint_tensors(path: Any) -> None:
     """A torch checkpoint (zip or legacy pickle) declares no more tensor bytes than it holds, nor than memory allows."""
-    import zipfile
     from pathlib import Path
 
     path = Path(path)
+    try:
+        _check_checkpoint_tensors(path)
+    except UnreadSize:
+        raise BudgetError(
+            f"{path}: builds a buffer or storage of a size computed while loading (not written in the file); refusing to load it"
+        ) from None
+
+
+def _check_checkpoint_tensors(path: Any) -> None:
+    import zipfile
+
     size = path.stat().st_size
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
@@ -301,13 +318,15 @@ def _scan_one(ops: Any) -> int:
             del stack[-n:]
             stack.append(tuple(items))
         elif name in ("BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE"):
-            memo[arg if name != "MEMOIZE" else len(memo)] = stack[-1] if stack else None
+            memo[arg if name != "MEMOIZE" else len(memo)] = stack[-1] if stack else _UNKNOWN
         elif name in ("BINGET", "LONG_BINGET", "GET"):
-            stack.append(memo.get(arg))
+            stack.append(memo.get(arg, _UNKNOWN))
+        elif name == "DUP":
+            stack.append(stack[-1] if stack else _UNKNOWN)
         elif name in ("BINPERSID", "PERSID"):
             pid = stack.pop() if name == "BINPERSID" and stack else arg
             total += _storage_bytes(pid)
-            stack.append(None)
+            stack.append(_UNKNOWN)
         elif name in ("REDUCE", "NEWOBJ", "NEWOBJ_EX"):
             if name == "NEWOBJ_EX" and stack:
                 stack.pop()  # the keyword arguments
@@ -351,7 +370,10 @@ def _call_bytes(func: Any, args: Any) -> int:
     if not (isinstance(func, tuple) and len(func) == 2 and all(isinstance(x, str) for x in func)):
         return 0
     module, name = func
-    args = args if isinstance(args, tuple) else ()
+    args = args if isinstance(args, tuple) else (_UNKNOWN,)
+    allocates = func in _BUFFERS or (module.split(".", 1)[0] == "torch" and name.endswith(("Storage", "Tensor")))
+    if allocates and any(a is _UNKNOWN for a in args):
+        raise UnreadSize  # a size it cannot read (computed, duplicated, fetched): refused, never counted as none
     if func in _BUFFERS:
         return sum(a for a in args if type(a) is int and a > 0)
     if module == "torch._utils" and name == "_rebuild_qtensor":
@@ -360,6 +382,17 @@ def _call_bytes(func: Any, args: Any) -> int:
         return 0
     size = _ELEMENT_SIZES.get(next((p for p in _ELEMENT_SIZES if name.startswith(p)), ""), _WIDEST_ELEMENT)
     return _elements(args) * size
+
+
+def call_bytes(maker: Any, args: Any) -> int:
+    """`_call_bytes` of a call about to run, from the real callable and arguments (the inert reader's check)."""
+    import torch
+
+    func = (getattr(maker, "__module__", None) or "", getattr(maker, "__qualname__", None) or "")
+    if not isinstance(args, tuple):
+        return 0
+    known = tuple(_Size(_elements(tuple(a))) if isinstance(a, torch.Size) else a for a in args)
+    return _call_bytes(func, known)
 
 
 def _elements(args: tuple[Any, ...]) -> int:
@@ -375,8 +408,8 @@ def _elements(args: tuple[Any, ...]) -> int:
 def _made(func: Any, args: Any) -> Any:
     """What the scan keeps of a call's result: a torch.Size's element count, nothing of anything else."""
     if func == ("torch", "Size") and isinstance(args, tuple) and args and isinstance(args[0], tuple):
-        return _Size(_elements(args[0]) if all(type(a) is int for a in args[0]) else 0)
-    return None
+        return _Size(_elements(args[0]) if all(type(a) is int for a in args[0]) else _MAX_COUNTED)
+    return _UNKNOWN
 
 
 def _storage_bytes(pid: Any) -> int:
@@ -408,4 +441,4 @@ def _generic(op: Any, stack: list[Any]) -> None:
     for _ in before:
         if stack:
             stack.pop()
-    stack.extend(None for _ in op.stack_after)
+    stack.extend(_UNKNOWN for _ in op.stack_after)

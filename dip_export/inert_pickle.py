@@ -119,6 +119,7 @@ def _call(code: bytes, original: Any) -> Any:
 
     def run(self: Unpickler) -> None:
         maker = self.stack[-depth] if len(self.stack) >= depth else None
+        self._allocate(maker, self.stack[1 - depth] if len(self.stack) >= depth else None)
         original(self)
         self._mark(self.stack[-1], maker)
 
@@ -134,6 +135,8 @@ def _changing(code: bytes, original: Any) -> Any:
 
     return run
 
+
+MAX_CALL_BYTES = 64 << 20  # what a load may allocate through calls by size; no checkpoint needs any
 
 _PythonUnpickler: Any = pickle._Unpickler  # type: ignore[attr-defined]  # the Python one: its opcodes can be checked
 
@@ -155,6 +158,7 @@ class Unpickler(_PythonUnpickler):
         self._allowed = _allowed()
         self._made: dict[int, Any] = {}  # id -> object, for every object this load made (kept alive: ids stay unique)
         self._named: dict[int, Any] = {}  # id -> object, for every global the file named
+        self._allocated = 0  # bytes the calls that allocate by size have asked for so far
         self._fresh = (torch.Tensor, Inert)  # what any call returns new: no global is a tensor or a placeholder instance
 
     def _mark(self, obj: Any, maker: Any) -> None:
@@ -166,7 +170,17 @@ class Unpickler(_PythonUnpickler):
         if maker is None or isinstance(maker, type) or isinstance(obj, self._fresh):
             self._made[id(obj)] = obj
 
+    def _allocate(self, maker: Any, args: Any) -> None:
+        """A call that allocates by size (`bytearray(n)`, `UntypedStorage(n)`, ...) is counted before it runs; a
+        load's such calls together stay under `MAX_CALL_BYTES` (the weights come from the file's records instead)."""
+        from dip_export.budget import call_bytes
+
+        self._allocated += call_bytes(maker, tuple(args) if isinstance(args, list) else args)
+        if self._allocated > MAX_CALL_BYTES:
+            raise Refused(f"it builds buffers or storages of more than {MAX_CALL_BYTES >> 20} MiB by size while loading")
+
     def _instantiate(self, klass: Any, args: Any) -> None:  # INST and OBJ
+        self._allocate(klass, args)
         super()._instantiate(klass, args)
         self._mark(self.stack[-1], klass)
 
