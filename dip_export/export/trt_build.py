@@ -430,13 +430,15 @@ def loaded_from_source(manifest: Manifest, *, folder: Path | None = None, consol
     named = f"the export {where(folder)}" if folder is not None else "the export"
     again = "export the matching ONNX again"
     path, weights, recorded = source.get("path", ""), source.get("weights"), source.get("identity", "")
-    if weights not in ("ema", "raw") or not recorded or not (path.startswith("preset:") or source.get("sha256")):
-        raise ExportError(f"{named} does not record the weights, content and identity of its model (an older or "
-                          f"hand-made manifest); {again}")  # fmt: skip
+    if weights not in ("ema", "raw") or not recorded:
+        raise ExportError(f"{named} does not record the weights and identity of its model (an older or hand-made "
+                          f"manifest); {again}")  # fmt: skip
     if path.startswith("preset:"):
         loaded = resolve_model(None, path.removeprefix("preset:"))
     else:
         file = _source_file(path, named, again)
+        if not source.get("sha256"):
+            raise ExportError(f"{named} does not record the sha256 of the checkpoint it came from; {again}")
         if source.get("sha256") != sha256_file(file):
             raise ExportError(f"{where(file)} changed since {named} was made from it (sha256 differs), not used; {again}")
         say(console, f"reading {file} ({weights} weights), the checkpoint {manifest.name} was exported from")
@@ -452,13 +454,14 @@ def _source_file(path: str, named: str, again: str) -> Path:
     file = Path(path)
     if not path or not file.is_absolute() or os.path.realpath(path) != os.path.normpath(path):
         what = "a relative path" if not file.is_absolute() else "a path through a symlink"
-        raise ExportError(f"{named} names {where(path)} as its checkpoint: {what}, not read; {again}")
+        raise ExportError(f"{named}: the checkpoint this export came from, {where(path)}, is {what}, not read; {again}")
     try:
         mode = os.lstat(file).st_mode
     except OSError:
-        raise ExportError(f"{named} names {where(path)} as its checkpoint, which is gone; {again}") from None
+        raise ExportError(f"{named}: the checkpoint this export came from, {where(path)}, is gone; {again}") from None
     if not stat.S_ISREG(mode):
-        raise ExportError(f"{named} names {where(path)} as its checkpoint: not a regular file, not read; {again}")
+        raise ExportError(f"{named}: the checkpoint this export came from, {where(path)}, is not a regular file, "
+                          f"not read; {again}")  # fmt: skip
     return file
 
 
