@@ -8,7 +8,9 @@ imported only inside the functions that talk to it; everything else here runs on
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +23,12 @@ from dip_export.errors import ExportError, UsageError
 from dip_export.export.manifest import MANIFEST, Manifest, read_manifest, write_manifest
 from dip_export.export.spec import BATCH, SubModelSpec, io_specs
 from dip_export.io import atomic_path
-from dip_export.messages import say
+from dip_export.messages import say, where
 from dip_export.runtime.backends import BACKENDS
 from dip_export.runtime.trt_support import engine_matches, gpu_identity
 from dip_export.runtime.trt_support import import_tensorrt as _tensorrt
 from dip_export.settings import MAX_BATCH, exact_int, number_list, one_of, whole_text
+from dip_export.untrusted import sha256_file
 
 TRT_PRECISIONS = BACKENDS["trt"].precisions
 DEFAULT_WORKSPACE = 8 << 30
@@ -401,9 +404,7 @@ def onnx_for_precision(folder: Path, manifest: Manifest, precision: str, console
     sub = folder / f"onnx-{wanted}"
     if (sub / MANIFEST).is_file():
         return sub
-    from dip_export.checkpoint import resolve_model
-
-    loaded = loaded_from_source(manifest, resolve_model)
+    loaded = loaded_from_source(manifest, folder=folder, console=console)
     if wanted in ("int8-trt", "fp8-trt"):
         from dip_export.export.quantize import export_int8
 
@@ -414,17 +415,54 @@ def onnx_for_precision(folder: Path, manifest: Manifest, precision: str, console
     return export_onnx(loaded, precision=wanted, image_size=manifest.image_size, output_dir=sub, console=console)
 
 
-def loaded_from_source(manifest: Manifest, resolve: Any) -> Any:
-    """Reload the model an export came from (checkpoint path, preset or the demo)."""
-    path = manifest.source.get("path", "")
+def loaded_from_source(manifest: Manifest, *, folder: Path | None = None, console: Console | None = None) -> Any:
+    """Reload the model an export came from, as it was exported, or refuse in one line.
+
+    The one way back from an export to its model (a sub-export of another precision is made from it). The
+    manifest's `source` is data: its path is read only when it is an absolute path to a regular file, no
+    symlink on the way, whose sha256 is the recorded one; the weights taken are the recorded ones (ema | raw),
+    the config the recorded one, and the model reloaded must have the recorded identity (`LoadedModel.identity`).
+    A preset is rebuilt by name and checked the same way.
+    """
+    from dip_export.checkpoint import load_checkpoint, resolve_model
+
+    source = manifest.source
+    named = f"the export {where(folder)}" if folder is not None else "the export"
+    again = "export the matching ONNX again"
+    path, weights, recorded = source.get("path", ""), source.get("weights"), source.get("identity", "")
+    if weights not in ("ema", "raw") or not recorded:
+        raise ExportError(f"{named} does not record the weights and identity of its model (an older or hand-made "
+                          f"manifest); {again}")  # fmt: skip
     if path.startswith("preset:"):
-        loaded = resolve(None, path.removeprefix("preset:"))
-    elif Path(path).is_file():
-        loaded = resolve(Path(path))
+        loaded = resolve_model(None, path.removeprefix("preset:"))
     else:
-        raise ExportError(f"the checkpoint this export came from ({path}) is gone; export the matching ONNX again")
+        file = _source_file(path, named, again)
+        if not source.get("sha256"):
+            raise ExportError(f"{named} does not record the sha256 of the checkpoint it came from; {again}")
+        if source.get("sha256") != sha256_file(file):
+            raise ExportError(f"{where(file)} changed since {named} was made from it (sha256 differs), not used; {again}")
+        say(console, f"reading {file} ({weights} weights), the checkpoint {manifest.name} was exported from")
+        loaded = load_checkpoint(file, weights=weights, config=manifest.config)
+    if loaded.weights != weights or loaded.identity != recorded:
+        raise ExportError(f"{where(path)} is not the model {named} was made from (identity differs); {again}")
     loaded.name = manifest.name
     return loaded
+
+
+def _source_file(path: str, named: str, again: str) -> Path:
+    """The recorded checkpoint path when it is one to read: absolute, no symlink on the way, a regular file."""
+    file = Path(path)
+    if not path or not file.is_absolute() or os.path.realpath(path) != os.path.normpath(path):
+        what = "a relative path" if not file.is_absolute() else "a path through a symlink"
+        raise ExportError(f"{named}: the checkpoint this export came from, {where(path)}, is {what}, not read; {again}")
+    try:
+        mode = os.lstat(file).st_mode
+    except OSError:
+        raise ExportError(f"{named}: the checkpoint this export came from, {where(path)}, is gone; {again}") from None
+    if not stat.S_ISREG(mode):
+        raise ExportError(f"{named}: the checkpoint this export came from, {where(path)}, is not a regular file, "
+                          f"not read; {again}")  # fmt: skip
+    return file
 
 
 def _cuda() -> Any:
