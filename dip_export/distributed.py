@@ -30,6 +30,7 @@ from dip_export.untrusted import ArraySchema, ArraySpec, UntrustedFileError, rea
 
 SETTINGS_FILE = "settings.json"
 SHARD_MARK = "dip-export shard v1"  # with the run's settings digest, the `run` array of every shard this tool writes
+HEX64 = re.compile(r"[0-9a-f]{64}")
 MAX_CLASS_FILE_BYTES = 256 << 20
 
 
@@ -190,6 +191,28 @@ def shard_label(digest: str) -> str:
     return f"{SHARD_MARK} {digest}"
 
 
+def _array_digest(array: np.ndarray) -> str:
+    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _marked_contents(digest: str, images: np.ndarray, indices: np.ndarray) -> dict[str, Any]:
+    """What a shard's mark covers (ownership.contents_mac under the owner key, as export manifests and the
+    yardstick cache): the kind, the run's settings digest and the bytes of its images and indices."""
+    return {"written_by": SHARD_MARK, "settings": digest, "images": _array_digest(images), "indices": _array_digest(indices)}
+
+
+def write_shard(path: Path, images: np.ndarray, start: int, stop: int, digest: str) -> None:
+    """Shard `path` of samples start..stop-1 made under settings of `digest`, appearing whole, with its mark."""
+    from dip_export.ownership import contents_mac, owner_key
+
+    indices = np.arange(start, stop, dtype=np.int64)
+    mac = contents_mac(_marked_contents(digest, images, indices), owner_key(create=True) or b"")
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        np.savez(f, arr_0=images, indices=indices, run=np.array(shard_label(digest)), mac=np.array(mac, "<U64"))
+
+
 def check_settings(
     folder: Path, settings: dict[str, Any], world: World, *, pending: Collection[str] | None = None
 ) -> None:
@@ -247,20 +270,28 @@ def _read_settings(path: Path) -> dict[str, Any]:
 def _shard_schema(start: int, stop: int, image_shape: tuple[int, ...] | None) -> ArraySchema:
     images = (stop - start, *image_shape) if image_shape is not None else (stop - start, None, None, 3)
     return ArraySchema({"indices": ArraySpec("int64", (stop - start,)), "arr_0": ArraySpec("uint8", images),
-                        "run": ArraySpec("U", ())})  # fmt: skip
+                        "run": ArraySpec("U", ()), "mac": ArraySpec("<U64", ())})  # fmt: skip
 
 
 def _read_shard_arrays(
-    path: Path, start: int, stop: int, shape: tuple[int, ...] | None, load: tuple[str, ...], digest: str | None
+    path: Path, start: int, stop: int, shape: tuple[int, ...] | None, digest: str | None
 ) -> dict[str, np.ndarray]:
-    """A finished shard's arrays in `load`, the others checked by their headers only; its indices those of this run,
-    and its mark this tool's, made under this run's settings (`digest`)."""
+    """A finished shard's arrays, read strictly (`read_npz`); its mark a valid one under the owner key
+    over this run's settings (`digest`) and the bytes of its images and indices; its indices those of this run.
+    Anything else is refused in one line naming the file, and left as it is."""
+    from dip_export.ownership import mac_problem
+
     try:
-        data = read_npz(path, folder=path.parent, what="shard", check=_shard_schema(start, stop, shape), load=(*load, "run"))
+        data = read_npz(path, folder=path.parent, what="shard", check=_shard_schema(start, stop, shape))
     except UntrustedFileError as err:
         raise DipError(f"{err}; delete it and rerun to remake it") from None
     if digest is None or str(data["run"]) != shard_label(digest):
         raise DipError(f"{path}: not a shard of this run (made with other settings, or not by this tool); "
+                       f"delete {path.parent} to start over")  # fmt: skip
+    mac = str(data["mac"])
+    if not HEX64.fullmatch(mac) or mac_problem(_marked_contents(digest, data["arr_0"], data["indices"]), mac) is not None:
+        raise DipError(f"{path}: not a shard this tool wrote for this run (no valid mark under your owner key: made by "
+                       "hand, by another user or an older version, or changed since); "
                        f"delete {path.parent} to start over")  # fmt: skip
     if not np.array_equal(data["indices"], np.arange(start, stop)):
         raise DipError(f"{path} holds other indices; delete {path.parent} and rerun")
@@ -269,19 +300,19 @@ def _read_shard_arrays(
 
 def _read_shard(path: Path, start: int, stop: int, shape: tuple[int, ...] | None, digest: str) -> np.ndarray:
     """One finished shard: its mark, indices, count, dtype and image shape as this run expects, or one error."""
-    return _read_shard_arrays(path, start, stop, shape, ("indices", "arr_0"), digest)["arr_0"]
+    return _read_shard_arrays(path, start, stop, shape, digest)["arr_0"]
 
 
 def check_finished_shards(out: Path, n: int, shard_size: int, image_shape: tuple[int, ...]) -> None:
-    """Before a resumed run starts (after `check_settings`): every shard already there is this run's, with its
-    indices and image shape (headers only)."""
+    """Before a resumed run starts (after `check_settings`): every shard already there is this run's (its mark),
+    with its indices and image shape; one shard in memory at a time."""
     folder = parts_dir(out)
     settings = folder / SETTINGS_FILE
     digest = settings_digest(_read_settings(settings)) if os.path.lexists(settings) else None  # None: no shard is this run's
     for k, (start, stop) in enumerate(shard_ranges(n, shard_size)):
         path = folder / f"shard-{k:06d}.npz"
         if path.is_file():
-            _read_shard_arrays(path, start, stop, image_shape, ("indices",), digest)
+            _read_shard_arrays(path, start, stop, image_shape, digest)
 
 
 def read_class_file(path: Path, num_classes: int, n: int) -> list[int]:
@@ -331,8 +362,7 @@ def run_sharded(
         if k % world.size != world.rank or path.is_file():
             continue
         images = make_images(SamplePlan(plan.seeds[start:stop], plan.classes[start:stop]))
-        with atomic_path(path) as tmp, tmp.open("wb") as f:
-            np.savez(f, arr_0=images, indices=np.arange(start, stop), run=np.array(shard_label(digest)))
+        write_shard(path, images, start, stop, digest)
     world.barrier()
     if not world.is_main:
         return None

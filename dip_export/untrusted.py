@@ -288,36 +288,46 @@ def read_npz(
 
 
 def _npz_members(zf: Any, path: Path, what: str, check: ArraySchema, max_bytes: int, max_members: int) -> dict[str, _Member]:
-    """Each member's name and .npy header checked against `check`, reading only the headers."""
+    """Each member checked against `check`: first by the zip's own record alone (count, names exactly those of
+    `check`, declared unpacked sizes against `max_bytes`, the memory budget and the packing ratio), before
+    anything is unpacked; then by its .npy header, reading only that, which with its data must make up the
+    member exactly (no byte before or after the array)."""
     infos = zf.infolist()
     if len(infos) > max_members:
         raise UntrustedFileError(f"{path}: the {what} holds more than {max_members} members")
-    members: dict[str, _Member] = {}
+    specs: dict[str, tuple[Any, ArraySpec]] = {}
     total = 0
     for index, info in enumerate(infos):
         name = info.filename.removesuffix(".npy")
         spec = check.spec(name) if info.filename.endswith(".npy") else None
-        if spec is None or name in members:
+        if spec is None or name in specs:
             raise UntrustedFileError(f"{path}: the {what} holds an unexpected member (number {index + 1})")
+        total += info.file_size
+        if total > max_bytes or info.file_size > max_bytes:
+            raise UntrustedFileError(f"{path}: the {what} declares more than {max_bytes >> 20} MiB of arrays")
+        if info.file_size > MAX_NPZ_RATIO * info.compress_size + (1 << 20):
+            raise UntrustedFileError(f"{path}: array {name} of the {what} unpacks to over {MAX_NPZ_RATIO}x its stored size")
+        specs[name] = (info, spec)
+    missing = [name for name in check.arrays if name not in specs]
+    if missing:
+        raise UntrustedFileError(f"{path}: the {what} lacks the array {missing[0]}")
+    from dip_export.budget import check_memory
+
+    check_memory(total, f"{path}: the arrays of the {what}")  # what reading them would take, before any is unpacked
+    members: dict[str, _Member] = {}
+    for name, (info, spec) in specs.items():
         shape, dtype, header_bytes = _npy_header(zf, info, path, what, name)
         declared = math.prod(shape) * dtype.itemsize
-        total += declared
-        if total > max_bytes or info.file_size > max_bytes:
+        if declared > max_bytes:
             raise UntrustedFileError(f"{path}: the {what} declares more than {max_bytes >> 20} MiB of arrays")
         if header_bytes + declared > info.file_size:
             raise UntrustedFileError(f"{path}: array {name} of the {what} is truncated")
-        if declared > MAX_NPZ_RATIO * info.compress_size + (1 << 20):
-            raise UntrustedFileError(f"{path}: array {name} of the {what} unpacks to over {MAX_NPZ_RATIO}x its stored size")
+        if header_bytes + declared < info.file_size:
+            raise UntrustedFileError(f"{path}: array {name} of the {what} holds bytes past its array")
         problem = spec.problem(dtype, shape)
         if problem:
             raise UntrustedFileError(f"{path}: array {name} of the {what} {problem}")
         members[name] = _Member(info, spec)
-    from dip_export.budget import check_memory
-
-    check_memory(total, f"{path}: the arrays of the {what}")  # what reading them would take, before any is read
-    missing = [name for name in check.arrays if name not in members]
-    if missing:
-        raise UntrustedFileError(f"{path}: the {what} lacks the array {missing[0]}")
     return members
 
 
@@ -343,6 +353,8 @@ def _npz_array(zf: Any, member: _Member, path: Path, name: str) -> np.ndarray:
 
     with zf.open(member.info) as f:
         array = npy.read_array(f, allow_pickle=False)
+        if f.read(1):  # the zip's record said otherwise (its CRC is checked on reaching the end)
+            raise UntrustedFileError(f"{path}: array {name} holds bytes past its array")
     if member.spec.finite and array.dtype.kind in "fc" and not np.isfinite(array).all():
         raise UntrustedFileError(f"{path}: array {name} holds NaN or infinite values")
     return array
