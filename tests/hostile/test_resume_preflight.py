@@ -253,7 +253,7 @@ def test_the_backend_auto_picks_is_compared_once_picked(
     picked: list[str] = []
 
     def pick(self: DiPPipeline, size: tuple[int, int], batch: int) -> None:
-        self.spec = BackendSpec.parse(picked[-1])
+        self._spec = BackendSpec.parse(picked[-1])
 
     monkeypatch.setattr(DiPPipeline, "_choose_auto", pick)
     monkeypatch.setattr(DiPPipeline, "engine", lambda self, *a, **k: None)
