@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import os
 import re
 from collections.abc import Callable, Sequence, Sized
@@ -111,12 +112,16 @@ def model_text(model: Any) -> str:
     return text
 
 
-def hub_model_name(text: str) -> str:
-    """org/name -> org--name; org/name/sub/model.pt -> org--name--sub--model: the name its exports are made under."""
-    parts = text.split("/")
-    if len(parts) > 2:  # a file in the repo: its name without the suffix
-        parts[-1] = Path(parts[-1]).stem
-    return "--".join(parts)
+def hub_model_name(text: str, revision: str | None = None) -> str:
+    """The name a Hub checkpoint's exports are made under, one per file and revision: org/name -> org--name,
+    org/name/sub/model.pt -> org--name--sub--model.pt, with --revision v1 -> org--name@v1. Repo names hold no
+    '--'; a file path that does (or an '@') gets a short digest of the whole reference, so no two share a name."""
+    name = "--".join(text.split("/"))
+    if revision is not None:
+        name += "@" + revision.replace("/", "~")  # '~' is no character of a ref: still one name per revision
+    if "--" in "/".join(text.split("/")[2:]) or "@" in text:
+        name += "-" + hashlib.sha256(f"{text}\0{revision}".encode()).hexdigest()[:8]
+    return name
 
 
 def open_source(
@@ -164,7 +169,7 @@ def open_source(
         raise UsageError("--revision goes with a Hugging Face Hub name (org/name)")
     loaded = resolve_model(target, preset, weights=weights, trust=trust_checkpoint, check=check)
     if model is not None and hub:  # named after the repo, not the file (most Hub checkpoints are model.safetensors)
-        loaded.name = hub_model_name(text)
+        loaded.name = hub_model_name(text, revision)
     return ModelSource(
         loaded.name, loaded.config, dict(loaded.sampling), loaded=loaded, path=target, weights=weights,
         preset=preset if target is not None else None,

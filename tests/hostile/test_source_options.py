@@ -102,14 +102,16 @@ def test_both_names_on_the_command_line_are_refused(tmp_path: Path) -> None:
 
 
 names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,20}", fullmatch=True)
+repos = st.tuples(names, names).filter(lambda r: "--" not in r[1] and ".." not in r[1])  # the Hub's repo-name rule
+file_parts = st.lists(st.from_regex(r"[A-Za-z0-9_@-][A-Za-z0-9_.@-]{0,12}", fullmatch=True), max_size=3)
+revisions = st.none() | st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_./-]{0,12}", fullmatch=True)
+references = st.tuples(repos, file_parts, revisions).map(lambda r: ("/".join([*r[0], *r[1]]), r[2]))
 
 
-@given(org=names, repo=names, other=names, files=st.lists(names, min_size=1, max_size=3))
-def test_hub_names_give_distinct_folder_names(org: str, repo: str, other: str, files: list[str]) -> None:
-    one, two = hub_model_name(f"{org}/{repo}"), hub_model_name(f"{org}/{other}")
-    assert "/" not in one and (one == two) == (repo == other)  # two repos never share their exports
-    in_repo = hub_model_name(f"{org}/{repo}/{'/'.join(files)}.safetensors")
-    assert in_repo.startswith(f"{org}--{repo}--") and "/" not in in_repo and not in_repo.endswith(".safetensors")
+@given(one=references, two=references)
+def test_hub_names_are_one_folder_name_per_file_and_revision(one: tuple[str, str | None], two: tuple[str, str | None]) -> None:
+    a, b = hub_model_name(*one), hub_model_name(*two)
+    assert "/" not in a and (a == b) == (one == two)  # two checkpoints never share their exports
 
 
 def test_two_hub_repos_with_model_safetensors_get_two_exports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
