@@ -330,6 +330,8 @@ def read_class_file(path: Path, num_classes: int, n: int) -> list[int]:
             raise UsageError(f"--class-file {where(path, expected)} is blank; line i is the class of sample i")
         if not re.fullmatch(r"[0-9]{1,9}", text):
             raise UsageError(f"--class-file {where(path, number)}: one non-negative integer class per line expected")
+        if int(text) >= num_classes:
+            raise UsageError(f"--class-file {where(path, number)}: class out of range (classes are 0..{num_classes - 1})")
         classes.append(int(text))
     if len(classes) < n:
         raise UsageError(f"--class-file {path} has {len(classes)} classes for {n} samples")

@@ -69,3 +69,25 @@ def test_lines_after_the_last_sample_may_be_blank_and_line_i_is_sample_i(tmp_pat
     code, err = run(cli.sample_main, "--classes", "3,7", "--seeds", "0,1", "--steps", "2", "--out", ref)
     assert code == 0, err
     np.testing.assert_array_equal(np.load(out)["arr_0"], np.load(ref)["arr_0"])
+
+
+@settings(max_examples=100, deadline=None)
+@given(classes=st.lists(st.integers(0, 20), min_size=1, max_size=10), num_classes=st.integers(1, 20))
+def test_a_class_out_of_range_is_named_by_its_line(
+    tmp_path_factory: pytest.TempPathFactory, classes: list[int], num_classes: int
+) -> None:
+    path = tmp_path_factory.mktemp("cf") / "classes.txt"
+    path.write_text("".join(f"{c}\n" for c in classes))
+    bad = next((i for i, c in enumerate(classes, 1) if c >= num_classes), None)
+    if bad is None:
+        assert read_class_file(path, num_classes, len(classes)) == classes
+    else:
+        with pytest.raises(UsageError, match=f"classes.txt line {bad}: class out of range"):
+            read_class_file(path, num_classes, len(classes))
+
+
+def test_dip_sample_names_the_line_of_a_class_out_of_range(tmp_path: Path, no_sampling: None) -> None:
+    path = tmp_path / "c.txt"
+    path.write_text("1\n10\n")
+    code, err = run(cli.sample_main, "--num-samples", "2", "--class-file", path, "--steps", "2", "--out", tmp_path / "o.npz")
+    one_line(code, err, 2, f"{path} line 2", "out of range")
