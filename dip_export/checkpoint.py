@@ -135,11 +135,15 @@ def load_failure(err: BaseException) -> str:
 def _check_pickle_header(path: Path) -> None:
     """A zip (torch.save) or a pickle (protocol 2+) starts with known bytes; anything else is not a checkpoint."""
     with path.open("rb") as f:
-        head = f.read(4)
+        head = f.read(9)
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
         return
     if not head:
         kind = "an empty file"
+    elif len(head) == 9 and head[8:] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size:
+        kind = "a safetensors file by its content; name it .safetensors"  # a header length, then the header's JSON
+    elif head[:1] == b"\x08":
+        kind = "an ONNX graph by its content; pass the export folder that holds it"
     elif head[:1] in (b"{", b"[") or head.isascii():
         kind = "a text or JSON file"
     else:
