@@ -205,6 +205,14 @@ _ELEMENT_SIZES = {"Double": 8, "Long": 8, "ComplexDouble": 16, "ComplexFloat": 8
 _CONSTANTS = {"BININT", "BININT1", "BININT2", "LONG1", "LONG4", "INT", "LONG", "SHORT_BINUNICODE", "BINUNICODE",
               "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING", "BINUNICODE8"}  # fmt: skip
 _MARK = object()
+MAX_PICKLE_ARGUMENT = 64 << 20  # one opcode's argument: a checkpoint's pickle holds structure (tensors are stored apart)
+ZIP_SLACK = 1 << 20  # what a zip checkpoint's records may add up to beyond the file's own size (torch.save stores them)
+
+
+class BigArgument(Exception):
+    """A pickle opcode declares an argument longer than `MAX_PICKLE_ARGUMENT` (never read)."""
+
+
 class UnreadSize(Exception):
     """A pickle calls a buffer or storage constructor with a size the scan cannot read."""
 
@@ -233,7 +241,7 @@ def pickle_declared_bytes(stream: Any, max_pickles: int = 8) -> int:
         start = stream.tell()
         try:
             total += _scan_one(pickletools.genops(stream))
-        except UnreadSize:
+        except (UnreadSize, BigArgument):
             raise
         except Exception:  # not (or no longer) a pickle: torch's own reader will say so
             break
@@ -249,6 +257,11 @@ def check_checkpoint_tensors(path: Any) -> None:
     path = Path(path)
     try:
         _check_checkpoint_tensors(path)
+    except BigArgument:
+        raise BudgetError(
+            f"{path}: its pickle declares a value longer than {gib(MAX_PICKLE_ARGUMENT)} (a checkpoint's pickle holds "
+            "only structure); refusing to read it"
+        ) from None
     except UnreadSize:
         raise BudgetError(
             f"{path}: builds a buffer or storage of a size computed while loading (not written in the file); refusing to load it"
@@ -261,30 +274,59 @@ def _check_checkpoint_tensors(path: Any) -> None:
     size = path.stat().st_size
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
+            check_zip_records(archive.infolist(), str(path), size)
             names = [n for n in archive.namelist() if n.rsplit("/", 1)[-1] == "data.pkl"]  # every one torch could read
             declared = 0
             for name in names:
                 with archive.open(name) as f:
-                    declared = max(declared, pickle_declared_bytes(_Seekless(f)))
+                    declared = max(declared, pickle_declared_bytes(_Bounded(f, archive.getinfo(name).file_size)))
     else:
         with path.open("rb") as f:
-            declared = pickle_declared_bytes(f)
+            declared = pickle_declared_bytes(_Bounded(f, size))
     check_declared(declared, 1, str(path), file_size=size)
 
 
-class _Seekless:
-    """A zip member's stream with the `tell` pickletools needs."""
+def check_zip_records(records: Any, source: str, file_size: int) -> None:
+    """A zip checkpoint's records, by the sizes its directory declares, before any is read.
 
-    def __init__(self, f: Any) -> None:
-        self.f, self.pos = f, 0
+    torch.save stores its records uncompressed, so together they hold no more than the file; a compressed
+    record that would inflate past the file's size (or one larger than memory) is refused unread.
+    """
+    total = 0
+    for info in records:
+        check_memory(info.file_size, f"{source}: reading one of its records", None)
+        total += info.file_size
+    if total > file_size + ZIP_SLACK:
+        raise BudgetError(
+            f"{source}: its zip records inflate to {gib(total)} but the file is {file_size} bytes "
+            "(a checkpoint stores its records uncompressed); refusing to read it"
+        )
+
+
+class _Bounded:
+    """A stream for pickletools: the `tell` it needs, and no read longer than `MAX_PICKLE_ARGUMENT`.
+
+    pickletools reads a counted argument with one `read(n)` of the length the opcode declares: a larger `n`
+    is refused before anything is read, so no argument is ever materialised past the cap. One longer than
+    what is left of the stream is not read either: the scan stops there (torch's reader will say it is truncated).
+    """
+
+    def __init__(self, f: Any, size: int) -> None:
+        self.f, self.pos, self.size = f, 0, size
 
     def read(self, n: int = -1) -> bytes:
+        if n < 0 or n > self.size - self.pos:
+            raise ValueError("truncated")
+        if n > MAX_PICKLE_ARGUMENT:
+            raise BigArgument
         data = self.f.read(n)
         self.pos += len(data)
         return data
 
     def readline(self) -> bytes:
-        data = self.f.readline()
+        data = self.f.readline(MAX_PICKLE_ARGUMENT + 1)
+        if len(data) > MAX_PICKLE_ARGUMENT:
+            raise BigArgument
         self.pos += len(data)
         return data
 

@@ -35,7 +35,9 @@ META_CONFIG = "dip_config"  # safetensors metadata key: JSON of DiPConfig
 META_SAMPLING = "dip_sampling"  # safetensors metadata key: JSON of recommended sampler settings
 PREFIXES = ("model.", "module.", "_orig_mod.")
 MAX_LISTED = 8
-MAX_SAFETENSORS_HEADER = 100 << 20  # the safetensors format's own bound on its JSON header
+MAX_SAFETENSORS_HEADER = 16 << 20  # a DiP's header: the released DiP-XL/16's is ~50 KB, the demo's 9.8 KB
+MAX_HEADER_TENSORS = 20_000  # a DiP (EMA and raw weights together) has a few hundred tensors
+MAX_TENSOR_DIMS = 8  # a DiP tensor has at most 4 dimensions
 SAFETENSORS_SIZES = {"F64": 8, "I64": 8, "U64": 8, "C64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2,
                      "U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}  # fmt: skip
 ConfigCheck = Callable[[DiPConfig], None]  # called with the config a model will be built of, before it is built
@@ -179,6 +181,8 @@ class _Shape:
 def safetensors_header(path: Path) -> tuple[dict[str, _Shape], dict[str, str]]:
     """The tensor shapes and metadata a safetensors file's header declares, its tensor bytes checked, no tensor read.
 
+    What a header may hold is bounded before it is parsed (`MAX_SAFETENSORS_HEADER` bytes) and after
+    (`MAX_HEADER_TENSORS` tensors of at most `MAX_TENSOR_DIMS` dimensions): no DiP needs more.
     The bytes the header declares are refused above the file's size or the memory limit (`budget.check_declared`).
     """
     bad = f"{path}: truncated or not a safetensors file"
@@ -186,8 +190,13 @@ def safetensors_header(path: Path) -> tuple[dict[str, _Shape], dict[str, str]]:
     with path.open("rb") as f:
         head = f.read(8)
         length = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if not 2 <= length <= min(MAX_SAFETENSORS_HEADER, size - 8):
+        if not 2 <= length <= size - 8:
             raise CheckpointError(f"{bad} (header length)")
+        if length > MAX_SAFETENSORS_HEADER:
+            raise CheckpointError(
+                f"{path}: its safetensors header is {length} bytes, more than a DiP's needs "
+                f"({MAX_SAFETENSORS_HEADER >> 20} MiB at most); refusing to read it"
+            )
         raw = f.read(length)
     try:
         header = parse_json(raw, f"{path} header")
@@ -198,12 +207,21 @@ def safetensors_header(path: Path) -> tuple[dict[str, _Shape], dict[str, str]]:
     meta = header.pop("__metadata__", None) or {}
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise CheckpointError(f"{bad} (metadata is not text)")
+    if len(header) > MAX_HEADER_TENSORS:
+        raise CheckpointError(
+            f"{path}: its safetensors header lists {len(header)} tensors, more than a DiP has ({MAX_HEADER_TENSORS} at most)"
+        )
     shapes: dict[str, _Shape] = {}
     declared = 0
     for index, (name, entry) in enumerate(header.items()):
         shape = entry.get("shape") if isinstance(entry, dict) else None
         if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
             raise CheckpointError(f"{bad} (header entry {index + 1} has no valid shape)")  # its name is file content
+        if len(shape) > MAX_TENSOR_DIMS:
+            raise CheckpointError(
+                f"{path}: header entry {index + 1} has {len(shape)} dimensions, more than a DiP tensor's "
+                f"({MAX_TENSOR_DIMS} at most)"
+            )
         if not isinstance(entry.get("dtype"), str) or entry["dtype"] not in SAFETENSORS_SIZES:
             raise CheckpointError(f"{bad} (header entry {index + 1} has an unknown dtype)")  # never quoted: file content
         numel = 1
@@ -371,6 +389,11 @@ def load_checkpoint(
         stored = _stored_config(path, meta.get(META_CONFIG), json_text=True)
         sampling = _stored_sampling(path, meta.get(META_SAMPLING, "{}"))
         early = given or stored or _header_config(path, shapes, weights)
+        if early is None:  # the header describes no DiP: say why before the library reads the file
+            try:
+                infer_config(pick_weights(shapes, weights))
+            except CheckpointError as err:
+                raise CheckpointError(f"{path}: {err}") from None
         if early is not None:
             _check_config(str(path), early, check)
         state, _ = _read_safetensors(path)
