@@ -128,7 +128,7 @@ def run_sample(request: SampleRequest, console: Console, progress: Progress) -> 
     png_bytes = len(plan) * size[0] * size[1] * 3 * (2 if request.png_dir is not None else 1)
     check_free_space(request.out, png_bytes + (64 << 20))
     if request.png_dir is not None:
-        check_output_folder(request.png_dir, lambda name: _png_index(name) < len(plan), kind="png")
+        check_output_folder(request.png_dir, lambda name: _png_index(name) < len(plan), kind="sample-image")
     if world.size > 1 or request.resume:
         _check_resume(request, world, pipe, settings, plan)  # a folder of other settings: refused before any engine
     say_assumed_size(pipe.source, request.image_size, pipe.image_size, console)  # the arguments are good: now say it
@@ -143,7 +143,7 @@ def run_sample(request: SampleRequest, console: Console, progress: Progress) -> 
 
     if world.size > 1 or request.resume:
         if world.is_main:
-            remove_output(request.out.with_suffix(".png"), "png")  # never an old grid beside a new npz
+            remove_output(request.out.with_suffix(".png"), "samples-grid")  # never an old grid beside a new npz
         identity = _run_identity(request, pipe, settings, spec)
         images = _run_sharded(plan, request, world, dev, identity, make_images, progress, console, sampler_line)
         if images is None:
@@ -154,7 +154,7 @@ def run_sample(request: SampleRequest, console: Console, progress: Progress) -> 
             total = settings.steps * -(-len(plan) // request.batch_size)
             task = progress.add_task(f"{pipe.name} {spec} {len(plan)} images", total=total)
             images = make_images(plan, lambda _: progress.advance(task))
-        remove_output(request.out.with_suffix(".png"), "png")  # never an old grid beside a new npz
+        remove_output(request.out.with_suffix(".png"), "samples-grid")  # never an old grid beside a new npz
         save_npz(request.out, images)
     _write_images(request, images, pipe.image_size, console)
 
@@ -181,7 +181,7 @@ def _check_sample_request(request: SampleRequest, world: World) -> None:
     check_output_file(out)
     check_output_file(out.with_suffix(".png"))
     check_replaceable_output(out, "npz")
-    check_replaceable_output(out.with_suffix(".png"), "png")
+    check_replaceable_output(out.with_suffix(".png"), "samples-grid")
     for output in (out, out.with_suffix(".png"), request.png_dir):
         if output is not None:
             check_not_input(output, [request.model.model, request.class_file])
@@ -238,10 +238,10 @@ def _sample_count(request: SampleRequest) -> int:
 def _write_images(request: SampleRequest, images: np.ndarray, size: tuple[int, int], console: Console) -> None:
     """The PNG grid beside the npz, and one PNG per image with --png-dir."""
     out = request.out
-    save_png(out.with_suffix(".png"), image_grid(images[:256]))
+    save_png(out.with_suffix(".png"), image_grid(images[:256]), "samples-grid")
     if request.png_dir is not None:
         for i, image in enumerate(images):
-            save_png(request.png_dir / _png_name(i), image)
+            save_png(request.png_dir / _png_name(i), image, "sample-image")
     say(console, f"wrote {out} ({images.shape[0]} x {size[0]}x{size[1]}) and {out.with_suffix('.png')}")
 
 
@@ -456,7 +456,7 @@ def _check_bench_request(request: BenchRequest) -> list[str]:
         raise UsageError(f"--json writes JSON; name a .json file (got {request.json_out.suffix or 'no suffix'})")
     if request.threads is not None and not 1 <= request.threads <= 1024:
         raise UsageError(f"--threads must be in 1..1024, got {request.threads}")
-    for path, kind in ((request.json_out, "bench-report"), (request.plot, "png")):
+    for path, kind in ((request.json_out, "bench-report"), (request.plot, "bench-plot")):
         if path is not None:
             check_output_file(path)
             check_not_input(path, [request.model.model])

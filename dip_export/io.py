@@ -19,10 +19,10 @@ import numpy as np
 from dip_export.errors import DipError, UsageError
 from dip_export.ownership import (
     JSON_KINDS,
-    MARK,
     MARK_KEY,
     NPZ_COMMENT,
-    PNG_TEXT,
+    PNG_KEY,
+    PNG_KINDS,
     check_output_name,
     check_outputs_apart,
     check_replaceable_output,
@@ -30,6 +30,7 @@ from dip_export.ownership import (
     journal_path,
     mark,
     owner_key,
+    png_text,
     recover_swap,
     swap_in,
 )
@@ -220,12 +221,17 @@ def enclosing_export(path: Path) -> Path | None:
 SHARD_FOLDER_SUFFIX = ".npz.parts"  # OUT.npz.parts: the shard folder of a resumable or torchrun dip-sample
 EXPORT_ROOT = Path("engines")  # where the tool makes its exports on the fly (relative to the working folder)
 MANAGED_NAME = re.compile(r".+-\d+x\d+-[a-z0-9]+(?:-[a-z0-9]+)?")  # MODEL-HxW-KIND: a folder it exports into there
+RESERVED = {  # under EXPORT_ROOT: the tool's own caches there (measure.autobackend.CACHE_FILE, yardstick.CACHE)
+    "auto-backend.json": "the --backend auto cache",
+    "yardstick": "the yardstick reference folder",
+}
 
 
 def artifact_around(path: Path) -> str | None:
-    """The artifact of this tool `path` would lie inside, named (an export, a shard folder, an export folder the
-    tool makes on the fly under engines/); None if none. Artifacts are replaced or read whole: nothing else goes
-    inside one. Looked up by name and after resolving symlinks."""
+    """The artifact of this tool `path` would lie inside or be, named (an export, a shard folder, an export folder
+    the tool makes on the fly under engines/ with its calibration cache, the tool's own caches there: the --backend
+    auto cache and the yardstick folder, which `path` may not be either); None if none. Artifacts are replaced or
+    read whole: nothing else goes inside one. Looked up by name and after resolving symlinks."""
     export = enclosing_export(path)
     if export is not None:
         return f"the export {export}"
@@ -234,6 +240,9 @@ def artifact_around(path: Path) -> str | None:
         if parent.name.endswith(SHARD_FOLDER_SUFFIX):
             return f"the shard folder {parent}"
     root, resolved = (Path.cwd() / EXPORT_ROOT).resolve(), absolute.resolve()
+    for name, what in RESERVED.items():
+        if resolved == root / name or root / name in resolved.parents:
+            return f"{what} {EXPORT_ROOT / name}"
     if root in resolved.parents:
         top = resolved.relative_to(root).parts
         if len(top) > 1 and MANAGED_NAME.fullmatch(top[0]):
@@ -242,9 +251,11 @@ def artifact_around(path: Path) -> str | None:
 
 
 def check_output_place(path: Path, what: str = "the output") -> None:
-    """No output of any command lies inside an artifact of this tool (`artifact_around`): it would be written
-    once and block the artifact's next replacement or reading."""
+    """No output of any command lies inside an artifact of this tool, nor takes the place of one of its caches
+    (`artifact_around`): it would be written once and block the artifact's next replacement or reading."""
     artifact = artifact_around(path)
+    if artifact is not None and artifact.startswith(tuple(RESERVED.values())):
+        raise UsageError(f"{what} {path} takes the place of {artifact}, which only the tool writes; name another place")
     if artifact is not None:
         raise UsageError(f"{what} {path} lies inside {artifact}, which holds only the tool's own files; name a place outside it")
 
@@ -365,7 +376,11 @@ def save_json(path: Path, data: dict[str, object], kind: str) -> None:
         tmp.write_text(json.dumps(marked, indent=2) + "\n")
 
 
-PNG_INFO = {"Software": MARK}  # what a PNG writer (matplotlib's savefig metadata) records as this tool's mark
+def png_info(kind: str) -> dict[str, str]:
+    """What a PNG writer (matplotlib's savefig metadata) records as this tool's mark for `kind` (PNG_KINDS)."""
+    if kind not in PNG_KINDS:
+        raise ValueError(f"no PNG output kind {kind!r}")
+    return {PNG_KEY: mark(kind)}
 
 
 def remove_output(path: Path, kind: str) -> None:
@@ -400,8 +415,9 @@ def image_grid(images: np.ndarray, columns: int | None = None, min_cell: int = G
     return grid
 
 
-def save_png(path: Path, image: np.ndarray) -> None:
-    """A minimal PNG writer (RGB, 8-bit), so pictures need no imaging library; a tEXt chunk marks it as this tool's."""
+def save_png(path: Path, image: np.ndarray, kind: str) -> None:
+    """A minimal PNG writer (RGB, 8-bit), so pictures need no imaging library; a tEXt chunk marks it as this tool's
+    of `kind` (ownership.PNG_KINDS: a samples grid, a sample image): it replaces only a PNG of the same kind."""
     import struct
     import zlib
 
@@ -412,7 +428,7 @@ def save_png(path: Path, image: np.ndarray) -> None:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"tEXt", PNG_TEXT)
+    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"tEXt", png_text(kind))
             + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))  # fmt: skip
-    with atomic_path(path, "png") as tmp:
+    with atomic_path(path, kind) as tmp:
         tmp.write_bytes(data)

@@ -4,7 +4,8 @@ A folder is the tool's to replace only if it holds exactly the files its own man
 their sizes and sha256, and nothing else (`owned_export`). A single file is the tool's to replace
 only if it carries this tool's mark for its kind (`OUTPUT_KINDS`: a zip comment, a PNG text chunk,
 a JSON field or safetensors metadata key naming the kind, `mark`), which every writer of that kind puts
-there: a bench report never replaces the --backend auto cache, nor the cache a report. Paths are
+there: a bench report never replaces the --backend auto cache, nor the cache a report; a bench plot never
+replaces a samples grid or a sample image, nor they each other. Paths are
 compared after resolving symlinks, an output that is a symlink is refused (never followed), and an
 output may not be or contain an input. An old export is swapped for a new one under a journal
 naming the backup: after a kill at any instant, the next run restores the old export or finishes
@@ -208,22 +209,23 @@ def mac_problem(contents: dict[str, Any], mac: str) -> str | None:
 
 # ---------------------------------------------------------------- the marks of single-file outputs
 
-MARK = "dip-export"  # this tool's name in every mark: PNG `Software` text; JSON and safetensors marks name the kind too
+MARK = "dip-export"  # this tool's name in every mark, which names the kind too (`mark`)
 NPZ_COMMENT = b"dip-export samples v1"  # the zip comment of a samples .npz
 NPZ_MEMBERS = ("arr_0.npy",)  # and exactly these members (ADM layout)
-PNG_TEXT = b"Software\x00" + MARK.encode()  # the data of a PNG tEXt chunk
+PNG_KEY = "Software"  # the keyword of the PNG tEXt chunk holding `mark(kind)`
 MARK_KEY = "written_by"  # top-level JSON field, safetensors metadata key: `mark(kind)`
 MAX_HEADER_BYTES = 100 << 20  # a safetensors header larger than this is no file of ours
 
 JSON_KINDS = {"bench-report": "bench JSON report", "auto-backend-cache": "--backend auto cache"}  # kind -> what it is
 SAFETENSORS_KINDS = {"checkpoint": "safetensors checkpoint"}
+PNG_KINDS = {"samples-grid": "samples grid", "sample-image": "sample image (--png-dir)", "bench-plot": "dip-bench plot"}
 
 
 def mark(kind: str) -> str:
-    """The value of MARK_KEY in a JSON or safetensors output of `kind`: the tool and the kind, e.g.
-    `dip-export/bench-report`. A file carrying another kind's mark, or the bare `dip-export` of earlier
-    versions, is not this kind's to replace."""
-    if kind not in JSON_KINDS and kind not in SAFETENSORS_KINDS:
+    """The value of MARK_KEY in a JSON or safetensors output of `kind`, or of the PNG_KEY text of a PNG: the tool
+    and the kind, e.g. `dip-export/bench-report`, `dip-export/samples-grid`. A file carrying another kind's mark,
+    or the bare `dip-export` of earlier versions, is not this kind's to replace."""
+    if kind not in JSON_KINDS and kind not in SAFETENSORS_KINDS and kind not in PNG_KINDS:
         raise ValueError(f"no marked output kind {kind!r}")
     return f"{MARK}/{kind}"
 
@@ -233,23 +235,35 @@ def _npz_is_ours(path: Path) -> bool:
         return archive.comment == NPZ_COMMENT and tuple(archive.namelist()) == NPZ_MEMBERS
 
 
-def _png_is_ours(path: Path) -> bool:
-    """A PNG whose chunks (walked by their lengths, never decoded) include tEXt `Software: dip-export`."""
-    with open(path, "rb") as f:
-        if f.read(8) != b"\x89PNG\r\n\x1a\n":
-            return False
-        size = os.fstat(f.fileno()).st_size
-        while f.tell() + 12 <= size:
-            length, tag = struct.unpack(">I4s", f.read(8))
-            if tag == b"tEXt" and length == len(PNG_TEXT):
-                if f.read(length) == PNG_TEXT:
-                    return True
-                f.seek(4, os.SEEK_CUR)
-                continue
-            if tag in (b"IDAT", b"IEND"):  # the mark comes before the image data
+def png_text(kind: str) -> bytes:
+    """The data of the PNG tEXt chunk marking a PNG of `kind` (PNG_KINDS) as this tool's: `Software\\0dip-export/KIND`."""
+    if kind not in PNG_KINDS:
+        raise ValueError(f"no PNG output kind {kind!r}")
+    return PNG_KEY.encode() + b"\x00" + mark(kind).encode()
+
+
+def _png_is(kind: str) -> Callable[[Path], bool]:
+    def is_ours(path: Path) -> bool:
+        """A PNG whose chunks (walked by their lengths, never decoded) include the tEXt `png_text(kind)` before
+        the image data."""
+        text = png_text(kind)
+        with open(path, "rb") as f:
+            if f.read(8) != b"\x89PNG\r\n\x1a\n":
                 return False
-            f.seek(length + 4, os.SEEK_CUR)
-    return False
+            size = os.fstat(f.fileno()).st_size
+            while f.tell() + 12 <= size:
+                length, tag = struct.unpack(">I4s", f.read(8))
+                if tag == b"tEXt" and length == len(text):
+                    if f.read(length) == text:
+                        return True
+                    f.seek(4, os.SEEK_CUR)
+                    continue
+                if tag in (b"IDAT", b"IEND"):  # the mark comes before the image data
+                    return False
+                f.seek(length + 4, os.SEEK_CUR)
+        return False
+
+    return is_ours
 
 
 def _json_is(kind: str) -> Callable[[Path], bool]:
@@ -282,7 +296,7 @@ def _safetensors_is(kind: str) -> Callable[[Path], bool]:
 
 OUTPUT_KINDS: dict[str, tuple[str, Callable[[Path], bool]]] = {  # kind -> (what it is, whether a file carries its mark)
     "npz": ("samples .npz", _npz_is_ours),
-    "png": ("PNG", _png_is_ours),
+    **{kind: (what, _png_is(kind)) for kind, what in PNG_KINDS.items()},
     **{kind: (what, _json_is(kind)) for kind, what in JSON_KINDS.items()},
     **{kind: (what, _safetensors_is(kind)) for kind, what in SAFETENSORS_KINDS.items()},
 }
@@ -301,7 +315,7 @@ def is_ours(path: Path | str, kind: str) -> bool:
 
 def check_replaceable_output(path: Path | str, kind: str) -> None:
     """A file the user names (or one derived from it) replaces an existing file only if that carries this tool's
-    mark for `kind` (OUTPUT_KINDS: npz, png, a JSON or a safetensors kind): proof that the tool wrote it, not a
+    mark for `kind` (OUTPUT_KINDS: npz, a PNG, JSON or safetensors kind): proof that the tool wrote it, not a
     user's notes or pictures. A symlink is never followed nor replaced."""
     path = Path(path)
     if not os.path.lexists(path):

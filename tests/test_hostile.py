@@ -228,7 +228,7 @@ def old_png(path: Path) -> bytes:
     """An earlier run's image, as this tool writes it (marked; a user's other file is never replaced)."""
     from dip_export.io import save_png
 
-    save_png(path, np.full((2, 2, 3), 9, np.uint8))
+    save_png(path, np.full((2, 2, 3), 9, np.uint8), "sample-image")
     return path.read_bytes()
 
 

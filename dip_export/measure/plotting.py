@@ -11,6 +11,7 @@ from typing import Any
 from dip_export.errors import MissingDependencyError
 
 INSTALL_HINT = "pip install matplotlib (needed for --plot)"
+PLOT_KIND = "bench-plot"  # the mark of every plot (ownership.PNG_KINDS): it replaces only an earlier plot
 
 
 def require_matplotlib() -> None:
@@ -39,11 +40,11 @@ def pyplot() -> Any:
 
 
 def save(fig: Any, path: Path) -> None:
-    """The figure as a PNG marked as this tool's, written atomically; the figure is closed."""
-    from dip_export.io import PNG_INFO, atomic_path
+    """The figure as a PNG marked as this tool's plot (PLOT_KIND), written atomically; the figure is closed."""
+    from dip_export.io import atomic_path, png_info
 
-    with atomic_path(path, "png") as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight", metadata=PNG_INFO)
+    with atomic_path(path, PLOT_KIND) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight", metadata=png_info(PLOT_KIND))
     pyplot().close(fig)
 
 

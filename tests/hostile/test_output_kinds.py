@@ -14,7 +14,9 @@ from dip_export.ownership import check_not_input, check_replaceable_output
 USER = b"my notes, not a result"
 
 
-@pytest.mark.parametrize("kind", ["npz", "png", "bench-report", "auto-backend-cache", "checkpoint"])
+@pytest.mark.parametrize(
+    "kind", ["npz", "samples-grid", "sample-image", "bench-plot", "bench-report", "auto-backend-cache", "checkpoint"]
+)
 def test_user_file_is_not_replaceable(tmp_path, kind):
     path = tmp_path / f"out-{kind}"
     path.write_bytes(USER)
@@ -27,9 +29,9 @@ def test_earlier_results_are_replaceable(tmp_path):
     from dip_export.io import save_json, save_npz, save_png
 
     save_npz(tmp_path / "a.npz", np.zeros((1, 2, 2, 3), np.uint8))
-    save_png(tmp_path / "a.png", np.zeros((2, 2, 3), np.uint8))
+    save_png(tmp_path / "a.png", np.zeros((2, 2, 3), np.uint8), "samples-grid")
     save_json(tmp_path / "a.json", {"rows": []}, "bench-report")
-    for name, kind in (("a.npz", "npz"), ("a.png", "png"), ("a.json", "bench-report")):
+    for name, kind in (("a.npz", "npz"), ("a.png", "samples-grid"), ("a.json", "bench-report")):
         check_replaceable_output(tmp_path / name, kind)
     check_replaceable_output(tmp_path / "new.npz", "npz")  # nothing there yet
 

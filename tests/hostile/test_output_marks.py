@@ -21,11 +21,12 @@ from safetensors.torch import save_file
 from dip_export import cli
 from dip_export.errors import UsageError
 from dip_export.io import atomic_path, save_json, save_npz, save_png
-from dip_export.ownership import MARK, NPZ_COMMENT, OUTPUT_KINDS, check_replaceable_output, is_ours, mark
+from dip_export.ownership import NPZ_COMMENT, OUTPUT_KINDS, check_replaceable_output, is_ours, mark, png_text
 from tests.test_hostile import one_line, run
 
 KINDS = sorted(OUTPUT_KINDS)
-SUFFIX = {"npz": "npz", "png": "png", "bench-report": "json", "auto-backend-cache": "json", "checkpoint": "safetensors"}
+SUFFIX = {"npz": "npz", "samples-grid": "png", "sample-image": "png", "bench-plot": "png", "bench-report": "json",
+          "auto-backend-cache": "json", "checkpoint": "safetensors"}  # fmt: skip
 
 
 def _write_each_kind(tmp_path: Path, stem: str) -> None:
@@ -34,8 +35,10 @@ def _write_each_kind(tmp_path: Path, stem: str) -> None:
         path = tmp_path / f"{stem}-{kind}.{SUFFIX[kind]}"
         if kind == "npz":
             save_npz(path, np.zeros((1, 2, 2, 3), np.uint8))
-        elif kind == "png":
-            save_png(path, np.zeros((2, 2, 3), np.uint8))
+        elif kind == "bench-plot":
+            path.write_bytes(_png([IHDR, (b"tEXt", png_text(kind)), IDAT, IEND]))  # as matplotlib writes it
+        elif SUFFIX[kind] == "png":
+            save_png(path, np.zeros((2, 2, 3), np.uint8), kind)
         elif SUFFIX[kind] == "json":
             save_json(path, {"old": 1}, kind)
         else:
@@ -100,10 +103,10 @@ def test_a_png_without_the_mark_before_its_image_is_never_replaced(tmp_path: Pat
     chunks = [IHDR, IDAT, text, IEND] if after_image else [IHDR, text, IDAT, IEND]
     path = tmp_path / "out.png"
     path.write_bytes(_png(chunks))
-    if key == b"Software" and value == MARK.encode() and not after_image:
-        check_replaceable_output(path, "png")
+    if key == b"Software" and value == mark("samples-grid").encode() and not after_image:
+        check_replaceable_output(path, "samples-grid")
     else:
-        _refused_untouched(path, "png")
+        _refused_untouched(path, "samples-grid")
 
 
 def test_a_picture_from_another_program_is_never_replaced(tmp_path: Path) -> None:
@@ -114,7 +117,7 @@ def test_a_picture_from_another_program_is_never_replaced(tmp_path: Path) -> Non
     info.add_text("Software", "GIMP")
     path = tmp_path / "out.png"
     Image.new("RGB", (4, 4)).save(path, pnginfo=info)
-    _refused_untouched(path, "png")
+    _refused_untouched(path, "samples-grid")
 
 
 json_values = st.recursive(
@@ -156,9 +159,9 @@ def test_the_tools_own_outputs_are_marked_and_replaced(tmp_path: Path, n: int, h
     images = np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
     for _ in range(2):  # the second write replaces the first
         save_npz(tmp_path / "s.npz", images)
-        save_png(tmp_path / "s.png", images[0])
+        save_png(tmp_path / "s.png", images[0], "sample-image")
         save_json(tmp_path / "r.json", report, "bench-report")
-    for name, kind in (("s.npz", "npz"), ("s.png", "png"), ("r.json", "bench-report")):
+    for name, kind in (("s.npz", "npz"), ("s.png", "sample-image"), ("r.json", "bench-report")):
         assert is_ours(tmp_path / name, kind)
     assert np.array_equal(np.load(tmp_path / "s.npz")["arr_0"], images)
     assert {k: v for k, v in json.loads((tmp_path / "r.json").read_text()).items() if k != "written_by"} == {
@@ -178,7 +181,7 @@ def test_a_saved_checkpoint_and_a_plot_are_marked_and_replaced(tmp_path: Path, g
     for _ in range(2):
         save_checkpoint(tmp_path / "m.safetensors", golden_model, {"steps": 7})
         save(plt.figure(), tmp_path / "p.png")
-    assert is_ours(tmp_path / "m.safetensors", "checkpoint") and is_ours(tmp_path / "p.png", "png")
+    assert is_ours(tmp_path / "m.safetensors", "checkpoint") and is_ours(tmp_path / "p.png", "bench-plot")
     assert load_checkpoint(tmp_path / "m.safetensors").sampling["steps"] == 7
 
 
@@ -296,8 +299,8 @@ def test_dip_sample_replaces_its_own_outputs(tmp_path: Path) -> None:
     for _ in range(2):
         code, err = run(cli.sample_main, "--out", out, "--png-dir", tmp_path / "pics", *SMALL)
         assert code == 0, err
-    assert is_ours(out, "npz") and is_ours(out.with_suffix(".png"), "png")
-    assert all(is_ours(p, "png") for p in (tmp_path / "pics").iterdir())
+    assert is_ours(out, "npz") and is_ours(out.with_suffix(".png"), "samples-grid")
+    assert all(is_ours(p, "sample-image") for p in (tmp_path / "pics").iterdir())
     assert np.load(out)["arr_0"].shape[0] == 2
 
 
