@@ -21,9 +21,10 @@ def plain_line(text: object, limit: int = MAX_LINE) -> str:
     """One line of visible characters: whitespace runs become one space, control characters `\\xNN`."""
     line = " ".join(str(text).split())
     line = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}", line)
-    if len(line) > limit:
-        keep = max(limit - len(f"... ({len(line)} more characters)"), 0)  # the note counts toward the limit
-        line = f"{line[:keep]}... ({len(line) - keep} more characters)"
+    if len(line) > limit:  # the middle goes (a long path), the start and the end (the reason) stay
+        keep = max(limit - len(f" ... ({len(line)} more characters) ... "), 0)  # the note counts toward the limit
+        head, tail = keep // 2, keep - keep // 2
+        line = f"{line[:head]} ... ({len(line) - keep} more characters) ... {line[len(line) - tail:] if tail else ''}"
     return line
 
 

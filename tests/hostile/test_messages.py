@@ -23,8 +23,9 @@ def test_any_text_prints_as_one_capped_line_of_visible_characters(text: str) -> 
     line = plain_line(text)
     assert not CONTROL.search(line) and "\n" not in line
     assert len(line) <= MAX_LINE
-    if len(" ".join(text.split())) > MAX_LINE:
-        assert line.endswith(" more characters)")
+    whole = " ".join(text.split())
+    if len(whole) > MAX_LINE:  # the middle is cut: the end (a message's reason) is kept
+        assert " more characters) ... " in line and whole.endswith(line.rsplit(" ... ", 1)[1])
 
 
 @settings(max_examples=100, deadline=None, derandomize=True)
@@ -53,6 +54,12 @@ def test_cli_error_with_markup_and_escape_codes_in_a_name(tmp_path: Path) -> Non
 def test_cli_error_line_is_capped(tmp_path: Path) -> None:
     code, err = run(cli.sample_main, "--out", tmp_path / ("y" * 5000 + ".txt"))
     assert code == 2 and len(err.strip()) <= MAX_LINE and "more characters)" in err
+
+
+def test_a_long_path_is_shortened_and_the_reason_kept(tmp_path: Path) -> None:
+    code, err = run(cli.sample_main, "--num-samples", "2", "--class-file", tmp_path / ("a" * 400), "--out", tmp_path / "o.npz")
+    assert code != 0 and len(err.strip()) <= MAX_LINE and "more characters)" in err
+    assert re.search(r"a+: [A-Za-z]", err.strip().rsplit(" ... ", 1)[1]), err  # the path's end, then the reason
 
 
 def test_class_file_content_is_never_echoed(tmp_path: Path) -> None:
