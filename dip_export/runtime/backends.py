@@ -36,6 +36,8 @@ class Backend(BackendInfo):
             return reason
         if self.name == "compile" and precision == "fp16" and device.type == "cpu":
             return "fp16 autocast is not a CPU path"
+        if self.name == "onnx" and precision == "bf16" and device.type == "cpu":
+            return "ONNX Runtime's CPU provider has no bf16 kernels; run bf16 exports with --backend trt"
         return None
 
 
