@@ -375,17 +375,18 @@ def _npz_array(zf: Any, member: _Member, path: Path, name: str) -> np.ndarray:
 def read_lines(
     path: Path, *, what: str, max_bytes: int = MAX_TEXT_BYTES, max_lines: int | None = None
 ) -> list[tuple[int, str]]:
-    """The non-empty lines of a text file with their line numbers (1-based); never quoted in errors.
+    """The lines of a text file that are not blank, as written (less the line ending), with their line numbers
+    (1-based); never quoted in errors.
     Reading stops after `max_lines` non-empty lines (what the caller can use), so a long file costs no more."""
     lines: list[tuple[int, str]] = []
     try:
         with open_regular(Path(path), None, max_bytes, what) as f:
             for number, raw in enumerate(f, 1):
                 try:
-                    text = raw.decode("utf-8").strip()
+                    text = raw.decode("utf-8").rstrip("\r\n")  # the line as written: its parser refuses spaces
                 except UnicodeDecodeError:
                     raise UntrustedFileError(f"{path} line {number}: the {what} is not UTF-8 text") from None
-                if text:
+                if text.strip():
                     lines.append((number, text))
                     if max_lines is not None and len(lines) >= max_lines:
                         break

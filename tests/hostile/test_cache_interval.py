@@ -72,7 +72,8 @@ def test_the_python_api_refuses_them_before_sampling(no_sampling) -> None:
 
 
 def test_stored_defaults_that_never_apply_are_refused_naming_the_file(tmp_path: Path) -> None:
-    path = _with_metadata(tmp_path, dip_sampling={"steps": 2, "sampler": "euler", "cache_interval": 2, "token_forecast": "quadratic"})
+    stored = {"steps": 2, "sampler": "euler", "cache_interval": 2, "token_forecast": "quadratic"}
+    path = _with_metadata(tmp_path, dip_sampling=stored)
     with pytest.raises(CheckpointError, match=r"m\.safetensors.*stored cache_interval or token_forecast would never apply"):
         load_checkpoint(path)
 

@@ -62,7 +62,8 @@ def _edit_manifest(folder: Path, edit) -> None:
 
 def test_dip_sample_refuses_a_manifest_naming_a_key_twice(export: Path, no_sampling, tmp_path: Path) -> None:
     name = json.loads((export / "manifest.json").read_text())["name"]
-    _edit_manifest(export, lambda text: text.replace(f'"name": {json.dumps(name)}', f'"name": {json.dumps(name)}, "name": "other"', 1))
+    pair = f'"name": {json.dumps(name)}'
+    _edit_manifest(export, lambda text: text.replace(pair, f'{pair}, "name": "other"', 1))
     code, err = sample(export, "--steps", "2", "--num-samples", "1", "--out", tmp_path / "o.npz")
     one_line(code, err, 1, "manifest.json", "repeats a key")
     assert "other" not in err
@@ -72,8 +73,8 @@ def test_dip_sample_refuses_a_manifest_naming_a_key_twice(export: Path, no_sampl
 def test_the_python_api_refuses_a_manifest_naming_a_nested_key_twice(export: Path) -> None:
     data = json.loads((export / "manifest.json").read_text())
     role, rel = next(iter(data["files"].items()))
-    _edit_manifest(export, lambda text: text.replace(f'{json.dumps(role)}: {json.dumps(rel)}',
-                                                     f'{json.dumps(role)}: {json.dumps(rel)}, {json.dumps(role)}: "x.onnx"', 1))  # fmt: skip
+    pair = f"{json.dumps(role)}: {json.dumps(rel)}"
+    _edit_manifest(export, lambda text: text.replace(pair, f'{pair}, {json.dumps(role)}: "x.onnx"', 1))
     with pytest.raises(DipError, match=r"manifest\.json: not valid JSON: an object repeats a key"):
         DiPPipeline.load(str(export), backend="onnx")
 
