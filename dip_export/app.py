@@ -425,7 +425,7 @@ def _check_bench_request(request: BenchRequest) -> list[str]:
     from dip_export.runtime.catalog import BENCH_DEFAULT
 
     default = "torch" if request.samplers is not None else BENCH_DEFAULT
-    names = [b.strip() for b in (default if request.backends is None else request.backends).split(",") if b.strip()]
+    names = [b for b in (default if request.backends is None else request.backends).split(",") if b]  # each as typed
     if not names:
         raise UsageError("--backends is empty; name at least one, e.g. torch")
     for name in names:

@@ -75,7 +75,7 @@ def choice_list(text: Any, what: str, choices: Sequence[str]) -> list[str]:
     """'a,b' -> ['a', 'b']: a non-empty comma-separated list of known names, each once."""
     if not isinstance(text, str):
         raise UsageError(f"{what} must be comma-separated names, got {type(text).__name__}")
-    names = [part.strip() for part in text.split(",") if part.strip()]
+    names = [part for part in text.split(",") if part]  # " a" is refused below like any unknown name
     if not names:
         raise UsageError(f"{what} is empty; name at least one of {', '.join(choices)}")
     for name in names:
@@ -111,7 +111,7 @@ def image_size(value: Any, what: str = "image size") -> tuple[int, int]:
     """An int N, text `N` / `HxW` (ASCII digits only) or a pair (H, W) of ints (the form a pipeline's own
     `image_size` takes: a tuple or list) -> (H, W), each side 1..MAX_IMAGE_SIDE. Bools and floats are refused."""
     if isinstance(value, str):
-        match = _IMAGE_SIZE.fullmatch(value.strip())
+        match = _IMAGE_SIZE.fullmatch(value)
         if match is None:
             raise UsageError(f"{what} must be N or HxW, got {plain_value(value)}")
         h, w = int(match.group(1)), int(match.group(2) or match.group(1))
@@ -129,7 +129,8 @@ def image_size(value: Any, what: str = "image size") -> tuple[int, int]:
     return (h, w)
 
 
-# Numbers typed as text (CLI options, comma lists): ASCII digits, no `_`, no `0x`, no other scripts' digits.
+# Numbers typed as text (CLI options, comma lists): ASCII digits, no `_`, no `0x`, no other scripts' digits, no
+# whitespace around them. No text value is trimmed anywhere: a list item, a name or a size with a space is refused.
 _WHOLE_TEXT = re.compile(r"[+-]?[0-9]{1,40}")
 _DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]{1,40}(?:\.[0-9]{0,40})?|\.[0-9]{1,40})(?:[eE][+-]?[0-9]{1,4})?")
 
@@ -157,7 +158,7 @@ def number_list(
     """'a,b,c' -> [parse(a), ...] with `whole_text` or `decimal_text`; `count` items exactly when given."""
     if not isinstance(text, str):
         raise UsageError(f"{what} must be text, got {type(text).__name__}")
-    parts = [part.strip() for part in text.split(",")]
+    parts = text.split(",")  # " 1" is refused by `parse` like any text that is not a number
     if count is not None and len(parts) != count:
         raise UsageError(f"{what} must be {form or f'{count} comma-separated numbers'}, got {plain_value(text)}")
     if not any(parts):
@@ -188,13 +189,16 @@ def device_name(value: Any) -> str:
 
 
 def optional_text(value: Any, what: str, max_len: int = 1024) -> str | None:
-    """None, or a non-empty string of at most `max_len` characters (names, revisions, backends)."""
+    """None, or a non-empty string of at most `max_len` characters (names, revisions, backends) that neither starts
+    nor ends with whitespace (no value is trimmed: ` torch` is refused, as ` 3` is)."""
     if value is None:
         return None
     if not isinstance(value, str) or not value or len(value) > max_len:
         shown = f"text of 1..{max_len} characters"
         got = type(value).__name__ if not isinstance(value, str) else f"{len(value)} characters"
         raise UsageError(f"{what} must be None or {shown}, got {got}")
+    if value != value.strip():
+        raise UsageError(f"{what} must not start or end with whitespace, got {plain_value(value)}")
     return value
 
 

@@ -123,8 +123,12 @@ def nesting_depth(data: bytes) -> int:
     return max(int(np.cumsum(steps[np.frombuffer(brackets, dtype=np.uint8)], dtype=np.int32).max()), 0)
 
 
+class _RepeatedKey(Exception):
+    """A JSON object names one key twice (raised inside the decoder, reported as the file's error)."""
+
+
 def parse_json(data: bytes | str, source: str, max_depth: int = MAX_DEPTH) -> Any:
-    """JSON text from `source` (a file name for messages): bounded nesting, finite numbers only."""
+    """JSON text from `source` (a file name for messages): bounded nesting, finite numbers only, each key once."""
     raw = data.encode() if isinstance(data, str) else data
     if nesting_depth(raw) > max_depth:
         raise UntrustedFileError(f"{source}: JSON nested deeper than {max_depth} levels")
@@ -132,8 +136,16 @@ def parse_json(data: bytes | str, source: str, max_depth: int = MAX_DEPTH) -> An
     def no_constant(name: str) -> Any:
         raise ValueError(f"{name} is not a finite number")
 
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(pairs)
+        if len(obj) != len(pairs):  # which of the values is meant is unknowable; the key itself is not quoted
+            raise _RepeatedKey
+        return obj
+
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=no_constant)
+        return json.loads(raw.decode("utf-8"), parse_constant=no_constant, object_pairs_hook=unique_keys)
+    except _RepeatedKey:
+        raise UntrustedFileError(f"{source}: not valid JSON: an object repeats a key") from None
     except (ValueError, RecursionError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         reason = err.msg if isinstance(err, json.JSONDecodeError) else type(err).__name__
         where = f" (line {err.lineno})" if isinstance(err, json.JSONDecodeError) else ""
@@ -363,17 +375,18 @@ def _npz_array(zf: Any, member: _Member, path: Path, name: str) -> np.ndarray:
 def read_lines(
     path: Path, *, what: str, max_bytes: int = MAX_TEXT_BYTES, max_lines: int | None = None
 ) -> list[tuple[int, str]]:
-    """The non-empty lines of a text file with their line numbers (1-based); never quoted in errors.
+    """The lines of a text file that are not blank, as written (less the line ending), with their line numbers
+    (1-based); never quoted in errors.
     Reading stops after `max_lines` non-empty lines (what the caller can use), so a long file costs no more."""
     lines: list[tuple[int, str]] = []
     try:
         with open_regular(Path(path), None, max_bytes, what) as f:
             for number, raw in enumerate(f, 1):
                 try:
-                    text = raw.decode("utf-8").strip()
+                    text = raw.decode("utf-8").rstrip("\r\n")  # the line as written: its parser refuses spaces
                 except UnicodeDecodeError:
                     raise UntrustedFileError(f"{path} line {number}: the {what} is not UTF-8 text") from None
-                if text:
+                if text.strip():
                     lines.append((number, text))
                     if max_lines is not None and len(lines) >= max_lines:
                         break

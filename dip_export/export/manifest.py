@@ -17,7 +17,7 @@ from dip_export.errors import DipError, ExportError, UsageError
 from dip_export.io import EXPORT_FORMAT_PREFIX, MANIFEST_NAME, atomic_path, check_replaceable_folder
 from dip_export.ownership import contents_mac, file_sha256, folder_contents, mac_problem, owner_key, unlisted_entries
 from dip_export.runtime.catalog import ALL_PRECISIONS
-from dip_export.settings import MAX_IMAGE_SIDE
+from dip_export.settings import MAX_IMAGE_SIDE, OPSETS
 from dip_export.untrusted import UntrustedFileError, contained, read_json
 
 MANIFEST = MANIFEST_NAME
@@ -129,6 +129,8 @@ def parse_manifest(data: Any) -> Manifest:
         raise ValueError(f"unknown fields {', '.join(unknown)}")
     _typed(data, "name", str)
     _typed(data, "opset", int)
+    if data["opset"] not in OPSETS:  # the range `dip-export onnx --opset` takes
+        raise ValueError(f"opset must be in {OPSETS.start}..{OPSETS.stop - 1}, got {data['opset']}")
     for key in ("files", "source", "versions"):
         _typed(data, key, dict)
     for key in ("verification", "sampling", "engines", "extra", "contents"):

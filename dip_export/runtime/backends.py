@@ -78,7 +78,7 @@ class BackendSpec:
     def parse(cls, text: str) -> BackendSpec:
         if not isinstance(text, str):
             raise UsageError(f"a backend is text (name[:precision]), got {type(text).__name__}")
-        name, colon, precision = text.strip().partition(":")
+        name, colon, precision = text.partition(":")  # not trimmed: " onnx" is an unknown backend, as " 3" is no number
         if colon and not precision:
             raise UsageError(f"backend {name!r} is followed by ':' and no precision; name one or drop the ':'")
         if name not in BACKENDS:

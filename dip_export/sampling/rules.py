@@ -67,7 +67,56 @@ class SamplerSettings:
         if self.grid is not None:
             check_grid(self.grid, self.steps, self.method)
             object.__setattr__(self, "grid", tuple(float(v) for v in self.grid))
+        check_token_cache(self)
         check_guidance_applies(self)
+
+
+# Backbone results a token forecast extrapolates through (sampling.tokens reads them here).
+FORECAST_POINTS = {"off": 1, "linear": 2, "quadratic": 3}
+
+
+def evaluations(settings: SamplerSettings) -> int:
+    """Network evaluations per image: one per step, Heun's 2 * steps - 1."""
+    return 2 * settings.steps - 1 if settings.method == "heun" else settings.steps
+
+
+class TokenCacheNeverAppliesError(UsageError):
+    """A backbone refresh interval longer than the run, or a token forecast no evaluation of the run could make:
+    refused rather than run as something other than what was asked."""
+
+
+def check_token_cache(settings: SamplerSettings) -> None:
+    """Refuse a refresh interval longer than the run and a forecast that no evaluation of the run would make.
+
+    A forecast through n backbone results is made at an evaluation after n refreshes of its kind (paired or
+    conditional-only) and within the interval of the last; whether any evaluation of this run is one is decided
+    by the run's own token schedule (host-side, stopping at the first evaluation that skips the backbone).
+    """
+    k, total = settings.cache_interval, evaluations(settings)
+    if k > total:
+        raise TokenCacheNeverAppliesError(f"cache interval {k} is longer than the run ({total} network evaluation"
+                                          f"{'s' * (total != 1)} of {settings.method}, {settings.steps} steps); give "
+                                          f"--cache-interval 1..{total}")  # fmt: skip
+    # off and auto (the solver's measured choice, reuse where none is measured) always apply; at K = 1 nothing is
+    # forecast (a forecast asked for without --cache-interval is refused where options are taken)
+    points = FORECAST_POINTS.get(settings.token_forecast, 1)
+    if points == 1 or k == 1:
+        return
+    from dip_export.sampling.loop import _calls  # the sampler's evaluations (it imports these rules)
+    from dip_export.sampling.tokens import TokenSchedule
+
+    schedule = TokenSchedule(settings)
+    for t, paired in _calls(settings):
+        weights = schedule.decide(t, paired)
+        if weights is None:
+            schedule.stored(t, paired)
+        else:
+            return
+    raise TokenCacheNeverAppliesError(
+        f"token forecast {settings.token_forecast} would never apply: it extrapolates through {points} backbone results "
+        f"and no evaluation of this run ({settings.method}, {settings.steps} steps, cache interval {k}) comes after "
+        "enough of them; give more --steps, another --cache-interval or another --token-forecast"
+    )
 
 
 class GuidanceNeverAppliesError(UsageError):
@@ -111,6 +160,9 @@ def stored_settings(stored: dict[str, Any]) -> SamplerSettings:
     except GuidanceNeverAppliesError:
         raise UsageError("the stored guidance would never apply: the stored guidance interval holds no step time of "
                          "the stored steps") from None  # fmt: skip
+    except TokenCacheNeverAppliesError:
+        raise UsageError("the stored cache_interval or token_forecast would never apply: the stored (or default) steps "
+                         "hold fewer evaluations than the interval, or too few to forecast") from None  # fmt: skip
 
 
 def check_grid(grid: Sequence[float], steps: int, method: str) -> None:

@@ -15,9 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch import Tensor
 
-from dip_export.sampling.rules import SamplerSettings
-
-FORECAST_POINTS = {"off": 1, "linear": 2, "quadratic": 3}
+from dip_export.sampling.rules import FORECAST_POINTS, SamplerSettings
 
 # "auto": per solver and refresh interval K, the forecast that was best against the converged
 # reference on the demo model at guidance 1.5 and 4 and never worse than reuse at either
