@@ -85,6 +85,7 @@ def test_exact_bool_keeps_bools():
 @given(steps=st.integers(-5, 2 * MAX_STEPS), cfg=st.floats(-10, 2 * MAX_CFG), k=st.integers(-2, MAX_STEPS + 2))
 def test_sampler_settings_hold_the_limits(steps, cfg, k):
     valid = 1 <= steps <= MAX_STEPS and 0 <= cfg <= MAX_CFG and 1 <= k <= MAX_STEPS
+    valid = valid and k <= steps and (cfg == 1 or steps >= 2)  # a cache interval within the run; a guided step (t > 0)
     if valid:
         s = SamplerSettings(steps=steps, cfg=cfg, cache_interval=k)
         assert (s.steps, s.cfg, s.cache_interval) == (steps, cfg, k)

@@ -8,7 +8,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dip_export.sampling.rules import Denoiser, SamplerSettings, guidance_combine, runs_paired, step_weight, time_grid
+from dip_export.sampling.rules import (
+    FORECAST_POINTS,
+    RUN_CHECKS,
+    Denoiser,
+    SamplerSettings,
+    TokenCacheNeverAppliesError,
+    guidance_combine,
+    runs_paired,
+    step_weight,
+    time_grid,
+)
 from dip_export.sampling.solvers import N_COEF, SolverState, plan_steps, solver_update
 from dip_export.sampling.tokens import TokenSchedule, forecast_mode, forecast_tokens
 
@@ -33,6 +43,32 @@ def _calls(settings: SamplerSettings) -> list[tuple[float, bool]]:
         ts = [grid[i]] + ([grid[i + 1]] if i < settings.steps - 1 else [])
         calls += [(t, runs_paired(settings, t, w)) for t in ts]
     return calls
+
+
+def check_forecast_applies(settings: SamplerSettings) -> None:
+    """Refuse a token forecast no evaluation of the run would make (`rules.check_token_cache` runs it).
+
+    A forecast through n backbone results is made at an evaluation after n refreshes of its kind (paired or
+    conditional-only) and within the interval of the last; whether any evaluation of this run is one is decided
+    by the run's own token schedule (host-side, stopping at the first evaluation that skips the backbone). Off and
+    auto (the solver's measured choice, reuse where none is measured) always apply; at K = 1 nothing is forecast.
+    """
+    k, points = settings.cache_interval, FORECAST_POINTS.get(settings.token_forecast, 1)
+    if points == 1 or k == 1:
+        return
+    schedule = TokenSchedule(settings)
+    for t, paired in _calls(settings):
+        if schedule.decide(t, paired) is not None:
+            return
+        schedule.stored(t, paired)
+    raise TokenCacheNeverAppliesError(
+        f"token forecast {settings.token_forecast} would never apply: it extrapolates through {points} backbone results "
+        f"and no evaluation of this run ({settings.method}, {settings.steps} steps, cache interval {k}) comes after "
+        "enough of them; give more --steps, another --cache-interval or another --token-forecast"
+    )
+
+
+RUN_CHECKS.append(check_forecast_applies)
 
 
 def _forecast_rows(settings: SamplerSettings) -> list[list[float]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -71,6 +71,10 @@ class SamplerSettings:
         check_guidance_applies(self)
 
 
+# Checks of a run that need the sampler itself; `sampling.loop` (which imports these rules) registers them, and
+# the package imports it, so every SamplerSettings made anywhere goes through them.
+RUN_CHECKS: list[Callable[[SamplerSettings], None]] = []
+
 # Backbone results a token forecast extrapolates through (sampling.tokens reads them here).
 FORECAST_POINTS = {"off": 1, "linear": 2, "quadratic": 3}
 
@@ -97,26 +101,8 @@ def check_token_cache(settings: SamplerSettings) -> None:
         raise TokenCacheNeverAppliesError(f"cache interval {k} is longer than the run ({total} network evaluation"
                                           f"{'s' * (total != 1)} of {settings.method}, {settings.steps} steps); give "
                                           f"--cache-interval 1..{total}")  # fmt: skip
-    # off and auto (the solver's measured choice, reuse where none is measured) always apply; at K = 1 nothing is
-    # forecast (a forecast asked for without --cache-interval is refused where options are taken)
-    points = FORECAST_POINTS.get(settings.token_forecast, 1)
-    if points == 1 or k == 1:
-        return
-    from dip_export.sampling.loop import _calls  # the sampler's evaluations (it imports these rules)
-    from dip_export.sampling.tokens import TokenSchedule
-
-    schedule = TokenSchedule(settings)
-    for t, paired in _calls(settings):
-        weights = schedule.decide(t, paired)
-        if weights is None:
-            schedule.stored(t, paired)
-        else:
-            return
-    raise TokenCacheNeverAppliesError(
-        f"token forecast {settings.token_forecast} would never apply: it extrapolates through {points} backbone results "
-        f"and no evaluation of this run ({settings.method}, {settings.steps} steps, cache interval {k}) comes after "
-        "enough of them; give more --steps, another --cache-interval or another --token-forecast"
-    )
+    for check in RUN_CHECKS:  # the checks that need the sampler's own schedule (registered by sampling.loop)
+        check(settings)
 
 
 class GuidanceNeverAppliesError(UsageError):

@@ -47,7 +47,8 @@ def test_a_weight_with_one_non_finite_value_is_refused_by_name(key, where, bad):
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
 def test_cli_sample_of_a_damaged_checkpoint_is_one_line_and_writes_nothing(tmp_path, suffix):
     state = dict(DEMO_STATE)
-    state["final_layer.linear.weight" if "final_layer.linear.weight" in state else KEYS[-1]] = torch.full((1,), float("nan"))
+    key = "final_layer.linear.weight" if "final_layer.linear.weight" in state else KEYS[-1]
+    state[key] = torch.full_like(state[key], float("nan"))  # its shape kept: the architecture reads as the demo's
     path = tmp_path / f"broken{suffix}"
     save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
     code, stderr = run(cli.sample_main, path, "--num-samples", "1", "--steps", "2", "--out", tmp_path / "s.npz")
