@@ -555,6 +555,8 @@ def _yardstick_runs(request: BenchRequest) -> tuple[list[str], list[int]]:
 
     names = choice_list(request.samplers or "", "--samplers", SOLVERS)  # before the reference is computed
     counts = parse_int_list(DEFAULT_NFE if request.nfe is None else request.nfe, "--nfe")
+    if len(set(counts)) != len(counts):
+        raise UsageError("--nfe names a count twice; name each once")
     check_work(counts, images=request.images, reference=REFERENCE_STEPS)
     return names, counts
 

@@ -80,7 +80,9 @@ def choice_list(text: Any, what: str, choices: Sequence[str]) -> list[str]:
         raise UsageError(f"{what} is empty; name at least one of {', '.join(choices)}")
     for name in names:
         one_of(name, what, choices)
-    return list(dict.fromkeys(names))
+    if len(set(names)) != len(names):
+        raise UsageError(f"{what} names {next(n for n in names if names.count(n) > 1)} twice; name each once")
+    return names
 
 
 def int_list(values: Any, what: str, lo: int, hi: int) -> tuple[int, ...]:

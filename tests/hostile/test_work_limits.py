@@ -39,8 +39,21 @@ def test_empty_or_unknown_sampler_list_is_refused_before_the_reference(monkeypat
 
 
 @given(st.lists(st.sampled_from(["euler", "heun", "ab2"]), min_size=1, max_size=6))
-def test_choice_list_keeps_order_once(names):
-    assert choice_list(",".join(names), "--samplers", ("euler", "heun", "ab2")) == list(dict.fromkeys(names))
+def test_choice_list_keeps_order_and_refuses_repeats(names):
+    if len(set(names)) == len(names):
+        assert choice_list(",".join(names), "--samplers", ("euler", "heun", "ab2")) == names
+    else:
+        with pytest.raises(UsageError, match="twice; name each once"):
+            choice_list(",".join(names), "--samplers", ("euler", "heun", "ab2"))
+
+
+@pytest.mark.parametrize("args", [["--samplers", "euler,euler", "--nfe", "2"], ["--samplers", "euler", "--nfe", "2,2"]])
+def test_bench_refuses_a_repeated_solver_or_count_before_any_work(args, monkeypatch, capsys):
+    import dip_export.measure.yardstick as yardstick
+
+    monkeypatch.setattr(yardstick, "measure", lambda *a, **k: pytest.fail("measuring started"))
+    code, err = _bench(args, monkeypatch, capsys)
+    assert code == 2 and "twice; name each once" in err
 
 
 @given(st.text(alphabet=", ", max_size=5))
