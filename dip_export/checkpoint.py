@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import pickle
 import re
 import warnings
@@ -213,24 +214,27 @@ def safetensors_header(path: Path) -> tuple[dict[str, _Shape], dict[str, str]]:
         )
     shapes: dict[str, _Shape] = {}
     declared = 0
-    for index, (name, entry) in enumerate(header.items()):
-        shape = entry.get("shape") if isinstance(entry, dict) else None
-        if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
-            raise CheckpointError(f"{bad} (header entry {index + 1} has no valid shape)")  # its name is file content
-        if len(shape) > MAX_TENSOR_DIMS:
-            raise CheckpointError(
-                f"{path}: header entry {index + 1} has {len(shape)} dimensions, more than a DiP tensor's "
-                f"({MAX_TENSOR_DIMS} at most)"
-            )
-        if not isinstance(entry.get("dtype"), str) or entry["dtype"] not in SAFETENSORS_SIZES:
-            raise CheckpointError(f"{bad} (header entry {index + 1} has an unknown dtype)")  # never quoted: file content
-        numel = 1
-        for n in shape:
-            numel *= n
-        declared += numel * SAFETENSORS_SIZES[entry["dtype"]]
-        shapes[name] = _Shape(tuple(shape))
+    for index, (name, entry) in enumerate(header.items(), 1):
+        shape, nbytes = _header_entry(path, index, entry)
+        declared += nbytes
+        shapes[name] = _Shape(shape)
     check_declared(declared, 1, str(path), file_size=size)
     return shapes, meta
+
+
+def _header_entry(path: Path, index: int, entry: Any) -> tuple[tuple[int, ...], int]:
+    """One safetensors header entry's shape and bytes, checked; named by its number (its name is file content)."""
+    bad = f"{path}: truncated or not a safetensors file (header entry {index}"
+    shape = entry.get("shape") if isinstance(entry, dict) else None
+    if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+        raise CheckpointError(f"{bad} has no valid shape)")
+    if len(shape) > MAX_TENSOR_DIMS:
+        raise CheckpointError(
+            f"{path}: header entry {index} has {len(shape)} dimensions, more than a DiP tensor's ({MAX_TENSOR_DIMS} at most)"
+        )
+    if not isinstance(entry.get("dtype"), str) or entry["dtype"] not in SAFETENSORS_SIZES:
+        raise CheckpointError(f"{bad} has an unknown dtype)")
+    return tuple(shape), math.prod(shape) * SAFETENSORS_SIZES[entry["dtype"]]
 
 
 def _header_config(path: Path, shapes: Mapping[str, _Shape], weights: str) -> DiPConfig | None:
