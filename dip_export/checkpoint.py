@@ -370,6 +370,28 @@ def check_state_dict(model: DiP, state: Mapping[str, Tensor]) -> None:
         raise CheckpointError("weights do not match the DiP architecture; " + "; ".join(problems))
 
 
+def _open_safetensors(
+    path: Path, weights: str, trust: bool, given: DiPConfig | None, check: ConfigCheck | None
+) -> tuple[dict[str, Tensor], DiPConfig | None, dict[str, Any], DiPConfig | None]:
+    """A .safetensors file's tensors, stored config and sampling, and the config checked before they were read
+    (from the header: nothing is read for a model the budget refuses)."""
+    if trust:
+        raise UsageError(f"{path}: a .safetensors file holds no code; --trust-checkpoint goes with a pickle checkpoint")
+    shapes, meta = safetensors_header(path)
+    stored = _stored_config(path, meta.get(META_CONFIG), json_text=True)
+    sampling = _stored_sampling(path, meta.get(META_SAMPLING, "{}"))
+    early = given or stored or _header_config(path, shapes, weights)
+    if early is None:  # the header describes no DiP: say why before the library reads the file
+        try:
+            infer_config(pick_weights(shapes, weights))
+        except CheckpointError as err:
+            raise CheckpointError(f"{path}: {err}") from None
+    if early is not None:
+        _check_config(str(path), early, check)
+    state, _ = _read_safetensors(path)
+    return state, stored, sampling, early
+
+
 def load_checkpoint(
     path: str | Path,
     weights: str = "ema",
@@ -386,22 +408,9 @@ def load_checkpoint(
     _check_is_file(path)
     given = config
     sampling: dict[str, Any] = {}
+    found: Any
     if path.suffix == ".safetensors":
-        if trust:
-            raise UsageError(f"{path}: a .safetensors file holds no code; --trust-checkpoint goes with a pickle checkpoint")
-        shapes, meta = safetensors_header(path)
-        stored = _stored_config(path, meta.get(META_CONFIG), json_text=True)
-        sampling = _stored_sampling(path, meta.get(META_SAMPLING, "{}"))
-        early = given or stored or _header_config(path, shapes, weights)
-        if early is None:  # the header describes no DiP: say why before the library reads the file
-            try:
-                infer_config(pick_weights(shapes, weights))
-            except CheckpointError as err:
-                raise CheckpointError(f"{path}: {err}") from None
-        if early is not None:
-            _check_config(str(path), early, check)
-        state, _ = _read_safetensors(path)
-        found: Any = state
+        found, stored, sampling, early = _open_safetensors(path, weights, trust, given, check)
     else:
         found = _torch_load(path, trust)
         stored = _stored_config(path, found.get(META_CONFIG)) if isinstance(found, Mapping) else None

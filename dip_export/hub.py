@@ -149,7 +149,7 @@ def resolve_hub_checkpoint(text: str, revision: str | None = None) -> Path:
     The environment is checked before huggingface_hub is imported; the cache before any request; in offline mode
     (no request at all) whatever fails is the cache's problem, said with its path."""
     huggingface_hub = _import_hub()
-    from huggingface_hub import constants, errors
+    from huggingface_hub import constants
 
     repo_id, filename = split_hub_name(text)
     cache = Path(constants.HF_HUB_CACHE)
@@ -161,39 +161,46 @@ def resolve_hub_checkpoint(text: str, revision: str | None = None) -> Path:
         return checked_cache_entry(text, repo_id, Path(found), Path(constants.HF_HUB_CACHE))
     except DipError:
         raise
-    except errors.GatedRepoError:
-        raise CheckpointError(f"{repo_id}: a gated Hub repo; accept its terms on the Hub and log in (hf auth login)") from None
-    except errors.RepositoryNotFoundError:
-        raise CheckpointError(
+    except Exception as err:
+        raise _hub_failure(err, text, repo_id, filename, revision, cache) from None
+
+
+def _hub_failure(err: Exception, text: str, repo_id: str, filename: str | None, revision: str | None,
+                 cache: Path) -> DipError:  # fmt: skip
+    """The one-line reason for what huggingface_hub raised (the most specific of its errors first)."""
+    from huggingface_hub import constants, errors
+
+    if isinstance(err, errors.GatedRepoError):
+        return CheckpointError(f"{repo_id}: a gated Hub repo; accept its terms on the Hub and log in (hf auth login)")
+    if isinstance(err, errors.RepositoryNotFoundError):
+        return CheckpointError(
             f"{text}: no such file, and no Hugging Face Hub repo {repo_id} (if it is private, log in with hf auth login)"
-        ) from None
-    except errors.RevisionNotFoundError:
-        raise UsageError(f"{repo_id}: no revision {revision!r} on the Hub") from None
-    except errors.LocalEntryNotFoundError as err:
+        )
+    if isinstance(err, errors.RevisionNotFoundError):
+        return UsageError(f"{repo_id}: no revision {revision!r} on the Hub")
+    if isinstance(err, errors.LocalEntryNotFoundError):
         if (status := _http_status(err)) is not None:  # the Hub answered, with an error: not "offline"
-            raise CheckpointError(_refusal(text, status)) from None
-        raise CheckpointError(
+            return CheckpointError(_refusal(text, status))
+        return CheckpointError(
             f"{text}: not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the Hub cannot be "
             "reached (offline or HF_HUB_OFFLINE=1)"
-        ) from None
-    except errors.EntryNotFoundError:
-        raise CheckpointError(f"{repo_id}: no file {filename!r} in this Hub repo") from None
-    except errors.HfHubHTTPError as err:
+        )
+    if isinstance(err, errors.EntryNotFoundError):
+        return CheckpointError(f"{repo_id}: no file {filename!r} in this Hub repo")
+    if isinstance(err, errors.HfHubHTTPError):
         status = _http_status(err)
         detail = _refusal(text, status) if status is not None else f"{text}: Hugging Face Hub error ({_first_line(err)})"
-        raise CheckpointError(detail) from None
-    except Exception as err:  # the HTTP client's own errors (connection refused, DNS) are not the Hub's
-        if constants.HF_HUB_OFFLINE or _in_cache(err, cache):  # no request was made, or the cache failed to hold it
-            detail = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
-            offline = "; offline, no request was made" if constants.HF_HUB_OFFLINE else ""
-            raise CheckpointError(f"{text}: the Hugging Face cache {cache} ({_cache_origin()}) could not be used "
-                                  f"({detail}){offline}") from None  # fmt: skip
-        if isinstance(err, OSError):
-            raise CheckpointError(f"{text}: Hugging Face Hub error ({_first_line(err)})") from None
-        if not _unreachable(err):
-            raise CheckpointError(f"{text}: the Hugging Face Hub's answer could not be read ({type(err).__name__})") from None
-        reason = f"{type(err).__name__}: {_first_line(err)}"
-        raise CheckpointError(f"{text}: the Hugging Face Hub cannot be reached ({reason})") from None
+        return CheckpointError(detail)
+    if constants.HF_HUB_OFFLINE or _in_cache(err, cache):  # no request was made, or the cache failed to hold it
+        detail = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
+        offline = "; offline, no request was made" if constants.HF_HUB_OFFLINE else ""
+        return CheckpointError(f"{text}: the Hugging Face cache {cache} ({_cache_origin()}) could not be used "
+                               f"({detail}){offline}")  # fmt: skip
+    if isinstance(err, OSError):  # the HTTP client's own errors (connection refused, DNS) are not the Hub's
+        return CheckpointError(f"{text}: Hugging Face Hub error ({_first_line(err)})")
+    if not _unreachable(err):
+        return CheckpointError(f"{text}: the Hugging Face Hub's answer could not be read ({type(err).__name__})")
+    return CheckpointError(f"{text}: the Hugging Face Hub cannot be reached ({type(err).__name__}: {_first_line(err)})")
 
 
 def _in_cache(err: BaseException, cache: Path) -> bool:
