@@ -82,6 +82,13 @@ def source_info(loaded: LoadedModel) -> dict[str, str]:
     return {**found, "weights": loaded.weights, "identity": loaded.identity}
 
 
+def _check_export_options(precision: str, opset: int) -> None:
+    if precision not in DTYPES:
+        raise UsageError(f"--precision must be one of {', '.join(DTYPES)} or int8, got {precision!r}")
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset not in OPSETS:
+        raise UsageError(f"--opset must be in {OPSETS.start}..{OPSETS.stop - 1}, got {opset!r:.40}")
+
+
 def export_onnx(
     loaded: LoadedModel,
     *,
@@ -92,10 +99,7 @@ def export_onnx(
     console: Console | None = None,
 ) -> Path:
     """Write backbone.onnx, detailer.onnx and manifest.json into a folder, or nothing at all."""
-    if precision not in DTYPES:
-        raise UsageError(f"--precision must be one of {', '.join(DTYPES)} or int8, got {precision!r}")
-    if isinstance(opset, bool) or not isinstance(opset, int) or opset not in OPSETS:
-        raise UsageError(f"--opset must be in {OPSETS.start}..{OPSETS.stop - 1}, got {opset!r:.40}")
+    _check_export_options(precision, opset)
     check_export(loaded.config, *image_size)  # every export (dip-export, made on the fly, a sub-export) before tracing
     console = console or Console(stderr=True)
     out = Path(output_dir) if output_dir else default_export_dir(loaded.name, precision, image_size)
