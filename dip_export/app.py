@@ -286,7 +286,7 @@ def _run_sharded(
     out, batch_size, shard_batches = request.out, request.batch_size, request.batches_per_shard
     from dip_export.distributed import check_settings, parts_dir, run_settings, run_sharded
 
-    world.init(device)
+    world.init(device, console)
     try:
         check_settings(parts_dir(out), run_settings(identity, plan, batch_size, shard_batches), world)  # the backend too
         if not world.is_main:

@@ -15,6 +15,7 @@ import re
 import stat
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import torch
 from dip_export.errors import DipError, UsageError
 from dip_export.generate import SamplePlan
 from dip_export.io import atomic_path, save_npz, temporary_pattern
-from dip_export.messages import where
+from dip_export.messages import say, where
 from dip_export.settings import plain_value, whole_text
 from dip_export.untrusted import ArraySchema, ArraySpec, UntrustedFileError, read_npz
 
@@ -45,10 +46,17 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    master_addr: str = ""  # where the process group meets (MASTER_ADDR:MASTER_PORT), with more than one process
+    master_port: int = 0
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def meeting(self) -> str:
+        """Where the process group meets, as torchrun named it: `MASTER_ADDR:MASTER_PORT`."""
+        return f"{self.master_addr}:{self.master_port}"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> World:
@@ -69,19 +77,24 @@ class World:
                                  f"(torchrun sets it), {shown}")  # fmt: skip
             if "MASTER_PORT" not in env:
                 raise UsageError(f"MASTER_PORT must be set when WORLD_SIZE is {size} (torchrun sets it)")
-            _env_number(env, "MASTER_PORT", 0, 1, MAX_PORT, f"1..{MAX_PORT}")
+            port = _env_number(env, "MASTER_PORT", 0, 1, MAX_PORT, f"1..{MAX_PORT}")
+            return cls(rank, size, local_rank, address, port)
         return cls(rank, size, local_rank)
 
-    def init(self, device: torch.device) -> None:
-        """Join the process group (gloo on CPU, NCCL on GPU) when started by torchrun; its failure in one line."""
+    def init(self, device: torch.device, console: Any = None) -> None:
+        """Join the process group (gloo on CPU, NCCL on GPU) when started by torchrun; its failure in one line.
+        Joining waits for every other process (up to the group's timeout), so one line on `console` says so first."""
         if self.size > 1 and not torch.distributed.is_initialized():
             backend = "nccl" if device.type == "cuda" else "gloo"
+            timeout = join_timeout(backend)
+            say(console, f"rank {self.rank}: waiting for {self.size} processes at {self.meeting} "
+                         f"(up to {timeout.total_seconds():g} s)")  # fmt: skip
             try:
-                torch.distributed.init_process_group(backend=backend)
+                torch.distributed.init_process_group(backend=backend, timeout=timeout)
             except (ValueError, RuntimeError, OSError) as err:  # torch's rendezvous errors (DistError is a RuntimeError)
                 first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
                 raise DipError(f"rank {self.rank} of {self.size} could not join the {backend} process group at "
-                               f"MASTER_ADDR:MASTER_PORT ({type(err).__name__}: {first[:200]})") from None  # fmt: skip
+                               f"{self.meeting} ({type(err).__name__}: {first[:200]})") from None  # fmt: skip
 
     def barrier(self) -> None:
         if self.size > 1 and torch.distributed.is_initialized():
@@ -100,6 +113,15 @@ class World:
     def close(self) -> None:
         if self.size > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def join_timeout(backend: str) -> timedelta:
+    """How long joining the process group (and each collective after it) may wait: PyTorch's default for `backend`,
+    passed to it explicitly so that the waiting line names the time the run really waits."""
+    from torch.distributed import constants
+
+    nccl = getattr(constants, "default_pg_nccl_timeout", None) if backend == "nccl" else None
+    return nccl or constants.default_pg_timeout
 
 
 def _env_number(env: Mapping[str, str], name: str, default: int, lo: int, hi: int, within: str) -> int:

@@ -65,6 +65,14 @@ def one_line(code: int, stderr: str, expected_code: int, *words: str) -> None:
         assert word in lines[0], lines[0]
 
 
+def waited_then_one_line(code: int, stderr: str, expected_code: int, waiting: str, *words: str) -> None:
+    """A torchrun rank that tried to join its process group: the line saying it waits (exactly `waiting`), then the
+    one-line error, nothing else."""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 2 and lines[0] == waiting, stderr
+    one_line(code, lines[1], expected_code, *words)
+
+
 def sample(*args: str | Path) -> tuple[int, str]:
     return run(cli.sample_main, *args)
 

@@ -202,8 +202,8 @@ def inside(folder: Path, rel: str, role: str, must_exist: bool = True) -> Path:
 
 
 def check_graph(folder: Path, path: Path, role: str, manifest: Manifest) -> int:
-    """The ONNX file parses, takes the manifest's image size, and carries the precision it is labelled with.
-    Returns the elements of every initializer it declares (for `check_weight_count`)."""
+    """The ONNX file parses, takes the manifest's image size, imports its opset, and carries the precision it is
+    labelled with. Returns the elements of every initializer it declares (for `check_weight_count`)."""
     from dip_export.export.spec import io_specs
 
     spec = io_specs(manifest.config, *manifest.image_size).get(role)
@@ -212,7 +212,8 @@ def check_graph(folder: Path, path: Path, role: str, manifest: Manifest) -> int:
     io = tuple((t.name, tuple(d if isinstance(d, int) else None for d in t.shape)) for t in spec.inputs + spec.outputs)
     stat = path.stat()
     problem, elements, largest = _graph_problem(str(path.resolve()), stat.st_size, stat.st_mtime_ns, str(folder.resolve()),
-                                                manifest.precision, io, manifest.config.num_classes)  # fmt: skip
+                                                manifest.precision, io, manifest.config.num_classes,
+                                                manifest.opset)  # fmt: skip
     if problem:
         raise ExportError(f"{path}: {problem}")
     _check_computed(path, largest, manifest)
@@ -329,7 +330,7 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _graph_problem(
-    path: str, size: int, mtime_ns: int, folder: str, precision: str, io: tuple[Any, ...], num_classes: int
+    path: str, size: int, mtime_ns: int, folder: str, precision: str, io: tuple[Any, ...], num_classes: int, opset: int
 ) -> tuple[str, int, tuple[int, int]]:
     """What is wrong with a graph ("" if nothing), the elements of its initializers (external data not read), and
     the bytes of the largest tensor it computes (`_largest_tensor`) with the elements of its largest initializer."""
@@ -343,7 +344,7 @@ def _graph_problem(
         return f"not a readable ONNX model ({type(err).__name__})", 0, (0, 0)
     graph = model.graph
     elements = sum(math.prod(max(int(d), 0) for d in tensor.dims) for tensor in graph.initializer)
-    problem = _structure_problem(graph, model, size, path, precision, io, num_classes)
+    problem = _structure_problem(graph, model, size, path, precision, io, num_classes, opset)
     if problem:
         return problem, elements, (0, 0)
     weight = max((math.prod(max(int(d), 0) for d in tensor.dims) for tensor in graph.initializer), default=0)
@@ -352,13 +353,13 @@ def _graph_problem(
 
 
 def _structure_problem(
-    graph: Any, model: Any, size: int, graph_path: str, precision: str, io: tuple[Any, ...], num_classes: int
+    graph: Any, model: Any, size: int, graph_path: str, precision: str, io: tuple[Any, ...], num_classes: int, opset: int
 ) -> str:
     problem, stored = _external_problem(graph, Path(graph_path).parent)
     problem = problem or _declared_problem(graph, size + stored)
     if problem:
         return problem
-    problem = _operator_problem(graph)
+    problem = _operator_problem(graph) or _opset_problem(model, opset)
     if problem:
         return problem
     found = {v.name: v for v in list(graph.input) + list(graph.output)}
@@ -372,6 +373,25 @@ def _structure_problem(
         if tensor.name.endswith("embedding_table.weight") and tensor.dims and tensor.dims[0] != num_classes + 1:
             return f"the graph has {tensor.dims[0] - 1} classes, the manifest's config says {num_classes}"
     return _precision_problem(model, precision)
+
+
+def graph_opset(model: Any) -> int:
+    """The ONNX (default domain) opset a graph imports; 0 when it imports none."""
+    return max(_default_opsets(model), default=0)
+
+
+def _default_opsets(model: Any) -> set[int]:
+    return {int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")}
+
+
+def _opset_problem(model: Any, opset: int) -> str:
+    """The graph imports the default ONNX domain at the manifest's opset, and at no other (what its operators mean,
+    and what shape inference and the runtimes read them as, depends on it)."""
+    found = _default_opsets(model)
+    if found == {opset}:
+        return ""
+    held = f"opset {', '.join(map(str, sorted(found)))}" if found else "no ONNX opset"
+    return f"the graph imports {held} where the manifest's opset is {opset}; refusing to run it"
 
 
 def _operator_problem(graph: Any) -> str:

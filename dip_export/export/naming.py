@@ -24,9 +24,12 @@ def export_folder_name(name: str, size: tuple[int, int], variant: str) -> str:
 
 
 VARIANTS = (*(export_variant(p, t) for p in BUILD_PRECISIONS for t in BUILD_TARGETS), CALIBRATION)
-_FOLDER_NAME = re.compile(rf".+-[0-9]+x[0-9]+-(?:{'|'.join(map(re.escape, VARIANTS))})")
+# recognised in any ASCII case (`-32X32-FP32` too: a folder renamed by hand, or on a file system that ignores case);
+# only ASCII letters fold, so no look-alike (`İnt8` with a dotted capital I, a Kelvin sign) passes for a variant
+_FOLDER_NAME = re.compile(rf".+-[0-9]+x[0-9]+-(?:{'|'.join(map(re.escape, VARIANTS))})", re.ASCII | re.IGNORECASE)
 
 
 def is_export_folder_name(text: str) -> bool:
-    """A name as `export_folder_name` makes it, for any model name, size and variant."""
+    """A name as `export_folder_name` makes it, for any model name, size and variant, in any ASCII case (the tool
+    writes them in lower case: `export_folder_name`)."""
     return _FOLDER_NAME.fullmatch(text) is not None

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from dip_export.budget import check_export
 from dip_export.checkpoint import LoadedModel
 from dip_export.errors import ExportError, UsageError
-from dip_export.export.manifest import MANIFEST, Manifest, ownership_problem, read_manifest, write_manifest
+from dip_export.export.manifest import MANIFEST, Manifest, graph_opset, ownership_problem, read_manifest, write_manifest
 from dip_export.export.naming import VARIANTS, export_folder_name
 from dip_export.export.spec import SubModelSpec, backbone_inputs, io_specs
 from dip_export.io import EXPORT_ROOT, atomic_dir, settle_swap
@@ -190,11 +190,6 @@ def export_submodel(module: nn.Module, spec: SubModelSpec, loaded: LoadedModel, 
         location=f"{spec.name}.onnx.data",
     )
     return path.name
-
-
-def graph_opset(model: Any) -> int:
-    """The ONNX (default domain) opset a graph imports; 0 when it imports none."""
-    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
 
 
 def check_opset(model: Any, opset: int, role: str) -> None:

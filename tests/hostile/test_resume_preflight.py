@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +25,7 @@ from dip_export.io import atomic_path
 from dip_export.messages import where
 from dip_export.pipeline import DiPPipeline
 from dip_export.runtime.backends import BackendSpec
-from tests.test_hostile import one_line, sample
+from tests.test_hostile import one_line, sample, waited_then_one_line
 
 BASE = ["--batch-size", "2", "--shard-batches", "1", "--steps", "2", "--device", "cpu"]
 ARGS = [*BASE, "--num-samples", "4", "--resume"]
@@ -288,20 +289,22 @@ def test_the_cli_refuses_a_bad_entry_before_sampling(
 def test_each_torchrun_rank_checks_the_folder_before_it_joins_or_samples(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finished: Path, rank: int
 ) -> None:
-    """A rank as torchrun starts it (its environment): both checks come before the process group is joined."""
+    """A rank as torchrun starts it (its environment): both checks come before the process group is joined (the
+    line saying the rank waits for the others is printed only where it joins)."""
     for name, value in {"WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
                         "MASTER_PORT": "1"}.items():  # fmt: skip
         monkeypatch.setenv(name, value)
     joined: list[int] = []
 
-    def join(self: World, device: object) -> None:
-        joined.append(self.rank)
-        raise UsageError("stopped where the group is joined")
+    def join(**kwargs: object) -> None:
+        joined.append(World.from_env().rank)
+        raise RuntimeError("stopped where the group is joined")
 
-    monkeypatch.setattr(World, "init", join)
+    monkeypatch.setattr(torch.distributed, "init_process_group", join)
     fresh = tmp_path / "fresh.npz"
     code, err = sample(*BASE, "--num-samples", "4", "--out", fresh)
-    one_line(code, err, 2, "stopped where the group is joined")
+    waiting = f"rank {rank}: waiting for 2 processes at 127.0.0.1:1 (up to 1800 s)"
+    waited_then_one_line(code, err, 1, waiting, f"rank {rank} of 2 could not join", "stopped where the group is joined")
     assert joined == [rank] and not parts_dir(fresh).exists()  # the pre-flight writes nothing, on any rank
     monkeypatch.setattr(gen, "sample", lambda *a, **k: pytest.fail("sampled before joining"))
     monkeypatch.setattr(DiPPipeline, "engine", lambda self, *a, **k: None)
