@@ -41,6 +41,7 @@ from dip_export.settings import (
     given_options,
     number_list,
     one_of,
+    run_conditions,
 )
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ class SampleRequest:
     batch_size: int = 16
     device: str = "auto"
     backend: str | None = None
-    cuda_graphs: bool = True
+    cuda_graphs: bool | None = None  # None: wherever they apply; True: asked for (refused where they cannot apply)
     resume: bool = False
     shard_batches: int | None = None  # batches per shard of a sharded run; None: not given (DEFAULT_SHARD_BATCHES)
     png_dir: Path | None = None
@@ -118,6 +119,7 @@ def run_sample(request: SampleRequest, console: Console, progress: Progress) -> 
         backend=request.backend, device=dev, image_size=request.image_size, batch_size=request.batch_size,
         num_samples=count, console=console,
     )  # fmt: skip
+    pipe.use_cuda_graphs(request.cuda_graphs)  # an explicit --cuda-graphs where graphs cannot apply: refused now
     settings = pipe.sampler_settings(**request.sampling)
     plan = _plan(pipe.config.num_classes, request)
     pipe.check_budget(len(plan))
@@ -323,7 +325,7 @@ class BenchRequest:
     batch_size: int | None = None  # images per timed run (the yardstick: per solver and count); None: 1, --headline 32
     image_size: str | None = None
     variants: bool = False
-    cuda_graphs: bool = True
+    cuda_graphs: bool | None = None  # None: wherever they apply; True: asked for (refused where they cannot apply)
     warmup: int = 1
     repeats: int = 5  # timed runs at least; more while the spread is above target_spread, up to max_repeats
     max_repeats: int = 30
@@ -362,6 +364,7 @@ def run_bench(request: BenchRequest, console: Console, progress: Progress) -> No
     policy = RepeatPolicy(request.repeats, max(request.max_repeats, request.repeats), request.target_spread)
     specs = [BackendSpec.parse(b) for b in names if b != "auto"]
     dev = resolve_device(request.device)
+    _check_bench_graphs(request, dev, specs, auto="auto" in names or request.headline)
     pipe = request.model.load(
         backend="auto" if "auto" in names or request.headline else None, device=dev, image_size=request.image_size,
         batch_size=request.images, num_samples=request.images, console=console,
@@ -382,7 +385,7 @@ def run_bench(request: BenchRequest, console: Console, progress: Progress) -> No
         specs = list(dict.fromkeys([*specs, chosen]))
     settings = BenchSettings(
         sampler, batch=request.images, height=pipe.image_size[0], width=pipe.image_size[1], warmup=request.warmup,
-        repeats=policy, cuda_graphs=request.cuda_graphs, threads=request.threads,
+        repeats=policy, cuda_graphs=request.cuda_graphs is not False, threads=request.threads,
     )  # fmt: skip
     if request.samplers is not None:
         _run_yardstick(loaded, settings, specs[0], request, dev, console)
@@ -393,6 +396,15 @@ def run_bench(request: BenchRequest, console: Console, progress: Progress) -> No
     runs = (request.warmup + max(request.repeats, request.max_repeats)) * rows
     check_work([sampler.steps] * runs, images=request.images)  # the product of the limits, before any timing
     _run_backends(loaded, specs, settings, request, dev, console, progress)
+
+
+def _check_bench_graphs(request: BenchRequest, dev: torch.device, specs: list[BackendSpec], auto: bool) -> None:
+    """An explicit --cuda-graphs where no timed backend can replay graphs (`settings.CUDA_GRAPHS_RULE`): on a CPU
+    device, or when every backend named is one without them (--backend auto picks one with them on CUDA); rows that
+    cannot, beside rows that can, say so in their note."""
+    none_graphable = not auto and not any(spec.backend.graphable for spec in specs)
+    backends = sorted({spec.name for spec in specs}) if none_graphable else []
+    check_options(BENCH_RULES, given_options({"--cuda-graphs": request.cuda_graphs}) | run_conditions(dev.type, backends))
 
 
 def say_assumed_size(source: Any, given: str | None, size: tuple[int, int], console: Console) -> None:
@@ -524,7 +536,7 @@ def _run_headline(
         say(console, f"{recipe.name}: {_recipe_text(recipe)}")
     bench = BenchSettings(
         sampler, batch=request.images, height=pipe.image_size[0], width=pipe.image_size[1], warmup=request.warmup,
-        repeats=policy, cuda_graphs=request.cuda_graphs, threads=request.threads,
+        repeats=policy, cuda_graphs=request.cuda_graphs is not False, threads=request.threads,
     )  # fmt: skip
     assert pipe.source.loaded is not None
     report = run_headline(pipe.source.loaded, (release, fast), bench, dev, console=console, progress=progress)

@@ -213,7 +213,9 @@ def sample(
             "this machine, measured once and cached under engines/ [default: torch; onnx for an export folder]."
         ),
     ] = None,
-    cuda_graphs: Annotated[bool, typer.Option(help="Replay each step as one CUDA graph (CUDA; torch, compile, trt).")] = True,
+    cuda_graphs: Annotated[bool | None, typer.Option(
+        "--cuda-graphs/--no-cuda-graphs", help="Replay each step as one CUDA graph; --cuda-graphs is refused where it "
+        "cannot apply [default: wherever it applies: CUDA; torch, compile, trt].", show_default=False)] = None,
     weights: WeightsOpt = "ema",
     trust_checkpoint: TrustOpt = False,
     revision: RevisionOpt = None,
@@ -419,7 +421,9 @@ def bench(
         float | None,
         typer.Option(help="Time shift of every row, of the --samplers runs and their reference [default: the model's, else 1]."),
     ] = None,
-    cuda_graphs: Annotated[bool, typer.Option(help="Whole-step CUDA graphs (CUDA; torch, compile, trt).")] = True,
+    cuda_graphs: Annotated[bool | None, typer.Option(
+        "--cuda-graphs/--no-cuda-graphs", help="Whole-step CUDA graphs; --cuda-graphs is refused where no row can use "
+        "them [default: wherever they apply: CUDA; torch, compile, trt].", show_default=False)] = None,
     threads: Annotated[
         int | None,
         typer.Option(

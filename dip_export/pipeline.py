@@ -44,9 +44,12 @@ from dip_export.settings import (
     check_options,
     exact_bool,
     exact_int,
+    given_options,
     one_of,
+    optional_bool,
     optional_callable,
     optional_text,
+    run_conditions,
 )
 
 ProgressCallback = Callable[[int, int], None]  # (steps done, steps in all) over every batch
@@ -65,6 +68,7 @@ class ModelSource:
     export_dir: Path | None = None
     export_size: tuple[int, int] | None = None  # an export's fixed image size
     export_precision: str | None = None
+    export_target: str = "onnx"  # the runtime an export's graphs were made for: onnx, or trt (`--target trt`)
     weights: str = "ema"
     preset: str | None = None
 
@@ -164,6 +168,7 @@ def open_source(
             return ModelSource(
                 name=manifest.name, config=manifest.config, sampling=dict(manifest.sampling), path=target, export_dir=target,
                 export_size=manifest.image_size, export_precision=manifest.precision,
+                export_target=manifest.target,
             )  # fmt: skip
     elif revision is not None:
         raise UsageError("--revision goes with a Hugging Face Hub name (org/name)")
@@ -361,6 +366,8 @@ class DiPPipeline:
         size = request.size_of(source)
         if request.backend == "auto":  # decided on first use (engine()), after the caller's cheap checks
             spec = BackendSpec("torch", "fp32")
+            if source.loaded is None:  # an export folder runs on what it holds: refused now if that cannot be
+                _backend_for(source, None)
         else:
             from dip_export.runtime.backends import check_available
 
@@ -505,20 +512,39 @@ class DiPPipeline:
         *,
         image_size: ImageSize | None = None,
         batch_size: int | None = None,
-        cuda_graphs: bool = True,
+        cuda_graphs: bool | None = None,
         on_step: Callable[[int], None] | None = None,
     ) -> np.ndarray:
-        """The images of a plan, uint8 (N, H, W, 3)."""
+        """The images of a plan, uint8 (N, H, W, 3); `cuda_graphs` as `use_cuda_graphs` takes it."""
         if not isinstance(plan, SamplePlan) or not isinstance(settings, SamplerSettings):
             raise UsageError("generate takes a SamplePlan (pipe.plan(...)) and SamplerSettings (pipe.sampler_settings(...))")
         plan = self.plan(plan.classes, plan.seeds)  # a plan made by hand is checked as one made by plan()
         size = self._size(image_size)
         batch = self.batch_size if batch_size is None else exact_int(batch_size, "batch_size", 1, MAX_BATCH)
         self.check_budget(len(plan), batch, size)
+        self.use_cuda_graphs(cuda_graphs)  # refused before the engine is made
+        net = self.engine(size, batch)
+        graphs = self.use_cuda_graphs(cuda_graphs)  # again: --backend auto has chosen its backend now
         return generate(
-            self.engine(size, batch), plan, settings, null_class=self.config.null_class, height=size[0], width=size[1],
-            batch_size=batch, device=self.device, on_step=on_step, cuda_graphs=cuda_graphs and self.spec.backend.graphable,
+            net, plan, settings, null_class=self.config.null_class, height=size[0], width=size[1],
+            batch_size=batch, device=self.device, on_step=on_step, cuda_graphs=graphs,
         )  # fmt: skip
+
+    def use_cuda_graphs(self, cuda_graphs: bool | None = None) -> bool:
+        """Whether calls replay each sampler step as one CUDA graph: None (the default) wherever they apply (a CUDA
+        device and a backend on torch's stream: torch, compile, trt), False never; True asks for them, and is refused
+        in one line where they cannot apply (`settings.CUDA_GRAPHS_RULE`, as dip-sample and dip-bench check it)."""
+        asked = optional_bool(cuda_graphs, "cuda_graphs")
+        spec = self._known_spec()
+        conditions = run_conditions(self.device.type, [spec.name] if spec is not None else [])
+        check_options(SAMPLE_RULES, given_options({"--cuda-graphs": asked}) | conditions)
+        return asked is not False and self.device.type == "cuda" and spec is not None and spec.backend.graphable
+
+    def _known_spec(self) -> BackendSpec | None:
+        """The backend calls run on, where known without measuring (None: --backend auto has not chosen yet)."""
+        if not self._auto_pending:
+            return self.spec
+        return _backend_for(self.source, None) if self.source.loaded is None else None  # an export runs on what it holds
 
     def _size(self, image_size: ImageSize | None) -> tuple[int, int]:
         if image_size is None:
@@ -540,7 +566,7 @@ class DiPPipeline:
         seed: int | None = None,
         image_size: ImageSize | None = None,
         batch_size: int | None = None,
-        cuda_graphs: bool = True,
+        cuda_graphs: bool | None = None,
         callback: ProgressCallback | None = None,
         **overrides: Any,
     ) -> np.ndarray:
@@ -556,10 +582,12 @@ class DiPPipeline:
                 and token_forecast (run the backbone every K evaluations and reuse (off) or
                 extrapolate (linear, quadratic) its tokens in between).
             image_size, batch_size: per call (an export's size is fixed).
-            cuda_graphs: replay each step as one CUDA graph (CUDA; torch, compile, trt).
+            cuda_graphs: replay each step as one CUDA graph: None (default) wherever it applies (CUDA; torch,
+                compile, trt), True asked for (refused on a CPU device or ONNX Runtime), False off.
             callback: called as callback(steps_done, steps_total) after every sampler step.
         """
         _check_plan_options(classes, seeds, num_samples, seed)  # an argument the call would ignore, before any work
+        self.use_cuda_graphs(cuda_graphs)
         sampler = self.sampler_settings(settings, **overrides)
         optional_callable(callback, "callback")
         batch = self.batch_size if batch_size is None else exact_int(batch_size, "batch_size", 1, MAX_BATCH)
@@ -575,8 +603,7 @@ class DiPPipeline:
             if callback is not None:
                 callback(done[0], total)
 
-        graphs = exact_bool(cuda_graphs, "cuda_graphs")
-        return self.generate(plan, sampler, image_size=image_size, batch_size=batch, cuda_graphs=graphs, on_step=on_step)
+        return self.generate(plan, sampler, image_size=image_size, batch_size=batch, cuda_graphs=cuda_graphs, on_step=on_step)
 
     def __repr__(self) -> str:
         where = self.source.export_dir or (self.source.loaded.source if self.source.loaded else "?")
@@ -620,11 +647,17 @@ def _planned_count(classes: Any, seeds: Any, num_samples: Any) -> int | None:
 
 
 def _backend_for(source: ModelSource, backend: str | None) -> BackendSpec:
-    """The backend asked for, or the default: torch for a checkpoint, onnx:<precision> for an export folder."""
+    """The backend asked for, or the default: torch for a checkpoint, onnx:<precision> for an export folder.
+
+    The one place an export is matched with a backend (load, and --backend auto on an export folder): ONNX Runtime
+    runs an export of its precision made for it, never one made for TensorRT (`--target trt`)."""
     if source.export_dir is None:
         return BackendSpec.parse(backend or "torch")
-    spec = BackendSpec.parse(backend or f"onnx:{source.export_precision}")
-    if spec.name == "onnx" and spec.precision != source.export_precision:
-        p = source.export_precision
+    p = source.export_precision
+    spec = BackendSpec.parse(backend) if backend is not None else None
+    if source.export_target == "trt" and (spec is None or spec.name == "onnx"):
+        raise UsageError(f"{source.export_dir}: this {p} export was made for TensorRT (--target trt): use --backend trt:{p}")
+    spec = spec or BackendSpec.parse(f"onnx:{p}")
+    if spec.name == "onnx" and spec.precision != p:
         raise UsageError(f"{source.export_dir} is a {p} export; use --backend onnx:{p} or omit it")
     return spec

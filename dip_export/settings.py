@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from dip_export.errors import UsageError
+from dip_export.runtime.catalog import CATALOG
 
 # Upper bounds checked before anything is allocated (a file or an argument cannot ask for terabytes).
 MAX_STEPS = 10_000  # sampler steps (network evaluations for all but Heun)
@@ -62,6 +63,13 @@ def exact_bool(value: Any, what: str) -> bool:
     if type(value) is not bool and not isinstance(value, np.bool_):
         raise UsageError(f"{what} must be True or False, got {type(value).__name__}")
     return bool(value)
+
+
+def optional_bool(value: Any, what: str) -> bool | None:
+    """None (not given: the default), True or False; "no", 0 and 1 are none of them."""
+    if value is not None and type(value) is not bool and not isinstance(value, np.bool_):
+        raise UsageError(f"{what} must be True, False or None, got {type(value).__name__}")
+    return None if value is None else bool(value)
 
 
 def one_of(value: Any, what: str, choices: Sequence[str]) -> str:
@@ -292,8 +300,23 @@ class OptionRule:
             return f"{self.option} goes only with {' or '.join(self.needs)}: {self.why}"
         hits = sorted(name for name in self.excludes if name in given)
         if hits:
-            return f"{self.option} does not take {', '.join(hits)}: {self.why}"
+            verb = "does not take" if hits[0].startswith("-") else "does not apply to"  # an option, or a condition of the run
+            return f"{self.option} {verb} {', '.join(hits)}: {self.why}"
         return None
+
+
+# An explicit --cuda-graphs (cuda_graphs=True) where graphs cannot apply; its conditions are named by
+# `run_conditions` (the device of the run, the backend it runs on). Left out (None), graphs are used where they apply.
+CUDA_GRAPHS_RULE = OptionRule(
+    "--cuda-graphs", excludes=("device cpu", *(f"backend {i.name}" for i in CATALOG if not i.graphable)),
+    why=f"whole-step CUDA graphs replay the CUDA kernels of {', '.join(i.name for i in CATALOG if i.graphable)}; "
+    "leave it out (graphs wherever they apply) or give --no-cuda-graphs",
+)
+
+
+def run_conditions(device_type: str, backends: Collection[str] = ()) -> frozenset[str]:
+    """The conditions of a run that options' rules name: `device cpu`, `backend onnx` (each backend it runs on)."""
+    return frozenset({f"device {device_type}", *(f"backend {name}" for name in backends)})
 
 
 # What dip-sample and `DiPPipeline.__call__` refuse rather than ignore: which images, and how a run is sharded.
@@ -304,6 +327,7 @@ SAMPLE_RULES = (
                why="each image's seed is listed (--seed is the first seed of --num-samples, or of --classes alone)"),
     OptionRule("--class-file", needs=("--num-samples",), why="its line i is the class of sample i (and not with --classes)"),
     OptionRule("--shard-batches", needs=("--resume", "torchrun"), why="only a sharded run writes shards"),
+    CUDA_GRAPHS_RULE,
 )  # fmt: skip
 
 # What dip-bench refuses rather than ignore: --headline's recipes are fixed, the yardstick picks its own solvers and counts.
@@ -315,6 +339,7 @@ BENCH_RULES = (
     OptionRule("--samplers", excludes=("--variants", "--steps", "--sampler"),
                why="--samplers measures solvers instead, each at every --nfe count"),
     OptionRule("--nfe", needs=("--samplers",), why="the evaluation counts of the solver yardstick"),
+    CUDA_GRAPHS_RULE,
 )  # fmt: skip
 
 
@@ -342,7 +367,7 @@ class RunSettings:
     seeds: tuple[int, ...]
     batch_size: int = 16  # images per sampler batch
     image_size: tuple[int, int] | None = None  # (H, W)
-    cuda_graphs: bool = True  # replay each step as one CUDA graph where the backend allows
+    cuda_graphs: bool | None = None  # whole-step CUDA graphs: None where they apply, True asked for, False off
 
     def __post_init__(self) -> None:
         classes = int_list(self.classes, "--classes", 0, MAX_CLASS)
@@ -356,7 +381,7 @@ class RunSettings:
         object.__setattr__(self, "batch_size", exact_int(self.batch_size, "--batch-size", 1, MAX_BATCH))
         if self.image_size is not None:
             object.__setattr__(self, "image_size", image_size(self.image_size))
-        object.__setattr__(self, "cuda_graphs", exact_bool(self.cuda_graphs, "cuda_graphs"))
+        object.__setattr__(self, "cuda_graphs", optional_bool(self.cuda_graphs, "cuda_graphs"))
 
 
 BUILD_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")

@@ -162,7 +162,7 @@ def demo():
     "kwargs, message",
     [({"steps": 10**12}, "steps must be in 1..10000"), ({"seeds": [0.5]}, "--seeds must be an integer"),
      ({"classes": [1.0]}, "--classes must be an integer"), ({"cfg": -1.0}, "guidance scale must be in 0..100"),
-     ({"batch_size": 10**9}, "batch_size must be in 1..4096"), ({"cuda_graphs": "no"}, "cuda_graphs must be True or False"),
+     ({"batch_size": 10**9}, "batch_size must be in 1..4096"), ({"cuda_graphs": "no"}, "cuda_graphs must be True, False or None"),
      ({"cache_interval": 2.5}, "cache interval must be an integer"), ({"stepz": 3}, "unknown sampler setting")],
 )  # fmt: skip
 def test_the_python_api_refuses_what_the_cli_refuses(demo, kwargs, message):

@@ -17,7 +17,7 @@ from dip_export.errors import DipError, ExportError, UsageError
 from dip_export.io import EXPORT_FORMAT_PREFIX, MANIFEST_NAME, atomic_path, check_replaceable_folder
 from dip_export.ownership import contents_mac, file_sha256, folder_contents, mac_problem, owner_key, unlisted_entries
 from dip_export.runtime.catalog import ALL_PRECISIONS
-from dip_export.settings import MAX_IMAGE_SIDE, OPSETS
+from dip_export.settings import BUILD_TARGETS, MAX_IMAGE_SIDE, OPSETS, value_kind
 from dip_export.untrusted import UntrustedFileError, contained, read_json
 
 MANIFEST = MANIFEST_NAME
@@ -55,6 +55,12 @@ class Manifest:
     contents: dict[str, Any] = field(default_factory=dict)  # every other file of the folder: size and sha256
     owner_mac: str = ""  # HMAC of `contents` under this user's key: only then may the tool replace the folder
     format: str = FORMAT
+
+    @property
+    def target(self) -> str:
+        """The runtime the graphs were made for: onnx (ONNX Runtime), or trt (`--target trt`: Q/DQ graphs shaped for
+        TensorRT, checked by `parse_manifest`)."""
+        return str(self.extra.get("target", "onnx"))
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -152,6 +158,11 @@ def parse_manifest(data: Any) -> Manifest:
             raise ValueError(f"engines.{precision} must be an object with files")
         _check_files(entry["files"])
     check_sampling_defaults(data.get("sampling", {}))
+    target = data.get("extra", {}).get("target", "onnx")
+    if not isinstance(target, str) or target not in BUILD_TARGETS:
+        raise ValueError(f"extra.target must be one of {', '.join(BUILD_TARGETS)}, got {value_kind(target)}")
+    if target != "onnx" and data["precision"] not in ("int8", "fp8"):  # what `--target` takes (BuildSettings)
+        raise ValueError(f"extra.target {target} goes with an int8 or fp8 export, not {data['precision']}")
     manifest = Manifest.from_json(data)
     patch = manifest.config.patch_size
     if any(v % patch for v in manifest.image_size):
