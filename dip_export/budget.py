@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from dip_export.errors import DipError, UsageError
@@ -203,7 +203,8 @@ def check_declared(elements: int, element_size: int, source: str, file_size: int
 _ELEMENT_SIZES = {"Double": 8, "Long": 8, "ComplexDouble": 16, "ComplexFloat": 8, "Float": 4, "Int": 4, "Half": 2,
                   "BFloat16": 2, "Short": 2, "Char": 1, "Byte": 1, "Bool": 1, "Untyped": 1}  # fmt: skip
 _CONSTANTS = {"BININT", "BININT1", "BININT2", "LONG1", "LONG4", "INT", "LONG", "SHORT_BINUNICODE", "BINUNICODE",
-              "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING", "BINUNICODE8"}  # fmt: skip
+              "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING", "BINUNICODE8", "SHORT_BINBYTES", "BINBYTES",
+              "BINBYTES8"}  # fmt: skip
 _MARK = object()
 MAX_PICKLE_ARGUMENT = 64 << 20  # one opcode's argument: a checkpoint's pickle holds structure (tensors are stored apart)
 ZIP_SLACK = 1 << 20  # what a zip checkpoint's records may add up to beyond the file's own size (torch.save stores them)
@@ -240,6 +241,7 @@ class Declared:
     calls: int = 0  # bytes calls that allocate by size alone would take
     views: int = 0  # bytes of every tensor by its shape (what work on the tensors is proportional to)
     tensors: int = 0  # tensors rebuilt from a storage
+    made: list[Any] = field(default_factory=list)  # the storages persistent ids declare, in order
 
     @property
     def bytes(self) -> int:
@@ -406,13 +408,13 @@ def _scan_one(ops: Any, found: Declared) -> None:
             args, func = (stack.pop() if stack else None), (stack.pop() if stack else None)
             found.calls += _call_bytes(func, args)
             _view(func, args, found)
-            stack.append(_made(func, args))
+            stack.append(_made(func, args, found))
         elif name in ("INST", "OBJ"):  # calls with the items above the mark: INST names the class, OBJ pops it first
             items = _pop_to_mark(stack)
             func = tuple(str(arg).split(" ", 1)) if name == "INST" else (items.pop(0) if items else None)
             found.calls += _call_bytes(func, tuple(items))
             _view(func, tuple(items), found)
-            stack.append(_made(func, tuple(items)))
+            stack.append(_made(func, tuple(items), found))
         else:
             _generic(op, stack)
 
@@ -479,10 +481,31 @@ def _elements(args: tuple[Any, ...]) -> int:
     return product if found else 0
 
 
-def _made(func: Any, args: Any) -> Any:
-    """What the scan keeps of a call's result: a torch.Size's element count, nothing of anything else."""
-    if func == ("torch", "Size") and isinstance(args, tuple) and args and isinstance(args[0], tuple):
+_FROM_BYTES = ("torch.storage", "_load_from_bytes")  # a storage pickled without persistent ids: a nested legacy file
+_LATIN1 = ("_codecs", "encode")  # how protocol 2 writes bytes: (text, "latin1")
+
+
+def _made(func: Any, args: Any, found: Declared) -> Any:
+    """What the scan keeps of a call's result: a torch.Size's element count, the bytes protocol 2 encodes as text,
+    a storage a call builds (by size, or from the bytes of a nested file); nothing of anything else."""
+    if not (isinstance(func, tuple) and isinstance(args, tuple)):
+        return _UNKNOWN
+    if func == ("torch", "Size") and args and isinstance(args[0], tuple):
         return _Size(_elements(args[0]) if all(type(a) is int for a in args[0]) else _MAX_COUNTED)
+    if func == _LATIN1 and len(args) == 2 and isinstance(args[0], str) and args[1] == "latin1":
+        try:
+            return args[0].encode("latin1")
+        except UnicodeEncodeError:
+            return _UNKNOWN
+    if func == _FROM_BYTES and len(args) == 1 and isinstance(args[0], bytes):
+        import io
+
+        nested = pickle_declared(_Bounded(io.BytesIO(args[0]), len(args[0])))
+        for key, size in nested.storages.items():  # its data lies in this file: counted against its size
+            found.storages[("nested", len(found.storages), key)] = size
+        return nested.made[-1] if len(nested.made) == 1 else _UNKNOWN
+    if len(func) == 2 and str(func[0]).split(".", 1)[0] == "torch" and str(func[1]).endswith("Storage"):
+        return _Storage(_elements(args), _element_size(func))  # by size (already counted by `_call_bytes`)
     return _UNKNOWN
 
 
@@ -502,6 +525,7 @@ def _storage(pid: Any, found: Declared) -> Any:
     storage = _Storage(numel, _element_size(pid[1]))
     key = pid[2] if isinstance(pid[2], str | int) else ("unreadable", len(found.storages))
     found.storages[key] = max(found.storages.get(key, 0), numel * storage.itemsize)
+    found.made.append(storage)
     return storage
 
 

@@ -70,7 +70,7 @@ def name_problem(path: Path | str) -> str | None:
     except UnicodeError:
         return "it is not text the file system can encode"
     if len(raw) > MAX_PATH_BYTES or any(len(part) > MAX_NAME_BYTES for part in raw.split(b"/")):
-        return f"it is longer than the file system allows ({MAX_NAME_BYTES} bytes a name, {MAX_PATH_BYTES} a path)"
+        return f"it is longer than the file system allows: {MAX_NAME_BYTES} bytes a name, {MAX_PATH_BYTES} a path"
     return None
 
 
