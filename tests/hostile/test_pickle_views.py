@@ -12,6 +12,7 @@ import os
 import pickle
 import subprocess
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -52,8 +53,9 @@ def _sample_args(golden, out: Path) -> list[str | Path]:
 
 
 @pytest.mark.parametrize("name", ["junk", "s_embedder.proj.bias"])
-def test_an_expanded_view_is_refused_by_the_scan_on_every_surface(tmp_path: Path, golden, name: str,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_expanded_view_is_refused_by_the_scan_on_every_surface(
+    tmp_path: Path, golden, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "expand.pt"
     torch.save({**golden.state, name: torch.zeros(1).expand(HUGE)}, path)
     assert path.stat().st_size < HUGE // 16  # the view is 2 GiB by its shape; the file holds its 4-byte storage
@@ -184,8 +186,7 @@ def test_tied_weights_load(tmp_path: Path, golden) -> None:
 
 @FIXED
 @given(views=st.integers(1, 300), elements=st.integers(1, 1 << 16), whole=st.booleans())
-def test_each_storage_counts_once_however_many_tensors_view_it(tmp_path: Path, views: int, elements: int,
-                                                               whole: bool) -> None:
+def test_each_storage_counts_once_however_many_tensors_view_it(tmp_path: Path, views: int, elements: int, whole: bool) -> None:
     buffer = torch.zeros(elements)
     step = max(elements // views, 1)
     state = {f"v{i}": buffer if whole else buffer[(i * step) % elements :] for i in range(views)}
@@ -216,8 +217,9 @@ def _dressed(golden, path: Path, name: str, value: object, long: bool = False) -
     ("name", "value", "long"),
     [("float", Weird, False), ("is_floating_point", Weird, True), ("is_floating_point", True, True), ("float", 1, False)],
 )
-def test_a_tensor_with_attributes_is_refused_on_every_surface(tmp_path: Path, golden, name: str, value: object,
-                                                              long: bool) -> None:
+def test_a_tensor_with_attributes_is_refused_on_every_surface(
+    tmp_path: Path, golden, name: str, value: object, long: bool
+) -> None:
     path = _dressed(golden, tmp_path / "spoof.pt", name, value, long)
     code, err = sample(path, *_sample_args(golden, tmp_path / "o.npz"))
     one_line(code, err, 1, str(path))
@@ -256,3 +258,30 @@ def test_a_weight_of_a_tensor_subclass_or_with_attributes_is_refused_in_memory(g
         state["s_embedder.proj.bias"] = make(state["s_embedder.proj.bias"].clone().long())
         with pytest.raises(CheckpointError, match="not a plain tensor"):
             select_state_dict(state)
+
+
+class _Built:
+    """A tensor pickled with a state that BUILD would set on it after it is rebuilt."""
+
+    def __init__(self, tensor: torch.Tensor, state: dict[str, object]) -> None:
+        self.tensor, self.state = tensor, state
+
+    def __reduce__(self):
+        t = self.tensor
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TypedStorage: what torch.save writes for a tensor's storage
+            storage = t.storage()
+        return (torch._utils._rebuild_tensor_v2, (storage, 0, tuple(t.shape), t.stride(), False, {}), self.state)
+
+
+@pytest.mark.parametrize("state", [{"float": Weird}, {"is_floating_point": True}])
+def test_a_build_that_sets_attributes_on_a_tensor_is_refused(tmp_path: Path, golden, state: dict[str, object]) -> None:
+    from dip_export import inert_pickle
+
+    path = tmp_path / "built.pt"
+    torch.save({**golden.state, "s_embedder.proj.bias": _Built(golden.state["s_embedder.proj.bias"].long(), state)}, path)
+    with pytest.raises(inert_pickle.Refused, match="sets attributes on a tensor"):
+        torch.load(path, weights_only=False, pickle_module=inert_pickle)
+    with pytest.raises(CheckpointError) as raised:
+        load_checkpoint(path)
+    assert str(raised.value).startswith(f"{path}: ") and len(str(raised.value).splitlines()) == 1

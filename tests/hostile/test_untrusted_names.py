@@ -48,8 +48,9 @@ def _no_lookups(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=bad_names())
-def test_a_name_the_file_system_cannot_take_is_refused_before_any_lookup(tmp_path: Path, name: str,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_name_the_file_system_cannot_take_is_refused_before_any_lookup(
+    tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     source = tmp_path / "manifest.json"
     with monkeypatch.context() as patched:
         _no_lookups(patched)
@@ -74,8 +75,9 @@ def test_the_folder_is_named_when_no_file_is(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["back\x00bone.onnx", "back\nbone.onnx", "x" * 300 + ".onnx", "\ud800.onnx"])
-def test_a_manifest_naming_an_impossible_file_is_one_line_on_every_surface(tmp_path: Path, export: Path,
-                                                                          no_sampling, name: str) -> None:
+def test_a_manifest_naming_an_impossible_file_is_one_line_on_every_surface(
+    tmp_path: Path, export: Path, no_sampling, name: str
+) -> None:
     tamper(export, files__backbone=name)
     json.loads((export / "manifest.json").read_text())  # still valid JSON: only the name is wrong
     code, err = sample(export, "--steps", "2", "--num-samples", "1", "--out", tmp_path / "o.npz")
@@ -99,8 +101,7 @@ def _external_location(export: Path, location: str) -> None:
 
 
 @pytest.mark.parametrize("location", ["w\x00.bin", "w\x1b.bin", "y" * 256])
-def test_external_data_at_an_impossible_name_is_one_line(tmp_path: Path, export: Path, no_sampling,
-                                                         location: str) -> None:
+def test_external_data_at_an_impossible_name_is_one_line(tmp_path: Path, export: Path, no_sampling, location: str) -> None:
     _external_location(export, location)
     graph = onnx.load(str(export / "backbone.onnx"), load_external_data=False).graph
     problem, _ = _external_problem(graph, export)
