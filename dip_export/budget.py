@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from dip_export.errors import DipError, UsageError
@@ -203,7 +203,8 @@ def check_declared(elements: int, element_size: int, source: str, file_size: int
 _ELEMENT_SIZES = {"Double": 8, "Long": 8, "ComplexDouble": 16, "ComplexFloat": 8, "Float": 4, "Int": 4, "Half": 2,
                   "BFloat16": 2, "Short": 2, "Char": 1, "Byte": 1, "Bool": 1, "Untyped": 1}  # fmt: skip
 _CONSTANTS = {"BININT", "BININT1", "BININT2", "LONG1", "LONG4", "INT", "LONG", "SHORT_BINUNICODE", "BINUNICODE",
-              "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING", "BINUNICODE8"}  # fmt: skip
+              "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING", "BINUNICODE8", "SHORT_BINBYTES", "BINBYTES",
+              "BINBYTES8"}  # fmt: skip
 _MARK = object()
 MAX_PICKLE_ARGUMENT = 64 << 20  # one opcode's argument: a checkpoint's pickle holds structure (tensors are stored apart)
 ZIP_SLACK = 1 << 20  # what a zip checkpoint's records may add up to beyond the file's own size (torch.save stores them)
@@ -228,26 +229,54 @@ def _element_size(kind: Any) -> int:
     return 8  # unknown storage or dtype object: the largest common element
 
 
+class BadView(Exception):
+    """A tensor the pickle rebuilds views its storage in a way no saved weight does; the text says how (no file content)."""
+
+
+@dataclass
+class Declared:
+    """What the pickles of a checkpoint declare, read without running them."""
+
+    storages: dict[Any, int]  # storage key -> bytes (each storage once, however many tensors view it)
+    calls: int = 0  # bytes calls that allocate by size alone would take
+    views: int = 0  # bytes of every tensor by its shape (what work on the tensors is proportional to)
+    tensors: int = 0  # tensors rebuilt from a storage
+    made: list[Any] = field(default_factory=list)  # the storages persistent ids declare, in order
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.storages.values()) + self.calls
+
+
 def pickle_declared_bytes(stream: Any, max_pickles: int = 8) -> int:
-    """Bytes of the storages the pickles in `stream` declare (persistent ids `('storage', type, key, location, numel)`).
+    """Bytes of the storages the pickles in `stream` declare (persistent ids `('storage', type, key, location, numel)`),
+    each storage key once, and of the calls that allocate by size (`pickle_declared`)."""
+    return pickle_declared(stream, max_pickles).bytes
+
+
+def pickle_declared(stream: Any, max_pickles: int = 8) -> Declared:
+    """The storages, allocating calls and tensor views the pickles in `stream` declare.
 
     Nothing is executed: opcodes are read with pickletools and only constants and tuples are followed.
+    Every tensor rebuilt from a storage (`_rebuild_tensor_v2`, `_rebuild_tensor`, and either inside
+    `_rebuild_from_type_v2`) is bounded by its shape, not its storage: one that needs more elements than its
+    storage holds, reaches past it, or repeats elements (a zero or negative stride) is refused (`BadView`).
     A legacy file holds a few pickles, then raw data (where reading stops).
     """
     import pickletools
 
-    total = 0
+    found = Declared({})
     for _ in range(max_pickles):
         start = stream.tell()
         try:
-            total += _scan_one(pickletools.genops(stream))
-        except (UnreadSize, BigArgument):
+            _scan_one(pickletools.genops(stream), found)
+        except (UnreadSize, BigArgument, BadView):
             raise
         except Exception:  # not (or no longer) a pickle: torch's own reader will say so
             break
         if stream.tell() == start:
             break
-    return total
+    return found
 
 
 def check_checkpoint_tensors(path: Any) -> None:
@@ -266,6 +295,8 @@ def check_checkpoint_tensors(path: Any) -> None:
         raise BudgetError(
             f"{path}: builds a buffer or storage of a size computed while loading (not written in the file); refusing to load it"
         ) from None
+    except BadView as err:
+        raise BudgetError(f"{path}: {err}; refusing to load it") from None
 
 
 def _check_checkpoint_tensors(path: Any) -> None:
@@ -276,14 +307,16 @@ def _check_checkpoint_tensors(path: Any) -> None:
         with zipfile.ZipFile(path) as archive:
             check_zip_records(archive.infolist(), str(path), size)
             names = [n for n in archive.namelist() if n.rsplit("/", 1)[-1] == "data.pkl"]  # every one torch could read
-            declared = 0
+            found = []
             for name in names:
                 with archive.open(name) as f:
-                    declared = max(declared, pickle_declared_bytes(_Bounded(f, archive.getinfo(name).file_size)))
+                    found.append(pickle_declared(_Bounded(f, archive.getinfo(name).file_size)))
     else:
         with path.open("rb") as f:
-            declared = pickle_declared_bytes(_Bounded(f, size))
-    check_declared(declared, 1, str(path), file_size=size)
+            found = [pickle_declared(_Bounded(f, size))]
+    check_declared(max((d.bytes for d in found), default=0), 1, str(path), file_size=size)
+    views = max((d.views for d in found), default=0)  # tied weights view one storage twice: counted by shape here
+    check_memory(views, f"{path}: its tensors by their shapes", None)
 
 
 def check_zip_records(records: Any, source: str, file_size: int) -> None:
@@ -334,10 +367,9 @@ class _Bounded:
         return self.pos
 
 
-def _scan_one(ops: Any) -> int:
+def _scan_one(ops: Any, found: Declared) -> None:
     stack: list[Any] = []
     memo: dict[Any, Any] = {}
-    total = 0
     for op, arg, _pos in ops:
         name = op.name
         if name == "STOP":
@@ -354,6 +386,8 @@ def _scan_one(ops: Any) -> int:
                 stack.append(tuple(str(arg).split(" ", 1)))
         elif name == "TUPLE":
             stack.append(tuple(_pop_to_mark(stack)))
+        elif name == "EMPTY_TUPLE":
+            stack.append(())
         elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
             n = int(name[-1])
             items = stack[-n:] if len(stack) >= n else []
@@ -367,22 +401,22 @@ def _scan_one(ops: Any) -> int:
             stack.append(stack[-1] if stack else _UNKNOWN)
         elif name in ("BINPERSID", "PERSID"):
             pid = stack.pop() if name == "BINPERSID" and stack else arg
-            total += _storage_bytes(pid)
-            stack.append(_UNKNOWN)
+            stack.append(_storage(pid, found))
         elif name in ("REDUCE", "NEWOBJ", "NEWOBJ_EX"):
             if name == "NEWOBJ_EX" and stack:
                 stack.pop()  # the keyword arguments
             args, func = (stack.pop() if stack else None), (stack.pop() if stack else None)
-            total += _call_bytes(func, args)
-            stack.append(_made(func, args))
+            found.calls += _call_bytes(func, args)
+            _view(func, args, found)
+            stack.append(_made(func, args, found))
         elif name in ("INST", "OBJ"):  # calls with the items above the mark: INST names the class, OBJ pops it first
             items = _pop_to_mark(stack)
             func = tuple(str(arg).split(" ", 1)) if name == "INST" else (items.pop(0) if items else None)
-            total += _call_bytes(func, tuple(items))
-            stack.append(_made(func, tuple(items)))
+            found.calls += _call_bytes(func, tuple(items))
+            _view(func, tuple(items), found)
+            stack.append(_made(func, tuple(items), found))
         else:
             _generic(op, stack)
-    return total
 
 
 _BUFFERS = {("builtins", "bytearray"), ("builtins", "bytes"), ("__builtin__", "bytearray"), ("__builtin__", "bytes")}
@@ -447,18 +481,85 @@ def _elements(args: tuple[Any, ...]) -> int:
     return product if found else 0
 
 
-def _made(func: Any, args: Any) -> Any:
-    """What the scan keeps of a call's result: a torch.Size's element count, nothing of anything else."""
-    if func == ("torch", "Size") and isinstance(args, tuple) and args and isinstance(args[0], tuple):
+_FROM_BYTES = ("torch.storage", "_load_from_bytes")  # a storage pickled without persistent ids: a nested legacy file
+_LATIN1 = ("_codecs", "encode")  # how protocol 2 writes bytes: (text, "latin1")
+
+
+def _made(func: Any, args: Any, found: Declared) -> Any:
+    """What the scan keeps of a call's result: a torch.Size's element count, the bytes protocol 2 encodes as text,
+    a storage a call builds (by size, or from the bytes of a nested file); nothing of anything else."""
+    if not (isinstance(func, tuple) and isinstance(args, tuple)):
+        return _UNKNOWN
+    if func == ("torch", "Size") and args and isinstance(args[0], tuple):
         return _Size(_elements(args[0]) if all(type(a) is int for a in args[0]) else _MAX_COUNTED)
+    if func == _LATIN1 and len(args) == 2 and isinstance(args[0], str) and args[1] == "latin1":
+        try:
+            return args[0].encode("latin1")
+        except UnicodeEncodeError:
+            return _UNKNOWN
+    if func == _FROM_BYTES and len(args) == 1 and isinstance(args[0], bytes):
+        import io
+
+        nested = pickle_declared(_Bounded(io.BytesIO(args[0]), len(args[0])))
+        for key, size in nested.storages.items():  # its data lies in this file: counted against its size
+            found.storages[("nested", len(found.storages), key)] = size
+        return nested.made[-1] if len(nested.made) == 1 else _UNKNOWN
+    if len(func) == 2 and str(func[0]).split(".", 1)[0] == "torch" and str(func[1]).endswith("Storage"):
+        return _Storage(_elements(args), _element_size(func))  # by size (already counted by `_call_bytes`)
     return _UNKNOWN
 
 
-def _storage_bytes(pid: Any) -> int:
+@dataclass(frozen=True)
+class _Storage:
+    """A storage a persistent id declares: its elements and their size."""
+
+    numel: int
+    itemsize: int
+
+
+def _storage(pid: Any, found: Declared) -> Any:
+    """The storage a persistent id declares, its bytes recorded once per storage key (views of one storage share it)."""
     if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
-        return 0
-    numel = pid[4]
-    return numel * _element_size(pid[1]) if isinstance(numel, int) and numel > 0 else 0
+        return _UNKNOWN
+    numel = pid[4] if type(pid[4]) is int and pid[4] > 0 else 0
+    storage = _Storage(numel, _element_size(pid[1]))
+    key = pid[2] if isinstance(pid[2], str | int) else ("unreadable", len(found.storages))
+    found.storages[key] = max(found.storages.get(key, 0), numel * storage.itemsize)
+    found.made.append(storage)
+    return storage
+
+
+_REBUILDERS = {("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor")}  # (storage, offset, size, stride)
+_FROM_TYPE = ("torch._tensor", "_rebuild_from_type_v2")  # (rebuilder, type, its arguments, state)
+
+
+def _view(func: Any, args: Any, found: Declared) -> None:
+    """A tensor rebuilt from a storage: its shape's elements counted (`found.views`), and refused unless it views
+    its storage as a saved weight does, each element once and within the storage (`BadView`)."""
+    if func == _FROM_TYPE and isinstance(args, tuple) and len(args) >= 3:
+        func, args = args[0], args[2]
+    if func not in _REBUILDERS:
+        return
+    found.tensors += 1
+    number = found.tensors
+    storage, offset, size, stride = (tuple(args) + (None,) * 4)[:4] if isinstance(args, tuple) else (None,) * 4
+    readable = all(isinstance(t, tuple) and all(type(n) is int for n in t) for t in (size, stride))
+    if not isinstance(storage, _Storage) or type(offset) is not int or not readable or len(size) != len(stride):
+        raise BadView(f"tensor #{number} has a storage, offset, shape or stride the file does not write out")
+    if any(n < 0 for n in size) or offset < 0:
+        raise BadView(f"tensor #{number} has a negative size or offset")
+    elements = 1
+    for n in size:
+        elements = min(elements * n, _MAX_COUNTED)
+    found.views = min(found.views + elements * storage.itemsize, _MAX_COUNTED)
+    if elements == 0:
+        return
+    if any(st <= 0 for n, st in zip(size, stride, strict=True) if n > 1):
+        raise BadView(f"tensor #{number} repeats elements of its storage (a zero or negative stride)")
+    if elements > storage.numel:
+        raise BadView(f"tensor #{number} has {elements} elements by its shape, more than the {storage.numel} its storage holds")
+    if offset + sum((n - 1) * st for n, st in zip(size, stride, strict=True)) >= storage.numel:
+        raise BadView(f"tensor #{number} reaches past the end of its storage ({storage.numel} elements)")
 
 
 def _pop_to_mark(stack: list[Any]) -> list[Any]:

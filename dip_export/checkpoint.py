@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dip_export.budget import check_checkpoint_tensors, check_declared, check_weights
+from dip_export.budget import BudgetError, check_checkpoint_tensors, check_declared, check_memory, check_weights
 from dip_export.config import DiPConfig, check_sampling_defaults, get_preset
 from dip_export.errors import CheckpointError, UsageError
 from dip_export.model import DiP
@@ -246,8 +246,10 @@ def _header_config(path: Path, shapes: Mapping[str, _Shape], weights: str) -> Di
 
 
 def select_state_dict(obj: Any, weights: str = "ema") -> dict[str, Tensor]:
-    """Pick the DiP weights out of whatever the file held."""
-    return _tensors_only(pick_weights(obj, weights))
+    """Pick the DiP weights out of whatever the file held, their values checked (`check_values`)."""
+    state = _tensors_only(pick_weights(obj, weights))
+    check_values(state)
+    return state
 
 
 def pick_weights(obj: Any, weights: str = "ema") -> dict[str, Any]:
@@ -298,21 +300,35 @@ def _tensors_only(state: Mapping[str, Any]) -> dict[str, Tensor]:
         )
     if "s_embedder.proj.weight" not in tensors:
         raise CheckpointError("no DiP weights found (no key s_embedder.proj.weight)")
+    dressed = next((k for k, v in tensors.items() if type(v) not in _PLAIN_TYPES or vars(v)), None)
+    if dressed is not None:
+        raise CheckpointError(f"weight {dressed[:80]} is not a plain tensor (it carries a type or attributes of the file's)")
     odd = next((k for k, v in tensors.items() if not _plain_weight(v)), None)
     if odd is not None:
         v = tensors[odd]
         raise CheckpointError(
             f"weight {odd[:80]} is not a dense real floating-point tensor in memory ({v.dtype}, {v.layout}, {v.device.type})"
         )
-    broken = next((k for k, v in tensors.items() if not bool(torch.isfinite(v).all())), None)
-    if broken is not None:
-        raise CheckpointError(f"weight {broken[:80]} holds NaN or infinite values; the checkpoint is damaged")
+    shaped = sum(torch.numel(v) * v.dtype.itemsize for v in tensors.values())  # by shape: a view may repeat its storage
+    check_memory(shaped, "its weights by their shapes", None)
     return tensors
 
 
+_PLAIN_TYPES = (Tensor, torch.nn.Parameter)  # exactly these: a subclass's methods would be the file's to choose
+
+
+def check_values(state: Mapping[str, Tensor]) -> None:
+    """Every weight is finite. Read only once its name and shape are known to be the architecture's (`build_model`):
+    the work is then bounded by the model's size, whatever shapes the file declares."""
+    broken = next((k for k, v in state.items() if not bool(torch.isfinite(v).all())), None)
+    if broken is not None:
+        raise CheckpointError(f"weight {broken[:80]} holds NaN or infinite values; the checkpoint is damaged")
+
+
 def _plain_weight(value: Tensor) -> bool:
-    """What a weight may be: strided, on the CPU (not meta, not sparse), real floating point."""
-    return value.layout == torch.strided and value.device.type == "cpu" and value.is_floating_point()
+    """What a weight may be: strided, on the CPU (not meta, not sparse), real floating point. Read with torch's
+    functions and the type's own descriptors, never methods looked up on the tensor."""
+    return value.layout == torch.strided and value.device.type == "cpu" and torch.is_floating_point(value)
 
 
 def infer_config(state: Mapping[str, Tensor]) -> DiPConfig:
@@ -346,8 +362,9 @@ def build_model(config: DiPConfig, state: Mapping[str, Tensor] | None = None, se
     torch.manual_seed(seed)
     model = DiP(config)
     if state is not None:
-        check_state_dict(model, state)
-        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+        check_state_dict(model, state)  # names and shapes first: then the values' work is the model's size
+        check_values(state)
+        model.load_state_dict({k: Tensor.float(v) for k, v in state.items()}, strict=True)
     return model.eval().requires_grad_(False)
 
 
@@ -418,9 +435,11 @@ def load_checkpoint(
         if early is not None:
             _check_config(str(path), early, check)
     try:
-        state = select_state_dict(found, weights)
+        state = _tensors_only(pick_weights(found, weights))  # values are checked once the shapes match (build_model)
     except CheckpointError as err:
         raise CheckpointError(f"{path}: {err}") from None
+    except BudgetError as err:
+        raise BudgetError(f"{path}: {err}") from None
     config = given or stored
     inferred = config is None
     try:

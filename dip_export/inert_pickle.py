@@ -119,7 +119,9 @@ def _call(code: bytes, original: Any) -> Any:
 
     def run(self: Unpickler) -> None:
         maker = self.stack[-depth] if len(self.stack) >= depth else None
-        self._allocate(maker, self.stack[1 - depth] if len(self.stack) >= depth else None)
+        args = self.stack[1 - depth] if len(self.stack) >= depth else None
+        self._allocate(maker, args)
+        _check_state(maker, args)
         original(self)
         self._mark(self.stack[-1], maker)
 
@@ -127,13 +129,41 @@ def _call(code: bytes, original: Any) -> Any:
 
 
 def _changing(code: bytes, original: Any) -> Any:
+    import torch
+
     def run(self: Unpickler) -> None:
         target = _target(self, code)
         if self._made.get(id(target)) is not target or id(target) in self._named:
             raise Refused(f"it asks to {_CHANGERS[code]} an object it did not create (a class, function or other global)")
+        if isinstance(target, torch.Tensor):
+            raise Refused(_ATTRIBUTES)
         original(self)
 
     return run
+
+
+_ATTRIBUTES = "it sets attributes on a tensor it rebuilds (a checkpoint's tensors carry none)"
+_WITH_STATE = {"torch._tensor._rebuild_from_type_v2": 3, "torch._utils._rebuild_parameter_with_state": 3}  # state's place
+
+
+def carries_state(state: Any) -> bool:
+    """Whether a rebuilder's `state` (a dict of attributes, or a tuple of such dicts and slots) sets anything."""
+    if state is None:
+        return False
+    if type(state) is dict:
+        return bool(state)
+    if type(state) is tuple:
+        return any(carries_state(part) for part in state)
+    return True  # anything else (a placeholder, a list): not what a plain tensor's state is
+
+
+def _check_state(maker: Any, args: Any) -> None:
+    """A tensor rebuilt with attributes (`_rebuild_from_type_v2`'s or `_rebuild_parameter_with_state`'s state) is
+    refused before the rebuilder runs: a file could otherwise replace a tensor's methods (`t.float`, ...)."""
+    key = f"{getattr(maker, '__module__', '')}.{getattr(maker, '__qualname__', '')}"
+    place = _WITH_STATE.get(key)
+    if place is not None and isinstance(args, tuple | list) and len(args) > place and carries_state(args[place]):
+        raise Refused(_ATTRIBUTES)
 
 
 MAX_CALL_BYTES = 64 << 20  # what a load may allocate through calls by size; no checkpoint needs any
@@ -181,6 +211,7 @@ class Unpickler(_PythonUnpickler):
 
     def _instantiate(self, klass: Any, args: Any) -> None:  # INST and OBJ
         self._allocate(klass, args)
+        _check_state(klass, args)
         super()._instantiate(klass, args)
         self._mark(self.stack[-1], klass)
 

@@ -55,11 +55,36 @@ class UntrustedFileError(DipError):
     """A file that is too large, too deep, of the wrong shape, or outside its folder."""
 
 
-def contained(folder: Path, path: Path | str, what: str = "file") -> Path:
+MAX_NAME_BYTES = 255  # one path component (NAME_MAX of the common file systems)
+MAX_PATH_BYTES = 4096  # a whole path (PATH_MAX)
+
+
+def name_problem(path: Path | str) -> str | None:
+    """Why the file system cannot take `path` as a name (a NUL or control character, text that does not encode,
+    a component or the whole too long), or None; the name itself is never quoted."""
+    text = str(path)
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        return "it holds a NUL or control character"
+    try:
+        raw = os.fsencode(text)
+    except UnicodeError:
+        return "it is not text the file system can encode"
+    if len(raw) > MAX_PATH_BYTES or any(len(part) > MAX_NAME_BYTES for part in raw.split(b"/")):
+        return f"it is longer than the file system allows: {MAX_NAME_BYTES} bytes a name, {MAX_PATH_BYTES} a path"
+    return None
+
+
+def contained(folder: Path, path: Path | str, what: str = "file", source: Path | str | None = None) -> Path:
     """`folder/path` (`path` relative to `folder`, or absolute below it) when no component below `folder` is a
     symlink (wherever it leads, dangling or not) and the path stays inside `folder`; else one error. The one check
-    of every file read from inside a folder: manifests, graphs, external data, shards, caches."""
+    of every file read from inside a folder: manifests, graphs, external data, shards, caches.
+
+    A name the file system cannot take (`name_problem`) is refused before anything is looked up, in one line
+    naming `source`, the file that held the name (the folder when none is given)."""
     folder = Path(folder)
+    problem = name_problem(path)
+    if problem is not None:
+        raise UntrustedFileError(f"{source or folder}: the {what} path it names is not a valid file name ({problem})")
     candidate = folder / path
     try:
         parts = candidate.relative_to(folder).parts
@@ -421,7 +446,7 @@ def graph_files(folder: Path, graphs: Iterable[str]) -> list[Path]:
         for tensor in model.graph.initializer:
             for entry in tensor.external_data:
                 if entry.key == "location":
-                    found.append(contained(path.parent, entry.value, "external data"))
+                    found.append(contained(path.parent, entry.value, "external data", source=path))
     return sorted(set(found))
 
 

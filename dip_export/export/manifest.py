@@ -18,7 +18,7 @@ from dip_export.io import EXPORT_FORMAT_PREFIX, MANIFEST_NAME, atomic_path, chec
 from dip_export.ownership import contents_mac, file_sha256, folder_contents, mac_problem, owner_key, unlisted_entries
 from dip_export.runtime.catalog import ALL_PRECISIONS
 from dip_export.settings import BUILD_TARGETS, MAX_IMAGE_SIDE, OPSETS, value_kind
-from dip_export.untrusted import UntrustedFileError, contained, read_json
+from dip_export.untrusted import UntrustedFileError, contained, name_problem, read_json
 
 MANIFEST = MANIFEST_NAME
 FORMAT = EXPORT_FORMAT_PREFIX + "1"
@@ -204,7 +204,7 @@ def inside(folder: Path, rel: str, role: str, must_exist: bool = True) -> Path:
     if pure.is_absolute() or os.path.isabs(rel) or ".." in pure.parts or "\\" in rel:
         raise ExportError(f"{folder}: the {role} path in the manifest leads outside the export folder")
     try:
-        path = contained(folder, rel, f"{role} file")
+        path = contained(folder, rel, f"{role} file", source=folder / MANIFEST)
     except UntrustedFileError as err:
         raise ExportError(str(err)) from None
     if must_exist and not path.is_file():
@@ -435,6 +435,8 @@ def _external_problem(graph: Any, graph_dir: Path) -> tuple[str, int]:
             data = contained(graph_dir, entries["location"], "external data")  # graph_dir: checked, inside `folder`
         except UntrustedFileError as err:
             where = "is a symlink, or lies in a symlinked folder" if "symlink" in str(err) else "lies outside the export folder"
+            if name_problem(entries["location"]) is not None:
+                where = "is named by a path that is not a valid file name"
             return f"external data of tensor #{number} {where}; refusing to follow it", 0
         if data not in sizes:
             if not data.is_file():
