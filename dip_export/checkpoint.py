@@ -232,8 +232,10 @@ def _header_entry(path: Path, index: int, entry: Any) -> tuple[tuple[int, ...], 
         raise CheckpointError(
             f"{path}: header entry {index} has {len(shape)} dimensions, more than a DiP tensor's ({MAX_TENSOR_DIMS} at most)"
         )
-    if not isinstance(entry.get("dtype"), str) or entry["dtype"] not in SAFETENSORS_SIZES:
-        raise CheckpointError(f"{bad} has an unknown dtype)")
+    if not isinstance(entry.get("dtype"), str):
+        raise CheckpointError(f"{bad} has no dtype)")
+    if entry["dtype"] not in SAFETENSORS_SIZES:
+        raise CheckpointError(f"{path}: header entry {index} has a dtype DiP weights are not read from (F16, BF16, F32, F64)")
     return tuple(shape), math.prod(shape) * SAFETENSORS_SIZES[entry["dtype"]]
 
 
@@ -309,6 +311,12 @@ def _tensors_only(state: Mapping[str, Any]) -> dict[str, Tensor]:
         raise CheckpointError(
             f"weight {odd[:80]} is not a dense real floating-point tensor in memory ({v.dtype}, {v.layout}, {v.device.type})"
         )
+    narrow = next((k for k, v in tensors.items() if v.dtype not in WEIGHT_DTYPES), None)
+    if narrow is not None:
+        raise CheckpointError(
+            f"weight {narrow[:80]} has dtype {tensors[narrow].dtype}; DiP weights are read from "
+            f"{', '.join(str(t).removeprefix('torch.') for t in WEIGHT_DTYPES)} (store them in one of those)"
+        )
     shaped = sum(torch.numel(v) * v.dtype.itemsize for v in tensors.values())  # by shape: a view may repeat its storage
     check_memory(shaped, "its weights by their shapes", None)
     return tensors
@@ -323,6 +331,9 @@ def check_values(state: Mapping[str, Tensor]) -> None:
     broken = next((k for k, v in state.items() if not bool(torch.isfinite(v).all())), None)
     if broken is not None:
         raise CheckpointError(f"weight {broken[:80]} holds NaN or infinite values; the checkpoint is damaged")
+
+
+WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # what the model can be built of
 
 
 def _plain_weight(value: Tensor) -> bool:
