@@ -631,8 +631,8 @@ def run_export_onnx(
     if image_size is not None:
         parse_image_size(image_size)
 
-    def fits(config: Any) -> None:  # tracing and verifying hold the weights several times: checked before the model is built
-        check_export(config, *parse_image_size(image_size or config.image_size))
+    def fits(config: Any, size: tuple[int, int]) -> None:  # tracing and verifying hold the weights several times: checked
+        check_export(config, *(parse_image_size(image_size) if image_size is not None else size))  # before it is built
 
     source = open_source(model.model, preset=model.preset, weights=model.weights, trust_checkpoint=model.trust,
                          revision=model.revision, check=fits)  # fmt: skip
@@ -714,8 +714,8 @@ def run_schedule(request: ScheduleRequest, console: Console, progress: Progress)
     m = request.model
     images = request.train_images + request.heldout_images
 
-    def fits(config: Any) -> None:  # the fit's sampler runs on the CPU: checked before the model is built
-        h, w = parse_image_size(config.image_size)
+    def fits(config: Any, size: tuple[int, int]) -> None:  # the fit's sampler runs on the CPU: checked before it is built
+        h, w = size
         batch = min(request.batch, max(request.train_images, request.heldout_images))  # the batch really run
         check_run(config, RunShape(batch, h, w, samples=images), torch.device("cpu"))
 

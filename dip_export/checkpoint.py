@@ -41,7 +41,10 @@ MAX_HEADER_TENSORS = 20_000  # a DiP (EMA and raw weights together) has a few hu
 MAX_TENSOR_DIMS = 8  # a DiP tensor has at most 4 dimensions
 SAFETENSORS_SIZES = {"F64": 8, "I64": 8, "U64": 8, "C64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2,
                      "U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}  # fmt: skip
-ConfigCheck = Callable[[DiPConfig], None]  # called with the config a model will be built of, before it is built
+# Called before a model is built with its config and the image size a run defaults to: the config's own image_size
+# for a checkpoint or preset, an export's fixed image_size for an export folder (its config's image_size is the
+# checkpoint's native resolution, which an export made at another size never runs at).
+ConfigCheck = Callable[[DiPConfig, tuple[int, int]], None]
 
 
 @dataclass
@@ -474,7 +477,7 @@ def _check_config(source: str, config: DiPConfig, check: ConfigCheck | None) -> 
     """The model of `config` fits in memory, and so does what the caller will do with it."""
     check_weights(config, source)
     if check is not None:
-        check(config)
+        check(config, (config.image_size, config.image_size))
 
 
 def _check_is_file(path: Path) -> None:

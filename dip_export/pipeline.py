@@ -135,7 +135,7 @@ def open_source(
     weights: str = "ema",
     trust_checkpoint: bool = False,
     revision: str | None = None,
-    check: Callable[[DiPConfig], None] | None = None,
+    check: Callable[[DiPConfig, tuple[int, int]], None] | None = None,
 ) -> ModelSource:
     """Resolve a model argument: export folder, checkpoint file, Hub name, preset or the demo.
 
@@ -163,8 +163,8 @@ def open_source(
             from dip_export.export.manifest import read_manifest
 
             manifest = read_manifest(target)
-            if check is not None:
-                check(manifest.config)
+            if check is not None:  # an export runs at its own image_size, whatever its config's (native) one
+                check(manifest.config, manifest.image_size)
             return ModelSource(
                 name=manifest.name, config=manifest.config, sampling=dict(manifest.sampling), path=target, export_dir=target,
                 export_size=manifest.image_size, export_precision=manifest.precision,
@@ -213,11 +213,12 @@ class LoadRequest:
             check_available(BackendSpec.parse(request.backend), dev, from_model=not exported)
         return request
 
-    def fits(self, config: DiPConfig) -> None:
-        """The whole run's memory, before the model is built (`open_source` calls it with the config it read)."""
+    def fits(self, config: DiPConfig, size: tuple[int, int]) -> None:
+        """The whole run's memory, before the model is built (`open_source` calls it with the config it read and the
+        source's own image size: an export's fixed one, else the config's)."""
         from dip_export.budget import RunShape, check_run
 
-        h, w = self.image_size or parse_image_size(config.image_size)
+        h, w = self.image_size or size
         check_run(config, RunShape.sampling(self.batch_size, h, w, self.num_samples), self.device)
 
     def size_of(self, source: ModelSource) -> tuple[int, int]:

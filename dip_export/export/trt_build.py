@@ -109,9 +109,9 @@ def export_for_source(source: Path, console: Console, max_batch: int = 8) -> Pat
     from dip_export.checkpoint import resolve_model
     from dip_export.export.onnx_export import ensure_export
 
-    def fits(config: Any) -> None:
-        check_export(config, config.image_size, config.image_size)
-        check_trt_build(config, config.image_size, config.image_size, max_batch, _cuda())
+    def fits(config: Any, size: tuple[int, int]) -> None:
+        check_export(config, *size)
+        check_trt_build(config, *size, max_batch, _cuda())
 
     loaded = resolve_model(source, check=fits)
     size = (loaded.config.image_size, loaded.config.image_size)

@@ -2,7 +2,8 @@
 
 Decided from a short measurement (a few timed network evaluations per candidate, at most one
 torch.compile) and cached under engines/ per model content, image size, batch, device and library
-versions. int8 changes the pictures visibly and is never chosen here; TensorRT is chosen by name
+versions, each entry marked under the owner key (one without a valid mark is measured again and replaced).
+int8 changes the pictures visibly and is never chosen here; TensorRT is chosen by name
 (its engine build takes minutes, which a quick decision must not cost).
 """
 
@@ -13,6 +14,7 @@ import hashlib
 import json
 import math
 import platform
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ CACHE_KIND = "auto-backend-cache"  # its mark (ownership.mark): no other JSON of
 WARMUP, REPEATS = 2, 5  # evaluations per candidate: the first ones include compilation
 STEADY = 0.25  # eager fp32 timed first and last may differ this much (relative) for a decision to be cached
 AGAIN = " again"  # the key suffix of eager fp32's second timing, made after every candidate
+HEX64 = re.compile(r"[0-9a-f]{64}")  # an entry's mark (ownership.contents_mac)
 
 
 @dataclass(frozen=True)
@@ -192,11 +195,32 @@ def _check_cache_kind(path: Path) -> None:
         raise DipError(f"{path} is {kind}; the --backend auto cache goes there (move it away)")
 
 
-def _valid_entry(entry: Any, allowed: list[BackendSpec]) -> Decision | None:
-    """The cached decision, rebuilt from what the tool checks itself: the backend one of `allowed`, timings of
-    known candidates as positive finite numbers. No text of the file is kept: the reason is made here, from the
-    numbers (the file's own `reason` is never shown)."""
-    if not isinstance(entry, dict) or not isinstance(entry.get("backend"), str):
+def _marked_contents(key: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """What an entry's mark covers (ownership.contents_mac, the owner key of export manifests, as the yardstick
+    reference and the shards): the cache's kind, the entry's key and every field of the entry but its mark."""
+    from dip_export.ownership import mark
+
+    return {"written_by": mark(CACHE_KIND), "key": key, "entry": {k: v for k, v in entry.items() if k != "mac"}}
+
+
+def _marked_entry(key: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """`entry` with its mark under the owner key (made on first use), as it is written to the cache."""
+    from dip_export.ownership import contents_mac, owner_key
+
+    return {**entry, "mac": contents_mac(_marked_contents(key, entry), owner_key(create=True) or b"")}
+
+
+def _valid_entry(key: str, entry: Any, allowed: list[BackendSpec]) -> Decision | None:
+    """The cached decision, rebuilt from what the tool checks itself: an entry this user's tool wrote for this key
+    (a valid mark under the owner key over the key and the entry: one written by hand, by another user or an older
+    version is measured again and replaced), the backend one of `allowed`, timings of known candidates as positive
+    finite numbers. No text of the file is kept: the reason is made here, from the numbers (the file's own `reason`
+    is never shown)."""
+    from dip_export.ownership import mac_problem
+
+    if not isinstance(entry, dict) or not isinstance(entry.get("backend"), str) or not isinstance(entry.get("mac"), str):
+        return None
+    if not HEX64.fullmatch(entry["mac"]) or mac_problem(_marked_contents(key, entry), entry["mac"]) is not None:
         return None
     names = {str(s): s for s in allowed}
     ms = entry.get("ms")
@@ -228,7 +252,7 @@ def choose_backend(
         raise DipError(f"{path} is not a --backend auto cache this tool wrote; move it away")
     key = cache_key(model_id, size, batch, device)
     cache = _read_cache(path)
-    cached = _valid_entry(cache.get(key), specs)
+    cached = _valid_entry(key, cache.get(key), specs)
     if cached is not None:
         return cached
     ms = measure(make, specs, loaded, size, batch, device)
@@ -239,8 +263,9 @@ def choose_backend(
         first, last = ms["torch:fp32"], ms.get(f"torch:fp32{AGAIN}", math.nan)
         return Decision(spec, f"{reason}; not cached: eager took {first:.1f} then {last:.1f} ms (the load changed)", ms)
     cache = _read_cache(path)  # another process may have added entries meanwhile
-    cache[key] = {"backend": str(spec), "reason": reason, "ms": ms, "model": model_id, "size": list(size), "batch": batch}
+    entry = {"backend": str(spec), "reason": reason, "ms": ms, "model": model_id, "size": list(size), "batch": batch}
     with contextlib.suppress(OSError, DipError):  # unwritable, or no longer ours: it only costs a new measurement
+        cache[key] = _marked_entry(key, entry)  # an unmarked (or forged) entry of this key is replaced
         save_json(path, cache, CACHE_KIND)  # marked as this tool's cache, replaced only while it still is
     return Decision(spec, reason, ms)
 

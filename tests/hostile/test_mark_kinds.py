@@ -168,12 +168,15 @@ def test_a_cached_reason_is_made_by_the_tool_never_read_from_the_file(tmp_path: 
     key = next(k for k in data if k != MARK_KEY)
     data[key]["reason"] = "\x1b[31m[bold]pwn" + "R" * 600
     data[key]["ms"] = {"torch:fp32": 4.0, "torch:fp32 again": 4.0}
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps(data))  # edited: its mark no longer holds, so it is measured again
+    assert not autobackend.choose_backend(loaded, "demo", (32, 32), 1, cpu, make, tmp_path).cached
+    data[key] = autobackend._marked_entry(key, {k: v for k, v in data[key].items() if k != "mac"})  # marked anew
+    path.write_text(json.dumps(data))  # as if this tool had written it: even then its own text is never shown
     decision = autobackend.choose_backend(loaded, "demo", (32, 32), 1, cpu, make, tmp_path)
     assert decision.cached and str(decision.spec) == "torch:fp32"
     assert decision.reason == "1.0x eager when measured"
     for bad in ({"torch:fp32": 0.0}, {"\x1b[31mname": 1.0}, {"torch:fp32": -1.0}, {"torch:fp32": True}):
-        data[key]["ms"] = bad
+        data[key] = autobackend._marked_entry(key, {**{k: v for k, v in data[key].items() if k != "mac"}, "ms": bad})
         path.write_text(json.dumps(data))
         again = autobackend.choose_backend(loaded, "demo", (32, 32), 1, cpu, make, tmp_path)
         assert not again.cached and "pwn" not in again.reason and "\x1b" not in again.reason
