@@ -101,9 +101,9 @@ def describe(config: Any) -> str:
 def memory_limit(device: Any = None) -> int:
     """Bytes this run may use: free GPU memory on CUDA, available RAM otherwise; DIP_MEMORY_LIMIT caps both."""
     found = _gpu_free(device) if getattr(device, "type", None) == "cuda" else _ram_available()
-    text = os.environ.get("DIP_MEMORY_LIMIT", "").strip()
+    text = os.environ.get("DIP_MEMORY_LIMIT", "")  # taken as given: no value is trimmed
     if text:
-        match = re.fullmatch(r"(\d{1,16})\s*([KMGT]?)I?B?", text.upper())
+        match = re.fullmatch(r"(\d{1,16})([KMGT]?)I?B?", text.upper())
         if match is None:
             raise UsageError(f"DIP_MEMORY_LIMIT must be bytes with an optional K/M/G/T suffix, got {text[:40]!r}")
         found = min(found, int(match.group(1)) * _UNITS[match.group(2)])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dip_export.checkpoint
@@ -16,6 +16,7 @@ from dip_export import DiPPipeline, cli
 from dip_export.budget import BudgetError, RunShape, check_run, memory_limit, pickle_declared_bytes, run_bytes
 from dip_export.checkpoint import load_checkpoint
 from dip_export.config import get_preset
+from dip_export.errors import UsageError
 from tests.test_hostile import one_line, run
 
 XL = get_preset("dip-xl-16")
@@ -42,6 +43,20 @@ def test_limit_env_caps_the_memory(monkeypatch_limit: int) -> None:
         assert memory_limit() <= monkeypatch_limit
     finally:
         os.environ.pop("DIP_MEMORY_LIMIT") if old is None else os.environ.__setitem__("DIP_MEMORY_LIMIT", old)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(1, 1 << 40), st.sampled_from(["", "K", "M", "G"]), st.sampled_from([" ", "\t", "\n", "  "]),
+       st.sampled_from(["before", "after"]))  # fmt: skip
+def test_a_limit_with_whitespace_is_refused_not_trimmed(
+    monkeypatch: pytest.MonkeyPatch, number: int, unit: str, space: str, where: str
+) -> None:
+    text = f"{number}{unit}"
+    monkeypatch.setenv("DIP_MEMORY_LIMIT", text)
+    memory_limit()  # as given: taken
+    monkeypatch.setenv("DIP_MEMORY_LIMIT", space + text if where == "before" else text + space)
+    with pytest.raises(UsageError, match="DIP_MEMORY_LIMIT must be bytes"):
+        memory_limit()
 
 
 def test_each_limit_alone_holds_but_the_product_is_refused() -> None:
