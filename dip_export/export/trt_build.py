@@ -24,6 +24,7 @@ from dip_export.export.manifest import MANIFEST, Manifest, read_manifest, write_
 from dip_export.export.spec import BATCH, SubModelSpec, io_specs
 from dip_export.io import atomic_path
 from dip_export.messages import say, where
+from dip_export.ownership import check_outputs_apart
 from dip_export.runtime.backends import BACKENDS
 from dip_export.runtime.trt_support import engine_matches, gpu_identity
 from dip_export.runtime.trt_support import import_tensorrt as _tensorrt
@@ -248,6 +249,7 @@ def build_trt(
     device = torch.device("cuda" if device is None else device)
     gpu, capability = gpu_identity(device)
     folder = find_export(root, output_dir)
+    check_outputs_apart([("the export folder", folder), ("--timing-cache", timing_cache)])  # the owner key, made now
     if output_dir is None:
         say(console, f"building from {folder} (the most recent export under {root}/)")
     check_precision_supported(precision, capability)
