@@ -251,7 +251,7 @@ def build_trt(
     device = torch.device("cuda" if device is None else device)
     gpu, capability = gpu_identity(device)
     folder = find_export(root, output_dir)
-    check_outputs_apart([("the export folder", folder), ("--timing-cache", timing_cache)])  # the owner key, made now
+    check_outputs_apart([("the export folder", folder)])  # the engines go inside it: the owner key is made only apart
     if output_dir is None:
         say(console, f"building from {folder} (the most recent export under {root}/)")
     check_precision_supported(precision, capability)
