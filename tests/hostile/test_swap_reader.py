@@ -144,3 +144,21 @@ def test_reader_refuses_a_journal_this_tool_did_not_write_and_moves_nothing(tmp_
     with pytest.raises(DipError, match="is not a swap journal this tool wrote"):
         DiPPipeline.load("exp")
     assert listing(tmp_path) == before
+
+
+def test_a_tensorrt_build_for_an_interrupted_export_finds_it(tmp_path, monkeypatch, loaded, pristine):
+    """dip-export trt --output-dir EXPORT_DIR (`build_trt`, on the fake TensorRT): the old export is back and built for."""
+    from rich.console import Console
+
+    from dip_export.export.trt_build import BatchProfile, build_trt
+    from tests.fakes import tensorrt as fake_tensorrt
+    from tests.fakes.cuda import FakeCuda
+
+    target = tmp_path / "exp"
+    old_inode = interrupted(monkeypatch, loaded, pristine, target, 1)
+    FakeCuda().install(monkeypatch)
+    fake_tensorrt.install(monkeypatch)
+    entry = build_trt(precision="fp32", output_dir=target, root=tmp_path, profile=BatchProfile.parse("1,1,2"),
+                      timing_cache=None, opt_level=3, console=Console(quiet=True), device="cpu")  # fmt: skip
+    assert target.stat().st_ino == old_inode and all((target / f).is_file() for f in entry["files"].values())
+    assert swap_leftovers(tmp_path) == set()
