@@ -124,9 +124,7 @@ def run_sample(request: SampleRequest, console: Console, progress: Progress) -> 
     plan = _plan(pipe.config.num_classes, request)
     pipe.check_budget(len(plan))
     size = pipe.image_size
-    from dip_export.export.onnx_export import managed_folders
-
-    check_outputs_apart([*_sample_outputs(request, world), *(("the export folder", f) for f in managed_folders(pipe.name, size))])
+    check_outputs_apart([*_sample_outputs(request, world), *_tool_outputs(pipe)])  # every output known: the key made now
     png_bytes = len(plan) * size[0] * size[1] * 3 * (2 if request.png_dir is not None else 1)
     check_free_space(request.out, png_bytes + (64 << 20))
     if request.png_dir is not None:
@@ -219,6 +217,17 @@ def _check_resume(request: SampleRequest, world: World, pipe: DiPPipeline, setti
     recorded = run_settings(identity, plan, batch_size, shard_batches)
     check_settings(parts_dir(request.out), recorded, world, pending=() if known else ("backend",))
     check_finished_shards(request.out, len(plan), batch_size * shard_batches, (*pipe.image_size, 3))
+
+
+def _tool_outputs(pipe: DiPPipeline) -> list[tuple[str, Path | None]]:
+    """What the tool itself may write in a run of `pipe`'s model: the export folders it makes on the fly under
+    engines/ (every precision, at the run's size) and its caches there (`io.RESERVED`). A run's own outputs, and the
+    owner key, stay apart from them (`ownership.check_outputs_apart`)."""
+    from dip_export.export.onnx_export import managed_folders
+    from dip_export.io import EXPORT_ROOT, RESERVED
+
+    folders = [("the export folder", folder) for folder in managed_folders(pipe.name, pipe.image_size)]
+    return [*folders, *((what, EXPORT_ROOT / name) for name, what in RESERVED.items())]
 
 
 def _sample_outputs(request: SampleRequest, world: World) -> list[tuple[str, Path | None]]:
@@ -372,6 +381,7 @@ def run_bench(request: BenchRequest, console: Console, progress: Progress) -> No
     loaded = pipe.source.loaded
     if loaded is None:
         raise UsageError("dip-bench runs from a checkpoint, a preset or the demo model, not an export folder")
+    check_outputs_apart([("--json", request.json_out), ("--plot", request.plot), *_tool_outputs(pipe)])  # the key now
     sampler = pipe.sampler_settings(**request.sampling)
     say_assumed_size(pipe.source, request.image_size, pipe.image_size, console)
     if request.headline:
@@ -473,7 +483,8 @@ def _check_bench_request(request: BenchRequest) -> list[str]:
             check_output_file(path)
             check_not_input(path, [request.model.model])
             check_replaceable_output(path, kind)
-    check_outputs([("--json", request.json_out), ("--plot", request.plot)])  # none in an artifact, apart; the owner key
+    # none in an artifact, all apart; the owner key is made once the exports made on the fly are known (`run_bench`)
+    check_outputs([("--json", request.json_out), ("--plot", request.plot)], make_key=False)
     return names
 
 
@@ -627,7 +638,8 @@ def run_export_onnx(
     check_packages(EXPORT_PACKAGES, "dip-export onnx")  # before any file is read
     if output_dir is not None:
         check_export_target(output_dir)
-    check_outputs_apart([("--output-dir", output_dir)])  # and the owner key, made or read now
+    check_outputs_apart([("--output-dir", output_dir)], make_key=False)  # the owner key is made once every output
+    # is known: the default folder and an int8 run's fp32 export are named after the model (`check_export_run`)
     if image_size is not None:
         parse_image_size(image_size)
 
@@ -662,11 +674,13 @@ def run_export_trt(
     from dip_export.runtime.trt_support import gpu_identity, import_tensorrt
 
     profile = BatchProfile.parse(batch)
-    check_outputs([("--timing-cache", timing_cache)])  # none inside an artifact (the export it builds for too)
+    # none inside an artifact (the export it builds for too), apart; the owner key is made once the export folder is
+    # known (`build_trt`, or the export made from a checkpoint SOURCE)
+    check_outputs([("--timing-cache", timing_cache)], make_key=False)
     check_build_options(precision, opt_level)
     if source is not None and output_dir is not None:
         raise UsageError("give the export as SOURCE or as --output-dir, not both")
-    check_outputs_apart([("--output-dir", output_dir)])  # and the owner key, made or read now
+    check_outputs_apart([("--output-dir", output_dir), ("--timing-cache", timing_cache)], make_key=False)
     from_model = source is not None and source.is_file()
     check_available("trt", from_model=from_model)  # what is missing comes first, before an export is made
     if source is not None:

@@ -154,6 +154,10 @@ def open_source(
             raise UsageError(f"--revision goes with a Hugging Face Hub name (org/name); {text} is a local path")
         if revision is not None and not _plain_ref(revision):
             raise UsageError("--revision must be a branch, tag or commit name (letters, digits, '.', '_', '-', '/')")
+        if not hub:
+            from dip_export.export.manifest import settle_export_swap
+
+            settle_export_swap(text)  # an export a killed swap left as its backup is back in place before it is read
         target = resolve_hub_checkpoint(text, revision) if hub else Path(text)
         if target.is_dir() and (weights != "ema" or trust_checkpoint or preset is not None):
             raise UsageError(

@@ -14,8 +14,16 @@ from typing import Any
 from dip_export.budget import parameter_count
 from dip_export.config import DiPConfig, check_sampling_defaults
 from dip_export.errors import DipError, ExportError, UsageError
-from dip_export.io import EXPORT_FORMAT_PREFIX, MANIFEST_NAME, atomic_path, check_replaceable_folder
-from dip_export.ownership import contents_mac, file_sha256, folder_contents, mac_problem, owner_key, unlisted_entries
+from dip_export.io import EXPORT_FORMAT_PREFIX, MANIFEST_NAME, atomic_path, check_replaceable_folder, settle_swap
+from dip_export.ownership import (
+    contents_mac,
+    file_sha256,
+    folder_contents,
+    journal_path,
+    mac_problem,
+    owner_key,
+    unlisted_entries,
+)
 from dip_export.runtime.catalog import ALL_PRECISIONS
 from dip_export.settings import BUILD_TARGETS, MAX_IMAGE_SIDE, OPSETS, value_kind
 from dip_export.untrusted import UntrustedFileError, contained, name_problem, read_json
@@ -559,3 +567,14 @@ def check_export_target(target: Path) -> None:
 
     owner_key(create=False)
     check_replaceable_folder(target, ownership_problem)
+
+
+def settle_export_swap(path: Path | str) -> None:
+    """Before a local model path is read: a swap of an export at `path` that a killed run left (its journal
+    `.NAME.swap.json` beside it) is finished or undone, as every writer does first (`io.settle_swap`): the new
+    export stays if it was in place, else the old one comes back from its backup. Only a journal proven this
+    tool's, naming a backup that is an export of this tool, is acted on; any other is refused in one line and
+    nothing is renamed or deleted. Without a journal nothing is done."""
+    target = Path(os.path.abspath(path))
+    if os.path.lexists(journal_path(target)):
+        settle_swap(target, ownership_problem)

@@ -414,7 +414,8 @@ def check_export_run(
         check_not_input(out, [fp32], what="output folder")  # the fp32 export is what the run quantizes
         if not is_current(fp32, loaded, precision="fp32", image_size=image_size):
             outputs.append(("the fp32 export", fp32))
-    check_outputs_apart(outputs)
+    cache = [("the calibration cache", calibration_dir)] if calibration is not None else []  # written when missing
+    check_outputs_apart([*outputs, *cache])  # every output known: the owner key is made now, apart from them all
     for _, path in outputs:
         settle_swap(path, ownership_problem)  # what atomic_dir does first, done before any export
         check_export_target(path)

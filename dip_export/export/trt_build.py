@@ -20,10 +20,11 @@ from rich.console import Console
 
 from dip_export.budget import check_trt_build
 from dip_export.errors import ExportError, UsageError
-from dip_export.export.manifest import MANIFEST, Manifest, read_manifest, write_manifest
+from dip_export.export.manifest import MANIFEST, Manifest, read_manifest, settle_export_swap, write_manifest
 from dip_export.export.spec import BATCH, SubModelSpec, io_specs
 from dip_export.io import atomic_path
 from dip_export.messages import say, where
+from dip_export.ownership import check_outputs_apart
 from dip_export.runtime.backends import BACKENDS
 from dip_export.runtime.trt_support import engine_matches, gpu_identity
 from dip_export.runtime.trt_support import import_tensorrt as _tensorrt
@@ -87,6 +88,7 @@ def source_onnx_precision(precision: str) -> str:
 def find_export(root: Path, output_dir: Path | None) -> Path:
     """The export folder to build from: the one given, or the most recent one under `root` (by its manifest)."""
     if output_dir is not None:
+        settle_export_swap(output_dir)  # a swap a killed run left is finished or undone first, as readers all do
         read_manifest(output_dir)
         return output_dir
     found = [p.parent for p in root.glob(f"*/{MANIFEST}")] if root.is_dir() else []
@@ -100,6 +102,7 @@ def export_for_source(source: Path, console: Console, max_batch: int = 8) -> Pat
 
     A checkpoint's config is checked first: its export and the build for batches up to `max_batch` fit in memory.
     """
+    settle_export_swap(source)  # a swap a killed run left is finished or undone first, as readers all do
     if source.is_dir():
         read_manifest(source)
         return source
@@ -248,6 +251,7 @@ def build_trt(
     device = torch.device("cuda" if device is None else device)
     gpu, capability = gpu_identity(device)
     folder = find_export(root, output_dir)
+    check_outputs_apart([("the export folder", folder)])  # the engines go inside it: the owner key is made only apart
     if output_dir is None:
         say(console, f"building from {folder} (the most recent export under {root}/)")
     check_precision_supported(precision, capability)
