@@ -305,7 +305,7 @@ def _check_checkpoint_tensors(path: Any) -> None:
     size = path.stat().st_size
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
-            check_zip_records(archive.infolist(), str(path), size)
+            size = max(size, check_zip_records(archive.infolist(), str(path), size))  # what its records hold
             names = [n for n in archive.namelist() if n.rsplit("/", 1)[-1] == "data.pkl"]  # every one torch could read
             found = []
             for name in names:
@@ -319,21 +319,40 @@ def _check_checkpoint_tensors(path: Any) -> None:
     check_memory(views, f"{path}: its tensors by their shapes", None)
 
 
-def check_zip_records(records: Any, source: str, file_size: int) -> None:
-    """A zip checkpoint's records, by the sizes its directory declares, before any is read.
+def check_zip_records(records: Any, source: str, file_size: int) -> int:
+    """A zip checkpoint's records, by the sizes its directory declares, before any is read; returns the bytes they hold.
 
-    torch.save stores its records uncompressed, so together they hold no more than the file; a compressed
-    record that would inflate past the file's size (or one larger than memory) is refused unread.
+    torch.save stores its records uncompressed, so together those hold no more than the file; one larger than
+    memory is refused unread. A file re-zipped with compression is read whole into memory instead of mapped
+    (`zip_mappable`), so its records together, inflated, must fit in memory (a zip bomb is refused unread).
     """
-    total = 0
+    stored = inflated = 0
     for info in records:
-        check_memory(info.file_size, f"{source}: reading one of its records", None)
-        total += info.file_size
-    if total > file_size + ZIP_SLACK:
+        what = "reading one of its records" if info.compress_type == 0 else "inflating one of its compressed records"
+        check_memory(info.file_size, f"{source}: {what}", None)
+        if info.compress_type == 0:  # ZIP_STORED
+            stored += info.file_size
+        else:
+            inflated += info.file_size
+    if stored > file_size + ZIP_SLACK:
         raise BudgetError(
-            f"{source}: its zip records inflate to {gib(total)} but the file is {file_size} bytes "
-            "(a checkpoint stores its records uncompressed); refusing to read it"
+            f"{source}: its zip records inflate to {gib(stored)} but the file is {file_size} bytes "
+            "(torch.save stores its records uncompressed); refusing to read it"
         )
+    if inflated:
+        check_memory(stored + inflated, f"{source}: inflating its compressed records", None)
+    return stored + inflated
+
+
+def zip_mappable(path: Any) -> bool:
+    """A zip checkpoint whose records are all stored (as torch.save writes them) can be memory-mapped; one with any
+    compressed record is read into memory instead (mapping it would read the compressed bytes as tensor data)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return all(info.compress_type == zipfile.ZIP_STORED for info in archive.infolist())
 
 
 class _Bounded:
