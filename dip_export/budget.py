@@ -206,7 +206,9 @@ _CONSTANTS = {"BININT", "BININT1", "BININT2", "LONG1", "LONG4", "INT", "LONG", "
               "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING", "BINUNICODE8", "SHORT_BINBYTES", "BINBYTES",
               "BINBYTES8"}  # fmt: skip
 _MARK = object()
+_MAX_COUNTED = 1 << 64  # a product past this is refused anyway; stops the arithmetic on absurd sizes
 MAX_PICKLE_ARGUMENT = 64 << 20  # one opcode's argument: a checkpoint's pickle holds structure (tensors are stored apart)
+MAX_CALL_BYTES = 64 << 20  # what a load's calls may allocate by size, and pass beyond twice the pickle read so far
 ZIP_SLACK = 1 << 20  # what a zip checkpoint's records may add up to beyond the file's own size (torch.save stores them)
 
 
@@ -218,7 +220,22 @@ class UnreadSize(Exception):
     """A pickle calls a buffer or storage constructor with a size the scan cannot read."""
 
 
-_UNKNOWN = object()  # a value the scan does not follow (what an opcode it does not model made, a call's result)
+class ManyCalls(Exception):
+    """A pickle passes more bytes of values to its calls than `call_budget` allows (memoised values, repeated)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+
+def call_budget(read: int) -> int:
+    """Bytes of values a load's calls may be passed, `read` bytes into its pickle: twice what was read (each value
+    the file holds passed once or twice: `_codecs.encode`'s text, then the bytes it makes), and `MAX_CALL_BYTES`.
+    A value passed again through the memo (10 bytes of pickle per 1 MiB copy) is counted every time."""
+    return MAX_CALL_BYTES + 2 * read
+
+
+_UNKNOWN = object()  # a value the scan does not follow (what an opcode it does not model made, something changed)
 
 
 def _element_size(kind: Any) -> int:
@@ -239,6 +256,7 @@ class Declared:
 
     storages: dict[Any, int]  # storage key -> bytes (each storage once, however many tensors view it)
     calls: int = 0  # bytes calls that allocate by size alone would take
+    passed: int = 0  # bytes of the values passed to calls, each call counting its arguments (memoised ones included)
     views: int = 0  # bytes of every tensor by its shape (what work on the tensors is proportional to)
     tensors: int = 0  # tensors rebuilt from a storage
     made: list[Any] = field(default_factory=list)  # the storages persistent ids declare, in order
@@ -261,7 +279,9 @@ def pickle_declared(stream: Any, max_pickles: int = 8) -> Declared:
     Every tensor rebuilt from a storage (`_rebuild_tensor_v2`, `_rebuild_tensor`, and either inside
     `_rebuild_from_type_v2`) is bounded by its shape, not its storage: one that needs more elements than its
     storage holds, reaches past it, or repeats elements (a zero or negative stride) is refused (`BadView`).
-    A legacy file holds a few pickles, then raw data (where reading stops).
+    Every call counts the bytes of the values it is passed, memoised ones each time (lists, dicts and call results
+    by what was put in them), and the pickle is refused past `call_budget` (`ManyCalls`): a value the file holds
+    once cannot be copied thousands of times. A legacy file holds a few pickles, then raw data (where reading stops).
     """
     import pickletools
 
@@ -270,7 +290,7 @@ def pickle_declared(stream: Any, max_pickles: int = 8) -> Declared:
         start = stream.tell()
         try:
             _scan_one(pickletools.genops(stream), found)
-        except (UnreadSize, BigArgument, BadView):
+        except (UnreadSize, BigArgument, BadView, ManyCalls):
             raise
         except Exception:  # not (or no longer) a pickle: torch's own reader will say so
             break
@@ -297,6 +317,11 @@ def check_checkpoint_tensors(path: Any) -> None:
         ) from None
     except BadView as err:
         raise BudgetError(f"{path}: {err}; refusing to load it") from None
+    except ManyCalls as err:
+        raise BudgetError(
+            f"{path}: its pickle passes more than {gib(err.limit)} of values to the calls it makes (repeating "
+            "values it holds, which a checkpoint does not); refusing to load it"
+        ) from None
 
 
 def _check_checkpoint_tensors(path: Any) -> None:
@@ -305,7 +330,7 @@ def _check_checkpoint_tensors(path: Any) -> None:
     size = path.stat().st_size
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
-            check_zip_records(archive.infolist(), str(path), size)
+            size = max(size, check_zip_records(archive.infolist(), str(path), size))  # what its records hold
             names = [n for n in archive.namelist() if n.rsplit("/", 1)[-1] == "data.pkl"]  # every one torch could read
             found = []
             for name in names:
@@ -319,21 +344,40 @@ def _check_checkpoint_tensors(path: Any) -> None:
     check_memory(views, f"{path}: its tensors by their shapes", None)
 
 
-def check_zip_records(records: Any, source: str, file_size: int) -> None:
-    """A zip checkpoint's records, by the sizes its directory declares, before any is read.
+def check_zip_records(records: Any, source: str, file_size: int) -> int:
+    """A zip checkpoint's records, by the sizes its directory declares, before any is read; returns the bytes they hold.
 
-    torch.save stores its records uncompressed, so together they hold no more than the file; a compressed
-    record that would inflate past the file's size (or one larger than memory) is refused unread.
+    torch.save stores its records uncompressed, so together those hold no more than the file; one larger than
+    memory is refused unread. A file re-zipped with compression is read whole into memory instead of mapped
+    (`zip_mappable`), so its records together, inflated, must fit in memory (a zip bomb is refused unread).
     """
-    total = 0
+    stored = inflated = 0
     for info in records:
-        check_memory(info.file_size, f"{source}: reading one of its records", None)
-        total += info.file_size
-    if total > file_size + ZIP_SLACK:
+        what = "reading one of its records" if info.compress_type == 0 else "inflating one of its compressed records"
+        check_memory(info.file_size, f"{source}: {what}", None)
+        if info.compress_type == 0:  # ZIP_STORED
+            stored += info.file_size
+        else:
+            inflated += info.file_size
+    if stored > file_size + ZIP_SLACK:
         raise BudgetError(
-            f"{source}: its zip records inflate to {gib(total)} but the file is {file_size} bytes "
-            "(a checkpoint stores its records uncompressed); refusing to read it"
+            f"{source}: its zip records inflate to {gib(stored)} but the file is {file_size} bytes "
+            "(torch.save stores its records uncompressed); refusing to read it"
         )
+    if inflated:
+        check_memory(stored + inflated, f"{source}: inflating its compressed records", None)
+    return stored + inflated
+
+
+def zip_mappable(path: Any) -> bool:
+    """A zip checkpoint whose records are all stored (as torch.save writes them) can be memory-mapped; one with any
+    compressed record is read into memory instead (mapping it would read the compressed bytes as tensor data)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return all(info.compress_type == zipfile.ZIP_STORED for info in archive.infolist())
 
 
 class _Bounded:
@@ -370,11 +414,17 @@ class _Bounded:
 def _scan_one(ops: Any, found: Declared) -> None:
     stack: list[Any] = []
     memo: dict[Any, Any] = {}
-    for op, arg, _pos in ops:
+    for op, arg, pos in ops:
         name = op.name
         if name == "STOP":
             break
-        if name == "MARK":
+        if name in _CHANGERS:
+            _change(name, stack)
+        elif name in ("EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET"):
+            stack.append(_Bag(0))
+        elif name in ("LIST", "DICT", "FROZENSET"):
+            stack.append(_Bag(_size(tuple(_pop_to_mark(stack)))))
+        elif name == "MARK":
             stack.append(_MARK)
         elif name in _CONSTANTS:
             stack.append(arg)
@@ -406,23 +456,70 @@ def _scan_one(ops: Any, found: Declared) -> None:
             if name == "NEWOBJ_EX" and stack:
                 stack.pop()  # the keyword arguments
             args, func = (stack.pop() if stack else None), (stack.pop() if stack else None)
-            found.calls += _call_bytes(func, args)
-            _view(func, args, found)
-            stack.append(_made(func, args, found))
+            stack.append(_called(func, args, found, pos or 0))
         elif name in ("INST", "OBJ"):  # calls with the items above the mark: INST names the class, OBJ pops it first
             items = _pop_to_mark(stack)
             func = tuple(str(arg).split(" ", 1)) if name == "INST" else (items.pop(0) if items else None)
-            found.calls += _call_bytes(func, tuple(items))
-            _view(func, tuple(items), found)
-            stack.append(_made(func, tuple(items), found))
+            stack.append(_called(func, tuple(items), found, pos or 0))
         else:
             _generic(op, stack)
+
+
+def _called(func: Any, args: Any, found: Declared, pos: int) -> Any:
+    """A call (REDUCE / NEWOBJ / INST / OBJ): what it allocates by size and the bytes of the values it is passed are
+    counted (`ManyCalls` past `call_budget`), its view checked; what the scan keeps of its result is returned."""
+    allocated = _call_bytes(func, args)
+    found.calls += allocated
+    passed = _size(args, call_budget(pos) - found.passed)
+    found.passed += passed
+    if found.passed > call_budget(pos):
+        raise ManyCalls(call_budget(pos))
+    _view(func, args, found)
+    made = _made(func, args, found)
+    return _Bag(passed + allocated) if made is _UNKNOWN else made  # a result can hold what it was given
+
+
+class _Bag:
+    """A value the scan does not model (a list, dict or set, a call's result) by the bytes it may hold."""
+
+    def __init__(self, size: int) -> None:
+        self.size = min(size, _MAX_COUNTED)
+
+
+_CHANGERS = {"APPEND": 2, "SETITEM": 3, "BUILD": 2, "APPENDS": 0, "SETITEMS": 0, "ADDITEMS": 0}  # where the target sits
+
+
+def _change(name: str, stack: list[Any]) -> None:
+    """APPEND(S), SETITEM(S), ADDITEMS, BUILD: what they add is added to the target's size; the target stays."""
+    depth = _CHANGERS[name]
+    items = _pop_to_mark(stack) if depth == 0 else [stack.pop() for _ in range(min(depth - 1, len(stack)))]
+    if stack and isinstance(stack[-1], _Bag):
+        stack[-1].size = min(stack[-1].size + _size(tuple(items)), _MAX_COUNTED)
+    elif stack:
+        stack[-1] = _UNKNOWN  # anything else changed is no longer what the scan knew
+
+
+def _size(value: Any, cap: int = _MAX_COUNTED) -> int:
+    """Bytes a value may take: text and bytes by length, a tuple by its items (8 bytes a reference), a list, dict,
+    set or call result by what was put in it, a storage nothing (calls view it); counting stops past `cap`."""
+    total, todo = 0, [value]
+    while todo and total <= cap:
+        item = todo.pop()
+        if isinstance(item, str | bytes | bytearray):
+            total += len(item)
+        elif isinstance(item, _Bag):
+            total += item.size
+        elif isinstance(item, tuple):
+            total += 8 * len(item)
+            todo.extend(item)
+        elif not isinstance(item, _Storage):
+            total += 8
+    return min(total, _MAX_COUNTED)
 
 
 _BUFFERS = {("builtins", "bytearray"), ("builtins", "bytes"), ("__builtin__", "bytearray"), ("__builtin__", "bytes")}
 _ALLOWED_MODULES = ("builtins", "__builtin__", "collections", "torch")  # where a weights-only load's callables live
 _WIDEST_ELEMENT = 16  # complex128: an element of a dtype the file does not name
-_MAX_COUNTED = 1 << 64  # a product past this is refused anyway; stops the arithmetic on absurd sizes
 
 
 class _Size:
@@ -448,7 +545,7 @@ def _call_bytes(func: Any, args: Any) -> int:
     module, name = func
     args = args if isinstance(args, tuple) else (_UNKNOWN,)
     allocates = func in _BUFFERS or (module.split(".", 1)[0] == "torch" and name.endswith(("Storage", "Tensor")))
-    if allocates and any(a is _UNKNOWN for a in args):
+    if allocates and any(a is _UNKNOWN or isinstance(a, _Bag) for a in args):
         raise UnreadSize  # a size it cannot read (computed, duplicated, fetched): refused, never counted as none
     if func in _BUFFERS:
         return sum(a for a in args if type(a) is int and a > 0)
@@ -458,6 +555,26 @@ def _call_bytes(func: Any, args: Any) -> int:
         return 0
     size = _ELEMENT_SIZES.get(next((p for p in _ELEMENT_SIZES if name.startswith(p)), ""), _WIDEST_ELEMENT)
     return _elements(args) * size
+
+
+def passed_bytes(args: Any, cap: int = _MAX_COUNTED) -> int:
+    """Bytes of the real values a call is passed (the inert reader's check; `_size` of the scan's values): text and
+    bytes by length, containers by their items (8 bytes a reference), anything else (a tensor, storage) 8."""
+    total, todo = 0, [args]
+    while todo and total <= cap:
+        item = todo.pop()
+        if isinstance(item, str | bytes | bytearray):
+            total += len(item)
+        elif isinstance(item, tuple | list | set | frozenset):
+            total += 8 * len(item)
+            todo.extend(item)
+        elif isinstance(item, dict):
+            total += 16 * len(item)
+            todo.extend(item.keys())
+            todo.extend(item.values())
+        else:
+            total += 8
+    return total
 
 
 def call_bytes(maker: Any, args: Any) -> int:
@@ -501,6 +618,7 @@ def _made(func: Any, args: Any, found: Declared) -> Any:
         import io
 
         nested = pickle_declared(_Bounded(io.BytesIO(args[0]), len(args[0])))
+        found.passed += nested.passed
         for key, size in nested.storages.items():  # its data lies in this file: counted against its size
             found.storages[("nested", len(found.storages), key)] = size
         return nested.made[-1] if len(nested.made) == 1 else _UNKNOWN

@@ -15,7 +15,6 @@ import math
 import pickle
 import re
 import warnings
-import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dip_export.budget import BudgetError, check_checkpoint_tensors, check_declared, check_memory, check_weights
+from dip_export.budget import (
+    BudgetError,
+    check_checkpoint_tensors,
+    check_declared,
+    check_memory,
+    check_weights,
+    zip_mappable,
+)
 from dip_export.config import DiPConfig, check_sampling_defaults, get_preset
 from dip_export.errors import CheckpointError, UsageError
 from dip_export.model import DiP
@@ -101,8 +107,8 @@ def _torch_load_with(path: Path, weights_only: bool, pickle_module: Any = None) 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's advice on plain pickles and weights_only
-            # mmap keeps a multi-GB checkpoint out of RAM; only the zip format supports it
-            return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=zipfile.is_zipfile(path), **extra)
+            # mmap keeps a multi-GB checkpoint out of RAM; only a zip whose records are stored uncompressed allows it
+            return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=zip_mappable(path), **extra)
     except Refused as err:
         raise CheckpointError(f"{path}: {err}; refusing it") from None
     except pickle.UnpicklingError as err:

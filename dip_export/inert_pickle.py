@@ -22,6 +22,8 @@ import types
 from pickle import PickleError, UnpicklingError  # noqa: F401 (torch.load reads these off the module)
 from typing import Any, ClassVar
 
+from dip_export.budget import MAX_CALL_BYTES  # what a load may allocate through calls by size
+
 replaced: set[str] = set()  # names resolved to placeholders by the last loads (for messages)
 
 
@@ -166,8 +168,6 @@ def _check_state(maker: Any, args: Any) -> None:
         raise Refused(_ATTRIBUTES)
 
 
-MAX_CALL_BYTES = 64 << 20  # what a load may allocate through calls by size; no checkpoint needs any
-
 _PythonUnpickler: Any = pickle._Unpickler  # type: ignore[attr-defined]  # the Python one: its opcodes can be checked
 
 
@@ -189,6 +189,8 @@ class Unpickler(_PythonUnpickler):
         self._made: dict[int, Any] = {}  # id -> object, for every object this load made (kept alive: ids stay unique)
         self._named: dict[int, Any] = {}  # id -> object, for every global the file named
         self._allocated = 0  # bytes the calls that allocate by size have asked for so far
+        self._passed = 0  # bytes of the values passed to the allowed globals' calls so far
+        self._source: Any = args[0] if args else kwargs.get("file")  # where the pickle is read from (its position)
         self._fresh = (torch.Tensor, Inert)  # what any call returns new: no global is a tensor or a placeholder instance
 
     def _mark(self, obj: Any, maker: Any) -> None:
@@ -203,11 +205,24 @@ class Unpickler(_PythonUnpickler):
     def _allocate(self, maker: Any, args: Any) -> None:
         """A call that allocates by size (`bytearray(n)`, `UntypedStorage(n)`, ...) is counted before it runs; a
         load's such calls together stay under `MAX_CALL_BYTES` (the weights come from the file's records instead)."""
-        from dip_export.budget import call_bytes
+        from dip_export.budget import call_budget, call_bytes, passed_bytes
 
         self._allocated += call_bytes(maker, tuple(args) if isinstance(args, list) else args)
         if self._allocated > MAX_CALL_BYTES:
             raise Refused(f"it builds buffers or storages of more than {MAX_CALL_BYTES >> 20} MiB by size while loading")
+        if (isinstance(maker, type) and issubclass(maker, Inert)) or isinstance(maker, Inert):
+            return  # a placeholder keeps what it is given and copies nothing
+        limit = call_budget(self._read())
+        self._passed += passed_bytes(args, limit - self._passed)
+        if self._passed > limit:
+            raise Refused(f"it passes more than {limit >> 20} MiB of values to the calls it makes (repeating values it holds)")
+
+    def _read(self) -> int:
+        """How far into its pickle this load has read (0 where the file cannot say)."""
+        try:
+            return int(self._source.tell())
+        except Exception:  # a stream without a position: only MAX_CALL_BYTES is allowed
+            return 0
 
     def _instantiate(self, klass: Any, args: Any) -> None:  # INST and OBJ
         self._allocate(klass, args)

@@ -74,11 +74,15 @@ EXTRAS = st.one_of(st.sampled_from([0, MiB - 100, MiB + 5000, 2 * MiB, 3 * MiB])
 
 @SETTINGS
 @given(deflated=st.booleans(), extra=EXTRAS)
-def test_zip_checkpoint_inflating_past_its_file(deflated: bool, extra: int, tmp_path: Path) -> None:
+def test_zip_checkpoint_inflating_past_its_file(
+    deflated: bool, extra: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stored records hold no more than the file; compressed ones (read into memory, not mapped) fit in memory."""
+    monkeypatch.setenv("DIP_MEMORY_LIMIT", "2M" if deflated else "1T")
     path = _zip(tmp_path / "c.pt", EMPTY_DICT, zipfile.ZIP_DEFLATED if deflated else zipfile.ZIP_STORED, extra)
-    inflates = extra + len(EMPTY_DICT) + 10 > path.stat().st_size + budget.ZIP_SLACK
-    if inflates:
-        with pytest.raises(BudgetError, match="inflate to"):
+    inflated = extra + len(EMPTY_DICT) + 2 + len("little")
+    if deflated and inflated > 2 * MiB:
+        with pytest.raises(BudgetError, match="its compressed records"):
             check_checkpoint_tensors(path)
     else:
         check_checkpoint_tensors(path)  # stored records (as torch.save writes them) always fit their file
@@ -91,22 +95,22 @@ def test_torch_save_passes(tmp_path: Path) -> None:
 
 
 def _bomb(tmp_path: Path) -> Path:
-    """A ~200 KB zip whose deflated data.pkl holds one 200 MB BINBYTES8: refused before it is inflated."""
+    """A ~200 KB zip whose deflated data.pkl holds one 200 MB BINBYTES8: refused before it is inflated (past memory)."""
     return _zip(tmp_path / "bomb.pt", _bytes8(200 * MiB), zipfile.ZIP_DEFLATED)
 
 
 def test_bomb_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DIP_MEMORY_LIMIT", "1G")
+    monkeypatch.setenv("DIP_MEMORY_LIMIT", "100M")
     path = _bomb(tmp_path)
     assert path.stat().st_size < 1 * MiB
     code, err = sample(path, "--out", tmp_path / "o.npz")
-    one_line(code, err, 1, str(path), "inflate to")
+    one_line(code, err, 1, str(path), "its compressed records")
 
 
 def test_bomb_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DIP_MEMORY_LIMIT", "1G")
+    monkeypatch.setenv("DIP_MEMORY_LIMIT", "100M")
     path = _bomb(tmp_path)
-    with pytest.raises(BudgetError, match="inflate to") as err:
+    with pytest.raises(BudgetError, match="its compressed records") as err:
         DiPPipeline.load(path)
     assert str(err.value).startswith(str(path))
 

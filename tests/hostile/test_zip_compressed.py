@@ -1,0 +1,100 @@
+"""A torch checkpoint re-zipped with compression holds the same weights: only a zip whose records are all stored
+(as torch.save writes them) is memory-mapped; any other is read into memory through torch's zip reader, which
+inflates its records. Mapping a compressed record would read its compressed bytes as tensor data (NaN, or finite
+garbage that loads silently). Every surface: the loader, dip-sample, the Python API."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dip_export import DiPPipeline
+from dip_export.budget import zip_mappable
+from dip_export.checkpoint import build_model, load_checkpoint
+from dip_export.config import DiPConfig
+from tests.test_hostile import sample
+
+FEW = settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+TINY = DiPConfig(hidden_size=32, num_heads=2, depth=1, patch_size=2, num_classes=3, detailer_width=4, image_size=16)
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny DiP's weights as torch.save writes them (every record stored)."""
+    path = tmp_path_factory.mktemp("zip") / "plain.pt"
+    torch.save(build_model(TINY, seed=3).state_dict(), path)
+    return path
+
+
+def _rezip(source: Path, target: Path, compressed: set[str] | None = None) -> Path:
+    """`source`'s records in a new zip, those named in `compressed` (all when None) deflated."""
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as out:
+        for name in src.namelist():
+            deflate = compressed is None or name in compressed
+            out.writestr(name, src.read(name), zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED)
+    return target
+
+
+def _names(path: Path) -> list[str]:
+    with zipfile.ZipFile(path) as z:
+        return z.namelist()
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+def test_only_a_zip_of_stored_records_is_mapped(plain: Path, tmp_path: Path) -> None:
+    assert zip_mappable(plain)
+    assert not zip_mappable(_rezip(plain, tmp_path / "deflate.pt"))
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"w": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
+    assert not zip_mappable(legacy)
+
+
+@FEW
+@given(data=st.data())
+def test_any_compressed_records_load_the_same_weights(plain: Path, tmp_path: Path, data: st.DataObject) -> None:
+    names = _names(plain)
+    chosen = data.draw(st.sets(st.sampled_from(names), min_size=1))
+    path = _rezip(plain, tmp_path / f"some-{len(chosen)}.pt", chosen)
+    assert zip_mappable(path) is False
+    original, rezipped = load_checkpoint(plain), load_checkpoint(path)
+    _same_weights(original.model, rezipped.model)
+    for key, value in torch.load(plain, weights_only=True).items():
+        assert torch.equal(rezipped.model.state_dict()[key], value), key
+
+
+def test_dip_sample_gives_the_same_pixels(plain: Path, tmp_path: Path) -> None:
+    path = _rezip(plain, tmp_path / "deflate.pt")
+    outs = []
+    for source in (plain, path):
+        out = tmp_path / f"{source.stem}.npz"
+        code, err = sample(source, "--steps", "2", "--num-samples", "2", "--image-size", "16", "--out", out)
+        assert code == 0, err
+        with np.load(out) as found:
+            outs.append({k: found[k] for k in found.files})
+    assert outs[0].keys() == outs[1].keys()
+    for key in outs[0]:
+        np.testing.assert_array_equal(outs[0][key], outs[1][key])
+
+
+def test_the_pipeline_gives_the_same_weights_and_images(plain: Path, tmp_path: Path) -> None:
+    path = _rezip(plain, tmp_path / "deflate.pt")
+    original, rezipped = DiPPipeline.load(plain, device="cpu"), DiPPipeline.load(path, device="cpu")
+    assert original.source.loaded is not None and rezipped.source.loaded is not None
+    _same_weights(original.source.loaded.model, rezipped.source.loaded.model)
+    a = original(classes=[1, 2], seeds=[3, 4], steps=2, image_size=16)
+    b = rezipped(classes=[1, 2], seeds=[3, 4], steps=2, image_size=16)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
