@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -331,11 +332,12 @@ def _check_checkpoint_tensors(path: Any) -> None:
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             size = max(size, check_zip_records(archive.infolist(), str(path), size))  # what its records hold
-            names = [n for n in archive.namelist() if n.rsplit("/", 1)[-1] == "data.pkl"]  # every one torch could read
+            # every record torch's reader could take for the pickle (it matches names in any case), read by its entry
+            pickles = [i for i in archive.infolist() if i.filename.rsplit("/", 1)[-1].lower() == "data.pkl"]
             found = []
-            for name in names:
-                with archive.open(name) as f:
-                    found.append(pickle_declared(_Bounded(f, archive.getinfo(name).file_size)))
+            for info in pickles:
+                with archive.open(info) as f:
+                    found.append(pickle_declared(_Bounded(f, info.file_size)))
     else:
         with path.open("rb") as f:
             found = [pickle_declared(_Bounded(f, size))]
@@ -352,6 +354,12 @@ def check_zip_records(records: Any, source: str, file_size: int) -> int:
     (`zip_mappable`), so its records together, inflated, must fit in memory (a zip bomb is refused unread).
     """
     stored = inflated = 0
+    names = Counter(info.filename.lower() for info in records)
+    if names and max(names.values()) > 1:  # torch's reader takes the first of such records, Python's zipfile the last
+        raise BudgetError(
+            f"{source}: its zip holds two records of one name (names differing only in case count as one); torch.save "
+            "writes each record once: refusing to read it"
+        )
     for info in records:
         what = "reading one of its records" if info.compress_type == 0 else "inflating one of its compressed records"
         check_memory(info.file_size, f"{source}: {what}", None)
