@@ -49,7 +49,7 @@ def plain_line(text: object, limit: int = MAX_LINE) -> str:
             break
         head.append(part)
         used += len(part)
-    for part in reversed(parts[len(head):]):
+    for part in reversed(parts[len(head) :]):
         if used + len(part) > room:
             break
         tail.append(part)
