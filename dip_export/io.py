@@ -194,18 +194,22 @@ def _os_error_in(err: BaseException) -> OSError | None:
         if isinstance(cause, OSError):
             return cause
         seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
+        cause = cause.__cause__
     return None
+
+
+def _inside(name: object, folder: Path) -> Path | None:
+    """`name` (an OSError's filename) as a path inside `folder` (or `folder` itself), else None."""
+    path = Path(os.path.abspath(os.fsdecode(name)))  # type: ignore[arg-type]
+    base = Path(os.path.abspath(folder))
+    return path.relative_to(base) if path == base or path.is_relative_to(base) else None
 
 
 def write_failure(err: OSError, target: Path, tmp: Path) -> DipError:
     """One line for a write that failed: the output (the file inside it, by its name in the output) and why. A
     library that names no cause (numpy's `problem writing element ...`) on a full file system: no space left."""
-    name = target
-    if err.filename:
-        inside = Path(os.path.abspath(os.fsdecode(err.filename)))
-        base = Path(os.path.abspath(tmp))
-        name = target / inside.relative_to(base) if inside.is_relative_to(base) and inside != base else target
+    inside = _inside(err.filename, tmp) if err.filename else None
+    name = target / inside if inside is not None else target
     if err.strerror:
         why = err.strerror[:1].lower() + err.strerror[1:]
     else:
@@ -226,8 +230,8 @@ def _write_errors(target: Path, tmp: Path) -> Iterator[None]:
         raise
     except Exception as err:
         found = _os_error_in(err)
-        if found is None:
-            raise
+        if found is None or (found.filename and _inside(found.filename, tmp) is None):
+            raise  # not a write of this output (an input that vanished names itself)
         raise write_failure(found, target, tmp) from None
 
 

@@ -19,7 +19,6 @@ from dip_export import DiPPipeline, cli
 from dip_export.budget import parameter_count
 from dip_export.checkpoint import DEMO_CHECKPOINT, LoadedModel, load_checkpoint
 from dip_export.errors import DipError
-from dip_export.export import onnx_export
 from dip_export.export.onnx_export import export_file_bytes, export_onnx
 from dip_export.io import check_space
 from tests.test_hostile import one_line, run
@@ -171,4 +170,17 @@ def test_api_write_failure_names_the_file_inside_the_export(demo: LoadedModel, t
         export_onnx(demo, precision="fp32", image_size=(32, 32), output_dir=out)
     assert str(caught.value) == f"cannot write {out / 'backbone.onnx'}: input/output error; nothing was written"
     assert os.listdir(tmp_path) == []
-    assert onnx_export.export_onnx is export_onnx
+
+
+def test_an_error_naming_a_file_elsewhere_is_not_taken_for_a_write_of_the_export(
+    demo: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # fmt: skip
+    elsewhere = tmp_path / "input.bin"
+
+    def export(module: object, args: object, path: str, **kwargs: object) -> None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(elsewhere))
+
+    monkeypatch.setattr(torch.onnx, "export", export)
+    with pytest.raises(FileNotFoundError) as caught:
+        export_onnx(demo, precision="fp32", image_size=(32, 32), output_dir=tmp_path / "exp")
+    assert caught.value.filename == str(elsewhere) and os.listdir(tmp_path) == []
