@@ -113,11 +113,13 @@ def atomic_path(target: Path, kind: str | None = None) -> Iterator[Path]:
     check_output_file(target, probe=False)  # the temporary made below is the write test
     if kind is not None:
         check_replaceable_output(target, kind)
+    made = _folders_to_make(target.parent)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(target)
         fd, tmp_name = tempfile.mkstemp(prefix=_tmp_prefix(target), suffix=".tmp", dir=target.parent)
     except OSError as err:
+        _remove_made(made)
         raise DipError(f"cannot write {target}: {err.strerror or err}") from None
     os.close(fd)
     tmp = Path(tmp_name)
@@ -133,8 +135,10 @@ def atomic_path(target: Path, kind: str | None = None) -> Iterator[Path]:
             os.replace(tmp, target)
         except OSError as err:
             raise DipError(f"cannot write {target}: {err.strerror or err}") from None
+        made = []  # written: the folders made for it stay
     finally:
         tmp.unlink(missing_ok=True)
+        _remove_made(made)
 
 
 @contextlib.contextmanager

@@ -184,3 +184,20 @@ def test_an_error_naming_a_file_elsewhere_is_not_taken_for_a_write_of_the_export
     with pytest.raises(FileNotFoundError) as caught:
         export_onnx(demo, precision="fp32", image_size=(32, 32), output_dir=tmp_path / "exp")
     assert caught.value.filename == str(elsewhere) and os.listdir(tmp_path) == []
+
+
+def test_a_file_output_that_fills_the_disk_is_one_line_and_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
+    import numpy as np
+
+    from dip_export.io import save_npz
+
+    def savez(f: object, **arrays: object) -> None:
+        f.write(b"PK" * 100)  # type: ignore[attr-defined]
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(np, "savez", savez)
+    out = tmp_path / "new" / "deeper" / "o.npz"
+    with pytest.raises(DipError) as caught:
+        save_npz(out, np.zeros((1, 4, 4, 3), np.uint8))
+    assert str(caught.value) == f"cannot write {out}: no space left on device; nothing was written"
+    assert os.listdir(tmp_path) == []
