@@ -23,6 +23,7 @@ from dip_export.ownership import (
     NPZ_COMMENT,
     PNG_KEY,
     PNG_KINDS,
+    check_free_space,
     check_output_name,
     check_outputs_apart,
     check_replaceable_output,
@@ -112,17 +113,20 @@ def atomic_path(target: Path, kind: str | None = None) -> Iterator[Path]:
     check_output_file(target, probe=False)  # the temporary made below is the write test
     if kind is not None:
         check_replaceable_output(target, kind)
+    made = _folders_to_make(target.parent)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(target)
         fd, tmp_name = tempfile.mkstemp(prefix=_tmp_prefix(target), suffix=".tmp", dir=target.parent)
     except OSError as err:
+        _remove_made(made)
         raise DipError(f"cannot write {target}: {err.strerror or err}") from None
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result should read like any new file
     try:
-        yield tmp
+        with _write_errors(target, tmp):
+            yield tmp
         if kind is not None:
             if not is_ours(tmp, kind):
                 raise DipError(f"cannot write {target}: the new file lacks this tool's mark")
@@ -131,8 +135,10 @@ def atomic_path(target: Path, kind: str | None = None) -> Iterator[Path]:
             os.replace(tmp, target)
         except OSError as err:
             raise DipError(f"cannot write {target}: {err.strerror or err}") from None
+        made = []  # written: the folders made for it stay
     finally:
         tmp.unlink(missing_ok=True)
+        _remove_made(made)
 
 
 @contextlib.contextmanager
@@ -144,19 +150,109 @@ def atomic_dir(target: Path, *, problem_of: Callable[[Path], str | None]) -> Ite
     target = Path(os.path.abspath(target))
     settle_swap(target, problem_of)
     check_replaceable_folder(target, problem_of)
+    made = _folders_to_make(target.parent)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(target)
         tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(target), suffix=".tmp", dir=target.parent))
     except OSError as err:
+        _remove_made(made)
         raise DipError(f"cannot write {target}: {err.strerror or err}") from None
+    done = False
     try:
-        yield tmp
+        with _write_errors(target, tmp):
+            yield tmp
         _normal_permissions(tmp)
         check_replaceable_folder(target, problem_of)  # still replaceable after the work
         _swap_in(tmp, target)
+        done = True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not done:
+            _remove_made(made)
+
+
+def _folders_to_make(folder: Path) -> list[Path]:
+    """The folders `mkdir(parents=True)` would make for `folder`, deepest first."""
+    made = []
+    while not os.path.lexists(folder) and folder != folder.parent:
+        made.append(folder)
+        folder = folder.parent
+    return made
+
+
+def _remove_made(made: list[Path]) -> None:
+    """A failed output leaves no folder the run made for it (each only while empty: never anything else)."""
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _os_error_in(err: BaseException) -> OSError | None:
+    """The OSError behind a failure: the error itself or one it was raised from (a library may wrap it)."""
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, OSError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__
+    return None
+
+
+def _inside(name: object, folder: Path) -> Path | None:
+    """`name` (an OSError's filename) as a path inside `folder` (or `folder` itself), else None."""
+    path = Path(os.path.abspath(os.fsdecode(name)))  # type: ignore[arg-type]
+    base = Path(os.path.abspath(folder))
+    return path.relative_to(base) if path == base or path.is_relative_to(base) else None
+
+
+def write_failure(err: OSError, target: Path, tmp: Path) -> DipError:
+    """One line for a write that failed: the output (the file inside it, by its name in the output) and why. A
+    library that names no cause (numpy's `problem writing element ...`) on a full file system: no space left."""
+    inside = _inside(err.filename, tmp) if err.filename else None
+    name = target / inside if inside is not None else target
+    if err.strerror:
+        why = err.strerror[:1].lower() + err.strerror[1:]
+    else:
+        try:
+            full = shutil.disk_usage(_existing_ancestor(tmp)).free < (1 << 20)
+        except OSError:
+            full = False
+        why = "no space left on device" if full else f"{type(err).__name__}: {err}"
+    return DipError(f"cannot write {name}: {why}; nothing was written")
+
+
+@contextlib.contextmanager
+def _write_errors(target: Path, tmp: Path) -> Iterator[None]:
+    """An OSError while an output is written (ENOSPC and the like, from any library) is one line naming it."""
+    try:
+        yield
+    except DipError:
+        raise
+    except Exception as err:
+        found = _os_error_in(err)
+        if found is None or (found.filename and _inside(found.filename, tmp) is None):
+            raise  # not a write of this output (an input that vanished names itself)
+        raise write_failure(found, target, tmp) from None
+
+
+def check_space(needs: Iterable[tuple[Path, int]]) -> None:
+    """Before any work: the file system of each output has room for what the run writes there (outputs on one
+    file system added up; `ownership.check_free_space`, the one free-space check, with its margin)."""
+    totals: dict[int, tuple[Path, int]] = {}
+    for path, need in needs:
+        anchor = _existing_ancestor(Path(os.path.abspath(path)).parent)
+        try:
+            device = os.stat(anchor).st_dev
+        except OSError:
+            continue
+        first, total = totals.get(device, (Path(path), 0))
+        totals[device] = (first, total + need)
+    for path, need in totals.values():
+        check_free_space(path, need)
 
 
 def settle_swap(target: Path, problem_of: Callable[[Path], str | None]) -> None:
@@ -260,15 +356,19 @@ def check_output_place(path: Path, what: str = "the output") -> None:
         raise UsageError(f"{what} {path} lies inside {artifact}, which holds only the tool's own files; name a place outside it")
 
 
-def check_outputs(outputs: Iterable[tuple[str, Path | str | None]], *, make_key: bool = True) -> None:
+def check_outputs(
+    outputs: Iterable[tuple[str, Path | str | None]], *, make_key: bool = True, writes: Iterable[tuple[Path, int]] = ()
+) -> None:
     """Every output of a run ((option or role, path) pairs; None: not written), before any work: none inside an
     artifact of this tool (`check_output_place`), and all apart from each other and from the owner key
-    (`ownership.check_outputs_apart`, which makes or reads the key unless `make_key` is False)."""
+    (`ownership.check_outputs_apart`, which makes or reads the key unless `make_key` is False); room for what
+    the run writes (`writes`: (output, estimated bytes) pairs, `check_space`)."""
     given = list(outputs)
     for what, path in given:
         if path is not None:
             check_output_place(Path(path), what)
     check_outputs_apart(given, make_key=make_key)
+    check_space(writes)
 
 
 def _existing_ancestor(path: Path) -> Path:

@@ -15,17 +15,47 @@ from rich.markup import escape
 
 MAX_LINE = 300
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _shown(char: str) -> str:
+    """One character as printed: a backslash doubled, newline/tab/return as `\\n` `\\t` `\\r`, other controls as
+    `\\xNN` or `\\uNNNN`, anything else as it is (so the printed text, unescaped, is the text)."""
+    if char in _NAMED:
+        return _NAMED[char]
+    if _CONTROL.match(char):
+        return f"\\x{ord(char):02x}" if ord(char) < 256 else f"\\u{ord(char):04x}"
+    return char
 
 
 def plain_line(text: object, limit: int = MAX_LINE) -> str:
-    """One line of visible characters: whitespace runs become one space, control characters `\\xNN`."""
-    line = " ".join(str(text).split())
-    line = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}", line)
-    if len(line) > limit:  # the middle goes (a long path), the start and the end (the reason) stay
-        keep = max(limit - len(f" ... ({len(line)} more characters) ... "), 0)  # the note counts toward the limit
-        head, tail = keep // 2, keep - keep // 2
-        line = f"{line[:head]} ... ({len(line) - keep} more characters) ... {line[len(line) - tail:] if tail else ''}"
-    return line
+    """One line of visible characters, every character kept: spaces as they are (a space opening or closing the line
+    as `\\x20`, where it would not be seen), control characters and backslashes escaped as in a Python string."""
+    raw = str(text)
+    parts = [_shown(c) for c in raw]
+    for end in (0, len(parts) - 1):
+        if parts and parts[end] == " ":
+            parts[end] = "\\x20"
+    if sum(map(len, parts)) <= limit:
+        return "".join(parts)
+    # the middle goes (a long path), the start and the end (the reason) stay; an escape is never split
+    note = f" ... ({len(raw)} more characters) ... "  # the longest the note can be: counts toward the limit
+    room = max(limit - len(note), 0)
+    head: list[str] = []
+    tail: list[str] = []
+    used = 0
+    for part in parts:
+        if used + len(part) > room // 2:
+            break
+        head.append(part)
+        used += len(part)
+    for part in reversed(parts[len(head) :]):
+        if used + len(part) > room:
+            break
+        tail.append(part)
+        used += len(part)
+    cut = len(parts) - len(head) - len(tail)
+    return f"{''.join(head)} ... ({cut} more characters) ... {''.join(reversed(tail))}"
 
 
 def markup_safe(text: object, limit: int = MAX_LINE) -> str:
@@ -45,8 +75,12 @@ def say(console: Any, text: object, style: str | None = None, prefix: str = "") 
 
 
 def where(path: Path | str, line: int | None = None) -> str:
-    """How a message points into a user's file without quoting it: `FILE` or `FILE line N`."""
-    return plain_line(path, 200) + (f" line {line}" if line is not None else "")
+    """How a message points into a user's file without quoting it: `FILE` or `FILE line N`. The name is not escaped
+    here (the line is, once, where it is printed: escaping twice would show another name); a long one is cut."""
+    name = str(path)
+    if len(name) > 200:
+        name = f"{name[:90]} ... ({len(name) - 180} more characters) ... {name[-90:]}"
+    return name + (f" line {line}" if line is not None else "")
 
 
 def say_lines(console: Any, text: object) -> None:

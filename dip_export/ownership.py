@@ -366,7 +366,14 @@ def check_free_space(path: Path, need: int) -> None:
     except OSError:
         return
     if need + (16 << 20) > free:
-        raise DipError(f"{anchor} has {free / 2**20:.0f} MiB free; this run writes about {need / 2**20:.0f} MiB")
+        raise DipError(
+            f"{anchor} has {_size(free)} free; this run writes about {_size(need)} there (and keeps "
+            f"{_size(16 << 20)} spare): nothing was written"
+        )
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB" if n >= 10 << 20 else f"{n / 2**10:.0f} KiB"
 
 
 # ---------------------------------------------------------------- the swap

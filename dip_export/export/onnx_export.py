@@ -42,6 +42,7 @@ TOLERANCES = {"fp32": 1e-4, "fp16": 3e-2, "bf16": 6e-2}
 VERIFY_BATCHES = (1, 2)  # dynamic batch is checked at two sizes (2 = one CFG pair)
 DEFAULT_OPSET = 18
 EXTERNAL_DATA_BYTES = 1 << 30  # above this, weights go to a .onnx.data file (protobuf caps at 2 GB)
+GRAPH_BYTES = 8 << 20  # the graphs, manifest and verification beside the weights, at most (measured: under 1 MiB)
 
 
 class _Backbone(nn.Module):
@@ -82,6 +83,19 @@ def source_info(loaded: LoadedModel) -> dict[str, str]:
     return {**found, "weights": loaded.weights, "identity": loaded.identity}
 
 
+def export_file_bytes(config: Any, precision: str) -> int:
+    """What an export of this config writes at its peak, from the config alone (before anything is built): the
+    weights at the precision's bytes, a quarter more for the exporter's stray files while one graph is re-saved,
+    plus the graphs. A quantized export (int8, fp8) holds a pre-processed fp32 copy of one graph while the
+    quantized one is written (float parts fp32 at worst): six bytes a weight."""
+    from dip_export.budget import parameter_count
+
+    weights = parameter_count(config)
+    if precision in ("int8", "fp8"):
+        return 6 * weights + GRAPH_BYTES
+    return DTYPES[precision].itemsize * weights * 5 // 4 + GRAPH_BYTES
+
+
 def _check_export_options(precision: str, opset: int) -> None:
     if precision not in DTYPES:
         raise UsageError(f"--precision must be one of {', '.join(DTYPES)} or int8, got {precision!r}")
@@ -103,7 +117,7 @@ def export_onnx(
     check_export(loaded.config, *image_size)  # every export (dip-export, made on the fly, a sub-export) before tracing
     console = console or Console(stderr=True)
     out = Path(output_dir) if output_dir else default_export_dir(loaded.name, precision, image_size)
-    check_export_run(loaded, image_size, out)
+    check_export_run(loaded, image_size, out, precision=precision)
     specs = io_specs(loaded.config, *image_size)
     net = loaded.model if precision == "fp32" else copy.deepcopy(loaded.model).to(DTYPES[precision])
     wrappers = {"backbone": _Backbone(net, DTYPES[precision]).eval(), "detailer": _Detailer(net, DTYPES[precision]).eval()}
@@ -395,30 +409,35 @@ def is_current(
 
 
 def check_export_run(
-    loaded: LoadedModel, image_size: tuple[int, int], out: Path, *, calibration: CalibrationSettings | None = None,
-    calibration_dir: Path | None = None,
+    loaded: LoadedModel, image_size: tuple[int, int], out: Path, *, precision: str,
+    calibration: CalibrationSettings | None = None, calibration_dir: Path | None = None,
 ) -> None:  # fmt: skip
     """Before the first export of a run starts: every folder it writes and every cache it reads.
 
     The output folder; for a quantized run (`calibration`) also the fp32 export it quantizes, which it makes
     when missing or stale (then an output too, and never the output itself nor around it), and the calibration
     cache it reads. Each output may be new or replace an export of this tool (a swap a killed run left settled
-    first), never lies inside an export, and no two are nested; a cache file is read and checked whole now."""
+    first), never lies inside an export, and no two are nested; its file system has room for it
+    (`export_file_bytes`, `io.check_space`); a cache file is read and checked whole now."""
     from dip_export.export.calibration import check_cache
     from dip_export.export.manifest import check_export_target
+    from dip_export.io import check_space
     from dip_export.ownership import check_not_input, check_outputs_apart
 
     outputs = [("the output folder", out)]
+    sizes = [export_file_bytes(loaded.config, precision)]
     if calibration is not None:
         fp32 = default_export_dir(loaded.name, "fp32", image_size)
         check_not_input(out, [fp32], what="output folder")  # the fp32 export is what the run quantizes
         if not is_current(fp32, loaded, precision="fp32", image_size=image_size):
             outputs.append(("the fp32 export", fp32))
+            sizes.append(export_file_bytes(loaded.config, "fp32"))
     cache = [("the calibration cache", calibration_dir)] if calibration is not None else []  # written when missing
     check_outputs_apart([*outputs, *cache])  # every output known: the owner key is made now, apart from them all
     for _, path in outputs:
         settle_swap(path, ownership_problem)  # what atomic_dir does first, done before any export
         check_export_target(path)
+    check_space([(path, size) for (_, path), size in zip(outputs, sizes, strict=True)])
     if calibration is not None and calibration_dir is not None:
         check_cache(loaded, image_size, calibration, calibration_dir)
 

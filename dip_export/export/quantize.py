@@ -321,7 +321,8 @@ def export_int8(
     calibration = calibration or CalibrationSettings()
     out = output_dir or int8_dir(loaded, image_size, target, fp8)
     cache = EXPORT_ROOT / export_folder_name(loaded.name, image_size, CALIBRATION)
-    check_export_run(loaded, image_size, out, calibration=calibration, calibration_dir=cache)  # before the fp32 export
+    check_export_run(loaded, image_size, out, precision="fp8" if fp8 else "int8", calibration=calibration,
+                     calibration_dir=cache)  # fmt: skip  # before the fp32 export
     fp32 = ensure_export(loaded, precision="fp32", image_size=image_size, console=console)
     source = read_manifest(fp32)
     started = time.perf_counter()

@@ -23,7 +23,7 @@ def test_any_text_prints_as_one_capped_line_of_visible_characters(text: str) -> 
     line = plain_line(text)
     assert not CONTROL.search(line) and "\n" not in line
     assert len(line) <= MAX_LINE
-    whole = " ".join(text.split())
+    whole = plain_line(text, 10**9)  # every character, escaped
     if len(whole) > MAX_LINE:  # the middle is cut: the end (a message's reason) is kept
         assert " more characters) ... " in line and whole.endswith(line.rsplit(" ... ", 1)[1])
 

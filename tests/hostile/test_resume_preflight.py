@@ -22,7 +22,7 @@ from dip_export.distributed import SETTINGS_FILE, World, check_parts_dir, check_
 from dip_export.errors import UsageError
 from dip_export.generate import SamplePlan
 from dip_export.io import atomic_path
-from dip_export.messages import where
+from dip_export.messages import plain_line, where
 from dip_export.pipeline import DiPPipeline
 from dip_export.runtime.backends import BackendSpec
 from tests.test_hostile import one_line, sample, waited_then_one_line
@@ -104,8 +104,8 @@ def test_the_shard_folder_holds_only_the_tools_regular_files(tmp_path_factory: p
     except UsageError as err:
         text = str(err)
         assert bad, f"a layout of the tool's own files was refused: {text}"
-        assert len(text.splitlines()) == 1 and str(folder) in text
-        assert any(where(folder / name) in text for name in bad), text  # names an offending entry, shown on one line
+        assert len(plain_line(text).splitlines()) == 1 and str(folder) in text  # printed on one line
+        assert any(where(folder / name) in text for name in bad), text  # names an offending entry, as it is
     else:
         assert not bad, f"accepted {bad}"
     assert _snapshot(folder) == before and elsewhere.read_bytes() == b"z"  # nothing deleted, opened or replaced

@@ -1,0 +1,96 @@
+"""A name is printed as it is: whitespace is neither collapsed nor dropped, newlines/tabs/returns are shown as
+`\\n` `\\t` `\\r` and a backslash as `\\\\`, so the printed line, unescaped, is the text (a round trip)."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rich.console import Console
+
+from dip_export import cli
+from dip_export.errors import DipError
+from dip_export.messages import MAX_LINE, plain_line, say, where
+from tests.test_hostile import one_line, run
+
+ESCAPE = re.compile(r"\\(\\|n|t|r|x[0-9a-f]{2}|u[0-9a-f]{4})")
+NAMED = {"\\": "\\", "n": "\n", "t": "\t", "r": "\r"}
+
+
+def unescape(line: str) -> str:
+    """The reader's side: every escape the printer writes, back to its character."""
+    return ESCAPE.sub(lambda m: NAMED.get(m.group(1)) or chr(int(m.group(1)[1:], 16)), line)
+
+
+WHITESPACE = st.text(st.sampled_from(" \t\n\r\x0b\x0c\\nt x/._-\u2028\u3000é[]"), max_size=120)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(WHITESPACE | st.text(max_size=120))
+def test_a_printed_line_unescaped_gives_back_the_text(text: str) -> None:
+    line = plain_line(text)
+    assert len(line.splitlines()) <= 1 and "\n" not in line and "\r" not in line and "\t" not in line
+    assert not line.startswith(" ") and not line.endswith(" ")  # an edge space would not be seen
+    if len(line) < MAX_LINE and " more characters) ... " not in line:
+        assert unescape(line) == text
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(WHITESPACE, WHITESPACE)
+def test_two_names_print_alike_only_if_they_are_alike(a: str, b: str) -> None:
+    assert (plain_line(f"wrote {a}.npz") == plain_line(f"wrote {b}.npz")) == (a == b)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(st.text(st.sampled_from(" \t\n\\ab"), max_size=2000))
+def test_a_long_line_is_cut_in_the_middle_never_inside_an_escape(text: str) -> None:
+    line = plain_line(text)
+    assert len(line) <= MAX_LINE
+    if " more characters) ... " in line:
+        head, tail = line.split(" ... (", 1)[0], line.rsplit(") ... ", 1)[1]
+        assert text.startswith(unescape(head)) and text.endswith(unescape(tail))
+
+
+def test_say_prints_the_line_once_escaped() -> None:
+    out = io.StringIO()
+    say(Console(file=out, width=5000, color_system=None), "a\tb\nc  d\\n ", prefix="error: ")
+    assert out.getvalue() == "error: a\\tb\\nc  d\\\\n\\x20\n"
+
+
+def test_where_names_a_file_as_it_is(tmp_path: Path) -> None:
+    name = tmp_path / " a\tb\n"
+    assert where(name, 3) == f"{name} line 3"  # escaped once, where the whole line is printed
+
+
+@pytest.mark.parametrize("name", ["a\tb.txt", "a\nerror: fake.txt", "two  spaces.txt", " lead.txt", "back\\nslash.txt"])
+def test_cli_names_the_out_file_as_given(tmp_path: Path, name: str) -> None:
+    out = tmp_path / name
+    code, err = run(cli.sample_main, "--out", out)
+    one_line(code, err, 2)
+    assert str(out) in unescape(err.strip())  # the name printed is the name given, not another valid-looking one
+
+
+def test_cli_wrote_line_names_the_files_written(tmp_path: Path) -> None:
+    out = tmp_path / "b\nerror:  x\t.npz"
+    code, err = run(cli.sample_main, "--steps", "2", "--num-samples", "1", "--out", out)
+    assert code == 0 and out.is_file()
+    wrote = [line for line in err.splitlines() if line.startswith("wrote ")]
+    assert len(wrote) == 1 and unescape(wrote[0]).startswith(f"wrote {out} (1 x 32x32) and {out.with_suffix('.png')}")
+
+
+@pytest.mark.parametrize("name", [" org/name", "org/name ", "a\nb.pt", "a\tb.safetensors"])
+def test_api_error_and_cli_line_carry_the_checkpoint_name(tmp_path: Path, monkeypatch, name: str) -> None:
+    from dip_export import DiPPipeline
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DipError) as caught:
+        DiPPipeline.load(name)
+    text = str(caught.value)
+    assert name in text  # the API text holds the name as it is
+    code, err = run(cli.sample_main, name, "--out", tmp_path / "o.npz")
+    assert code != 0 and len(err.strip().splitlines()) == 1
+    assert unescape(err.strip()) == f"error: {text}"  # the printed line is the API text, escaped once
