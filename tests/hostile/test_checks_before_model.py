@@ -72,14 +72,10 @@ def _bad_options(tmp: Path) -> dict[str, st.SearchStrategy[tuple[list[str], str]
         "sampler": name.filter(lambda s: s not in SOLVERS).map(lambda s: (["--sampler", s], "sampler")),
         "forecast": name.filter(lambda s: s not in FORECASTS).map(lambda s: (["--token-forecast", s], "token forecast")),
         "shift": bad_shift.map(lambda v: ([f"--shift={_decimal(v)}"], "shift")),
-        "interval": bad_interval.map(
-            lambda p: ([f"--guidance-interval={_decimal(p[0])},{_decimal(p[1])}"], "guidance interval")
-        ),
+        "interval": bad_interval.map(lambda p: ([f"--guidance-interval={_decimal(p[0])},{_decimal(p[1])}"], "guidance interval")),
         "preset": name.filter(lambda s: s not in PRESETS).map(lambda s: (["--preset", s], "unknown preset")),
         "classes": st.integers(MAX_CLASS + 1, 10**15).map(lambda c: (["--classes", f"0,{c}"], "--classes")),
-        "class file": name.map(
-            lambda s: (["--num-samples", "2", "--class-file", str(tmp / f"missing-{s}.txt")], "--class-file")
-        ),
+        "class file": name.map(lambda s: (["--num-samples", "2", "--class-file", str(tmp / f"missing-{s}.txt")], "--class-file")),
         "png dir": name.filter(lambda s: not s.endswith(".png")).map(png_dir),
     }
 
