@@ -30,6 +30,7 @@ from dip_export.runtime.torch_engine import resolve_device
 from dip_export.sampling import SamplerSettings
 from dip_export.settings import (
     BENCH_RULES,
+    MAX_CLASS,
     MAX_REPEATS,
     MAX_SAMPLES,
     MAX_SHARD_BATCHES,
@@ -115,6 +116,8 @@ def run_sample(request: SampleRequest, console: Console, progress: Progress) -> 
     dev = world.device(resolve_device(request.device))
     _check_sample_request(request, world)
     count = _sample_count(request)  # the images the run keeps, counted by the memory estimate before the model is built
+    if request.png_dir is not None:  # the folder's files against the images the run writes, before the model
+        check_output_folder(request.png_dir, lambda name: _png_index(name) < count, kind="sample-image")
     pipe = request.model.load(
         backend=request.backend, device=dev, image_size=request.image_size, batch_size=request.batch_size,
         num_samples=count, console=console,
@@ -127,8 +130,6 @@ def run_sample(request: SampleRequest, console: Console, progress: Progress) -> 
     check_outputs_apart([*_sample_outputs(request, world), *_tool_outputs(pipe)])  # every output known: the key made now
     png_bytes = len(plan) * size[0] * size[1] * 3 * (2 if request.png_dir is not None else 1)
     check_free_space(request.out, png_bytes + (64 << 20))
-    if request.png_dir is not None:
-        check_output_folder(request.png_dir, lambda name: _png_index(name) < len(plan), kind="sample-image")
     if world.size > 1 or request.resume:
         _check_resume(request, world, pipe, settings, plan)  # a folder of other settings: refused before any engine
     say_assumed_size(pipe.source, request.image_size, pipe.image_size, console)  # the arguments are good: now say it
@@ -172,6 +173,7 @@ def _check_sample_request(request: SampleRequest, world: World) -> None:
         cache_interval=sampling.get("cache_interval"),
     )  # fmt: skip
     check_seed(request.first_seed, "--seed")
+    check_sampling_options(sampling)
     if request.image_size is not None:
         parse_image_size(request.image_size)
     if request.batches_per_shard > MAX_SHARD_BATCHES:
@@ -238,12 +240,26 @@ def _sample_outputs(request: SampleRequest, world: World) -> list[tuple[str, Pat
 
 
 def _sample_count(request: SampleRequest) -> int:
-    """How many images the plan will hold, from the arguments alone (the plan itself needs the model's classes)."""
-    if request.num_samples is not None:
-        return exact_int(request.num_samples, "--num-samples", 1, MAX_SAMPLES)
-    lengths = [len(parse_int_list(text, option)) for text, option in ((request.classes, "--classes"), (request.seeds, "--seeds"))
-               if text is not None]  # fmt: skip
-    return max(lengths, default=8)  # make_plan's default: 8 samples
+    """How many images the plan will hold, from the arguments alone, after every check of the plan that needs no model
+    (class ids and seeds in range, one seed per class, the class file's lines), made against the most classes a model
+    may have; the model's own class count is checked once it is known (`_plan`)."""
+    if request.num_samples is None:
+        return len(_plan(MAX_CLASS + 1, request))
+    count = exact_int(request.num_samples, "--num-samples", 1, MAX_SAMPLES)
+    if request.class_file is not None:
+        from dip_export.distributed import read_class_file
+
+        read_class_file(request.class_file, MAX_CLASS + 1, count)
+    return count
+
+
+def check_sampling_options(sampling: dict[str, Any]) -> None:
+    """The sampling options given (dip-sample, dip-bench), each on its own: solver and forecast names, ranges of
+    steps, guidance, shift and interval, before any model is resolved; the checks between them need the model's
+    recommended values for the rest, and run when the settings are made (`DiPPipeline.sampler_settings`)."""
+    from dip_export.sampling.rules import field_values
+
+    field_values({OVERRIDE_NAMES.get(name, name): value for name, value in sampling.items()})
 
 
 def _write_images(request: SampleRequest, images: np.ndarray, size: tuple[int, int], console: Console) -> None:
@@ -465,7 +481,7 @@ def _check_bench_request(request: BenchRequest) -> list[str]:
     sampling = {OVERRIDE_NAMES.get(k, k): v for k, v in request.sampling.items() if v is not None}
     check_run_limits(steps=sampling.get("steps"), cfg=sampling.get("cfg"), batch_size=request.images,
                      cache_interval=sampling.get("cache_interval"))  # fmt: skip
-    SamplerSettings(**sampling)  # the names and ranges of the given settings, before any work
+    check_sampling_options(sampling)  # the names and ranges of the given settings, before any work
     if request.repeats > MAX_REPEATS or request.warmup > MAX_REPEATS or request.max_repeats > MAX_REPEATS:
         raise UsageError(f"--repeats, --max-repeats and --warmup must be at most {MAX_REPEATS}")
     if request.max_repeats < request.repeats:

@@ -25,8 +25,10 @@ from dip_export.settings import decimal_text, number_list, whole_text
 
 try:  # typer >= 0.20 carries its own click
     from typer._click.exceptions import ClickException
+    from typer._click.exceptions import UsageError as ClickUsageError
 except ImportError:  # pragma: no cover
     from click.exceptions import ClickException  # type: ignore[no-redef,assignment]
+    from click.exceptions import UsageError as ClickUsageError  # type: ignore[no-redef,assignment]
 
 console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -41,6 +43,7 @@ def print_error(message: str) -> None:
 def run_app(app: typer.Typer) -> None:
     """Run a command; parse errors of typer/click become one line too (exit 2), not a box."""
     try:
+        refuse_repeated_options(typer.main.get_command(app), sys.argv[1:])
         code = app(standalone_mode=False)
     except ClickException as err:
         hint = " (see --help)" if err.exit_code == 2 else ""
@@ -50,6 +53,44 @@ def run_app(app: typer.Typer) -> None:
         console.print("[red]interrupted[/red]: nothing partial was kept")
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+# Options meant to be given more than once (by their first spelling); none today: every option holds one value.
+REPEATABLE: frozenset[str] = frozenset()
+
+
+def refuse_repeated_options(command: Any, args: list[str]) -> None:
+    """An option given twice (by any of its spellings: an old name, --no-X) is refused, naming it, before any work:
+    the parser would keep the last value and drop the others without a word."""
+    seen: dict[int, str] = {}
+    tokens = iter(args)
+    for token in tokens:
+        if token == "--":
+            return  # the rest are arguments
+        if not token.startswith("-") or token == "-":
+            sub = getattr(command, "commands", {}).get(token)  # a group's subcommand: its own options follow
+            command = sub if sub is not None else command
+            continue
+        given = token.split("=", 1)[0]
+        param = _option_named(command, given)
+        if param is None:
+            continue  # an unknown name: the parser says so
+        if not (param.is_flag or param.count) and "=" not in token:
+            next(tokens, None)  # its value, whatever it looks like
+        if getattr(param, "multiple", False) or param.opts[0] in REPEATABLE:
+            continue
+        if id(param) in seen:
+            first = seen[id(param)]
+            also = "" if given == first else f" (as {first} and {given})"
+            raise ClickUsageError(f"{param.opts[0]} is given twice{also}; give each option once")
+        seen[id(param)] = given
+
+
+def _option_named(command: Any, name: str) -> Any:
+    for param in getattr(command, "params", []):
+        if name in (*getattr(param, "opts", ()), *getattr(param, "secondary_opts", ())) and name.startswith("-"):
+            return param
+    return None
 
 
 def handle_errors(func: F) -> F:
@@ -204,7 +245,8 @@ def sample(
         typer.Option(help="Tokens between backbone runs: off (reuse), linear, quadratic, auto [default: the model's: off]."),
     ] = None,
     image_size: Annotated[str | None, typer.Option(help="Image size: 256 or HxW, e.g. 256x384 [default: the model's].")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per sampler batch.")] = 16,
+    batch_size: Annotated[int | None, typer.Option(help="Images per sampler batch [default: 16].")] = None,
+    batch_alias: Annotated[int | None, typer.Option("--batch", hidden=True)] = None,  # the old name of --batch-size
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     backend: Annotated[
         str | None,
@@ -244,7 +286,8 @@ def sample(
                 "cache_interval": cache_interval, "token_forecast": token_forecast}  # fmt: skip
     request = SampleRequest(
         ModelRequest(model, preset, weights, trust_checkpoint, revision), out, sampling, classes=classes, seeds=seeds,
-        num_samples=num_samples, seed=seed, class_file=class_file, image_size=image_size, batch_size=batch_size,
+        num_samples=num_samples, seed=seed, class_file=class_file, image_size=image_size,
+        batch_size=_or_default(_old_name(batch_size, batch_alias, "--batch-size"), 16),
         device=device, backend=backend, cuda_graphs=cuda_graphs, resume=resume, shard_batches=shard_batches, png_dir=png_dir,
     )  # fmt: skip
     run_sample(request, console, progress_bar())
@@ -481,6 +524,10 @@ def _old_name(value: T | None, old: T | None, name: str) -> T | None:
 
         raise UsageError(f"--batch is the old name of {name}; give one of them")
     return old if old is not None else value
+
+
+def _or_default(value: T | None, default: T) -> T:
+    return default if value is None else value
 
 
 def bench_main() -> None:

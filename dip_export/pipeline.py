@@ -146,6 +146,10 @@ def open_source(
     from dip_export.hub import looks_like_hub_name, resolve_hub_checkpoint
 
     one_of(weights, "--weights", ("ema", "raw"))
+    if preset is not None:  # a name, checked before any Hub request or file read
+        from dip_export.config import get_preset
+
+        get_preset(preset)
     target: Path | None = None
     if model is not None:
         text = model_text(model)

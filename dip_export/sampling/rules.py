@@ -52,16 +52,7 @@ class SamplerSettings:
 
     def __post_init__(self) -> None:
         """Exact types and the limits of dip_export.settings; numpy scalars become Python numbers."""
-        checked = {
-            "steps": exact_int(self.steps, "steps", 1, MAX_STEPS),
-            "cfg": finite_float(self.cfg, "guidance scale", 0.0, MAX_CFG),
-            "shift": finite_float(self.shift, "shift", 0.0, MAX_SHIFT, above_lo=True),
-            "interval": guidance_interval(self.interval),
-            "method": one_of(self.method, "sampler", SOLVERS),
-            "cache_interval": exact_int(self.cache_interval, "cache interval", 1, MAX_STEPS),
-            "skip_uncond": exact_bool(self.skip_uncond, "skip_uncond"),
-            "token_forecast": one_of(self.token_forecast, "token forecast", FORECASTS),
-        }
+        checked = {name: check(getattr(self, name)) for name, check in FIELD_CHECKS.items()}  # None too is refused
         for name, value in checked.items():
             object.__setattr__(self, name, value)
         if self.grid is not None:
@@ -69,6 +60,28 @@ class SamplerSettings:
             object.__setattr__(self, "grid", tuple(float(v) for v in self.grid))
         check_token_cache(self)
         check_guidance_applies(self)
+
+
+# Each field's own check (its type, range or name), apart from the others: what can be refused before a model's
+# recommendations (the fields not given) are known.
+FIELD_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "steps": lambda v: exact_int(v, "steps", 1, MAX_STEPS),
+    "cfg": lambda v: finite_float(v, "guidance scale", 0.0, MAX_CFG),
+    "shift": lambda v: finite_float(v, "shift", 0.0, MAX_SHIFT, above_lo=True),
+    "interval": guidance_interval,
+    "method": lambda v: one_of(v, "sampler", SOLVERS),
+    "cache_interval": lambda v: exact_int(v, "cache interval", 1, MAX_STEPS),
+    "skip_uncond": lambda v: exact_bool(v, "skip_uncond"),
+    "token_forecast": lambda v: one_of(v, "token forecast", FORECASTS),
+}
+
+
+def field_values(fields: dict[str, Any]) -> dict[str, Any]:
+    """The given SamplerSettings fields, each checked on its own and normalised (None: not given, left out).
+
+    SamplerSettings runs it on every field; a command runs it on the options given, before any model is resolved
+    (the checks between fields, which need the model's recommended values, run when the settings are made)."""
+    return {name: FIELD_CHECKS[name](value) for name, value in fields.items() if value is not None and name in FIELD_CHECKS}
 
 
 # Checks of a run that need the sampler itself; `sampling.loop` (which imports these rules) registers them, and
