@@ -73,7 +73,7 @@ SPECS = st.one_of(
 )  # fmt: skip
 
 
-@settings(max_examples=60)
+@settings(max_examples=40)
 @given(device=DEVICES, spec=SPECS, exported=st.booleans())
 def test_the_constructor_takes_exactly_what_load_takes(tmp_path_factory, device, spec, exported) -> None:
     source = export_source(tmp_path_factory.mktemp("exp")) if exported else fresh(demo().source)
