@@ -62,6 +62,18 @@ class LoadedModel:
     sampling: dict[str, Any] = field(default_factory=dict)  # recommended steps / cfg / ...
     size_assumed: bool = False  # no stored config: the architecture was read off the weights, the image size assumed
     weights: str = "ema"  # which weights of a training checkpoint were taken (ema | raw)
+    held_on: torch.device | None = field(default=None, compare=False, repr=False)  # the device a pipeline holds it on
+
+    def hold(self, device: torch.device) -> None:
+        """Claim the module for a pipeline on `device`; one that another pipeline holds on another device is refused
+        (an engine moves the module to its device: moving it under that pipeline would break it)."""
+        device = _canonical(device)
+        if self.held_on is not None and self.held_on != device:
+            raise UsageError(
+                f"this model is held by a pipeline on {self.held_on}; one on {device} needs its own copy: "
+                f"DiPPipeline.load(..., device={str(device)!r})"
+            )  # fmt: skip
+        self.held_on = device
 
     @property
     def identity(self) -> str:
@@ -70,6 +82,13 @@ class LoadedModel:
         was built of. Every cache and reuse of what the model computes keys on it: on-the-fly exports, calibration,
         reference images; two models with the same identity compute the same numbers."""
         return model_identity(self.source, self.weights, self.config)
+
+
+def _canonical(device: torch.device) -> torch.device:
+    """One name per device: cuda without an index is the current CUDA device."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def _torch_load(path: Path, trust: bool) -> Any:

@@ -30,6 +30,9 @@ from dip_export.settings import plain_value, whole_text
 from dip_export.untrusted import ArraySchema, ArraySpec, UntrustedFileError, read_npz
 
 SETTINGS_FILE = "settings.json"
+# Recorded in settings.json for people, never compared: the same checkpoint content (the `content` setting) under
+# another path or file name (relative or absolute, a copy, another machine's mount) is the same run.
+INFORMATIONAL = frozenset({"source", "model"})
 SHARD_MARK = "dip-export shard v1"  # with the run's settings digest, the `run` array of every shard this tool writes
 HEX64 = re.compile(r"[0-9a-f]{64}")
 MAX_CLASS_FILE_BYTES = 256 << 20
@@ -265,9 +268,10 @@ def check_settings(
 
 
 def _compare_settings(folder: Path, stored: dict[str, Any], settings: dict[str, Any], pending: set[str]) -> None:
-    """The one comparison of a shard folder's recorded settings with this run's, `pending` names left out."""
-    known = {k: v for k, v in stored.items() if k not in pending}
-    mine = {k: v for k, v in settings.items() if k not in pending}
+    """The one comparison of a shard folder's recorded settings with this run's, `pending` and `INFORMATIONAL` names
+    left out (a folder recorded under another spelling of the model's path resumes: its content is compared)."""
+    known = {k: v for k, v in stored.items() if k not in pending | INFORMATIONAL}
+    mine = {k: v for k, v in settings.items() if k not in pending | INFORMATIONAL}
     if known == mine:
         return
     diff = sorted(k for k in mine if known.get(k) != mine[k])  # this run's names: no file content echoed
@@ -376,7 +380,7 @@ def run_sharded(
     shard_size = batch_size * shard_batches
     recorded = run_settings(settings, plan, batch_size, shard_batches)
     check_settings(folder, recorded, world)
-    digest = settings_digest(recorded)
+    digest = settings_digest(_read_settings(folder / SETTINGS_FILE))  # the recorded settings: its path may be spelled otherwise
     shards = shard_ranges(len(plan), shard_size)
     done = sum(b - a for k, (a, b) in enumerate(shards) if (folder / f"shard-{k:06d}.npz").is_file())
     if on_images is not None and done:

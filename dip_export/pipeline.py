@@ -204,9 +204,7 @@ class LoadRequest:
     @classmethod
     def checked(cls, model: Any, *, backend: Any, device: Any, trust_checkpoint: Any, revision: Any, image_size: Any,
                 batch_size: Any, num_samples: Any, console: Any) -> LoadRequest:  # fmt: skip
-        from dip_export.runtime.torch_engine import resolve_device
-
-        dev = resolve_device(str(device) if isinstance(device, torch.device) else device)  # one check for both forms
+        dev = checked_device(device)
         _check_console(console)
         request = cls(
             dev, optional_text(backend, "backend", 64), optional_text(revision, "revision"),
@@ -215,9 +213,10 @@ class LoadRequest:
             exact_int(batch_size, "batch_size", 1, MAX_BATCH), exact_int(num_samples, "num_samples", 1, MAX_SAMPLES),
         )  # fmt: skip
         if request.backend is not None and request.backend != "auto":  # its packages and device, before any file is read
-            from dip_export.runtime.backends import check_available
+            from dip_export.runtime.backends import check_available, check_runs_from
 
             exported = model is not None and Path(model_text(model)).is_dir()
+            check_runs_from(BackendSpec.parse(request.backend), export=exported)
             check_available(BackendSpec.parse(request.backend), dev, from_model=not exported)
         return request
 
@@ -273,6 +272,8 @@ class DiPPipeline:
         if not isinstance(device, torch.device):
             raise UsageError(f"device must be a torch.device, got {type(device).__name__}")
         _check_console(console)
+        device = checked_device(device)  # the checks load() applies, for a pipeline made by hand too
+        spec = checked_backend(source, spec, device)
         self._source = source
         self._spec = spec
         self._device = device
@@ -283,6 +284,8 @@ class DiPPipeline:
         self._image_size = self._size(default if image_size is None else image_size)  # an export's size is fixed
         self._auto_pending = False
         self._engines: dict[tuple[int, int, int], Denoiser] = {}
+        if source.loaded is not None:  # last: a refused pipeline holds nothing
+            source.loaded.hold(device)  # its engines move the module to this device: never under another pipeline
 
     def __setattr__(self, name: str, value: Any) -> None:
         """Private state and methods (as test doubles replace them) may be set; a setting or a new name may not."""
@@ -373,17 +376,11 @@ class DiPPipeline:
             check=request.fits,
         )  # fmt: skip
         size = request.size_of(source)
-        if request.backend == "auto":  # decided on first use (engine()), after the caller's cheap checks
-            spec = BackendSpec("torch", "fp32")
-            if source.loaded is None:  # an export folder runs on what it holds: refused now if that cannot be
-                _backend_for(source, None)
-        else:
-            from dip_export.runtime.backends import check_available
-
-            spec = _backend_for(source, request.backend)
-            check_available(spec, request.device, from_model=source.loaded is not None)
+        auto = request.backend == "auto"  # decided on first use (engine()), after the caller's cheap checks; until then
+        # torch for a checkpoint, and what an export folder holds (refused now if that cannot run)
+        spec = _backend_for(source, None if auto else request.backend)  # the constructor checks it against the device
         pipe = cls(source, spec, request.device, console, image_size=size, batch_size=request.batch_size)
-        pipe._auto_pending = request.backend == "auto"
+        pipe._auto_pending = auto
         pipe.check_budget(request.num_samples)
         return pipe
 
@@ -433,7 +430,8 @@ class DiPPipeline:
         if self.source.export_dir is not None:
             return open_export(spec, self.source.export_dir, self.device)
         assert self.source.loaded is not None
-        return make_engine(spec, self.source.loaded, size, self.device, self.console, batch=batch)
+        console = self.console if self.console is not None else quiet_console()  # None: nothing printed, by any stage
+        return make_engine(spec, self.source.loaded, size, self.device, console, batch=batch)
 
     def engine(self, size: tuple[int, int] | None = None, batch: int | None = None) -> Denoiser:
         """The engine for an image size (made once; exports happen here, cached under engines/)."""
@@ -662,11 +660,42 @@ def _backend_for(source: ModelSource, backend: str | None) -> BackendSpec:
     runs an export of its precision made for it, never one made for TensorRT (`--target trt`)."""
     if source.export_dir is None:
         return BackendSpec.parse(backend or "torch")
+    from dip_export.runtime.backends import check_runs_from
+
     p = source.export_precision
     spec = BackendSpec.parse(backend) if backend is not None else None
+    if spec is not None:
+        check_runs_from(spec, export=True)  # torch and compile: refused here, as the CLI's engine refuses them
     if source.export_target == "trt" and (spec is None or spec.name == "onnx"):
         raise UsageError(f"{source.export_dir}: this {p} export was made for TensorRT (--target trt): use --backend trt:{p}")
     spec = spec or BackendSpec.parse(f"onnx:{p}")
     if spec.name == "onnx" and spec.precision != p:
         raise UsageError(f"{source.export_dir} is a {p} export; use --backend onnx:{p} or omit it")
     return spec
+
+
+def checked_device(device: Any) -> torch.device:
+    """A device as load() and the constructor take it (text or torch.device, one check for both): auto, cpu, or a
+    CUDA device PyTorch sees."""
+    from dip_export.runtime.torch_engine import resolve_device
+
+    return resolve_device(str(device) if isinstance(device, torch.device) else device)
+
+
+def checked_backend(source: ModelSource, spec: BackendSpec, device: torch.device) -> BackendSpec:
+    """The one check of a backend against a model and a device (load() and the constructor): a known name and
+    precision (a BackendSpec made by hand is read as its text), one that runs from this source, and one this machine
+    can run on `device` with its packages."""
+    from dip_export.runtime.backends import check_available
+
+    chosen = _backend_for(source, str(spec))
+    check_available(chosen, device, from_model=source.loaded is not None)
+    return chosen
+
+
+def quiet_console() -> Any:
+    """The console a pipeline with console=None gives every export and build it makes: it prints nothing (the stages'
+    own fallback is the terminal); errors are still raised."""
+    from rich.console import Console
+
+    return Console(quiet=True, stderr=True)

@@ -111,6 +111,13 @@ def check_available(spec: BackendSpec, device: torch.device, from_model: bool = 
         raise MissingDependencyError(spec.name, reason, message=reason if "backend" in reason else f"backend {spec}: {reason}")
 
 
+def check_runs_from(spec: BackendSpec, export: bool) -> None:
+    """Refuse a backend that cannot run from this kind of source: torch and compile run a checkpoint's module, never
+    an export folder's graphs (ONNX Runtime and TensorRT run those, and an export made from a checkpoint)."""
+    if export and spec.backend.runs_from != "export":
+        raise UsageError(f"backend {spec.name} runs from a checkpoint, not an export folder")
+
+
 def make_torch_engine(spec: BackendSpec, loaded: LoadedModel, device: torch.device) -> Denoiser:
     """The engine of a backend that runs the torch module (torch, compile)."""
     if spec.backend.runs_from != "model":
@@ -120,6 +127,5 @@ def make_torch_engine(spec: BackendSpec, loaded: LoadedModel, device: torch.devi
 
 def make_export_engine(spec: BackendSpec, export: ExportFiles, device: torch.device) -> Denoiser:
     """The engine of a backend that runs an export folder (ONNX Runtime or TensorRT)."""
-    if spec.backend.runs_from != "export":
-        raise UsageError(f"backend {spec.name} runs from a checkpoint, not an export folder")
+    check_runs_from(spec, export=True)
     return spec.backend.make(export, spec.precision, device)

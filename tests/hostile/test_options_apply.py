@@ -61,7 +61,8 @@ def test_the_rule_refuses_exactly_an_explicit_request_where_graphs_cannot_apply(
 @given(spec=st.sampled_from(SPECS), device=st.sampled_from(["cpu", "cuda"]), value=TRI)
 def test_a_pipeline_uses_graphs_where_they_apply_and_refuses_them_asked_elsewhere(demo, spec, device, value) -> None:
     """Every backend and device, without a GPU: the pipeline's decision is made from its backend and device alone."""
-    pipe = DiPPipeline(demo.source, BackendSpec.parse(spec), torch.device(device), batch_size=2)
+    pipe = DiPPipeline(demo.source, demo.spec, demo.device, batch_size=2)
+    pipe._spec, pipe._device = BackendSpec.parse(spec), torch.device(device)  # past the constructor's machine checks
     applies = device == "cuda" and BackendSpec.parse(spec).name in GRAPHABLE
     if value is True and not applies:
         with pytest.raises(UsageError, match="--cuda-graphs does not apply to"):
