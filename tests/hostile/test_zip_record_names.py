@@ -5,6 +5,7 @@ Through `load_checkpoint`, `DiPPipeline.load` and dip-sample, in one line, befor
 
 from __future__ import annotations
 
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -30,7 +31,8 @@ def plain(tmp_path_factory, golden) -> Path:
 
 def _rewrite(plain: Path, out: Path, pickle_name: str, twice: str | None, bomb_first: bool) -> Path:
     """`plain` with its pickle record renamed, and (when `twice` names one) a record written twice."""
-    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(out, "w") as dst:
+    with warnings.catch_warnings(), zipfile.ZipFile(plain) as src, zipfile.ZipFile(out, "w") as dst:
+        warnings.simplefilter("ignore")  # zipfile's "Duplicate name": the point of the file
         names = src.namelist()
         (pkl,) = [n for n in names if n.endswith("/data.pkl")]
         renamed = pkl.rsplit("/", 1)[0] + "/" + pickle_name
