@@ -2,6 +2,8 @@
 
 Its cache, environment (`HF_HOME`, `HF_HUB_CACHE`, `HF_HUB_OFFLINE`, `HF_TOKEN`) and progress bars
 apply as they do for every Hub user; a file already in the cache is never downloaded again. The
+cache folder and offline mode are read from the environment as it is at each load (`hub_settings`)
+and passed to huggingface_hub on every call, which otherwise keeps what it read at its import. The
 file found is loaded like any other checkpoint: weights-only, untrusted.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +93,34 @@ def check_hub_environment(environ: Mapping[str, str] | None = None) -> None:
             raise UsageError(f"{name} must be a whole number of seconds in 1..{MAX_HUB_SECONDS}; it holds another value")
 
 
+@dataclass(frozen=True)
+class HubSettings:
+    """What a load takes from the environment as it is now, passed to huggingface_hub on each call."""
+
+    offline: bool  # HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE): no request at all, the cache only
+    cache: Path  # HF_HUB_CACHE, else HUGGINGFACE_HUB_CACHE, else HF_HOME/hub, else XDG_CACHE_HOME/huggingface/hub
+
+
+def hub_settings(environ: Mapping[str, str] | None = None) -> HubSettings:
+    """The offline switch and cache folder of the environment (checked by `check_hub_environment`), worked out as
+    huggingface_hub works out its constants at import. It reads them only then, so a load that changed them
+    since would otherwise go by the old values: these are passed on every call (`local_files_only`, `cache_dir`).
+    The library's own offline switch, once set at its import, cannot be unset by the environment: it still holds."""
+    from huggingface_hub import constants
+
+    env = os.environ if environ is None else environ
+    switch = env.get("HF_HUB_OFFLINE") or env.get("TRANSFORMERS_OFFLINE")
+    offline = (switch is not None and switch.upper() in TRUE_WORDS) or bool(constants.HF_HUB_OFFLINE)
+
+    def path(text: str) -> str:
+        return os.path.expandvars(os.path.expanduser(text))
+
+    home = path(env.get("HF_HOME", os.path.join(env.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache")),
+                                                "huggingface")))  # fmt: skip
+    cache = path(env.get("HF_HUB_CACHE", env.get("HUGGINGFACE_HUB_CACHE", os.path.join(home, "hub"))))
+    return HubSettings(offline, Path(cache))
+
+
 def _import_hub() -> Any:
     """huggingface_hub, imported after its environment is checked; what its import still raises, in one line."""
     check_hub_environment()
@@ -149,26 +180,28 @@ def resolve_hub_checkpoint(text: str, revision: str | None = None) -> Path:
     The environment is checked before huggingface_hub is imported; the cache before any request; in offline mode
     (no request at all) whatever fails is the cache's problem, said with its path."""
     huggingface_hub = _import_hub()
-    from huggingface_hub import constants
-
+    hub = hub_settings()  # the environment just checked, as it is now
     repo_id, filename = split_hub_name(text)
-    cache = Path(constants.HF_HUB_CACHE)
+    cache = hub.cache
     try:
         check_hub_cache(text, cache, repo_id, revision)
         if filename is None:
-            filename = _only_checkpoint(repo_id, _repo_files(repo_id, revision))
-        found = huggingface_hub.hf_hub_download(repo_id, filename, revision=revision)
-        return checked_cache_entry(text, repo_id, Path(found), Path(constants.HF_HUB_CACHE))
+            filename = _only_checkpoint(repo_id, _repo_files(repo_id, revision, hub))
+        found = huggingface_hub.hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache,
+                                                local_files_only=hub.offline)  # fmt: skip
+        return checked_cache_entry(text, repo_id, Path(found), cache)
     except DipError:
         raise
     except Exception as err:
-        raise _hub_failure(err, text, repo_id, filename, revision, cache) from None
+        raise _hub_failure(err, text, repo_id, filename, revision, hub) from None
 
 
 def _hub_failure(err: Exception, text: str, repo_id: str, filename: str | None, revision: str | None,
-                 cache: Path) -> DipError:  # fmt: skip
+                 hub: HubSettings) -> DipError:  # fmt: skip
     """The one-line reason for what huggingface_hub raised (the most specific of its errors first)."""
-    from huggingface_hub import constants, errors
+    from huggingface_hub import errors
+
+    cache = hub.cache
 
     if isinstance(err, errors.GatedRepoError):
         return CheckpointError(f"{repo_id}: a gated Hub repo; accept its terms on the Hub and log in (hf auth login)")
@@ -182,8 +215,7 @@ def _hub_failure(err: Exception, text: str, repo_id: str, filename: str | None, 
         if (status := _http_status(err)) is not None:  # the Hub answered, with an error: not "offline"
             return CheckpointError(_refusal(text, status))
         return CheckpointError(
-            f"{text}: not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the Hub cannot be "
-            "reached (offline or HF_HUB_OFFLINE=1)"
+            f"{text}: not in the Hugging Face cache ({cache}) and the Hub cannot be reached (offline or HF_HUB_OFFLINE=1)"
         )
     if isinstance(err, errors.EntryNotFoundError):
         return CheckpointError(f"{repo_id}: no file {filename!r} in this Hub repo")
@@ -191,9 +223,9 @@ def _hub_failure(err: Exception, text: str, repo_id: str, filename: str | None, 
         status = _http_status(err)
         detail = _refusal(text, status) if status is not None else f"{text}: Hugging Face Hub error ({_first_line(err)})"
         return CheckpointError(detail)
-    if constants.HF_HUB_OFFLINE or _in_cache(err, cache):  # no request was made, or the cache failed to hold it
+    if hub.offline or _in_cache(err, cache):  # no request was made, or the cache failed to hold it
         detail = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
-        offline = "; offline, no request was made" if constants.HF_HUB_OFFLINE else ""
+        offline = "; offline, no request was made" if hub.offline else ""
         return CheckpointError(f"{text}: the Hugging Face cache {cache} ({_cache_origin()}) could not be used "
                                f"({detail}){offline}")  # fmt: skip
     if isinstance(err, OSError):  # the HTTP client's own errors (connection refused, DNS) are not the Hub's
@@ -271,18 +303,19 @@ def _refusal(text: str, status: int) -> str:
     return f"{text}: the Hugging Face Hub answered HTTP {status}; try again later"
 
 
-def _repo_files(repo_id: str, revision: str | None) -> list[str]:
-    """The repo's files: from the cache where it holds this revision's checkpoints, else from the Hub."""
+def _repo_files(repo_id: str, revision: str | None, hub: HubSettings) -> list[str]:
+    """The repo's files: from the cache where it holds this revision's checkpoints, else from the Hub (never
+    asked offline)."""
     import huggingface_hub
-    from huggingface_hub import constants, errors
+    from huggingface_hub import errors
 
     try:
-        cached = _cached_files(repo_id, revision)
+        cached = _cached_files(repo_id, revision, hub.cache)
         if any(f.endswith(CHECKPOINT_SUFFIXES) for f in cached):
             return cached  # listing needs no network then; the download below still checks the file
     except errors.LocalEntryNotFoundError:
         pass
-    if constants.HF_HUB_OFFLINE:
+    if hub.offline:
         raise errors.LocalEntryNotFoundError(f"{repo_id} is not in the cache")
     try:
         return list(huggingface_hub.list_repo_files(repo_id, revision=revision))
@@ -294,16 +327,16 @@ def _repo_files(repo_id: str, revision: str | None) -> list[str]:
         raise errors.LocalEntryNotFoundError(f"{repo_id}: {_first_line(err)}") from None
 
 
-def _cached_files(repo_id: str, revision: str | None) -> list[str]:
+def _cached_files(repo_id: str, revision: str | None, folder: Path) -> list[str]:
     import huggingface_hub
-    from huggingface_hub import constants, errors
+    from huggingface_hub import errors
 
     try:
-        cache = huggingface_hub.scan_cache_dir(constants.HF_HUB_CACHE)
+        cache = huggingface_hub.scan_cache_dir(folder)
     except errors.CacheNotFound:
         cache = None
     except (ValueError, OSError) as err:  # read before any request: the cache's problem, not the Hub's answer
-        raise CheckpointError(f"{repo_id}: the Hugging Face cache {constants.HF_HUB_CACHE} ({_cache_origin()}) cannot "
+        raise CheckpointError(f"{repo_id}: the Hugging Face cache {folder} ({_cache_origin()}) cannot "
                               f"be read ({type(err).__name__}); no request was made") from None  # fmt: skip
     wanted = revision or "main"
     for repo in cache.repos if cache is not None else ():

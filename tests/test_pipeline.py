@@ -145,6 +145,7 @@ def test_unreachable_hub_is_one_line(offline_hub, monkeypatch):
         raise ConnectError("[Errno -2] Name or service not known")
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # what a load reads now (hub_settings)
     monkeypatch.setattr(huggingface_hub, "list_repo_files", unreachable)
     with pytest.raises(CheckpointError, match=r"^org/absent: not in the Hugging Face cache .* cannot be reached"):
         DiPPipeline.load("org/absent")

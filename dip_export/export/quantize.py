@@ -327,7 +327,7 @@ def export_int8(
     source = read_manifest(fp32)
     started = time.perf_counter()
     with console.status(f"calibration trajectories ({calibration.samples} samples, {calibration.steps} steps) ..."):
-        batches = load_or_collect(loaded, image_size, calibration, cache)
+        batches = load_or_collect(loaded, image_size, calibration, cache, console)
     with atomic_dir(out, problem_of=ownership_problem) as tmp:
         files = {}
         for role, rel in source.files.items():

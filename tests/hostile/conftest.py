@@ -47,7 +47,9 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[list[t
     monkeypatch.setattr(constants, "ENDPOINT", endpoint)
     monkeypatch.setattr(hf_api.api, "endpoint", endpoint)  # the module's client read the endpoint when first imported
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # what a load reads now (hub_settings)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))  # what a load reads now (hub_settings)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
     monkeypatch.chdir(tmp_path)
     HubRecorder.seen, HubRecorder.status, HubRecorder.body = [], 404, b""

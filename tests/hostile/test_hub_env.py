@@ -134,7 +134,9 @@ def test_a_cache_problem_is_named_with_its_path_and_no_request_is_made(
 
     cache = tmp_path / "hub" / "cache"
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))  # what a load reads now (hub_settings)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1" if offline else "0")  # what a load reads now (hub_settings)
     named = _cache_problem(kind, cache)
     for name in (REPO, f"{REPO}/model.safetensors"):
         with pytest.raises(CheckpointError, match="Hugging Face cache") as err:
@@ -156,7 +158,9 @@ def test_a_ref_is_followed_only_when_it_is_a_commit_id(
 
     cache = tmp_path_factory.mktemp("hub")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))  # what a load reads now (hub_settings)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # what a load reads now (hub_settings)
     (_cache(cache) / "refs" / "main").write_bytes(content)
     with pytest.raises(CheckpointError) as err:
         DiPPipeline.load(f"{REPO}/model.safetensors")
@@ -177,7 +181,9 @@ def test_other_failures_before_any_request_are_the_caches(
 
     cache = tmp_path / "hub-cache"
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))  # what a load reads now (hub_settings)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1" if offline else "0")  # what a load reads now (hub_settings)
 
     def fail(*args: object, **kwargs: object) -> None:
         if offline:

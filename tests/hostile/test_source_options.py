@@ -131,6 +131,7 @@ def test_two_hub_repos_with_model_safetensors_get_two_exports(tmp_path: Path, mo
         (folder / "snapshots" / commit).mkdir(parents=True)
         (folder / "snapshots" / commit / "model.safetensors").symlink_to(f"../../blobs/{blob}")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))  # what a load reads now (hub_settings)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)
