@@ -372,6 +372,8 @@ def run_bench(request: BenchRequest, console: Console, progress: Progress) -> No
     loaded = pipe.source.loaded
     if loaded is None:
         raise UsageError("dip-bench runs from a checkpoint, a preset or the demo model, not an export folder")
+    for spec in specs:  # each backend's own estimate (ONNX Runtime's attention and arena, its export), before any work
+        pipe.check_budget(request.images, backend=spec.name)
     sampler = pipe.sampler_settings(**request.sampling)
     say_assumed_size(pipe.source, request.image_size, pipe.image_size, console)
     if request.headline:
