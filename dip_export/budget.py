@@ -54,12 +54,13 @@ def gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**28 else f"{n / 2**20:.0f} MiB"
 
 
-# What each backend family holds beyond the eager-torch estimate (measured as peak RSS over the idle process of
-# importing torch and onnxruntime, demo model, 128/256/512 px; see docs in the README's memory section).
+# What each backend family holds beyond the eager-torch estimate. Calibrated on the demo model at 128, 256 and 512 px
+# (peak RSS over an idle process that imported torch and onnxruntime), each an upper bound by 10-25 %.
 FAMILIES = {"torch": "torch", "compile": "torch", "onnx": "onnx", "trt": "trt", "auto": "onnx"}  # auto may run onnx
-ORT_ATTENTION_COPIES = 5  # ONNX Runtime: the per-head fp32 scores, scaled and softmaxed, each kept by its arena
-ORT_ACTIVATION_FACTOR = 3  # its arena rounds every other activation up and keeps it for the next run
+ORT_ATTENTION_COPIES = 4  # ONNX Runtime: the per-head fp32 scores, scaled and softmaxed, each kept by its arena
+ORT_ACTIVATION_FACTOR = 2  # its arena rounds every other activation up and keeps it for the next run
 ORT_SESSION_BYTES = 96 << 20  # a session's fixed cost: the graph, its optimised copy, kernels and thread pools
+EXPORT_FIXED_BYTES = 224 << 20  # the exporter's modules and the traced program, kept for the rest of the process
 
 
 def family(backend: str | None) -> str:
@@ -164,7 +165,11 @@ def check_memory(need: int, what: str, device: Any = None) -> None:
 
 
 def check_run(
-    config: Any, shape: RunShape, device: Any = None, resident: bool = False, backend: str | None = "torch",
+    config: Any,
+    shape: RunShape,
+    device: Any = None,
+    resident: bool = False,
+    backend: str | None = "torch",
     export: bool = False,
 ) -> None:
     """A sampling run fits in memory on its backend (called where every run goes through, before any tensor).
@@ -173,8 +178,8 @@ def check_run(
     `export`: the run makes its ONNX export first (onnx / trt from a checkpoint): that export's peak counts too.
     """
     need = run_bytes(config, shape, backend) - (weight_bytes(config) if resident else 0)
-    if export and family(backend) != "torch":
-        need = max(need, export_bytes(config, shape.height, shape.width))
+    if export and family(backend) != "torch":  # the exporter stays loaded under the run that follows it
+        need = max(need + EXPORT_FIXED_BYTES, export_bytes(config, shape.height, shape.width))
     what = f"sampling batch {shape.batch} at {shape.height}x{shape.width}" + (
         f" keeping {shape.samples} images" if shape.samples > 1 else ""
     )
@@ -190,12 +195,13 @@ def check_weights(config: Any, source: str = "") -> None:
 
 
 def export_bytes(config: Any, height: int, width: int) -> int:
-    """Peak bytes of an ONNX export: the weights several times over (module, traced graph, protobuf), the network
-    traced at the export batch in torch, and the verifying ONNX Runtime session run at that batch."""
+    """Peak bytes of an ONNX export: the exporter itself, the weights several times over (module, traced graph,
+    protobuf, verifying session), and the larger of the network traced in torch at the export batch and the verifying
+    ONNX Runtime session run at that batch (one after the other)."""
     shape = RunShape(EXPORT_BATCH, height, width, samples=0, guided=False)
     tracing = run_bytes(config, shape, "torch") - weight_bytes(config)
-    verifying = run_bytes(config, shape, "onnx") - weight_bytes(config)  # its own copy of the weights stays counted
-    return EXPORT_WEIGHT_COPIES * weight_bytes(config) + tracing + verifying
+    verifying = run_bytes(config, shape, "onnx") - 2 * weight_bytes(config)
+    return EXPORT_FIXED_BYTES + EXPORT_WEIGHT_COPIES * weight_bytes(config) + max(tracing, verifying)
 
 
 def check_export(config: Any, height: int, width: int) -> None:

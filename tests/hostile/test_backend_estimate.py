@@ -52,10 +52,16 @@ def test_onnx_trt_and_export_estimates_cover_torch_and_grow_with_every_factor(
     assert run_bytes(config, shape, "auto") == ort  # auto may choose onnx: its costliest candidate
     traced = RunShape(EXPORT_BATCH, h, w, samples=0, guided=False)
     assert export_bytes(config, h, w) >= run_bytes(config, traced, "onnx") >= run_bytes(config, traced, "torch")
-    for bigger in (RunShape(batch + 1, h, w, samples, guided), RunShape(batch, h + config.patch_size, w, samples, guided),
-                   RunShape(batch, h, w + config.patch_size, samples, guided), RunShape(batch, h, w, samples + 1, guided)):
+    for bigger in (
+        RunShape(batch + 1, h, w, samples, guided),
+        RunShape(batch, h + config.patch_size, w, samples, guided),
+        RunShape(batch, h, w + config.patch_size, samples, guided),
+        RunShape(batch, h, w, samples + 1, guided),
+    ):
         assert run_bytes(config, bigger, "onnx") > ort
-    assert run_bytes(config, RunShape(batch, h, w, samples, True), "onnx") > run_bytes(config, RunShape(batch, h, w, samples, False), "onnx")
+    assert run_bytes(config, RunShape(batch, h, w, samples, True), "onnx") > run_bytes(
+        config, RunShape(batch, h, w, samples, False), "onnx"
+    )
     assert export_bytes(config, h + config.patch_size, w) > export_bytes(config, h, w)
     assert export_bytes(config, h, w + config.patch_size) > export_bytes(config, h, w)
     for grown in (_grow(config, "num_heads"), _grow(config, "depth"), _grow(config, "detailer_width")):
@@ -136,7 +142,7 @@ def test_dip_sample_on_onnx_is_refused_before_its_export(between: int, tmp_path:
 
 def test_dip_export_onnx_is_refused_before_tracing(between: int, tmp_path: Path) -> None:
     code, err = run(cli.export_main, "onnx", "--image-size", str(SIDE), "--output-dir", tmp_path / "e")
-    one_line(code, err, 1, f"exporting a DiP of hidden 128, depth 4", f"at {SIDE}x{SIDE} needs about")
+    one_line(code, err, 1, "exporting a DiP of hidden 128, depth 4", f"at {SIDE}x{SIDE} needs about")
     assert not (tmp_path / "e").exists()
     _nothing_made(tmp_path)
 
