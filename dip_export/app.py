@@ -398,6 +398,8 @@ def run_bench(request: BenchRequest, console: Console, progress: Progress) -> No
     if loaded is None:
         raise UsageError("dip-bench runs from a checkpoint, a preset or the demo model, not an export folder")
     check_outputs_apart([("--json", request.json_out), ("--plot", request.plot), *_tool_outputs(pipe)])  # the key now
+    for spec in specs:  # each backend's own estimate (ONNX Runtime's attention and arena, its export), before any work
+        pipe.check_budget(request.images, backend=spec.name)
     sampler = pipe.sampler_settings(**request.sampling)
     say_assumed_size(pipe.source, request.image_size, pipe.image_size, console)
     if request.headline:

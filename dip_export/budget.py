@@ -55,8 +55,27 @@ def gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**28 else f"{n / 2**20:.0f} MiB"
 
 
-def run_bytes(config: Any, shape: RunShape) -> int:
-    """Peak bytes of sampling: the weights, one network call's activations, the solver's tensors and the kept images."""
+# What each backend family holds beyond the eager-torch estimate. Calibrated on the demo model at 128, 256 and 512 px
+# (peak RSS over an idle process that imported torch and onnxruntime), each an upper bound by 10-25 %.
+FAMILIES = {"torch": "torch", "compile": "torch", "onnx": "onnx", "trt": "trt", "auto": "onnx"}  # auto may run onnx
+ORT_ATTENTION_COPIES = 4  # ONNX Runtime: the per-head fp32 scores, scaled and softmaxed, each kept by its arena
+ORT_ACTIVATION_FACTOR = 2  # its arena rounds every other activation up and keeps it for the next run
+ORT_SESSION_BYTES = 96 << 20  # a session's fixed cost: the graph, its optimised copy, kernels and thread pools
+EXPORT_FIXED_BYTES = 224 << 20  # the exporter's modules and the traced program, kept for the rest of the process
+
+
+def family(backend: str | None) -> str:
+    """The memory family of a backend name (`onnx:int8` -> onnx; None -> torch; auto -> its costliest candidate)."""
+    name = (backend or "torch").partition(":")[0]
+    if name not in FAMILIES:
+        raise UsageError(f"unknown backend {name!r}; choose from {', '.join(n for n in FAMILIES if n != 'auto')}")
+    return FAMILIES[name]
+
+
+def run_bytes(config: Any, shape: RunShape, backend: str | None = "torch") -> int:
+    """Peak bytes of sampling on a backend: the weights, one network call's activations, the solver's tensors and the
+    kept images. ONNX Runtime (and TensorRT, which runs the same graph) also holds its own copy of the weights, the
+    attention scores per head in fp32 several times over, arena-rounded activations and a session's fixed cost."""
     rows = shape.batch * (2 if shape.guided else 1)
     pixels = shape.height * shape.width
     tokens = pixels // (config.patch_size**2)
@@ -66,7 +85,11 @@ def run_bytes(config: Any, shape: RunShape) -> int:
     detailer = rows * config.detailer_width * pixels * 4 * 3  # the full-resolution convolutions
     solver = shape.batch * config.in_channels * pixels * 4 * SOLVER_COPIES
     images = shape.samples * pixels * 3
-    return weight_bytes(config) + block + attention + detailer + solver + images
+    kept = solver + images
+    if family(backend) == "torch":
+        return weight_bytes(config) + block + attention + detailer + kept
+    graph = ORT_ACTIVATION_FACTOR * (block + detailer) + ORT_ATTENTION_COPIES * attention
+    return 2 * weight_bytes(config) + graph + ORT_SESSION_BYTES + kept
 
 
 def parameter_count(config: Any) -> int:
@@ -142,15 +165,28 @@ def check_memory(need: int, what: str, device: Any = None) -> None:
         raise BudgetError(f"{what} needs about {gib(need)}, more than the {gib(limit)} of {where}; make it smaller")
 
 
-def check_run(config: Any, shape: RunShape, device: Any = None, resident: bool = False) -> None:
-    """A sampling run fits in memory (called where every run goes through, before any tensor).
+def check_run(
+    config: Any,
+    shape: RunShape,
+    device: Any = None,
+    resident: bool = False,
+    backend: str | None = "torch",
+    export: bool = False,
+) -> None:
+    """A sampling run fits in memory on its backend (called where every run goes through, before any tensor).
 
     `resident`: the weights are already where the run happens (the limit, measured now, has them taken off).
+    `export`: the run makes its ONNX export first (onnx / trt from a checkpoint): that export's peak counts too.
     """
-    need = run_bytes(config, shape) - (weight_bytes(config) if resident else 0)
+    need = run_bytes(config, shape, backend) - (weight_bytes(config) if resident else 0)
+    if export and family(backend) != "torch":  # the exporter stays loaded under the run that follows it
+        need = max(need + EXPORT_FIXED_BYTES, export_bytes(config, shape.height, shape.width))
     what = f"sampling batch {shape.batch} at {shape.height}x{shape.width}" + (
         f" keeping {shape.samples} images" if shape.samples > 1 else ""
     )
+    kind = family(backend)
+    if kind != "torch":
+        what += (" on ONNX Runtime" if kind == "onnx" else " on TensorRT") + (" (its export made first)" if export else "")
     check_memory(need, what, device)
 
 
@@ -160,9 +196,13 @@ def check_weights(config: Any, source: str = "") -> None:
 
 
 def export_bytes(config: Any, height: int, width: int) -> int:
-    """Peak bytes of an ONNX export: the weights several times over and the network at the verifying batch."""
+    """Peak bytes of an ONNX export: the exporter itself, the weights several times over (module, traced graph,
+    protobuf, verifying session), and the larger of the network traced in torch at the export batch and the verifying
+    ONNX Runtime session run at that batch (one after the other)."""
     shape = RunShape(EXPORT_BATCH, height, width, samples=0, guided=False)
-    return (EXPORT_WEIGHT_COPIES - 1) * weight_bytes(config) + run_bytes(config, shape)
+    tracing = run_bytes(config, shape, "torch") - weight_bytes(config)
+    verifying = run_bytes(config, shape, "onnx") - 2 * weight_bytes(config)
+    return EXPORT_FIXED_BYTES + EXPORT_WEIGHT_COPIES * weight_bytes(config) + max(tracing, verifying)
 
 
 def check_export(config: Any, height: int, width: int) -> None:

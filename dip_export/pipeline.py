@@ -200,6 +200,7 @@ class LoadRequest:
     image_size: tuple[int, int] | None
     batch_size: int
     num_samples: int
+    folder: bool = False  # the model is an export folder (no export is made from it)
 
     @classmethod
     def checked(cls, model: Any, *, backend: Any, device: Any, trust_checkpoint: Any, revision: Any, image_size: Any,
@@ -212,13 +213,13 @@ class LoadRequest:
             None if image_size is None else parse_image_size(image_size),  # 0, "" and False are not "the default"
             exact_int(batch_size, "batch_size", 1, MAX_BATCH), exact_int(num_samples, "num_samples", 1, MAX_SAMPLES),
         )  # fmt: skip
+        exported = model is not None and Path(model_text(model)).is_dir()
         if request.backend is not None and request.backend != "auto":  # its packages and device, before any file is read
             from dip_export.runtime.backends import check_available, check_runs_from
 
-            exported = model is not None and Path(model_text(model)).is_dir()
             check_runs_from(BackendSpec.parse(request.backend), export=exported)
             check_available(BackendSpec.parse(request.backend), dev, from_model=not exported)
-        return request
+        return dataclasses.replace(request, folder=exported)
 
     def fits(self, config: DiPConfig, size: tuple[int, int]) -> None:
         """The whole run's memory, before the model is built (`open_source` calls it with the config it read and the
@@ -226,7 +227,9 @@ class LoadRequest:
         from dip_export.budget import RunShape, check_run
 
         h, w = self.image_size or size
-        check_run(config, RunShape.sampling(self.batch_size, h, w, self.num_samples), self.device)
+        shape = RunShape.sampling(self.batch_size, h, w, self.num_samples)
+        check_run(config, shape, self.device, backend=self.backend, export=not self.folder)  # None: torch, or (a
+        # folder) its ONNX Runtime, checked once it is read (`check_budget`), before any session
 
     def size_of(self, source: ModelSource) -> tuple[int, int]:
         """The image size calls default to: an export's own, else the one asked for, else the config's."""
@@ -384,15 +387,21 @@ class DiPPipeline:
         pipe.check_budget(request.num_samples)
         return pipe
 
-    def check_budget(self, samples: int = 1, batch: int | None = None, size: tuple[int, int] | None = None) -> None:
-        """Refuse, before any allocation, a run whose memory estimate exceeds what this machine has."""
+    def check_budget(
+        self, samples: int = 1, batch: int | None = None, size: tuple[int, int] | None = None, backend: str | None = None
+    ) -> None:
+        """Refuse, before any allocation, a run whose memory estimate exceeds what this machine has: on its backend
+        (`backend`, else this pipeline's; backend="auto" not yet chosen: its costliest candidate), with the ONNX export
+        a checkpoint on onnx / trt makes first."""
         from dip_export.budget import RunShape, check_run
 
         h, w = size or self.image_size
         on_cpu = self.device.type == "cpu" and self.source.loaded is not None  # the torch model is in RAM already
         resident = on_cpu or bool(self._engines)  # what free memory reads now has the weights taken off
         shape = RunShape.sampling(batch or self.batch_size, h, w, samples)  # the batch really run: at most `samples`
-        check_run(self.config, shape, self.device, resident=resident)
+        name = backend or ("auto" if self._auto_pending else self.spec.name)
+        export = self.source.loaded is not None and not self._engines  # an export is made on the fly, if any
+        check_run(self.config, shape, self.device, resident=resident, backend=name, export=export)
 
     @property
     def config(self) -> DiPConfig:
