@@ -342,11 +342,17 @@ def pickle_declared(stream: Any, max_pickles: int = 8) -> Declared:
 
 def check_checkpoint_tensors(path: Any) -> None:
     """A torch checkpoint (zip or legacy pickle) declares no more tensor bytes than it holds, nor than memory allows."""
+    import zipfile
+    import zlib
     from pathlib import Path
 
     path = Path(path)
     try:
         _check_checkpoint_tensors(path)
+    except (zipfile.BadZipFile, zlib.error, EOFError):  # its words name records of the file: not repeated
+        raise BudgetError(
+            f"{path}: a damaged zip (its directory and its records disagree, or a record cannot be read); refusing to read it"
+        ) from None
     except BigArgument:
         raise BudgetError(
             f"{path}: its pickle declares a value longer than {gib(MAX_PICKLE_ARGUMENT)} (a checkpoint's pickle holds "
@@ -378,12 +384,27 @@ def _check_checkpoint_tensors(path: Any) -> None:
             for info in pickles:
                 with archive.open(info) as f:
                     found.append(pickle_declared(_Bounded(f, info.file_size)))
+                _check_records_hold(archive, info.filename.rsplit("/", 1)[0], found[-1], path)
     else:
         with path.open("rb") as f:
             found = [pickle_declared(_Bounded(f, size))]
     check_declared(max((d.bytes for d in found), default=0), 1, str(path), file_size=size)
     views = max((d.views for d in found), default=0)  # tied weights view one storage twice: counted by shape here
     check_memory(views, f"{path}: its tensors by their shapes", None)
+
+
+def _check_records_hold(archive: Any, prefix: str, declared: Declared, path: Any) -> None:
+    """Every storage the pickle declares has its record (`PREFIX/data/KEY`, any case, as torch's reader finds it)
+    holding at least its bytes: a shorter record would have the tensor read past it, from the zip's next headers.
+    A record that is missing is torch's reader's to report."""
+    sizes = {info.filename.lower(): info.file_size for info in archive.infolist()}
+    for key, needed in declared.storages.items():
+        held = sizes.get(f"{prefix}/data/{key}".lower()) if isinstance(key, str | int) else None
+        if held is not None and held < needed:
+            raise BudgetError(
+                f"{path}: truncated or damaged: a tensor record holds {held} bytes where its storage needs {needed}; "
+                "refusing to load it"
+            )
 
 
 def check_zip_records(records: Any, source: str, file_size: int) -> int:
