@@ -232,7 +232,7 @@ def check_graph(folder: Path, path: Path, role: str, manifest: Manifest) -> int:
     stat = path.stat()
     problem, elements, largest = _graph_problem(str(path.resolve()), stat.st_size, stat.st_mtime_ns, str(folder.resolve()),
                                                 manifest.precision, io, manifest.config.num_classes,
-                                                manifest.opset)  # fmt: skip
+                                                manifest.opset, manifest.target)  # fmt: skip
     if problem:
         raise ExportError(f"{path}: {problem}")
     _check_computed(path, largest, manifest)
@@ -349,7 +349,8 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _graph_problem(
-    path: str, size: int, mtime_ns: int, folder: str, precision: str, io: tuple[Any, ...], num_classes: int, opset: int
+    path: str, size: int, mtime_ns: int, folder: str, precision: str, io: tuple[Any, ...], num_classes: int, opset: int,
+    target: str = "onnx",
 ) -> tuple[str, int, tuple[int, int]]:
     """What is wrong with a graph ("" if nothing), the elements of its initializers (external data not read), and
     the bytes of the largest tensor it computes (`_largest_tensor`) with the elements of its largest initializer."""
@@ -363,7 +364,7 @@ def _graph_problem(
         return f"not a readable ONNX model ({type(err).__name__})", 0, (0, 0)
     graph = model.graph
     elements = sum(math.prod(max(int(d), 0) for d in tensor.dims) for tensor in graph.initializer)
-    problem = _structure_problem(graph, model, size, path, precision, io, num_classes, opset)
+    problem = _structure_problem(graph, model, size, path, precision, io, num_classes, opset, target)
     if problem:
         return problem, elements, (0, 0)
     weight = max((math.prod(max(int(d), 0) for d in tensor.dims) for tensor in graph.initializer), default=0)
@@ -372,7 +373,8 @@ def _graph_problem(
 
 
 def _structure_problem(
-    graph: Any, model: Any, size: int, graph_path: str, precision: str, io: tuple[Any, ...], num_classes: int, opset: int
+    graph: Any, model: Any, size: int, graph_path: str, precision: str, io: tuple[Any, ...], num_classes: int, opset: int,
+    target: str = "onnx",
 ) -> str:
     problem, stored = _external_problem(graph, Path(graph_path).parent)
     problem = problem or _declared_problem(graph, size + stored)
@@ -391,7 +393,22 @@ def _structure_problem(
     for tensor in graph.initializer:  # the label table: num_classes rows + the null class
         if tensor.name.endswith("embedding_table.weight") and tensor.dims and tensor.dims[0] != num_classes + 1:
             return f"the graph has {tensor.dims[0] - 1} classes, the manifest's config says {num_classes}"
-    return _precision_problem(model, precision)
+    return _precision_problem(model, precision) or _target_problem(model, precision, target)
+
+
+def _target_problem(model: Any, precision: str, target: str) -> str:
+    """An int8 graph's shape says which runtime it was made for: for TensorRT (`--target trt`) its float part is
+    fp16, for ONNX Runtime it stays float32; the label must say the same (a TensorRT graph never runs on ONNX Runtime
+    under an `onnx:int8` label)."""
+    from onnx import TensorProto
+
+    if precision != "int8":
+        return ""
+    shaped = "trt" if any(t.data_type == TensorProto.FLOAT16 for t in model.graph.initializer) else "onnx"
+    if shaped != target:
+        made = {"trt": "TensorRT (--target trt)", "onnx": "ONNX Runtime (--target onnx)"}
+        return f"labelled for {made[target]} but the graph is shaped for {made[shaped]}"
+    return ""
 
 
 def graph_opset(model: Any) -> int:

@@ -116,3 +116,23 @@ def test_a_float_export_labelled_for_tensorrt_is_refused_naming_the_file(exports
     code, err = run(cli.sample_main, folder, "--steps", "2", "--num-samples", "1", "--device", "cpu",
                     "--out", tmp_path / "o.npz")  # fmt: skip
     one_line(code, err, 1, str(folder / "manifest.json"), "extra.target trt goes with an int8 or fp8 export")
+
+
+@pytest.mark.parametrize("label", ["onnx", "removed"])
+def test_the_target_is_read_off_the_graph_not_only_the_label(exports: dict[str, Path], tmp_path: Path, label: str) -> None:
+    """A TensorRT int8 graph (fp16 float part) relabelled for ONNX Runtime, or with its label removed (which reads as
+    onnx), is refused naming the graph, on the CLI and the API: the label and the graph must agree."""
+    folder = Path(shutil.copytree(exports["trt"], tmp_path / "relabelled"))
+    path = folder / "manifest.json"
+    data = json.loads(path.read_text())
+    if label == "removed":
+        del data["extra"]["target"]
+    else:
+        data["extra"]["target"] = label
+    path.write_text(json.dumps(data))
+    code, err = run(cli.sample_main, folder, "--steps", "2", "--num-samples", "1", "--device", "cpu",
+                    "--out", tmp_path / "o.npz")  # fmt: skip
+    one_line(code, err, 1, str(folder), "labelled for ONNX Runtime (--target onnx) but the graph is shaped for TensorRT")
+    assert not (tmp_path / "o.npz").exists()
+    with pytest.raises(DipError, match="the graph is shaped for TensorRT"):
+        DiPPipeline.load(folder, device="cpu")
