@@ -331,7 +331,7 @@ def pickle_declared(stream: Any, max_pickles: int = 8) -> Declared:
         start = stream.tell()
         try:
             _scan_one(pickletools.genops(stream), found)
-        except (UnreadSize, BigArgument, BadView, ManyCalls):
+        except (UnreadSize, BigArgument, BadView, ManyCalls, OddCodec):
             raise
         except Exception:  # not (or no longer) a pickle: torch's own reader will say so
             break
@@ -364,6 +364,11 @@ def check_checkpoint_tensors(path: Any) -> None:
         ) from None
     except BadView as err:
         raise BudgetError(f"{path}: {err}; refusing to load it") from None
+    except OddCodec:
+        raise BudgetError(
+            f"{path}: its pickle encodes text with a codec other than latin1 (the one pickle writes bytes with); "
+            "refusing to load it"
+        ) from None
     except ManyCalls as err:
         raise BudgetError(
             f"{path}: its pickle passes more than {gib(err.limit)} of values to the calls it makes (repeating "
@@ -598,6 +603,10 @@ class _Size:
         self.elements = elements
 
 
+class OddCodec(Exception):
+    """A pickle calls `_codecs.encode` with another encoding than latin1, the one pickle protocol 2 writes bytes with."""
+
+
 def _call_bytes(func: Any, args: Any) -> int:
     """Bytes a call may allocate by size alone, before it runs (REDUCE / NEWOBJ / INST / OBJ).
 
@@ -613,6 +622,8 @@ def _call_bytes(func: Any, args: Any) -> int:
         return 0
     module, name = func
     args = args if isinstance(args, tuple) else (_UNKNOWN,)
+    if func == _LATIN1 and not (len(args) == 2 and args[1] in ("latin1", "latin-1")):
+        raise OddCodec  # another codec's work is not bounded by its bytes (punycode is quadratic)
     allocates = func in _BUFFERS or (module.split(".", 1)[0] == "torch" and name.endswith(("Storage", "Tensor")))
     if allocates and any(a is _UNKNOWN or isinstance(a, _Bag) for a in args):
         raise UnreadSize  # a size it cannot read (computed, duplicated, fetched): refused, never counted as none

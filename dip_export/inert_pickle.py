@@ -205,9 +205,12 @@ class Unpickler(_PythonUnpickler):
     def _allocate(self, maker: Any, args: Any) -> None:
         """A call that allocates by size (`bytearray(n)`, `UntypedStorage(n)`, ...) is counted before it runs; a
         load's such calls together stay under `MAX_CALL_BYTES` (the weights come from the file's records instead)."""
-        from dip_export.budget import call_budget, call_bytes, passed_bytes
+        from dip_export.budget import OddCodec, call_budget, call_bytes, passed_bytes
 
-        self._allocated += call_bytes(maker, tuple(args) if isinstance(args, list) else args)
+        try:
+            self._allocated += call_bytes(maker, tuple(args) if isinstance(args, list) else args)
+        except OddCodec:
+            raise Refused("it encodes text with a codec other than latin1 (the one pickle writes bytes with)") from None
         if self._allocated > MAX_CALL_BYTES:
             raise Refused(f"it builds buffers or storages of more than {MAX_CALL_BYTES >> 20} MiB by size while loading")
         if (isinstance(maker, type) and issubclass(maker, Inert)) or isinstance(maker, Inert):
