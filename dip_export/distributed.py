@@ -90,6 +90,7 @@ class World:
         if self.size > 1 and not torch.distributed.is_initialized():
             backend = "nccl" if device.type == "cuda" else "gloo"
             timeout = join_timeout(backend)
+            self._check_meeting_resolves()
             say(console, f"rank {self.rank}: waiting for {self.size} processes at {self.meeting} "
                          f"(up to {timeout.total_seconds():g} s)")  # fmt: skip
             try:
@@ -98,6 +99,18 @@ class World:
                 first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
                 raise DipError(f"rank {self.rank} of {self.size} could not join the {backend} process group at "
                                f"{self.meeting} ({type(err).__name__}: {first[:200]})") from None  # fmt: skip
+
+    def _check_meeting_resolves(self) -> None:
+        """MASTER_ADDR names a host this machine can find: one that does not resolve can never be joined, so it is
+        refused at once instead of waiting the group's whole timeout."""
+        import socket
+
+        try:
+            socket.getaddrinfo(self.master_addr, self.master_port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError, OSError) as err:
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
+            raise DipError(f"rank {self.rank} of {self.size}: MASTER_ADDR of {self.meeting} does not resolve "
+                           f"({reason}); no process group can meet there") from None  # fmt: skip
 
     def barrier(self) -> None:
         if self.size > 1 and torch.distributed.is_initialized():

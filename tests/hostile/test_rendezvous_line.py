@@ -48,6 +48,7 @@ def test_the_waiting_line_comes_before_the_join(size, data, address, port, secon
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(distributed, "join_timeout", lambda backend: timedelta(seconds=seconds))
         patch.setattr(torch.distributed, "init_process_group", join)
+        patch.setattr(socket, "getaddrinfo", lambda *a, **k: [])  # every address resolves here (tested apart)
         with pytest.raises(DipError) as err:
             world.init(torch.device("cpu"), console)
     line = f"rank {rank}: waiting for {size} processes at {address}:{port} (up to {seconds:g} s)"
@@ -90,3 +91,36 @@ def test_the_timeout_named_is_pytorchs_default_for_the_backend():
     assert distributed.join_timeout("gloo") == timedelta(minutes=30)  # PyTorch's documented default
     nccl = getattr(constants, "default_pg_nccl_timeout", None)  # None where PyTorch has no NCCL
     assert distributed.join_timeout("nccl") == (nccl or timedelta(minutes=30))
+
+
+@settings(max_examples=30, deadline=None)
+@given(size=st.integers(2, 64), data=st.data(), address=ADDRESS, port=st.integers(1, MAX_PORT))
+def test_an_address_that_does_not_resolve_is_refused_before_waiting(size, data, address, port):
+    """No process group can meet at a MASTER_ADDR that does not resolve: refused at once, no waiting line, no join."""
+    rank = data.draw(st.integers(0, size - 1))
+    world = World.from_env({"WORLD_SIZE": str(size), "RANK": str(rank), "MASTER_ADDR": address, "MASTER_PORT": str(port)})
+    out = io.StringIO()
+
+    def unknown(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket, "getaddrinfo", unknown)
+        patch.setattr(torch.distributed, "init_process_group", lambda **kw: pytest.fail("joined"))
+        with pytest.raises(DipError) as err:
+            world.init(torch.device("cpu"), Console(file=out))
+    assert out.getvalue() == ""
+    assert str(err.value) == (f"rank {rank} of {size}: MASTER_ADDR of {address}:{port} does not resolve "
+                              "(Name or service not known); no process group can meet there")  # fmt: skip
+
+
+def test_dip_sample_refuses_an_address_that_does_not_resolve(tmp_path: Path, monkeypatch):
+    env = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "nonexistent.invalid", "MASTER_PORT": "29997"}
+    for name in NAMES:
+        monkeypatch.setenv(name, env[name])
+    monkeypatch.chdir(tmp_path)
+    code, err = run(cli.sample_main, "--device", "cpu", "--num-samples", "2", "--steps", "2", "--out", tmp_path / "t.npz")
+    (line,) = err.strip().splitlines()  # the resolver's reason depends on the machine's DNS set-up
+    assert code == 1 and line.startswith("error: rank 0 of 2: MASTER_ADDR of nonexistent.invalid:29997 does not resolve (")
+    assert line.endswith("); no process group can meet there") and "waiting" not in err
+    assert not (tmp_path / "t.npz").exists()
