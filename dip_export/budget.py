@@ -52,6 +52,9 @@ class RunShape:
 
 
 def gib(n: float) -> str:
+    """Bytes in the unit that reads: MiB below a quarter GiB, GiB below a PiB, PiB above (no 12-digit figures)."""
+    if n >= 2**50:
+        return f"{n / 2**50:.3g} PiB"
     return f"{n / 2**30:.1f} GiB" if n >= 2**28 else f"{n / 2**20:.0f} MiB"
 
 
@@ -119,7 +122,15 @@ def weight_bytes(config: Any) -> int:
 
 def describe(config: Any) -> str:
     """A config in a few words, for refusals: 'a DiP of hidden 8192, depth 256 (206.3 G parameters)'."""
-    return f"a DiP of hidden {config.hidden_size}, depth {config.depth} ({parameter_count(config) / 1e9:.1f} G parameters)"
+    return f"a DiP of hidden {config.hidden_size}, depth {config.depth} ({count_text(parameter_count(config))} parameters)"
+
+
+def count_text(n: float) -> str:
+    """A count in the unit that reads: 1.4 M, 675.1 M, 206.3 G, 73.0 T (and plain below a thousand)."""
+    for unit, size in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}" if n < 1000 * size else f"{n / size:.3g} {unit}"
+    return f"{n:.0f}"
 
 
 def memory_limit(device: Any = None) -> int:

@@ -217,3 +217,20 @@ def test_a_checkpoint_allocating_a_huge_buffer_is_refused_before_torch_reads_it(
     monkeypatch.setattr(dip_export.checkpoint.torch, "load", lambda *a, **k: pytest.fail("torch.load ran"))
     with pytest.raises(BudgetError, match="declares"):
         load_checkpoint(path)
+
+
+UNITS = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "MiB": 2**20, "GiB": 2**30, "PiB": 2**50}
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.floats(1, 1e30), st.booleans())
+def test_counts_and_sizes_read_in_a_unit_that_reads(n: float, as_bytes: bool) -> None:
+    """'1.4 M parameters', '2.8 GiB', '266 PiB': a short figure that reads back to the number (no '0.0 G', no
+    twelve-digit GiB)."""
+    from dip_export.budget import count_text, gib
+
+    text = gib(n) if as_bytes else count_text(n)
+    number, _, unit = text.partition(" ")
+    value = float(number) * UNITS[unit]
+    assert (len(number) <= 9 and float(number) > 0) or n < 2**19
+    assert abs(value - n) <= max(0.06 * n, 2**20 if as_bytes else 0.51)
