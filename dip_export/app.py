@@ -34,6 +34,7 @@ from dip_export.settings import (
     MAX_REPEATS,
     MAX_SAMPLES,
     MAX_SHARD_BATCHES,
+    MAX_STEPS,
     SAMPLE_RULES,
     BuildSettings,
     check_options,
@@ -802,6 +803,7 @@ def _check_schedule_request(request: ScheduleRequest) -> Any:
         raise UsageError(f"--band {lo_hi[0]:g},{lo_hi[1]:g} leaves out --cfg {r.cfg:g}, the guidance the grid is fitted at")
     check_seed(r.seed, "--seed")
     one_of(r.score, "--score", FIT_SCORES)
+    exact_int(r.nfe, "--nfe", 1, MAX_STEPS)  # the option as typed (the solver's settings call it steps)
     GridFamily(SamplerSettings(steps=r.nfe, cfg=r.cfg, shift=r.shift, method=r.sampler))  # settings, then a fittable solver
     return GridFit(r.sampler, r.nfe, r.cfg, r.shift, lo_hi, r.train_images, r.heldout_images,
                    SearchSettings(sweeps=r.sweeps, seed=r.seed), r.score)  # fmt: skip
