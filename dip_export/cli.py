@@ -5,12 +5,15 @@ Only this module prints errors and chooses exit codes; the library raises `DipEr
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
+import signal
 import sys
+import threading
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -93,25 +96,65 @@ def _option_named(command: Any, name: str) -> Any:
     return None
 
 
+class _Interrupt:
+    """Whether Ctrl-C (SIGINT) came during the running command. The handler the CLI installs sets it, then raises
+    KeyboardInterrupt as Python's own does; a library that catches that and raises something else instead (torch's
+    exporter: a TypeError, then its ConversionError) still ends the command as interrupted."""
+
+    received = False
+
+    @classmethod
+    def handler(cls, signum: int, frame: Any) -> None:
+        cls.received = True
+        raise KeyboardInterrupt
+
+    @classmethod
+    @contextlib.contextmanager
+    def watched(cls) -> Iterator[None]:
+        """Install the handler for one command, where Python's default one is in place (not where SIGINT is ignored,
+        nor off the main thread); the previous handler is back afterwards, the flag down."""
+        main = threading.current_thread() is threading.main_thread()
+        if not main or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            yield
+            return
+        cls.received = False
+        signal.signal(signal.SIGINT, cls.handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            cls.received = False
+
+
 def handle_errors(func: F) -> F:
-    """Turn library errors and Ctrl-C into one red line and an exit code."""
+    """Turn library errors and Ctrl-C into one red line and an exit code. After a Ctrl-C, any exception that reaches
+    here is the interruption (whatever a library turned the KeyboardInterrupt into): one line, exit 130."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except DipError as err:
-            print_error(str(err))
-            raise typer.Exit(err.exit_code) from None
-        except OSError as err:  # a file that vanished or cannot be read mid-run: still one line
-            where = f"{err.filename}: " if err.filename else ""
-            print_error(f"{where}{err.strerror or err}")
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            console.print("[red]interrupted[/red]: nothing partial was kept")
-            raise typer.Exit(130) from None
+        with _Interrupt.watched():
+            try:
+                return func(*args, **kwargs)
+            except Exception as err:
+                if _Interrupt.received:
+                    _say_interrupted()
+                if isinstance(err, DipError):
+                    print_error(str(err))
+                    raise typer.Exit(err.exit_code) from None
+                if isinstance(err, OSError):  # a file that vanished or cannot be read mid-run: still one line
+                    where = f"{err.filename}: " if err.filename else ""
+                    print_error(f"{where}{err.strerror or err}")
+                    raise typer.Exit(1) from None
+                raise
+            except KeyboardInterrupt:
+                _say_interrupted()
 
     return wrapper  # type: ignore[return-value]
+
+
+def _say_interrupted() -> typing.NoReturn:
+    console.print("[red]interrupted[/red]: nothing partial was kept")
+    raise typer.Exit(130) from None
 
 
 def progress_bar() -> Progress:

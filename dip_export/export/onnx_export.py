@@ -227,14 +227,27 @@ def files_opset(folder: Path, files: dict[str, str]) -> int:
     return found.pop()
 
 
-QUIET_LOGGERS = ("torch.onnx", "onnxscript", "onnx_ir")  # the exporter's libraries: their notes and tracebacks
+QUIET_LOGGERS = ("torch", "onnxscript", "onnx_ir")  # the exporter's libraries: their notes and tracebacks
+
+
+def _quiet_loggers() -> list[logging.Logger]:
+    """The loggers of QUIET_LOGGERS and every child of theirs that has a level of its own (torch sets some): a child
+    left at its own level would still print through its parent's handler."""
+    found = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    children = tuple(f"{name}." for name in QUIET_LOGGERS)
+    for name, log in list(logging.Logger.manager.loggerDict.items()):
+        if isinstance(log, logging.Logger) and log.level != logging.NOTSET and name.startswith(children):
+            found.append(log)
+    return found
 
 
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
-    """The exporter's libraries log optional-package notes (torchvision ops), a note per shared dim name, and the
-    traceback of an opset conversion that failed (`check_opset` then refuses the result): none reach the terminal."""
-    logs = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    """The exporter's libraries log optional-package notes (torchvision ops), a note per shared dim name, the
+    traceback of an opset conversion that failed (`check_opset` then refuses the result), and torch's own tracing
+    errors (a Ctrl-C caught mid-trace comes back as a logged TypeError, then a ConversionError): none reach the
+    terminal. Each logger's level is restored afterwards."""
+    logs = _quiet_loggers()
     levels = [log.level for log in logs]
     for log in logs:
         log.setLevel(logging.CRITICAL + 1)
