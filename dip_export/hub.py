@@ -143,10 +143,12 @@ def _cache_origin() -> str:
     return "the default"
 
 
-def check_hub_cache(text: str, cache: Path, repo_id: str, revision: str | None) -> None:
+def check_hub_cache(text: str, cache: Path, repo_id: str, revision: str | None, filename: str | None = None) -> None:
     """What huggingface_hub reads from its cache before (or instead of) asking the Hub, refused here as a cache
     problem naming the path: a cache (or the nearest existing folder above it) that is not a folder, a repo
-    entry that is not a folder, a ref of this revision that is not a commit id as huggingface_hub writes it."""
+    entry that is not a folder, a ref of this revision that is not a commit id as huggingface_hub writes it, an
+    entry of the cached revision's snapshot (`filename`, or every one when no file is named) that is not what
+    `checked_cache_entry` accepts."""
     where = _cache_origin()
     existing = Path(os.path.abspath(cache))
     while not os.path.lexists(existing) and existing != existing.parent:
@@ -158,9 +160,25 @@ def check_hub_cache(text: str, cache: Path, repo_id: str, revision: str | None) 
     if os.path.lexists(repo) and (repo.is_symlink() or not repo.is_dir()):
         raise CheckpointError(f"{text}: the Hugging Face cache entry {repo} is not a folder; no request was made")
     wanted = revision or "main"
-    ref = Path(os.path.normpath(repo / "refs" / wanted))
-    if COMMIT_ID.fullmatch(wanted) or not ref.is_relative_to(repo / "refs") or not os.path.lexists(ref):
+    commit = wanted if COMMIT_ID.fullmatch(wanted) else _cached_commit(text, repo, wanted)
+    if commit is None:
         return
+    snapshot = repo / "snapshots" / commit
+    if filename is not None:
+        entries = [Path(os.path.normpath(snapshot / filename))]
+    else:
+        entries = [Path(top) / name for top, folders, files in os.walk(snapshot) for name in folders + files]
+    for entry in entries:
+        if entry.is_relative_to(snapshot) and os.path.lexists(entry) and not (entry.is_dir() and not entry.is_symlink()):
+            checked_cache_entry(text, repo_id, entry, cache)
+
+
+def _cached_commit(text: str, repo: Path, wanted: str) -> str | None:
+    """The commit id the cache's ref `wanted` holds (None where the cache has no such ref); a ref that is not a
+    commit id as huggingface_hub writes it is refused."""
+    ref = Path(os.path.normpath(repo / "refs" / wanted))
+    if not ref.is_relative_to(repo / "refs") or not os.path.lexists(ref):
+        return None
     bad = CheckpointError(f"{text}: the Hugging Face cache ref {ref} is not a commit id as huggingface_hub writes it "
                           "(a hand-made or damaged cache); refusing to follow it")  # fmt: skip
     if ref.is_symlink() or not ref.is_file():
@@ -170,8 +188,10 @@ def check_hub_cache(text: str, cache: Path, repo_id: str, revision: str | None) 
             content = f.read(64)
     except OSError as err:
         raise CheckpointError(f"{text}: the Hugging Face cache ref {ref} cannot be read ({err.strerror or err})") from None
-    if not COMMIT_ID.fullmatch(content.decode("ascii", "replace")):
+    commit = content.decode("ascii", "replace")
+    if not COMMIT_ID.fullmatch(commit):
         raise bad
+    return commit
 
 
 def resolve_hub_checkpoint(text: str, revision: str | None = None) -> Path:
@@ -184,7 +204,7 @@ def resolve_hub_checkpoint(text: str, revision: str | None = None) -> Path:
     repo_id, filename = split_hub_name(text)
     cache = hub.cache
     try:
-        check_hub_cache(text, cache, repo_id, revision)
+        check_hub_cache(text, cache, repo_id, revision, filename)
         if filename is None:
             filename = _only_checkpoint(repo_id, _repo_files(repo_id, revision, hub))
         found = huggingface_hub.hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache,
@@ -264,7 +284,10 @@ def checked_cache_entry(text: str, repo_id: str, entry: Path, cache: Path) -> Pa
     if len(parts) < 2 or (repo / "blobs").is_symlink():
         raise refused
     if entry.is_symlink():
-        target = entry.resolve()
+        try:
+            target = entry.resolve()
+        except (OSError, RuntimeError):  # a link loop
+            raise refused from None
         if target.parent != (repo / "blobs").resolve() or not target.is_file():
             raise refused
     elif not entry.is_file():

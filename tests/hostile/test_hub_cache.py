@@ -160,7 +160,7 @@ def online(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 
 @pytest.mark.parametrize("kind", ["outside file", "relative blob"])
-def test_online_the_link_is_checked_after_the_hubs_answer(online: Path, tmp_path: Path, kind: str) -> None:
+def test_online_the_link_is_checked_before_the_hub_is_asked(online: Path, tmp_path: Path, kind: str) -> None:
     _cache(online, kind)
     if kind == "relative blob":
         assert DiPPipeline.load(f"{REPO}/{NAME}", device="cpu").config.num_classes > 0
@@ -169,4 +169,7 @@ def test_online_the_link_is_checked_after_the_hubs_answer(online: Path, tmp_path
             DiPPipeline.load(f"{REPO}/{NAME}")
         code, err = run(cli.sample_main, f"{REPO}/{NAME}", "--classes", "1", "--seeds", "0", "--out", tmp_path / "o.npz")
         one_line(code, err, 1, "not a file of the repo's blobs")
-    assert _Hub.seen and all(path.startswith(f"/{REPO}/") for _, path in _Hub.seen)  # the Hub was asked: online
+    if kind == "relative blob":  # online: the Hub was asked for the revision a good entry belongs to
+        assert _Hub.seen and all(path.startswith(f"/{REPO}/") for _, path in _Hub.seen)
+    else:  # a link out is the cache's problem: refused before any request
+        assert _Hub.seen == []
