@@ -22,6 +22,7 @@ import dip_export.distributed as distributed
 from dip_export import cli
 from dip_export.distributed import MAX_PORT, World
 from dip_export.errors import DipError
+from dip_export.messages import plain_line
 from tests.test_hostile import run, waited_then_one_line
 
 NAMES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -51,7 +52,7 @@ def test_the_waiting_line_comes_before_the_join(size, data, address, port, secon
         patch.setattr(socket, "getaddrinfo", lambda *a, **k: [])  # every address resolves here (tested apart)
         with pytest.raises(DipError) as err:
             world.init(torch.device("cpu"), console)
-    line = f"rank {rank}: waiting for {size} processes at {address}:{port} (up to {seconds:g} s)"
+    line = plain_line(f"rank {rank}: waiting for {size} processes at {address}:{port} (up to {seconds:g} s)")
     assert seen == [line + "\n"] and out.getvalue() == line + "\n"  # printed once, as text (no markup), not wrapped
     assert str(err.value) == (f"rank {rank} of {size} could not join the gloo process group at {address}:{port} "
                               "(RuntimeError: nobody came)")  # fmt: skip
