@@ -111,10 +111,11 @@ class _Interrupt:
     @classmethod
     @contextlib.contextmanager
     def watched(cls) -> Iterator[None]:
-        """Install the handler for one command, where Python's default one is in place (not where SIGINT is ignored,
-        nor off the main thread); the previous handler is back afterwards, the flag down."""
+        """Install the handler for one command (not where SIGINT is ignored or not Python's to handle, nor off the main
+        thread); the previous handler is back afterwards, the flag down."""
         main = threading.current_thread() is threading.main_thread()
-        if not main or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        previous = signal.getsignal(signal.SIGINT) if main else None
+        if not callable(previous):  # off the main thread, ignored (SIG_IGN), the OS default, or set outside Python
             yield
             return
         cls.received = False
@@ -122,7 +123,7 @@ class _Interrupt:
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGINT, previous)
             cls.received = False
 
 

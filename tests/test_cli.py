@@ -152,7 +152,7 @@ def test_batch_options_say_what_they_mean_and_old_spellings_still_work(monkeypat
         (["--output", "m.safetensors", "--band", "3,1"], "--band must be 0 <= LO <= HI"),
         (["--output", "m.safetensors", "--sampler", "heun"], "not heun"),
         (["--output", "m.safetensors", "--sweeps", "0"], "--sweeps"),
-        (["--output", "m.safetensors", "--nfe", "0"], "steps"),
+        (["--output", "m.safetensors", "--nfe", "0"], "--nfe must be in 1..10000"),
         (["--output", "m.safetensors", "--score", "median"], "--score must be one of pooled, mean"),
     ],
 )

@@ -64,8 +64,16 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[logging.LogRecord
         log.removeHandler(recorder)
 
 
+@pytest.fixture
+def python_sigint() -> Iterator[None]:
+    """SIGINT handled by Python's default handler, as in a command-line process (whatever the test run has set)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_ctrl_c_wrapped_by_the_exporter_is_one_interrupted_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ckpt: Path, recorded: list[logging.LogRecord]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ckpt: Path, recorded: list[logging.LogRecord], python_sigint: None
 ) -> None:
     monkeypatch.setattr(torch.onnx, "export", wrapping_exporter)
     levels = {name: logging.getLogger(name).level for name in ("torch", TRACER_LOG, LEVELLED_LOG)}
