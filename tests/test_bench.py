@@ -50,7 +50,9 @@ def test_eager_is_the_reference_and_onnx_matches_it(report):
     assert onnx["digit_accuracy"] is None  # one image per run: the classifier's accuracy would say nothing
     assert report["settings"]["digit_accuracy"].startswith("omitted")
     assert onnx["backbone_ms"] > 0 and onnx["detailer_ms"] > 0
-    assert onnx["ms_per_step"] >= onnx["backbone_ms"] + onnx["detailer_ms"] - 1e-6
+    # the split comes from its own profiled run (not the timed repeats, which noise can put below it): there the
+    # step's total holds its parts
+    assert onnx["overhead_ms"] >= -1e-6 and onnx["ms_per_step"] > 0
 
 
 def test_one_thread_count_for_every_backend_is_applied_and_recorded(report):
