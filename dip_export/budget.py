@@ -496,6 +496,21 @@ class _Bounded:
         return self.pos
 
 
+_TUPLES = ("TUPLE", "EMPTY_TUPLE", "TUPLE1", "TUPLE2", "TUPLE3")
+
+
+def _tuple_of(name: str, stack: list[Any]) -> tuple[Any, ...]:
+    """The tuple a tuple opcode builds, its items taken off the stack."""
+    if name == "TUPLE":
+        return tuple(_pop_to_mark(stack))
+    if name == "EMPTY_TUPLE":
+        return ()
+    n = int(name[-1])
+    items = stack[-n:] if len(stack) >= n else []  # too few: a broken pickle, its stack emptied
+    del stack[-n:]
+    return tuple(items)
+
+
 def _scan_one(ops: Any, found: Declared) -> None:
     stack: list[Any] = []
     memo: dict[Any, Any] = {}
@@ -519,15 +534,8 @@ def _scan_one(ops: Any, found: Declared) -> None:
                 stack.append((module, name_))
             else:
                 stack.append(tuple(str(arg).split(" ", 1)))
-        elif name == "TUPLE":
-            stack.append(tuple(_pop_to_mark(stack)))
-        elif name == "EMPTY_TUPLE":
-            stack.append(())
-        elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
-            n = int(name[-1])
-            items = stack[-n:] if len(stack) >= n else []
-            del stack[-n:]
-            stack.append(tuple(items))
+        elif name in _TUPLES:
+            stack.append(_tuple_of(name, stack))
         elif name in ("BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE"):
             memo[arg if name != "MEMOIZE" else len(memo)] = stack[-1] if stack else _UNKNOWN
         elif name in ("BINGET", "LONG_BINGET", "GET"):

@@ -128,6 +128,24 @@ def hub_model_name(text: str, revision: str | None = None) -> str:
     return name
 
 
+def _export_source(
+    text: str, target: Path, checkpoint_options: bool, check: Callable[[DiPConfig, tuple[int, int]], None] | None
+) -> ModelSource:
+    """An export folder as a model source: its manifest read and checked (`check` at the export's own image size,
+    whatever its config's native one); options that go with a checkpoint file are refused."""
+    from dip_export.export.manifest import read_manifest
+
+    if checkpoint_options:
+        raise UsageError(f"{text} is an export folder: --weights, --trust-checkpoint and --preset go with a checkpoint file")
+    manifest = read_manifest(target)
+    if check is not None:
+        check(manifest.config, manifest.image_size)
+    return ModelSource(
+        name=manifest.name, config=manifest.config, sampling=dict(manifest.sampling), path=target, export_dir=target,
+        export_size=manifest.image_size, export_precision=manifest.precision, export_target=manifest.target,
+    )  # fmt: skip
+
+
 def open_source(
     model: str | Path | None = None,
     *,
@@ -163,21 +181,8 @@ def open_source(
 
             settle_export_swap(text)  # an export a killed swap left as its backup is back in place before it is read
         target = resolve_hub_checkpoint(text, revision) if hub else Path(text)
-        if target.is_dir() and (weights != "ema" or trust_checkpoint or preset is not None):
-            raise UsageError(
-                f"{text} is an export folder: --weights, --trust-checkpoint and --preset go with a checkpoint file"
-            )  # fmt: skip
         if target.is_dir():
-            from dip_export.export.manifest import read_manifest
-
-            manifest = read_manifest(target)
-            if check is not None:  # an export runs at its own image_size, whatever its config's (native) one
-                check(manifest.config, manifest.image_size)
-            return ModelSource(
-                name=manifest.name, config=manifest.config, sampling=dict(manifest.sampling), path=target, export_dir=target,
-                export_size=manifest.image_size, export_precision=manifest.precision,
-                export_target=manifest.target,
-            )  # fmt: skip
+            return _export_source(text, target, weights != "ema" or trust_checkpoint or preset is not None, check)
     elif revision is not None:
         raise UsageError("--revision goes with a Hugging Face Hub name (org/name)")
     loaded = resolve_model(target, preset, weights=weights, trust=trust_checkpoint, check=check)

@@ -258,9 +258,7 @@ def build_trt(
     manifest = read_manifest(folder)
     existing = _reusable(manifest, folder, precision, trt.__version__, gpu, profile, opt_level, covering)
     if existing is not None:
-        p = existing["profile"]
-        say(console, f"engines for {precision} on {gpu} with TensorRT {trt.__version__} (batch {p['min']},{p['opt']},"
-                     f"{p['max']}, opt level {existing.get('opt_level')}) are up to date")  # fmt: skip
+        say(console, f"engines for {precision} on {gpu} with TensorRT {trt.__version__} {_built_with(existing)} are up to date")
         return existing
     check_trt_build(manifest.config, *manifest.image_size, profile.max, device)  # the build's memory, before it starts
     before = {p.name for p in folder.iterdir()}  # what this run makes is the tool's; the rest stays as listed
@@ -279,6 +277,11 @@ def build_trt(
     write_manifest(folder, manifest, written=[*made, *entry["files"].values()])
     say(console, f"wrote {', '.join(entry['files'].values())} into {folder}/")
     return entry
+
+
+def _built_with(entry: dict[str, Any]) -> str:
+    p = entry["profile"]
+    return f"(batch {p['min']},{p['opt']},{p['max']}, opt level {entry.get('opt_level')})"
 
 
 def _build_and_verify(
