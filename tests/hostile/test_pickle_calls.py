@@ -11,10 +11,7 @@ the reader, dip-sample, the Python API.
 from __future__ import annotations
 
 import io
-import os
 import struct
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -26,6 +23,7 @@ from hypothesis import strategies as st
 from dip_export import DiPPipeline, inert_pickle
 from dip_export.budget import MAX_CALL_BYTES, BudgetError, ManyCalls, check_checkpoint_tensors, pickle_declared
 from dip_export.checkpoint import load_checkpoint
+from tests.hostile.measured import measured_load
 from tests.test_hostile import one_line, sample
 
 MiB = 1 << 20
@@ -134,37 +132,12 @@ def test_refused_by_the_api(bomb: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert str(raised.value).startswith(f"{bomb}: ") and "\n" not in str(raised.value)
 
 
-_MEASURED = """
-import resource, sys
-import torch  # noqa: F401
-from dip_export import DiPPipeline, cli
-from dip_export.errors import DipError
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-if sys.argv[1] == "cli":
-    sys.argv = ["dip-sample", *sys.argv[2:]]
-    try:
-        cli.sample_main()
-    except SystemExit as stop:
-        print("exit", stop.code)
-else:
-    try:
-        DiPPipeline.load(sys.argv[2], device="cpu")
-    except DipError as err:
-        print("refused", type(err).__name__)
-print("grew", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
-"""
-
-
 @pytest.mark.parametrize(("surface", "calls"), [("cli", 3000), ("api", 3000), ("api", 60)])
 def test_the_load_takes_no_memory_of_the_copies(tmp_path: Path, surface: str, calls: int) -> None:
     """Refused (3000 copies) or read and found to hold no weights (60): the process grows by under 200 MB."""
     path = _zip(tmp_path / "enc.pt", repeated(calls, MiB))
     args = [path, "--steps", "2", "--num-samples", "1", "--image-size", "32", "--out", tmp_path / "o.npz"]
-    argv = [str(a) for a in (args if surface == "cli" else [path])]
-    env = {**os.environ, "DIP_MEMORY_LIMIT": "1G"}
-    done = subprocess.run([sys.executable, "-c", _MEASURED, surface, *argv], capture_output=True, text=True,
-                          env=env, timeout=300)  # fmt: skip
-    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    lines, done = measured_load(surface, args if surface == "cli" else [path])
     assert lines.get("exit", lines.get("refused")) in ("1", "BudgetError", "CheckpointError"), done.stdout + done.stderr
     assert int(lines["grew"]) < 200 << 10, lines  # KiB: the copies alone would be 3 GiB
     if calls > 100:

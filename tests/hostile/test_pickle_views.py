@@ -8,10 +8,7 @@ Python API."""
 from __future__ import annotations
 
 import io
-import os
 import pickle
-import subprocess
-import sys
 import warnings
 import zipfile
 from pathlib import Path
@@ -25,6 +22,7 @@ from dip_export import DiPPipeline, cli
 from dip_export.budget import BadView, BudgetError, check_checkpoint_tensors, pickle_declared, pickle_declared_bytes
 from dip_export.checkpoint import load_checkpoint, select_state_dict
 from dip_export.errors import CheckpointError
+from tests.hostile.measured import measured_load
 from tests.test_hostile import one_line, run, sample
 
 HUGE = 1 << 29  # elements of the expanded view: 2 GiB of float32 by its shape, 4 bytes of storage
@@ -72,36 +70,12 @@ def test_an_expanded_view_is_refused_by_the_scan_on_every_surface(
     assert not (tmp_path / "o.npz").exists()
 
 
-_MEASURED = """
-import resource, sys
-import torch  # noqa: F401
-from dip_export import DiPPipeline, cli
-from dip_export.errors import DipError
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-if sys.argv[1] == "cli":
-    sys.argv = ["dip-sample", *sys.argv[2:]]
-    try:
-        cli.sample_main()
-    except SystemExit as stop:
-        print("exit", stop.code)
-else:
-    try:
-        DiPPipeline.load(sys.argv[2], device="cpu")
-    except DipError as err:
-        print("refused", type(err).__name__)
-print("grew", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
-"""
-
-
 @pytest.mark.parametrize("surface", ["cli", "api"])
 def test_the_refusal_allocates_nothing_of_the_views_size(tmp_path: Path, golden, surface: str) -> None:
     path = tmp_path / "expand.pt"
     torch.save({**golden.state, "s_embedder.proj.bias": torch.zeros(1).expand(HUGE)}, path)
     args = [path, *_sample_args(golden, tmp_path / "o.npz")] if surface == "cli" else [path]
-    env = {**os.environ, "DIP_MEMORY_LIMIT": "1G"}
-    done = subprocess.run([sys.executable, "-c", _MEASURED, surface, *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=300)  # fmt: skip
-    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    lines, done = measured_load(surface, args)
     assert lines.get("exit", lines.get("refused")) in ("1", "BudgetError"), done.stdout + done.stderr
     assert int(lines["grew"]) < 200 << 10, lines  # KiB: the view alone would be 2 GiB (a bool mask of it 512 MiB)
     if surface == "cli":
