@@ -32,7 +32,7 @@ from dip_export.budget import (
     zip_mappable,
 )
 from dip_export.config import DiPConfig, check_sampling_defaults, get_preset
-from dip_export.errors import CheckpointError, UsageError
+from dip_export.errors import CheckpointError, DipError, UsageError
 from dip_export.model import DiP
 from dip_export.settings import one_of
 from dip_export.untrusted import UntrustedFileError, parse_json, source_identity
@@ -459,8 +459,27 @@ def load_checkpoint(
 
     The config a model will be built of is checked against memory (and by `check`, e.g. a whole run's
     estimate) before the model is built: for safetensors from the header, before any tensor is read.
+    Messages name the file as it was typed (`org//x.pt`, not the normalised `org/x.pt`).
     """
-    path = Path(path)
+    typed, path = str(path), Path(path)
+    try:
+        return _load_checkpoint(path, weights, trust, config, check)
+    except DipError as err:
+        raise as_typed(err, str(path), typed) from None
+
+
+def as_typed(err: DipError, shown: str, typed: str) -> DipError:
+    """`err` with its leading file name `shown` (a normalised path) given back as the user `typed` it."""
+    text = str(err)
+    named = text.startswith(shown) and text[len(shown):len(shown) + 1] in (":", " ", "")
+    if typed != shown and err.args and text == err.args[0] and named:
+        err.args = (typed + text[len(shown):], *err.args[1:])
+    return err
+
+
+def _load_checkpoint(
+    path: Path, weights: str, trust: bool, config: DiPConfig | None, check: ConfigCheck | None
+) -> LoadedModel:
     _check_is_file(path)
     given = config
     sampling: dict[str, Any] = {}

@@ -31,7 +31,7 @@ import torch
 from dip_export.checkpoint import LoadedModel
 from dip_export.config import DiPConfig
 from dip_export.engines import make_engine, open_export
-from dip_export.errors import UsageError
+from dip_export.errors import DipError, UsageError
 from dip_export.generate import SamplePlan, check_image_size, generate, make_plan, parse_image_size
 from dip_export.runtime.backends import BackendSpec
 from dip_export.sampling import Denoiser, SamplerSettings
@@ -160,6 +160,24 @@ def open_source(
     `check` is called with the model's config before the model is built or its tensors are read
     (a caller's memory estimate); an export folder's config is checked from its manifest.
     """
+    from dip_export.checkpoint import as_typed
+
+    try:
+        return _open_source(model, preset, weights, trust_checkpoint, revision, check)
+    except DipError as err:  # messages name the model as typed (`org//x.pt/`), not as a normalised path
+        if isinstance(model, str) and model:
+            raise as_typed(err, str(Path(model)), model) from None
+        raise
+
+
+def _open_source(
+    model: str | Path | None,
+    preset: str | None,
+    weights: str,
+    trust_checkpoint: bool,
+    revision: str | None,
+    check: Callable[[DiPConfig, tuple[int, int]], None] | None,
+) -> ModelSource:
     from dip_export.checkpoint import resolve_model
     from dip_export.hub import looks_like_hub_name, resolve_hub_checkpoint
 
