@@ -64,6 +64,11 @@ FAMILIES = {"torch": "torch", "compile": "torch", "onnx": "onnx", "trt": "trt", 
 ORT_ATTENTION_COPIES = 4  # ONNX Runtime: the per-head fp32 scores, scaled and softmaxed, each kept by its arena
 ORT_ACTIVATION_FACTOR = 2  # its arena rounds every other activation up and keeps it for the next run
 ORT_SESSION_BYTES = 96 << 20  # a session's fixed cost: the graph, its optimised copy, kernels and thread pools
+# Eager torch, calibrated the same way (32-256 px, batch 1-256; the estimate is 1.15-3x the measured peak):
+TORCH_DETAILER_MAPS = 6  # full-resolution maps of the detailer held at once: a skip, the upsampled map, their
+# concatenation (two) and the last convolution with its activation
+TORCH_ACTIVATION_MARGIN = (3, 2)  # x1.5 over one call: the sampler's own copies and the allocator's rounding
+TORCH_RUN_BYTES = 48 << 20  # a run's fixed cost over an idle process: the model's modules, kernels and thread pools
 EXPORT_FIXED_BYTES = 224 << 20  # the exporter's modules and the traced program, kept for the rest of the process
 
 
@@ -76,23 +81,27 @@ def family(backend: str | None) -> str:
 
 
 def run_bytes(config: Any, shape: RunShape, backend: str | None = "torch") -> int:
-    """Peak bytes of sampling on a backend: the weights, one network call's activations, the solver's tensors and the
-    kept images. ONNX Runtime (and TensorRT, which runs the same graph) also holds its own copy of the weights, the
-    attention scores per head in fp32 several times over, arena-rounded activations and a session's fixed cost."""
+    """Peak bytes of sampling on a backend: the weights, one network call's activations (with a margin for the
+    sampler's copies and the allocator's rounding), a run's fixed cost, the solver's tensors and the kept images.
+    ONNX Runtime (and TensorRT, which runs the same graph) holds at least as much; its own estimate adds a copy of the
+    weights, the attention scores per head in fp32 several times over, arena-rounded activations and a session."""
     rows = shape.batch * (2 if shape.guided else 1)
     pixels = shape.height * shape.width
     tokens = pixels // (config.patch_size**2)
     token_bytes = rows * tokens * config.hidden_size * 4
     block = 12 * token_bytes  # residual, q/k/v, MLP hidden (4 D) and its activation
     attention = rows * config.num_heads * tokens * tokens * 4  # the score matrix, where no fused kernel runs
-    detailer = rows * config.detailer_width * pixels * 4 * 3  # the full-resolution convolutions
+    detailer_map = rows * config.detailer_width * pixels * 4  # one width-channel map at full resolution
     solver = shape.batch * config.in_channels * pixels * 4 * SOLVER_COPIES
     images = shape.samples * pixels * 3
     kept = solver + images
+    times, over = TORCH_ACTIVATION_MARGIN
+    call = block + attention + TORCH_DETAILER_MAPS * detailer_map
+    torch_need = weight_bytes(config) + call * times // over + TORCH_RUN_BYTES + kept
     if family(backend) == "torch":
-        return weight_bytes(config) + block + attention + detailer + kept
-    graph = ORT_ACTIVATION_FACTOR * (block + detailer) + ORT_ATTENTION_COPIES * attention
-    return 2 * weight_bytes(config) + graph + ORT_SESSION_BYTES + kept
+        return torch_need
+    graph = ORT_ACTIVATION_FACTOR * (block + 3 * detailer_map) + ORT_ATTENTION_COPIES * attention
+    return max(torch_need, 2 * weight_bytes(config) + graph + ORT_SESSION_BYTES + kept)  # it runs the same operations
 
 
 def parameter_count(config: Any) -> int:

@@ -322,10 +322,13 @@ def _tensors_only(state: Mapping[str, Any]) -> dict[str, Tensor]:
     from dip_export.inert_pickle import Inert
 
     tensors = {k: v for k, v in state.items() if isinstance(v, Tensor)}
-    inert = sorted({v.qualified_name for v in state.values() if isinstance(v, Inert)})
-    if inert and "s_embedder.proj.weight" not in tensors:
+    coded = sorted(k for k, v in state.items() if isinstance(v, Inert))  # one is enough: never read as "missing"
+    if coded:
+        names = sorted({state[k].qualified_name for k in coded})
+        one = "s_embedder.proj.weight" in tensors
+        what = f"weight {coded[0][:80]} is an object that needs" if one else "its weights are objects that need"
         raise CheckpointError(
-            f"its weights are objects that need code to be built ({', '.join(inert[:3])}); "
+            f"{what} code to be built ({', '.join(names[:3])}); "
             "if you trust this file, pass --trust-checkpoint"
         )
     if "s_embedder.proj.weight" not in tensors:

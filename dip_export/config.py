@@ -52,6 +52,8 @@ class DiPConfig:
         p = self.patch_size
         if p < 2 or p & (p - 1):
             raise UsageError(f"patch_size must be a power of two >= 2, got {p}")
+        if self.image_size % p:  # the side every default run and export takes: whole patches
+            raise UsageError(f"image_size {self.image_size} is not a multiple of the patch size {p}")
 
     @property
     def head_dim(self) -> int:

@@ -110,6 +110,19 @@ def test_an_onnx_run_with_its_export_made_first_peaks_within_its_estimate(tmp_pa
     assert (peak - idle) * 1024 <= need, (peak - idle, need // 1024)
 
 
+@pytest.mark.parametrize(("side", "batch"), [(32, 1), (96, 32)])  # the fixed cost; the detailer's maps at full size
+def test_an_eager_torch_run_peaks_within_its_estimate(tmp_path: Path, side: int, batch: int) -> None:
+    idle = _peak_kib("import torch, onnxruntime, dip_export.pipeline", tmp_path)
+    sample = (f"import sys; from dip_export import cli; sys.argv = ['dip-sample', '--image-size', '{side}', '--steps', "
+              f"'2', '--num-samples', '{batch}', '--batch-size', '{batch}', '--backend', 'torch', '--device', 'cpu', "
+              "'--out', 'o.npz']\ntry:\n    cli.sample_main()\nexcept SystemExit as stop:\n    assert not stop.code, "
+              "stop.code\n")  # fmt: skip
+    peak = _peak_kib(sample, tmp_path)
+    assert (tmp_path / "o.npz").is_file()
+    need = run_bytes(DEMO, RunShape.sampling(batch, side, side, batch), "torch")
+    assert (peak - idle) * 1024 <= need, (peak - idle, need // 1024)
+
+
 # ---------------------------------------------------------------- refused before any export, on every surface
 
 
