@@ -147,7 +147,7 @@ def memory_limit(device: Any = None) -> int:
     found = _gpu_free(device) if getattr(device, "type", None) == "cuda" else _ram_available()
     text = os.environ.get("DIP_MEMORY_LIMIT", "")  # taken as given: no value is trimmed
     if text:
-        match = re.fullmatch(r"(\d{1,16})([KMGT]?)I?B?", text.upper())
+        match = re.fullmatch(r"([0-9]{1,16})([KMGT]?)I?B?", text.upper()) if text.isascii() else None
         if match is None:
             raise UsageError(f"DIP_MEMORY_LIMIT must be bytes with an optional K/M/G/T suffix, got {text[:40]!r}")
         found = min(found, int(match.group(1)) * _UNITS[match.group(2)])

@@ -380,7 +380,7 @@ def infer_config(state: Mapping[str, Tensor]) -> DiPConfig:
         enc1 = state["local_decoder.enc1.0.weight"]  # (width, C, 3, 3)
         channels = int(enc1.shape[1])
         patch = round((patch_in / channels) ** 0.5)
-        depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
+        depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.([0-9]+)\.", k)))
         classes = state["y_embedder.embedding_table.weight"].shape[0] - 1
         heads = d // state["blocks.0.attn.q_norm.weight"].shape[0]
         return DiPConfig(
@@ -469,6 +469,14 @@ def load_checkpoint(
         return _load_checkpoint(path, weights, trust, config, check)
     except DipError as err:
         raise as_typed(err, str(path), typed) from None
+    except OSError as err:  # a disk or mount that fails mid-read: one line naming the file
+        raise read_failure(err, typed) from None
+
+
+def read_failure(err: OSError, name: str) -> CheckpointError:
+    """An OSError of reading a model as one line naming the file (the error's own, else `name`)."""
+    where = err.filename if isinstance(err.filename, str) and err.filename else name
+    return CheckpointError(f"{where}: cannot read it ({err.strerror or type(err).__name__})")
 
 
 def as_typed(err: DipError, shown: str, typed: str) -> DipError:

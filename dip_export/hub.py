@@ -23,7 +23,7 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")  # what a
 TOOL_FOLDERS = ("engines",)  # the tool's own artifact folder: `engines/NAME` is an export, even run elsewhere
 # a repo id is `org/name` (letters, digits, '-', '_', '.'); anything after the second '/' names a file in it
 _REPO_PART = r"[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9_])?"  # the Hub's rule: starts and ends with a letter or digit
-_HUB_NAME = re.compile(rf"{_REPO_PART}/{_REPO_PART}(?:/[\w.-]+)*")
+_HUB_NAME = re.compile(rf"{_REPO_PART}/{_REPO_PART}(?:/[\w.-]+)*", re.ASCII)  # the Hub holds ASCII names only
 # a file name's suffix: a dot and a letter (`.safetensors`, `.gguf`, `.pb`, `.safetensors-00001-of-00002`, `.ckpt_old`);
 # a dot and a digit is a version in a repo name (`Mistral-7B-v0.2`, `Qwen2.5-0.5B`)
 _FILE_SUFFIX = re.compile(r"\.[A-Za-z]")

@@ -78,7 +78,7 @@ def remove_stale_temporaries(target: Path) -> None:
     user's HMAC of name, host and pid are touched.
     """
     host = socket.gethostname()
-    own = re.compile(rf"{re.escape(f'.{target.name}.{host}-')}(\d{{1,10}})-([0-9a-f]{{16}})\.(?:old\.)?[a-z0-9_]{{8}}\.tmp")
+    own = re.compile(rf"{re.escape(f'.{target.name}.{host}-')}([0-9]{{1,10}})-([0-9a-f]{{16}})\.(?:old\.)?[a-z0-9_]{{8}}\.tmp")
     swapping = journal_path(target).exists()  # its backup is the only copy until the swap is recovered
     for path in target.parent.glob(f".{glob.escape(target.name)}.{glob.escape(host)}-*.tmp"):
         match = own.fullmatch(path.name)
@@ -316,7 +316,7 @@ def enclosing_export(path: Path) -> Path | None:
 
 SHARD_FOLDER_SUFFIX = ".npz.parts"  # OUT.npz.parts: the shard folder of a resumable or torchrun dip-sample
 EXPORT_ROOT = Path("engines")  # where the tool makes its exports on the fly (relative to the working folder)
-MANAGED_NAME = re.compile(r".+-\d+x\d+-[a-z0-9]+(?:-[a-z0-9]+)?")  # MODEL-HxW-KIND: a folder it exports into there
+MANAGED_NAME = re.compile(r".+-[0-9]+x[0-9]+-[a-z0-9]+(?:-[a-z0-9]+)?")  # MODEL-HxW-KIND: a folder it exports into there
 RESERVED = {  # under EXPORT_ROOT: the tool's own caches there (measure.autobackend.CACHE_FILE, yardstick.CACHE)
     "auto-backend.json": "the --backend auto cache",
     "yardstick": "the yardstick reference folder",

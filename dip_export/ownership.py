@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from dip_export.errors import DipError, UsageError
+from dip_export.untrusted import read_regular
 
 MANIFEST_NAME = "manifest.json"
 TEMP_OVERHEAD = 64  # `.NAME.HOST-PID.XXXXXXXX.tmp` around an output's name (host names are capped below)
@@ -151,7 +152,7 @@ def owner_key(create: bool) -> bytes | None:
     info = path.stat()
     if info.st_mode & 0o077 or info.st_uid != os.getuid():
         raise DipError(f"{path}: the owner key is not yours alone (mode 600, your own); fix it or move it away")
-    text = path.read_bytes()[:100]
+    text = read_regular(path, None, 100, "owner key") if info.st_size <= 100 else b""  # a larger file is no key: unread
     if not re.fullmatch(rb"[0-9a-f]{64}\n?", text):
         raise DipError(f"{path}: not an owner key of this tool (64 hex digits); move it away to make a new one")
     return bytes.fromhex(text[:64].decode())

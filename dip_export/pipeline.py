@@ -94,7 +94,7 @@ class ModelSource:
         return f"{sha256_file(file)}:{self.weights}" + (f":{self.preset}" if self.preset else "")
 
 
-_REVISION = re.compile(r"[A-Za-z0-9][\w./-]{0,254}")  # a Hub branch, tag, commit or refs/pr/N
+_REVISION = re.compile(r"[A-Za-z0-9][\w./-]{0,254}", re.ASCII)  # a Hub branch, tag, commit or refs/pr/N
 
 
 def _plain_ref(revision: str) -> bool:
@@ -160,7 +160,7 @@ def open_source(
     `check` is called with the model's config before the model is built or its tensors are read
     (a caller's memory estimate); an export folder's config is checked from its manifest.
     """
-    from dip_export.checkpoint import as_typed
+    from dip_export.checkpoint import as_typed, read_failure
 
     try:
         return _open_source(model, preset, weights, trust_checkpoint, revision, check)
@@ -168,6 +168,8 @@ def open_source(
         if isinstance(model, str) and model:
             raise as_typed(err, str(Path(model)), model) from None
         raise
+    except OSError as err:  # a disk or mount that fails mid-read
+        raise read_failure(err, model_text(model) if model is not None else "the model") from None
 
 
 def _open_source(

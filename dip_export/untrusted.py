@@ -116,7 +116,8 @@ def check_file(path: Path, folder: Path | None, max_bytes: int, what: str) -> in
     if not path.is_file():
         raise UntrustedFileError(f"{path}: the {what} is not a regular file")
     if stat.st_size > max_bytes:
-        raise UntrustedFileError(f"{path}: the {what} is larger than {max_bytes >> 20} MiB ({stat.st_size} bytes)")
+        limit = f"{max_bytes >> 20} MiB" if max_bytes >= 1 << 20 else f"{max_bytes} bytes"
+        raise UntrustedFileError(f"{path}: the {what} is larger than {limit} ({stat.st_size} bytes)")
     return stat.st_size
 
 
@@ -134,6 +135,15 @@ def open_regular(path: Path, folder: Path | None, max_bytes: int, what: str) -> 
         os.close(fd)
         raise UntrustedFileError(f"{path}: the {what} changed while it was opened; refusing to read it")
     return os.fdopen(fd, "rb")
+
+
+def read_regular(path: Path, folder: Path | None, max_bytes: int, what: str) -> bytes:
+    """The bytes of `open_regular`'s file (never more than `max_bytes`); a read that fails is one line naming it."""
+    with open_regular(path, folder, max_bytes, what) as f:
+        try:
+            return f.read(max_bytes)
+        except OSError as err:
+            raise UntrustedFileError(f"{path}: cannot read the {what} ({err.strerror or err})") from None
 
 
 def nesting_depth(data: bytes) -> int:

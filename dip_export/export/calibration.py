@@ -174,7 +174,7 @@ def _cache_schema(loaded: LoadedModel, size: tuple[int, int], settings: Calibrat
     return ArraySchema(
         {f"{role}/count": ArraySpec("int64", ()) for role in _NAMES},
         {  # the mark's two arrays are looked for after the read, so that a file without them is named unmarked
-            **{rf"{role}/\d{{1,6}}/{k}": inputs[k] for role, names in _NAMES.items() for k in names},
+            **{rf"{role}/[0-9]{{1,6}}/{k}": inputs[k] for role, names in _NAMES.items() for k in names},
             **{name: ArraySpec("<U64", ()) for name in _MARK_ARRAYS},
         },
         consistent,
