@@ -621,7 +621,7 @@ def _run_yardstick(
             width=bench.width,
         )  # fmt: skip
         report = measure(net, loaded, y, names, counts, sampler, progress=lambda r: say(console,
-            f"{r['sampler']:>9} nfe {r['nfe']:>4}  {r['psnr_db']:6.2f} dB  {1000 * r['s_per_image']:8.1f} ms/image"
+            f"{r['sampler']:<9} nfe {r['nfe']:>4}  {r['psnr_db']:6.2f} dB  {1000 * r['s_per_image']:8.1f} ms/image"
         ))  # fmt: skip
     report["settings"]["backend"] = str(spec)
     report["settings"]["threads"] = threads

@@ -277,6 +277,11 @@ def fresh(tmp_path_factory) -> tuple[Path, str, int]:
     return path, psnr_line(text), calls
 
 
+def test_the_solver_rows_print_plainly(fresh) -> None:
+    _, line, _ = fresh
+    assert line.startswith("euler ") and "\\" not in line  # the tool's own layout: no space shown escaped
+
+
 def test_the_command_reuses_its_own_reference(fresh, tmp_path) -> None:
     path, line, calls = fresh
     (tmp_path / "engines" / "yardstick").mkdir(parents=True)
