@@ -61,3 +61,17 @@ def test_a_file_recording_part_patches_is_refused_naming_it(tmp_path, monkeypatc
 
 def test_a_file_recording_whole_patches_still_loads(tmp_path):
     assert DiPPipeline.load(str(_recording(tmp_path, 48))).source.config.image_size == 48
+
+
+def test_an_export_whose_manifest_records_part_patches_is_refused_naming_it(pristine: Path, tmp_path: Path) -> None:
+    import shutil
+
+    folder = Path(shutil.copytree(pristine, tmp_path / "exp"))
+    manifest = folder / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["config"]["image_size"] = data["config"]["patch_size"] * 2 + 4
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(Exception, match=r"manifest\.json: invalid manifest \(image_size \d+ is not a multiple of the patch"):
+        DiPPipeline.load(folder)
+    result = CliRunner().invoke(sample_app, [str(folder), "--num-samples", "1", "--out", str(tmp_path / "x.npz")])
+    assert result.exit_code == 1 and "invalid manifest (image_size" in result.output.strip().splitlines()[-1]

@@ -24,8 +24,8 @@ from dip_export.cli import sample_app
 from dip_export.config import CONFIG_LIMITS
 from tests.test_hostile import SIZE
 
-SIDES = st.one_of(st.sampled_from([1, 16, 32, 64, 4096, CONFIG_LIMITS["image_size"]]),
-                  st.integers(1, CONFIG_LIMITS["image_size"]))  # fmt: skip
+SIDES = st.one_of(st.sampled_from([16, 32, 64, 4096, CONFIG_LIMITS["image_size"]]),
+                  st.integers(1, CONFIG_LIMITS["image_size"] // 16).map(lambda k: 16 * k))  # whole patches  # fmt: skip
 
 
 @contextlib.contextmanager
