@@ -772,7 +772,10 @@ def run_schedule(request: ScheduleRequest, console: Console, progress: Progress)
     )
     if info["fitted_grid_db"] < info["default_grid_db"]:  # overfitted to the training seeds: sampling would get worse
         raise ExportError("the fitted grid is worse than the default on held-out images; not stored (try more --train-images)")
-    sampling = stored_with(loaded.sampling, entry)
+    sampling, replaced = stored_with(loaded.sampling, entry)
+    if replaced:
+        say(console, f"this grid replaces {replaced} stored for {fit.sampler} {fit.nfe} at guidance it also serves",
+            style="yellow")  # fmt: skip
     if request.recommend:
         sampling = recommended(sampling, fit.start())
     save_checkpoint(request.output, loaded.model, sampling)

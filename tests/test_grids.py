@@ -69,7 +69,7 @@ def test_fitted_grid_round_trips_through_the_model_file_and_is_used_when_setting
     fitted = _fitted()
     entry = grid_entry(fitted, (1.2, 1.875), {"fitted_grid_db": 40.0})
     path = tmp_path / "m.safetensors"
-    save_checkpoint(path, golden_model, stored_with({"steps": 25}, entry))
+    save_checkpoint(path, golden_model, stored_with({"steps": 25}, entry)[0])
     loaded = load_checkpoint(path)
     assert loaded.sampling["grids"] == [json.loads(json.dumps(entry))] and loaded.sampling["steps"] == 25
     pipe = DiPPipeline.load(path, device="cpu")
@@ -90,8 +90,9 @@ def test_fitted_grid_round_trips_through_the_model_file_and_is_used_when_setting
 
 def test_a_stored_entry_is_replaced_not_duplicated_and_a_given_grid_wins():
     a, b = _fitted(), _fitted(steps=6, cfg=1.5)
-    sampling = stored_with(stored_with({}, grid_entry(a, (1, 2), {})), grid_entry(b, (1, 2), {}))
-    assert len(sampling["grids"]) == 1
+    first, none = stored_with({}, grid_entry(a, (1, 2), {}))
+    sampling, one = stored_with(first, grid_entry(b, (1, 2), {}))
+    assert len(sampling["grids"]) == 1 and (none, one) == (0, 1)
     given_grid = SamplerSettings(steps=6, cfg=1.5, method="ab2", grid=tuple(i / 6 for i in range(7)))
     assert with_stored_grid(given_grid, sampling) is given_grid
 
@@ -167,7 +168,7 @@ def test_dip_sample_uses_a_stored_grid_when_its_settings_match(golden_model, gol
     fitted = _fitted()
     plain, with_grid = tmp_path / "plain.safetensors", tmp_path / "grid.safetensors"
     save_checkpoint(plain, golden_model, {})
-    save_checkpoint(with_grid, golden_model, stored_with({}, grid_entry(fitted, (1.2, 1.875), {})))
+    save_checkpoint(with_grid, golden_model, stored_with({}, grid_entry(fitted, (1.2, 1.875), {}))[0])
     size = golden.meta["image_height"]
 
     def images(path, *args):

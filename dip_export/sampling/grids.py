@@ -26,7 +26,20 @@ def check_grid_entries(entries: Any, max_steps: int) -> list[dict[str, Any]]:
     """Stored grid entries, each well formed (as read from a file the tool may not have written)."""
     if not isinstance(entries, list) or len(entries) > MAX_GRIDS:
         raise UsageError(f"grids must be a list of at most {MAX_GRIDS} entries")
-    return [_check_entry(e, max_steps) for e in entries]
+    checked = [_check_entry(e, max_steps) for e in entries]
+    for i, entry in enumerate(checked):  # no two for one run: which were used would depend on the list's order
+        if any(overlap(entry, other) for other in checked[:i]):
+            raise UsageError(f"grid entries {next(j for j in range(i) if overlap(entry, checked[j])) + 1} and {i + 1} "
+                             "serve the same solver, count, shift, interval and guidance")  # fmt: skip
+    return checked
+
+
+def overlap(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two grid entries would both match some settings: the same solver, count, shift and interval, and
+    guidance bands that share a weight (bands are closed: [1, 2] and [2, 3] share 2)."""
+    same = a["sampler"] == b["sampler"] and a["nfe"] == b["nfe"] and float(a["shift"]) == float(b["shift"])
+    same = same and [float(v) for v in a["interval"]] == [float(v) for v in b["interval"]]
+    return same and float(a["cfg"][0]) <= float(b["cfg"][1]) and float(b["cfg"][0]) <= float(a["cfg"][1])
 
 
 ENTRY_KEYS = ("sampler", "nfe", "cfg", "shift", "interval", "grid")  # every entry holds these (`grid_entry`)
@@ -139,11 +152,12 @@ def with_fitted_solver(settings: SamplerSettings, sampling: Mapping[str, Any]) -
     return replace(settings, method=best["sampler"], steps=best["nfe"], grid=tuple(float(v) for v in best["grid"]))
 
 
-def stored_with(sampling: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[str, Any]:
-    """Sampling defaults with `entry` added, replacing an entry for the same solver, count, shift, interval and band."""
-    key = ("sampler", "nfe", "cfg", "shift", "interval")
-    kept = [e for e in sampling.get("grids", []) if any(e[k] != entry[k] for k in key)]
-    return {**sampling, "grids": [*kept, dict(entry)]}
+def stored_with(sampling: Mapping[str, Any], entry: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
+    """Sampling defaults with `entry` added, replacing every entry it `overlap`s (the same solver, count, shift and
+    interval, a band sharing a guidance weight), and how many it replaced."""
+    grids = list(sampling.get("grids", []))
+    kept = [e for e in grids if not overlap(e, entry)]
+    return {**sampling, "grids": [*kept, dict(entry)]}, len(grids) - len(kept)
 
 
 def recommended(sampling: Mapping[str, Any], settings: SamplerSettings) -> dict[str, Any]:
