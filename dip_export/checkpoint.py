@@ -282,6 +282,17 @@ def select_state_dict(obj: Any, weights: str = "ema") -> dict[str, Tensor]:
     return state
 
 
+def _weights_of(obj: Any) -> Any:
+    """A whole model saved with `torch.save(model)` (its file trusted): its state dict. Without trust such an object
+    is the file's code, refused as needing it; anything else is returned as it is."""
+    from dip_export.inert_pickle import Inert
+
+    if isinstance(obj, Inert):
+        raise CheckpointError(f"it holds an object of the file's code ({obj.qualified_name}), not a dict of tensors; "
+                              "if you trust this file, pass --trust-checkpoint")  # fmt: skip
+    return obj.state_dict() if isinstance(obj, torch.nn.Module) else obj
+
+
 def pick_weights(obj: Any, weights: str = "ema") -> dict[str, Any]:
     """The entries of the DiP weights (the EMA or raw ones, prefixes removed), whatever their values.
 
@@ -290,10 +301,12 @@ def pick_weights(obj: Any, weights: str = "ema") -> dict[str, Any]:
     A file with one set of weights (a bare state dict, the project's .safetensors) is read as it is under
     "ema", and refused under "raw": it has no raw weights to pick.
     """
+    obj = _weights_of(obj)
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"expected a dict of tensors, found {type(obj).__name__}")
-    if isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
+    inner = _weights_of(obj.get("state_dict"))
+    if isinstance(inner, Mapping):
+        obj = inner
     if not all(isinstance(k, str) for k in obj):
         raise CheckpointError("its weights are not keyed by parameter names (found a key that is not a string)")
     held = {name: {k[len(prefix) :]: v for k, v in obj.items() if k.startswith(prefix)}

@@ -81,6 +81,9 @@ class BackendSpec:
         name, colon, precision = text.partition(":")  # not trimmed: " onnx" is an unknown backend, as " 3" is no number
         if colon and not precision:
             raise UsageError(f"backend {name!r} is followed by ':' and no precision; name one or drop the ':'")
+        if name == "auto" and colon:  # where auto is taken, it is taken alone (the caller's own check)
+            raise UsageError("backend auto takes no precision: it picks the backend and precision by measuring (give "
+                             "auto alone)")  # fmt: skip
         if name not in BACKENDS:
             raise UsageError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
         record = BACKENDS[name]
