@@ -64,7 +64,8 @@ REPEATABLE: frozenset[str] = frozenset()
 
 def refuse_repeated_options(command: Any, args: list[str]) -> None:
     """An option given twice (by any of its spellings: an old name, --no-X) is refused, naming it, before any work:
-    the parser would keep the last value and drop the others without a word."""
+    the parser would keep the last value and drop the others without a word. So is an option given an empty value
+    (`--out ""` would be read as the current folder)."""
     seen: dict[int, str] = {}
     tokens = iter(args)
     for token in tokens:
@@ -74,12 +75,14 @@ def refuse_repeated_options(command: Any, args: list[str]) -> None:
             sub = getattr(command, "commands", {}).get(token)  # a group's subcommand: its own options follow
             command = sub if sub is not None else command
             continue
-        given = token.split("=", 1)[0]
+        given, equals, value = token.partition("=")
         param = _option_named(command, given)
         if param is None:
             continue  # an unknown name: the parser says so
-        if not (param.is_flag or param.count) and "=" not in token:
-            next(tokens, None)  # its value, whatever it looks like
+        if not (param.is_flag or param.count):
+            value = value if equals else next(tokens, None)  # its value, whatever it looks like
+            if value == "":
+                raise ClickUsageError(f"{param.opts[0]} is given an empty value; give one or leave the option out")
         if getattr(param, "multiple", False) or param.opts[0] in REPEATABLE:
             continue
         if id(param) in seen:

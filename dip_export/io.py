@@ -281,7 +281,9 @@ def check_replaceable_folder(target: Path, problem_of: Callable[[Path], str | No
     home = Path.home().resolve()
     if resolved in (cwd, home) or resolved in cwd.parents or resolved in home.parents:
         raise UsageError(f"{target}: refusing to replace the working folder, the home folder or one above them (name a new one)")
-    if target.is_symlink() or (target.exists() and not target.is_dir()):
+    if target.is_symlink():
+        raise UsageError(f"{target} is a symlink; an output folder is never written through one (name another folder)")
+    if target.exists() and not target.is_dir():
         raise UsageError(f"{target} exists and is not a folder; refusing to replace it (name a new folder)")
     check_output_place(target, "the output folder")
     problem = problem_of(target) if target.is_dir() and any(target.iterdir()) else None
