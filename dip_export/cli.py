@@ -80,8 +80,8 @@ def refuse_repeated_options(command: Any, args: list[str]) -> None:
         if param is None:
             continue  # an unknown name: the parser says so
         if not (param.is_flag or param.count):
-            value = value if equals else next(tokens, None)  # its value, whatever it looks like
-            if value == "":
+            taken = value if equals else next(tokens, None)  # its value, whatever it looks like
+            if taken == "":
                 raise ClickUsageError(f"{param.opts[0]} is given an empty value; give one or leave the option out")
         if getattr(param, "multiple", False) or param.opts[0] in REPEATABLE:
             continue
