@@ -56,7 +56,7 @@ class ModelRequest:
 
     model: str | None = None
     preset: str | None = None
-    weights: str = "ema"
+    weights: str | None = None  # None: ema where a file holds both (given, it must apply)
     trust: bool = False  # --trust-checkpoint
     revision: str | None = None
 
@@ -202,7 +202,7 @@ def _run_identity(request: SampleRequest, pipe: DiPPipeline, settings: SamplerSe
     """What a sharded run's shards are made under (`settings.json`); `spec` None: the backend not known yet."""
     identity = {
         "model": pipe.name, "source": str(pipe.source.path or request.model.preset or "demo"),
-        "weights": request.model.weights, "sampler": settings.__dict__, "size": list(pipe.image_size),
+        "weights": request.model.weights or "ema", "sampler": settings.__dict__, "size": list(pipe.image_size),
         "content": pipe.source.identity,
     }  # fmt: skip
     return identity if spec is None else {**identity, "backend": str(spec)}

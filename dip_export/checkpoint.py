@@ -634,7 +634,7 @@ def is_demo(loaded: LoadedModel) -> bool:
 def resolve_model(
     checkpoint: str | Path | None = None,
     preset: str | None = None,
-    weights: str = "ema",
+    weights: str | None = None,
     trust: bool = False,
     check: ConfigCheck | None = None,
 ) -> LoadedModel:
@@ -642,18 +642,19 @@ def resolve_model(
 
     `check` is called with the config before the model is built (a run's or an export's memory estimate).
     """
-    one_of(weights, "--weights", ("ema", "raw"))
-    if checkpoint is None and preset is not None and (weights != "ema" or trust):  # nothing to apply to: refused
+    if weights is not None:  # given (None: ema where a file holds both)
+        one_of(weights, "--weights", ("ema", "raw"))
+    if checkpoint is None and preset is not None and (weights is not None or trust):  # nothing to apply to: refused
         raise UsageError(f"--weights and --trust-checkpoint go with a checkpoint file; --preset {preset} has random weights")
     if checkpoint is not None:
         config = get_preset(preset) if preset is not None else None
-        return load_checkpoint(checkpoint, weights=weights, trust=trust, config=config, check=check)
+        return load_checkpoint(checkpoint, weights=weights or "ema", trust=trust, config=config, check=check)
     if preset is not None:
         config = get_preset(preset)
         _check_config(f"preset {preset}", config, check)
         return LoadedModel(build_model(config), config, name=preset, source=f"preset:{preset}")
     if not DEMO_CHECKPOINT.is_file():
         raise CheckpointError(f"the bundled demo model is missing ({DEMO_CHECKPOINT}); pass a checkpoint or --preset")
-    loaded = load_checkpoint(DEMO_CHECKPOINT, weights=weights, trust=trust, check=check)
+    loaded = load_checkpoint(DEMO_CHECKPOINT, weights=weights or "ema", trust=trust, check=check)
     loaded.name = "dip-digits"
     return loaded

@@ -64,13 +64,15 @@ REPEATABLE: frozenset[str] = frozenset()
 
 def refuse_repeated_options(command: Any, args: list[str]) -> None:
     """An option given twice (by any of its spellings: an old name, --no-X) is refused, naming it, before any work:
-    the parser would keep the last value and drop the others without a word. So is an option given an empty value
-    (`--out ""` would be read as the current folder)."""
+    the parser would keep the last value and drop the others without a word. So is an option or argument given an
+    empty value (`--out ""` would be read as the current folder)."""
     seen: dict[int, str] = {}
     tokens = iter(args)
     for token in tokens:
         if token == "--":
             return  # the rest are arguments
+        if token == "":  # an argument given empty (`dip-sample ""`): never read as the current folder
+            raise ClickUsageError("an argument is given empty; give a value or leave it out")
         if not token.startswith("-") or token == "-":
             sub = getattr(command, "commands", {}).get(token)  # a group's subcommand: its own options follow
             command = sub if sub is not None else command
@@ -249,7 +251,8 @@ ModelArg = Annotated[
 PresetOpt = Annotated[
     str | None, typer.Option("--preset", help="Random-weight architecture: dip-xl-16, dip-l-16, dip-b-16, dip-s-16.")
 ]
-WeightsOpt = Annotated[str, typer.Option("--weights", help="Which weights of a training checkpoint: ema or raw.")]
+WeightsOpt = Annotated[str | None, typer.Option("--weights", help="Which weights of a training checkpoint: ema or raw "
+                      "[default: ema; given, it needs a checkpoint that holds both].", show_default=False)]
 RevisionOpt = Annotated[
     str | None, typer.Option("--revision", help="Hub branch, tag or commit, with an org/name checkpoint.", show_default=False)
 ]
@@ -305,7 +308,7 @@ def sample(
     cuda_graphs: Annotated[bool | None, typer.Option(
         "--cuda-graphs/--no-cuda-graphs", help="Replay each step as one CUDA graph; --cuda-graphs is refused where it "
         "cannot apply [default: wherever it applies: CUDA; torch, compile, trt].", show_default=False)] = None,
-    weights: WeightsOpt = "ema",
+    weights: WeightsOpt = None,
     trust_checkpoint: TrustOpt = False,
     revision: RevisionOpt = None,
     out: Annotated[Path, typer.Option(help="Output .npz (ADM layout); a PNG grid is written beside it.")] = Path("samples.npz"),
@@ -377,7 +380,7 @@ def export_onnx_cmd(
     ] = "onnx",
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
     output_dir: Annotated[Path | None, typer.Option(help="Folder to write [default: engines/<model>-<HxW>-<precision>].")] = None,
-    weights: WeightsOpt = "ema",
+    weights: WeightsOpt = None,
     trust_checkpoint: TrustOpt = False,
     revision: RevisionOpt = None,
 ) -> None:
@@ -419,7 +422,7 @@ def export_schedule_cmd(
     recommend: Annotated[
         bool, typer.Option("--recommend", help="Also make --sampler, --nfe, --cfg, --shift the model's recommended settings.")
     ] = False,
-    weights: WeightsOpt = "ema",
+    weights: WeightsOpt = None,
     trust_checkpoint: TrustOpt = False,
     revision: RevisionOpt = None,
 ) -> None:
@@ -534,7 +537,7 @@ def bench(
     plot: Annotated[
         Path | None, typer.Option(help="Write a PNG: ms/step on a log axis with spread bars, speed-up against PSNR.")
     ] = None,
-    weights: WeightsOpt = "ema",
+    weights: WeightsOpt = None,
     trust_checkpoint: TrustOpt = False,
     revision: RevisionOpt = None,
 ) -> None:

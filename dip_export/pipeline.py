@@ -150,7 +150,7 @@ def open_source(
     model: str | Path | None = None,
     *,
     preset: str | None = None,
-    weights: str = "ema",
+    weights: str | None = None,
     trust_checkpoint: bool = False,
     revision: str | None = None,
     check: Callable[[DiPConfig, tuple[int, int]], None] | None = None,
@@ -175,7 +175,7 @@ def open_source(
 def _open_source(
     model: str | Path | None,
     preset: str | None,
-    weights: str,
+    weights: str | None,
     trust_checkpoint: bool,
     revision: str | None,
     check: Callable[[DiPConfig, tuple[int, int]], None] | None,
@@ -183,7 +183,8 @@ def _open_source(
     from dip_export.checkpoint import resolve_model
     from dip_export.hub import looks_like_hub_name, resolve_hub_checkpoint
 
-    one_of(weights, "--weights", ("ema", "raw"))
+    if weights is not None:  # given: it must apply (a checkpoint holding both); None: ema where there is a choice
+        one_of(weights, "--weights", ("ema", "raw"))
     if preset is not None:  # a name, checked before any Hub request or file read
         from dip_export.config import get_preset
 
@@ -202,14 +203,14 @@ def _open_source(
             settle_export_swap(text)  # an export a killed swap left as its backup is back in place before it is read
         target = resolve_hub_checkpoint(text, revision) if hub else Path(text)
         if target.is_dir():
-            return _export_source(text, target, weights != "ema" or trust_checkpoint or preset is not None, check)
+            return _export_source(text, target, weights is not None or trust_checkpoint or preset is not None, check)
     elif revision is not None:
         raise UsageError("--revision goes with a Hugging Face Hub name (org/name)")
     loaded = resolve_model(target, preset, weights=weights, trust=trust_checkpoint, check=check)
     if model is not None and hub:  # named after the repo, not the file (most Hub checkpoints are model.safetensors)
         loaded.name = hub_model_name(text, revision)
     return ModelSource(
-        loaded.name, loaded.config, dict(loaded.sampling), loaded=loaded, path=target, weights=weights,
+        loaded.name, loaded.config, dict(loaded.sampling), loaded=loaded, path=target, weights=weights or "ema",
         preset=preset if target is not None else None,
     )  # fmt: skip
 
@@ -370,7 +371,7 @@ class DiPPipeline:
         preset: str | None = None,
         backend: str | None = None,
         device: str | torch.device = "auto",
-        weights: str = "ema",
+        weights: str | None = None,
         trust_checkpoint: bool = False,
         revision: str | None = None,
         image_size: ImageSize | None = None,
@@ -387,7 +388,7 @@ class DiPPipeline:
                 (the fastest fp32/bf16 backend of this machine, measured once and cached).
                 Default: torch for a checkpoint, onnx for an export folder.
             device: auto, cpu, cuda (or a torch.device).
-            weights: ema or raw (training checkpoints with both).
+            weights: ema or raw (training checkpoints with both; None: ema where a file holds both).
             trust_checkpoint: allow a pickle that needs to run code (only for files you trust).
             revision: Hub branch, tag or commit (with a Hub name).
             image_size: default image size of calls: N, "HxW" or (H, W) (an export's size is fixed).

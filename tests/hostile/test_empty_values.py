@@ -48,6 +48,14 @@ def test_an_empty_value_is_refused_before_any_work(tmp_path, monkeypatch, main, 
     assert list(tmp_path.iterdir()) == []  # nothing written, no folder made
 
 
+@pytest.mark.parametrize(("main", "sub"), [(m, s) for m, _, s in COMMANDS], ids=[f"{m.__name__}{s}" for m, _, s in COMMANDS])
+def test_an_empty_argument_is_refused_before_any_work(tmp_path, monkeypatch, main, sub):
+    monkeypatch.chdir(tmp_path)
+    code, err = run(main, *sub, "")
+    one_line(code, err, 2, "an argument is given empty")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_symlinked_output_folder_is_named_as_one(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "real").mkdir()
