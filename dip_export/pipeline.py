@@ -35,6 +35,7 @@ from dip_export.errors import DipError, UsageError
 from dip_export.generate import SamplePlan, check_image_size, generate, make_plan, parse_image_size
 from dip_export.runtime.backends import BackendSpec
 from dip_export.sampling import Denoiser, SamplerSettings
+from dip_export.sampling.rules import checked_settings
 from dip_export.settings import (
     MAX_BATCH,
     MAX_IMAGE_SIDE,
@@ -498,9 +499,7 @@ class DiPPipeline:
         used too (the model's recommended solver and count where a grid for them matches, else the
         fewest evaluations).
         """
-        base = settings if settings is not None else self.recommended_settings()
-        if not isinstance(base, SamplerSettings):
-            raise UsageError(f"settings must be a SamplerSettings, got {type(base).__name__}")
+        base = checked_settings(settings) if settings is not None else self.recommended_settings()
         given = [OVERRIDE_ALIASES.get(name, name) for name, value in overrides.items() if value is not None]
         twice = sorted({name for name in given if given.count(name) > 1})
         if twice:
@@ -561,6 +560,7 @@ class DiPPipeline:
         if not isinstance(plan, SamplePlan) or not isinstance(settings, SamplerSettings):
             raise UsageError("generate takes a SamplePlan (pipe.plan(...)) and SamplerSettings (pipe.sampler_settings(...))")
         plan = self.plan(plan.classes, plan.seeds)  # a plan made by hand is checked as one made by plan()
+        settings = checked_settings(settings)  # settings changed after they were made, or a subclass's: checked again
         size = self._size(image_size)
         batch = self.batch_size if batch_size is None else exact_int(batch_size, "batch_size", 1, MAX_BATCH)
         self.check_budget(len(plan), batch, size)

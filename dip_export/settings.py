@@ -45,10 +45,17 @@ def exact_int(value: Any, what: str, lo: int, hi: int) -> int:
     return int(value)
 
 
+def _numpy_float(value: Any) -> bool:
+    """A numpy floating scalar (as numpy integers pass for ints)."""
+    import numpy as np
+
+    return isinstance(value, np.floating)
+
+
 def finite_float(value: Any, what: str, lo: float, hi: float, *, above_lo: bool = False) -> float:
     """A finite number in lo..hi (above lo when `above_lo`): ints and floats pass, bools and strings do not."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise UsageError(f"{what} must be a number, got {type(value).__name__}")
+    if isinstance(value, bool) or (not isinstance(value, int | float | numbers.Integral) and not _numpy_float(value)):
+        raise UsageError(f"{what} must be a number, got {type(value).__name__}")  # a Fraction or Decimal is no float
     try:
         number = float(value)
     except OverflowError:  # an int or fraction beyond float range

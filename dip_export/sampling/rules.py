@@ -144,6 +144,14 @@ def check_guidance_applies(settings: SamplerSettings) -> None:
         )
 
 
+def checked_settings(value: Any) -> SamplerSettings:
+    """Settings given to a call, built again from their fields so that every check runs: an instance changed after
+    it was made, or of a subclass (whose own checks may be none), is taken as the plain settings its fields make."""
+    if not isinstance(value, SamplerSettings):
+        raise UsageError(f"settings must be a SamplerSettings, got {type(value).__name__}")
+    return SamplerSettings(**{f.name: getattr(value, f.name) for f in dataclasses.fields(SamplerSettings)})
+
+
 STORED_NAMES = {"sampler": "method", "guidance_interval": "interval"}  # stored defaults' (and the CLI's) field names
 
 
