@@ -15,6 +15,7 @@ checked before any work.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -392,7 +393,7 @@ def swap_in(tmp: Path, target: Path, backup: Path) -> None:
     """Put the finished folder `tmp` at `target`; an old `target` goes to the empty folder `backup` under a journal."""
     journal = journal_path(target)
     try:
-        _write_journal(journal, _journal_fields(target, backup.name, _host(), os.getpid()))
+        _write_journal(journal, _journal_fields(target, backup.name, _host(), os.getpid()), target)
     except OSError as err:
         backup.rmdir()
         raise DipError(f"cannot write {journal}: {err.strerror or err} (a file or link of that name is in the way)") from None
@@ -419,14 +420,46 @@ def _journal_fields(target: Path, backup: str, host: str, pid: int) -> dict[str,
     return {**fields, "mac": contents_mac({**fields, "target": target.name}, owner_key(create=True) or b"")}
 
 
-def _write_journal(journal: Path, data: dict[str, Any]) -> None:
-    """Written and synced before the first rename. Made new, never through a symlink or over a file someone put
-    there."""
-    fd = os.open(journal, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
-    with open(fd, "w") as f:
-        f.write(json.dumps(data))
-        f.flush()
-        os.fsync(f.fileno())
+def _write_journal(journal: Path, data: dict[str, Any], target: Path | None = None) -> None:
+    """Written whole and synced to a temporary beside `target` (named as `io.atomic_path` names them: a killed run's
+    is removed by the next), then linked to its name before the first rename: after a kill at any instant there is
+    no journal or the whole one, never an empty one. Never through a symlink, never over a file put there."""
+    import tempfile
+
+    from dip_export.io import _tmp_prefix
+
+    target = target or journal.parent / journal.name.removeprefix(".").removesuffix(".swap.json")
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(target), suffix=".tmp", dir=journal.parent)
+    try:
+        with open(fd, "w") as f:
+            f.write(json.dumps(data))
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, journal)  # never replaces a name in the way: EEXIST
+        except OSError as err:  # a file system without hard links: renamed instead, where nothing is in the way
+            if err.errno == errno.EEXIST or os.path.lexists(journal):
+                raise
+            os.replace(tmp, journal)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+    _sync_folder(journal.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """The folder's entries on disk (the journal's name before the renames it guards); where a folder cannot be
+    opened for it, skipped."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _backup_pattern(target: Path) -> re.Pattern[str]:
