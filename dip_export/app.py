@@ -41,6 +41,7 @@ from dip_export.settings import (
     decimal_text,
     exact_int,
     given_options,
+    list_items,
     number_list,
     one_of,
     run_conditions,
@@ -466,9 +467,7 @@ def _check_bench_request(request: BenchRequest) -> list[str]:
     from dip_export.runtime.catalog import BENCH_DEFAULT
 
     default = "torch" if request.samplers is not None else BENCH_DEFAULT
-    names = [b for b in (default if request.backends is None else request.backends).split(",") if b]  # each as typed
-    if not names:
-        raise UsageError("--backends is empty; name at least one, e.g. torch")
+    names = list_items(default if request.backends is None else request.backends, "--backends")  # each as typed
     for name in names:
         if name != "auto":
             BackendSpec.parse(name)

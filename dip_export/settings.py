@@ -86,13 +86,20 @@ def one_of(value: Any, what: str, choices: Sequence[str]) -> str:
     return value
 
 
-def choice_list(text: Any, what: str, choices: Sequence[str]) -> list[str]:
-    """'a,b' -> ['a', 'b']: a non-empty comma-separated list of known names, each once."""
+def list_items(text: Any, what: str) -> list[str]:
+    """'a,b' -> ['a', 'b'], each item as typed (" a" stays " a"); no item may be empty (`a,,b`, `a,`, `,a`, ``)."""
     if not isinstance(text, str):
         raise UsageError(f"{what} must be comma-separated names, got {type(text).__name__}")
-    names = [part for part in text.split(",") if part]  # " a" is refused below like any unknown name
-    if not names:
-        raise UsageError(f"{what} is empty; name at least one of {', '.join(choices)}")
+    items = text.split(",")
+    if not all(items):
+        where = "is empty" if text == "" else "holds an empty item (two commas, or one at an end)"
+        raise UsageError(f"{what} {where}; name each item once")
+    return items
+
+
+def choice_list(text: Any, what: str, choices: Sequence[str]) -> list[str]:
+    """'a,b' -> ['a', 'b']: a non-empty comma-separated list of known names (`list_items`), each once."""
+    names = list_items(text, what)  # " a" is refused below like any unknown name
     for name in names:
         one_of(name, what, choices)
     if len(set(names)) != len(names):

@@ -440,7 +440,7 @@ def test_bench_json_onto_a_folder_is_refused_before_the_benchmark(tmp_path, monk
     code, err = run(cli.bench_main, "--backends", "torch", "--steps", "1", "--json", tmp_path / "r.json")
     one_line(code, err, 2, "is a folder")
     code, err = run(cli.bench_main, "--backends", "", "--steps", "1")
-    one_line(code, err, 2, "--backends is empty")
+    one_line(code, err, 2, "--backends is given an empty value")
 
 
 @pytest.mark.parametrize("opset", ["0", "-3", "99"])

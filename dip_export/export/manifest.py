@@ -6,7 +6,7 @@ import functools
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -104,9 +104,16 @@ def write_manifest(folder: Path, manifest: Manifest, written: Iterable[str] | No
                 added[name] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
         kept = {rel: entry for rel, entry in manifest.contents.items() if (folder / rel).exists()}
         manifest.contents = {**kept, **added}
-    manifest.owner_mac = contents_mac(manifest.contents, owner_key(create=True) or b"")
+    manifest.owner_mac = ""
+    manifest.owner_mac = contents_mac(marked_fields(manifest.to_json()), owner_key(create=True) or b"")
     with atomic_path(folder / MANIFEST) as tmp:
         tmp.write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
+
+
+def marked_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+    """What a manifest's owner mark covers: every field but the mark itself, as read back from the file (the file
+    list with every other field: a manifest edited by hand is no longer the tool's, whatever it changed)."""
+    return {k: v for k, v in json.loads(json.dumps(data)).items() if k != "owner_mac"}
 
 
 def read_manifest(folder: Path) -> Manifest:
@@ -122,13 +129,31 @@ def read_manifest(folder: Path) -> Manifest:
     try:
         manifest = parse_manifest(data)
     except (ValueError, TypeError, KeyError, UsageError) as err:
-        raise ExportError(f"{path}: invalid manifest ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+        raise ExportError(f"{path}: invalid manifest ({manifest_error(err)})") from None
     held = sum(check_graph(folder, inside(folder, rel, role), role, manifest) for role, rel in manifest.files.items())
     check_weight_count(folder, manifest, held)
     for precision, entry in manifest.engines.items():
         for role, rel in entry["files"].items():
             inside(folder, rel, f"{precision} {role} engine", must_exist=False)
     return manifest
+
+
+def manifest_error(err: Exception) -> str:
+    """Why a manifest was refused, in words: a missing field is named as one (not as a bare key)."""
+    if isinstance(err, KeyError):
+        return f"the field {str(err.args[0])[:100] if err.args else '?'} is missing"
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def _check_verification(report: dict[str, Any]) -> None:
+    """An export's check against PyTorch, where it records one: the tool writes none that failed (above the tolerance
+    nothing is written), so a report that did not pass is a manifest changed or not the tool's."""
+    if "passed" in report and report["passed"] is not True:
+        raise ValueError("verification.passed is not true: this export did not match PyTorch; export it again")
+    worst, tolerance = report.get("worst_rel"), report.get("tolerance")
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (worst, tolerance))
+    if worst is not None and (not numbers or not worst <= tolerance):  # type: ignore[operator]
+        raise ValueError("verification.worst_rel is not within its tolerance: this export did not match PyTorch")
 
 
 def parse_manifest(data: Any) -> Manifest:
@@ -165,6 +190,7 @@ def parse_manifest(data: Any) -> Manifest:
         if not isinstance(entry, dict) or not isinstance(entry.get("files"), dict):
             raise ValueError(f"engines.{precision} must be an object with files")
         _check_files(entry["files"])
+    _check_verification(data.get("verification", {}))
     check_sampling_defaults(data.get("sampling", {}))
     target = data.get("extra", {}).get("target", "onnx")
     if not isinstance(target, str) or target not in BUILD_TARGETS:
@@ -552,9 +578,10 @@ def ownership_problem(folder: Path) -> str | None:
     if not (folder / MANIFEST_NAME).is_file():
         return f"it holds no {MANIFEST_NAME}"
     try:
-        manifest = parse_manifest(read_json(folder / MANIFEST_NAME, folder=folder, what="manifest"))
+        raw = read_json(folder / MANIFEST_NAME, folder=folder, what="manifest")
+        manifest = parse_manifest(raw)
     except (UntrustedFileError, ValueError, TypeError, KeyError, DipError) as err:
-        reason = str(err).splitlines()[0].removeprefix(f"{folder / MANIFEST_NAME}: ")[:100] if str(err) else type(err).__name__
+        reason = manifest_error(err).removeprefix(f"{folder / MANIFEST_NAME}: ")[:100]
         return f"its {MANIFEST_NAME} is not a valid one of this tool: {reason}"
     listed = manifest.contents
     if not listed:
@@ -565,7 +592,7 @@ def ownership_problem(folder: Path) -> str | None:
         return f"it cannot be listed ({err.strerror or err})"
     if extra:
         return f"it holds files or folders its manifest does not list ({', '.join(extra[:3])})"
-    forged = mac_problem(listed, manifest.owner_mac)
+    forged = mac_problem(marked_fields(raw), manifest.owner_mac)  # the list and every other field, as written
     if forged:
         return forged
     for rel, entry in listed.items():
