@@ -157,6 +157,10 @@ def load_failure(err: BaseException) -> str:
     if isinstance(err, MemoryError):
         return "its tensors do not fit in memory"
     text = str(err)
+    if isinstance(err, ImportError):  # a trusted load runs the imports the file names
+        return "it names code that cannot be imported here (a module missing); install what it was saved with"
+    if isinstance(err, AttributeError) and text.startswith("Can't get attribute"):  # pickle's own words
+        return "it names code that cannot be imported here (a class or function its module lacks)"
     for pattern, reason in _ZIP_FAILURES:
         if isinstance(err, RuntimeError) and pattern.search(text):
             return reason
