@@ -74,6 +74,10 @@ HUB_SECONDS = ("HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT")
 TRUE_WORDS = ("1", "ON", "YES", "TRUE")  # huggingface_hub's own (constants.ENV_VARS_TRUE_VALUES)
 FALSE_WORDS = ("0", "OFF", "NO", "FALSE", "")
 MAX_HUB_SECONDS = 86_400
+HUB_TEXTS = (  # sent in each request's URL or header: a control character or space there fails inside the library
+    ("HF_ENDPOINT", re.compile(r"https?://[\x21-\x7e]{1,2048}"), "an http(s):// URL of printable ASCII"),
+    ("HF_TOKEN", re.compile(r"[\x21-\x7e]{1,4096}"), "a token of printable ASCII"),
+)
 COMMIT_ID = re.compile(r"[0-9a-f]{40}")  # what huggingface_hub writes into a cache ref, and takes as a revision's commit
 
 
@@ -91,6 +95,10 @@ def check_hub_environment(environ: Mapping[str, str] | None = None) -> None:
         value = env.get(name)
         if value is not None and not (re.fullmatch(r"[0-9]{1,6}", value) and 1 <= int(value) <= MAX_HUB_SECONDS):
             raise UsageError(f"{name} must be a whole number of seconds in 1..{MAX_HUB_SECONDS}; it holds another value")
+    for name, form, said in HUB_TEXTS:
+        value = env.get(name)
+        if value and not form.fullmatch(value):  # empty: unset, as huggingface_hub takes it
+            raise UsageError(f"{name} must be {said}; it holds another value")
 
 
 @dataclass(frozen=True)
