@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from dip_export.config import PRESETS, DiPConfig
 from dip_export.errors import DipError
 
 if TYPE_CHECKING:
+    from dip_export.config import PRESETS, DiPConfig
     from dip_export.pipeline import DiPPipeline
 
 __all__ = ["PRESETS", "DiPConfig", "DiPPipeline", "DipError"]
@@ -22,9 +22,14 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    # the pipeline pulls in torch and the model: loaded on first use, so `--help` stays quick
+    # loaded on first use: the pipeline pulls in torch and the model (`--help` stays quick), and nothing but the
+    # standard library loads before a command's Ctrl-C handling is in place (`dip_export.entry`)
     if name == "DiPPipeline":
         from dip_export.pipeline import DiPPipeline
 
         return DiPPipeline
+    if name in ("PRESETS", "DiPConfig"):
+        from dip_export import config
+
+        return getattr(config, name)
     raise AttributeError(f"module 'dip_export' has no attribute {name!r}")
