@@ -203,16 +203,18 @@ def test_manifest_paths_must_stay_inside_the_folder(export, outside_model, kind,
     assert not out.exists()
 
 
-def test_cached_export_pointing_outside_is_remade_not_followed(tmp_path, ckpt, monkeypatch, outside_model):
+def test_cached_export_pointing_outside_is_refused_not_followed(tmp_path, ckpt, monkeypatch, outside_model):
     monkeypatch.chdir(tmp_path)
     args = [ckpt, "--backend", "onnx", "--image-size", "32x64", "--classes", "1", "--seeds", "0", "--steps", "1"]
     assert sample(*args, "--out", "a.npz")[0] == 0
     (cached,) = Path("engines").iterdir()
-    tamper(cached, files__backbone=str(outside_model))
+    outside = outside_model.read_bytes()
+    tamper(cached, files__backbone=str(outside_model))  # an edited manifest: no longer the tool's, never replaced
+    edited = (cached / "manifest.json").read_bytes()
     code, err = sample(*args, "--out", "b.npz")
-    assert code == 0, err
-    assert json.loads((cached / "manifest.json").read_text())["files"]["backbone"] == "backbone.onnx"
-    assert np.array_equal(np.load("a.npz")["arr_0"], np.load("b.npz")["arr_0"])
+    one_line(code, err, 2, "is not an export of this tool", "no valid mark")
+    assert (cached / "manifest.json").read_bytes() == edited and outside_model.read_bytes() == outside
+    assert not Path("b.npz").exists()
 
 
 # ------------------------------------------------------------------ 3. silent mixing
