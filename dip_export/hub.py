@@ -99,6 +99,36 @@ def check_hub_environment(environ: Mapping[str, str] | None = None) -> None:
         value = env.get(name)
         if value and not form.fullmatch(value):  # empty: unset, as huggingface_hub takes it
             raise UsageError(f"{name} must be {said}; it holds another value")
+    if not env.get("HF_TOKEN"):
+        _check_token_file(env)
+
+
+def token_file(env: Mapping[str, str]) -> Path:
+    """The file huggingface_hub takes its token from when HF_TOKEN is unset or empty (its constants, worked out from
+    this environment): HF_TOKEN_PATH, else HF_HOME/token, else XDG_CACHE_HOME (~/.cache)/huggingface/token."""
+    def expanded(text: str) -> str:
+        return os.path.expandvars(os.path.expanduser(text))
+
+    home = expanded(env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or "~/.cache", "huggingface"))
+    return Path(expanded(env.get("HF_TOKEN_PATH") or os.path.join(home, "token")))
+
+
+def _check_token_file(env: Mapping[str, str]) -> None:
+    """The token huggingface_hub would read from its file (and send in every request) is one: a regular file of at most
+    4 KiB whose text, without line ends and outer spaces (as the library cleans it), is printable ASCII."""
+    from dip_export.untrusted import UntrustedFileError, read_regular
+
+    path = token_file(env)
+    if not os.path.lexists(path):
+        return
+    said = f"the Hub token file {path} (HF_TOKEN_PATH, or HF_HOME/token) must hold one token of printable ASCII"
+    try:
+        text = read_regular(path, None, 4096, "Hub token file").decode("utf-8")
+    except (UntrustedFileError, UnicodeDecodeError):
+        raise UsageError(f"{said}; it is not such a file (move it away or set HF_TOKEN)") from None
+    token = text.replace("\r", "").replace("\n", "").strip()
+    if token and not re.fullmatch(r"[\x21-\x7e]{1,4096}", token):
+        raise UsageError(f"{said}; it holds another value")
 
 
 @dataclass(frozen=True)

@@ -148,8 +148,10 @@ def manifest_error(err: Exception) -> str:
 def _check_verification(report: dict[str, Any]) -> None:
     """An export's check against PyTorch, where it records one: the tool writes none that failed (above the tolerance
     nothing is written), so a report that did not pass is a manifest changed or not the tool's."""
-    if "passed" in report and report["passed"] is not True:
+    if report.get("passed") is not True:
         raise ValueError("verification.passed is not true: this export did not match PyTorch; export it again")
+    if not isinstance(report.get("rows"), list) or not report["rows"]:
+        raise ValueError("verification.rows is empty: no comparison with PyTorch is recorded; export it again")
     worst, tolerance = report.get("worst_rel"), report.get("tolerance")
     numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (worst, tolerance))
     if worst is not None and (not numbers or not worst <= tolerance):  # type: ignore[operator]
@@ -190,7 +192,9 @@ def parse_manifest(data: Any) -> Manifest:
         if not isinstance(entry, dict) or not isinstance(entry.get("files"), dict):
             raise ValueError(f"engines.{precision} must be an object with files")
         _check_files(entry["files"])
-    _check_verification(data.get("verification", {}))
+    if "verification" not in data:  # both writers record one: a manifest without it cannot show the export matched
+        raise KeyError("verification")
+    _check_verification(data["verification"])
     check_sampling_defaults(data.get("sampling", {}))
     target = data.get("extra", {}).get("target", "onnx")
     if not isinstance(target, str) or target not in BUILD_TARGETS:
