@@ -139,7 +139,7 @@ def test_a_revision_is_sent_only_when_it_is_a_plain_ref_name(revision):
     from dip_export.pipeline import open_source
 
     plain = (
-        bool(re.fullmatch(r"[A-Za-z0-9][\w./-]{0,254}", revision)) and not {"..", "//"} & {revision[i:i + 2] for i in
+        bool(re.fullmatch(r"[A-Za-z0-9][\w./-]{0,254}", revision, re.ASCII)) and not {"..", "//"} & {revision[i:i + 2] for i in
         range(len(revision))} and not revision.endswith(("/", ".")) and ".lock/" not in revision + "/"
     )  # fmt: skip
 

@@ -38,7 +38,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | None]:
 def expected(source: str, weights: str, trust: bool) -> type[Exception] | None:
     """The rule, written out: what each option needs of the source."""
     if source == "preset":
-        return UsageError if weights == "raw" or trust else None
+        return UsageError  # random weights: any choice of weights given (ema too), or trust, applies to nothing
     if source in ("demo", "safetensors file") and trust:
         return UsageError  # no code to trust
     return CheckpointError if weights == "raw" else None  # one set of weights: "raw" names none of them
