@@ -149,10 +149,13 @@ def test_a_manifest_without_the_models_record_is_refused(made: SimpleNamespace, 
 
 
 def test_a_preset_source_is_rebuilt_and_checked(made: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, golden: Any) -> None:
+    from types import MappingProxyType
+
+    from dip_export import config as config_module
     from dip_export.checkpoint import resolve_model
     from dip_export.config import PRESETS
 
-    monkeypatch.setitem(PRESETS, "tiny", golden.config)
+    monkeypatch.setattr(config_module, "PRESETS", MappingProxyType({**PRESETS, "tiny": golden.config}))  # read-only
     tiny = resolve_model(None, "tiny")
     manifest = dataclasses.replace(made.manifest, config=tiny.config, source=source_info(tiny))
     again = loaded_from_source(manifest)
