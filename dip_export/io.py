@@ -270,7 +270,7 @@ def _swap_in(tmp: Path, target: Path) -> None:
         old = Path(tempfile.mkdtemp(prefix=_tmp_prefix(target) + "old.", suffix=".tmp", dir=target.parent))
     except OSError as err:
         raise DipError(f"cannot write {target}: {err.strerror or err}") from None
-    swap_in(tmp, target, old)  # under a journal naming `old`: a kill at any instant loses no export
+    swap_in(tmp, target, old, _tmp_prefix(target))  # under a journal naming `old`: a kill at any instant loses no export
 
 
 def check_replaceable_folder(target: Path, problem_of: Callable[[Path], str | None]) -> None:

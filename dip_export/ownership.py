@@ -389,11 +389,11 @@ def _host() -> str:
     return socket.gethostname()[:32]
 
 
-def swap_in(tmp: Path, target: Path, backup: Path) -> None:
+def swap_in(tmp: Path, target: Path, backup: Path, prefix: str | None = None) -> None:
     """Put the finished folder `tmp` at `target`; an old `target` goes to the empty folder `backup` under a journal."""
     journal = journal_path(target)
     try:
-        _write_journal(journal, _journal_fields(target, backup.name, _host(), os.getpid()), target)
+        _write_journal(journal, _journal_fields(target, backup.name, _host(), os.getpid()), prefix)  # io's temp names
     except OSError as err:
         backup.rmdir()
         raise DipError(f"cannot write {journal}: {err.strerror or err} (a file or link of that name is in the way)") from None
@@ -420,16 +420,13 @@ def _journal_fields(target: Path, backup: str, host: str, pid: int) -> dict[str,
     return {**fields, "mac": contents_mac({**fields, "target": target.name}, owner_key(create=True) or b"")}
 
 
-def _write_journal(journal: Path, data: dict[str, Any], target: Path | None = None) -> None:
+def _write_journal(journal: Path, data: dict[str, Any], prefix: str | None = None) -> None:
     """Written whole and synced to a temporary beside `target` (named as `io.atomic_path` names them: a killed run's
     is removed by the next), then linked to its name before the first rename: after a kill at any instant there is
     no journal or the whole one, never an empty one. Never through a symlink, never over a file put there."""
     import tempfile
 
-    from dip_export.io import _tmp_prefix
-
-    target = target or journal.parent / journal.name.removeprefix(".").removesuffix(".swap.json")
-    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(target), suffix=".tmp", dir=journal.parent)
+    fd, tmp = tempfile.mkstemp(prefix=prefix or f"{journal.name}.", suffix=".tmp", dir=journal.parent)
     try:
         with open(fd, "w") as f:
             f.write(json.dumps(data))
