@@ -405,11 +405,12 @@ def _check_checkpoint_tensors(path: Any) -> None:
             size = max(size, check_zip_records(archive.infolist(), str(path), size))  # what its records hold
             # every record torch's reader could take for the pickle (it matches names in any case), read by its entry
             pickles = [i for i in archive.infolist() if i.filename.rsplit("/", 1)[-1].lower() == "data.pkl"]
-            found = []
+            found, storages = [], set()
             for info in pickles:
                 with archive.open(info) as f:
                     found.append(pickle_declared(_Bounded(f, info.file_size)))
-                _check_records_hold(archive, info.filename.rsplit("/", 1)[0], found[-1], path)
+                storages |= _check_records_hold(archive, info.filename.rsplit("/", 1)[0], found[-1], path)
+            _check_compressed_records(archive.infolist(), storages, path)
     else:
         with path.open("rb") as f:
             found = [pickle_declared(_Bounded(f, size))]
@@ -418,18 +419,41 @@ def _check_checkpoint_tensors(path: Any) -> None:
     check_memory(views, f"{path}: its tensors by their shapes", None)
 
 
-def _check_records_hold(archive: Any, prefix: str, declared: Declared, path: Any) -> None:
+def _check_compressed_records(records: Any, storages: set[str], path: Any) -> None:
+    """A compressed record that is no storage of a pickle (the pickle itself, the version and byte-order records)
+    inflates to no more than a pickle's argument may hold: torch's reader inflates such a record whole."""
+    for info in records:
+        if info.compress_type != 0 and info.filename.lower() not in storages and info.file_size > MAX_PICKLE_ARGUMENT:
+            raise BudgetError(
+                f"{path}: a compressed record that holds no tensor inflates to {info.file_size} bytes (more than "
+                f"{gib(MAX_PICKLE_ARGUMENT)}; torch.save writes only small ones); refusing to read it"
+            )
+
+
+def _check_records_hold(archive: Any, prefix: str, declared: Declared, path: Any) -> set[str]:
     """Every storage the pickle declares has its record (`PREFIX/data/KEY`, any case, as torch's reader finds it)
     holding at least its bytes: a shorter record would have the tensor read past it, from the zip's next headers.
+    A compressed record holds no more than its storage needs: torch's reader inflates a record whole before it
+    compares sizes, so a small deflated record that inflates to gigabytes would cost them before any refusal.
     A record that is missing is torch's reader's to report."""
-    sizes = {info.filename.lower(): info.file_size for info in archive.infolist()}
+    records = {info.filename.lower(): info for info in archive.infolist()}
+    held = set()
     for key, needed in declared.storages.items():
-        held = sizes.get(f"{prefix}/data/{key}".lower()) if isinstance(key, str | int) else None
-        if held is not None and held < needed:
+        info = records.get(f"{prefix}/data/{key}".lower()) if isinstance(key, str | int) else None
+        if info is None:
+            continue
+        held.add(info.filename.lower())
+        if info.file_size < needed:
             raise BudgetError(
-                f"{path}: truncated or damaged: a tensor record holds {held} bytes where its storage needs {needed}; "
-                "refusing to load it"
+                f"{path}: truncated or damaged: a tensor record holds {info.file_size} bytes where its storage needs "
+                f"{needed}; refusing to load it"
             )
+        if info.compress_type != 0 and info.file_size > needed:
+            raise BudgetError(
+                f"{path}: a compressed tensor record inflates to {info.file_size} bytes where its storage needs "
+                f"{needed} (torch.save writes each storage's bytes exactly); refusing to load it"
+            )
+    return held
 
 
 def check_zip_records(records: Any, source: str, file_size: int) -> int:

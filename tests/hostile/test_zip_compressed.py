@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dip_export import DiPPipeline
-from dip_export.budget import zip_mappable
+from dip_export.budget import BudgetError, zip_mappable
 from dip_export.checkpoint import build_model, load_checkpoint
 from dip_export.config import DiPConfig
-from tests.test_hostile import sample
+from tests.test_hostile import one_line, sample
 
 FEW = settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -98,3 +98,56 @@ def test_the_pipeline_gives_the_same_weights_and_images(plain: Path, tmp_path: P
     a = original(classes=[1, 2], seeds=[3, 4], steps=2, image_size=16)
     b = rezipped(classes=[1, 2], seeds=[3, 4], steps=2, image_size=16)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _deflated(plain: Path, out: Path, record: str | None = None, extra: int = 0, added: int = 0) -> Path:
+    """`plain` re-zipped with every record deflated; `record` grown by `extra` zero bytes; a record of `added`
+    zero bytes that no pickle names put beside them."""
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            dst.writestr(name, data + bytes(extra) if name == record else data)
+        if added:
+            prefix = src.namelist()[0].split("/", 1)[0]
+            with dst.open(f"{prefix}/padding", "w", force_zip64=True) as f:
+                for _ in range(0, added, 1 << 20):
+                    f.write(bytes(min(1 << 20, added)))
+    return out
+
+
+@FEW
+@given(data=st.data())
+def test_a_compressed_record_larger_than_its_storage_is_refused_unread(
+    tmp_path_factory: pytest.TempPathFactory, plain: Path, data: st.DataObject
+) -> None:
+    record = data.draw(st.sampled_from([n for n in _names(plain) if "/data/" in n]))
+    extra = data.draw(st.integers(0, 1 << 16))
+    path = _deflated(plain, tmp_path_factory.mktemp("deflated") / "big.pt", record, extra)
+    if extra == 0:  # re-zipped as it was: read (into memory, not mapped) and equal
+        loaded = load_checkpoint(path)
+        assert loaded.config is not None
+        return
+    with zipfile.ZipFile(path) as z:
+        held = z.getinfo(record).file_size
+    with pytest.raises(BudgetError) as err:
+        load_checkpoint(path)
+    assert str(err.value) == (
+        f"{path}: a compressed tensor record inflates to {held} bytes where its storage needs {held - extra} "
+        "(torch.save writes each storage's bytes exactly); refusing to load it"
+    )
+
+
+def test_a_large_compressed_record_no_pickle_names_is_refused(tmp_path: Path, plain: Path) -> None:
+    from dip_export.budget import MAX_PICKLE_ARGUMENT
+
+    small = _deflated(plain, tmp_path / "small.pt", added=1 << 20)  # a small one torch never reads: harmless
+    assert load_checkpoint(small).config is not None
+    path = _deflated(plain, tmp_path / "bomb.pt", added=MAX_PICKLE_ARGUMENT + (1 << 20))
+    assert path.stat().st_size < small.stat().st_size + (1 << 20)  # deflated, it adds little on disk
+    with pytest.raises(BudgetError, match="a compressed record that holds no tensor inflates to"):
+        load_checkpoint(path)
+    code, err = sample(path, "--steps", "2", "--num-samples", "1", "--image-size", "32", "--out", tmp_path / "o.npz")
+    one_line(code, err, 1, str(path), "a compressed record that holds no tensor")
+    assert not (tmp_path / "o.npz").exists()
+    with pytest.raises(BudgetError, match="holds no tensor"):
+        DiPPipeline.load(path, device="cpu")
