@@ -9,12 +9,12 @@ images = DiPPipeline.load()(classes=[1, 7], seeds=[0, 1])  # the bundled demo mo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-from dip_export.errors import DipError
-
+TYPE_CHECKING = False  # typing itself is not loaded: a command's Ctrl-C handling comes first (`dip_export.entry`)
 if TYPE_CHECKING:
+    from typing import Any
+
     from dip_export.config import PRESETS, DiPConfig
+    from dip_export.errors import DipError
     from dip_export.pipeline import DiPPipeline
 
 __all__ = ["PRESETS", "DiPConfig", "DiPPipeline", "DipError"]
@@ -28,6 +28,10 @@ def __getattr__(name: str) -> Any:
         from dip_export.pipeline import DiPPipeline
 
         return DiPPipeline
+    if name == "DipError":
+        from dip_export.errors import DipError
+
+        return DipError
     if name in ("PRESETS", "DiPConfig"):
         from dip_export import config
 

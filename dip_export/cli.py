@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import os
 import signal
 import sys
 import threading
@@ -52,9 +53,8 @@ def run_app(app: typer.Typer) -> None:
         hint = " (see --help)" if err.exit_code == 2 else ""
         print_error(err.format_message() + hint)
         sys.exit(err.exit_code)
-    except typer.Abort:
-        console.print("[red]interrupted[/red]: nothing partial was kept")
-        sys.exit(130)
+    except (typer.Abort, KeyboardInterrupt):  # Ctrl-C while the command line is read, before a command runs
+        _say_interrupted(exit=sys.exit)
     sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -111,6 +111,11 @@ class _Interrupt:
     @classmethod
     def handler(cls, signum: int, frame: Any) -> None:
         cls.received = True
+        if _swallowing(frame):  # raised there, it would be printed and dropped: the signal comes again shortly
+            again = threading.Timer(0.005, os.kill, (os.getpid(), signal.SIGINT))
+            again.daemon = True
+            again.start()
+            return
         raise KeyboardInterrupt
 
     @classmethod
@@ -132,6 +137,17 @@ class _Interrupt:
             cls.received = False
 
 
+def _swallowing(frame: Any) -> bool:
+    """The frame runs inside one whose exceptions the interpreter prints as 'Exception ignored' and drops: the
+    weakref callback of an import lock (imports run all through a command), or an object's finaliser."""
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "__del__" or (code.co_name == "cb" and code.co_filename.startswith("<frozen importlib")):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def handle_errors(func: F) -> F:
     """Turn library errors and Ctrl-C into one red line and an exit code. After a Ctrl-C, any exception that reaches
     here is the interruption (whatever a library turned the KeyboardInterrupt into): one line, exit 130."""
@@ -140,7 +156,7 @@ def handle_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         with _Interrupt.watched():
             try:
-                return func(*args, **kwargs)
+                done = func(*args, **kwargs)
             except Exception as err:
                 if _Interrupt.received:
                     _say_interrupted()
@@ -154,12 +170,28 @@ def handle_errors(func: F) -> F:
                 raise
             except KeyboardInterrupt:
                 _say_interrupted()
+            if _Interrupt.received:  # a library caught the KeyboardInterrupt and went on to the end
+                _say_interrupted()
+            return done
 
     return wrapper  # type: ignore[return-value]
 
 
-def _say_interrupted() -> typing.NoReturn:
-    console.print("[red]interrupted[/red]: nothing partial was kept")
+def _say_interrupted(exit: Callable[[int], Any] | None = None) -> typing.NoReturn:
+    """The one line, with further Ctrl-C ignored while it is written (a second one would break into the write);
+    the handler in place before is back once it is out."""
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # off the main thread: signals are the main thread's
+        previous = None
+    try:
+        console.print("[red]interrupted[/red]: nothing partial was kept")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if exit is not None:
+        exit(130)
     raise typer.Exit(130) from None
 
 

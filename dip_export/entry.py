@@ -1,20 +1,74 @@
-"""The commands as installed (`dip-sample`, `dip-export`, `dip-bench`): Ctrl-C while the libraries load (numpy, torch,
-typer: a second or more) ends as any interruption does, in one line with exit 130, not a traceback."""
+"""The commands as installed (`dip-sample`, `dip-export`, `dip-bench`): Ctrl-C from the moment this module loads
+(numpy, torch and typer take a second or more to load) ends as any interruption does, in one line with exit 130,
+never a traceback; so does a second Ctrl-C, which changes nothing.
+
+While the command loads, nothing has been written, so the process ends at once (`os._exit`): no library between
+the signal and the interpreter can catch or swallow the exit. The CLI puts its own handler in place for the run of
+a command (`cli.handle_errors`), and this one is back for the few statements after it. Before the first statement
+of this module runs (the interpreter's own start, `import dip_export`), a Ctrl-C is Python's own."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 INTERRUPTED = "interrupted: nothing partial was kept"
+COMMANDS = ("dip-sample", "dip-export", "dip-bench")
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    """The line (written by the OS call, which a second Ctrl-C cannot break into), what was printed before it
+    flushed, then exit 130 at once."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C is dropped
+    for stream in (sys.stdout, sys.stderr):
+        try:  # noqa: SIM105 (contextlib is not loaded yet)
+            stream.flush()
+        except Exception:  # a write the signal broke into, a closed pipe: what is buffered is lost, nothing else
+            pass
+    try:  # noqa: SIM105
+        os.write(2, f"{INTERRUPTED}\n".encode())
+    except OSError:
+        pass
+    os._exit(130)
+
+
+def _guard_loading() -> bool:
+    """Install `_interrupted` where Python's own handler is in place (not where SIGINT is ignored, nor off the main
+    thread, where signal.signal refuses); True when it is in place."""
+    if signal.getsignal(signal.SIGINT) is _interrupted:
+        return True
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return False
+    try:
+        signal.signal(signal.SIGINT, _interrupted)
+    except ValueError:  # not the main thread
+        return False
+    return True
+
+
+def _as_command() -> bool:
+    """Loaded by an installed command's script (its name is the program's), not imported by other code."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return name.removesuffix(".exe").removesuffix("-script.py") in COMMANDS
+
+
+if _as_command():
+    _guard_loading()  # before anything else loads
 
 
 def _run(name: str) -> None:
+    guarded = _guard_loading()
     try:
         from dip_export import cli
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # where the guard could not be put in place and Python's handler raised
         sys.stderr.write(INTERRUPTED + "\n")
         raise SystemExit(130) from None
-    getattr(cli, name)()
+    try:
+        getattr(cli, name)()
+    finally:
+        if guarded:  # the command is over: its exit is not interrupted
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def sample_main() -> None:

@@ -559,6 +559,7 @@ class DiPPipeline:
         """The images of a plan, uint8 (N, H, W, 3); `cuda_graphs` as `use_cuda_graphs` takes it."""
         if not isinstance(plan, SamplePlan) or not isinstance(settings, SamplerSettings):
             raise UsageError("generate takes a SamplePlan (pipe.plan(...)) and SamplerSettings (pipe.sampler_settings(...))")
+        optional_callable(on_step, "on_step")
         plan = self.plan(plan.classes, plan.seeds)  # a plan made by hand is checked as one made by plan()
         settings = checked_settings(settings)  # settings changed after they were made, or a subclass's: checked again
         size = self._size(image_size)

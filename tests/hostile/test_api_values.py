@@ -99,6 +99,16 @@ def test_a_hand_made_plan_is_checked_as_one_from_plan(pipe):
     np.testing.assert_array_equal(good, pipe(classes=[1], seeds=[0], steps=2))
 
 
+@pytest.mark.parametrize("on_step", [1, "print", [print], True])
+def test_a_step_callback_that_cannot_be_called_is_refused_before_the_engine(pipe, monkeypatch, on_step):
+    def no_engine(*args, **kwargs):
+        raise AssertionError("the engine was made before on_step was checked")
+
+    monkeypatch.setattr(pipe, "engine", no_engine)
+    with pytest.raises(UsageError, match="on_step must be callable or None, got"):
+        pipe.generate(pipe.plan([1], [0]), pipe.sampler_settings(steps=2), on_step=on_step)
+
+
 def test_one_setting_under_two_names_is_refused(pipe):
     with pytest.raises(UsageError, match="sampler and method"):
         pipe(classes=[1], seeds=[0], sampler="euler", method="heun")

@@ -5,14 +5,19 @@ A child process raises KeyboardInterrupt, as Ctrl-C would, at the import of each
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from dip_export.entry import INTERRUPTED
+from dip_export.entry import COMMANDS, INTERRUPTED
 
 ROOT = Path(__file__).resolve().parents[2]
 CHILD = r"""
@@ -46,3 +51,71 @@ def test_the_package_loads_nothing_heavy():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+PYTHON_STARTUP = (r"Failed checking if argv\[0\] is an import path entry\nTraceback \(most recent call last\):\n"
+                  r"(?:  .*\n)*KeyboardInterrupt\n")
+
+
+def _installed(name: str) -> Path:
+    script = Path(sys.executable).parent / name
+    assert script.is_file(), f"{script}: the README's install puts the commands beside the interpreter"
+    return script
+
+
+def _outcome(done: subprocess.CompletedProcess) -> str:
+    """What a Ctrl-C at some instant of an installed command's life may end in; anything else is a failure."""
+    err = done.stderr
+    if done.returncode in (130, -signal.SIGINT) and err.splitlines() == [INTERRUPTED]:  # -2: a 2nd Ctrl-C at exit
+        return "interrupted"
+    if done.returncode == 0 and "Usage" in done.stdout and err == "":
+        return "finished"
+    if done.returncode == -signal.SIGINT and err == "":  # before Python's handler is in place, or after it is gone
+        return "killed"
+    if err.startswith("Fatal Python error: init_import_site"):  # Python's own start (site), before any of ours
+        return "python"
+    startup = re.match(PYTHON_STARTUP, err)
+    if startup:  # Python reports a Ctrl-C while it computes sys.path[0] and goes on; the rest obeys the same rules
+        rest = err[startup.end():]
+        if not rest.strip():
+            return "python"
+        return _outcome(subprocess.CompletedProcess(done.args, done.returncode, done.stdout, rest))
+    if _before_the_guard(err):
+        return "python"
+    raise AssertionError(f"exit {done.returncode}: {err[-3000:]!r}")
+
+
+def _before_the_guard(err: str) -> bool:
+    """A KeyboardInterrupt raised before `dip_export.entry` installs its handler: every frame is the script's
+    import line, the import machinery's, or module-level code of the package or `entry` above the guard."""
+    from dip_export import entry
+
+    guard = next(n for n, line in enumerate(Path(entry.__file__).read_text().splitlines(), 1) if line == "if _as_command():")
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', err)
+    if not err.startswith("Traceback") or err.strip().splitlines()[-1] != "KeyboardInterrupt" or not frames:
+        return False
+    for file, line, function in frames:
+        if file.startswith("<frozen") or Path(file).name in COMMANDS or file.endswith("dip_export/__init__.py"):
+            continue
+        if file.endswith("dip_export/entry.py") and function == "<module>" and int(line) <= guard:
+            continue
+        return False
+    return True
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_real_ctrl_c_at_any_instant_of_a_command_is_one_line_or_none(command):
+    script, seen = _installed(command), Counter()
+    for step in range(24):  # across the libraries' loading (tens to hundreds of ms here), then the finished command
+        delay, twice = 0.015 * step, step % 3 == 2  # every third: a second Ctrl-C right after the first
+        child = subprocess.Popen([script, "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env={**os.environ, "NO_COLOR": "1", "COLUMNS": "100"})  # fmt: skip
+        time.sleep(delay)
+        child.send_signal(signal.SIGINT)
+        if twice:
+            time.sleep(0.001)
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=120)
+        seen[_outcome(subprocess.CompletedProcess(child.args, child.returncode, out, err))] += 1
+    assert seen["interrupted"] > 0, seen  # the window this guards was hit

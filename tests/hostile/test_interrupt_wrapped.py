@@ -90,3 +90,47 @@ def test_ctrl_c_wrapped_by_the_exporter_is_one_interrupted_line(
     monkeypatch.setattr(torch.onnx, "export", plain_type_error)
     with pytest.raises(TypeError, match="an exporter bug"):
         run(cli.export_main, "onnx", ckpt, "--image-size", "32x64", "--output-dir", out)
+
+
+class _SignalsWhileFinalised:
+    """Ctrl-C landing in a finaliser, where an exception is printed as 'Exception ignored' and dropped."""
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):  # the handler runs between these bytecodes, inside the finaliser
+            pass
+
+
+def _swallowing_run(kind: str) -> str:
+    if kind == "finaliser":
+        finalised = _SignalsWhileFinalised()
+        del finalised
+    else:  # a library that catches the KeyboardInterrupt and goes on
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(10**7):
+                pass
+        except KeyboardInterrupt:
+            pass
+    for _ in range(10**6):  # the deferred interrupt lands here, out of the finaliser
+        pass
+    return "finished"
+
+
+@pytest.mark.parametrize("kind", ["finaliser", "caught"])
+def test_ctrl_c_that_would_be_dropped_still_ends_the_command(kind: str, python_sigint: None, capsys) -> None:
+    import sys
+
+    import typer
+
+    unraisable: list[object] = []
+    previous, sys.unraisablehook = sys.unraisablehook, unraisable.append
+    try:
+        with pytest.raises(typer.Exit) as ended:
+            cli.handle_errors(_swallowing_run)(kind)
+    finally:
+        sys.unraisablehook = previous
+    assert ended.value.exit_code == 130
+    assert unraisable == []  # nothing was printed as ignored
+    assert capsys.readouterr().err.strip().splitlines() == ["interrupted: nothing partial was kept"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
