@@ -407,10 +407,18 @@ def _npz_array(zf: Any, member: _Member, path: Path, name: str) -> np.ndarray:
     return array
 
 
+def _without_line_ending(raw: bytes) -> bytes:
+    """A line less its one ending, "\\n" or "\\r\\n" (none on the last line); any other carriage return is the
+    line's own, for its parser to refuse: "5\\r" is not "5"."""
+    if raw.endswith(b"\r\n"):
+        return raw[:-2]
+    return raw[:-1] if raw.endswith(b"\n") else raw
+
+
 def read_lines(
     path: Path, *, what: str, max_bytes: int = MAX_TEXT_BYTES, max_lines: int | None = None
 ) -> list[tuple[int, str]]:
-    """The lines of a text file that are not blank, as written (less the line ending), with their line numbers
+    """The lines of a text file that are not blank, as written (less one "\\n" or "\\r\\n"), with their line numbers
     (1-based); never quoted in errors.
     Reading stops after `max_lines` non-empty lines (what the caller can use), so a long file costs no more."""
     lines: list[tuple[int, str]] = []
@@ -418,7 +426,7 @@ def read_lines(
         with open_regular(Path(path), None, max_bytes, what) as f:
             for number, raw in enumerate(f, 1):
                 try:
-                    text = raw.decode("utf-8").rstrip("\r\n")  # the line as written: its parser refuses spaces
+                    text = _without_line_ending(raw).decode("utf-8")  # the line as written: its parser refuses spaces
                 except UnicodeDecodeError:
                     raise UntrustedFileError(f"{path} line {number}: the {what} is not UTF-8 text") from None
                 if text.strip():

@@ -91,3 +91,46 @@ def test_dip_sample_names_the_line_of_a_class_out_of_range(tmp_path: Path, no_sa
     path.write_text("1\n10\n")
     code, err = run(cli.sample_main, "--num-samples", "2", "--class-file", path, "--steps", "2", "--out", tmp_path / "o.npz")
     one_line(code, err, 2, f"{path} line 2", "out of range")
+
+
+@st.composite
+def lines_with_carriage_returns(draw: st.DrawFn) -> tuple[list[bytes], int]:
+    """Class lines, each with its ending ("\\n", "\\r\\n", none on the last), one of which has carriage returns put
+    anywhere in it (before, inside or after the digits, next to its ending or not)."""
+    count = draw(st.integers(1, 6))
+    endings = [draw(st.sampled_from([b"\n", b"\r\n"])) for _ in range(count - 1)] + [draw(st.sampled_from([b"", b"\n", b"\r\n"]))]
+    lines = [str(draw(st.integers(0, 9999))).encode() for _ in range(count)]
+    bad = draw(st.integers(0, count - 1))
+    for _ in range(draw(st.integers(1, 3))):
+        at = draw(st.integers(0, len(lines[bad])))
+        lines[bad] = lines[bad][:at] + b"\r" + lines[bad][at:]
+    return [line + ending for line, ending in zip(lines, endings, strict=True)], bad + 1
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(file=lines_with_carriage_returns())
+def test_a_carriage_return_that_is_not_a_line_ending_is_refused_with_its_line(
+    tmp_path_factory: pytest.TempPathFactory, file: tuple[list[bytes], int]
+) -> None:
+    lines, bad = file
+    path = tmp_path_factory.mktemp("cf") / "classes.txt"
+    path.write_bytes(b"".join(lines))
+    raw = lines[bad - 1]
+    body = raw.removesuffix(b"\r\n") if raw.endswith(b"\r\n") else raw.removesuffix(b"\n")
+    if body.isdigit():  # the only \r was the line's own CRLF ending
+        assert read_class_file(path, 10**4, len(lines))[bad - 1] == int(body)
+    else:
+        with pytest.raises(UsageError, match=f"classes.txt line {bad}: one non-negative integer class per line expected"):
+            read_class_file(path, 10**4, len(lines))
+
+
+@pytest.mark.parametrize(("text", "bad"), [(b"1\r\n2\r\r\n", 2), (b"1\n2\r", 2), (b"1\r2\r3\r", 1), (b"\r1\n2\n", 1)])
+def test_dip_sample_refuses_a_stray_carriage_return_before_any_sampling(
+    tmp_path: Path, no_sampling: None, text: bytes, bad: int
+) -> None:
+    path = tmp_path / "cf.txt"
+    path.write_bytes(text)
+    out = tmp_path / "o.npz"
+    code, err = run(cli.sample_main, "--num-samples", "2", "--class-file", path, "--steps", "2", "--out", out)
+    one_line(code, err, 2, f"--class-file {path} line {bad}: one non-negative integer class per line expected")
+    assert not out.exists() and not (tmp_path / "o.png").exists()
