@@ -514,8 +514,13 @@ def recover_swap(target: Path, alive: Any, problem_of: Callable[[Path], str | No
         raise DipError(f"another run (pid {data['pid']}) is replacing {target}; wait for it")
     backup = target.parent / data["backup"]
     if os.path.lexists(target):
+        # a backup holding the old export beside something that is not the new one (it came after the kill): the
+        # backup is all there is (an empty backup: the swap had not moved the old export yet)
+        if os.path.lexists(backup) and any(backup.iterdir()) and problem_of(target):
+            raise DipError(f"{target} is not the export a killed run was putting in place: the earlier export is kept "
+                           f"beside it in {backup.name}; move {target.name} away and run again")  # fmt: skip
         if os.path.lexists(backup):
-            shutil.rmtree(backup)  # the new export was in place: the old one was on its way out
+            shutil.rmtree(backup)  # the new export was in place (or the old one not yet moved): nothing is lost
     elif os.path.lexists(backup):
         os.replace(backup, target)  # killed between the renames: the old export comes back
     journal.unlink()

@@ -162,3 +162,46 @@ def test_a_tensorrt_build_for_an_interrupted_export_finds_it(tmp_path, monkeypat
                       timing_cache=None, opt_level=3, console=Console(quiet=True), device="cpu")  # fmt: skip
     assert target.stat().st_ino == old_inode and all((target / f).is_file() for f in entry["files"].values())
     assert swap_leftovers(tmp_path) == set()
+
+
+IN_THE_WAY = {
+    "empty folder": lambda p: p.mkdir(),
+    "user folder": lambda p: (p.mkdir(), (p / "notes.txt").write_text("mine")),
+    "file": lambda p: p.write_text("mine"),
+    "dangling link": lambda p: p.symlink_to("nowhere"),
+    "export plus a file": lambda p: (shutil.copytree(p.parent / "pristine", p), (p / "notes.txt").write_text("mine")),
+}
+
+
+@pytest.mark.parametrize("reader", ["dip-sample", "api", "dip-export onnx"])
+@pytest.mark.parametrize("thing", sorted(IN_THE_WAY))
+def test_something_put_where_a_killed_swap_left_no_export_keeps_the_backup(tmp_path, monkeypatch, loaded, pristine,
+                                                                          reader, thing):  # fmt: skip
+    """Killed between the renames (the old export only in its backup), then anything at the export's name before the
+    next run: that run refuses, naming the backup, and deletes nothing; once the thing is moved away the old export
+    comes back."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    shutil.copytree(pristine, work / "pristine")
+    target = work / "exp"
+    old_inode = interrupted(monkeypatch, loaded, pristine, target, 1)
+    IN_THE_WAY[thing](target)
+    before = listing(work)
+    words = ("is not the export a killed run was putting in place", "the earlier export is kept", "away and run again")
+    if reader == "api":
+        with pytest.raises(DipError, match=words[0]):
+            DiPPipeline.load("exp")
+    else:
+        args = ["onnx", "--output-dir", "exp"] if reader == "dip-export onnx" else ["exp", "--steps", "2", "--out", "s.npz"]
+        code, err = run(cli.export_main if reader == "dip-export onnx" else cli.sample_main, *args)
+        if reader == "dip-export onnx" and thing != "empty folder":  # refused as an output before the journal is read
+            assert code in (1, 2)
+            one_line(code, err, code, "exp")
+        else:
+            one_line(code, err, 1, *words)
+    assert listing(work) == before  # nothing deleted, renamed or written
+
+    (target.rename(work / "moved") if thing != "dangling link" else target.unlink())
+    read_cli(Path("exp"), work / "s.npz")
+    assert target.stat().st_ino == old_inode and not os.path.lexists(journal_path(target))
