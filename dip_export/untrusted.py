@@ -461,7 +461,8 @@ def graph_files(folder: Path, graphs: Iterable[str]) -> list[Path]:
             model = onnx.load(str(path), load_external_data=False)
         except Exception as err:  # protobuf's DecodeError and others on damaged files
             raise UntrustedFileError(f"{path}: not a readable ONNX model ({type(err).__name__})") from None
-        for tensor in model.graph.initializer:
+        sparse = [t for s in model.graph.sparse_initializer for t in (s.values, s.indices)]  # refused by the reader too
+        for tensor in [*model.graph.initializer, *sparse]:
             for entry in tensor.external_data:
                 if entry.key == "location":
                     found.append(contained(path.parent, entry.value, "external data", source=path))

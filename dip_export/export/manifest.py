@@ -406,6 +406,9 @@ def _structure_problem(
     graph: Any, model: Any, size: int, graph_path: str, precision: str, io: tuple[Any, ...], num_classes: int, opset: int,
     target: str = "onnx",
 ) -> str:
+    problem = _form_problem(model)
+    if problem:
+        return problem
     problem, stored = _external_problem(graph, Path(graph_path).parent)
     problem = problem or _declared_problem(graph, size + stored)
     if problem:
@@ -458,6 +461,25 @@ def _opset_problem(model: Any, opset: int) -> str:
         return ""
     held = f"opset {', '.join(map(str, sorted(found)))}" if found else "no ONNX opset"
     return f"the graph imports {held} where the manifest's opset is {opset}; refusing to run it"
+
+
+def _form_problem(model: Any) -> str:
+    """The graph holds its weights only as initializers and its nodes only number and text attributes, as the
+    exporter writes them: a sparse initializer (densified by ONNX Runtime, past the weights' checks, the budget and
+    the content identity), a tensor- or graph-valued attribute, a model-local function or training info is refused."""
+    from onnx import AttributeProto
+
+    plain = {AttributeProto.FLOAT, AttributeProto.INT, AttributeProto.STRING, AttributeProto.FLOATS, AttributeProto.INTS,
+             AttributeProto.STRINGS}  # fmt: skip
+    graph, never = model.graph, "which the exporter never writes; refusing to run it"
+    if len(graph.sparse_initializer):
+        return f"the graph holds {len(graph.sparse_initializer)} sparse initializer(s), {never}"
+    if len(model.functions) or len(model.training_info):
+        return f"the graph defines functions or training info, {never}"
+    for number, node in enumerate(graph.node, 1):  # another operator is refused by name (`_operator_problem`)
+        if node.op_type in EXPORTER_OPS and any(attribute.type not in plain for attribute in node.attribute):
+            return f"node #{number} has a tensor- or graph-valued attribute, {never}"
+    return ""
 
 
 def _operator_problem(graph: Any) -> str:
