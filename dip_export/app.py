@@ -21,7 +21,15 @@ from rich.progress import Progress
 from dip_export.engines import make_engine
 from dip_export.errors import ExportError, UsageError
 from dip_export.generate import SamplePlan, check_run_limits, check_seed, make_plan, parse_image_size, parse_int_list
-from dip_export.io import check_output_file, check_output_folder, check_outputs, image_grid, remove_output, save_npz, save_png
+from dip_export.io import (
+    check_output_file,
+    check_output_folder,
+    check_outputs,
+    image_grid,
+    output_group,
+    save_npz,
+    save_png,
+)
 from dip_export.messages import say
 from dip_export.ownership import check_free_space, check_not_input, check_outputs_apart, check_replaceable_output
 from dip_export.pipeline import DiPPipeline
@@ -145,21 +153,19 @@ def run_sample(request: SampleRequest, console: Console, progress: Progress) -> 
         return pipe.generate(part, settings, batch_size=request.batch_size, cuda_graphs=request.cuda_graphs, on_step=on_step)
 
     if world.size > 1 or request.resume:
-        if world.is_main:
-            remove_output(request.out.with_suffix(".png"), "samples-grid")  # never an old grid beside a new npz
         identity = _run_identity(request, pipe, settings, spec)
-        images = _run_sharded(plan, request, world, dev, identity, make_images, progress, console, sampler_line)
-        if images is None:
-            return
+        _run_sharded(plan, request, world, dev, identity, make_images, progress, console, sampler_line,
+                     lambda images: _write_outputs(request, images))  # fmt: skip
     else:
         say(console, sampler_line)  # every check has passed: the sampling starts now
         with progress:
             total = settings.steps * -(-len(plan) // request.batch_size)
             task = progress.add_task(f"{pipe.name} {spec} {len(plan)} images", total=total)
             images = make_images(plan, lambda _: progress.advance(task))
-        remove_output(request.out.with_suffix(".png"), "samples-grid")  # never an old grid beside a new npz
-        save_npz(request.out, images)
-    _write_images(request, images, pipe.image_size, console)
+        _write_outputs(request, images)
+    if world.is_main:
+        out, size = request.out, pipe.image_size
+        say(console, f"wrote {out} ({len(plan)} x {size[0]}x{size[1]}) and {out.with_suffix('.png')}")
 
 
 def _check_sample_request(request: SampleRequest, world: World) -> None:
@@ -264,14 +270,16 @@ def check_sampling_options(sampling: dict[str, Any]) -> None:
     field_values({OVERRIDE_NAMES.get(name, name): value for name, value in sampling.items()})
 
 
-def _write_images(request: SampleRequest, images: np.ndarray, size: tuple[int, int], console: Console) -> None:
-    """The PNG grid beside the npz, and one PNG per image with --png-dir."""
+def _write_outputs(request: SampleRequest, images: np.ndarray) -> None:
+    """The npz, the PNG grid beside it and one PNG per image with --png-dir: all of them or none (`output_group`:
+    an interrupted or failed write leaves the earlier files as they were, never a new npz beside an old grid)."""
     out = request.out
-    save_png(out.with_suffix(".png"), image_grid(images[:256]), "samples-grid")
-    if request.png_dir is not None:
-        for i, image in enumerate(images):
-            save_png(request.png_dir / _png_name(i), image, "sample-image")
-    say(console, f"wrote {out} ({images.shape[0]} x {size[0]}x{size[1]}) and {out.with_suffix('.png')}")
+    with output_group():
+        save_npz(out, images)
+        save_png(out.with_suffix(".png"), image_grid(images[:256]), "samples-grid")
+        if request.png_dir is not None:
+            for i, image in enumerate(images):
+                save_png(request.png_dir / _png_name(i), image, "sample-image")
 
 
 def _png_name(index: int) -> str:
@@ -310,8 +318,10 @@ def _run_sharded(
     progress: Progress,
     console: Console,
     sampler_line: str,
+    finish: Callable[[np.ndarray], None],
 ) -> np.ndarray | None:
-    """torchrun / --resume: shards of whole batches, resumable; rank 0 shows the global count and merges."""
+    """torchrun / --resume: shards of whole batches, resumable; rank 0 shows the global count, merges and `finish`es
+    (writes the outputs)."""
     out, batch_size, shard_batches = request.out, request.batch_size, request.batches_per_shard
     from dip_export.distributed import check_settings, parts_dir, run_settings, run_sharded
 
@@ -333,7 +343,7 @@ def _run_sharded(
                 return images
 
             images = run_sharded(plan, out, world=world, settings=identity, batch_size=batch_size,
-                                 shard_batches=shard_batches, make_images=counted,
+                                 shard_batches=shard_batches, make_images=counted, finish=finish,
                                  on_images=lambda n: progress.update(task, completed=n))  # fmt: skip
             progress.update(task, completed=len(plan))
         say(console, f"shards in {folder}/ (kept for resuming; delete when done)")
@@ -631,15 +641,17 @@ def _write_report(
     report: dict[str, Any], json_out: Path | None, plot: Path | None, plotter: Callable[[dict[str, Any], Path], None],
     console: Console,
 ) -> None:  # fmt: skip
-    """A benchmark's JSON and plot, each written atomically and marked as this tool's."""
+    """A benchmark's JSON and plot, marked as this tool's, written together or not at all (`output_group`)."""
     from dip_export.io import save_json
 
-    if json_out is not None:
-        save_json(json_out, report, "bench-report")
-        say(console, f"wrote {json_out}")
-    if plot is not None:
-        plotter(report, plot)
-        say(console, f"wrote {plot}")
+    with output_group():
+        if json_out is not None:
+            save_json(json_out, report, "bench-report")
+        if plot is not None:
+            plotter(report, plot)
+    for written in (json_out, plot):
+        if written is not None:
+            say(console, f"wrote {written}")
 
 
 def run_export_onnx(

@@ -52,10 +52,17 @@ class RunShape:
 
 
 def gib(n: float) -> str:
-    """Bytes in the unit that reads: MiB below a quarter GiB, GiB below a PiB, PiB above (no 12-digit figures)."""
+    """Bytes in the unit that reads: bytes below a KiB, KiB below a MiB, MiB below a quarter GiB, GiB below a PiB,
+    PiB above (no 12-digit figures, and no positive figure that reads as 0: a 300 KiB limit is no '0 MiB')."""
     if n >= 2**50:
         return f"{n / 2**50:.3g} PiB"
-    return f"{n / 2**30:.1f} GiB" if n >= 2**28 else f"{n / 2**20:.0f} MiB"
+    if n >= 2**28:
+        return f"{n / 2**30:.1f} GiB"
+    if n >= 2**20:
+        return f"{n / 2**20:.0f} MiB"
+    if n >= 2**10:
+        return f"{n / 2**10:.0f} KiB"
+    return f"{n:.0f} bytes" if n >= 1 else f"{n:.2g} bytes"  # a fraction of a byte (an estimate): still not '0'
 
 
 # What each backend family holds beyond the eager-torch estimate. Calibrated on the demo model at 128, 256 and 512 px
@@ -147,10 +154,11 @@ def memory_limit(device: Any = None) -> int:
     found = _gpu_free(device) if getattr(device, "type", None) == "cuda" else _ram_available()
     text = os.environ.get("DIP_MEMORY_LIMIT", "")  # taken as given: no value is trimmed
     if text:
-        match = re.fullmatch(r"([0-9]{1,16})([KMGT]?)I?B?", text.upper()) if text.isascii() else None
+        # 8, 8B, 8K, 8KB, 8KiB (any case); an `i` belongs to a unit letter, so 8I and 8iB are no size
+        match = re.fullmatch(r"([0-9]{1,16})(?:([KMGT])(?:I?B)?|B)?", text.upper()) if text.isascii() else None
         if match is None:
             raise UsageError(f"DIP_MEMORY_LIMIT must be bytes with an optional K/M/G/T suffix, got {text[:40]!r}")
-        found = min(found, int(match.group(1)) * _UNITS[match.group(2)])
+        found = min(found, int(match.group(1)) * _UNITS[match.group(2) or ""])
     return found
 
 

@@ -102,17 +102,19 @@ def _option_named(command: Any, name: str) -> Any:
 
 
 class _Interrupt:
-    """Whether Ctrl-C (SIGINT) came during the running command. The handler the CLI installs sets it, then raises
-    KeyboardInterrupt as Python's own does; a library that catches that and raises something else instead (torch's
-    exporter: a TypeError, then its ConversionError) still ends the command as interrupted."""
+    """Whether Ctrl-C (SIGINT) or SIGTERM came during the running command, and which. The handler the CLI installs
+    sets it, then raises KeyboardInterrupt as Python's own does for Ctrl-C (SIGTERM too: the command's clean-up runs,
+    no partial output is left); a library that catches that and raises something else instead (torch's exporter: a
+    TypeError, then its ConversionError) still ends the command as interrupted."""
 
     received = False
+    signum = signal.SIGINT
 
     @classmethod
     def handler(cls, signum: int, frame: Any) -> None:
-        cls.received = True
+        cls.received, cls.signum = True, signal.Signals(signum)
         if _swallowing(frame):  # raised there, it would be printed and dropped: the signal comes again shortly
-            again = threading.Timer(0.005, os.kill, (os.getpid(), signal.SIGINT))
+            again = threading.Timer(0.005, os.kill, (os.getpid(), signum))
             again.daemon = True
             again.start()
             return
@@ -121,19 +123,24 @@ class _Interrupt:
     @classmethod
     @contextlib.contextmanager
     def watched(cls) -> Iterator[None]:
-        """Install the handler for one command (not where SIGINT is ignored or not Python's to handle, nor off the main
-        thread); the previous handler is back afterwards, the flag down."""
+        """Install the handler for one command: for SIGINT where Python's handler is in place, for SIGTERM where the
+        OS default is (not where a signal is ignored or handled outside Python, nor off the main thread); the previous
+        handlers are back afterwards, the flag down."""
         main = threading.current_thread() is threading.main_thread()
-        previous = signal.getsignal(signal.SIGINT) if main else None
-        if not callable(previous):  # off the main thread, ignored (SIG_IGN), the OS default, or set outside Python
+        previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)} if main else {}
+        taken = {signum: handler for signum, handler in previous.items()
+                 if callable(handler) or (signum == signal.SIGTERM and handler == signal.SIG_DFL)}  # fmt: skip
+        if signal.SIGINT not in taken:  # off the main thread, ignored (SIG_IGN), the OS default, or set outside Python
             yield
             return
-        cls.received = False
-        signal.signal(signal.SIGINT, cls.handler)
+        cls.received, cls.signum = False, signal.SIGINT
+        for signum in taken:
+            signal.signal(signum, cls.handler)
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for signum, handler in taken.items():
+                signal.signal(signum, handler)
             cls.received = False
 
 
@@ -180,19 +187,26 @@ def handle_errors(func: F) -> F:
 def _say_interrupted(exit: Callable[[int], Any] | None = None) -> typing.NoReturn:
     """The one line, with further Ctrl-C ignored while it is written (a second one would break into the write);
     the handler in place before is back once it is out."""
-    previous = signal.getsignal(signal.SIGINT)
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for signum in previous:
+            signal.signal(signum, signal.SIG_IGN)
     except ValueError:  # off the main thread: signals are the main thread's
-        previous = None
+        previous = {}
+    terminated = _Interrupt.received and _Interrupt.signum == signal.SIGTERM
     try:
-        console.print("[red]interrupted[/red]: nothing partial was kept")
+        if terminated:
+            console.print("[red]terminated[/red]: nothing partial was kept")
+        else:
+            console.print("[red]interrupted[/red]: nothing partial was kept")
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+    code = 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     if exit is not None:
-        exit(130)
-    raise typer.Exit(130) from None
+        exit(code)
+    raise typer.Exit(code) from None
 
 
 def progress_bar() -> Progress:

@@ -387,8 +387,10 @@ def run_sharded(
     shard_batches: int,
     make_images: Callable[[SamplePlan], np.ndarray],
     on_images: Callable[[int], None] | None = None,
+    finish: Callable[[np.ndarray], None] | None = None,
 ) -> np.ndarray | None:
-    """Generate this rank's missing shards, then (rank 0) merge all of them; returns the merged images on rank 0."""
+    """Generate this rank's missing shards, then (rank 0) merge all of them and write them (`finish`, else the npz
+    `out` alone); returns the merged images on rank 0."""
     folder = parts_dir(out)
     shard_size = batch_size * shard_batches
     recorded = run_settings(settings, plan, batch_size, shard_batches)
@@ -411,5 +413,8 @@ def run_sharded(
     for k, (start, stop) in enumerate(shards):
         parts.append(_read_shard(folder / f"shard-{k:06d}.npz", start, stop, parts[0].shape[1:] if parts else None, digest))
     images = np.concatenate(parts)
-    save_npz(out, images)
+    if finish is not None:
+        finish(images)
+    else:
+        save_npz(out, images)
     return images

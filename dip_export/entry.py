@@ -67,8 +67,9 @@ def _run(name: str) -> None:
     try:
         getattr(cli, name)()
     finally:
-        if guarded:  # the command is over: its exit is not interrupted
+        if guarded:  # the command is over (its line, if any, is out): its exit is not interrupted
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def sample_main() -> None:

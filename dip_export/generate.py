@@ -54,9 +54,9 @@ def make_plan(
     """Explicit --classes/--seeds pairs, or --num-samples N from --seed S (seed S+i, class i % K)."""
     classes = None if classes is None else list(int_list(classes, "--classes", 0, MAX_CLASS))
     seeds = None if seeds is None else list(int_list(seeds, "--seeds", 0, MAX_SEED))
+    seed = check_seed(seed, "--seed")  # every seed below is a sum of this one's Python int
     if classes is None and seeds is None:
         n = exact_int(8 if num_samples is None else num_samples, "--num-samples", 1, MAX_SAMPLES)
-        check_seed(seed, "--seed")
         check_seed(seed + n - 1, f"--seed + --num-samples - 1 ({seed} + {n - 1})")
         plan = SamplePlan([seed + i for i in range(n)], [i % num_classes for i in range(n)])
     else:
@@ -72,9 +72,10 @@ def make_plan(
     return plan
 
 
-def check_seed(value: int, what: str) -> None:
-    """Seeds are 0..2^63-1: every one of them is a distinct torch.Generator seed (negative ones would alias)."""
-    exact_int(value, what, 0, MAX_SEED)
+def check_seed(value: int, what: str) -> int:
+    """Seeds are 0..2^63-1: every one of them is a distinct torch.Generator seed (negative ones would alias).
+    Returns the seed as a Python int (a numpy one would wrap in the sums made from it)."""
+    return exact_int(value, what, 0, MAX_SEED)
 
 
 def check_run_limits(*, steps: int | None, cfg: float | None, batch_size: int, cache_interval: int | None) -> None:

@@ -9,8 +9,10 @@ import hmac
 import os
 import re
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -84,6 +86,8 @@ def remove_stale_temporaries(target: Path) -> None:
         match = own.fullmatch(path.name)
         if match is None or _alive(int(match.group(1))) or (swapping and ".old." in path.name):
             continue
+        if ".old." in path.name and path.is_dir() and not path.is_symlink() and any(path.iterdir()):
+            continue  # a swap's backup whose journal is gone: it may be the only copy of an export, kept
         if match.group(2) != _tmp_tag(target.name, host, int(match.group(1)), create=False):
             continue  # not a name this tool made: a user's file, kept
         if path.is_dir() and not path.is_symlink():
@@ -108,37 +112,118 @@ def atomic_path(target: Path, kind: str | None = None) -> Iterator[Path]:
 
     With a `kind` (ownership.OUTPUT_KINDS) an existing `target` is replaced only if it carries this tool's mark
     for that kind, checked before and again after the block, and the new file must carry the mark itself.
+    Inside `output_group()` the rename waits for the group's end, with the others.
     """
     target = Path(target)
     check_output_file(target, probe=False)  # the temporary made below is the write test
     if kind is not None:
         check_replaceable_output(target, kind)
     made = _folders_to_make(target.parent)
+    tmp: Path | None = None
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(target)
-        fd, tmp_name = tempfile.mkstemp(prefix=_tmp_prefix(target), suffix=".tmp", dir=target.parent)
-    except OSError as err:
-        _remove_made(made)
-        raise DipError(f"cannot write {target}: {err.strerror or err}") from None
-    os.close(fd)
-    tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result should read like any new file
-    try:
+        with uninterrupted():  # the temporary is made and named at once: a Ctrl-C cannot come between
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                remove_stale_temporaries(target)
+                fd, tmp_name = tempfile.mkstemp(prefix=_tmp_prefix(target), suffix=".tmp", dir=target.parent)
+            except OSError as err:
+                raise DipError(f"cannot write {target}: {err.strerror or err}") from None
+            os.close(fd)
+            tmp = Path(tmp_name)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result should read like any new file
         with _write_errors(target, tmp):
             yield tmp
         if kind is not None:
             if not is_ours(tmp, kind):
                 raise DipError(f"cannot write {target}: the new file lacks this tool's mark")
             check_replaceable_output(target, kind)  # still the tool's after the work
-        try:
-            os.replace(tmp, target)
-        except OSError as err:
-            raise DipError(f"cannot write {target}: {err.strerror or err}") from None
-        made = []  # written: the folders made for it stay
+        group = _GROUP.pending
+        if group is not None:
+            group.append((tmp, target, kind, made))  # the group renames it, or removes it
+            tmp, made = None, []
+        else:
+            with uninterrupted():
+                _rename_into_place(tmp, target)
+            made = []  # written: the folders made for it stay
     finally:
-        tmp.unlink(missing_ok=True)
-        _remove_made(made)
+        with uninterrupted():  # a second Ctrl-C does not break into the clean-up
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+            _remove_made(made)
+
+
+def _rename_into_place(tmp: Path, target: Path) -> None:
+    try:
+        os.replace(tmp, target)
+    except OSError as err:
+        raise DipError(f"cannot write {target}: {err.strerror or err}") from None
+
+
+class _Group(threading.local):
+    pending: list[tuple[Path, Path, str | None, list[Path]]] | None = None
+
+
+_GROUP = _Group()
+
+
+@contextlib.contextmanager
+def output_group() -> Iterator[None]:
+    """The files `atomic_path` writes in the block (a run's npz, grid and PNGs) are renamed into place together at
+    its end, with Ctrl-C and SIGTERM held for the renames: a run that fails or is interrupted before then leaves
+    none of them, and every earlier file as it was. Nested, the inner block joins the outer group."""
+    if _GROUP.pending is not None:
+        yield
+        return
+    pending: list[tuple[Path, Path, str | None, list[Path]]] = []
+    _GROUP.pending, done = pending, False
+    try:
+        yield
+        _GROUP.pending = None
+        for _, target, kind, _ in pending:
+            if kind is not None:
+                check_replaceable_output(target, kind)  # still the tool's after the work
+        with uninterrupted():
+            for tmp, target, _, _ in pending:
+                _rename_into_place(tmp, target)
+            done = True
+    finally:
+        _GROUP.pending = None
+        with uninterrupted():
+            for tmp, _, _, made in reversed(pending):
+                tmp.unlink(missing_ok=True)
+                if not done:
+                    _remove_made(made)
+
+
+HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait for the end of the block (a temporary made and named, a group of renames, a clean-up),
+    then act as they would have. Where a signal is not Python's to handle here (off the main thread, ignored, set
+    outside Python) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        got.append(signum)
+
+    previous = {}
+    for signum in HELD_SIGNALS:
+        handler = signal.getsignal(signum)
+        if handler is not None and handler is not signal.SIG_IGN:
+            previous[signum] = handler
+            signal.signal(signum, hold)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for held in dict.fromkeys(got):
+            signal.raise_signal(held)
 
 
 @contextlib.contextmanager
@@ -151,25 +236,29 @@ def atomic_dir(target: Path, *, problem_of: Callable[[Path], str | None]) -> Ite
     settle_swap(target, problem_of)
     check_replaceable_folder(target, problem_of)
     made = _folders_to_make(target.parent)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(target)
-        tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(target), suffix=".tmp", dir=target.parent))
-    except OSError as err:
-        _remove_made(made)
-        raise DipError(f"cannot write {target}: {err.strerror or err}") from None
+    tmp: Path | None = None
     done = False
     try:
+        with uninterrupted():  # the temporary is made and named at once: a Ctrl-C cannot come between
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                remove_stale_temporaries(target)
+                tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(target), suffix=".tmp", dir=target.parent))
+            except OSError as err:
+                raise DipError(f"cannot write {target}: {err.strerror or err}") from None
         with _write_errors(target, tmp):
             yield tmp
         _normal_permissions(tmp)
         check_replaceable_folder(target, problem_of)  # still replaceable after the work
-        _swap_in(tmp, target)
-        done = True
+        with uninterrupted():  # the swap's renames run to their end
+            _swap_in(tmp, target)
+            done = True
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not done:
-            _remove_made(made)
+        with uninterrupted():  # a second Ctrl-C does not break into the clean-up
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if not done:
+                _remove_made(made)
 
 
 def _folders_to_make(folder: Path) -> list[Path]:
@@ -441,7 +530,7 @@ def check_output_folder(folder: Path, allowed: Callable[[str], bool], kind: str 
         if not os.access(folder, os.W_OK | os.X_OK):
             raise UsageError(f"cannot write into {folder}: not writable")
         return
-    check_writable_parent(folder / "x")
+    check_writable_parent(folder)  # it does not exist: its nearest existing ancestor is what must take it (named as given)
 
 
 def _normal_permissions(folder: Path) -> None:

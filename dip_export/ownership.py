@@ -128,17 +128,35 @@ def owner_key_path() -> Path:
     return Path(config) / "dip-export" / "owner.key"
 
 
+def _key_chooser() -> str:
+    """What chose the owner key's path, for its refusals: naming a variable that is not set (or not the one that
+    chose it) would send the user to the wrong place."""
+    if os.environ.get(KEY_ENV):
+        return KEY_ENV
+    return "XDG_CONFIG_HOME" if os.environ.get("XDG_CONFIG_HOME") else "the home folder"
+
+
+def _key_hint() -> str:
+    """What chose the owner key's path and how to choose another."""
+    chooser = _key_chooser()
+    if chooser == KEY_ENV:
+        return f"{KEY_ENV} names it; set it to another place"
+    return f"placed by {chooser}; set {KEY_ENV} to choose another place"
+
+
 def check_key_apart(outputs: Iterable[tuple[str, Path]]) -> None:
     """The owner key is not an output of the run, nor inside one, nor holds one: it is made (or kept) at its path
     while the run writes the others."""
     given = owner_key_path()
     key = Path(os.path.abspath(given)).resolve()
+    chooser = _key_chooser()  # the lines are capped at 300 characters: the usual case (the variable set) adds nothing
+    hint = "" if chooser == KEY_ENV else f" (set {KEY_ENV} to choose another place)"
     for what, path in outputs:
         out = Path(os.path.abspath(path)).resolve()
         if key == out or out in key.parents:
-            raise UsageError(f"the owner key {given} ({KEY_ENV}) is or lies inside {what} {path}; keep the key elsewhere")
+            raise UsageError(f"the owner key {given} ({chooser}) is or lies inside {what} {path}; keep the key elsewhere{hint}")
         if key in out.parents:
-            raise UsageError(f"{what} {path} lies inside the owner key path {given} ({KEY_ENV}); keep the key elsewhere")
+            raise UsageError(f"{what} {path} lies inside the owner key path {given} ({chooser}); keep the key elsewhere{hint}")
 
 
 def owner_key(create: bool) -> bytes | None:
@@ -149,7 +167,7 @@ def owner_key(create: bool) -> bytes | None:
             return None
         _create_key(path)
     if path.is_symlink() or not path.is_file():
-        raise DipError(f"{path}: the owner key is not a regular file (move it away; {KEY_ENV} names another)")
+        raise DipError(f"{path}: the owner key is not a regular file; move it away ({_key_hint()})")
     info = path.stat()
     if info.st_mode & 0o077 or info.st_uid != os.getuid():
         raise DipError(f"{path}: the owner key is not yours alone (mode 600, your own); fix it or move it away")
@@ -168,12 +186,12 @@ def _create_key(path: Path) -> None:
     while not os.path.lexists(anchor) and anchor != anchor.parent:
         anchor = anchor.parent
     if not anchor.is_dir():
-        raise DipError(f"cannot make the owner key {path}: {anchor} is not a folder ({KEY_ENV} names another place)")
+        raise DipError(f"cannot make the owner key {path}: {anchor} is not a folder ({_key_hint()})")
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd, tmp = tempfile.mkstemp(prefix=".owner.key.", suffix=".tmp", dir=path.parent)  # mode 600
     except OSError as err:
-        raise DipError(f"cannot make the owner key {path}: {err.strerror or err}") from None
+        raise DipError(f"cannot make the owner key {path}: {err.strerror or err} ({_key_hint()})") from None
     try:
         os.write(fd, secrets.token_hex(32).encode() + b"\n")
         os.fsync(fd)
@@ -182,7 +200,7 @@ def _create_key(path: Path) -> None:
     except FileExistsError:
         pass  # another run made it first: its key is the key
     except OSError as err:
-        raise DipError(f"cannot make the owner key {path}: {err.strerror or err}") from None
+        raise DipError(f"cannot make the owner key {path}: {err.strerror or err} ({_key_hint()})") from None
     finally:
         os.unlink(tmp)
 
@@ -393,7 +411,8 @@ def swap_in(tmp: Path, target: Path, backup: Path, prefix: str | None = None) ->
     """Put the finished folder `tmp` at `target`; an old `target` goes to the empty folder `backup` under a journal."""
     journal = journal_path(target)
     try:
-        _write_journal(journal, _journal_fields(target, backup.name, _host(), os.getpid()), prefix)  # io's temp names
+        fields = _journal_fields(target, backup.name, _host(), os.getpid(), folder_fingerprint(tmp))
+        _write_journal(journal, fields, prefix)  # named as io's temporaries
     except OSError as err:
         backup.rmdir()
         raise DipError(f"cannot write {journal}: {err.strerror or err} (a file or link of that name is in the way)") from None
@@ -409,15 +428,38 @@ def swap_in(tmp: Path, target: Path, backup: Path, prefix: str | None = None) ->
         os.replace(backup, target)  # the earlier export goes back where it was
         journal.unlink(missing_ok=True)
         raise DipError(f"cannot write {target}: {err.strerror or err}") from None
-    journal.unlink(missing_ok=True)  # first: a backup left without its journal is a stale temporary of a dead run
-    shutil.rmtree(backup, ignore_errors=True)
+    spent = backup.with_name(".".join(backup.name.rsplit(".old.", 1)))  # a plain temporary: swept if a kill comes
+    try:
+        os.replace(backup, spent)
+    except OSError:
+        spent = backup
+    journal.unlink(missing_ok=True)  # after: a backup (`.old.`) without its journal is kept, it may be the only copy
+    shutil.rmtree(spent, ignore_errors=True)
 
 
-def _journal_fields(target: Path, backup: str, host: str, pid: int) -> dict[str, Any]:
-    """What a journal holds: the backup's name, the run that made it, and a mark under this user's owner key
-    (the one of export manifests) over those and the export's name, proof that this tool wrote it."""
-    fields = {"backup": backup, "host": host, "pid": pid}
+def _journal_fields(target: Path, backup: str, host: str, pid: int, new: str = "") -> dict[str, Any]:
+    """What a journal holds: the backup's name, the run that made it, the fingerprint of the export it puts in place
+    (`folder_fingerprint`), and a mark under this user's owner key (the one of export manifests) over those and the
+    export's name, proof that this tool wrote it."""
+    fields = {"backup": backup, "host": host, "pid": pid, "new": new}
     return {**fields, "mac": contents_mac({**fields, "target": target.name}, owner_key(create=True) or b"")}
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """sha256 over a folder's file names and sizes and its manifest's bytes (which list every file's sha256): the
+    export a swap puts in place is told from any other export put at its name after a kill."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(root) / name
+            digest.update(f"{path.relative_to(folder).as_posix()}\0{path.lstat().st_size}\n".encode())
+    manifest = folder / "manifest.json"
+    if manifest.is_file() and not manifest.is_symlink():
+        digest.update(manifest.read_bytes())
+    return digest.hexdigest()
 
 
 def _write_journal(journal: Path, data: dict[str, Any], prefix: str | None = None) -> None:
@@ -476,6 +518,7 @@ def _journal_problem(target: Path, journal: Path, problem_of: Callable[[Path], s
             "backup": Field(str, max_len=255),
             "host": Field(str, max_len=32),
             "pid": Field(int, lo=1, hi=2**31),
+            "new": Field(str, max_len=64),
             "mac": Field(str, max_len=64),
         }
     )
@@ -483,7 +526,7 @@ def _journal_problem(target: Path, journal: Path, problem_of: Callable[[Path], s
         data = read_json(journal, folder=target.parent, schema=schema, what="swap journal", max_bytes=4096)
     except UntrustedFileError:
         return "not a journal of the expected form", {}
-    fields = {key: data[key] for key in ("backup", "host", "pid")}
+    fields = {key: data[key] for key in ("backup", "host", "pid", "new")}
     if mac_problem({**fields, "target": target.name}, data["mac"]):
         return "it carries no valid mark of this user's tool", {}
     match = _backup_pattern(target).fullmatch(data["backup"])
@@ -496,6 +539,11 @@ def _journal_problem(target: Path, journal: Path, problem_of: Callable[[Path], s
         if any(backup.iterdir()) and problem_of(backup):  # empty: the swap had not moved the old export yet
             return "its backup is not an export of this tool", {}
     return None, data
+
+
+def _is_new(target: Path, fingerprint: str) -> bool:
+    """`target` is the export the journal's swap put in place (its file names, sizes and manifest)."""
+    return target.is_dir() and not target.is_symlink() and folder_fingerprint(target) == fingerprint
 
 
 def recover_swap(target: Path, alive: Any, problem_of: Callable[[Path], str | None]) -> None:
@@ -516,7 +564,7 @@ def recover_swap(target: Path, alive: Any, problem_of: Callable[[Path], str | No
     if os.path.lexists(target):
         # a backup holding the old export beside something that is not the new one (it came after the kill): the
         # backup is all there is (an empty backup: the swap had not moved the old export yet)
-        if os.path.lexists(backup) and any(backup.iterdir()) and problem_of(target):
+        if os.path.lexists(backup) and any(backup.iterdir()) and (problem_of(target) or not _is_new(target, data["new"])):
             raise DipError(f"{target} is not the export a killed run was putting in place: the earlier export is kept "
                            f"beside it in {backup.name}; move {target.name} away and run again")  # fmt: skip
         if os.path.lexists(backup):

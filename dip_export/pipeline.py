@@ -40,6 +40,7 @@ from dip_export.settings import (
     MAX_BATCH,
     MAX_IMAGE_SIDE,
     MAX_SAMPLES,
+    MAX_SEED,
     SAMPLE_RULES,
     ImageSize,
     check_options,
@@ -415,17 +416,22 @@ class DiPPipeline:
         return pipe
 
     def check_budget(
-        self, samples: int = 1, batch: int | None = None, size: tuple[int, int] | None = None, backend: str | None = None
+        self, samples: int = 1, batch: int | None = None, size: ImageSize | None = None, backend: str | None = None
     ) -> None:
         """Refuse, before any allocation, a run whose memory estimate exceeds what this machine has: on its backend
         (`backend`, else this pipeline's; backend="auto" not yet chosen: its costliest candidate), with the ONNX export
-        a checkpoint on onnx / trt makes first."""
+        a checkpoint on onnx / trt makes first. `size` as `generate` takes it (None: this pipeline's)."""
         from dip_export.budget import RunShape, check_run
 
-        h, w = size or self.image_size
+        # public: each argument checked as the calls check theirs, so an estimate is never of nonsense
+        samples = exact_int(samples, "samples", 1, MAX_SAMPLES)
+        batch = self.batch_size if batch is None else exact_int(batch, "batch", 1, MAX_BATCH)
+        h, w = self._size(size)
+        if backend is not None and backend != "auto":  # auto alone: its costliest candidate
+            BackendSpec.parse(backend)  # the parser every surface uses: text, a known name and precision
         on_cpu = self.device.type == "cpu" and self.source.loaded is not None  # the torch model is in RAM already
         resident = on_cpu or bool(self._engines)  # what free memory reads now has the weights taken off
-        shape = RunShape.sampling(batch or self.batch_size, h, w, samples)  # the batch really run: at most `samples`
+        shape = RunShape.sampling(batch, h, w, samples)  # the batch really run: at most `samples`
         name = backend or ("auto" if self._auto_pending else self.spec.name)
         export = self.source.loaded is not None and not self._engines  # an export is made on the fly, if any
         check_run(self.config, shape, self.device, resident=resident, backend=name, export=export)
@@ -543,7 +549,7 @@ class DiPPipeline:
         `seed` (default 0) is the first seed of num_samples, or of classes without seeds; with seeds it is refused.
         """
         _check_plan_options(classes, seeds, num_samples, seed)
-        first = 0 if seed is None else seed
+        first = 0 if seed is None else exact_int(seed, "seed", 0, MAX_SEED)  # a plain int: a uint8 seed + i would wrap
         return make_plan(self.config.num_classes, classes=classes, seeds=seeds, num_samples=num_samples, seed=first)
 
     def generate(
@@ -559,7 +565,7 @@ class DiPPipeline:
         """The images of a plan, uint8 (N, H, W, 3); `cuda_graphs` as `use_cuda_graphs` takes it."""
         if not isinstance(plan, SamplePlan) or not isinstance(settings, SamplerSettings):
             raise UsageError("generate takes a SamplePlan (pipe.plan(...)) and SamplerSettings (pipe.sampler_settings(...))")
-        optional_callable(on_step, "on_step")
+        optional_callable(on_step, "on_step", args=1)  # on_step(step index), after every sampler step
         plan = self.plan(plan.classes, plan.seeds)  # a plan made by hand is checked as one made by plan()
         settings = checked_settings(settings)  # settings changed after they were made, or a subclass's: checked again
         size = self._size(image_size)
@@ -632,7 +638,7 @@ class DiPPipeline:
         _check_plan_options(classes, seeds, num_samples, seed)  # an argument the call would ignore, before any work
         self.use_cuda_graphs(cuda_graphs)
         sampler = self.sampler_settings(settings, **overrides)
-        optional_callable(callback, "callback")
+        optional_callable(callback, "callback", args=2)  # callback(steps_done, steps_total), from on_step below
         batch = self.batch_size if batch_size is None else exact_int(batch_size, "batch_size", 1, MAX_BATCH)
         count = _planned_count(classes, seeds, num_samples)
         if count is not None:  # the images kept, against memory, before a plan of that length is built

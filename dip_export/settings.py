@@ -11,6 +11,7 @@ math and owns it); it validates its fields with the checks and limits below.
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import re
@@ -37,12 +38,15 @@ MAX_REPEATS = 1000  # timed repeats (and warm-up runs) of a measurement
 
 
 def exact_int(value: Any, what: str, lo: int, hi: int) -> int:
-    """An int in lo..hi: numpy integers pass, bools, floats and strings do not."""
+    """An int in lo..hi: numpy integers pass, bools, floats and strings do not.
+
+    Always a plain Python int: arithmetic on a numpy integer (a uint8 seed + i) would wrap around silently."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise UsageError(f"{what} must be an integer, got {type(value).__name__}")
-    if not lo <= int(value) <= hi:
-        raise UsageError(f"{what} must be in {lo}..{hi}, got {int(value)}")
-    return int(value)
+    number = int(value)
+    if not lo <= number <= hi:
+        raise UsageError(f"{what} must be in {lo}..{hi}, got {number}")
+    return number
 
 
 def _numpy_float(value: Any) -> bool:
@@ -57,9 +61,11 @@ def finite_float(value: Any, what: str, lo: float, hi: float, *, above_lo: bool 
     if isinstance(value, bool) or (not isinstance(value, int | float | numbers.Integral) and not _numpy_float(value)):
         raise UsageError(f"{what} must be a number, got {type(value).__name__}")  # a Fraction or Decimal is no float
     try:
-        number = float(value)
+        number = float(value)  # a plain float: no numpy float arithmetic downstream
     except OverflowError:  # an int or fraction beyond float range
         number = math.inf if float(value > 0) else -math.inf  # type: ignore[operator]
+    if number == 0 and value != 0:  # a longdouble 1e-400: not the zero it would silently become
+        raise UsageError(f"{what} is too small to be a float (nonzero, nearer 0 than any float), got {plain_value(value)}")
     if not (math.isfinite(number) and (lo < number if above_lo else lo <= number) and number <= hi):
         raise UsageError(f"{what} must be in {lo:g}..{hi:g}{f' (above {lo:g})' if above_lo else ''}, got {number}")
     return number
@@ -159,6 +165,10 @@ _WHOLE_TEXT = re.compile(r"[+-]?[0-9]{1,40}")
 _DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]{1,40}(?:\.[0-9]{0,40})?|\.[0-9]{1,40})(?:[eE][+-]?[0-9]{1,4})?")
 
 
+class _TooSmall(UsageError):
+    """A nonzero decimal that reads as 0.0: its own message, not a list's form (`number_list`)."""
+
+
 def whole_text(text: Any, what: str) -> int:
     """An integer typed as text: `12`, `-3`, `+4`; not `1.0`, `1_0`, `1e3`, ` 3` or `０`."""
     if not isinstance(text, str) or not _WHOLE_TEXT.fullmatch(text):
@@ -173,6 +183,9 @@ def decimal_text(text: Any, what: str) -> float:
     number = float(text)
     if not math.isfinite(number):
         raise UsageError(f"{what} is beyond the range of a float, got {plain_value(text)}")
+    nonzero = re.search("[1-9]", re.split("[eE]", text)[0]) is not None  # the digits, not the exponent
+    if nonzero and number == 0:  # `1e-400` would silently read as 0.0 (a subnormal such as `5e-324` is a float)
+        raise _TooSmall(f"{what} is too small to be a float (nonzero, nearer 0 than any float), got {plain_value(text)}")
     return number
 
 
@@ -189,6 +202,8 @@ def number_list(
         raise UsageError(f"{what} is empty")
     try:
         return [parse(part, what) for part in parts]
+    except _TooSmall:
+        raise  # the form is right: say what is wrong with the number
     except UsageError:
         kind = "integers" if parse is whole_text else "numbers"
         raise UsageError(f"{what} must be {form or f'comma-separated {kind}'}, got {plain_value(text)}") from None
@@ -226,10 +241,27 @@ def optional_text(value: Any, what: str, max_len: int = 1024) -> str | None:
     return value
 
 
-def optional_callable(value: Any, what: str) -> Any:
-    """None or something callable (checked before the work, not at its first use)."""
-    if value is not None and not callable(value):
+def optional_callable(value: Any, what: str, args: int | None = None) -> Any:
+    """None, or something callable with `args` positional arguments (checked before the work, not at its first use:
+    a wrong arity would otherwise fail with a TypeError after a step ran). `args` None: callability only.
+
+    `callable()` alone is True for an instance whose class sets `__call__ = None`; the class's `__call__` is what a
+    call runs. A callable with no signature to read (some builtins) is taken as it is."""
+    if value is None:
+        return None
+    if not callable(value) or not callable(inspect.getattr_static(type(value), "__call__", None)):
         raise UsageError(f"{what} must be callable or None, got {type(value).__name__}")
+    if args is None:
+        return value
+    try:
+        signature = inspect.signature(value)
+    except (TypeError, ValueError):  # no signature to read: accepted, as the call itself will tell
+        return value
+    try:
+        signature.bind(*[0] * args)
+    except TypeError:
+        takes = f"{args} positional argument{'' if args == 1 else 's'}"
+        raise UsageError(f"{what} must take {takes}, got one with signature {plain_value(str(signature))}") from None
     return value
 
 

@@ -502,11 +502,16 @@ _DECIMAL = re.compile(r"[0-9]{1,19}")  # an external-data offset or length: what
 def _external_problem(graph: Any, graph_dir: Path) -> tuple[str, int]:
     """Each initializer's external data lies in a regular file `contained` in the export folder (never a symlink),
     and its offset and length (or its declared bytes) fit in that file: checked before ONNX Runtime reads any
-    of it. ("" if so, and the bytes of the distinct files, for `_declared_problem`.)"""
+    of it. A tensor marked as external names its file, and a length given is the tensor's bytes. ("" if so, and the
+    bytes of the distinct files, for `_declared_problem`.)"""
+    from onnx import TensorProto
+
     sizes: dict[Path, int] = {}
     for number, tensor in enumerate(graph.initializer, 1):
         entries = {entry.key: entry.value for entry in tensor.external_data}
         if "location" not in entries:
+            if tensor.data_location == TensorProto.EXTERNAL or entries:
+                return f"tensor #{number} is marked as external data but names no file; refusing to read it", 0
             continue
         try:
             data = contained(graph_dir, entries["location"], "external data")  # graph_dir: checked, inside `folder`
@@ -525,6 +530,8 @@ def _external_problem(graph: Any, graph_dir: Path) -> tuple[str, int]:
         offset, length = (int(numbers[key]) for key in ("offset", "length"))
         if offset + max(length, _tensor_bytes(tensor)) > sizes[data]:
             return f"external data of tensor #{number} declares more bytes than {data.name} holds", 0
+        if "length" in entries and length != _tensor_bytes(tensor):  # the exporter writes the tensor's exact bytes
+            return f"external data of tensor #{number} declares {length} bytes where the tensor has {_tensor_bytes(tensor)}", 0
     return "", sum(sizes.values())
 
 

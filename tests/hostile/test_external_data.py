@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 
 from dip_export import DiPPipeline
 from dip_export.errors import ExportError
-from dip_export.export.manifest import _external_problem
+from dip_export.export.manifest import _external_problem, _tensor_bytes
 from dip_export.runtime.ort_engine import make_session
 from tests.test_hostile import one_line, sample
 
@@ -40,7 +40,8 @@ def test_offset_and_length_must_fit_in_the_file(tmp_path: Path, offset: str | No
     problem, _ = _external_problem(_graph(tmp_path, entries, (elements,)), tmp_path)
     numbers = [int(v) if v.isdigit() and len(v) < 20 else None for v in ("0" if v is None else v for v in (offset, length))]
     fits = None not in numbers and numbers[0] + max(numbers[1], 4 * elements) <= FILE_BYTES  # type: ignore[operator]
-    assert (problem == "") == fits, problem
+    exact = length is None or numbers[1] == 4 * elements  # a length given is the tensor's bytes
+    assert (problem == "") == (fits and exact), problem
     assert SECRET not in problem and len(problem.splitlines()) <= 1
 
 
@@ -88,3 +89,25 @@ def test_make_session_says_its_own_words(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match=r"g\.onnx: ONNX Runtime cannot load this graph \(") as raised:
         make_session(path)
     assert SECRET not in str(raised.value)
+
+
+@pytest.mark.parametrize("change", ["no location", "short length"])
+def test_an_external_tensor_without_its_file_or_bytes_is_the_tools_own_refusal(tmp_path: Path, export: Path, no_sampling,
+                                                                                change: str) -> None:  # fmt: skip
+    """Marked as external with no file named, or a length short of the tensor: one line of the tool's, naming the
+    graph, before ONNX Runtime or onnx's loader sees it (they print their own log lines, or raise their own errors)."""
+    _external(export, "4")
+    model = onnx.load(str(export / "backbone.onnx"), load_external_data=False)
+    if change == "no location":
+        _external(export, str(next(_tensor_bytes(t) for t in model.graph.initializer if t.external_data)))
+        model = onnx.load(str(export / "backbone.onnx"), load_external_data=False)
+        tensor = next(t for t in model.graph.initializer if t.external_data)
+        del tensor.external_data[:]  # data_location stays EXTERNAL
+        onnx.save_model(model, str(export / "backbone.onnx"))
+    words = "names no file" if change == "no location" else "bytes where the tensor has"
+    out = tmp_path / "o.npz"
+    code, err = sample(export, "--classes", "1", "--seeds", "0", "--steps", "2", "--out", out)
+    one_line(code, err, 1, words, "backbone.onnx")
+    with pytest.raises(ExportError, match=words):
+        DiPPipeline.load(export, device="cpu")
+    assert not out.exists()

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from dip_export import cli
 from dip_export.errors import DipError
 from dip_export.export.manifest import ownership_problem
-from dip_export.ownership import _journal_fields, _write_journal, journal_path, recover_swap
+from dip_export.ownership import _journal_fields, _write_journal, folder_fingerprint, journal_path, recover_swap
 from tests.test_hostile import one_line, run
 
 REFUSAL = "is not a swap journal this tool wrote"
@@ -53,9 +53,10 @@ def user_folder(path: Path) -> None:
     (path / "precious.txt").write_text("years of work")
 
 
-def signed(target: Path, backup: str, host: str | None = None, pid: int = 999_999) -> dict[str, Any]:
-    """A journal marked with this user's key, as the tool writes them."""
-    return _journal_fields(target, backup, host if host is not None else socket.gethostname()[:32], pid)
+def signed(target: Path, backup: str, host: str | None = None, pid: int = 999_999, new: str = "") -> dict[str, Any]:
+    """A journal marked with this user's key, as the tool writes them (`new`: the fingerprint of the export put in
+    place)."""
+    return _journal_fields(target, backup, host if host is not None else socket.gethostname()[:32], pid, new)
 
 
 def refused(target: Path) -> None:
@@ -215,7 +216,7 @@ def test_a_crashed_swap_of_this_tool_recovers(tmp_path: Path, pristine: Path, st
         if state == "new in place":  # killed after the second rename: the new export (an export of the tool) in place
             shutil.copytree(pristine, target)
             new_inode = target.stat().st_ino
-    _write_journal(journal_path(target), signed(target, name))
+    _write_journal(journal_path(target), signed(target, name, new=folder_fingerprint(pristine)))
     old = listing(pristine)
     recover_swap(target, lambda pid: False, ownership_problem)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["E"]

@@ -79,7 +79,7 @@ def as_dead_run(target: Path) -> None:
     if os.path.lexists(target.parent / data["backup"]):
         os.rename(target.parent / data["backup"], target.parent / backup)
     journal.unlink()
-    _write_journal(journal, signed(Path(os.path.abspath(target)), backup, pid=pid))
+    _write_journal(journal, signed(Path(os.path.abspath(target)), backup, pid=pid, new=data["new"]))
 
 
 def swap_leftovers(folder: Path) -> set[str]:
@@ -170,6 +170,7 @@ IN_THE_WAY = {
     "file": lambda p: p.write_text("mine"),
     "dangling link": lambda p: p.symlink_to("nowhere"),
     "export plus a file": lambda p: (shutil.copytree(p.parent / "pristine", p), (p / "notes.txt").write_text("mine")),
+    "another export": lambda p: shutil.copytree(p.parent / "other", p),
 }
 
 
@@ -184,6 +185,7 @@ def test_something_put_where_a_killed_swap_left_no_export_keeps_the_backup(tmp_p
     work.mkdir()
     monkeypatch.chdir(work)
     shutil.copytree(pristine, work / "pristine")
+    export_onnx(loaded, precision="fp32", image_size=(SIZE[0] * 2, SIZE[1]), output_dir=work / "other")  # valid, not the new one
     target = work / "exp"
     old_inode = interrupted(monkeypatch, loaded, pristine, target, 1)
     IN_THE_WAY[thing](target)
@@ -205,3 +207,17 @@ def test_something_put_where_a_killed_swap_left_no_export_keeps_the_backup(tmp_p
     (target.rename(work / "moved") if thing != "dangling link" else target.unlink())
     read_cli(Path("exp"), work / "s.npz")
     assert target.stat().st_ino == old_inode and not os.path.lexists(journal_path(target))
+
+
+def test_a_backup_whose_journal_was_moved_away_is_kept(tmp_path, monkeypatch, loaded, pristine):
+    """Killed between the renames, then the journal moved away: the next export to that name keeps the backup (it
+    may hold the only copy of the old export), though it is a temporary of a dead run."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    interrupted(monkeypatch, loaded, pristine, work / "exp", 1)
+    journal_path(work / "exp").rename(tmp_path / "journal.json")
+    backups = {name for name in swap_leftovers(work) if ".old." in name}
+    before = {name: listing(work / name) for name in backups}
+    export_onnx(loaded, precision="fp32", image_size=SIZE, output_dir=work / "exp")
+    assert {name: listing(work / name) for name in backups} == before and backups

@@ -1,0 +1,236 @@
+"""The API's own checks go through the shared validators: `check_budget`'s arguments, callbacks' arities, numpy
+integers (no wrap-around) and decimals that underflow to 0.0.
+
+The validators in dip_export/settings.py are property-tested; the pipeline and the CLI are checked with the values
+that used to pass (a uint8 seed, batch 0, a one-argument progress callback, --cfg 1e-400) or to crash.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dip_export import DiPPipeline, cli
+from dip_export.errors import UsageError
+from dip_export.settings import _DECIMAL_TEXT, MAX_SEED, decimal_text, exact_int, finite_float, optional_callable
+from tests.test_hostile import one_line, run
+
+INT_DTYPES = (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)
+FLOAT_DTYPES = (np.float16, np.float32, np.float64, np.longdouble)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return DiPPipeline.load(device="cpu")
+
+
+# ------------------------------------------------------------------ plain Python numbers
+
+
+@st.composite
+def numpy_ints(draw, lo: int | None = None):
+    dtype = draw(st.sampled_from(INT_DTYPES))
+    info = np.iinfo(dtype)
+    return dtype(draw(st.integers(max(int(info.min), lo) if lo is not None else int(info.min), int(info.max))))
+
+
+@given(numpy_ints())
+def test_exact_int_returns_a_plain_int_for_every_numpy_integer(value):
+    number = exact_int(value, "x", -(2**64), 2**64)
+    assert type(number) is int and number == int(value)
+
+
+@given(st.sampled_from(FLOAT_DTYPES), st.floats(-100.0, 100.0))
+def test_finite_float_returns_a_plain_float(dtype, value):
+    given_value = dtype(value)
+    number = finite_float(given_value, "x", -100.0, 100.0)
+    assert type(number) is float and number == float(given_value)
+
+
+@settings(max_examples=40)
+@given(numpy_ints(lo=0).filter(lambda v: int(v) <= MAX_SEED - 20), st.integers(1, 20))
+def test_a_numpy_seed_of_any_integer_dtype_does_not_wrap(pipe, seed, count):
+    plan = pipe.plan(num_samples=count, seed=seed)
+    assert plan.seeds == list(range(int(seed), int(seed) + count))
+    assert all(type(s) is int for s in plan.seeds)
+    with_classes = pipe.plan(classes=[1] * count, seed=seed)
+    assert with_classes.seeds == plan.seeds
+
+
+def test_a_uint8_seed_near_its_top_does_not_wrap(pipe):
+    from dip_export.generate import make_plan
+
+    assert pipe.plan(num_samples=10, seed=np.uint8(250)).seeds == list(range(250, 260))
+    for kwargs in ({"num_samples": 10}, {"classes": [1] * 10}):  # the plan maker every surface uses, both forms
+        assert make_plan(10, seed=np.uint8(250), **kwargs).seeds == list(range(250, 260))
+
+
+# ------------------------------------------------------------------ decimals that underflow
+
+
+@given(st.integers(1, 10**10), st.integers(-9999, -340))
+def test_decimal_text_refuses_a_nonzero_value_that_reads_as_zero(mantissa, exponent):
+    for text in (f"{mantissa}e{exponent}", f"-{mantissa}E{exponent}", f"0.{mantissa}e{exponent}"):
+        with pytest.raises(UsageError, match=r"^--cfg is too small to be a float"):
+            decimal_text(text, "--cfg")
+
+
+@given(st.from_regex(_DECIMAL_TEXT, fullmatch=True))
+def test_decimal_text_never_turns_a_nonzero_number_into_zero(text):
+    try:
+        number = decimal_text(text, "--cfg")
+    except UsageError as error:
+        assert "\n" not in str(error) and str(error).startswith("--cfg ")
+        return
+    zero = re.search("[1-9]", re.split("[eE]", text)[0]) is None
+    assert number == float(text) and (number == 0.0) == zero
+
+
+@given(st.integers(330, 4000))
+def test_finite_float_refuses_a_longdouble_that_underflows(exponent):
+    value = np.longdouble(f"1e-{exponent}")
+    if value == 0:  # below this platform's long double too: a zero, taken as one
+        assert finite_float(value, "cfg", 0.0, 100.0) == 0.0
+        return
+    with pytest.raises(UsageError, match=r"^cfg is too small to be a float"):
+        finite_float(value, "cfg", 0.0, 100.0)
+
+
+@given(st.floats(min_value=5e-324, max_value=1e-300, allow_subnormal=True))
+def test_a_tiny_float_that_is_a_float_is_taken_as_itself(value):
+    assert finite_float(value, "shift", 0.0, 1000.0, above_lo=True) == value  # a subnormal is a float, not a zero
+    assert decimal_text(repr(value), "--shift") == value
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--cfg", "1e-400"), ("--shift", "1e-400"), ("--shift", "-1e-400"), ("--cfg", "0.5e-330")]
+)
+def test_cli_refuses_a_decimal_that_underflows(tmp_path, no_sampling, option, value):
+    code, err = run(cli.sample_main, "--steps", "2", option, value, "--out", tmp_path / "o.npz")
+    one_line(code, err, 2, option, "too small to be a float", value)
+    assert "got 0.0" not in err
+
+
+def test_cli_names_the_underflow_inside_a_list(tmp_path, no_sampling):
+    code, err = run(cli.sample_main, "--steps", "2", "--guidance-interval", "1e-400,0.5", "--out", tmp_path / "o.npz")
+    one_line(code, err, 2, "--guidance-interval", "too small to be a float", "1e-400")
+
+
+# ------------------------------------------------------------------ callables
+
+
+def _function(required: int, optional: int, star: bool):
+    names = [f"a{i}" for i in range(required)] + [f"b{i}=0" for i in range(optional)] + (["*rest"] if star else [])
+    return eval(f"lambda {', '.join(names)}: None")  # a signature made to order from ints, no input
+
+
+@given(st.integers(0, 3), st.integers(0, 2), st.booleans(), st.integers(0, 3))
+def test_optional_callable_takes_exactly_the_functions_that_can_be_called_so(required, optional, star, args):
+    value = _function(required, optional, star)
+    fits = required <= args and (star or args <= required + optional)
+    if fits:
+        assert optional_callable(value, "callback", args=args) is value
+    else:
+        with pytest.raises(UsageError, match=f"^callback must take {args} positional argument"):
+            optional_callable(value, "callback", args=args)
+
+
+class NoCall:
+    __call__ = None  # callable() says True; calling it fails
+
+
+class NumberCall:
+    __call__ = 5
+
+
+class Counter:
+    def __call__(self, done, total):
+        pass
+
+
+@pytest.mark.parametrize("value", [NoCall(), NumberCall(), 5, "print"])
+def test_optional_callable_refuses_what_cannot_be_called(value):
+    with pytest.raises(UsageError, match="must be callable or None"):
+        optional_callable(value, "callback", args=2)
+
+
+def test_optional_callable_takes_a_callable_without_a_signature_and_a_callable_object():
+    assert optional_callable(max, "callback", args=2) is max  # no signature to read (a builtin): taken
+    counter = Counter()
+    assert optional_callable(counter, "callback", args=2) is counter
+    with pytest.raises(UsageError, match=r"^on_step must take 1 positional argument"):
+        optional_callable(counter, "on_step", args=1)
+
+
+@pytest.mark.parametrize("callback", [NoCall(), NumberCall(), lambda done: None, lambda: None, lambda a, b, c: None])
+def test_call_refuses_a_callback_it_cannot_call_before_any_step(pipe, no_sampling, callback):
+    with pytest.raises(UsageError, match=r"^callback must"):
+        pipe(classes=[1], seeds=[1], steps=2, callback=callback)
+
+
+@pytest.mark.parametrize("on_step", [NoCall(), lambda: None, lambda a, b: None])
+def test_generate_refuses_an_on_step_it_cannot_call_before_any_step(pipe, no_sampling, on_step):
+    with pytest.raises(UsageError, match=r"^on_step must"):
+        pipe.generate(pipe.plan([1], [1]), pipe.sampler_settings(steps=2), on_step=on_step)
+
+
+def test_callbacks_are_called_as_checked(pipe):
+    seen: list[tuple[int, ...]] = []
+    pipe(classes=[1, 2], seeds=[1, 2], steps=2, batch_size=1, callback=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    steps: list[int] = []
+    pipe.generate(pipe.plan([1], [1]), pipe.sampler_settings(steps=2), on_step=steps.append)
+    assert len(steps) == 2
+
+
+# ------------------------------------------------------------------ check_budget
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "word"),
+    [
+        ({"samples": -1}, "samples"),
+        ({"samples": 0}, "samples"),
+        ({"samples": 2.0}, "samples"),
+        ({"samples": "3"}, "samples"),
+        ({"samples": True}, "samples"),
+        ({"batch": 0}, "batch"),
+        ({"batch": -2}, "batch"),
+        ({"batch": 1.5}, "batch"),
+        ({"size": (-1, -1)}, "image size"),
+        ({"size": (float("nan"), 32)}, "image size"),
+        ({"size": 0}, "image size"),
+        ({"size": "32_0"}, "image size"),
+        ({"size": 12}, "image size"),  # not a multiple of the patch size, as generate refuses it
+        ({"backend": 1}, "backend"),
+        ({"backend": "bogus"}, "backend"),
+        ({"backend": "torch:int3"}, "backend"),
+        ({"backend": ""}, "backend"),
+    ],
+)
+def test_check_budget_refuses_each_bad_argument_in_one_line(pipe, kwargs, word):
+    with pytest.raises(UsageError, match=word) as caught:
+        pipe.check_budget(**kwargs)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"samples": np.int64(3)}, {"batch": np.uint8(2)}, {"size": 32}, {"size": "32x32"}, {"size": [32, 32]},
+     {"backend": "auto"}, {"backend": "torch"}, {"backend": "torch:fp32"}],
+)  # fmt: skip
+def test_check_budget_takes_what_the_calls_take(pipe, kwargs):
+    pipe.check_budget(**kwargs)
+
+
+@settings(max_examples=40)
+@given(st.integers(-(2**65), 2**65) | st.floats() | st.text(max_size=4) | st.none(), st.integers(-(2**65), 2**65) | st.none())
+def test_check_budget_raises_only_usage_errors(pipe, samples, batch):
+    try:
+        pipe.check_budget(samples if samples is not None else 1, batch)
+    except UsageError as error:
+        assert "\n" not in str(error)
