@@ -108,16 +108,21 @@ class _Interrupt:
     TypeError, then its ConversionError) still ends the command as interrupted."""
 
     received = False
+    raised = False  # the command is ending: a later signal changes nothing (it would break into the ending)
     signum = signal.SIGINT
 
     @classmethod
     def handler(cls, signum: int, frame: Any) -> None:
-        cls.received, cls.signum = True, signal.Signals(signum)
+        if cls.raised:
+            return
+        if not cls.received:
+            cls.received, cls.signum = True, signal.Signals(signum)
         if _swallowing(frame):  # raised there, it would be printed and dropped: the signal comes again shortly
             again = threading.Timer(0.005, os.kill, (os.getpid(), signum))
             again.daemon = True
             again.start()
             return
+        cls.raised = True
         raise KeyboardInterrupt
 
     @classmethod
@@ -133,7 +138,7 @@ class _Interrupt:
         if signal.SIGINT not in taken:  # off the main thread, ignored (SIG_IGN), the OS default, or set outside Python
             yield
             return
-        cls.received, cls.signum = False, signal.SIGINT
+        cls.received, cls.raised, cls.signum = False, False, signal.SIGINT
         for signum in taken:
             signal.signal(signum, cls.handler)
         try:
@@ -141,7 +146,7 @@ class _Interrupt:
         finally:
             for signum, handler in taken.items():
                 signal.signal(signum, handler)
-            cls.received = False
+            cls.received = cls.raised = False
 
 
 def _swallowing(frame: Any) -> bool:

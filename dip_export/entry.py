@@ -14,23 +14,26 @@ import signal
 import sys
 
 INTERRUPTED = "interrupted: nothing partial was kept"
+TERMINATED = "terminated: nothing partial was kept"
 COMMANDS = ("dip-sample", "dip-export", "dip-bench")
 
 
 def _interrupted(signum: int, frame: object) -> None:
-    """The line (written by the OS call, which a second Ctrl-C cannot break into), what was printed before it
-    flushed, then exit 130 at once."""
+    """The line (written by the OS call, which a second signal cannot break into), what was printed before it
+    flushed, then exit 130 (143 for SIGTERM) at once."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C is dropped
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     for stream in (sys.stdout, sys.stderr):
         try:  # noqa: SIM105 (contextlib is not loaded yet)
             stream.flush()
         except Exception:  # a write the signal broke into, a closed pipe: what is buffered is lost, nothing else
             pass
+    line = TERMINATED if signum == signal.SIGTERM else INTERRUPTED
     try:  # noqa: SIM105
-        os.write(2, f"{INTERRUPTED}\n".encode())
+        os.write(2, f"{line}\n".encode())
     except OSError:
         pass
-    os._exit(130)
+    os._exit(128 + signum)
 
 
 def _guard_loading() -> bool:
@@ -42,6 +45,8 @@ def _guard_loading() -> bool:
         return False
     try:
         signal.signal(signal.SIGINT, _interrupted)
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # SIGTERM too, where the OS default is in place
+            signal.signal(signal.SIGTERM, _interrupted)
     except ValueError:  # not the main thread
         return False
     return True

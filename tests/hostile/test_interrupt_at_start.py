@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from dip_export.entry import COMMANDS, INTERRUPTED
+from dip_export.entry import COMMANDS, INTERRUPTED, TERMINATED
 
 ROOT = Path(__file__).resolve().parents[2]
 CHILD = r"""
@@ -119,3 +119,33 @@ def test_a_real_ctrl_c_at_any_instant_of_a_command_is_one_line_or_none(command):
         out, err = child.communicate(timeout=120)
         seen[_outcome(subprocess.CompletedProcess(child.args, child.returncode, out, err))] += 1
     assert seen["interrupted"] > 0, seen  # the window this guards was hit
+
+
+@pytest.mark.parametrize("first", [signal.SIGINT, signal.SIGTERM])
+def test_two_signals_back_to_back_end_in_the_first_ones_line(tmp_path: Path, first: int) -> None:
+    """SIGINT and SIGTERM sent together (either first) while dip-sample loads, samples or writes: one line, of the
+    signal acted on first (Python runs pending handlers in signal-number order; a later one changes nothing), or a run
+    that finished; never silence, a traceback or a temporary."""
+    second = signal.SIGTERM if first == signal.SIGINT else signal.SIGINT
+    lines = {signal.SIGINT: (INTERRUPTED, 130), signal.SIGTERM: (TERMINATED, 143)}
+    seen = Counter()
+    for step in range(12):
+        child = subprocess.Popen([_installed("dip-sample"), "--steps", "2", "--num-samples", "3", "--out", tmp_path / "o.npz"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                                 env={**os.environ, "NO_COLOR": "1", "COLUMNS": "100"})  # fmt: skip
+        time.sleep(0.1 * step)
+        child.send_signal(first)
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(second)
+        _, err = child.communicate(timeout=120)
+        assert not list(tmp_path.glob(".*.tmp")), err
+        if child.returncode == 0 and err.strip().splitlines()[-1].startswith("wrote"):
+            seen["finished"] += 1
+        elif child.returncode == -first and err == "":  # before Python's handler is in place
+            seen["killed"] += 1
+        elif err.startswith(("Fatal Python error: init_import_site", "Failed checking if argv[0]")) or _before_the_guard(err):
+            seen["python"] += 1
+        else:
+            assert (err.strip(), child.returncode) in lines.values(), (step, child.returncode, err[-2000:])
+            seen["one line"] += 1
+    assert seen["one line"] > 0, seen
