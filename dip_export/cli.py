@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from dip_export.entry import dropped
 from dip_export.errors import DipError
 from dip_export.messages import safe_progress, say
 from dip_export.runtime.catalog import BENCH_DEFAULT, backend_help
@@ -150,11 +151,12 @@ class _Interrupt:
 
 
 def _swallowing(frame: Any) -> bool:
-    """The frame runs inside one whose exceptions the interpreter prints as 'Exception ignored' and drops: the
-    weakref callback of an import lock (imports run all through a command), or an object's finaliser."""
+    """The frame runs inside one whose exceptions the interpreter prints as 'Exception ignored' and drops (the
+    weakref callback of an import lock, an object's finaliser), or inside an import (imports run all through a
+    command: a module's code may run under a C++ extension, torch's, which aborts on an exception it cannot pass)."""
     while frame is not None:
         code = frame.f_code
-        if code.co_name == "__del__" or (code.co_name == "cb" and code.co_filename.startswith("<frozen importlib")):
+        if code.co_name == "__del__" or code.co_filename.startswith("<frozen importlib"):
             return True
         frame = frame.f_back
     return False
@@ -195,7 +197,7 @@ def _say_interrupted(exit: Callable[[int], Any] | None = None) -> typing.NoRetur
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         for signum in previous:
-            signal.signal(signum, signal.SIG_IGN)
+            signal.signal(signum, dropped)
     except ValueError:  # off the main thread: signals are the main thread's
         previous = {}
     terminated = _Interrupt.received and _Interrupt.signum == signal.SIGTERM

@@ -18,11 +18,17 @@ TERMINATED = "terminated: nothing partial was kept"
 COMMANDS = ("dip-sample", "dip-export", "dip-bench")
 
 
+def dropped(signum: int, frame: object) -> None:
+    """A signal that changes nothing. Installed instead of SIG_IGN: a signal that arrived just before is still
+    pending in the interpreter, and one pending for a signal that is now ignored is printed as a traceback
+    ('Signal 2 ignored due to race condition'); this handler takes it quietly."""
+
+
 def _interrupted(signum: int, frame: object) -> None:
     """The line (written by the OS call, which a second signal cannot break into), what was printed before it
     flushed, then exit 130 (143 for SIGTERM) at once."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C is dropped
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, dropped)  # a second Ctrl-C is dropped
+    signal.signal(signal.SIGTERM, dropped)
     for stream in (sys.stdout, sys.stderr):
         try:  # noqa: SIM105 (contextlib is not loaded yet)
             stream.flush()
@@ -73,8 +79,8 @@ def _run(name: str) -> None:
         getattr(cli, name)()
     finally:
         if guarded:  # the command is over (its line, if any, is out): its exit is not interrupted
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, dropped)
+            signal.signal(signal.SIGTERM, dropped)
 
 
 def sample_main() -> None:
