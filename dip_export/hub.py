@@ -9,9 +9,12 @@ file found is loaded like any other checkpoint: weights-only, untrusted.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +81,7 @@ HUB_TEXTS = (  # sent in each request's URL or header: a control character or sp
     ("HF_ENDPOINT", re.compile(r"https?://[\x21-\x7e]{1,2048}"), "an http(s):// URL of printable ASCII"),
     ("HF_TOKEN", re.compile(r"[\x21-\x7e]{1,4096}"), "a token of printable ASCII"),
 )
+HUB_VERBOSITIES = ("debug", "info", "warning", "error", "critical")  # HF_HUB_VERBOSITY, as the library matches it
 COMMIT_ID = re.compile(r"[0-9a-f]{40}")  # what huggingface_hub writes into a cache ref, and takes as a revision's commit
 
 
@@ -95,6 +99,9 @@ def check_hub_environment(environ: Mapping[str, str] | None = None) -> None:
         value = env.get(name)
         if value is not None and not (re.fullmatch(r"[0-9]{1,6}", value) and 1 <= int(value) <= MAX_HUB_SECONDS):
             raise UsageError(f"{name} must be a whole number of seconds in 1..{MAX_HUB_SECONDS}; it holds another value")
+    verbosity = env.get("HF_HUB_VERBOSITY")
+    if verbosity and verbosity not in HUB_VERBOSITIES:  # the library would print the value back, then go on
+        raise UsageError(f"HF_HUB_VERBOSITY must be one of {', '.join(HUB_VERBOSITIES)} or empty; it holds another value")
     for name, form, said in HUB_TEXTS:
         value = env.get(name)
         if value and not form.fullmatch(value):  # empty: unset, as huggingface_hub takes it
@@ -159,12 +166,64 @@ def hub_settings(environ: Mapping[str, str] | None = None) -> HubSettings:
     return HubSettings(offline, Path(cache))
 
 
+class _LibraryLines(logging.Handler):
+    """huggingface_hub's log records (at the level its environment asks: HF_HUB_VERBOSITY, HF_DEBUG) as the tool's
+    own lines: the message's first line, escaped and capped (`messages.say`), never the traceback a record carries."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except Exception:  # a message whose arguments do not fit its format
+            text = str(record.msg)
+        _say_library(text)
+
+
+def _say_library(text: str) -> None:
+    from rich.console import Console
+
+    from dip_export.messages import say
+
+    lines = text.strip().splitlines()
+    say(Console(stderr=True), lines[0] if lines else "", prefix="huggingface_hub: ")
+
+
+@contextlib.contextmanager
+def _library_warnings() -> Iterator[None]:
+    """What huggingface_hub warns while it runs (its import included) reaches the terminal as one line each through
+    the tool's printer: the warning's first sentence, without the source file and line Python adds."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        try:
+            yield
+        finally:
+            said = set()
+            for note in caught:
+                first = re.split(r"(?<=[.!?])\s", str(note.message).strip(), maxsplit=1)[0]
+                if first not in said:
+                    said.add(first)
+                    _say_library(first)
+
+
+@contextlib.contextmanager
+def _library_log() -> Iterator[None]:
+    """While huggingface_hub runs (imported: its import puts its own handler in place), what it logs goes through
+    `_LibraryLines` alone; its handlers, and whether its records also reach the root logger, are back afterwards."""
+    root = logging.getLogger("huggingface_hub")
+    handlers, propagate = root.handlers[:], root.propagate
+    root.handlers, root.propagate = [_LibraryLines()], False
+    try:
+        yield
+    finally:
+        root.handlers, root.propagate = handlers, propagate
+
+
 def _import_hub() -> Any:
     """huggingface_hub, imported after its environment is checked; what its import still raises, in one line."""
     check_hub_environment()
     try:
         import huggingface_hub
         from huggingface_hub import constants, errors  # noqa: F401  (its settings are read from the environment here)
+        from huggingface_hub.utils import logging as _  # noqa: F401  (its handler is put in place at this import)
     except ImportError:
         raise MissingDependencyError("huggingface_hub", "pip install huggingface_hub (to load checkpoints by Hub name)") from None
     except Exception as err:  # a setting of its environment it cannot parse (those above are checked already)
@@ -237,7 +296,13 @@ def resolve_hub_checkpoint(text: str, revision: str | None = None) -> Path:
 
     The environment is checked before huggingface_hub is imported; the cache before any request; in offline mode
     (no request at all) whatever fails is the cache's problem, said with its path."""
-    huggingface_hub = _import_hub()
+    with _library_warnings():
+        huggingface_hub = _import_hub()
+        with _library_log():
+            return _resolve(huggingface_hub, text, revision)
+
+
+def _resolve(huggingface_hub: Any, text: str, revision: str | None) -> Path:
     hub = hub_settings()  # the environment just checked, as it is now
     repo_id, filename = split_hub_name(text)
     cache = hub.cache

@@ -427,7 +427,8 @@ class DiPPipeline:
         samples = exact_int(samples, "samples", 1, MAX_SAMPLES)
         batch = self.batch_size if batch is None else exact_int(batch, "batch", 1, MAX_BATCH)
         h, w = self._size(size)
-        if backend is not None and backend != "auto":  # auto alone: its costliest candidate
+        if backend is not None and not (type(backend) is str and backend == "auto"):  # auto: its costliest candidate
+            # (the type first: a caller's object is never compared, its own __eq__ may raise)
             BackendSpec.parse(backend)  # the parser every surface uses: text, a known name and precision
         on_cpu = self.device.type == "cpu" and self.source.loaded is not None  # the torch model is in RAM already
         resident = on_cpu or bool(self._engines)  # what free memory reads now has the weights taken off

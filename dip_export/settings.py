@@ -255,8 +255,8 @@ def optional_callable(value: Any, what: str, args: int | None = None) -> Any:
         return value
     try:
         signature = inspect.signature(value)
-    except (TypeError, ValueError):  # no signature to read: accepted, as the call itself will tell
-        return value
+    except Exception:  # no signature to read (some builtins; an object whose own __signature__ or __getattr__ fails)
+        return value  # accepted, as the call itself will tell
     try:
         signature.bind(*[0] * args)
     except TypeError:

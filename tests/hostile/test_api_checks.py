@@ -234,3 +234,44 @@ def test_check_budget_raises_only_usage_errors(pipe, samples, batch):
         pipe.check_budget(samples if samples is not None else 1, batch)
     except UsageError as error:
         assert "\n" not in str(error)
+
+
+# ------------------------------------------------------------------ a caller's object whose own methods raise
+
+DUNDERS = ("__eq__", "__ne__", "__hash__", "__index__", "__int__", "__float__", "__bool__", "__len__", "__iter__",
+           "__getitem__", "__str__", "__repr__", "__format__", "__fspath__", "__getattr__", "__lt__", "__le__")  # fmt: skip
+
+
+class Raised(Exception):
+    pass
+
+
+def _hostile(names: list[str], callable_: bool = False) -> object:
+    """An object whose `names` each raise (the same class, whatever is asked of it); callable with two positionals."""
+
+    def boom(self, *args):
+        raise Raised(args)
+
+    body: dict[str, object] = dict.fromkeys(names, boom)
+    if "__signature__" in names:
+        body["__signature__"] = property(boom)
+    if callable_:
+        body["__call__"] = lambda self, done, total: None
+    return type("Hostile", (), body)()
+
+
+HOSTILE = st.lists(st.sampled_from(DUNDERS), min_size=1, max_size=4, unique=True).map(_hostile)
+
+
+@settings(max_examples=60, deadline=None)
+@given(HOSTILE, st.sampled_from(["samples", "batch", "size", "backend"]))
+def test_check_budget_refuses_an_object_whose_own_methods_raise(pipe, value, name):
+    with pytest.raises(UsageError):  # never the caller's own exception: the type is checked before anything is asked
+        pipe.check_budget(**{name: value})
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.sampled_from([*DUNDERS, "__signature__"]), min_size=1, max_size=4, unique=True))
+def test_a_callback_whose_signature_cannot_be_read_is_taken_as_it_is(names):
+    callback = _hostile(names, callable_=True)
+    assert optional_callable(callback, "callback", args=2) is callback
