@@ -22,11 +22,11 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from dip_export.entry import dropped
 from dip_export.errors import DipError
 from dip_export.messages import safe_progress, say
 from dip_export.runtime.catalog import BENCH_DEFAULT, backend_help
 from dip_export.settings import decimal_text, number_list, whole_text
+from dip_export.signals import dropped
 
 try:  # typer >= 0.20 carries its own click
     from typer._click.exceptions import ClickException
@@ -129,14 +129,15 @@ class _Interrupt:
     @classmethod
     @contextlib.contextmanager
     def watched(cls) -> Iterator[None]:
-        """Install the handler for one command: for SIGINT where Python's handler is in place, for SIGTERM where the
-        OS default is (not where a signal is ignored or handled outside Python, nor off the main thread); the previous
-        handlers are back afterwards, the flag down."""
+        """Install the handler for one command: for SIGINT where a Python handler is in place, for SIGTERM where the
+        OS default or a Python handler is, each on its own (a command started in the background of a script has SIGINT
+        ignored and SIGTERM still to handle); not where a signal is ignored or handled outside Python, nor off the main
+        thread. The previous handlers are back afterwards, the flag down."""
         main = threading.current_thread() is threading.main_thread()
         previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)} if main else {}
         taken = {signum: handler for signum, handler in previous.items()
                  if callable(handler) or (signum == signal.SIGTERM and handler == signal.SIG_DFL)}  # fmt: skip
-        if signal.SIGINT not in taken:  # off the main thread, ignored (SIG_IGN), the OS default, or set outside Python
+        if not taken:  # off the main thread, or each signal ignored (SIG_IGN) or set outside Python
             yield
             return
         cls.received, cls.raised, cls.signum = False, False, signal.SIGINT

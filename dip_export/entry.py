@@ -4,7 +4,9 @@ never a traceback; so does a second Ctrl-C, which changes nothing.
 
 While the command loads, nothing has been written, so the process ends at once (`os._exit`): no library between
 the signal and the interpreter can catch or swallow the exit. The CLI puts its own handler in place for the run of
-a command (`cli.handle_errors`), and this one is back for the few statements after it. Before the first statement
+a command (`cli.handle_errors`), and this one is back for the few statements after it; once the command is over
+(its outputs in place, its line out), both are ignored until the process ends. SIGTERM is taken wherever the OS
+default is in place, whatever SIGINT's (a job started with `&` in a script has SIGINT ignored). Before the first statement
 of this module runs (the interpreter's own start, `import dip_export`), a Ctrl-C is Python's own."""
 
 from __future__ import annotations
@@ -13,15 +15,11 @@ import os
 import signal
 import sys
 
+from dip_export.signals import dropped
+
 INTERRUPTED = "interrupted: nothing partial was kept"
 TERMINATED = "terminated: nothing partial was kept"
 COMMANDS = ("dip-sample", "dip-export", "dip-bench")
-
-
-def dropped(signum: int, frame: object) -> None:
-    """A signal that changes nothing. Installed instead of SIG_IGN: a signal that arrived just before is still
-    pending in the interpreter, and one pending for a signal that is now ignored is printed as a traceback
-    ('Signal 2 ignored due to race condition'); this handler takes it quietly."""
 
 
 def _interrupted(signum: int, frame: object) -> None:
@@ -43,19 +41,21 @@ def _interrupted(signum: int, frame: object) -> None:
 
 
 def _guard_loading() -> bool:
-    """Install `_interrupted` where Python's own handler is in place (not where SIGINT is ignored, nor off the main
-    thread, where signal.signal refuses); True when it is in place."""
-    if signal.getsignal(signal.SIGINT) is _interrupted:
-        return True
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        return False
+    """Install `_interrupted` for SIGINT where Python's own handler is in place and for SIGTERM where the OS default
+    is, each on its own (a command started in the background of a script has SIGINT ignored, SIGTERM still to
+    handle); nothing off the main thread, where signal.signal refuses. True when it is in place for either."""
+    takes = {signal.SIGINT: lambda handler: handler is signal.default_int_handler,
+             signal.SIGTERM: lambda handler: handler == signal.SIG_DFL}  # fmt: skip
+    placed = False
     try:
-        signal.signal(signal.SIGINT, _interrupted)
-        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # SIGTERM too, where the OS default is in place
-            signal.signal(signal.SIGTERM, _interrupted)
+        for signum, ours in takes.items():
+            handler = signal.getsignal(signum)
+            if handler is _interrupted or ours(handler):
+                signal.signal(signum, _interrupted)
+                placed = True
     except ValueError:  # not the main thread
         return False
-    return True
+    return placed
 
 
 def _as_command() -> bool:
@@ -79,8 +79,26 @@ def _run(name: str) -> None:
         getattr(cli, name)()
     finally:
         if guarded:  # the command is over (its line, if any, is out): its exit is not interrupted
-            signal.signal(signal.SIGINT, dropped)
-            signal.signal(signal.SIGTERM, dropped)
+            _ignore_to_the_end()
+
+
+def _ignore_to_the_end() -> None:
+    """SIGINT and SIGTERM ignored by the OS until the process ends. Python's finalisation (a second or more with
+    torch loaded) puts the OS default back for a signal that has a Python handler, but leaves an ignored one ignored.
+    A signal that arrived just before is still pending; the interpreter reports one pending for an ignored signal
+    as an unraisable 'Signal N ignored due to race condition': that report, and only that, is dropped."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable: object) -> None:
+        error = getattr(unraisable, "exc_value", None)
+        if isinstance(error, OSError) and str(error).endswith("ignored due to race condition"):
+            return
+        previous(unraisable)  # type: ignore[arg-type]
+
+    sys.unraisablehook = hook
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, dropped)  # a pending one runs (and does nothing) before the next line
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def sample_main() -> None:

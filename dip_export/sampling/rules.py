@@ -58,6 +58,7 @@ class SamplerSettings:
         if self.grid is not None:
             check_grid(self.grid, self.steps, self.method)
             object.__setattr__(self, "grid", tuple(float(v) for v in self.grid))
+        check_stepped_grid(self)
         check_token_cache(self)
         check_guidance_applies(self)
 
@@ -183,6 +184,20 @@ def check_grid(grid: Sequence[float], steps: int, method: str) -> None:
         raise UsageError("a time grid must run from 0 to 1")
     if any(b <= a for a, b in itertools.pairwise(values)):
         raise UsageError("a time grid must rise strictly")
+
+
+def check_stepped_grid(settings: SamplerSettings) -> None:
+    """The times the solver steps on, as it computes them (float32), run from 0 to 1 and rise strictly. A shift so
+    small that every time but the first rounds to 1 (or to no number at all), or a given grid finer than float32,
+    would divide by a zero step once the run had begun: refused before any work."""
+    times = solver_grid(settings)[0]
+    if (times[0] == 0.0 and times[-1] == 1.0 and all(math.isfinite(t) for t in times)
+            and all(a < b for a, b in itertools.pairwise(times))):  # fmt: skip
+        return
+    if settings.grid is not None:
+        raise UsageError("the time grid has two times that are one float32 value; give times further apart")
+    raise UsageError(f"shift {settings.shift:g} with {settings.steps} steps puts two step times on one float32 value "
+                     "(or on none); give a larger --shift or fewer --steps")  # fmt: skip
 
 
 def time_grid(steps: int, shift: float) -> Tensor:
