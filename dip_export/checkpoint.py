@@ -385,9 +385,10 @@ WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  #
 
 
 def _plain_weight(value: Tensor) -> bool:
-    """What a weight may be: strided, on the CPU (not meta, not sparse), real floating point. Read with torch's
+    """What a weight may be: strided, on the CPU (not meta, not sparse, not nested), real floating point. Read with torch's
     functions and the type's own descriptors, never methods looked up on the tensor."""
-    return value.layout == torch.strided and value.device.type == "cpu" and torch.is_floating_point(value)
+    plain = value.layout == torch.strided and not value.is_nested  # a nested tensor says strided too
+    return plain and value.device.type == "cpu" and torch.is_floating_point(value)
 
 
 def infer_config(state: Mapping[str, Tensor]) -> DiPConfig:

@@ -12,6 +12,7 @@ from dip_export.errors import UsageError
 from dip_export.settings import (
     MAX_IMAGE_SIDE,
     MAX_STEPS,
+    exact_str,
     parse_sampling_defaults,
     plain_value,
 )
@@ -112,6 +113,7 @@ PRESETS: Mapping[str, DiPConfig] = MappingProxyType({  # read-only: a released a
 
 
 def get_preset(name: str) -> DiPConfig:
+    name = exact_str(name)
     if not isinstance(name, str) or name not in PRESETS:
         shown = plain_value(name) if isinstance(name, str) else type(name).__name__
         raise UsageError(f"unknown preset {shown}; choose from {', '.join(PRESETS)}")

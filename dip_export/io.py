@@ -364,7 +364,9 @@ def _swap_in(tmp: Path, target: Path) -> None:
 
 def check_replaceable_folder(target: Path, problem_of: Callable[[Path], str | None]) -> None:
     """A folder output may be created, or replace a folder `problem_of` finds nothing against (for exports:
-    `export.manifest.ownership_problem`, an earlier export of this tool file for file); nothing else is touched."""
+    `export.manifest.ownership_problem`, an earlier export of this tool file for file); nothing else is touched.
+    Its name is one the file system takes (`check_output_name`), before anything is looked up."""
+    check_output_name(target)
     target = Path(os.path.abspath(target))
     cwd, resolved = Path.cwd().resolve(), target.resolve()
     home = Path.home().resolve()
@@ -451,10 +453,17 @@ def check_outputs(
     outputs: Iterable[tuple[str, Path | str | None]], *, make_key: bool = True, writes: Iterable[tuple[Path, int]] = ()
 ) -> None:
     """Every output of a run ((option or role, path) pairs; None: not written), before any work: none inside an
-    artifact of this tool (`check_output_place`), and all apart from each other and from the owner key
+    artifact of this tool (`check_output_place`), each name one the file system takes
+    (`ownership.check_output_name`), and all apart from each other and from the owner key
     (`ownership.check_outputs_apart`, which makes or reads the key unless `make_key` is False); room for what
     the run writes (`writes`: (output, estimated bytes) pairs, `check_space`)."""
     given = list(outputs)
+    for what, path in given:  # names the file system takes, first: every later check looks paths up
+        if path is not None:
+            try:
+                check_output_name(Path(path))
+            except UsageError as err:
+                raise UsageError(f"{what}: {err}") from None
     for what, path in given:
         if path is not None:
             check_output_place(Path(path), what)
@@ -464,7 +473,7 @@ def check_outputs(
 
 def _existing_ancestor(path: Path) -> Path:
     path = Path(os.path.abspath(path))
-    while not path.exists() and path != path.parent:
+    while not os.path.exists(path) and path != path.parent:  # False, not an error, for a name too long
         path = path.parent
     return path
 

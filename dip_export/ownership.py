@@ -355,10 +355,17 @@ MAX_NEW_FOLDERS = 32  # folders an output path may create below the nearest exis
 
 
 def check_output_name(path: Path) -> None:
-    """The name fits the file system with the temporary's additions; the whole path too."""
+    """The name fits the file system with the temporary's additions; the whole path too. Every component is
+    measured before any is looked up (a lookup of a name too long fails with the OS's own error)."""
     path = Path(os.path.abspath(path))
+    try:
+        raw = os.fsencode(str(path))
+    except UnicodeError:
+        raise UsageError("the output path is not text the file system can encode") from None
+    if any(len(part) > 255 for part in raw.split(b"/")[:-1]):
+        raise UsageError("a folder name in the output path is too long (at most 255 bytes)")
     anchor = path.parent
-    while not anchor.exists() and anchor != anchor.parent:
+    while not os.path.exists(anchor) and anchor != anchor.parent:  # False, not an error, for a name too long
         anchor = anchor.parent
     try:
         name_max = os.pathconf(anchor, "PC_NAME_MAX")
@@ -379,7 +386,7 @@ def check_output_name(path: Path) -> None:
 def check_free_space(path: Path, need: int) -> None:
     """Enough free space where `path` goes for `need` bytes (plus a margin), before any work."""
     anchor = Path(os.path.abspath(path)).parent
-    while not anchor.exists() and anchor != anchor.parent:
+    while not os.path.exists(anchor) and anchor != anchor.parent:  # False, not an error, for a name too long
         anchor = anchor.parent
     try:
         free = shutil.disk_usage(anchor).free

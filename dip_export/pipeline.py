@@ -46,6 +46,7 @@ from dip_export.settings import (
     check_options,
     exact_bool,
     exact_int,
+    exact_str,
     given_options,
     one_of,
     optional_bool,
@@ -53,6 +54,7 @@ from dip_export.settings import (
     optional_text,
     run_conditions,
 )
+from dip_export.untrusted import MAX_NAME_BYTES, MAX_PATH_BYTES
 
 ProgressCallback = Callable[[int, int], None]  # (steps done, steps in all) over every batch
 OVERRIDE_ALIASES = {"sampler": "method", "guidance_interval": "interval"}  # the API's and CLI's names
@@ -112,9 +114,16 @@ def model_text(model: Any) -> str:
     """A model argument as text: a path (str or os.PathLike) or a Hub name; nothing else, and never empty."""
     if not isinstance(model, str | os.PathLike):
         raise UsageError(f"model must be a path or a Hub name (text), got {type(model).__name__}")
-    text = os.fspath(model)
+    text = exact_str(os.fspath(model))
     if not isinstance(text, str) or not text.strip() or "\x00" in text or len(text) > 4096:
         raise UsageError("model must be a path or a Hub name: got empty text, a NUL byte or over 4096 characters")
+    try:
+        raw = os.fsencode(text)
+    except UnicodeError:
+        raw = b""  # said by the reader of the path
+    if len(raw) > MAX_PATH_BYTES or any(len(part) > MAX_NAME_BYTES for part in raw.split(b"/")):
+        raise UsageError(f"model must be a path or a Hub name: a name in it is longer than the file system allows "
+                         f"({MAX_NAME_BYTES} bytes a name, {MAX_PATH_BYTES} a path)")  # fmt: skip
     return text
 
 
@@ -134,11 +143,14 @@ def _export_source(
     text: str, target: Path, checkpoint_options: bool, check: Callable[[DiPConfig, tuple[int, int]], None] | None
 ) -> ModelSource:
     """An export folder as a model source: its manifest read and checked (`check` at the export's own image size,
-    whatever its config's native one); options that go with a checkpoint file are refused."""
+    whatever its config's native one); options that go with a checkpoint file are refused, and so is an owner key
+    path inside the folder (an export holds only the files its manifest lists)."""
     from dip_export.export.manifest import read_manifest
+    from dip_export.ownership import check_key_apart
 
     if checkpoint_options:
         raise UsageError(f"{text} is an export folder: --weights, --trust-checkpoint and --preset go with a checkpoint file")
+    check_key_apart([("the export folder", target)])  # the key, made during the run, would become a file of the export's
     manifest = read_manifest(target)
     if check is not None:
         check(manifest.config, manifest.image_size)
@@ -425,6 +437,7 @@ class DiPPipeline:
 
         # public: each argument checked as the calls check theirs, so an estimate is never of nonsense
         samples = exact_int(samples, "samples", 1, MAX_SAMPLES)
+        backend = exact_str(backend)  # a caller's str subclass: its own methods never run
         batch = self.batch_size if batch is None else exact_int(batch, "batch", 1, MAX_BATCH)
         h, w = self._size(size)
         if backend is not None and not (type(backend) is str and backend == "auto"):  # auto: its costliest candidate
@@ -690,7 +703,10 @@ def _planned_count(classes: Any, seeds: Any, num_samples: Any) -> int | None:
     """How many images a call asks for, from lengths alone (None: the plan will say why it is wrong)."""
     if num_samples is not None:
         return exact_int(num_samples, "num_samples", 1, MAX_SAMPLES)
-    lengths = [len(v) for v in (classes, seeds) if isinstance(v, Sized) and not isinstance(v, (str, bytes))]
+    try:  # a caller's own __len__ may fail or lie: the plan then says what is wrong with the list
+        lengths = [len(v) for v in (classes, seeds) if isinstance(v, Sized) and not isinstance(v, (str, bytes))]
+    except Exception:
+        return None
     if not lengths:
         return None
     return exact_int(max(lengths), "the number of classes/seeds", 1, MAX_SAMPLES)

@@ -12,6 +12,7 @@ math and owns it); it validates its fields with the checks and limits below.
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
 import numbers
 import re
@@ -78,6 +79,12 @@ def exact_bool(value: Any, what: str) -> bool:
     return bool(value)
 
 
+def exact_str(value: Any) -> Any:
+    """A str subclass as a plain str, read through str's own slot (no method of the subclass runs); anything else
+    as it is. Every text check starts here, so a caller's object is never compared, hashed or called."""
+    return str.__str__(value) if issubclass(type(value), str) else value
+
+
 def optional_bool(value: Any, what: str) -> bool | None:
     """None (not given: the default), True or False; "no", 0 and 1 are none of them."""
     if value is not None and type(value) is not bool and not isinstance(value, np.bool_):
@@ -86,6 +93,7 @@ def optional_bool(value: Any, what: str) -> bool | None:
 
 
 def one_of(value: Any, what: str, choices: Sequence[str]) -> str:
+    value = exact_str(value)
     if not isinstance(value, str) or value not in choices:
         shown = repr(value) if isinstance(value, str) else type(value).__name__
         raise UsageError(f"{what} must be one of {', '.join(choices)}, got {shown[:60]}")
@@ -94,6 +102,7 @@ def one_of(value: Any, what: str, choices: Sequence[str]) -> str:
 
 def list_items(text: Any, what: str) -> list[str]:
     """'a,b' -> ['a', 'b'], each item as typed (" a" stays " a"); no item may be empty (`a,,b`, `a,`, `,a`, ``)."""
+    text = exact_str(text)
     if not isinstance(text, str):
         raise UsageError(f"{what} must be comma-separated names, got {type(text).__name__}")
     items = text.split(",")
@@ -122,8 +131,14 @@ def int_list(values: Any, what: str, lo: int, hi: int) -> tuple[int, ...]:
         values = values.tolist()  # numpy ints become ints; floats stay floats and are refused below
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
         raise UsageError(f"{what} must be a list of integers, got {type(values).__name__}")
+    if type(values) not in (list, tuple, range):  # a caller's own sequence: read once, at most one past the limit
+        try:
+            values = list(itertools.islice(values, MAX_SAMPLES + 1))
+        except Exception:  # its own __iter__ / __getitem__ failed
+            raise UsageError(f"{what} must be a list of integers; this {type(values).__name__} cannot be read") from None
     if not 1 <= len(values) <= MAX_SAMPLES:
-        raise UsageError(f"{what} must hold 1..{MAX_SAMPLES} values, got {len(values)}")
+        shown = len(values) if len(values) <= MAX_SAMPLES else f"over {MAX_SAMPLES}"
+        raise UsageError(f"{what} must hold 1..{MAX_SAMPLES} values, got {shown}")
     return tuple(exact_int(v, what, lo, hi) for v in values)
 
 
@@ -140,6 +155,7 @@ _IMAGE_SIZE = re.compile(r"([0-9]{1,9})(?:[xX]([0-9]{1,9}))?")
 def image_size(value: Any, what: str = "image size") -> tuple[int, int]:
     """An int N, text `N` / `HxW` (ASCII digits only) or a pair (H, W) of ints (the form a pipeline's own
     `image_size` takes: a tuple or list) -> (H, W), each side 1..MAX_IMAGE_SIDE. Bools and floats are refused."""
+    value = exact_str(value)
     if isinstance(value, str):
         match = _IMAGE_SIZE.fullmatch(value)
         if match is None:
@@ -221,6 +237,7 @@ _CUDA_INDEX = re.compile(r"cuda:[0-9]{1,3}")
 
 def device_name(value: Any) -> str:
     """auto, cpu, cuda or cuda:N (text only)."""
+    value = exact_str(value)
     if not isinstance(value, str) or not (value in DEVICES or _CUDA_INDEX.fullmatch(value)):
         shown = plain_value(value) if isinstance(value, str) else type(value).__name__
         raise UsageError(f"unknown device {shown}; use auto, cpu or cuda")
@@ -232,6 +249,7 @@ def optional_text(value: Any, what: str, max_len: int = 1024) -> str | None:
     nor ends with whitespace (no value is trimmed: ` torch` is refused, as ` 3` is)."""
     if value is None:
         return None
+    value = exact_str(value)
     if not isinstance(value, str) or not value or len(value) > max_len:
         shown = f"text of 1..{max_len} characters"
         got = type(value).__name__ if not isinstance(value, str) else f"{len(value)} characters"

@@ -270,14 +270,15 @@ def check_graph(folder: Path, path: Path, role: str, manifest: Manifest) -> int:
     return elements
 
 
-def _check_computed(path: Path, largest: tuple[int, int], manifest: Manifest) -> None:
+def _check_computed(path: Path, largest: tuple[int, int, int], manifest: Manifest) -> None:
     """The largest tensor the graph computes (at SIZING_BATCH) fits in the memory budget, and within ENVELOPE_SLACK
     of what the exporter's graphs of the manifest's config compute (`exporter_envelope`): a graph that computes
-    more would grow past the run's memory estimate with the batch. `largest`: (computed bytes, the elements of
-    the largest initializer, which a quantized graph dequantizes whole)."""
+    more would grow past the run's memory estimate with the batch. The bytes it keeps alive at once stay within
+    LIVE_SLACK of that envelope (many tensors each small enough, held together). `largest`: (computed bytes, the
+    elements of the largest initializer, which a quantized graph dequantizes whole, the live peak's bytes)."""
     from dip_export.budget import gib, memory_limit
 
-    computed, weight = largest
+    computed, weight, live = largest
     limit = memory_limit()
     if computed > limit:
         raise ExportError(f"{path}: the graph computes a tensor of {gib(computed)} at batch {SIZING_BATCH}, more than "
@@ -287,9 +288,14 @@ def _check_computed(path: Path, largest: tuple[int, int], manifest: Manifest) ->
         raise ExportError(f"{path}: the graph computes a tensor of {gib(computed)} at batch {SIZING_BATCH}, more than "
                           f"{ENVELOPE_SLACK}x the largest the exporter's graphs of this config compute ({gib(need)}); "
                           "refusing to run it")  # fmt: skip
+    if live > LIVE_SLACK * need:
+        raise ExportError(f"{path}: the graph keeps {gib(live)} of computed tensors alive at once at batch {SIZING_BATCH}, "
+                          f"more than {LIVE_SLACK}x the largest tensor the exporter's graphs of this config compute "
+                          f"({gib(need)}); refusing to run it")  # fmt: skip
 
 
 ENVELOPE_SLACK = 4
+LIVE_SLACK = 16  # the exporter's graphs keep at most about twice their largest tensor alive at once
 
 
 def exporter_envelope(config: DiPConfig, image_size: tuple[int, int]) -> int:
@@ -303,8 +309,9 @@ def exporter_envelope(config: DiPConfig, image_size: tuple[int, int]) -> int:
     return SIZING_BATCH * 4 * max(tokens * per_token, image)
 
 
-def _largest_tensor(model: Any, graph_dir: Path) -> tuple[str, int]:
-    """Bytes of the largest tensor a node of the graph computes, its shapes inferred by ONNX (constants propagated)
+def _largest_tensor(model: Any, graph_dir: Path) -> tuple[str, int, int]:
+    """Bytes of the largest tensor a node of the graph computes, and the most bytes of them alive at once
+    (`_live_peak`), its shapes inferred by ONNX (constants propagated)
     with the batch at SIZING_BATCH; or why they cannot be inferred. Called once the structure has passed; the
     weights are taken out first (inference needs their shapes only), so the check holds no copy of them."""
     import math
@@ -326,9 +333,9 @@ def _largest_tensor(model: Any, graph_dir: Path) -> tuple[str, int]:
     try:
         inferred = shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)  # types: bf16 Conv is not in the schema
     except Exception as err:  # onnx raises its own InferenceError, ValidationError and others
-        return f"ONNX shape inference fails on the graph ({type(err).__name__})", 0
+        return f"ONNX shape inference fails on the graph ({type(err).__name__})", 0, 0
     known = {v.name: v.type.tensor_type for v in [*inferred.graph.value_info, *inferred.graph.output]}
-    largest = 0
+    sizes: dict[str, int] = {}
     for number, node in enumerate(inferred.graph.node, 1):
         for name in filter(None, node.output):
             kind = known.get(name)
@@ -336,13 +343,34 @@ def _largest_tensor(model: Any, graph_dir: Path) -> tuple[str, int]:
                 return (
                     f"node #{number} ({node.op_type}) computes a tensor whose size depends on data; "
                     "the exporter's graphs have static sizes"
-                ), 0
+                ), 0, 0
             try:
                 element = helper.tensor_dtype_to_np_dtype(kind.elem_type).itemsize
             except (KeyError, TypeError, ValueError):
                 element = 8
-            largest = max(largest, math.prod(max(d.dim_value, 0) for d in kind.shape.dim) * element)
-    return "", largest
+            sizes[name] = math.prod(max(d.dim_value, 0) for d in kind.shape.dim) * element
+    return "", max(sizes.values(), default=0), _live_peak(inferred.graph, sizes)
+
+
+def _live_peak(graph: Any, sizes: dict[str, int]) -> int:
+    """The most bytes of computed tensors alive at once, the nodes run in the graph's order (ONNX stores them
+    topologically sorted): a tensor lives from its node to the last node that reads it (a graph output to the
+    end). Each tensor may be small while thousands are kept alive together."""
+    last: dict[str, int] = {}
+    for index, node in enumerate(graph.node):
+        for name in node.input:
+            if name in sizes:
+                last[name] = index
+    for value in graph.output:
+        last[value.name] = len(graph.node)
+    live = peak = 0
+    for index, node in enumerate(graph.node):
+        made = [name for name in node.output if name in sizes]
+        live += sum(sizes[name] for name in made)
+        peak = max(peak, live)
+        done = {name for name in node.input if last.get(name) == index} | {name for name in made if name not in last}
+        live -= sum(sizes[name] for name in done if name in sizes)
+    return peak
 
 
 SMALL_EXTERNAL = 1 << 16  # external tensors up to this size are read for shape inference (shapes, axes, constants)
@@ -381,7 +409,7 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
 def _graph_problem(
     path: str, size: int, mtime_ns: int, folder: str, precision: str, io: tuple[Any, ...], num_classes: int, opset: int,
     target: str = "onnx",
-) -> tuple[str, int, tuple[int, int]]:
+) -> tuple[str, int, tuple[int, int, int]]:
     """What is wrong with a graph ("" if nothing), the elements of its initializers (external data not read), and
     the bytes of the largest tensor it computes (`_largest_tensor`) with the elements of its largest initializer."""
     import math
@@ -391,15 +419,15 @@ def _graph_problem(
     try:
         model = onnx.load(path, load_external_data=False)
     except Exception as err:  # protobuf raises its own DecodeError, and others on random bytes
-        return f"not a readable ONNX model ({type(err).__name__})", 0, (0, 0)
+        return f"not a readable ONNX model ({type(err).__name__})", 0, (0, 0, 0)
     graph = model.graph
     elements = sum(math.prod(max(int(d), 0) for d in tensor.dims) for tensor in graph.initializer)
     problem = _structure_problem(graph, model, size, path, precision, io, num_classes, opset, target)
     if problem:
-        return problem, elements, (0, 0)
+        return problem, elements, (0, 0, 0)
     weight = max((math.prod(max(int(d), 0) for d in tensor.dims) for tensor in graph.initializer), default=0)
-    problem, computed = _largest_tensor(model, Path(path).parent)  # last: it takes the weights out of `model`
-    return problem, elements, (computed, weight)
+    problem, computed, live = _largest_tensor(model, Path(path).parent)  # last: it takes the weights out of `model`
+    return problem, elements, (computed, weight, live)
 
 
 def _structure_problem(
@@ -500,10 +528,10 @@ _DECIMAL = re.compile(r"[0-9]{1,19}")  # an external-data offset or length: what
 
 
 def _external_problem(graph: Any, graph_dir: Path) -> tuple[str, int]:
-    """Each initializer's external data lies in a regular file `contained` in the export folder (never a symlink),
-    and its offset and length (or its declared bytes) fit in that file: checked before ONNX Runtime reads any
-    of it. A tensor marked as external names its file, and a length given is the tensor's bytes. ("" if so, and the
-    bytes of the distinct files, for `_declared_problem`.)"""
+    """Each initializer's external data lies in a regular file `contained` in the export folder (named relative to
+    it, never through a symlink), and its offset and length (or its declared bytes) fit in that file: checked
+    before ONNX Runtime reads any of it. A tensor marked as external names its file, and a length given is the
+    tensor's bytes. ("" if so, and the bytes of the distinct files, for `_declared_problem`.)"""
     from onnx import TensorProto
 
     sizes: dict[Path, int] = {}
@@ -513,6 +541,9 @@ def _external_problem(graph: Any, graph_dir: Path) -> tuple[str, int]:
             if tensor.data_location == TensorProto.EXTERNAL or entries:
                 return f"tensor #{number} is marked as external data but names no file; refusing to read it", 0
             continue
+        if os.path.isabs(entries["location"]) or entries["location"].startswith(("/", "\\")):
+            return (f"external data of tensor #{number} is named by an absolute path (ONNX takes a path relative to "
+                    "the graph's folder only); refusing to read it"), 0  # fmt: skip
         try:
             data = contained(graph_dir, entries["location"], "external data")  # graph_dir: checked, inside `folder`
         except UntrustedFileError as err:

@@ -38,6 +38,7 @@ from dip_export.measure.harness import (
     repeat,
     timed_call,
 )
+from dip_export.messages import plain_line, say
 from dip_export.model import flops_per_sample
 from dip_export.runtime.backends import BackendSpec, unavailable_reason
 from dip_export.sampling import Denoiser, SamplerSettings, initial_noise, sample_counts, to_uint8
@@ -472,7 +473,7 @@ def _run_jobs(jobs: list[Job], loaded: LoadedModel, bench: BenchSettings, device
             row = _run_job(job, engines, loaded, bench, device, console, on_run)
             rows.append(row)
             progress.advance(task)
-            progress.console.print(_row_line(row), highlight=False)
+            say(progress.console, _row_line(row))  # names and reasons from files: shown as text, one capped line
     return rows
 
 
@@ -556,13 +557,17 @@ def render_table(report: dict[str, Any]) -> Any:
     from rich.table import Table
     from rich.text import Text
 
+    def shown(value: Any, style: str | None = None) -> Text:  # a model's name and a row's reason come from files
+        return Text(plain_line(value), style=style or "")
+
     s = report["settings"]
     digits = any(r.get("digit_accuracy") is not None for r in report["results"])
     table = Table(
-        title=f"{s['model']} {s['image_size'][0]}x{s['image_size'][1]}, {s['batch']} image(s) per run, {s['steps']} steps "
-        f"{s['sampler']}, guidance {s['cfg']}, {s['threads']['torch_intra_op']} CPU threads  (median of >= {s['repeats']} runs)",
-        caption=_table_caption(s),
-    )
+        title=shown(f"{s['model']} {s['image_size'][0]}x{s['image_size'][1]}, {s['batch']} image(s) per run, "
+                    f"{s['steps']} steps {s['sampler']}, guidance {s['cfg']}, {s['threads']['torch_intra_op']} CPU "
+                    f"threads  (median of >= {s['repeats']} runs)"),
+        caption=shown(_table_caption(s)),
+    )  # fmt: skip
     cols = ["backend", "variant", "ms/step", "spread", "runs", "backbone", "detailer", "other", "img/s", "speedup"]
     cols += ["PSNR dB", *(["digits acc"] if digits else []), "peak MB", "% peak", "note"]
     for c in cols:
@@ -570,12 +575,13 @@ def render_table(report: dict[str, Any]) -> Any:
     for r in report["results"]:
         name = f"{r['backend']}:{r['precision']}"
         if r["status"] != "ok":
-            table.add_row(name, r["variant"], *["-"] * (len(cols) - 3), Text(f"{r['status']}: {r['reason']}", style="yellow"))
+            table.add_row(shown(name), shown(r["variant"]), *["-"] * (len(cols) - 3),
+                          shown(f"{r['status']}: {r['reason']}", "yellow"))  # fmt: skip
             continue
         cells = _row_cells(r, s)
         if not digits:
             del cells[9]
-        table.add_row(name, r["variant"], *cells)
+        table.add_row(shown(name), shown(r["variant"]), *map(shown, cells))
     return table
 
 

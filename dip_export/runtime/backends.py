@@ -19,6 +19,7 @@ from dip_export.runtime import catalog
 from dip_export.runtime.catalog import CATALOG, BackendInfo
 from dip_export.runtime.engine_io import ExportFiles
 from dip_export.sampling import Denoiser
+from dip_export.settings import exact_str
 
 EngineMaker = Callable[[Any, str, torch.device], Denoiser]  # (torch module or ExportFiles, precision, device)
 
@@ -76,6 +77,7 @@ class BackendSpec:
 
     @classmethod
     def parse(cls, text: str) -> BackendSpec:
+        text = exact_str(text)
         if not isinstance(text, str):
             raise UsageError(f"a backend is text (name[:precision]), got {type(text).__name__}")
         name, colon, precision = text.partition(":")  # not trimmed: " onnx" is an unknown backend, as " 3" is no number

@@ -8,6 +8,7 @@ that used to pass (a uint8 seed, batch 0, a one-argument progress callback, --cf
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -275,3 +276,58 @@ def test_check_budget_refuses_an_object_whose_own_methods_raise(pipe, value, nam
 def test_a_callback_whose_signature_cannot_be_read_is_taken_as_it_is(names):
     callback = _hostile(names, callable_=True)
     assert optional_callable(callback, "callback", args=2) is callback
+
+
+# ------------------------------------------------------------------ a caller's str subclass, sequence or long name
+
+
+class _Text(str):
+    """Text whose own methods all raise: only str's slots may read it."""
+
+    def __eq__(self, other):
+        raise Raised("eq")
+
+    __hash__ = str.__hash__
+
+    def __getattribute__(self, name):
+        if name.startswith("__") and name.endswith("__"):
+            return super().__getattribute__(name)
+        raise Raised(name)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [lambda p: p.check_budget(1, backend=_Text("torch")), lambda p: DiPPipeline.load(backend=_Text("torch")),
+     lambda p: DiPPipeline.load(preset=_Text("dip-s-16")), lambda p: DiPPipeline.load(device=_Text("cpu")),
+     lambda p: p(classes=[1], seeds=[0], steps=1, sampler=_Text("euler")),
+     lambda p: p(classes=[1], seeds=[0], steps=1, image_size=_Text("32"))],
+)  # fmt: skip
+def test_a_str_subclass_is_read_as_plain_text(pipe, call):
+    call(pipe)  # its own methods never run: the same as the plain text
+
+
+@pytest.mark.parametrize("length", [-1, 2**64, 0])
+def test_a_sequence_whose_own_len_fails_or_lies_is_read_once_and_bounded(pipe, no_sampling, length):
+    class Lying(list):
+        def __len__(self):
+            return length
+
+    class Unreadable(Sequence):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            raise Raised(i)
+
+    for classes in (Lying([1]), Unreadable()):
+        with pytest.raises((UsageError, AssertionError)) as caught:  # AssertionError: no_sampling, the plan was taken
+            pipe(classes=classes, seeds=[0], steps=1)
+        assert caught.type is not AssertionError or isinstance(classes, Lying), caught.value
+
+
+@settings(max_examples=40)
+@given(st.integers(256, 600), st.integers(0, 2), st.sampled_from(["a", "é", "x.pt"]))
+def test_a_model_name_longer_than_the_file_system_takes_is_a_usage_error(length, depth, piece):
+    name = "/".join(["d"] * depth + [(piece * length)[:length]])
+    with pytest.raises(UsageError, match="longer than the file system allows"):
+        DiPPipeline.load(name)

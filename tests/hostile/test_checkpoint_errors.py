@@ -156,3 +156,29 @@ def test_weights_raw_on_a_file_with_one_set_is_refused(tmp_path: Path, golden: A
                     "--out", tmp_path / "o.npz")  # fmt: skip
     one_line(code, err, 1, str(DEMO_CHECKPOINT), "one set of weights")  # the bundled demo model too
     assert not (tmp_path / "o.npz").exists()
+
+
+def _odd_weight(kind: str) -> torch.Tensor:
+    if kind == "nested":
+        return torch.nested.nested_tensor([torch.zeros(2), torch.zeros(3)])
+    if kind == "jagged":
+        return torch.nested.nested_tensor([torch.zeros(2), torch.zeros(3)], layout=torch.jagged)
+    if kind == "sparse":
+        return torch.zeros(4, 4).to_sparse()
+    return torch.zeros(4, 4, dtype=torch.complex64)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("kind", ["nested", "jagged", "sparse", "complex"])
+def test_a_weight_that_is_no_dense_real_tensor_is_refused_in_one_line(tmp_path: Path, kind: str) -> None:
+    """A nested tensor says it is strided, on the CPU, floating point: its shape then raised torch's own error."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(DEMO_CHECKPOINT))
+    state["s_embedder.proj.weight"] = _odd_weight(kind)
+    path = tmp_path / "odd.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"s_embedder\.proj\.weight is not a (dense real floating-point|plain) tensor"):
+        DiPPipeline.load(path)
+    code, err = run(cli.sample_main, path, "--steps", "1", "--num-samples", "1", "--out", tmp_path / "o.npz")
+    one_line(code, err, 1, "s_embedder.proj.weight is not a")

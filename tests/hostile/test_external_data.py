@@ -111,3 +111,29 @@ def test_an_external_tensor_without_its_file_or_bytes_is_the_tools_own_refusal(t
     with pytest.raises(ExportError, match=words):
         DiPPipeline.load(export, device="cpu")
     assert not out.exists()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(["{folder}/w.bin", "{folder}/./w.bin", "//{folder}/w.bin", "\\\\w.bin", "/w.bin"]))
+def test_an_absolute_location_is_refused_even_inside_the_folder(tmp_path: Path, form: str) -> None:
+    problem, _ = _external_problem(_graph(tmp_path, {"location": form.format(folder=tmp_path)}), tmp_path)
+    assert "is named by an absolute path" in problem and SECRET not in problem
+
+
+def test_an_absolute_location_inside_the_export_is_the_tools_own_refusal(tmp_path: Path, export: Path, no_sampling) -> None:
+    """onnx's own loader raises its ValidationError on such a name (a traceback, a foreign error from the API)."""
+    model = onnx.load(str(export / "backbone.onnx"))
+    onnx.save_model(model, str(export / "backbone.onnx"), save_as_external_data=True, location="backbone.onnx.data",
+                    size_threshold=0)  # fmt: skip
+    model = onnx.load(str(export / "backbone.onnx"), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = str((export / "backbone.onnx.data").resolve())
+    onnx.save_model(model, str(export / "backbone.onnx"))
+    out = tmp_path / "o.npz"
+    code, err = sample(export, "--classes", "1", "--seeds", "0", "--steps", "2", "--out", out)
+    one_line(code, err, 1, "is named by an absolute path", "backbone.onnx")
+    with pytest.raises(ExportError, match="is named by an absolute path"):
+        DiPPipeline.load(export, device="cpu")
+    assert not out.exists()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from dip_export import DiPPipeline
@@ -59,6 +59,9 @@ def _valid(entry: dict[str, Any]) -> bool:
     drop=st.booleans(),
 )
 def test_an_entry_is_accepted_exactly_when_the_settings_allow_it(key: str, value: Any, drop: bool) -> None:
+    # a shift so small that the run's own step times collapse in float32 is refused by the settings themselves
+    # (tests/hostile/test_stepped_grid.py); where that starts depends on the solver's grid, so not modelled here
+    assume(not (key == "shift" and _number(value) and 0 < value < 1e-6))
     entry = dict(BASE)
     if drop and key in entry:
         del entry[key]

@@ -110,3 +110,16 @@ def test_after_a_refused_export_the_next_export_goes_through(tmp_path, ckpt, mon
     code, err = export_default(ckpt)
     assert code == 0, err
     assert (default_export() / "manifest.json").is_file() and (tmp_path / "keys" / "owner.key").is_file()
+
+
+@pytest.mark.parametrize("place", ["owner.key", "sub/owner.key", "sub/deeper/k"])
+def test_a_key_inside_the_export_being_read_is_refused_and_never_made(tmp_path, export, monkeypatch, no_sampling, place):
+    """The key, made during the run, would become a file the export's manifest does not list (the export could
+    then never be replaced): refused before the export is read, through the CLI and the API."""
+    monkeypatch.setenv(KEY_ENV, str(export / place))
+    before = listing(export)
+    code, err = run(cli.sample_main, export, "--classes", "1", "--seeds", "0", "--steps", "2", "--out", tmp_path / "o.npz")
+    one_line(code, err, 2, "owner key", "the export folder")
+    with pytest.raises(DipError, match="owner key"):
+        DiPPipeline.load(export, device="cpu")
+    assert listing(export) == before
