@@ -153,14 +153,24 @@ class _Interrupt:
 
 def _swallowing(frame: Any) -> bool:
     """The frame runs inside one whose exceptions the interpreter prints as 'Exception ignored' and drops (the
-    weakref callback of an import lock, an object's finaliser), or inside an import (imports run all through a
+    weakref callback of an import lock, an object's finaliser, or the constructor of an object that has one), or
+    inside an import (imports run all through a
     command: a module's code may run under a C++ extension, torch's, which aborts on an exception it cannot pass)."""
     while frame is not None:
         code = frame.f_code
-        if code.co_name == "__del__" or code.co_filename.startswith("<frozen importlib"):
+        if code.co_name == "__del__" or code.co_filename.startswith("<frozen importlib") or _finalised_init(frame):
             return True
         frame = frame.f_back
     return False
+
+
+def _finalised_init(frame: Any) -> bool:
+    """The frame is the constructor of an object with a finaliser (a ZipFile that np.savez opens): interrupted
+    there, the half-made object's finaliser fails later and prints 'Exception ignored' with its traceback."""
+    if frame.f_code.co_name != "__init__" or frame.f_code.co_argcount < 1:
+        return False
+    first = frame.f_locals.get(frame.f_code.co_varnames[0])
+    return first is not None and getattr(type(first), "__del__", None) is not None
 
 
 def handle_errors(func: F) -> F:
