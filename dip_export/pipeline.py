@@ -52,6 +52,7 @@ from dip_export.settings import (
     optional_bool,
     optional_callable,
     optional_text,
+    plain_items,
     run_conditions,
 )
 from dip_export.untrusted import MAX_NAME_BYTES, MAX_PATH_BYTES
@@ -112,9 +113,12 @@ def _plain_ref(revision: str) -> bool:
 
 def model_text(model: Any) -> str:
     """A model argument as text: a path (str or os.PathLike) or a Hub name; nothing else, and never empty."""
-    if not isinstance(model, str | os.PathLike):
+    if not issubclass(type(model), str | os.PathLike):
         raise UsageError(f"model must be a path or a Hub name (text), got {type(model).__name__}")
-    text = exact_str(os.fspath(model))
+    try:
+        text = exact_str(model if issubclass(type(model), str) else os.fspath(model))
+    except Exception:  # a PathLike whose own __fspath__ fails
+        raise UsageError(f"model must be a path or a Hub name: this {type(model).__name__} gives no path") from None
     if not isinstance(text, str) or not text.strip() or "\x00" in text or len(text) > 4096:
         raise UsageError("model must be a path or a Hub name: got empty text, a NUL byte or over 4096 characters")
     try:
@@ -198,7 +202,7 @@ def _open_source(
     from dip_export.hub import looks_like_hub_name, resolve_hub_checkpoint
 
     if weights is not None:  # given: it must apply (a checkpoint holding both); None: ema where there is a choice
-        one_of(weights, "--weights", ("ema", "raw"))
+        weights = one_of(weights, "--weights", ("ema", "raw"))
     if preset is not None:  # a name, checked before any Hub request or file read
         from dip_export.config import get_preset
 
@@ -310,7 +314,7 @@ class DiPPipeline:
 
     def __init__(self, source: ModelSource, spec: BackendSpec, device: torch.device, console: Any = None, *,
                  image_size: ImageSize | None = None, batch_size: int = 16) -> None:  # fmt: skip
-        if not isinstance(source, ModelSource) or not isinstance(spec, BackendSpec):
+        if type(source) is not ModelSource or type(spec) is not BackendSpec:  # never a lying __class__ or a subclass
             raise UsageError("DiPPipeline takes a ModelSource and a BackendSpec; make one with DiPPipeline.load(...)")
         if not isinstance(device, torch.device):
             raise UsageError(f"device must be a torch.device, got {type(device).__name__}")
@@ -410,6 +414,7 @@ class DiPPipeline:
             num_samples: images the run will keep; the memory estimate counts them before the model is built.
             console: a rich Console for export progress and messages (None: quiet).
         """
+        model = None if model is None else model_text(model)  # a PathLike's own __fspath__ runs once, here
         request = LoadRequest.checked(
             model, backend=backend, device=device, trust_checkpoint=trust_checkpoint, revision=revision,
             image_size=image_size, batch_size=batch_size, num_samples=num_samples, console=console,
@@ -492,9 +497,10 @@ class DiPPipeline:
     def engine(self, size: tuple[int, int] | None = None, batch: int | None = None) -> Denoiser:
         """The engine for an image size (made once; exports happen here, cached under engines/)."""
         if size is not None:
-            if not isinstance(size, tuple | list) or len(size) != 2:
+            pair = plain_items(size, "size", 2) if issubclass(type(size), tuple | list) else None
+            if pair is None or len(pair) != 2:
                 raise UsageError(f"size must be (height, width), got {type(size).__name__}")
-            size = self._size("x".join(str(exact_int(v, "image side", 1, MAX_IMAGE_SIDE)) for v in size))
+            size = self._size("x".join(str(exact_int(v, "image side", 1, MAX_IMAGE_SIDE)) for v in pair))
         size = size or self.image_size
         batch = self.batch_size if batch is None else exact_int(batch, "batch", 1, MAX_BATCH)
         if self._auto_pending:
@@ -577,7 +583,7 @@ class DiPPipeline:
         on_step: Callable[[int], None] | None = None,
     ) -> np.ndarray:
         """The images of a plan, uint8 (N, H, W, 3); `cuda_graphs` as `use_cuda_graphs` takes it."""
-        if not isinstance(plan, SamplePlan) or not isinstance(settings, SamplerSettings):
+        if not issubclass(type(plan), SamplePlan) or not issubclass(type(settings), SamplerSettings):  # never __class__
             raise UsageError("generate takes a SamplePlan (pipe.plan(...)) and SamplerSettings (pipe.sampler_settings(...))")
         optional_callable(on_step, "on_step", args=1)  # on_step(step index), after every sampler step
         plan = self.plan(plan.classes, plan.seeds)  # a plan made by hand is checked as one made by plan()
@@ -689,7 +695,10 @@ def _fixed(name: str) -> FixedSettingError:
 
 
 def _check_console(console: Any) -> None:
-    if console is not None and not (callable(getattr(console, "print", None)) and callable(getattr(console, "status", None))):
+    """None or a rich Console (a caller's subclass of one too); its type is read, nothing is asked of the object."""
+    from rich.console import Console
+
+    if console is not None and not issubclass(type(console), Console):
         raise UsageError(f"console must be a rich Console or None, got {type(console).__name__}")
 
 

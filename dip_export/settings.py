@@ -14,7 +14,6 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
-import numbers
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,30 +41,54 @@ def exact_int(value: Any, what: str, lo: int, hi: int) -> int:
     """An int in lo..hi: numpy integers pass, bools, floats and strings do not.
 
     Always a plain Python int: arithmetic on a numpy integer (a uint8 seed + i) would wrap around silently."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    number = plain_int(value)
+    if number is None:
         raise UsageError(f"{what} must be an integer, got {type(value).__name__}")
-    number = int(value)
     if not lo <= number <= hi:
         raise UsageError(f"{what} must be in {lo}..{hi}, got {number}")
     return number
 
 
-def _numpy_float(value: Any) -> bool:
-    """A numpy floating scalar (as numpy integers pass for ints)."""
-    import numpy as np
+def _numpy_own(value: Any, kind: type) -> bool:
+    """A scalar of numpy's own `kind` (np.integer, np.floating), not a caller's subclass of one."""
+    return issubclass(type(value), kind) and type(value).__module__ == "numpy"
 
-    return isinstance(value, np.floating)
+
+def plain_int(value: Any) -> int | None:
+    """An int or a numpy integer as a plain int, read through int's own slot or numpy's (no method of a caller's
+    subclass runs: its own __int__ or __index__ may raise or lie); None for anything else, bools included."""
+    kind = type(value)
+    if kind is bool or _numpy_own(value, np.bool_):
+        return None
+    if issubclass(kind, int):
+        return int.__int__(value)
+    if _numpy_own(value, np.integer):
+        return int(value)
+    return None
+
+
+def plain_float(value: Any) -> float | None:
+    """An int, a float, or a numpy integer or float, as a plain float read through the builtin types' own slots
+    (or numpy's); None for anything else (bools, strings, Fraction, Decimal, a caller's numeric class)."""
+    number = plain_int(value)
+    if number is not None:
+        try:
+            return float(number)
+        except OverflowError:  # an int beyond float range
+            return math.inf if number > 0 else -math.inf
+    if type(value) is not bool and issubclass(type(value), float):
+        return float.__float__(value)
+    if _numpy_own(value, np.floating):
+        return float(value)
+    return None
 
 
 def finite_float(value: Any, what: str, lo: float, hi: float, *, above_lo: bool = False) -> float:
     """A finite number in lo..hi (above lo when `above_lo`): ints and floats pass, bools and strings do not."""
-    if isinstance(value, bool) or (not isinstance(value, int | float | numbers.Integral) and not _numpy_float(value)):
+    number = plain_float(value)  # a plain float: no numpy float arithmetic downstream
+    if number is None:
         raise UsageError(f"{what} must be a number, got {type(value).__name__}")  # a Fraction or Decimal is no float
-    try:
-        number = float(value)  # a plain float: no numpy float arithmetic downstream
-    except OverflowError:  # an int or fraction beyond float range
-        number = math.inf if float(value > 0) else -math.inf  # type: ignore[operator]
-    if number == 0 and value != 0:  # a longdouble 1e-400: not the zero it would silently become
+    if number == 0 and bool(value != 0):  # a longdouble 1e-400: not the zero it would silently become (numpy's own)
         raise UsageError(f"{what} is too small to be a float (nonzero, nearer 0 than any float), got {plain_value(value)}")
     if not (math.isfinite(number) and (lo < number if above_lo else lo <= number) and number <= hi):
         raise UsageError(f"{what} must be in {lo:g}..{hi:g}{f' (above {lo:g})' if above_lo else ''}, got {number}")
@@ -127,15 +150,10 @@ def int_list(values: Any, what: str, lo: int, hi: int) -> tuple[int, ...]:
 
     Sets, dicts and generators are refused: their order (hence which seed goes with which class) is not the caller's.
     """
-    if isinstance(values, np.ndarray) and values.ndim == 1:
-        values = values.tolist()  # numpy ints become ints; floats stay floats and are refused below
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+    items = values if type(values) is range else plain_items(values, what, MAX_SAMPLES)  # numpy ints become ints
+    if items is None:  # text and bytes-like values too: b"\x07" is no list of classes
         raise UsageError(f"{what} must be a list of integers, got {type(values).__name__}")
-    if type(values) not in (list, tuple, range):  # a caller's own sequence: read once, at most one past the limit
-        try:
-            values = list(itertools.islice(values, MAX_SAMPLES + 1))
-        except Exception:  # its own __iter__ / __getitem__ failed
-            raise UsageError(f"{what} must be a list of integers; this {type(values).__name__} cannot be read") from None
+    values = items
     if not 1 <= len(values) <= MAX_SAMPLES:
         shown = len(values) if len(values) <= MAX_SAMPLES else f"over {MAX_SAMPLES}"
         raise UsageError(f"{what} must hold 1..{MAX_SAMPLES} values, got {shown}")
@@ -161,12 +179,13 @@ def image_size(value: Any, what: str = "image size") -> tuple[int, int]:
         if match is None:
             raise UsageError(f"{what} must be N or HxW, got {plain_value(value)}")
         h, w = int(match.group(1)), int(match.group(2) or match.group(1))
-    elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        h = w = int(value)
-    elif isinstance(value, tuple | list) and len(value) == 2:
-        h, w = exact_int(value[0], f"{what} height", 1, MAX_IMAGE_SIDE), exact_int(value[1], f"{what} width", 1, MAX_IMAGE_SIDE)
+    elif plain_int(value) is not None:
+        h = w = plain_int(value)  # type: ignore[assignment]
+    elif issubclass(type(value), tuple | list) and len(pair := plain_items(value, what, 2) or []) == 2:
+        h, w = exact_int(pair[0], f"{what} height", 1, MAX_IMAGE_SIDE), exact_int(pair[1], f"{what} width", 1, MAX_IMAGE_SIDE)
     else:
-        kind = type(value).__name__ + (f" of {len(value)}" if isinstance(value, tuple | list) else "")
+        items = plain_items(value, what, 2) if issubclass(type(value), tuple | list) else None
+        kind = type(value).__name__ + (f" of {len(items)}" if items is not None else "")
         raise UsageError(f"{what} must be an integer N, text N or HxW, or a pair (H, W) of integers, got {kind}")
     if min(h, w) < 1:
         raise UsageError(f"{what} must be N or HxW with positive sides, got {plain_value(value)}")
@@ -283,11 +302,34 @@ def optional_callable(value: Any, what: str, args: int | None = None) -> Any:
     return value
 
 
+def plain_items(value: Any, what: str, limit: int) -> list[Any] | None:
+    """The items of a list, tuple, 1-D numpy array or other sequence as a plain list, read once and bounded: a list
+    or tuple subclass through list's or tuple's own slots (none of its methods runs), any other sequence by
+    iterating it at most `limit + 1` times (its own failure is refused as bad input). None for text, bytes and
+    anything that is no sequence."""
+    kind = type(value)
+    if issubclass(kind, (str, bytes, bytearray, memoryview)):
+        return None
+    if issubclass(kind, list):
+        return list.copy(value)
+    if issubclass(kind, tuple):
+        return list(tuple.__getitem__(value, slice(None)))
+    if issubclass(kind, np.ndarray) and kind.__module__ == "numpy":
+        return value.tolist() if value.ndim == 1 else None
+    if not isinstance(value, Sequence) or isinstance(value, np.ndarray):
+        return None
+    try:
+        return list(itertools.islice(iter(value), limit + 1))
+    except Exception:  # the sequence's own __iter__ / __getitem__ failed
+        raise UsageError(f"{what}: this {kind.__name__} cannot be read as a sequence") from None
+
+
 def guidance_interval(value: Any, what: str = "guidance interval") -> tuple[float, float]:
     """(lo, hi) with lo < hi, each finite in -1..2 (t lives in 0..1; the bounds are strict)."""
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
+    items = plain_items(value, what, 2)
+    if items is None or len(items) != 2:
         raise UsageError(f"{what} must be a pair lo,hi")
-    lo, hi = (finite_float(v, what, -1.0, 2.0) for v in value)
+    lo, hi = (finite_float(v, what, -1.0, 2.0) for v in items)
     if not lo < hi:
         raise UsageError(f"{what} must be lo < hi, got {lo},{hi}")
     return (lo, hi)

@@ -311,29 +311,52 @@ def exporter_envelope(config: DiPConfig, image_size: tuple[int, int]) -> int:
 
 def _largest_tensor(model: Any, graph_dir: Path) -> tuple[str, int, int]:
     """Bytes of the largest tensor a node of the graph computes, and the most bytes of them alive at once
-    (`_live_peak`), its shapes inferred by ONNX (constants propagated)
-    with the batch at SIZING_BATCH; or why they cannot be inferred. Called once the structure has passed; the
-    weights are taken out first (inference needs their shapes only), so the check holds no copy of them."""
-    import math
-
-    from onnx import helper, shape_inference
+    (`_live_peak`), its shapes inferred by ONNX (constants propagated) with the batch at SIZING_BATCH; or why they
+    cannot be inferred. Inferred again at twice that batch: no tensor may grow faster than the batch (the run's
+    estimate scales the graph's tensors linearly; one that grew with the batch's square passed at SIZING_BATCH and
+    took a large batch past the memory limit). Called once the structure has passed; the weights are taken out
+    first (inference needs their shapes only), so the check holds no copy of them."""
+    from onnx import helper
 
     _load_small_external(model, graph_dir)
     graph = model.graph
-    for value in [*graph.input, *graph.output]:
-        for dim in value.type.tensor_type.shape.dim:
-            if not dim.HasField("dim_value"):
-                dim.dim_value = SIZING_BATCH  # the one dynamic axis of the exporter's I/O: the batch
     del graph.value_info[:]  # only what inference derives is trusted
     weights = [t for t in graph.initializer if _tensor_bytes(t) > SMALL_EXTERNAL]
     graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in weights)
     keep = [t for t in graph.initializer if _tensor_bytes(t) <= SMALL_EXTERNAL]
     del graph.initializer[:]
     graph.initializer.extend(keep)
+    problem, sizes, inferred = _computed_sizes(model, SIZING_BATCH)
+    if problem:
+        return problem, 0, 0
+    problem, doubled, _ = _computed_sizes(model, 2 * SIZING_BATCH)
+    if problem:
+        return problem, 0, 0
+    for number, node in enumerate(inferred.graph.node, 1):
+        if any(doubled.get(name, 0) > 2 * sizes[name] for name in node.output if name in sizes):
+            return (f"node #{number} ({node.op_type}) computes a tensor that grows faster than the batch; the "
+                    "exporter's graphs grow with it linearly"), 0, 0  # fmt: skip
+    return "", max(sizes.values(), default=0), _live_peak(inferred.graph, sizes)
+
+
+def _computed_sizes(model: Any, batch: int) -> tuple[str, dict[str, int], Any]:
+    """The bytes of every tensor a node computes with the batch (the one dynamic axis of the exporter's I/O) at
+    `batch`, inferred by ONNX on a copy; or why they cannot be."""
+    import math
+
+    import onnx
+    from onnx import helper, shape_inference
+
+    sized = onnx.ModelProto()
+    sized.CopyFrom(model)
+    for value in [*sized.graph.input, *sized.graph.output]:
+        for dim in value.type.tensor_type.shape.dim:
+            if not dim.HasField("dim_value"):
+                dim.dim_value = batch
     try:
-        inferred = shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)  # types: bf16 Conv is not in the schema
+        inferred = shape_inference.infer_shapes(sized, strict_mode=True, data_prop=True)  # types: bf16 Conv is not in the schema
     except Exception as err:  # onnx raises its own InferenceError, ValidationError and others
-        return f"ONNX shape inference fails on the graph ({type(err).__name__})", 0, 0
+        return f"ONNX shape inference fails on the graph ({type(err).__name__})", {}, None
     known = {v.name: v.type.tensor_type for v in [*inferred.graph.value_info, *inferred.graph.output]}
     sizes: dict[str, int] = {}
     for number, node in enumerate(inferred.graph.node, 1):
@@ -343,13 +366,13 @@ def _largest_tensor(model: Any, graph_dir: Path) -> tuple[str, int, int]:
                 return (
                     f"node #{number} ({node.op_type}) computes a tensor whose size depends on data; "
                     "the exporter's graphs have static sizes"
-                ), 0, 0
+                ), {}, None
             try:
                 element = helper.tensor_dtype_to_np_dtype(kind.elem_type).itemsize
             except (KeyError, TypeError, ValueError):
                 element = 8
             sizes[name] = math.prod(max(d.dim_value, 0) for d in kind.shape.dim) * element
-    return "", max(sizes.values(), default=0), _live_peak(inferred.graph, sizes)
+    return "", sizes, inferred
 
 
 def _live_peak(graph: Any, sizes: dict[str, int]) -> int:
@@ -541,9 +564,13 @@ def _external_problem(graph: Any, graph_dir: Path) -> tuple[str, int]:
             if tensor.data_location == TensorProto.EXTERNAL or entries:
                 return f"tensor #{number} is marked as external data but names no file; refusing to read it", 0
             continue
-        if os.path.isabs(entries["location"]) or entries["location"].startswith(("/", "\\")):
+        location = entries["location"]
+        if os.path.isabs(location) or location.startswith(("/", "\\")):
             return (f"external data of tensor #{number} is named by an absolute path (ONNX takes a path relative to "
                     "the graph's folder only); refusing to read it"), 0  # fmt: skip
+        if any(part in ("", ".") for part in location.replace("\\", "/").split("/")):
+            return (f"external data of tensor #{number} is not named as a plain relative file name (an empty or '.' "
+                    "part, a trailing '/'); refusing to read it"), 0  # fmt: skip
         try:
             data = contained(graph_dir, entries["location"], "external data")  # graph_dir: checked, inside `folder`
         except UntrustedFileError as err:

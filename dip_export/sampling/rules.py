@@ -148,9 +148,13 @@ def check_guidance_applies(settings: SamplerSettings) -> None:
 def checked_settings(value: Any) -> SamplerSettings:
     """Settings given to a call, built again from their fields so that every check runs: an instance changed after
     it was made, or of a subclass (whose own checks may be none), is taken as the plain settings its fields make."""
-    if not isinstance(value, SamplerSettings):
+    if not issubclass(type(value), SamplerSettings):  # the type itself: a lying __class__ is not read
         raise UsageError(f"settings must be a SamplerSettings, got {type(value).__name__}")
-    return SamplerSettings(**{f.name: getattr(value, f.name) for f in dataclasses.fields(SamplerSettings)})
+    stored = object.__getattribute__(value, "__dict__")  # the values the instance holds: no property of a subclass runs
+    names = [f.name for f in dataclasses.fields(SamplerSettings)]
+    if not isinstance(stored, dict) or any(name not in stored for name in names):
+        raise UsageError(f"settings must be a SamplerSettings, got a {type(value).__name__} without its fields")
+    return SamplerSettings(**{name: stored[name] for name in names})
 
 
 STORED_NAMES = {"sampler": "method", "guidance_interval": "interval"}  # stored defaults' (and the CLI's) field names

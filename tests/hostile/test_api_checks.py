@@ -7,6 +7,7 @@ that used to pass (a uint8 seed, batch 0, a one-argument progress callback, --cf
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 
@@ -16,7 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dip_export import DiPPipeline, cli
+from dip_export.checkpoint import DEMO_CHECKPOINT
 from dip_export.errors import UsageError
+from dip_export.sampling import SamplerSettings
 from dip_export.settings import _DECIMAL_TEXT, MAX_SEED, decimal_text, exact_int, finite_float, optional_callable
 from tests.test_hostile import one_line, run
 
@@ -331,3 +334,96 @@ def test_a_model_name_longer_than_the_file_system_takes_is_a_usage_error(length,
     name = "/".join(["d"] * depth + [(piece * length)[:length]])
     with pytest.raises(UsageError, match="longer than the file system allows"):
         DiPPipeline.load(name)
+
+
+# ------------------------------------------------------------------ numbers, sequences and paths of a caller's own type
+
+
+def _int_kind(behaviour: str) -> type:
+    def boom(self, *args):
+        raise Raised(behaviour)
+
+    methods = {"__int__": boom, "__index__": boom, "__float__": boom} if behaviour == "raise" else {
+        "__int__": lambda self: 3, "__index__": lambda self: 3, "__float__": lambda self: 3.0}  # fmt: skip
+    return type("CallerInt", (int,), methods)
+
+
+@given(st.integers(-(10**6), 10**6), st.sampled_from(["raise", "lie"]))
+def test_an_int_subclass_is_read_as_the_int_it_holds(number, behaviour):
+    value = _int_kind(behaviour)(number)
+    assert exact_int(value, "x", -(10**6), 10**6) == number and type(exact_int(value, "x", -(10**6), 10**6)) is int
+    assert finite_float(value, "x", -(10**6), 10**6) == float(number)
+
+
+@given(st.floats(-100, 100), st.sampled_from(["raise", "lie"]))
+def test_a_float_subclass_is_read_as_the_float_it_holds(number, behaviour):
+    def boom(self, *args):
+        raise Raised(behaviour)
+
+    kind = type("CallerFloat", (float,), {"__float__": boom if behaviour == "raise" else (lambda self: 0.5)})
+    assert finite_float(kind(number), "x", -100.0, 100.0) == number
+
+
+def _sequence_kind(base: type, broken: str) -> type:
+    def boom(self, *args):
+        raise Raised(broken)
+
+    return type(f"Caller{base.__name__}", (base,), {broken: boom})
+
+
+@pytest.mark.parametrize("base", [list, tuple])
+@pytest.mark.parametrize("broken", ["__len__", "__iter__", "__getitem__"])
+def test_a_list_or_tuple_subclass_is_read_through_its_own_slots(pipe, base, broken):
+    kind = _sequence_kind(base, broken)
+    images = pipe(classes=kind([1]), seeds=kind([0]), steps=2, image_size=kind([32, 32]), guidance_interval=kind([0.1, 1.0]))
+    assert images.shape == (1, 32, 32, 3)
+    pipe.check_budget(1, size=kind([32, 32]))
+    pipe.engine(kind([32, 32]))
+
+
+@pytest.mark.parametrize("value", [bytearray(b"\x07"), memoryview(b"\x01"), b"\x01", "1"])
+def test_bytes_like_values_are_no_class_list(pipe, no_sampling, value):
+    with pytest.raises(UsageError, match="must be a list of integers"):
+        pipe(classes=value, seeds=[0], steps=1)
+
+
+def test_a_path_like_that_gives_no_path_and_a_console_that_is_none_are_usage_errors():
+    class Broken(os.PathLike):
+        def __fspath__(self):
+            raise Raised("fspath")
+
+    class Nothing(os.PathLike):
+        def __fspath__(self):
+            return None
+
+    for model in (Broken(), Nothing()):
+        with pytest.raises(UsageError, match="gives no path"):
+            DiPPipeline.load(model)
+
+    class Asked:
+        def __getattr__(self, name):
+            raise Raised(name)
+
+    with pytest.raises(UsageError, match="console must be a rich Console"):
+        DiPPipeline.load(console=Asked())
+
+
+def test_a_path_like_is_read_once():
+    class Changing(os.PathLike):
+        calls = 0
+
+        def __fspath__(self):
+            Changing.calls += 1
+            return str(DEMO_CHECKPOINT) if Changing.calls == 1 else "/nowhere/else.pt"
+
+    assert DiPPipeline.load(Changing(), device="cpu").name == "dip-digits" and Changing.calls == 1
+
+
+def test_settings_whose_class_lies_are_refused(pipe, no_sampling):
+    class Lie:
+        @property
+        def __class__(self):
+            return SamplerSettings
+
+    with pytest.raises(UsageError, match="settings must be a SamplerSettings"):
+        pipe(classes=[1], seeds=[0], settings=Lie())

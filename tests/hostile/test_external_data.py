@@ -120,6 +120,14 @@ def test_an_absolute_location_is_refused_even_inside_the_folder(tmp_path: Path, 
     assert "is named by an absolute path" in problem and SECRET not in problem
 
 
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(["w.bin/", "./w.bin", "w.bin/.", "w.bin//", "sub/../w.bin", "sub//w.bin", ".", ""]))
+def test_a_location_that_is_no_plain_relative_name_is_refused(tmp_path: Path, form: str) -> None:
+    """onnx's loader refuses what `contained` would normalise (`w.bin/` is `w.bin` to the OS): a traceback then."""
+    problem, _ = _external_problem(_graph(tmp_path, {"location": form}), tmp_path)
+    assert problem and SECRET not in problem and len(problem.splitlines()) == 1
+
+
 def test_an_absolute_location_inside_the_export_is_the_tools_own_refusal(tmp_path: Path, export: Path, no_sampling) -> None:
     """onnx's own loader raises its ValidationError on such a name (a traceback, a foreign error from the API)."""
     model = onnx.load(str(export / "backbone.onnx"))

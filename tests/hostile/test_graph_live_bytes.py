@@ -110,3 +110,40 @@ def test_a_few_extra_tensors_within_the_envelope_still_run(tmp_path, export):
     out = tmp_path / "o.npz"
     code, err = sample(export, "--classes", "1", "--seeds", "0", "--steps", "2", "--out", out)
     assert code == 0, err
+
+
+def _squared(export: Path) -> None:
+    """A tensor of (batch x 16) x (batch x 16): small at the sizing batch, the batch's square at a run's."""
+    model = onnx.load(str(export / "backbone.onnx"))
+    graph = model.graph
+    x, out = graph.input[0].name, graph.output[0].name
+    for node in graph.node:
+        for i, name in enumerate(node.output):
+            if name == out:
+                node.output[i] = out + "_pre"
+    graph.initializer.extend([numpy_helper.from_array(np.array([-1, 16], np.int64), "sq_shape"),
+                              numpy_helper.from_array(np.array(0.0, np.float32), "sq_zero")])  # fmt: skip
+    graph.node.extend([
+        helper.make_node("Slice", [x, "sq_s", "sq_e", "sq_a"], ["sq_part"]),
+        helper.make_node("Reshape", ["sq_part", "sq_shape"], ["sq_q"]),
+        helper.make_node("Transpose", ["sq_q"], ["sq_t"], perm=[1, 0]),
+        helper.make_node("MatMul", ["sq_q", "sq_t"], ["sq_square"]),
+        helper.make_node("ReduceMean", ["sq_square"], ["sq_mean"], keepdims=0),
+        helper.make_node("Mul", ["sq_mean", "sq_zero"], ["sq_z"]),
+        helper.make_node("Add", [out + "_pre", "sq_z"], [out]),
+    ])  # fmt: skip
+    graph.initializer.extend([numpy_helper.from_array(np.array([0, 0, 0, 0], np.int64), "sq_s"),
+                              numpy_helper.from_array(np.array([2**62, 1, 4, 4], np.int64), "sq_e"),
+                              numpy_helper.from_array(np.array([0, 1, 2, 3], np.int64), "sq_a")])  # fmt: skip
+    onnx.save(model, str(export / "backbone.onnx"))
+    manifest = json.loads((export / "manifest.json").read_text())
+    manifest.get("contents", {}).pop("backbone.onnx", None)
+    (export / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_tensor_growing_faster_than_the_batch_is_refused(tmp_path, export, no_sampling):
+    _squared(export)
+    code, err = sample(export, "--classes", "1", "--seeds", "0", "--steps", "2", "--out", tmp_path / "o.npz")
+    one_line(code, err, 1, "grows faster than the batch", "backbone.onnx")
+    with pytest.raises(ExportError, match="grows faster than the batch"):
+        DiPPipeline.load(export, device="cpu")
