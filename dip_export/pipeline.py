@@ -131,6 +131,15 @@ def model_text(model: Any) -> str:
     return text
 
 
+def model_argument(model: Any) -> str | Path | None:
+    """The model argument read once: text stays text (a path or a Hub name), a path-like becomes a Path (local by
+    its type: never a Hub name, whatever it reads)."""
+    if model is None:
+        return None
+    text = model_text(model)
+    return text if issubclass(type(model), str) else Path(text)
+
+
 def hub_model_name(text: str, revision: str | None = None) -> str:
     """The name a Hub checkpoint's exports are made under, one per file and revision: org/name -> org--name,
     org/name/sub/model.pt -> org--name--sub--model.pt, with --revision v1 -> org--name@v1. Repo names hold no
@@ -414,7 +423,7 @@ class DiPPipeline:
             num_samples: images the run will keep; the memory estimate counts them before the model is built.
             console: a rich Console for export progress and messages (None: quiet).
         """
-        model = None if model is None else model_text(model)  # a PathLike's own __fspath__ runs once, here
+        model = model_argument(model)  # a PathLike's own __fspath__ runs once, here
         request = LoadRequest.checked(
             model, backend=backend, device=device, trust_checkpoint=trust_checkpoint, revision=revision,
             image_size=image_size, batch_size=batch_size, num_samples=num_samples, console=console,

@@ -98,3 +98,19 @@ def test_preset_with_an_export_folder_is_refused(export, tmp_path) -> None:
 
     with pytest.raises(UsageError, match="--preset"):
         DiPPipeline.load(export, preset="dip-s-16")
+
+
+def test_a_caller_path_like_is_local_by_its_type_too(fake_hub, tmp_path, monkeypatch) -> None:
+    import os
+
+    from dip_export import DiPPipeline
+    from dip_export.errors import DipError
+
+    class Named(os.PathLike):
+        def __fspath__(self):
+            return "org/name"
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DipError):
+        DiPPipeline.load(Named())
+    assert fake_hub == []
