@@ -362,8 +362,9 @@ def check_output_name(path: Path) -> None:
         raw = os.fsencode(str(path))
     except UnicodeError:
         raise UsageError("the output path is not text the file system can encode") from None
-    if any(len(part) > 255 for part in raw.split(b"/")[:-1]):
-        raise UsageError("a folder name in the output path is too long (at most 255 bytes)")
+    for part in raw.split(b"/")[:-1]:
+        if len(part) > 255:
+            raise UsageError(f"{os.fsdecode(part)[:60]}...: a folder name in the output path is too long (at most 255 bytes)")
     anchor = path.parent
     while not os.path.exists(anchor) and anchor != anchor.parent:  # False, not an error, for a name too long
         anchor = anchor.parent
@@ -379,8 +380,9 @@ def check_output_name(path: Path) -> None:
     to_make = path.parent.relative_to(anchor).parts if path.parent != anchor else ()
     if len(to_make) > MAX_NEW_FOLDERS:
         raise UsageError(f"the output path would need {len(to_make)} new nested folders (at most {MAX_NEW_FOLDERS})")
-    if any(len(os.fsencode(part)) > name_max for part in to_make):
-        raise UsageError(f"a folder name in the output path is too long (at most {name_max} bytes here)")
+    for part in to_make:
+        if len(os.fsencode(part)) > name_max:
+            raise UsageError(f"{part[:60]}...: a folder name in the output path is too long (at most {name_max} bytes here)")
 
 
 def check_free_space(path: Path, need: int) -> None:
