@@ -8,6 +8,7 @@ cut included. Content of user files is not echoed at all: messages name the file
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,9 @@ def plain_line(text: object, limit: int = MAX_LINE) -> str:
     as `\\x20`, where it would not be seen), control characters and backslashes escaped as in a Python string."""
     raw = str(text)
     parts = [_shown(c) for c in raw]
+    for i, char in enumerate(raw):  # a mark with no letter to sit on would merge with the tool's own text
+        if unicodedata.category(char)[0] == "M" and (i == 0 or unicodedata.category(raw[i - 1])[0] not in "LMN"):
+            parts[i] = f"\\u{ord(char):04x}" if ord(char) <= 0xFFFF else f"\\U{ord(char):08x}"
     for end in (0, len(parts) - 1):
         if parts and parts[end] == " ":
             parts[end] = "\\x20"

@@ -17,7 +17,7 @@ from dip_export.errors import DipError
 from dip_export.messages import MAX_LINE, plain_line, say, where
 from tests.test_hostile import one_line, run
 
-ESCAPE = re.compile(r"\\(\\|n|t|r|x[0-9a-f]{2}|u[0-9a-f]{4})")
+ESCAPE = re.compile(r"\\(\\|n|t|r|x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8})")
 NAMED = {"\\": "\\", "n": "\n", "t": "\t", "r": "\r"}
 
 
@@ -26,7 +26,7 @@ def unescape(line: str) -> str:
     return ESCAPE.sub(lambda m: NAMED.get(m.group(1)) or chr(int(m.group(1)[1:], 16)), line)
 
 
-WHITESPACE = st.text(st.sampled_from(" \t\n\r\x0b\x0c\\nt x/._-\u2028\u3000é[]"), max_size=120)
+WHITESPACE = st.text(st.sampled_from(" \t\n\r\x0b\x0c\\nt x/._-\u2028\u3000é[]\u0301\u20dd"), max_size=120)
 
 
 @settings(max_examples=400, deadline=None, derandomize=True)
@@ -37,6 +37,13 @@ def test_a_printed_line_unescaped_gives_back_the_text(text: str) -> None:
     assert not line.startswith(" ") and not line.endswith(" ")  # an edge space would not be seen
     if len(line) < MAX_LINE and " more characters) ... " not in line:
         assert unescape(line) == text
+
+
+@given(st.sampled_from(["\u0301", "\u20dd", "\U0001e944", "\u0903"]), st.sampled_from(["", " ", ": ", "'", "/"]))
+def test_a_mark_with_no_letter_under_it_is_escaped_and_one_on_a_letter_is_not(mark: str, before: str) -> None:
+    shown = plain_line(f"x{before}{mark}y") if before else plain_line(f"{mark}y")
+    assert mark not in shown and unescape(shown) == (f"x{before}{mark}y" if before else f"{mark}y")
+    assert mark in plain_line(f"e{mark}y")  # on a letter it is part of how the name is written
 
 
 @settings(max_examples=100, deadline=None, derandomize=True)
