@@ -345,8 +345,7 @@ def _tensors_only(state: Mapping[str, Any]) -> dict[str, Tensor]:
         one = "s_embedder.proj.weight" in tensors
         what = f"weight {coded[0][:80]} is an object that needs" if one else "its weights are objects that need"
         raise CheckpointError(
-            f"{what} code to be built ({', '.join(names[:3])}); "
-            "if you trust this file, pass --trust-checkpoint"
+            f"{what} code to be built ({', '.join(names[:3])}); if you trust this file, pass --trust-checkpoint"
         )
     if "s_embedder.proj.weight" not in tensors:
         raise CheckpointError("no DiP weights found (no key s_embedder.proj.weight)")
@@ -500,15 +499,13 @@ def read_failure(err: OSError, name: str) -> CheckpointError:
 def as_typed(err: DipError, shown: str, typed: str) -> DipError:
     """`err` with its leading file name `shown` (a normalised path) given back as the user `typed` it."""
     text = str(err)
-    named = text.startswith(shown) and text[len(shown):len(shown) + 1] in (":", " ", "")
+    named = text.startswith(shown) and text[len(shown) : len(shown) + 1] in (":", " ", "")
     if typed != shown and err.args and text == err.args[0] and named:
-        err.args = (typed + text[len(shown):], *err.args[1:])
+        err.args = (typed + text[len(shown) :], *err.args[1:])
     return err
 
 
-def _load_checkpoint(
-    path: Path, weights: str, trust: bool, config: DiPConfig | None, check: ConfigCheck | None
-) -> LoadedModel:
+def _load_checkpoint(path: Path, weights: str, trust: bool, config: DiPConfig | None, check: ConfigCheck | None) -> LoadedModel:
     _check_is_file(path)
     given = config
     sampling: dict[str, Any] = {}

@@ -315,8 +315,14 @@ ModelArg = Annotated[
 PresetOpt = Annotated[
     str | None, typer.Option("--preset", help="Random-weight architecture: dip-xl-16, dip-l-16, dip-b-16, dip-s-16.")
 ]
-WeightsOpt = Annotated[str | None, typer.Option("--weights", help="Which weights of a training checkpoint: ema or raw "
-                      "[default: ema; given, it needs a checkpoint that holds both].", show_default=False)]
+WeightsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--weights",
+        help="Which weights of a training checkpoint: ema or raw [default: ema; given, it needs a checkpoint that holds both].",
+        show_default=False,
+    ),
+]
 RevisionOpt = Annotated[
     str | None, typer.Option("--revision", help="Hub branch, tag or commit, with an org/name checkpoint.", show_default=False)
 ]
@@ -369,9 +375,15 @@ def sample(
             "this machine, measured once and cached under engines/ [default: torch; onnx for an export folder]."
         ),
     ] = None,
-    cuda_graphs: Annotated[bool | None, typer.Option(
-        "--cuda-graphs/--no-cuda-graphs", help="Replay each step as one CUDA graph; --cuda-graphs is refused where it "
-        "cannot apply [default: wherever it applies: CUDA; torch, compile, trt].", show_default=False)] = None,
+    cuda_graphs: Annotated[
+        bool | None,
+        typer.Option(
+            "--cuda-graphs/--no-cuda-graphs",
+            help="Replay each step as one CUDA graph; --cuda-graphs is refused where it "
+            "cannot apply [default: wherever it applies: CUDA; torch, compile, trt].",
+            show_default=False,
+        ),
+    ] = None,
     weights: WeightsOpt = None,
     trust_checkpoint: TrustOpt = False,
     revision: RevisionOpt = None,
@@ -578,9 +590,15 @@ def bench(
         float | None,
         typer.Option(help="Time shift of every row, of the --samplers runs and their reference [default: the model's, else 1]."),
     ] = None,
-    cuda_graphs: Annotated[bool | None, typer.Option(
-        "--cuda-graphs/--no-cuda-graphs", help="Whole-step CUDA graphs; --cuda-graphs is refused where no row can use "
-        "them [default: wherever they apply: CUDA; torch, compile, trt].", show_default=False)] = None,
+    cuda_graphs: Annotated[
+        bool | None,
+        typer.Option(
+            "--cuda-graphs/--no-cuda-graphs",
+            help="Whole-step CUDA graphs; --cuda-graphs is refused where no row can use "
+            "them [default: wherever they apply: CUDA; torch, compile, trt].",
+            show_default=False,
+        ),
+    ] = None,
     threads: Annotated[
         int | None,
         typer.Option(
@@ -590,9 +608,13 @@ def bench(
     ] = None,
     warmup: Annotated[int, typer.Option(help="Untimed runs before timing.")] = 1,
     repeats: Annotated[int, typer.Option(help="Timed runs at least; the median is reported.")] = 5,
-    max_repeats: Annotated[int | None, typer.Option(
-        help="Timed runs at most, added one by one while the spread is high [default: 30, or --repeats if more].",
-        show_default=False)] = None,
+    max_repeats: Annotated[
+        int | None,
+        typer.Option(
+            help="Timed runs at most, added one by one while the spread is high [default: 30, or --repeats if more].",
+            show_default=False,
+        ),
+    ] = None,
     target_spread: Annotated[
         float, typer.Option(help="Stop adding runs when the interquartile range / median is below this.")
     ] = 0.05,

@@ -104,12 +104,14 @@ def check_sampling_defaults(data: Any) -> dict[str, Any]:
     return parsed
 
 
-PRESETS: Mapping[str, DiPConfig] = MappingProxyType({  # read-only: a released architecture is what it says
-    "dip-xl-16": DiPConfig(hidden_size=1152, num_heads=16, depth=26),
-    "dip-l-16": DiPConfig(hidden_size=1024, num_heads=16, depth=22),
-    "dip-b-16": DiPConfig(hidden_size=768, num_heads=12, depth=12),
-    "dip-s-16": DiPConfig(hidden_size=384, num_heads=6, depth=12),
-})
+PRESETS: Mapping[str, DiPConfig] = MappingProxyType(
+    {  # read-only: a released architecture is what it says
+        "dip-xl-16": DiPConfig(hidden_size=1152, num_heads=16, depth=26),
+        "dip-l-16": DiPConfig(hidden_size=1024, num_heads=16, depth=22),
+        "dip-b-16": DiPConfig(hidden_size=768, num_heads=12, depth=12),
+        "dip-s-16": DiPConfig(hidden_size=384, num_heads=6, depth=12),
+    }
+)
 
 
 def get_preset(name: str) -> DiPConfig:

@@ -251,9 +251,7 @@ def write_shard(path: Path, images: np.ndarray, start: int, stop: int, digest: s
         np.savez(f, arr_0=images, indices=indices, run=np.array(shard_label(digest)), mac=np.array(mac, "<U64"))
 
 
-def check_settings(
-    folder: Path, settings: dict[str, Any], world: World, *, pending: Collection[str] | None = None
-) -> None:
+def check_settings(folder: Path, settings: dict[str, Any], world: World, *, pending: Collection[str] | None = None) -> None:
     """Rank 0 records the settings of the run; every rank refuses a folder made with other ones, and shards
     whose settings are no longer recorded (they are never deleted nor taken for this run's).
 

@@ -113,6 +113,7 @@ def check_hub_environment(environ: Mapping[str, str] | None = None) -> None:
 def token_file(env: Mapping[str, str]) -> Path:
     """The file huggingface_hub takes its token from when HF_TOKEN is unset or empty (its constants, worked out from
     this environment): HF_TOKEN_PATH, else HF_HOME/token, else XDG_CACHE_HOME (~/.cache)/huggingface/token."""
+
     def expanded(text: str) -> str:
         return os.path.expandvars(os.path.expanduser(text))
 
@@ -398,8 +399,16 @@ def checked_cache_entry(text: str, repo_id: str, entry: Path, cache: Path) -> Pa
     return entry
 
 
-_NO_ANSWER = {"TransportError", "ConnectError", "ConnectionError", "ConnectTimeout", "TimeoutException", "NetworkError",
-              "ProxyError", "ReadTimeout"}  # the HTTP clients' (httpx, httpx2, requests) names for "no answer came"
+_NO_ANSWER = {
+    "TransportError",
+    "ConnectError",
+    "ConnectionError",
+    "ConnectTimeout",
+    "TimeoutException",
+    "NetworkError",
+    "ProxyError",
+    "ReadTimeout",
+}  # the HTTP clients' (httpx, httpx2, requests) names for "no answer came"
 
 
 def _unreachable(err: BaseException) -> bool:

@@ -380,9 +380,9 @@ def check_output_name(path: Path) -> None:
     to_make = path.parent.relative_to(anchor).parts if path.parent != anchor else ()
     if len(to_make) > MAX_NEW_FOLDERS:
         raise UsageError(f"the output path would need {len(to_make)} new nested folders (at most {MAX_NEW_FOLDERS})")
-    for part in to_make:
-        if len(os.fsencode(part)) > name_max:
-            raise UsageError(f"{part[:60]}...: a folder name in the output path is too long (at most {name_max} bytes here)")
+    for folder in to_make:
+        if len(os.fsencode(folder)) > name_max:
+            raise UsageError(f"{folder[:60]}...: a folder name in the output path is too long (at most {name_max} bytes here)")
 
 
 def check_free_space(path: Path, need: int) -> None:

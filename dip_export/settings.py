@@ -224,9 +224,7 @@ def decimal_text(text: Any, what: str) -> float:
     return number
 
 
-def number_list(
-    text: Any, what: str, parse: Callable[[Any, str], Any], count: int | None = None, form: str = ""
-) -> list[Any]:
+def number_list(text: Any, what: str, parse: Callable[[Any, str], Any], count: int | None = None, form: str = "") -> list[Any]:
     """'a,b,c' -> [parse(a), ...] with `whole_text` or `decimal_text`; `count` items exactly when given."""
     if not isinstance(text, str):
         raise UsageError(f"{what} must be text, got {type(text).__name__}")
@@ -414,7 +412,8 @@ class OptionRule:
 # An explicit --cuda-graphs (cuda_graphs=True) where graphs cannot apply; its conditions are named by
 # `run_conditions` (the device of the run, the backend it runs on). Left out (None), graphs are used where they apply.
 CUDA_GRAPHS_RULE = OptionRule(
-    "--cuda-graphs", excludes=("device cpu", *(f"backend {i.name}" for i in CATALOG if not i.graphable)),
+    "--cuda-graphs",
+    excludes=("device cpu", *(f"backend {i.name}" for i in CATALOG if not i.graphable)),
     why=f"whole-step CUDA graphs replay the CUDA kernels of {', '.join(i.name for i in CATALOG if i.graphable)}; "
     "leave it out (graphs wherever they apply) or give --no-cuda-graphs",
 )

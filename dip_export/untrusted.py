@@ -415,9 +415,7 @@ def _without_line_ending(raw: bytes) -> bytes:
     return raw[:-1] if raw.endswith(b"\n") else raw
 
 
-def read_lines(
-    path: Path, *, what: str, max_bytes: int = MAX_TEXT_BYTES, max_lines: int | None = None
-) -> list[tuple[int, str]]:
+def read_lines(path: Path, *, what: str, max_bytes: int = MAX_TEXT_BYTES, max_lines: int | None = None) -> list[tuple[int, str]]:
     """The lines of a text file that are not blank, as written (less one "\\n" or "\\r\\n"), with their line numbers
     (1-based); never quoted in errors.
     Reading stops after `max_lines` non-empty lines (what the caller can use), so a long file costs no more."""

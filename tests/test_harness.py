@@ -89,7 +89,9 @@ def test_repeats_continue_while_the_spread_is_above_the_bound(monkeypatch):
 
 
 @given(
-    repeats=st.integers(-3, 2000), extra=st.integers(-5, 50), spread=st.floats(-1, 2) | st.just(float("nan")),
+    repeats=st.integers(-3, 2000),
+    extra=st.integers(-5, 50),
+    spread=st.floats(-1, 2) | st.just(float("nan")),
 )
 def test_a_repeat_policy_takes_only_what_it_can_honour(repeats, extra, spread):
     ok = 1 <= repeats <= MAX_REPEATS and repeats <= repeats + extra <= MAX_REPEATS and 0 <= spread <= 1

@@ -211,7 +211,10 @@ def test_headline_defaults_to_32_images_at_the_models_guidance(stopped, tmp_path
               and (e["sampler"], e["nfe"]) == (stored["sampler"], stored["steps"])]  # fmt: skip
     assert len(fitted) == 1  # the demo's recommendation at its guidance is its fitted grid there
     assert (fast.sampler.method, fast.sampler.steps, list(fast.sampler.grid)) == (
-        fitted[0]["sampler"], fitted[0]["nfe"], fitted[0]["grid"])
+        fitted[0]["sampler"],
+        fitted[0]["nfe"],
+        fitted[0]["grid"],
+    )
     result = runner.invoke(bench_app, ["--headline", "--device", "cpu", "--cfg", "3", "--batch-size", "4"])
     assert result.exit_code == 1 and "stopped before timing" in result.output
     assert stopped["bench"].batch == 4 and stopped["recipes"][0].sampler.cfg == stopped["recipes"][1].sampler.cfg == 3.0

@@ -224,8 +224,7 @@ def test_auto_picks_the_fastest_measured_and_caches_it(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(("eager_again", "cached"), [(0.1, True), (0.12, True), (0.3, False), (0.02, False)])
-def test_auto_remembers_a_decision_only_if_eager_timed_the_same_at_start_and_end(tmp_path, monkeypatch, eager_again,
-                                                                               cached):
+def test_auto_remembers_a_decision_only_if_eager_timed_the_same_at_start_and_end(tmp_path, monkeypatch, eager_again, cached):
     from dip_export.measure import harness
 
     loaded = resolve_model()

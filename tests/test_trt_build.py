@@ -90,8 +90,10 @@ def test_trt_without_tensorrt_or_gpu_refuses_cleanly(tmp_path, monkeypatch, flag
     assert sorted(p.name for p in export.iterdir()) == before
 
 
-@pytest.mark.parametrize(("args", "words"), [(["--opt-level", "9"], "--opt-level"), (["--opt-level", "-1"], "--opt-level"),
-                                            (["--batch", "4,2,1"], "--batch")])
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [(["--opt-level", "9"], "--opt-level"), (["--opt-level", "-1"], "--opt-level"), (["--batch", "4,2,1"], "--batch")],
+)
 def test_bad_build_options_are_named_before_a_missing_tensorrt(tmp_path, monkeypatch, args, words):
     import dip_export.runtime.catalog as catalog
 

@@ -364,9 +364,13 @@ def _computed_sizes(model: Any, batch: int) -> tuple[str, dict[str, int], Any]:
             kind = known.get(name)
             if kind is None or not kind.HasField("shape") or not all(d.HasField("dim_value") for d in kind.shape.dim):
                 return (
-                    f"node #{number} ({node.op_type}) computes a tensor whose size depends on data; "
-                    "the exporter's graphs have static sizes"
-                ), {}, None
+                    (
+                        f"node #{number} ({node.op_type}) computes a tensor whose size depends on data; "
+                        "the exporter's graphs have static sizes"
+                    ),
+                    {},
+                    None,
+                )
             try:
                 element = helper.tensor_dtype_to_np_dtype(kind.elem_type).itemsize
             except (KeyError, TypeError, ValueError):
@@ -430,7 +434,14 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _graph_problem(
-    path: str, size: int, mtime_ns: int, folder: str, precision: str, io: tuple[Any, ...], num_classes: int, opset: int,
+    path: str,
+    size: int,
+    mtime_ns: int,
+    folder: str,
+    precision: str,
+    io: tuple[Any, ...],
+    num_classes: int,
+    opset: int,
     target: str = "onnx",
 ) -> tuple[str, int, tuple[int, int, int]]:
     """What is wrong with a graph ("" if nothing), the elements of its initializers (external data not read), and
@@ -454,7 +465,14 @@ def _graph_problem(
 
 
 def _structure_problem(
-    graph: Any, model: Any, size: int, graph_path: str, precision: str, io: tuple[Any, ...], num_classes: int, opset: int,
+    graph: Any,
+    model: Any,
+    size: int,
+    graph_path: str,
+    precision: str,
+    io: tuple[Any, ...],
+    num_classes: int,
+    opset: int,
     target: str = "onnx",
 ) -> str:
     problem = _form_problem(model)

@@ -82,8 +82,9 @@ def test_api_call_refuses_before_sampling(monkeypatch: pytest.MonkeyPatch, no_sa
 
 
 @pytest.mark.parametrize("given", ["classes", "seeds", "both"])
-def test_api_call_refuses_a_long_class_or_seed_list_before_building_the_plan(monkeypatch: pytest.MonkeyPatch, no_sampling,
-                                                                          given: str) -> None:
+def test_api_call_refuses_a_long_class_or_seed_list_before_building_the_plan(
+    monkeypatch: pytest.MonkeyPatch, no_sampling, given: str
+) -> None:
     pipe = DiPPipeline.load(device="cpu")
     monkeypatch.setattr(DiPPipeline, "plan", lambda *a, **k: pytest.fail("the plan was built before the budget"))
     monkeypatch.setenv("DIP_MEMORY_LIMIT", "4M")
@@ -210,8 +211,9 @@ def test_every_data_pkl_of_a_zip_checkpoint_is_scanned_not_a_decoy(tmp_path: Pat
         check_checkpoint_tensors(path)
 
 
-def test_a_checkpoint_allocating_a_huge_buffer_is_refused_before_torch_reads_it(tmp_path: Path, golden,
-                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_checkpoint_allocating_a_huge_buffer_is_refused_before_torch_reads_it(
+    tmp_path: Path, golden, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "buffer.pt"
     torch.save({"state_dict": golden.state, "x": _Buffer(bytearray, 3 * 10**9)}, path)
     monkeypatch.setattr(dip_export.checkpoint.torch, "load", lambda *a, **k: pytest.fail("torch.load ran"))

@@ -118,8 +118,9 @@ def _flag(tool, command, name):
     [(t, c, n, k) for t, c, n, k, _ in NUMBER_PARAMETERS],
     ids=[f"{t}-{c}-{n}" for t, c, n, _, _ in NUMBER_PARAMETERS],
 )
-def test_every_number_option_refuses_a_lenient_value_before_any_work(tool, command, name, kind, no_sampling, tmp_path,
-                                                                     monkeypatch):
+def test_every_number_option_refuses_a_lenient_value_before_any_work(
+    tool, command, name, kind, no_sampling, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)  # anything a run made by mistake would land here
     bad = "2_0" if kind is int else "nan"
     prefix = [] if tool != "dip-export" else [command]

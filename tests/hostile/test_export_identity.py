@@ -166,4 +166,3 @@ def test_an_onnx_runtime_error_while_running_is_one_line(tmp_path: Path) -> None
     with pytest.raises(ExportError) as caught:  # the verification of an export runs its graphs the same way
         onnx_runner(tmp_path / "g.onnx", "fp32")({"x": np.zeros((1, 3, 8, 8), np.float32)})
     assert "\n" not in str(caught.value) and "ONNX Runtime failed running this graph" in str(caught.value)
-

@@ -27,7 +27,9 @@ BASE: dict[str, Any] = {
     "grid": [0.0, 0.1, 0.4, 0.8, 1.0], "fit": {"trials": 3, "shape": [0.5], "reference": "ab3 512"},
 }  # fmt: skip
 NUMBERS = st.one_of(
-    st.integers(-(10**400), 10**400), st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0, 1e-300, 1e300]),
+    st.integers(-(10**400), 10**400),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0, 1e-300, 1e300]),
     st.booleans(),
 )
 VALUES = st.one_of(NUMBERS, st.text(max_size=5), st.none(), st.lists(NUMBERS, max_size=3))

@@ -53,8 +53,10 @@ def test_the_package_loads_nothing_heavy():
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
-PYTHON_STARTUP = (r"Failed checking if argv\[0\] is an import path entry\nTraceback \(most recent call last\):\n"
-                  r"(?:  .*\n)*KeyboardInterrupt\n")
+PYTHON_STARTUP = (
+    r"Failed checking if argv\[0\] is an import path entry\nTraceback \(most recent call last\):\n"
+    r"(?:  .*\n)*KeyboardInterrupt\n"
+)
 
 
 def _installed(name: str) -> Path:
@@ -76,7 +78,7 @@ def _outcome(done: subprocess.CompletedProcess) -> str:
         return "python"
     startup = re.match(PYTHON_STARTUP, err)
     if startup:  # Python reports a Ctrl-C while it computes sys.path[0] and goes on; the rest obeys the same rules
-        rest = err[startup.end():]
+        rest = err[startup.end() :]
         if not rest.strip():
             return "python"
         return _outcome(subprocess.CompletedProcess(done.args, done.returncode, done.stdout, rest))

@@ -59,4 +59,3 @@ def test_an_opset_the_graphs_do_not_hold_is_refused_quietly(tmp_path: Path, monk
     assert not (tmp_path / "e").exists()
     printed = capfd.readouterr()
     assert "Traceback" not in printed.err + printed.out and "Failed to convert" not in printed.err + printed.out
-

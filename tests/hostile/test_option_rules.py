@@ -61,8 +61,6 @@ def _build_bench(names: set[str]) -> BenchRequest:
     return BenchRequest(ModelRequest(), sampling, **kwargs)
 
 
-
-
 def _of_the_request(rules: tuple[OptionRule, ...]) -> tuple[OptionRule, ...]:
     """The rules a request checks when it is built: not those naming the run's device or backends (`device cpu`,
     `backend onnx`), which are checked once these are known (tests/hostile/test_options_apply.py)."""

@@ -119,8 +119,13 @@ def test_hub_names_follow_the_hubs_rules(parts):
 def test_options_that_cannot_mean_anything_are_refused_before_the_work(tmp_path, no_work, monkeypatch, main, args, words):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    extra = ["--out", tmp_path / "o.npz"] if main is cli.sample_main else ["--output-dir", tmp_path / "x"] if main is \
-        cli.export_main else ["--steps", "2"]
+    extra = (
+        ["--out", tmp_path / "o.npz"]
+        if main is cli.sample_main
+        else ["--output-dir", tmp_path / "x"]
+        if main is cli.export_main
+        else ["--steps", "2"]
+    )
     code, err = run(main, *args, *extra)
     one_line(code, err, 2, words)
     assert list(tmp_path.iterdir()) == []

@@ -43,6 +43,8 @@ def _write_each_kind(tmp_path: Path, stem: str) -> None:
             save_json(path, {"old": 1}, kind)
         else:
             save_file({"w": torch.zeros(1)}, str(path), metadata={"written_by": mark(kind)})
+
+
 TMP = settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 SMALL = ["--num-samples", "2", "--steps", "2"]
 

@@ -247,9 +247,7 @@ def test_the_cli_refuses_other_settings_before_any_export(
     assert _snapshot(folder) == before
 
 
-def test_the_backend_auto_picks_is_compared_once_picked(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finished: Path
-) -> None:
+def test_the_backend_auto_picks_is_compared_once_picked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finished: Path) -> None:
     out = tmp_path / "r.npz"
     folder = _copy(finished, out)
     before = _snapshot(folder)

@@ -21,7 +21,7 @@ from dip_export.settings import finite_float
 
 Unchecked = type("Unchecked", (SamplerSettings,), {"__post_init__": lambda self: None})
 BAD = st.one_of(
-    st.builds(lambda s: {"steps": s}, st.integers(-10**6, 0)),
+    st.builds(lambda s: {"steps": s}, st.integers(-(10**6), 0)),
     st.builds(lambda c: {"cfg": c}, st.sampled_from([float("nan"), float("inf"), -1.0, 1e9])),
     st.builds(lambda m: {"method": m}, st.sampled_from(["", "nope", "EULER"])),
     st.builds(lambda s: {"shift": s}, st.sampled_from([0.0, -2.0, float("nan")])),
@@ -46,7 +46,8 @@ def test_a_subclass_or_a_changed_instance_is_checked_as_the_plain_settings(bad):
 def test_good_settings_come_back_equal_and_plain(steps, cfg):
     settings = checked_settings(Unchecked(steps=steps, cfg=cfg))
     assert type(settings) is SamplerSettings and dataclasses.astuple(settings) == dataclasses.astuple(
-        SamplerSettings(steps=steps, cfg=cfg))
+        SamplerSettings(steps=steps, cfg=cfg)
+    )
 
 
 @given(st.one_of(st.fractions(), st.decimals(allow_nan=False), st.complex_numbers(), st.text(max_size=3)))

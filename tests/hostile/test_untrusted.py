@@ -221,8 +221,10 @@ def test_a_wrong_depth_is_refused_on_every_surface(tmp_path: Path, export: Path,
     assert not (tmp_path / "o.npz").exists()
 
 
-@pytest.mark.parametrize(("key", "value"), [("versions", {"torch": "x" * 5000}), ("versions", {"torch": 2}),
-                                            ("name", "n" * 201), ("source", {"path": ["a"]})])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("versions", {"torch": "x" * 5000}), ("versions", {"torch": 2}), ("name", "n" * 201), ("source", {"path": ["a"]})],
+)
 def test_manifest_text_fields_are_short_strings(export: Path, key: str, value: object) -> None:
     data = json.loads((export / "manifest.json").read_text())
     data[key] = value

@@ -82,4 +82,3 @@ def test_cli_and_api_refuse_in_one_line(tmp_path, plain, renamed, kind) -> None:
     assert not (tmp_path / "o.npz").exists()
     with pytest.raises(BudgetError, match="damaged"):
         DiPPipeline.load(path, device="cpu")
-
