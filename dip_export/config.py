@@ -47,7 +47,7 @@ class DiPConfig:
         for name, limit in CONFIG_LIMITS.items():
             value = getattr(self, name)
             if type(value) is not int or not 1 <= value <= limit:
-                raise UsageError(f"config {name} must be an integer in 1..{limit}, got {value!r}")
+                raise UsageError(f"config {name} must be an integer in 1..{limit}, got {plain_value(value)}")
         if self.hidden_size % self.num_heads:
             raise UsageError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.head_dim % 4:
@@ -84,11 +84,15 @@ class DiPConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DiPConfig:
+        """A config from a mapping of field names (text) to values; every other key or value is refused."""
+        if not isinstance(data, dict):
+            raise UsageError(f"a DiPConfig is made from a dict of its fields, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+        keys = list(dict.keys(data))
+        unknown = sorted(plain_value(k) for k in keys if type(k) is not str or k not in names)
         if unknown:
-            raise UsageError(f"unknown DiPConfig fields: {', '.join(unknown)}")
-        return cls(**data)
+            raise UsageError(f"unknown DiPConfig fields: {', '.join(unknown[:8])}{' ...' if len(unknown) > 8 else ''}")
+        return cls(**{k: dict.__getitem__(data, k) for k in keys})
 
 
 def check_sampling_defaults(data: Any) -> dict[str, Any]:

@@ -45,7 +45,7 @@ def exact_int(value: Any, what: str, lo: int, hi: int) -> int:
     if number is None:
         raise UsageError(f"{what} must be an integer, got {type(value).__name__}")
     if not lo <= number <= hi:
-        raise UsageError(f"{what} must be in {lo}..{hi}, got {number}")
+        raise UsageError(f"{what} must be in {lo}..{hi}, got {int_text(number)}")
     return number
 
 
@@ -62,6 +62,8 @@ def plain_int(value: Any) -> int | None:
         return None
     if issubclass(kind, int):
         return int.__int__(value)
+    if _numpy_own(value, np.timedelta64):  # numpy files it under integer; a duration is no count
+        return None
     if _numpy_own(value, np.integer):
         return int(value)
     return None
@@ -88,7 +90,8 @@ def finite_float(value: Any, what: str, lo: float, hi: float, *, above_lo: bool 
     number = plain_float(value)  # a plain float: no numpy float arithmetic downstream
     if number is None:
         raise UsageError(f"{what} must be a number, got {type(value).__name__}")  # a Fraction or Decimal is no float
-    if number == 0 and bool(value != 0):  # a longdouble 1e-400: not the zero it would silently become (numpy's own)
+    # a longdouble 1e-400 is not the zero it would silently become (numpy's own types only: no caller code runs)
+    if number == 0 and _numpy_own(value, np.floating) and bool(value != 0):
         raise UsageError(f"{what} is too small to be a float (nonzero, nearer 0 than any float), got {plain_value(value)}")
     if not (math.isfinite(number) and (lo < number if above_lo else lo <= number) and number <= hi):
         raise UsageError(f"{what} must be in {lo:g}..{hi:g}{f' (above {lo:g})' if above_lo else ''}, got {number}")
@@ -190,7 +193,7 @@ def image_size(value: Any, what: str = "image size") -> tuple[int, int]:
     if min(h, w) < 1:
         raise UsageError(f"{what} must be N or HxW with positive sides, got {plain_value(value)}")
     if max(h, w) > MAX_IMAGE_SIDE:
-        raise UsageError(f"{what} {h}x{w} exceeds the limit of {MAX_IMAGE_SIDE} pixels per side")
+        raise UsageError(f"{what} {int_text(h)}x{int_text(w)} exceeds the limit of {MAX_IMAGE_SIDE} pixels per side")
     return (h, w)
 
 
@@ -242,9 +245,37 @@ def number_list(text: Any, what: str, parse: Callable[[Any, str], Any], count: i
         raise UsageError(f"{what} must be {form or f'comma-separated {kind}'}, got {plain_value(text)}") from None
 
 
+def int_text(number: int) -> str:
+    """An int as a message shows it: its digits, or its size where they would be too many to print (str() of an int
+    of more than 4300 digits raises)."""
+    if abs(number) < 10**30:
+        return str(number)
+    digits = int((abs(number).bit_length() - 1) * math.log10(2)) + 1  # exact or one short
+    digits += abs(number) >= 10**digits
+    return f"{'a negative' if number < 0 else 'an'} integer of {digits} digits"
+
+
 def plain_value(value: Any, limit: int = 40) -> str:
-    """A short repr of a user's value for a message (the message itself is escaped where printed)."""
-    text = repr(value)
+    """A short repr of a user's value for a message (the message itself is escaped where printed), made through the
+    builtin types' own slots: no method of a caller's class runs (its __repr__ may raise or lie), and an object of
+    another type is named by its type alone."""
+    kind = type(value)
+    if issubclass(kind, str):
+        text = str.__repr__(value)
+    elif kind is bool or _numpy_own(value, np.bool_):
+        text = repr(bool(value))
+    elif plain_int(value) is not None:
+        text = int_text(plain_int(value))  # type: ignore[arg-type]
+    elif _numpy_own(value, np.floating):  # numpy's own text (a longdouble may be nearer 0 than any float)
+        text = str(value)
+    elif plain_float(value) is not None:
+        text = float.__repr__(plain_float(value))  # type: ignore[arg-type]
+    elif issubclass(kind, tuple | list):
+        items = plain_items(value, "value", 8) or []
+        inner = ", ".join(plain_value(v, limit) for v in items[:8]) + (", ..." if len(items) > 8 else "")
+        text = f"({inner})" if issubclass(kind, tuple) else f"[{inner}]"
+    else:
+        text = f"a {kind.__name__}"
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -361,8 +392,12 @@ def _forecasts() -> tuple[str, ...]:
 def value_kind(value: Any) -> str:
     """What a stored value is, without its content: 'a str of 12 characters', 'an int', 'a list of 3'."""
     name = type(value).__name__
-    if isinstance(value, str | list | dict):
-        return f"a {name} of {len(value)}" + (" characters" if isinstance(value, str) else "")
+    if isinstance(value, str):  # the builtin's own length: a subclass's __len__ does not run
+        return f"a {name} of {str.__len__(value)} characters"
+    if isinstance(value, list):
+        return f"a {name} of {list.__len__(value)}"
+    if isinstance(value, dict):
+        return f"a {name} of {dict.__len__(value)}"
     return f"a {name}" if name[0] not in "aeiou" else f"an {name}"
 
 
@@ -505,13 +540,10 @@ class BuildSettings:
     opset: int = 18
 
     def __post_init__(self) -> None:
-        if not isinstance(self.precision, str) or self.precision not in BUILD_PRECISIONS:
-            raise UsageError(f"--precision must be fp32, fp16, bf16, int8 or fp8, got {self.precision!r:.40}")
-        if not isinstance(self.target, str) or self.target not in BUILD_TARGETS:
-            raise UsageError(f"--target must be onnx or trt, got {self.target!r:.40}")
+        object.__setattr__(self, "precision", one_of(self.precision, "--precision", BUILD_PRECISIONS))
+        object.__setattr__(self, "target", one_of(self.target, "--target", BUILD_TARGETS))
         if self.precision == "fp8" and self.target != "trt":
             raise UsageError("fp8 is a TensorRT graph: add --target trt")
         if self.target != "onnx" and self.precision not in ("int8", "fp8"):
             raise UsageError(f"--target trt shapes int8 and fp8 graphs; a {self.precision} export has no target (leave it out)")
-        if isinstance(self.opset, bool) or not isinstance(self.opset, int) or self.opset not in OPSETS:
-            raise UsageError(f"--opset must be in {OPSETS.start}..{OPSETS.stop - 1}, got {self.opset!r:.40}")
+        object.__setattr__(self, "opset", exact_int(self.opset, "--opset", OPSETS.start, OPSETS.stop - 1))

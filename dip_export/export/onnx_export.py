@@ -23,14 +23,14 @@ from torch import Tensor, nn
 
 from dip_export.budget import check_export
 from dip_export.checkpoint import LoadedModel
-from dip_export.errors import ExportError, UsageError
+from dip_export.errors import ExportError
 from dip_export.export.manifest import MANIFEST, Manifest, graph_opset, ownership_problem, read_manifest, write_manifest
 from dip_export.export.naming import VARIANTS, export_folder_name
 from dip_export.export.spec import SubModelSpec, backbone_inputs, io_specs
 from dip_export.io import EXPORT_ROOT, atomic_dir, settle_swap
 from dip_export.messages import say, say_lines
 from dip_export.model import DiP
-from dip_export.settings import OPSETS
+from dip_export.settings import OPSETS, exact_int, one_of
 from dip_export.untrusted import sha256_file
 
 if TYPE_CHECKING:
@@ -96,11 +96,9 @@ def export_file_bytes(config: Any, precision: str) -> int:
     return DTYPES[precision].itemsize * weights * 5 // 4 + GRAPH_BYTES
 
 
-def _check_export_options(precision: str, opset: int) -> None:
-    if precision not in DTYPES:
-        raise UsageError(f"--precision must be one of {', '.join(DTYPES)} or int8, got {precision!r}")
-    if isinstance(opset, bool) or not isinstance(opset, int) or opset not in OPSETS:
-        raise UsageError(f"--opset must be in {OPSETS.start}..{OPSETS.stop - 1}, got {opset!r:.40}")
+def _check_export_options(precision: str, opset: int) -> tuple[str, int]:
+    """The two as plain values (a subclass's own methods never run again)."""
+    return one_of(precision, "--precision", [*DTYPES, "int8"]), exact_int(opset, "--opset", OPSETS.start, OPSETS.stop - 1)
 
 
 def export_onnx(
@@ -113,7 +111,7 @@ def export_onnx(
     console: Console | None = None,
 ) -> Path:
     """Write backbone.onnx, detailer.onnx and manifest.json into a folder, or nothing at all."""
-    _check_export_options(precision, opset)
+    precision, opset = _check_export_options(precision, opset)
     check_export(loaded.config, *image_size)  # every export (dip-export, made on the fly, a sub-export) before tracing
     console = console or Console(stderr=True)
     out = Path(output_dir) if output_dir else default_export_dir(loaded.name, precision, image_size)

@@ -25,6 +25,7 @@ from dip_export.settings import (
     finite_float,
     guidance_interval,
     one_of,
+    plain_items,
 )
 
 MULTISTEP = ("ab2", "ab3", "dpmpp_2m", "unipc")  # one evaluation per step, history across steps
@@ -57,7 +58,6 @@ class SamplerSettings:
             object.__setattr__(self, name, value)
         if self.grid is not None:
             check_grid(self.grid, self.steps, self.method)
-            object.__setattr__(self, "grid", tuple(float(v) for v in self.grid))
         check_stepped_grid(self)
         check_token_cache(self)
         check_guidance_applies(self)
@@ -74,7 +74,21 @@ FIELD_CHECKS: dict[str, Callable[[Any], Any]] = {
     "cache_interval": lambda v: exact_int(v, "cache interval", 1, MAX_STEPS),
     "skip_uncond": lambda v: exact_bool(v, "skip_uncond"),
     "token_forecast": lambda v: one_of(v, "token forecast", FORECASTS),
+    "grid": lambda v: grid_times(v),
 }
+
+
+def grid_times(value: Any) -> tuple[float, ...] | None:
+    """None (the default grid) or a list, tuple or 1-D array of numbers (ints or floats, read as `finite_float`
+    reads them), read once and bounded; text, bytes, sets, mappings and tensors are no grid."""
+    if value is None:
+        return None
+    items = plain_items(value, "time grid", MAX_STEPS + 1)
+    if items is None:
+        raise UsageError(f"a time grid must be a list of numbers, got {type(value).__name__}")
+    if len(items) > MAX_STEPS + 1:
+        raise UsageError(f"a time grid has at most {MAX_STEPS + 1} times ({MAX_STEPS} steps)")
+    return tuple(finite_float(v, "a time grid's time", 0.0, 1.0) for v in items)
 
 
 def field_values(fields: dict[str, Any]) -> dict[str, Any]:

@@ -38,7 +38,7 @@ def test_build_settings_take_exactly_the_reachable_opsets(opset: int) -> None:
 @given(opset=st.one_of(st.integers(-5, 17), st.integers(21, 40), st.just(True), st.just(18.0)))
 def test_the_python_api_refuses_an_opset_out_of_range_before_tracing(monkeypatch, tmp_path: Path, loaded, opset) -> None:
     monkeypatch.setattr(onnx_export, "export_submodel", lambda *a, **k: pytest.fail("an export started"))
-    with pytest.raises(UsageError, match=r"--opset must be in 18\.\.20"):
+    with pytest.raises(UsageError, match=r"--opset must be (in 18\.\.20|an integer)"):
         export_onnx(loaded, precision="fp32", image_size=SIZE, opset=opset, output_dir=tmp_path / "e")
     assert not (tmp_path / "e").exists()
 
