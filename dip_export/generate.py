@@ -14,6 +14,7 @@ from dip_export.settings import (
     MAX_BATCH,
     MAX_CFG,
     MAX_CLASS,
+    MAX_IMAGE_SIDE,
     MAX_SAMPLES,
     MAX_SEED,
     MAX_STEPS,
@@ -52,6 +53,7 @@ def make_plan(
     seed: int = 0,
 ) -> SamplePlan:
     """Explicit --classes/--seeds pairs, or --num-samples N from --seed S (seed S+i, class i % K)."""
+    num_classes = exact_int(num_classes, "the model's class count", 1, MAX_CLASS)
     classes = None if classes is None else list(int_list(classes, "--classes", 0, MAX_CLASS))
     seeds = None if seeds is None else list(int_list(seeds, "--seeds", 0, MAX_SEED))
     seed = check_seed(seed, "--seed")  # every seed below is a sum of this one's Python int
@@ -95,6 +97,8 @@ def parse_image_size(text: ImageSize) -> tuple[int, int]:
 
 
 def check_image_size(height: int, width: int, patch_size: int) -> None:
+    height, width = (exact_int(v, what, 1, MAX_IMAGE_SIDE) for v, what in ((height, "image height"), (width, "image width")))
+    patch_size = exact_int(patch_size, "patch size", 1, MAX_IMAGE_SIDE)
     if height < patch_size or width < patch_size or height % patch_size or width % patch_size:
         raise UsageError(f"image size {height}x{width} is not a positive multiple of the patch size {patch_size}")
 

@@ -551,9 +551,23 @@ def _normal_permissions(folder: Path) -> None:
             os.chmod(os.path.join(root, name), 0o666 & ~mask)
 
 
+def check_pictures(images: object, what: str, ndim: int = 4) -> np.ndarray:
+    """What every picture writer takes: a numpy array of uint8 RGB pixels, (N, H, W, 3) (`ndim` 4) or (H, W, 3)
+    (`ndim` 3), no side empty; anything else (floats, objects, 4 channels, a list) is refused before a byte is written."""
+    if type(images) is not np.ndarray:
+        raise UsageError(f"{what} must be a numpy array of uint8 pixels, got {type(images).__name__}")
+    shape = "(N, H, W, 3)" if ndim == 4 else "(H, W, 3)"
+    if images.dtype != np.uint8 or images.ndim != ndim or images.shape[-1] != 3 or 0 in images.shape:
+        shown = "x".join(str(n) for n in images.shape[:6]) or "a scalar"
+        raise UsageError(f"{what} must be uint8 RGB pixels {shape}, got {images.dtype} {shown}")
+    return images
+
+
 def save_npz(path: Path, images: np.ndarray) -> None:
     """ADM layout: `arr_0` uint8 (N, H, W, 3); the zip comment marks it as this tool's samples."""
     import zipfile
+
+    images = check_pictures(images, "samples for an .npz")
 
     with atomic_path(path, "npz") as tmp:
         with tmp.open("wb") as f:
@@ -599,7 +613,11 @@ def image_grid(images: np.ndarray, columns: int | None = None, min_cell: int = G
     Ten images a row (fewer when there are fewer images); images smaller than `min_cell` pixels are
     enlarged by a whole factor with nearest-neighbour sampling, so pixels stay sharp squares.
     """
-    n, h, w, c = images.shape
+    from dip_export.settings import exact_int
+
+    n, h, w, c = check_pictures(images, "images for a grid").shape
+    columns = None if columns is None else exact_int(columns, "grid columns", 1, 1 << 20)
+    min_cell = exact_int(min_cell, "grid cell size", 1, 4096)
     scale = max(1, -(-min_cell // max(h, w)))
     if scale > 1:
         images = images.repeat(scale, axis=1).repeat(scale, axis=2)
@@ -621,7 +639,9 @@ def save_png(path: Path, image: np.ndarray, kind: str) -> None:
     import struct
     import zlib
 
-    h, w, _ = image.shape
+    h, w, _ = check_pictures(image, "a PNG's picture", ndim=3).shape
+    if max(h, w) >= 1 << 31:
+        raise UsageError(f"a PNG's sides are below 2^31 pixels, got {h}x{w}")
     raw = b"".join(b"\x00" + image[r].tobytes() for r in range(h))
 
     def chunk(tag: bytes, data: bytes) -> bytes:

@@ -77,6 +77,16 @@ class ModelSource:
     weights: str = "ema"
     preset: str | None = None
 
+    def __post_init__(self) -> None:
+        """A source made by hand holds what `DiPPipeline.load` would have put there, or is refused in one line."""
+        if (self.loaded is None) == (self.export_dir is None):
+            raise UsageError("a ModelSource holds exactly one of `loaded` and `export_dir`; make one with DiPPipeline.load(...)")
+        kinds = {"name": str, "config": DiPConfig, "sampling": dict, "weights": str, "export_target": str}
+        kinds |= {"loaded": LoadedModel} if self.loaded is not None else {"export_dir": Path}
+        for field, kind in kinds.items():
+            if not isinstance(getattr(self, field), kind):
+                raise UsageError(f"a ModelSource's {field} must be a {kind.__name__}, got {type(getattr(self, field)).__name__}")
+
     @functools.cached_property
     def identity(self) -> str:
         """What the model *is*, by content: the sha256 of the checkpoint, or of an export's files.
