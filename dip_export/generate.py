@@ -53,7 +53,7 @@ def make_plan(
     seed: int = 0,
 ) -> SamplePlan:
     """Explicit --classes/--seeds pairs, or --num-samples N from --seed S (seed S+i, class i % K)."""
-    num_classes = exact_int(num_classes, "the model's class count", 1, MAX_CLASS)
+    num_classes = exact_int(num_classes, "the model's class count", 1, MAX_CLASS + 1)  # classes 0..MAX_CLASS
     classes = None if classes is None else list(int_list(classes, "--classes", 0, MAX_CLASS))
     seeds = None if seeds is None else list(int_list(seeds, "--seeds", 0, MAX_SEED))
     seed = check_seed(seed, "--seed")  # every seed below is a sum of this one's Python int

@@ -88,7 +88,7 @@ def test_grid_layout(columns, cell):
     assert (grid[2 : 2 + 4 * scale : scale, 2 : 2 + 4 * scale : scale] == images[0]).all()
 
 
-@given(st.one_of(st.integers(max_value=0), st.integers(min_value=2**31), st.floats(), st.none(), st.booleans()))
+@given(st.one_of(st.integers(max_value=0), st.integers(min_value=2**31 + 1), st.floats(), st.none(), st.booleans()))
 def test_plan_and_size_helpers_take_exact_ints(value):
     with pytest.raises(UsageError):
         make_plan(value)
