@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -101,6 +103,22 @@ def test_a_repeat_policy_takes_only_what_it_can_honour(repeats, extra, spread):
         assert not ok
     else:
         assert ok
+
+
+@given(st.floats() | st.integers(-(10**400), 10**400) | st.booleans() | st.none() | st.text(max_size=3))
+def test_a_repeat_policy_time_cap_is_a_positive_number_kept_as_a_float(cap):
+    ok = type(cap) in (int, float) and cap > 0  # NaN is not > 0; bools, None and text are no number
+    try:
+        policy = RepeatPolicy(max_seconds=cap)
+    except UsageError as err:
+        assert not ok and len(str(err)) < 200
+    else:
+        assert ok and type(policy.max_seconds) is float
+        try:
+            expected = float(cap)
+        except OverflowError:  # an int past float range: no cap
+            expected = math.inf
+        assert policy.max_seconds == expected
 
 
 def test_ratio_spread_adds_relative_spreads_in_quadrature():

@@ -14,6 +14,7 @@ run with the same count as eager PyTorch.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import statistics
 import time
@@ -28,7 +29,7 @@ from torch import Tensor
 
 from dip_export.errors import UsageError
 from dip_export.sampling import Denoiser
-from dip_export.settings import MAX_REPEATS, exact_int, finite_float
+from dip_export.settings import MAX_REPEATS, exact_int, finite_float, plain_float, plain_value
 
 T = TypeVar("T")
 
@@ -98,11 +99,13 @@ class RepeatPolicy:
     max_seconds: float = 60.0  # of timed runs; the minimum `repeats` are always made
 
     def __post_init__(self) -> None:
-        exact_int(self.repeats, "--repeats", 1, MAX_REPEATS)
-        exact_int(self.max_repeats, "--max-repeats", self.repeats, MAX_REPEATS)
-        finite_float(self.target_spread, "--target-spread", 0.0, 1.0)
-        if not (isinstance(self.max_seconds, (int, float)) and self.max_seconds > 0):
-            raise UsageError(f"the time cap of a measurement must be a positive number, got {self.max_seconds!r:.40}")
+        object.__setattr__(self, "repeats", exact_int(self.repeats, "--repeats", 1, MAX_REPEATS))
+        object.__setattr__(self, "max_repeats", exact_int(self.max_repeats, "--max-repeats", self.repeats, MAX_REPEATS))
+        object.__setattr__(self, "target_spread", finite_float(self.target_spread, "--target-spread", 0.0, 1.0))
+        seconds = plain_float(self.max_seconds)  # plain values only: a caller's class never runs; inf: no cap
+        if seconds is None or math.isnan(seconds) or seconds <= 0:
+            raise UsageError(f"the time cap of a measurement must be a positive number, got {plain_value(self.max_seconds)}")
+        object.__setattr__(self, "max_seconds", seconds)
 
     def more(self, seconds: list[float]) -> bool:
         """Whether another timed run is wanted after these."""
