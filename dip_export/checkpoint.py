@@ -347,6 +347,11 @@ def _tensors_only(state: Mapping[str, Any]) -> dict[str, Tensor]:
         raise CheckpointError(
             f"{what} code to be built ({', '.join(names[:3])}); if you trust this file, pass --trust-checkpoint"
         )
+    other = sorted(k for k, v in state.items() if not isinstance(v, Tensor))  # never dropped in silence
+    if other:
+        from dip_export.settings import value_kind
+
+        raise CheckpointError(f"entry {other[0][:80]} among its weights is not a tensor ({value_kind(state[other[0]])[:60]})")
     if "s_embedder.proj.weight" not in tensors:
         raise CheckpointError("no DiP weights found (no key s_embedder.proj.weight)")
     dressed = next((k for k, v in tensors.items() if type(v) not in _PLAIN_TYPES or vars(v)), None)

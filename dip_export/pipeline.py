@@ -20,7 +20,7 @@ import functools
 import hashlib
 import os
 import re
-from collections.abc import Callable, Sequence, Sized
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ from dip_export.settings import (
     optional_callable,
     optional_text,
     plain_items,
+    plain_value,
     run_conditions,
 )
 from dip_export.untrusted import MAX_NAME_BYTES, MAX_PATH_BYTES
@@ -222,10 +223,16 @@ def _open_source(
 
     if weights is not None:  # given: it must apply (a checkpoint holding both); None: ema where there is a choice
         weights = one_of(weights, "--weights", ("ema", "raw"))
-    if preset is not None:  # a name, checked before any Hub request or file read
+    trust_checkpoint = exact_bool(trust_checkpoint, "trust_checkpoint")
+    if preset is not None:  # a name, checked before any Hub request or file read; plain text from here on
         from dip_export.config import get_preset
 
+        preset = exact_str(preset)
         get_preset(preset)
+    if revision is not None:
+        revision = exact_str(revision)
+        if not isinstance(revision, str):
+            raise UsageError(f"revision must be text (a branch, tag or commit), got {type(revision).__name__}")
     target: Path | None = None
     if model is not None:
         text = model_text(model)
@@ -404,7 +411,7 @@ class DiPPipeline:
     def load(
         cls,
         model: str | Path | None = None,
-        *,
+        *extra: Any,
         preset: str | None = None,
         backend: str | None = None,
         device: str | torch.device = "auto",
@@ -415,6 +422,7 @@ class DiPPipeline:
         batch_size: int = 16,
         num_samples: int = 1,
         console: Any = None,
+        **unknown: Any,
     ) -> DiPPipeline:
         """Open a model and pick its backend.
 
@@ -433,6 +441,13 @@ class DiPPipeline:
             num_samples: images the run will keep; the memory estimate counts them before the model is built.
             console: a rich Console for export progress and messages (None: quiet).
         """
+        if extra or unknown:  # one line, as for every other bad argument (not Python's TypeError)
+            what = (
+                f"{len(extra)} more positional argument(s)"
+                if extra
+                else "argument(s) " + ", ".join(plain_value(k) for k in sorted(unknown)[:8])
+            )
+            raise UsageError(f"DiPPipeline.load takes the model and keyword settings; it has no {what}")
         model = model_argument(model)  # a PathLike's own __fspath__ runs once, here
         request = LoadRequest.checked(
             model, backend=backend, device=device, trust_checkpoint=trust_checkpoint, revision=revision,
@@ -731,11 +746,15 @@ def _planned_count(classes: Any, seeds: Any, num_samples: Any) -> int | None:
     """How many images a call asks for, from lengths alone (None: the plan will say why it is wrong)."""
     if num_samples is not None:
         return exact_int(num_samples, "num_samples", 1, MAX_SAMPLES)
-    try:  # a caller's own __len__ may fail or lie: the plan then says what is wrong with the list
-        lengths = [len(v) for v in (classes, seeds) if isinstance(v, Sized) and not isinstance(v, (str, bytes))]
-    except Exception:
-        return None
-    if not lengths:
+    lengths = []
+    for values in (classes, seeds):  # a list or tuple through its builtin length: a caller's __len__ never runs
+        if type(values) is range:  # no subclass exists; a length past sys.maxsize is past any limit
+            lengths.append(len(values) if values.start.bit_length() < 62 and values.stop.bit_length() < 62 else MAX_SAMPLES + 1)
+        elif issubclass(type(values), list | tuple | np.ndarray):
+            items = plain_items(values, "classes/seeds", MAX_SAMPLES)
+            if items is not None:
+                lengths.append(len(items))
+    if not lengths:  # any other kind: the plan reads it (once, bounded) and says what is wrong
         return None
     return exact_int(max(lengths), "the number of classes/seeds", 1, MAX_SAMPLES)
 

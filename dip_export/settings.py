@@ -193,7 +193,8 @@ def image_size(value: Any, what: str = "image size") -> tuple[int, int]:
     if min(h, w) < 1:
         raise UsageError(f"{what} must be N or HxW with positive sides, got {plain_value(value)}")
     if max(h, w) > MAX_IMAGE_SIDE:
-        raise UsageError(f"{what} {int_text(h)}x{int_text(w)} exceeds the limit of {MAX_IMAGE_SIDE} pixels per side")
+        shown = f"{h}x{w}" if max(h, w) < 10**30 else f"with a side that is {int_text(max(h, w))}"
+        raise UsageError(f"{what} {shown} exceeds the limit of {MAX_IMAGE_SIDE} pixels per side")
     return (h, w)
 
 

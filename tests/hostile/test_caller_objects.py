@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dip_export.config import DiPConfig
+from dip_export.config import PRESETS, DiPConfig
 from dip_export.errors import UsageError
 from dip_export.sampling.rules import SamplerSettings, grid_times
 from dip_export.settings import BuildSettings, exact_int, image_size, plain_value
@@ -216,3 +216,58 @@ def test_a_config_key_is_exact_text():
     assert DiPConfig.from_dict({"depth": 2}).depth == 2
     with pytest.raises(UsageError, match="unknown DiPConfig fields: 'depth'"):
         DiPConfig.from_dict({HKey("depth"): 2})  # a subclass key is named, never compared
+
+
+@pytest.fixture(scope="module")
+def demo():
+    from dip_export import DiPPipeline
+
+    return DiPPipeline.load(batch_size=2)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.integers(0, 9), min_size=1, max_size=3), st.sampled_from([HList, HTuple]))
+def test_a_call_counts_a_hostile_list_by_its_builtin_length(demo, classes, kind):
+    seeds = list(range(len(classes)))
+    expected = demo(classes=classes, seeds=seeds, steps=2)
+    images = demo(classes=kind(HInt(c) for c in classes), seeds=kind(HInt(s) for s in seeds), steps=2)
+    assert images.shape == expected.shape == (len(classes), 32, 32, 3)
+    assert np.array_equal(images, expected)
+
+
+def test_a_lying_length_does_not_size_the_memory_check(demo):
+    class Huge(list):
+        def __len__(self):
+            return 10**7
+
+    assert demo(classes=Huge([1]), seeds=[0], steps=2).shape == (1, 32, 32, 3)
+    with pytest.raises(UsageError, match="number of classes/seeds must be in"):
+        demo(classes=range(10**40), seeds=[0], steps=2)  # a range past any limit, measured without len()
+
+
+def test_load_reads_a_preset_revision_and_trust_flag_as_plain_values():
+    from dip_export import DiPPipeline
+
+    pipe = DiPPipeline.load(preset=HStr("dip-s-16"), image_size=32, batch_size=1)
+    assert pipe.config == PRESETS["dip-s-16"]
+    with pytest.raises(UsageError, match="revision"):
+        DiPPipeline.load(revision=HStr("main"))  # no Hub name: refused, and the text read without its methods
+    for flag in ("no", 1, None, HInt(1)):
+        with pytest.raises(UsageError, match="trust_checkpoint"):
+            DiPPipeline.load(trust_checkpoint=flag)
+
+
+@pytest.mark.parametrize(("args", "kwargs"), [((None, "x"), {}), ((), {"foo": 1}), ((), {"steps": 2, "nope": HInt(1)})])
+def test_load_refuses_arguments_it_does_not_have_in_one_line(args, kwargs):
+    from dip_export import DiPPipeline
+
+    with pytest.raises(UsageError, match=r"DiPPipeline\.load takes the model and keyword settings") as err:
+        DiPPipeline.load(*args, **kwargs)
+    assert len(str(err.value)) < 200
+
+
+@pytest.mark.parametrize("side", [10**30, 10**5000, HInt(10**40)], ids=["e30", "e5000", "hostile"])
+def test_a_huge_image_size_reads_as_one_sentence(demo, side):
+    with pytest.raises(UsageError) as err:
+        demo(classes=[1], seeds=[0], steps=2, image_size=side)
+    assert "with a side that is an integer of" in str(err.value) and "digitsx" not in str(err.value)

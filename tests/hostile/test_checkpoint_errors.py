@@ -182,3 +182,22 @@ def test_a_weight_that_is_no_dense_real_tensor_is_refused_in_one_line(tmp_path: 
         DiPPipeline.load(path)
     code, err = run(cli.sample_main, path, "--steps", "1", "--num-samples", "1", "--out", tmp_path / "o.npz")
     one_line(code, err, 1, "s_embedder.proj.weight is not a")
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.sampled_from(["zz", "blocks.0.extra", "s_embedder.proj.weight"]),
+    st.one_of(st.integers(), st.text(max_size=5), st.just({"w": torch.zeros(3)}), st.just([1.0, 2.0]), st.none()),
+)
+def test_an_entry_that_is_no_tensor_is_refused_by_name_not_dropped(tmp_path: Path, key: str, value: Any) -> None:
+    from safetensors.torch import load_file
+
+    state = dict(load_file(str(DEMO_CHECKPOINT)))
+    state[key] = value
+    path = tmp_path / "extra.pt"
+    path.write_bytes(_saved(state))
+    with pytest.raises(CheckpointError, match=f"entry {key} among its weights is not a tensor"):
+        DiPPipeline.load(path)
+    code, err = run(cli.sample_main, path, "--num-samples", "1", "--steps", "2", "--out", tmp_path / "s.npz")
+    one_line(code, err, 1, f"entry {key} among its weights is not a tensor")
+    assert not (tmp_path / "s.npz").exists()
