@@ -402,6 +402,10 @@ def run_bench(request: BenchRequest, console: Console, progress: Progress) -> No
     specs = [BackendSpec.parse(b) for b in names if b != "auto"]
     dev = resolve_device(request.device)
     _check_bench_graphs(request, dev, specs, auto="auto" in names or request.headline)
+    if request.samplers is not None or request.headline:  # the reference cache, before a model is read
+        from dip_export.measure.yardstick import check_cache_folder
+
+        check_cache_folder()
     pipe = request.model.load(
         backend="auto" if "auto" in names or request.headline else None, device=dev, image_size=request.image_size,
         batch_size=request.images, num_samples=request.images, console=console,
@@ -419,6 +423,12 @@ def run_bench(request: BenchRequest, console: Console, progress: Progress) -> No
         return
     if request.samplers is None:  # the yardstick runs its own solvers and counts: no line claims the rows' sampler
         say(console, _sampler_line(sampler, request.sampling, pipe.source.sampling))
+    if request.samplers is None:  # the product of the limits, before any timing (the auto measurement too)
+        from dip_export.budget import check_work
+
+        rows = len(specs) + 1 + ("auto" in names) + (8 if request.variants else 0)  # eager fp32 is always timed
+        runs = (request.warmup + max(request.repeats, request.max_repeats)) * rows
+        check_work([sampler.steps] * runs, images=request.images)
     if "auto" in names:
         chosen = pipe.choose_backend()
         say(console, f"--backend auto: {pipe.reason}")
@@ -430,11 +440,6 @@ def run_bench(request: BenchRequest, console: Console, progress: Progress) -> No
     if request.samplers is not None:
         _run_yardstick(loaded, settings, specs[0], request, dev, console)
         return
-    from dip_export.budget import check_work
-
-    rows = len(specs) + 1 + (8 if request.variants else 0)  # eager fp32 is always timed; the variants add rows
-    runs = (request.warmup + max(request.repeats, request.max_repeats)) * rows
-    check_work([sampler.steps] * runs, images=request.images)  # the product of the limits, before any timing
     _run_backends(loaded, specs, settings, request, dev, console, progress)
 
 
@@ -606,6 +611,7 @@ def _yardstick_runs(request: BenchRequest) -> tuple[list[str], list[int]]:
 
     names = choice_list(request.samplers or "", "--samplers", SOLVERS)  # before the reference is computed
     counts = parse_int_list(DEFAULT_NFE if request.nfe is None else request.nfe, "--nfe")
+    counts = [exact_int(n, "--nfe", 1, MAX_STEPS) for n in counts]  # every count, before any model or work
     if len(set(counts)) != len(counts):
         raise UsageError("--nfe names a count twice; name each once")
     check_work(counts, images=request.images, reference=REFERENCE_STEPS)
@@ -621,8 +627,15 @@ def _run_yardstick(
     from dip_export.measure.yardstick import plot as plot_yardstick
 
     names, counts = _yardstick_runs(request)
-    say(console, f"yardstick on {spec}, {bench.batch} images per solver and count")
     sampler = bench.sampler
+    from dataclasses import replace
+
+    from dip_export.measure.yardstick import heun_counts, plan_runs
+
+    plan_runs(names, counts, replace(sampler, grid=None))  # every row's settings, before the engine and the reference
+    say(console, f"yardstick on {spec}, {bench.batch} images per solver and count")
+    if (note := heun_counts(names, counts)) is not None:
+        say(console, note)
     with cpu_threads(bench.threads or physical_cores()) as threads:
         net = make_engine(spec, loaded, (bench.height, bench.width), dev, console, batch=bench.batch)
         y = Yardstick(

@@ -33,6 +33,7 @@ from dip_export.budget import (
 )
 from dip_export.config import DiPConfig, check_sampling_defaults, get_preset
 from dip_export.errors import CheckpointError, DipError, UsageError
+from dip_export.messages import shortened
 from dip_export.model import DiP
 from dip_export.settings import one_of
 from dip_export.untrusted import UntrustedFileError, parse_json, source_identity
@@ -188,7 +189,7 @@ def _check_pickle_header(path: Path) -> None:
 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
-    line = text[0][:200] if text else type(err).__name__
+    line = shortened(text[0]) if text else type(err).__name__
     return re.sub(r"weights_only\S*\s*=\s*False", "weights_only off", line)
 
 

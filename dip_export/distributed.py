@@ -25,7 +25,7 @@ import torch
 from dip_export.errors import DipError, UsageError
 from dip_export.generate import SamplePlan
 from dip_export.io import atomic_path, save_npz, temporary_pattern
-from dip_export.messages import say, where
+from dip_export.messages import say, shortened, where
 from dip_export.settings import plain_value, whole_text
 from dip_export.untrusted import ArraySchema, ArraySpec, UntrustedFileError, read_npz
 
@@ -98,7 +98,7 @@ class World:
             except (ValueError, RuntimeError, OSError) as err:  # torch's rendezvous errors (DistError is a RuntimeError)
                 first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
                 raise DipError(f"rank {self.rank} of {self.size} could not join the {backend} process group at "
-                               f"{self.meeting} ({type(err).__name__}: {first[:200]})") from None  # fmt: skip
+                               f"{self.meeting} ({type(err).__name__}: {shortened(first)})") from None  # fmt: skip
 
     def _check_meeting_resolves(self) -> None:
         """MASTER_ADDR names a host this machine can find: one that does not resolve can never be joined, so it is

@@ -14,6 +14,7 @@ import torch
 
 from dip_export.checkpoint import LoadedModel
 from dip_export.errors import DipError, ExportError
+from dip_export.messages import shortened
 from dip_export.runtime.backends import BackendSpec, make_export_engine, make_torch_engine
 from dip_export.runtime.engine_io import ExportFiles
 from dip_export.sampling import Denoiser
@@ -39,7 +40,7 @@ def open_export(spec: BackendSpec, folder: Path, device: torch.device) -> Denois
     except DipError:
         raise
     except Exception as err:  # ONNX Runtime's and TensorRT's exception types share no base with ours
-        first = (str(err).strip().splitlines() or [""])[0][:200]
+        first = shortened((str(err).strip().splitlines() or [""])[0])
         raise ExportError(f"{folder}: the {spec.name} runtime cannot load this export ({type(err).__name__}: {first})") from None
 
 

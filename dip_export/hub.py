@@ -21,6 +21,7 @@ from typing import Any
 
 from dip_export.errors import CheckpointError, DipError, MissingDependencyError, UsageError
 from dip_export.export.naming import is_export_folder_name
+from dip_export.messages import shortened
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")  # what a Hub repo's checkpoint file is named
 TOOL_FOLDERS = ("engines",)  # the tool's own artifact folder: `engines/NAME` is an export, even run elsewhere
@@ -80,7 +81,9 @@ MAX_HUB_SECONDS = 86_400
 HUB_TEXTS = (  # sent in each request's URL or header: a control character or space there fails inside the library
     ("HF_ENDPOINT", re.compile(r"https?://[\x21-\x7e]{1,2048}"), "an http(s):// URL of printable ASCII"),
     ("HF_TOKEN", re.compile(r"[\x21-\x7e]{1,4096}"), "a token of printable ASCII"),
+    ("HF_HUB_USER_AGENT_ORIGIN", re.compile(r"[\x20-\x7e]{1,256}"), "printable ASCII (it goes into a request header)"),
 )
+LEGACY_TOKEN = "HUGGING_FACE_HUB_TOKEN"  # the library's older name, read where HF_TOKEN is unset or empty
 HUB_VERBOSITIES = ("debug", "info", "warning", "error", "critical")  # HF_HUB_VERBOSITY, as the library matches it
 COMMIT_ID = re.compile(r"[0-9a-f]{40}")  # what huggingface_hub writes into a cache ref, and takes as a revision's commit
 
@@ -106,8 +109,12 @@ def check_hub_environment(environ: Mapping[str, str] | None = None) -> None:
         value = env.get(name)
         if value and not form.fullmatch(value):  # empty: unset, as huggingface_hub takes it
             raise UsageError(f"{name} must be {said}; it holds another value")
-    if not env.get("HF_TOKEN"):
-        _check_token_file(env)
+    if not env.get("HF_TOKEN"):  # then the library sends the older variable's token, else the token file's
+        legacy = env.get(LEGACY_TOKEN)
+        if legacy and not HUB_TEXTS[1][1].fullmatch(legacy):
+            raise UsageError(f"{LEGACY_TOKEN} must be a token of printable ASCII; it holds another value")
+        if not legacy:
+            _check_token_file(env)
 
 
 def token_file(env: Mapping[str, str]) -> Path:
@@ -496,4 +503,4 @@ def _only_checkpoint(repo_id: str, files: list[str]) -> str:
 
 def _first_line(err: BaseException) -> str:
     lines = str(err).strip().splitlines()
-    return lines[0][:200] if lines else type(err).__name__
+    return shortened(lines[0]) if lines else type(err).__name__

@@ -78,12 +78,19 @@ def say(console: Any, text: object, style: str | None = None, prefix: str = "") 
     console.print(line, style=style, highlight=False, soft_wrap=True)
 
 
+def shortened(text: str, limit: int = 200) -> str:
+    """Text kept to about `limit` characters for a part of a message: its middle goes, its start and its end (a
+    reason's advice, a path's file name) stay. Not escaped here (the line is, once, where it is printed)."""
+    if len(text) <= limit:
+        return text
+    keep = max(limit // 2 - 10, 10)
+    return f"{text[:keep]} ... ({len(text) - 2 * keep} more characters) ... {text[-keep:]}"
+
+
 def where(path: Path | str, line: int | None = None) -> str:
     """How a message points into a user's file without quoting it: `FILE` or `FILE line N`. The name is not escaped
     here (the line is, once, where it is printed: escaping twice would show another name); a long one is cut."""
-    name = str(path)
-    if len(name) > 200:
-        name = f"{name[:90]} ... ({len(name) - 180} more characters) ... {name[-90:]}"
+    name = shortened(str(path))
     return name + (f" line {line}" if line is not None else "")
 
 

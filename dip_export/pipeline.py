@@ -453,6 +453,11 @@ class DiPPipeline:
             model, backend=backend, device=device, trust_checkpoint=trust_checkpoint, revision=revision,
             image_size=image_size, batch_size=batch_size, num_samples=num_samples, console=console,
         )  # fmt: skip
+        if request.backend == "auto":  # its cache, before a model is read or a Hub request made
+            from dip_export.export.onnx_export import EXPORT_ROOT
+            from dip_export.measure.autobackend import check_cache
+
+            check_cache(EXPORT_ROOT)
         source = open_source(
             model, preset=preset, weights=weights, trust_checkpoint=request.trust, revision=request.revision,
             check=request.fits,

@@ -179,7 +179,7 @@ def test_fp8_needs_the_tensorrt_target_and_targets_are_checked():
 
     from dip_export.cli import export_app
 
-    for args, message in ((["--precision", "fp8"], "--target trt"), (["--target", "gpu"], "must be onnx or trt")):
+    for args, message in ((["--precision", "fp8"], "--target trt"), (["--target", "gpu"], "must be one of onnx, trt")):
         result = CliRunner().invoke(export_app, ["onnx", *args])
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
 

@@ -177,6 +177,19 @@ def _read_cache(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def check_cache(root: Path) -> Path:
+    """The cache `root/auto-backend.json` is absent, or a regular file this tool wrote: checked at load, before a
+    model is read or a Hub request made, and again before measuring."""
+    from dip_export.errors import DipError
+    from dip_export.ownership import is_ours
+
+    path = root / CACHE_FILE
+    _check_cache_kind(path)
+    if path.exists() and not is_ours(path, CACHE_KIND):  # never measured over, never replaced: it is not ours
+        raise DipError(f"{path} is not a --backend auto cache this tool wrote; move it away")
+    return path
+
+
 def _check_cache_kind(path: Path) -> None:
     """Before any measuring: the cache is absent or a regular file (a FIFO would block its reader forever)."""
     import stat
@@ -243,13 +256,9 @@ def choose_backend(
     """The cached decision for this model, size, batch and machine, or a new measurement (then cached)."""
     from dip_export.errors import DipError
     from dip_export.io import save_json
-    from dip_export.ownership import is_ours
 
     specs = candidates(device)
-    path = root / CACHE_FILE
-    _check_cache_kind(path)
-    if path.exists() and not is_ours(path, CACHE_KIND):  # never measured over, never replaced: it is not ours
-        raise DipError(f"{path} is not a --backend auto cache this tool wrote; move it away")
+    path = check_cache(root)
     key = cache_key(model_id, size, batch, device)
     cache = _read_cache(path)
     cached = _valid_entry(key, cache.get(key), specs)

@@ -38,7 +38,7 @@ from dip_export.measure.harness import (
     repeat,
     timed_call,
 )
-from dip_export.messages import plain_line, say
+from dip_export.messages import plain_line, say, shortened
 from dip_export.model import flops_per_sample
 from dip_export.runtime.backends import BackendSpec, unavailable_reason
 from dip_export.sampling import Denoiser, SamplerSettings, initial_noise, sample_counts, to_uint8
@@ -379,7 +379,7 @@ def skipped(spec: BackendSpec, reason: str) -> BenchRow:
 def failure(spec: BackendSpec, err: Exception) -> BenchRow:
     message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     status = "skipped" if isinstance(err, DipError) else "failed"
-    return BenchRow(backend=spec.name, precision=spec.precision, status=status, reason=message[:200])
+    return BenchRow(backend=spec.name, precision=spec.precision, status=status, reason=shortened(message))
 
 
 @dataclass(frozen=True)

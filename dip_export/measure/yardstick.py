@@ -152,7 +152,7 @@ def reference_images(
         device = next(loaded.model.parameters()).device
     settings = ref_solver.reference_settings(base, REFERENCE_STEPS)
     key = reference_key(loaded, plan, y, settings, device)
-    path = _cache_folder() / f"{loaded.name}-{key[:16]}.npz"
+    path = check_cache_folder() / f"{loaded.name}-{key[:16]}.npz"
     if os.path.lexists(path):
         cached = _read_reference(path, key, (len(plan.seeds), loaded.config.in_channels, y.height, y.width))
         if cached is not None:
@@ -175,7 +175,7 @@ def _label(steps: int, self_check_db: float) -> str:
     return f"{ref_solver.REFERENCE_SOLVER} {steps} (half the steps: {self_check_db:.1f} dB)"
 
 
-def _cache_folder() -> Path:
+def check_cache_folder() -> Path:
     """The cache folder, refused when it is a symlink or not a folder (its files are `contained` in it on reading;
     the artifact folder above it is taken as every cache and export under it takes it)."""
     if CACHE.is_symlink():
@@ -213,7 +213,7 @@ def _marked(path: Path) -> dict[str, np.ndarray]:
     """The arrays of a cached reference this tool wrote (a valid mark under the owner key over its own key and
     contents); any other file, or one that cannot be read, is refused in one line and left as it is."""
     try:
-        data = read_npz(path, folder=_cache_folder(), what="yardstick reference", check=REFERENCE_SCHEMA)
+        data = read_npz(path, folder=check_cache_folder(), what="yardstick reference", check=REFERENCE_SCHEMA)
     except UntrustedFileError as err:
         raise UntrustedFileError(f"{err}; delete it to compute the reference again") from None
     key, mac = str(data["key"]), str(data["mac"])
@@ -258,6 +258,28 @@ def _write_reference(path: Path, key: str, out: ReferenceImages, steps: int, sel
             _marked(path)
 
 
+def plan_runs(samplers: list[str], nfes: list[int], base: SamplerSettings) -> list[SamplerSettings]:
+    """The settings of every row, each checked (`SamplerSettings`), in order and once each: Heun makes 2N - 1
+    evaluations, so an even count runs as the odd one below it, and two counts that meet give one row."""
+    runs: list[SamplerSettings] = []
+    for name in samplers:
+        for nfe in nfes:
+            steps = (nfe + 1) // 2 if name == "heun" else nfe
+            settings = replace(base, method=name, steps=max(steps, 1))
+            if settings not in runs:
+                runs.append(settings)
+    return runs
+
+
+def heun_counts(samplers: list[str], nfes: list[int]) -> str | None:
+    """A line saying which asked-for counts Heun runs at another count (None: none)."""
+    moved = [n for n in nfes if n > 1 and n % 2 == 0] if "heun" in samplers else []
+    if not moved:
+        return None
+    pairs = ", ".join(f"{n} as {n - 1}" for n in moved[:8]) + (" ..." if len(moved) > 8 else "")
+    return f"heun makes 2N - 1 evaluations: its even counts run one below ({pairs})"
+
+
 def measure(
     net: Denoiser,
     loaded: LoadedModel,
@@ -270,27 +292,25 @@ def measure(
     """PSNR against the reference (and digit scores on the demo) per solver and evaluation count."""
     base = base or SamplerSettings(cfg=y.cfg, shift=y.shift)
     base = replace(base, cfg=y.cfg, shift=y.shift, grid=None)  # each solver and count on its default grid
+    runs = plan_runs(samplers, nfes, base)  # every run's settings checked before the reference is computed
     plan = make_plan(loaded.config.num_classes, num_samples=y.num_samples, seed=y.seed)
     reference = reference_images(loaded, plan, y, base)
     ref = reference.images
     digits = is_demo(loaded) and y.num_samples >= DIGIT_FD_MIN_IMAGES  # a covariance needs several images
     rows = []
-    for name in samplers:
-        for nfe in nfes:
-            steps = (nfe + 1) // 2 if name == "heun" else nfe  # Heun makes 2N - 1 evaluations
-            settings = replace(base, method=name, steps=max(steps, 1))
-            images, seconds = _run(net, loaded, plan, y, settings)
-            counts = sample_counts(settings)
-            row = {
-                "sampler": name, "steps": settings.steps, "nfe": counts["paired_evals"] + counts["single_evals"],
-                "backbone_calls": counts["backbone_calls"], "psnr_db": psnr(images, ref), "s_per_image": seconds,
-                "cache_interval": settings.cache_interval, "token_forecast": settings.token_forecast,
-            }  # fmt: skip
-            if digits:
-                row.update(digit_scores(images, plan.classes))
-            rows.append(row)
-            if progress is not None:
-                progress(row)
+    for settings in runs:
+        images, seconds = _run(net, loaded, plan, y, settings)
+        counts = sample_counts(settings)
+        row = {
+            "sampler": settings.method, "steps": settings.steps, "nfe": counts["paired_evals"] + counts["single_evals"],
+            "backbone_calls": counts["backbone_calls"], "psnr_db": psnr(images, ref), "s_per_image": seconds,
+            "cache_interval": settings.cache_interval, "token_forecast": settings.token_forecast,
+        }  # fmt: skip
+        if digits:
+            row.update(digit_scores(images, plan.classes))
+        rows.append(row)
+        if progress is not None:
+            progress(row)
     out: dict[str, Any] = {"settings": {**y.__dict__, "interval": list(base.interval), "reference": reference.label}}
     out["euler_100_db"] = _euler_100_db(net, loaded, plan, y, base, ref, rows)
     if digits:

@@ -53,6 +53,10 @@ def test_the_package_loads_nothing_heavy():
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
+PYTHON_MAIN_LOADER = (  # every frame Python's own import machinery: no line of the script has run
+    r"python: failed to set __main__\.__loader__\nTraceback \(most recent call last\):\n"
+    r"(?:  File \"<frozen [^>]+>\", line \d+, in \S+\n(?:    .*\n)*)*KeyboardInterrupt: ?\n"
+)
 PYTHON_STARTUP = (
     r"Failed checking if argv\[0\] is an import path entry\nTraceback \(most recent call last\):\n"
     r"(?:  .*\n)*KeyboardInterrupt\n"
@@ -75,6 +79,8 @@ def _outcome(done: subprocess.CompletedProcess) -> str:
     if done.returncode == -signal.SIGINT and err == "":  # before Python's handler is in place, or after it is gone
         return "killed"
     if err.startswith("Fatal Python error: init_import_site"):  # Python's own start (site), before any of ours
+        return "python"
+    if re.fullmatch(PYTHON_MAIN_LOADER, err):  # Python's own start (the script's loader), before any of ours
         return "python"
     startup = re.match(PYTHON_STARTUP, err)
     if startup:  # Python reports a Ctrl-C while it computes sys.path[0] and goes on; the rest obeys the same rules

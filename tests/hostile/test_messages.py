@@ -68,3 +68,26 @@ def test_class_file_content_is_never_echoed(tmp_path: Path) -> None:
     code, err = run(cli.sample_main, "--class-file", secret, "--num-samples", "3", "--out", tmp_path / "o.npz")
     one_line(code, err, 2, "classes.txt line 3")
     assert "SECRET" not in err
+
+
+@given(st.text(max_size=2000), st.integers(40, 400))
+def test_a_shortened_part_keeps_its_start_and_its_end(text, limit):
+    from dip_export.messages import shortened
+
+    cut = shortened(text, limit)
+    if len(text) <= limit:
+        assert cut == text
+        return
+    keep = limit // 2 - 10
+    assert cut.startswith(text[:keep]) and cut.endswith(text[-keep:])
+    assert len(cut) <= limit + 30 and f"({len(text) - 2 * keep} more characters)" in cut
+
+
+def test_a_skipped_rows_reason_keeps_its_advice():
+    from dip_export.measure.bench import failure
+    from dip_export.runtime.backends import BackendSpec
+    from dip_export.untrusted import UntrustedFileError
+
+    err = UntrustedFileError("engines/" + "x" * 400 + "-calib/calib.npz: not this tool's (edited); delete it to calibrate again")
+    row = failure(BackendSpec.parse("onnx:int8"), err)
+    assert row.status == "skipped" and row.reason.endswith("delete it to calibrate again") and len(row.reason) < 240

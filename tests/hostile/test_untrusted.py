@@ -131,11 +131,13 @@ def test_identity_covers_external_data_whatever_its_name(tmp_path: Path, export:
     manifest = json.loads((export / "manifest.json").read_text())  # the re-saved graph recorded as the export's own
     manifest["contents"]["backbone.onnx"] = {"size": graph.stat().st_size, "sha256": file_sha256(graph)}
     (export / "manifest.json").write_text(json.dumps(manifest))
-    first = ModelSource("x", None, {}, export_dir=export).identity  # type: ignore[arg-type]
+    from dip_export.config import DiPConfig
+
+    first = ModelSource("x", DiPConfig(), {}, export_dir=export).identity
     data = bytearray((export / "weights.bin").read_bytes())
     data[-1] ^= 1
     (export / "weights.bin").write_bytes(bytes(data))
-    assert ModelSource("x", None, {}, export_dir=export).identity != first  # type: ignore[arg-type]
+    assert ModelSource("x", DiPConfig(), {}, export_dir=export).identity != first
 
 
 def test_calibration_key_changes_when_the_checkpoint_is_replaced_in_place(tmp_path: Path, loaded) -> None:
