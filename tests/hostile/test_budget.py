@@ -102,7 +102,9 @@ def test_cli_sample_refuses_with_one_line(tmp_path: Path, no_sampling) -> None:
     assert not (tmp_path / "o.npz").exists()
 
 
-NFE_CASES = [("0", 2, ">= 1"), ("10,0", 2, ">= 1"), ("50000000", 1, "network evaluations")]
+MANY = ",".join(str(n) for n in range(5000, 10_001))  # each within the step bound, their total beyond the budget
+NFE_CASES = [("0", 2, "must be in 1..10000"), ("10,0", 2, "must be in 1..10000"),
+             ("50000000", 2, "must be in 1..10000"), (MANY, 1, "network evaluations")]  # fmt: skip
 
 
 @pytest.mark.parametrize(("nfe", "code", "words"), NFE_CASES)

@@ -147,9 +147,8 @@ def test_the_api_auto_backend_refuses_a_bench_report_in_the_cache_s_place(tmp_pa
     path.parent.mkdir()
     save_json(path, {"results": []}, "bench-report")
     before = path.read_bytes()
-    pipe = DiPPipeline.load(backend="auto", device="cpu", batch_size=1)
     with pytest.raises(DipError, match=f"{autobackend.CACHE_FILE} is not a --backend auto cache"):
-        pipe.choose_backend()
+        DiPPipeline.load(backend="auto", device="cpu", batch_size=1)  # checked at load, before the model is read
     assert path.read_bytes() == before
 
 
