@@ -405,8 +405,14 @@ def is_current(
     """A complete export in `folder` that computes what this run needs: the same model (`LoadedModel.identity`:
     content, weights taken, config), image size, precision and opset (None: whichever its graphs import), and the
     stage's own settings (`extra`, e.g. a quantized export's target and calibration). Anything else is made again
-    in its place (the ownership rules of `atomic_dir` decide whether it may be replaced)."""
-    if not (folder / MANIFEST).is_file():
+    in its place (the ownership rules of `atomic_dir` decide whether it may be replaced).
+
+    Only an export this tool wrote is reused: its manifest carries this user's mark and every file it lists is
+    the one written (`ownership_problem`, which hashes them all). A manifest's own words (its `source`) are never
+    enough: a folder made by hand or by another user is never run, quantized or calibrated on."""
+    from dip_export.export.manifest import ownership_problem
+
+    if not (folder / MANIFEST).is_file() or ownership_problem(folder) is not None:
         return False
     try:
         manifest = read_manifest(folder)

@@ -131,6 +131,51 @@ def test_an_export_of_another_size_or_precision_where_one_goes_is_made_again(tmp
     assert ensure_export(loaded, precision="fp32", image_size=SIZE) == folder and len(made) == 2  # reused as it is
 
 
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _another_models_graph(folder: Path, manifest: dict) -> None:
+    """The largest listed file (the backbone's weights) changed as by another model's export: the manifest kept."""
+    path = folder / max(manifest["contents"], key=lambda rel: manifest["contents"][rel]["size"])
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+
+
+FORGERIES = {
+    "a manifest made by hand, naming this model": lambda folder, m: m.update(owner_mac="0" * 64),
+    "a manifest re-marked by another user": lambda folder, m: m.update(owner_mac=m["owner_mac"][::-1]),
+    "no contents listed": lambda folder, m: m.update(contents={}),
+    "a graph replaced under a marked manifest": _another_models_graph,
+    "a file added beside the graphs": lambda folder, m: (folder / "extra.onnx").write_bytes(b"x"),
+}
+
+
+@pytest.mark.parametrize("forgery", sorted(FORGERIES))
+def test_a_manifest_naming_this_model_is_reused_only_when_this_tool_wrote_the_folder(tmp_path: Path, monkeypatch,
+                                                                                     runs, forgery: str) -> None:  # fmt: skip
+    """The manifest's `source` names this very model in every case: only this user's mark over the files as they
+    were written makes the folder reusable. Otherwise it is neither run, quantized nor replaced: refused, kept."""
+    monkeypatch.chdir(tmp_path)
+    loaded = runs.loaded["ema"]
+    folder = default_export_dir(loaded.name, "fp32", SIZE)
+    shutil.copytree(runs.ema_export, folder)
+    assert is_current(folder, loaded, precision="fp32", image_size=SIZE)  # as written: reused
+    data = json.loads((folder / "manifest.json").read_text())
+    FORGERIES[forgery](folder, data)
+    (folder / "manifest.json").write_text(json.dumps(data))
+    before = _snapshot(folder)
+    assert data["source"] == json.loads((runs.ema_export / "manifest.json").read_text())["source"]
+    assert not is_current(folder, loaded, precision="fp32", image_size=SIZE)
+    monkeypatch.setattr(onnx_export, "export_onnx", lambda *a, **k: pytest.fail("exported over a folder not ours"))
+    with pytest.raises(DipError) as caught:
+        onnx_export.check_export_run(loaded, SIZE, tmp_path / "int8", precision="int8",
+                                     calibration=CalibrationSettings(), calibration_dir=tmp_path / "calib")  # fmt: skip
+    assert "\n" not in str(caught.value) and str(folder.name) in str(caught.value)
+    assert _snapshot(folder) == before and not (tmp_path / "calib").exists()
+
+
 def test_a_user_folder_where_an_export_goes_is_refused_in_one_line(tmp_path: Path, monkeypatch, loaded) -> None:
     monkeypatch.chdir(tmp_path)
     folder = default_export_dir(loaded.name, "fp32", SIZE)
