@@ -52,6 +52,7 @@ from dip_export.settings import (
     list_items,
     number_list,
     one_of,
+    plain_value,
     run_conditions,
 )
 
@@ -841,5 +842,5 @@ def _parse_band(text: str | None) -> tuple[float, float] | None:
         return None
     lo, hi = number_list(text, "--band", decimal_text, count=2, form="LO,HI")
     if not (0 <= lo <= hi <= 100):
-        raise UsageError(f"--band must be 0 <= LO <= HI <= 100, got {text!r}")
+        raise UsageError(f"--band must be 0 <= LO <= HI <= 100, got {plain_value(text)}")
     return lo, hi

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dip_export.errors import DipError, UsageError
+from dip_export.settings import plain_value
 
 MAX_EVALUATIONS = 10_000_000  # network evaluations per image over a whole measurement (--nfe lists)
 SOLVER_COPIES = 10  # image-sized float tensors a multistep solver holds (x, noise, history, guidance halves)
@@ -83,7 +84,7 @@ def family(backend: str | None) -> str:
     """The memory family of a backend name (`onnx:int8` -> onnx; None -> torch; auto -> its costliest candidate)."""
     name = (backend or "torch").partition(":")[0]
     if name not in FAMILIES:
-        raise UsageError(f"unknown backend {name!r}; choose from {', '.join(n for n in FAMILIES if n != 'auto')}")
+        raise UsageError(f"unknown backend {plain_value(name)}; choose from {', '.join(n for n in FAMILIES if n != 'auto')}")
     return FAMILIES[name]
 
 
@@ -157,7 +158,7 @@ def memory_limit(device: Any = None) -> int:
         # 8, 8B, 8K, 8KB, 8KiB (any case); an `i` belongs to a unit letter, so 8I and 8iB are no size
         match = re.fullmatch(r"([0-9]{1,16})(?:([KMGT])(?:I?B)?|B)?", text.upper()) if text.isascii() else None
         if match is None:
-            raise UsageError(f"DIP_MEMORY_LIMIT must be bytes with an optional K/M/G/T suffix, got {text[:40]!r}")
+            raise UsageError(f"DIP_MEMORY_LIMIT must be bytes with an optional K/M/G/T suffix, got {plain_value(text)}")
         found = min(found, int(match.group(1)) * _UNITS[match.group(2) or ""])
     return found
 

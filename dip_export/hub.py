@@ -22,6 +22,7 @@ from typing import Any
 from dip_export.errors import CheckpointError, DipError, MissingDependencyError, UsageError
 from dip_export.export.naming import is_export_folder_name
 from dip_export.messages import shortened
+from dip_export.settings import plain_value
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")  # what a Hub repo's checkpoint file is named
 TOOL_FOLDERS = ("engines",)  # the tool's own artifact folder: `engines/NAME` is an export, even run elsewhere
@@ -341,7 +342,7 @@ def _hub_failure(err: Exception, text: str, repo_id: str, filename: str | None, 
             f"{text}: no such file, and no Hugging Face Hub repo {repo_id} (if it is private, log in with hf auth login)"
         )
     if isinstance(err, errors.RevisionNotFoundError):
-        return UsageError(f"{repo_id}: no revision {revision!r} on the Hub")
+        return UsageError(f"{repo_id}: no revision {plain_value(revision)} on the Hub")
     if isinstance(err, errors.LocalEntryNotFoundError):
         if (status := _http_status(err)) is not None:  # the Hub answered, with an error: not "offline"
             return CheckpointError(_refusal(text, status))
@@ -349,7 +350,7 @@ def _hub_failure(err: Exception, text: str, repo_id: str, filename: str | None, 
             f"{text}: not in the Hugging Face cache ({cache}) and the Hub cannot be reached (offline or HF_HUB_OFFLINE=1)"
         )
     if isinstance(err, errors.EntryNotFoundError):
-        return CheckpointError(f"{repo_id}: no file {filename!r} in this Hub repo")
+        return CheckpointError(f"{repo_id}: no file {plain_value(filename)} in this Hub repo")
     if isinstance(err, errors.HfHubHTTPError):
         status = _http_status(err)
         detail = _refusal(text, status) if status is not None else f"{text}: Hugging Face Hub error ({_first_line(err)})"

@@ -729,7 +729,8 @@ def _is_method(name: str) -> bool:
 def _fixed(name: str) -> FixedSettingError:
     how = _HOW_TO_CHANGE.get(name)
     if how is None:
-        return FixedSettingError(f"DiPPipeline has no setting {name!r} to set; settings are given to load() or the call")
+        shown = plain_value(name)
+        return FixedSettingError(f"DiPPipeline has no setting {shown} to set; settings are given to load() or the call")
     return FixedSettingError(f"DiPPipeline.{name} is read-only (fixed at load); {how}")
 
 

@@ -158,6 +158,10 @@ def nesting_depth(data: bytes) -> int:
     return max(int(np.cumsum(steps[np.frombuffer(brackets, dtype=np.uint8)], dtype=np.int32).max()), 0)
 
 
+class _NotFinite(Exception):
+    """A JSON number no float holds finitely (NaN, Infinity, 1e400)."""
+
+
 class _RepeatedKey(Exception):
     """A JSON object names one key twice (raised inside the decoder, reported as the file's error)."""
 
@@ -169,7 +173,13 @@ def parse_json(data: bytes | str, source: str, max_depth: int = MAX_DEPTH) -> An
         raise UntrustedFileError(f"{source}: JSON nested deeper than {max_depth} levels")
 
     def no_constant(name: str) -> Any:
-        raise ValueError(f"{name} is not a finite number")
+        raise _NotFinite  # NaN, Infinity, -Infinity
+
+    def finite(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):  # 1e400 reads as inf: a number no float holds
+            raise _NotFinite
+        return value
 
     def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         obj = dict(pairs)
@@ -178,9 +188,11 @@ def parse_json(data: bytes | str, source: str, max_depth: int = MAX_DEPTH) -> An
         return obj
 
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=no_constant, object_pairs_hook=unique_keys)
+        return json.loads(raw.decode("utf-8"), parse_constant=no_constant, parse_float=finite, object_pairs_hook=unique_keys)
     except _RepeatedKey:
         raise UntrustedFileError(f"{source}: not valid JSON: an object repeats a key") from None
+    except _NotFinite:
+        raise UntrustedFileError(f"{source}: a number in it is not finite (NaN, Infinity or beyond a float's range)") from None
     except (ValueError, RecursionError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         reason = err.msg if isinstance(err, json.JSONDecodeError) else type(err).__name__
         where = f" (line {err.lineno})" if isinstance(err, json.JSONDecodeError) else ""
@@ -220,7 +232,9 @@ class Field:
             return f"must be {' or '.join(k.__name__ for k in kinds)}, got {type(value).__name__}"
         number = isinstance(value, int | float) and not isinstance(value, bool)
         if number and not (math.isfinite(value) and self.lo <= value <= self.hi):
-            return f"must be in {self.lo:g}..{self.hi:g}, got {value!r}"
+            from dip_export.settings import plain_value
+
+            return f"must be in {self.lo:g}..{self.hi:g}, got {plain_value(value)}"
         if isinstance(value, str | list | dict) and len(value) > self.max_len:
             return f"is longer than {self.max_len}"
         if self.choices and value not in self.choices:

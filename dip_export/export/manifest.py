@@ -25,7 +25,7 @@ from dip_export.ownership import (
     unlisted_entries,
 )
 from dip_export.runtime.catalog import ALL_PRECISIONS
-from dip_export.settings import BUILD_TARGETS, MAX_IMAGE_SIDE, OPSETS, value_kind
+from dip_export.settings import BUILD_TARGETS, MAX_IMAGE_SIDE, OPSETS, int_text, plain_value, value_kind
 from dip_export.untrusted import UntrustedFileError, contained, name_problem, read_json
 
 MANIFEST = MANIFEST_NAME
@@ -163,15 +163,15 @@ def parse_manifest(data: Any) -> Manifest:
     if not isinstance(data, dict):
         raise TypeError(f"expected a JSON object, found {type(data).__name__}")
     if data.get("format") != FORMAT:
-        raise ValueError(f"unknown format {data.get('format')!r}, expected {FORMAT}")
+        raise ValueError(f"unknown format ({value_kind(data.get('format'))}), expected {FORMAT}")
     names = {f.name for f in fields(Manifest)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(f"unknown fields {', '.join(unknown)}")
+        raise ValueError(f"{len(unknown)} unknown field(s), the first {plain_value(unknown[0])}")
     _typed(data, "name", str)
     _typed(data, "opset", int)
     if data["opset"] not in OPSETS:  # the range `dip-export onnx --opset` takes
-        raise ValueError(f"opset must be in {OPSETS.start}..{OPSETS.stop - 1}, got {data['opset']}")
+        raise ValueError(f"opset must be in {OPSETS.start}..{OPSETS.stop - 1}, got {int_text(data['opset'])}")
     for key in ("files", "source", "versions"):
         _typed(data, key, dict)
     for key in ("verification", "sampling", "engines", "extra", "contents"):
@@ -181,16 +181,16 @@ def parse_manifest(data: Any) -> Manifest:
     _short_text(data["versions"], data["versions"], "versions.", 100)
     _short_text(data["source"], data["source"], "source.", 4096)  # an absolute checkpoint path and its sha256
     if data["precision"] not in PRECISIONS:
-        raise ValueError(f"precision {data['precision']!r} is not one of {', '.join(PRECISIONS)}")
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {plain_value(data['precision'])}")
     size = data["image_size"]
     if not (isinstance(size, list) and len(size) == 2 and all(type(v) is int and 1 <= v <= MAX_IMAGE_SIDE for v in size)):
-        raise ValueError(f"image_size must be [H, W] with integers in 1..{MAX_IMAGE_SIDE}, got {size!r}")
+        raise ValueError(f"image_size must be [H, W] with integers in 1..{MAX_IMAGE_SIDE}, got {plain_value(size)}")
     if not isinstance(data["config"], dict):
         raise TypeError("config must be an object")
     _check_files(data["files"], required=ROLES)
     for precision, entry in data.get("engines", {}).items():
         if not isinstance(entry, dict) or not isinstance(entry.get("files"), dict):
-            raise ValueError(f"engines.{precision} must be an object with files")
+            raise ValueError(f"engines entry {plain_value(precision)} must be an object with files")
         _check_files(entry["files"])
     if "verification" not in data:  # both writers record one: a manifest without it cannot show the export matched
         raise KeyError("verification")
@@ -214,7 +214,12 @@ def _short_text(table: dict[str, Any], keys: Iterable[str], what: str, limit: in
         value = table[key]
         if not isinstance(value, str) or len(value) > limit:
             got = f"{len(value)} characters" if isinstance(value, str) else type(value).__name__
-            raise ValueError(f"{what}{key} must be a string of at most {limit} characters, got {got}")
+            raise ValueError(f"{what}{_key_text(key)} must be a string of at most {limit} characters, got {got}")
+
+
+def _key_text(key: Any) -> str:
+    """A stored key as a message names it: as it is when a short plain name, else quoted and shortened."""
+    return key if isinstance(key, str) and re.fullmatch(r"[A-Za-z0-9_]{1,40}", key) else plain_value(key)
 
 
 def _typed(data: dict[str, Any], key: str, kind: type, required: bool = True) -> None:
@@ -233,14 +238,25 @@ def _check_files(files: dict[str, Any], required: tuple[str, ...] = ()) -> None:
         raise ValueError(f"files lacks {', '.join(missing)}")
     bad = [k for k, v in files.items() if not isinstance(v, str) or not v]
     if bad:
-        raise TypeError(f"files.{bad[0]} must be a relative path (a string)")
+        raise TypeError(f"files entry {plain_value(bad[0])} must be a relative path (a string)")
+
+
+def plain_relative(rel: str) -> bool:
+    """A path named as written by this tool: relative, no empty or '.' part, no trailing '/', so that one file has
+    one name only (`./backbone.onnx` and `backbone.onnx/` are not it). A '..' part is the containment rules' to
+    refuse (`inside`, `contained`), as leading outside."""
+    return not os.path.isabs(rel) and all(part not in ("", ".") for part in rel.replace("\\", "/").split("/"))
 
 
 def inside(folder: Path, rel: str, role: str, must_exist: bool = True) -> Path:
-    """`folder/rel` when it stays inside `folder`: no absolute path, no `..`, no symlink on the way (`contained`)."""
+    """`folder/rel` when it stays inside `folder`: no absolute path, no `..`, no symlink on the way (`contained`),
+    and named plainly (`plain_relative`)."""
     pure = PurePosixPath(rel)
     if pure.is_absolute() or os.path.isabs(rel) or ".." in pure.parts or "\\" in rel:
         raise ExportError(f"{folder}: the {role} path in the manifest leads outside the export folder")
+    if not plain_relative(rel):
+        raise ExportError(f"{folder}: the {role} path in the manifest is not a plain relative file name "
+                          "(an empty or '.' part, a trailing '/')")  # fmt: skip
     try:
         path = contained(folder, rel, f"{role} file", source=folder / MANIFEST)
     except UntrustedFileError as err:
@@ -257,7 +273,7 @@ def check_graph(folder: Path, path: Path, role: str, manifest: Manifest) -> int:
 
     spec = io_specs(manifest.config, *manifest.image_size).get(role)
     if spec is None:
-        raise ExportError(f"{folder}: unknown sub-model {role!r} in the manifest")
+        raise ExportError(f"{folder}: unknown sub-model {plain_value(role)} in the manifest")
     io = tuple((t.name, tuple(d if isinstance(d, int) else None for d in t.shape)) for t in spec.inputs + spec.outputs)
     stat = path.stat()
     problem, elements, largest = _graph_problem(str(path.resolve()), stat.st_size, stat.st_mtime_ns, str(folder.resolve()),
@@ -586,7 +602,7 @@ def _external_problem(graph: Any, graph_dir: Path) -> tuple[str, int]:
         if os.path.isabs(location) or location.startswith(("/", "\\")):
             return (f"external data of tensor #{number} is named by an absolute path (ONNX takes a path relative to "
                     "the graph's folder only); refusing to read it"), 0  # fmt: skip
-        if any(part in ("", ".") for part in location.replace("\\", "/").split("/")):
+        if not plain_relative(location):
             return (f"external data of tensor #{number} is not named as a plain relative file name (an empty or '.' "
                     "part, a trailing '/'); refusing to read it"), 0  # fmt: skip
         try:

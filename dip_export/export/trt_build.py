@@ -28,7 +28,7 @@ from dip_export.ownership import check_outputs_apart
 from dip_export.runtime.backends import BACKENDS
 from dip_export.runtime.trt_support import engine_matches, gpu_identity
 from dip_export.runtime.trt_support import import_tensorrt as _tensorrt
-from dip_export.settings import MAX_BATCH, exact_int, number_list, one_of, whole_text
+from dip_export.settings import MAX_BATCH, exact_int, number_list, one_of, plain_value, whole_text
 from dip_export.untrusted import sha256_file
 
 TRT_PRECISIONS = BACKENDS["trt"].precisions
@@ -47,7 +47,7 @@ class BatchProfile:
     def parse(cls, text: str) -> BatchProfile:
         lo, opt, hi = number_list(text, "--batch-profile", whole_text, count=3, form="MIN,OPT,MAX (image batch sizes)")
         if not 1 <= lo <= opt <= hi <= MAX_BATCH:
-            raise UsageError(f"--batch-profile needs 1 <= MIN <= OPT <= MAX <= {MAX_BATCH}, got {text!r}")
+            raise UsageError(f"--batch-profile needs 1 <= MIN <= OPT <= MAX <= {MAX_BATCH}, got {plain_value(text)}")
         return cls(lo, opt, hi)
 
     def network_batches(self) -> tuple[int, int, int]:

@@ -19,7 +19,7 @@ from dip_export.runtime import catalog
 from dip_export.runtime.catalog import CATALOG, BackendInfo
 from dip_export.runtime.engine_io import ExportFiles
 from dip_export.sampling import Denoiser
-from dip_export.settings import exact_str
+from dip_export.settings import exact_str, plain_value
 
 EngineMaker = Callable[[Any, str, torch.device], Denoiser]  # (torch module or ExportFiles, precision, device)
 
@@ -82,16 +82,17 @@ class BackendSpec:
             raise UsageError(f"a backend is text (name[:precision]), got {type(text).__name__}")
         name, colon, precision = text.partition(":")  # not trimmed: " onnx" is an unknown backend, as " 3" is no number
         if colon and not precision:
-            raise UsageError(f"backend {name!r} is followed by ':' and no precision; name one or drop the ':'")
+            raise UsageError(f"backend {plain_value(name)} is followed by ':' and no precision; name one or drop the ':'")
         if name == "auto" and colon:  # where auto is taken, it is taken alone (the caller's own check)
             raise UsageError("backend auto takes no precision: it picks the backend and precision by measuring (give "
                              "auto alone)")  # fmt: skip
         if name not in BACKENDS:
-            raise UsageError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+            raise UsageError(f"unknown backend {plain_value(name)}; choose from {', '.join(BACKENDS)}")
         record = BACKENDS[name]
         precision = precision or record.default
         if precision not in record.precisions:
-            raise UsageError(f"backend {name} has no precision {precision!r}; choose from {', '.join(record.precisions)}")
+            shown = plain_value(precision)
+            raise UsageError(f"backend {name} has no precision {shown}; choose from {', '.join(record.precisions)}")
         return cls(name, precision)
 
     @property

@@ -74,8 +74,9 @@ def info(name: str) -> BackendInfo:
     found = next((i for i in CATALOG if i.name == name), None)
     if found is None:
         from dip_export.errors import UsageError
+        from dip_export.settings import plain_value
 
-        raise UsageError(f"unknown backend {name!r}; choose from {', '.join(i.name for i in CATALOG)}")
+        raise UsageError(f"unknown backend {plain_value(name)}; choose from {', '.join(i.name for i in CATALOG)}")
     return found
 
 

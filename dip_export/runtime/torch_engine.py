@@ -11,7 +11,7 @@ from torch import Tensor
 
 from dip_export.errors import UsageError
 from dip_export.model import DiP
-from dip_export.settings import device_name
+from dip_export.settings import device_name, plain_value
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -23,7 +23,7 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda asked for, but PyTorch sees no CUDA device")
     if device != "cpu" and not device.startswith("cuda"):
-        raise UsageError(f"unknown device {device!r}; use auto, cpu or cuda")
+        raise UsageError(f"unknown device {plain_value(device)}; use auto, cpu or cuda")
     index = torch.device(device).index
     if index is not None and index >= torch.cuda.device_count():
         raise UsageError(f"--device {device}: PyTorch sees {torch.cuda.device_count()} CUDA device(s)")
@@ -35,7 +35,7 @@ class TorchEngine:
 
     def __init__(self, model: DiP, device: torch.device, precision: str = "fp32", compile: bool = False) -> None:
         if precision not in AUTOCAST_DTYPES:
-            raise UsageError(f"torch backend supports {', '.join(AUTOCAST_DTYPES)}, not {precision!r}")
+            raise UsageError(f"torch backend supports {', '.join(AUTOCAST_DTYPES)}, not {plain_value(precision)}")
         self.model = model.to(device)
         self.device = device
         self.precision = precision

@@ -1,0 +1,122 @@
+"""What a manifest holds is shown, named and read by one set of rules, whatever its values.
+
+- A value or key a manifest holds is shown in a message as `plain_value` shows it (quoted, at most 40 characters
+  and an ellipsis), or by its kind: never verbatim, so a long or marked-up value cannot fill or style the line.
+- A JSON number no float holds finitely (1e400, -1e999) is refused by the one JSON reader, in every file it reads,
+  as NaN and Infinity are: never read as inf.
+- A file path in a manifest is named plainly, as the export wrote it: `./backbone.onnx`, `backbone.onnx/` and
+  `a//b.onnx` are refused (one file, one name), by the same rule as an external-data name.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dip_export import DiPPipeline, cli
+from dip_export.errors import DipError
+from dip_export.export.manifest import parse_manifest, plain_relative
+from dip_export.untrusted import UntrustedFileError, parse_json
+from tests.test_hostile import one_line, run
+
+FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+LONG_TEXT = st.text(min_size=60, max_size=400).filter(lambda t: len(t.strip()) > 50)
+
+
+def _data(pristine: Path) -> dict[str, Any]:
+    return json.loads((pristine / "manifest.json").read_text())
+
+
+PLACES = {
+    "format": lambda d, v: d.update(format=v),
+    "precision": lambda d, v: d.update(precision=v),
+    "image_size": lambda d, v: d.update(image_size=[v, 32]),
+    "an unknown field": lambda d, v: d.update({v: 1}),
+    "an engines key": lambda d, v: d.setdefault("engines", {}).update({v: 3}),
+    "a files key": lambda d, v: d["files"].update({v: 7}),
+    "a versions key": lambda d, v: d["versions"].update({v: 5}),
+}
+
+
+@FAST
+@given(place=st.sampled_from(sorted(PLACES)), text=LONG_TEXT)
+def test_a_stored_value_or_key_is_never_shown_verbatim(pristine: Path, place: str, text: str) -> None:
+    data = _data(pristine)
+    PLACES[place](data, text)
+    with pytest.raises((ValueError, TypeError, KeyError)) as caught:
+        parse_manifest(data)
+    message = str(caught.value)
+    assert text not in message and len(message) < 200, message
+
+
+@FAST
+@given(digits=st.integers(31, 4000))
+def test_a_huge_opset_is_named_by_its_size(pristine: Path, digits: int) -> None:
+    data = _data(pristine)
+    data["opset"] = 10 ** (digits - 1)
+    with pytest.raises(ValueError, match=f"got an integer of {digits} digits"):
+        parse_manifest(data)
+
+
+@FAST
+@given(exponent=st.integers(309, 100_000), sign=st.sampled_from(["", "-"]), depth=st.integers(0, 5))
+def test_a_number_beyond_a_float_is_refused_by_the_json_reader(exponent: int, sign: str, depth: int) -> None:
+    text = "[" * depth + f"{sign}1e{exponent}" + "]" * depth
+    with pytest.raises(UntrustedFileError, match="not finite"):
+        parse_json(text, "f.json")
+
+
+@FAST
+@given(value=st.floats(allow_nan=False, allow_infinity=False))
+def test_every_finite_float_reads_back_as_itself(value: float) -> None:
+    assert parse_json(json.dumps({"v": value}), "f.json") == {"v": value}
+
+
+@pytest.mark.parametrize("number", ["1e400", "-1e999", "NaN", "Infinity"])
+def test_a_manifest_with_a_number_beyond_a_float_is_refused_on_every_surface(pristine: Path, tmp_path: Path,
+                                                                             number: str) -> None:  # fmt: skip
+    folder = Path(shutil.copytree(pristine, tmp_path / "exp"))
+    text = (folder / "manifest.json").read_text()
+    key = '"tolerance": '
+    start = text.index(key) + len(key)
+    end = min(i for i in (text.find(",", start), text.find("}", start), text.find("\n", start)) if i > 0)
+    (folder / "manifest.json").write_text(text[:start] + number + text[end:])
+    with pytest.raises(DipError, match="not finite"):
+        DiPPipeline.load(folder)
+    code, err = run(cli.sample_main, folder, "--num-samples", "1", "--out", tmp_path / "o.npz")
+    one_line(code, err, 1, "not finite")
+    assert not (tmp_path / "o.npz").exists()
+
+
+NAME_PART = st.text(st.characters(codec="ascii", categories=["L", "N"]), min_size=1, max_size=8)
+
+
+@FAST
+@given(parts=st.lists(NAME_PART, min_size=1, max_size=3), odd=st.sampled_from(["", "."]), at=st.integers(0, 3),
+       trailing=st.booleans())  # fmt: skip
+def test_a_path_not_named_plainly_is_never_plain(parts: list[str], odd: str, at: int, trailing: bool) -> None:
+    """Parts that are names make a plain path; an empty or '.' part anywhere, or a trailing '/', never does."""
+    plain = "/".join(parts)
+    assert plain_relative(plain)
+    named = "/".join([*parts[:at], odd, *parts[at:]])
+    assert not plain_relative(named), named
+    if trailing:
+        assert not plain_relative(plain + "/")
+
+
+@pytest.mark.parametrize("name", ["./backbone.onnx", "backbone.onnx/", ".//backbone.onnx", "sub/../backbone.onnx"])
+def test_a_manifest_naming_a_graph_oddly_is_refused(pristine: Path, tmp_path: Path, name: str) -> None:
+    folder = Path(shutil.copytree(pristine, tmp_path / "exp"))
+    data = _data(folder)
+    data["files"]["backbone"] = name
+    (folder / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(DipError, match=r"not a plain relative file name|leads outside"):
+        DiPPipeline.load(folder)
+    code, err = run(cli.sample_main, folder, "--num-samples", "1", "--out", tmp_path / "o.npz")
+    one_line(code, err, 1, "backbone path in the manifest")
