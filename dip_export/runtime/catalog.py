@@ -74,9 +74,8 @@ def info(name: str) -> BackendInfo:
     found = next((i for i in CATALOG if i.name == name), None)
     if found is None:
         from dip_export.errors import UsageError
-        from dip_export.settings import plain_value
 
-        raise UsageError(f"unknown backend {plain_value(name)}; choose from {', '.join(i.name for i in CATALOG)}")
+        raise UsageError(f"unknown backend {_shown(name)}; choose from {', '.join(i.name for i in CATALOG)}")
     return found
 
 
@@ -115,3 +114,8 @@ def check_packages(modules: tuple[str, ...], what: str, hint: str = "pip install
         from dip_export.errors import MissingDependencyError
 
         raise MissingDependencyError(missing, hint, message=f"{missing} is not installed: {what} needs it; {hint}")
+
+
+def _shown(name: object) -> str:
+    """A user's backend name as a message shows it: quoted and cut short, or only its kind when it is no string."""
+    return str.__repr__(name[:40]) if isinstance(name, str) else f"a {type(name).__name__}"

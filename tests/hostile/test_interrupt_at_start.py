@@ -61,6 +61,11 @@ PYTHON_STARTUP = (
     r"Failed checking if argv\[0\] is an import path entry\nTraceback \(most recent call last\):\n"
     r"(?:  .*\n)*KeyboardInterrupt\n"
 )
+PYTHON_SITE_PTH = (  # Python's site reports a Ctrl-C while it runs a .pth line, skips the rest of that file, goes on
+    r"Error processing line \d+ of [^\n]+\.pth:\n\n  Traceback \(most recent call last\):\n"
+    r"(?:    .*\n)*  KeyboardInterrupt\n\nRemainder of file ignored\n"
+)
+NO_PACKAGE = r"Traceback \(most recent call last\):\n(?:  .*\n)*ModuleNotFoundError: No module named 'dip_export'\n"
 
 
 def _installed(name: str) -> Path:
@@ -82,8 +87,11 @@ def _outcome(done: subprocess.CompletedProcess) -> str:
         return "python"
     if re.fullmatch(PYTHON_MAIN_LOADER, err):  # Python's own start (the script's loader), before any of ours
         return "python"
-    startup = re.match(PYTHON_STARTUP, err)
-    if startup:  # Python reports a Ctrl-C while it computes sys.path[0] and goes on; the rest obeys the same rules
+    site = re.match(PYTHON_SITE_PTH, err)
+    if site and re.fullmatch(NO_PACKAGE, err[site.end() :]):
+        return "python"  # the skipped line was the one that makes the installed package importable
+    startup = re.match(PYTHON_STARTUP, err) or site
+    if startup:  # Python reports a Ctrl-C in sys.path[0] or a .pth and goes on; the rest obeys the same rules
         rest = err[startup.end() :]
         if not rest.strip():
             return "python"
