@@ -35,14 +35,24 @@ from dip_export.config import DiPConfig, check_sampling_defaults, get_preset
 from dip_export.errors import CheckpointError, DipError, UsageError
 from dip_export.messages import shortened
 from dip_export.model import DiP
-from dip_export.settings import one_of
-from dip_export.untrusted import UntrustedFileError, parse_json, source_identity
+from dip_export.settings import name_text, one_of
+from dip_export.untrusted import (
+    ChangedFileError,
+    Stamp,
+    UntrustedFileError,
+    file_stamp,
+    parse_json,
+    sha256_as_read,
+    sha256_file,
+    source_identity,
+)
 
 DEMO_CHECKPOINT = Path(__file__).parent / "demo" / "dip-digits.safetensors"
 META_CONFIG = "dip_config"  # safetensors metadata key: JSON of DiPConfig
 META_SAMPLING = "dip_sampling"  # safetensors metadata key: JSON of recommended sampler settings
 PREFIXES = ("model.", "module.", "_orig_mod.")
 MAX_LISTED = 8
+WEIGHT_NAME = r"[A-Za-z0-9_.]{1,120}"  # a weight's name shown as it is in messages; any other is quoted and escaped
 MAX_SAFETENSORS_HEADER = 16 << 20  # a DiP's header: the released DiP-XL/16's is ~50 KB, the demo's 9.8 KB
 MAX_HEADER_TENSORS = 20_000  # a DiP (EMA and raw weights together) has a few hundred tensors
 MAX_TENSOR_DIMS = 8  # a DiP tensor has at most 4 dimensions
@@ -64,6 +74,14 @@ class LoadedModel:
     size_assumed: bool = False  # no stored config: the architecture was read off the weights, the image size assumed
     weights: str = "ema"  # which weights of a training checkpoint were taken (ema | raw)
     held_on: torch.device | None = field(default=None, compare=False, repr=False)  # the device a pipeline holds it on
+    stamp: Stamp | None = field(default=None, compare=False, repr=False)  # the file as its weights were read
+
+    def source_sha256(self) -> str:
+        """sha256 of the checkpoint file as its weights were read ("" for a preset); a file changed since is refused."""
+        path = Path(self.source)
+        if self.stamp is not None:
+            return sha256_as_read(path, self.stamp)
+        return sha256_file(path) if path.is_file() else ""
 
     def hold(self, device: torch.device) -> None:
         """Claim the module for a pipeline on `device`; one that another pipeline holds on another device is refused
@@ -82,7 +100,7 @@ class LoadedModel:
         name, its weights drawn from a fixed seed), which weights were taken from it, and the config the network
         was built of. Every cache and reuse of what the model computes keys on it: on-the-fly exports, calibration,
         reference images; two models with the same identity compute the same numbers."""
-        return model_identity(self.source, self.weights, self.config)
+        return model_identity(self.source, self.weights, self.config, self.stamp)
 
 
 def _canonical(device: torch.device) -> torch.device:
@@ -440,14 +458,15 @@ def check_state_dict(model: DiP, state: Mapping[str, Tensor]) -> None:
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     shapes = [
-        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        f"{name_text(k, WEIGHT_NAME)} {tuple(state[k].shape)} != {tuple(v.shape)}"
         for k, v in expected.items()
         if k in state and state[k].shape != v.shape
     ]
     for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
         if items:
             more = f" (+{len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else ""
-            problems.append(f"{label}: {', '.join(items[:MAX_LISTED])}{more}")
+            shown = items[:MAX_LISTED] if label == "shape mismatch" else [name_text(k, WEIGHT_NAME) for k in items[:MAX_LISTED]]
+            problems.append(f"{label}: {', '.join(shown)}{more}")
     if problems:
         raise CheckpointError("weights do not match the DiP architecture; " + "; ".join(problems))
 
@@ -513,6 +532,7 @@ def as_typed(err: DipError, shown: str, typed: str) -> DipError:
 
 def _load_checkpoint(path: Path, weights: str, trust: bool, config: DiPConfig | None, check: ConfigCheck | None) -> LoadedModel:
     _check_is_file(path)
+    stamp = file_stamp(path)  # the file as read: what the model's identity is the content of
     given = config
     sampling: dict[str, Any] = {}
     found: Any
@@ -539,13 +559,15 @@ def _load_checkpoint(path: Path, weights: str, trust: bool, config: DiPConfig | 
         model = build_model(config, state)
     except CheckpointError as err:
         raise CheckpointError(str(err) if str(err).startswith(f"{path}:") else f"{path}: {err}") from None
+    if file_stamp(path) != stamp:
+        raise ChangedFileError(f"{path} changed while its weights were read; load it again")
     return LoadedModel(model, config, name=path.stem, source=str(path), sampling=sampling, size_assumed=inferred,
-                       weights=weights)  # fmt: skip
+                       weights=weights, stamp=stamp)  # fmt: skip
 
 
-def model_identity(source: str | Path, weights: str, config: DiPConfig) -> str:
+def model_identity(source: str | Path, weights: str, config: DiPConfig, stamp: Stamp | None = None) -> str:
     """`LoadedModel.identity`: sha256 over the source's content identity, the weights choice and the config."""
-    text = json.dumps([source_identity(source), weights, config.to_dict()], sort_keys=True)
+    text = json.dumps([source_identity(source, stamp), weights, config.to_dict()], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

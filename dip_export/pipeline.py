@@ -48,6 +48,7 @@ from dip_export.settings import (
     exact_int,
     exact_str,
     given_options,
+    name_text,
     one_of,
     optional_bool,
     optional_callable,
@@ -94,8 +95,6 @@ class ModelSource:
 
         Computed on first use only (resume, --backend auto): a multi-GB file takes seconds to hash.
         """
-        from dip_export.untrusted import sha256_file
-
         if self.export_dir is not None:
             from dip_export.export.manifest import MANIFEST, read_manifest
             from dip_export.untrusted import content_identity, graph_files
@@ -105,9 +104,9 @@ class ModelSource:
             return "export:" + content_identity(files, root=folder)
         assert self.loaded is not None
         file = Path(self.loaded.source)
-        if not file.is_file():  # a preset: random weights from a fixed seed
+        if self.loaded.stamp is None and not file.is_file():  # a preset: random weights from a fixed seed
             return f"{self.loaded.source}:seed0"
-        return f"{sha256_file(file)}:{self.weights}" + (f":{self.preset}" if self.preset else "")
+        return f"{self.loaded.source_sha256()}:{self.weights}" + (f":{self.preset}" if self.preset else "")
 
 
 _REVISION = re.compile(r"[A-Za-z0-9][\w./-]{0,254}", re.ASCII)  # a Hub branch, tag, commit or refs/pr/N
@@ -169,9 +168,10 @@ def _export_source(
     """An export folder as a model source: its manifest read and checked (`check` at the export's own image size,
     whatever its config's native one); options that go with a checkpoint file are refused, and so is an owner key
     path inside the folder (an export holds only the files its manifest lists)."""
-    from dip_export.export.manifest import read_manifest
+    from dip_export.export.manifest import check_is_export, read_manifest
     from dip_export.ownership import check_key_apart
 
+    check_is_export(target)  # a folder with no manifest is no export: nothing else about it is worth saying
     if checkpoint_options:
         raise UsageError(f"{text} is an export folder: --weights, --trust-checkpoint and --preset go with a checkpoint file")
     check_key_apart([("the export folder", target)])  # the key, made during the run, would become a file of the export's
@@ -573,7 +573,8 @@ class DiPPipeline:
         fields = {OVERRIDE_ALIASES.get(name, name): value for name, value in overrides.items() if value is not None}
         unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(SamplerSettings)})
         if unknown:
-            raise UsageError(f"unknown sampler setting(s): {', '.join(unknown)}")
+            more = f" (+{len(unknown) - 8} more)" if len(unknown) > 8 else ""
+            raise UsageError(f"unknown sampler setting(s): {', '.join(name_text(n) for n in unknown[:8])}{more}")
         from dip_export.sampling.grids import with_fitted_solver, with_stored_grid
         from dip_export.sampling.rules import GuidanceNeverAppliesError
 
@@ -754,8 +755,8 @@ def _planned_count(classes: Any, seeds: Any, num_samples: Any) -> int | None:
         return exact_int(num_samples, "num_samples", 1, MAX_SAMPLES)
     lengths = []
     for values in (classes, seeds):  # a list or tuple through its builtin length: a caller's __len__ never runs
-        if type(values) is range:  # no subclass exists; a length past sys.maxsize is past any limit
-            lengths.append(len(values) if values.start.bit_length() < 62 and values.stop.bit_length() < 62 else MAX_SAMPLES + 1)
+        if type(values) is range:  # no subclass exists; its length is exact whatever its ends (the plan checks them)
+            lengths.append(_range_length(values))
         elif issubclass(type(values), list | tuple | np.ndarray):
             items = plain_items(values, "classes/seeds", MAX_SAMPLES)
             if items is not None:
@@ -763,6 +764,12 @@ def _planned_count(classes: Any, seeds: Any, num_samples: Any) -> int | None:
     if not lengths:  # any other kind: the plan reads it (once, bounded) and says what is wrong
         return None
     return exact_int(max(lengths), "the number of classes/seeds", 1, MAX_SAMPLES)
+
+
+def _range_length(values: range) -> int:
+    """A range's exact length, also past sys.maxsize (where `len` overflows)."""
+    step = values.step
+    return max(0, (values.stop - values.start + step - (1 if step > 0 else -1)) // step)
 
 
 def _backend_for(source: ModelSource, backend: str | None) -> BackendSpec:

@@ -280,6 +280,12 @@ def plain_value(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def name_text(name: Any, allowed: str = r"[A-Za-z0-9_]{1,40}") -> str:
+    """A name from a file or a caller (a key, a setting's name) as a message shows it: as it is when short and plain
+    (`allowed`), else as `plain_value` shows it (quoted, escaped, shortened)."""
+    return name if isinstance(name, str) and re.fullmatch(allowed, name) else plain_value(name)
+
+
 DEVICES = ("auto", "cpu", "cuda")
 _CUDA_INDEX = re.compile(r"cuda:[0-9]{1,3}")
 

@@ -34,6 +34,38 @@ def sha256_file(path: Path) -> str:
     return _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
+Stamp = tuple[int, int, int, int, int]
+
+
+def file_stamp(path: Path) -> Stamp:
+    """What changes whenever a file's bytes may have: its device and inode, size, and modification and change times
+    (the change time cannot be set back by hand, so a file rewritten in place or replaced by another never keeps it)."""
+    found = path.stat()
+    return (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns)
+
+
+class ChangedFileError(DipError):
+    """A file that changed after the tool read it: what was read and what the file now holds differ."""
+
+
+def sha256_as_read(path: Path, stamp: Stamp) -> str:
+    """sha256 of `path` as it was when stamped (`file_stamp`): a file changed since is refused, never hashed in place
+    of the bytes that were read."""
+    if _stamp_or_none(path) != stamp:
+        raise ChangedFileError(f"{path} changed after it was read; load it again")
+    digest = sha256_file(path)
+    if _stamp_or_none(path) != stamp:
+        raise ChangedFileError(f"{path} changed while it was hashed; load it again")
+    return digest
+
+
+def _stamp_or_none(path: Path) -> Stamp | None:
+    try:
+        return file_stamp(path)
+    except OSError:
+        return None
+
+
 @functools.lru_cache(maxsize=32)
 def _sha256(path_text: str, size: int, mtime_ns: int, chunk: int = 1 << 22) -> str:
     path = Path(path_text)
@@ -481,7 +513,10 @@ def graph_files(folder: Path, graphs: Iterable[str]) -> list[Path]:
     return sorted(set(found))
 
 
-def source_identity(source: str | Path) -> str:
-    """A checkpoint's identity by content (its sha256); a preset or other non-file source by name."""
+def source_identity(source: str | Path, stamp: Stamp | None = None) -> str:
+    """A checkpoint's identity by content (its sha256, of the bytes read when `stamp` was taken); a preset or other
+    non-file source by name."""
     path = Path(source)
+    if stamp is not None:
+        return f"sha256:{sha256_as_read(path, stamp)}"
     return f"sha256:{sha256_file(path)}" if path.is_file() else str(source)

@@ -25,7 +25,7 @@ from dip_export.ownership import (
     unlisted_entries,
 )
 from dip_export.runtime.catalog import ALL_PRECISIONS
-from dip_export.settings import BUILD_TARGETS, MAX_IMAGE_SIDE, OPSETS, int_text, plain_value, value_kind
+from dip_export.settings import BUILD_TARGETS, MAX_IMAGE_SIDE, OPSETS, int_text, name_text, plain_value, value_kind
 from dip_export.untrusted import UntrustedFileError, contained, name_problem, read_json
 
 MANIFEST = MANIFEST_NAME
@@ -116,12 +116,18 @@ def marked_fields(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in json.loads(json.dumps(data)).items() if k != "owner_mac"}
 
 
+def check_is_export(folder: Path) -> Path:
+    """The path of the manifest a folder given as an export holds (a folder with none is refused: it is no export)."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file() and not path.is_symlink():
+        raise ExportError(f"{folder} is not an export folder (no {MANIFEST}); run `dip-export onnx` first")
+    return path
+
+
 def read_manifest(folder: Path) -> Manifest:
     """The manifest of an export folder, checked against its schema and its ONNX files before use."""
     folder = Path(folder)
-    path = folder / MANIFEST
-    if not path.is_file() and not path.is_symlink():
-        raise ExportError(f"{folder} is not an export folder (no {MANIFEST}); run `dip-export onnx` first")
+    path = check_is_export(folder)
     try:
         data = read_json(path, folder=folder, what="manifest", max_bytes=MAX_MANIFEST_BYTES)
     except UntrustedFileError as err:
@@ -214,12 +220,7 @@ def _short_text(table: dict[str, Any], keys: Iterable[str], what: str, limit: in
         value = table[key]
         if not isinstance(value, str) or len(value) > limit:
             got = f"{len(value)} characters" if isinstance(value, str) else type(value).__name__
-            raise ValueError(f"{what}{_key_text(key)} must be a string of at most {limit} characters, got {got}")
-
-
-def _key_text(key: Any) -> str:
-    """A stored key as a message names it: as it is when a short plain name, else quoted and shortened."""
-    return key if isinstance(key, str) and re.fullmatch(r"[A-Za-z0-9_]{1,40}", key) else plain_value(key)
+            raise ValueError(f"{what}{name_text(key)} must be a string of at most {limit} characters, got {got}")
 
 
 def _typed(data: dict[str, Any], key: str, kind: type, required: bool = True) -> None:

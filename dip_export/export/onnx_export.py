@@ -31,7 +31,6 @@ from dip_export.io import EXPORT_ROOT, atomic_dir, settle_swap
 from dip_export.messages import say, say_lines
 from dip_export.model import DiP
 from dip_export.settings import OPSETS, exact_int, one_of
-from dip_export.untrusted import sha256_file
 
 if TYPE_CHECKING:
     from dip_export.export.calibration import CalibrationSettings
@@ -78,8 +77,8 @@ def source_info(loaded: LoadedModel) -> dict[str, str]:
     identity (`LoadedModel.identity`), which decides whether an export may stand in for the model."""
     path = Path(loaded.source)
     found = {"path": loaded.source, "sha256": ""}
-    if path.is_file():
-        found = {"path": str(path.resolve()), "sha256": sha256_file(path)}
+    if path.is_file() or loaded.stamp is not None:
+        found = {"path": str(path.resolve()), "sha256": loaded.source_sha256()}
     return {**found, "weights": loaded.weights, "identity": loaded.identity}
 
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from dip_export import DiPPipeline, cli
 from dip_export.checkpoint import DEMO_CHECKPOINT
-from dip_export.errors import UsageError
+from dip_export.errors import ExportError, UsageError
 from dip_export.sampling import SamplerSettings
 from dip_export.settings import _DECIMAL_TEXT, MAX_SEED, decimal_text, exact_int, finite_float, optional_callable
 from tests.test_hostile import one_line, run
@@ -427,3 +427,20 @@ def test_settings_whose_class_lies_are_refused(pipe, no_sampling):
 
     with pytest.raises(UsageError, match="settings must be a SamplerSettings"):
         pipe(classes=[1], seeds=[0], settings=Lie())
+
+
+@pytest.mark.parametrize("where", ["/", ".", "parent", "itself"])
+def test_a_folder_with_no_manifest_is_no_export_wherever_the_owner_key_lies(tmp_path, monkeypatch, where):
+    """The owner key's place is checked against an export folder only: a folder with no manifest holding the key
+    (the root, the working folder) is named as no export, not sent to move the key."""
+    folder = tmp_path / "plain"
+    (folder / "sub").mkdir(parents=True)
+    monkeypatch.setenv("DIP_EXPORT_KEY_FILE", str(folder / "sub" / "owner.key"))
+    monkeypatch.chdir(folder)
+    given = {"/": "/", ".": ".", "parent": str(folder), "itself": str(folder / "sub")}[where]
+    with pytest.raises(ExportError) as caught:
+        DiPPipeline.load(given)
+    assert str(caught.value) == f"{given} is not an export folder (no manifest.json); run `dip-export onnx` first"
+    if where != "/":  # every output lies inside the root: refused as such first
+        code, err = run(cli.sample_main, given, "--out", tmp_path / "x.npz")
+        one_line(code, err, 1, "is not an export folder (no manifest.json)")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dip_export import DiPPipeline
 from dip_export.errors import DipError, UsageError
+from dip_export.pipeline import _planned_count
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +123,24 @@ def test_one_setting_under_two_names_is_refused(pipe):
 def test_engine_sizes_are_checked(pipe, size):
     with pytest.raises(UsageError):
         pipe.engine(size=size)
+
+
+@settings(max_examples=200, deadline=None)
+@given(start=st.integers(-(2**80), 2**80), span=st.integers(-50, 50), step=st.integers(-9, 9).filter(bool))
+def test_a_range_of_any_ends_counts_as_many_items_as_it_holds(start, span, step):
+    """The count a call plans from a range is its exact length, whatever the size of its ends (the seeds' own
+    bounds are the plan's to check): `len` itself overflows past sys.maxsize."""
+    values = range(start, start + span, step)
+    expected = sum(1 for _ in zip(values, range(200), strict=False))
+    assert _planned_count([0], values, None) == max(expected, 1)  # one class and the range: the longer counts
+
+
+def test_seeds_as_a_range_near_the_seed_limit_sample_as_the_same_list_does(pipe):
+    top = 2**63 - 1
+    as_range = pipe(classes=[3], seeds=range(top - 1, top + 1), steps=2, sampler="euler")
+    as_list = pipe(classes=[3], seeds=[top - 1, top], steps=2, sampler="euler")
+    assert np.array_equal(as_range, as_list)
+    with pytest.raises(UsageError, match=r"--seeds must be in 0\.\.9223372036854775807"):
+        pipe(classes=[3], seeds=range(top, top + 2), steps=2, sampler="euler")
+    with pytest.raises(UsageError, match=r"the number of classes/seeds must be in 1\.\.\d+, got 1180591620717411303424$"):
+        pipe(classes=[3], seeds=range(2**70), steps=2, sampler="euler")
