@@ -220,7 +220,10 @@ def parse_json(data: bytes | str, source: str, max_depth: int = MAX_DEPTH) -> An
         return obj
 
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=no_constant, parse_float=finite, object_pairs_hook=unique_keys)
+        found = json.loads(raw.decode("utf-8"), parse_constant=no_constant, parse_float=finite, object_pairs_hook=unique_keys)
+        if _unusable_text(found):
+            raise UntrustedFileError(f"{source}: a text in it holds a NUL character or a lone surrogate (no name has one)")
+        return found
     except _RepeatedKey:
         raise UntrustedFileError(f"{source}: not valid JSON: an object repeats a key") from None
     except _NotFinite:
@@ -229,6 +232,25 @@ def parse_json(data: bytes | str, source: str, max_depth: int = MAX_DEPTH) -> An
         reason = err.msg if isinstance(err, json.JSONDecodeError) else type(err).__name__
         where = f" (line {err.lineno})" if isinstance(err, json.JSONDecodeError) else ""
         raise UntrustedFileError(f"{source}: not valid JSON{where}: {reason}") from None
+
+
+_UNUSABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _unusable_text(found: Any) -> bool:
+    """Whether a key or text anywhere in parsed JSON holds a NUL or a lone surrogate: no file name or message can."""
+    stack = [found]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _UNUSABLE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def read_json(

@@ -151,6 +151,9 @@ def manifest_error(err: Exception) -> str:
     return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
+MAX_TOLERANCE = 1.0  # the widest any check of the tool's uses is 0.3 (fp8)
+
+
 def _check_verification(report: dict[str, Any]) -> None:
     """An export's check against PyTorch, where it records one: the tool writes none that failed (above the tolerance
     nothing is written), so a report that did not pass is a manifest changed or not the tool's."""
@@ -162,6 +165,8 @@ def _check_verification(report: dict[str, Any]) -> None:
     numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (worst, tolerance))
     if worst is not None and (not numbers or not worst <= tolerance):  # type: ignore[operator]
         raise ValueError("verification.worst_rel is not within its tolerance: this export did not match PyTorch")
+    if tolerance is not None and (not numbers or not 0 < tolerance <= MAX_TOLERANCE):  # type: ignore[operator]
+        raise ValueError(f"verification.tolerance must be a number in (0, {MAX_TOLERANCE}]: a wider one checks nothing")
 
 
 def parse_manifest(data: Any) -> Manifest:
@@ -184,6 +189,8 @@ def parse_manifest(data: Any) -> Manifest:
         _typed(data, key, dict, required=False)
     _typed(data, "owner_mac", str, required=False)
     _short_text(data, ["name"], "", 200)
+    if data["name"] in ("", ".", "..") or "/" in data["name"]:
+        raise ValueError(f"name must be a model's name, one part of a folder name, got {plain_value(data['name'])}")
     _short_text(data["versions"], data["versions"], "versions.", 100)
     _short_text(data["source"], data["source"], "source.", 4096)  # an absolute checkpoint path and its sha256
     if data["precision"] not in PRECISIONS:

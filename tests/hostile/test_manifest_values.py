@@ -120,3 +120,53 @@ def test_a_manifest_naming_a_graph_oddly_is_refused(pristine: Path, tmp_path: Pa
         DiPPipeline.load(folder)
     code, err = run(cli.sample_main, folder, "--num-samples", "1", "--out", tmp_path / "o.npz")
     one_line(code, err, 1, "backbone path in the manifest")
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@FAST
+@given(value=JSON_VALUES, bad=st.sampled_from(["\x00", "\ud800", "\udfff", "a\x00b"]), as_key=st.booleans())
+def test_a_nul_or_lone_surrogate_anywhere_in_json_is_refused(value: Any, bad: str, as_key: bool) -> None:
+    """No name or message can hold these: the one JSON reader refuses them wherever they are (a key or a text at
+    any depth); the same JSON without them reads back as itself."""
+    if _unusable(value):  # drawn already holding one
+        with pytest.raises(UntrustedFileError, match="NUL character or a lone surrogate"):
+            parse_json(json.dumps(value), "x.json")
+    else:
+        assert parse_json(json.dumps(value), "x.json") == value
+    placed = {bad: value} if as_key else [value, {"k": [bad]}]
+    with pytest.raises(UntrustedFileError, match="NUL character or a lone surrogate"):
+        parse_json(json.dumps(placed), "x.json")
+
+
+def _unusable(value: Any) -> bool:
+    return "\\u0000" in json.dumps(value) or any(0xD800 <= ord(c) <= 0xDFFF for c in json.dumps(value, ensure_ascii=False))
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (lambda d: d.update(name=""), "name must be a model's name"),
+        (lambda d: d.update(name=".."), "name must be a model's name"),
+        (lambda d: d.update(name="a/b"), "name must be a model's name"),
+        (lambda d: d.update(name="dip\x00digits"), "NUL character"),
+        (lambda d: d["verification"].update(tolerance=1e308, worst_rel=1e300), "verification.tolerance must be"),
+        (lambda d: d["verification"].update(tolerance=0, worst_rel=0), "verification.tolerance must be"),
+        (lambda d: d["verification"].update(tolerance=-1.0, worst_rel=-2.0), "verification.tolerance must be"),
+    ],
+)
+def test_a_manifest_whose_name_or_tolerance_means_nothing_is_refused_on_every_surface(pristine, tmp_path, change, words):
+    folder = Path(shutil.copytree(pristine, tmp_path / "exp"))
+    data = _data(folder)
+    change(data)
+    (folder / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(DipError, match=words):
+        DiPPipeline.load(folder)
+    code, err = run(cli.sample_main, folder, "--num-samples", "1", "--out", tmp_path / "o.npz")
+    one_line(code, err, 1, words.replace("\\", ""))
+    assert not (tmp_path / "o.npz").exists()
