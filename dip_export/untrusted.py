@@ -29,9 +29,9 @@ from dip_export.errors import DipError
 
 
 def sha256_file(path: Path) -> str:
-    """sha256 of a file, computed once per (path, size, mtime): a 2.5 GB checkpoint takes seconds."""
-    stat = path.stat()
-    return _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    """sha256 of a file, computed once per path and `file_stamp` (a 2.5 GB checkpoint takes seconds): a file rewritten
+    or replaced keeping its size and modification time (`cp -p`, `touch -r`) has another change time or inode."""
+    return _sha256(str(path.resolve()), file_stamp(path))
 
 
 Stamp = tuple[int, int, int, int, int]
@@ -67,7 +67,7 @@ def _stamp_or_none(path: Path) -> Stamp | None:
 
 
 @functools.lru_cache(maxsize=32)
-def _sha256(path_text: str, size: int, mtime_ns: int, chunk: int = 1 << 22) -> str:
+def _sha256(path_text: str, stamp: Stamp, chunk: int = 1 << 22) -> str:
     path = Path(path_text)
     digest = hashlib.sha256()
     with path.open("rb") as f:

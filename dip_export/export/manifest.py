@@ -26,7 +26,7 @@ from dip_export.ownership import (
 )
 from dip_export.runtime.catalog import ALL_PRECISIONS
 from dip_export.settings import BUILD_TARGETS, MAX_IMAGE_SIDE, OPSETS, int_text, name_text, plain_value, value_kind
-from dip_export.untrusted import UntrustedFileError, contained, name_problem, read_json
+from dip_export.untrusted import Stamp, UntrustedFileError, contained, file_stamp, name_problem, read_json
 
 MANIFEST = MANIFEST_NAME
 FORMAT = EXPORT_FORMAT_PREFIX + "1"
@@ -201,6 +201,7 @@ def parse_manifest(data: Any) -> Manifest:
     if not isinstance(data["config"], dict):
         raise TypeError("config must be an object")
     _check_files(data["files"], required=ROLES)
+    _check_contents(data.get("contents", {}))
     for precision, entry in data.get("engines", {}).items():
         if not isinstance(entry, dict) or not isinstance(entry.get("files"), dict):
             raise ValueError(f"engines entry {plain_value(precision)} must be an object with files")
@@ -249,6 +250,20 @@ def _check_files(files: dict[str, Any], required: tuple[str, ...] = ()) -> None:
         raise TypeError(f"files entry {plain_value(bad[0])} must be a relative path (a string)")
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_contents(contents: dict[str, Any]) -> None:
+    """Each listed file as the export wrote it: a plain relative name, its size in bytes and its sha256."""
+    for rel, entry in contents.items():
+        size = entry.get("size") if isinstance(entry, dict) else None
+        digest = entry.get("sha256") if isinstance(entry, dict) else None
+        sized = type(size) is int and size >= 0
+        if not plain_relative(rel) or not sized or not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            raise ValueError(f"contents entry {name_text(rel, r'[A-Za-z0-9_./-]{1,80}')} must be a plain file name with "
+                             "its size and sha256")  # fmt: skip
+
+
 def plain_relative(rel: str) -> bool:
     """A path named as written by this tool: relative, no empty or '.' part, no trailing '/', so that one file has
     one name only (`./backbone.onnx` and `backbone.onnx/` are not it). A '..' part is the containment rules' to
@@ -283,8 +298,7 @@ def check_graph(folder: Path, path: Path, role: str, manifest: Manifest) -> int:
     if spec is None:
         raise ExportError(f"{folder}: unknown sub-model {plain_value(role)} in the manifest")
     io = tuple((t.name, tuple(d if isinstance(d, int) else None for d in t.shape)) for t in spec.inputs + spec.outputs)
-    stat = path.stat()
-    problem, elements, largest = _graph_problem(str(path.resolve()), stat.st_size, stat.st_mtime_ns, str(folder.resolve()),
+    problem, elements, largest = _graph_problem(str(path.resolve()), file_stamp(path), str(folder.resolve()),
                                                 manifest.precision, io, manifest.config.num_classes,
                                                 manifest.opset, manifest.target)  # fmt: skip
     if problem:
@@ -445,22 +459,23 @@ def _check_recorded(folder: Path, path: Path, manifest: Manifest) -> None:
     rel = path.relative_to(folder).as_posix() if path.is_relative_to(folder) else None
     entry = manifest.contents.get(rel) if rel is not None else None
     if not isinstance(entry, dict):
-        return  # not listed (an export of an older version): the checks above are all there is
-    stat = path.stat()
-    if stat.st_size != entry.get("size") or _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns) != entry.get("sha256"):
+        if manifest.contents:  # a list that leaves this graph out: the graph is not one the export wrote
+            raise ExportError(f"{path}: not among the files {MANIFEST} lists as written by the export")
+        return  # no list at all (an export of an older version): the checks above are all there is
+    stamp = file_stamp(path)
+    if stamp[2] != entry.get("size") or _sha256(str(path.resolve()), stamp) != entry.get("sha256"):
         raise ExportError(f"{path}: changed since export (its size or sha256 is not the one {MANIFEST} records)")
 
 
 @functools.lru_cache(maxsize=64)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
+def _sha256(path: str, stamp: Stamp) -> str:  # once per file as it is (`file_stamp`)
     return file_sha256(Path(path))
 
 
 @functools.lru_cache(maxsize=64)
 def _graph_problem(
     path: str,
-    size: int,
-    mtime_ns: int,
+    stamp: Stamp,  # the file as it is: its result is kept for that file only
     folder: str,
     precision: str,
     io: tuple[Any, ...],
@@ -480,7 +495,7 @@ def _graph_problem(
         return f"not a readable ONNX model ({type(err).__name__})", 0, (0, 0, 0)
     graph = model.graph
     elements = sum(math.prod(max(int(d), 0) for d in tensor.dims) for tensor in graph.initializer)
-    problem = _structure_problem(graph, model, size, path, precision, io, num_classes, opset, target)
+    problem = _structure_problem(graph, model, stamp[2], path, precision, io, num_classes, opset, target)
     if problem:
         return problem, elements, (0, 0, 0)
     weight = max((math.prod(max(int(d), 0) for d in tensor.dims) for tensor in graph.initializer), default=0)

@@ -4,6 +4,7 @@ on-the-fly export's label, a pipeline's content key), never hashed in place of w
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -81,3 +82,32 @@ def test_a_pipeline_whose_checkpoint_was_replaced_after_load_neither_exports_nor
     assert sorted((tmp_path / "engines").rglob("*.onnx")) == []  # no export labelled with the new file
     fresh = DiPPipeline.load(path, backend="torch", device="cpu")  # loaded again: the new file, its own identity
     assert fresh.source.identity.startswith(sha256_file(path))
+
+
+@FAST
+@given(offsets=st.lists(st.integers(0, 1 << 20), min_size=1, max_size=4), replace=st.booleans())
+def test_a_file_rewritten_keeping_its_size_and_times_is_hashed_anew_in_the_same_process(
+    tmp_path: Path, offsets: list[int], replace: bool
+) -> None:
+    """The hash cache is keyed by the file as it is (inode and change time too): `cp -p` or `touch -r` over a file
+    never gives back the hash of the bytes it held before, and a model loaded again has the new content's identity."""
+    path = tmp_path / "model.safetensors"
+    shutil.copyfile(DEMO_CHECKPOINT, path)
+    first = load_checkpoint(path).identity
+    for offset in offsets:
+        if replace:
+            other = tmp_path / "other.safetensors"
+            shutil.copyfile(path, other)
+            _rewrite_in_place(other, offset, keep_times=False)
+            stat = path.stat()
+            os.utime(other, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+            other.replace(path)
+        else:
+            _rewrite_in_place(path, offset, keep_times=True)
+        assert sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    changed = path.read_bytes() != DEMO_CHECKPOINT.read_bytes()
+    try:
+        again = load_checkpoint(path).identity
+    except DipError:  # the flipped byte made the file unreadable: nothing to compare
+        return
+    assert (again != first) == changed

@@ -6,6 +6,7 @@ The peak is checked against a step-by-step simulation on random graphs, then thr
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -91,7 +92,8 @@ def _fan_out(export: Path, count: int) -> None:
     graph.node.extend(nodes)
     onnx.save(model, str(export / "backbone.onnx"))
     manifest = json.loads((export / "manifest.json").read_text())
-    manifest.get("contents", {}).pop("backbone.onnx", None)
+    graph_bytes = (export / "backbone.onnx").read_bytes()  # listed as written, so only the graph's form is judged
+    manifest["contents"]["backbone.onnx"] = {"size": len(graph_bytes), "sha256": hashlib.sha256(graph_bytes).hexdigest()}
     (export / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -137,7 +139,8 @@ def _squared(export: Path) -> None:
                               numpy_helper.from_array(np.array([0, 1, 2, 3], np.int64), "sq_a")])  # fmt: skip
     onnx.save(model, str(export / "backbone.onnx"))
     manifest = json.loads((export / "manifest.json").read_text())
-    manifest.get("contents", {}).pop("backbone.onnx", None)
+    graph_bytes = (export / "backbone.onnx").read_bytes()  # listed as written, so only the graph's form is judged
+    manifest["contents"]["backbone.onnx"] = {"size": len(graph_bytes), "sha256": hashlib.sha256(graph_bytes).hexdigest()}
     (export / "manifest.json").write_text(json.dumps(manifest))
 
 

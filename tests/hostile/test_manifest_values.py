@@ -170,3 +170,31 @@ def test_a_manifest_whose_name_or_tolerance_means_nothing_is_refused_on_every_su
     code, err = run(cli.sample_main, folder, "--num-samples", "1", "--out", tmp_path / "o.npz")
     one_line(code, err, 1, words.replace("\\", ""))
     assert not (tmp_path / "o.npz").exists()
+
+
+CONTENTS_CHANGES = {
+    "a text for an entry": lambda c, g: c.update({g: "x"}),
+    "a negative size": lambda c, g: c[g].update(size=-1),
+    "a size as text": lambda c, g: c[g].update(size=str(c[g]["size"])),
+    "a short sha256": lambda c, g: c[g].update(sha256=c[g]["sha256"][:63]),
+    "an upper-case sha256": lambda c, g: c[g].update(sha256=c[g]["sha256"].upper()),
+    "a name not plain": lambda c, g: c.update({"./" + g: c.pop(g)}),
+    "the graph left out": lambda c, g: c.pop(g),
+}
+
+
+@pytest.mark.parametrize("change", sorted(CONTENTS_CHANGES))
+def test_a_contents_list_that_does_not_record_the_graphs_as_written_is_refused(pristine, tmp_path, change):
+    """The list of written files is what a graph is checked against (size and sha256): an entry of another shape,
+    or a list leaving a graph out, would let any graph pass; both are refused, through the API and the command."""
+    folder = Path(shutil.copytree(pristine, tmp_path / "exp"))
+    data = _data(folder)
+    graph = data["files"]["backbone"]
+    assert graph in data["contents"]
+    CONTENTS_CHANGES[change](data["contents"], graph)
+    (folder / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(DipError, match=r"contents entry|not among the files"):
+        DiPPipeline.load(folder)(classes=[1], seeds=[0], steps=1, sampler="euler")
+    code, err = run(cli.sample_main, folder, "--num-samples", "1", "--steps", "1", "--out", tmp_path / "o.npz")
+    assert code == 1 and ("contents entry" in err or "not among the files" in err), err
+    assert not (tmp_path / "o.npz").exists()
