@@ -14,7 +14,8 @@ from dip_export.errors import UsageError
 from dip_export.settings import SAMPLING_DEFAULTS
 
 SECRET = "hf_SeCrEt"
-TEXT = st.text(min_size=1, max_size=20).map(lambda t: SECRET + t)  # every stored string carries the secret
+NAMEABLE = st.characters(exclude_characters="\x00", exclude_categories=["Cs"])  # JSON texts refuse NUL and lone surrogates
+TEXT = st.text(NAMEABLE, min_size=1, max_size=20).map(lambda t: SECRET + t)  # every stored string carries the secret
 ENTRY = st.fixed_dictionaries({"nfe": st.integers(1, 30) | TEXT, "cfg": st.just([1.0, 2.0]) | TEXT,
                                "interval": st.just([0.1, 1.0]), "shift": st.just(1.0) | TEXT, "sampler": TEXT,
                                "grid": st.just([0.0, 1.0])})  # fmt: skip
