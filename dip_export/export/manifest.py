@@ -188,9 +188,7 @@ def parse_manifest(data: Any) -> Manifest:
     for key in ("verification", "sampling", "engines", "extra", "contents"):
         _typed(data, key, dict, required=False)
     _typed(data, "owner_mac", str, required=False)
-    _short_text(data, ["name"], "", 200)
-    if data["name"] in ("", ".", "..") or "/" in data["name"]:
-        raise ValueError(f"name must be a model's name, one part of a folder name, got {plain_value(data['name'])}")
+    _check_name(data)
     _short_text(data["versions"], data["versions"], "versions.", 100)
     _short_text(data["source"], data["source"], "source.", 4096)  # an absolute checkpoint path and its sha256
     if data["precision"] not in PRECISIONS:
@@ -220,6 +218,13 @@ def parse_manifest(data: Any) -> Manifest:
     if any(v % patch for v in manifest.image_size):
         raise ValueError(f"image_size {size} is not a multiple of the patch size {patch}")
     return manifest
+
+
+def _check_name(data: dict[str, Any]) -> None:
+    """The model's name: a short text that is one part of a folder name (the tool names its folders after it)."""
+    _short_text(data, ["name"], "", 200)
+    if data["name"] in ("", ".", "..") or "/" in data["name"]:
+        raise ValueError(f"name must be a model's name, one part of a folder name, got {plain_value(data['name'])}")
 
 
 def _short_text(table: dict[str, Any], keys: Iterable[str], what: str, limit: int) -> None:

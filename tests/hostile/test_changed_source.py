@@ -35,6 +35,19 @@ def _rewrite_in_place(path: Path, offset: int, keep_times: bool) -> None:
         os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
+def _change(path: Path, offset: int, replace: bool, keep_times: bool) -> None:
+    """One byte of `path` changed: in place, or in a copy moved in under its name with the times of the one read."""
+    if not replace:
+        _rewrite_in_place(path, offset, keep_times)
+        return
+    other = path.with_name("other" + path.suffix)
+    shutil.copyfile(path, other)
+    _rewrite_in_place(other, offset, keep_times=False)
+    stat = path.stat()
+    os.utime(other, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    other.replace(path)
+
+
 @FAST
 @given(offset=st.integers(0, 1 << 30), keep_times=st.booleans(), replace=st.booleans())
 def test_a_checkpoint_changed_after_it_was_read_is_refused_by_every_identity(
@@ -46,15 +59,7 @@ def test_a_checkpoint_changed_after_it_was_read_is_refused_by_every_identity(
     as_read = sha256_file(path)
     assert loaded.source_sha256() == as_read and source_info(loaded)["sha256"] == as_read
     assert loaded.identity == model_identity(path, "ema", loaded.config)  # unchanged: the file's own content
-    if replace:  # another file moved in under the name, its times those of the one read
-        other = tmp_path / "other.safetensors"
-        shutil.copyfile(path, other)
-        _rewrite_in_place(other, offset, keep_times=False)
-        stat = path.stat()
-        os.utime(other, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-        other.replace(path)
-    else:
-        _rewrite_in_place(path, offset, keep_times)
+    _change(path, offset, replace, keep_times)
     for ask in (lambda: loaded.identity, loaded.source_sha256, lambda: source_info(loaded)):
         with pytest.raises(ChangedFileError, match=r"changed after it was read; load it again$"):
             ask()
@@ -95,15 +100,7 @@ def test_a_file_rewritten_keeping_its_size_and_times_is_hashed_anew_in_the_same_
     shutil.copyfile(DEMO_CHECKPOINT, path)
     first = load_checkpoint(path).identity
     for offset in offsets:
-        if replace:
-            other = tmp_path / "other.safetensors"
-            shutil.copyfile(path, other)
-            _rewrite_in_place(other, offset, keep_times=False)
-            stat = path.stat()
-            os.utime(other, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-            other.replace(path)
-        else:
-            _rewrite_in_place(path, offset, keep_times=True)
+        _change(path, offset, replace, keep_times=True)
         assert sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
     changed = path.read_bytes() != DEMO_CHECKPOINT.read_bytes()
     try:
