@@ -37,6 +37,7 @@ from dip_export.ownership import (
     recover_swap,
     swap_in,
 )
+from dip_export.untrusted import unusable_text
 
 
 def _umask() -> int:
@@ -583,6 +584,8 @@ def save_json(path: Path, data: dict[str, object], kind: str) -> None:
 
     if kind not in JSON_KINDS:
         raise ValueError(f"no JSON output kind {kind!r}")
+    if unusable_text(data):  # a name decoded from bytes that are not UTF-8, say: the reader would refuse the file
+        raise DipError(f"cannot write {path}: a text in it holds a NUL character or a lone surrogate")
     with atomic_path(path, kind) as tmp:
         marked: dict[str, object] = {MARK_KEY: mark(kind)}  # the first field
         marked.update(data)

@@ -221,7 +221,7 @@ def parse_json(data: bytes | str, source: str, max_depth: int = MAX_DEPTH) -> An
 
     try:
         found = json.loads(raw.decode("utf-8"), parse_constant=no_constant, parse_float=finite, object_pairs_hook=unique_keys)
-        if _unusable_text(found):
+        if unusable_text(found):
             raise UntrustedFileError(f"{source}: a text in it holds a NUL character or a lone surrogate (no name has one)")
         return found
     except _RepeatedKey:
@@ -237,8 +237,9 @@ def parse_json(data: bytes | str, source: str, max_depth: int = MAX_DEPTH) -> An
 _UNUSABLE = re.compile("[\x00\ud800-\udfff]")
 
 
-def _unusable_text(found: Any) -> bool:
-    """Whether a key or text anywhere in parsed JSON holds a NUL or a lone surrogate: no file name or message can."""
+def unusable_text(found: Any) -> bool:
+    """Whether a key or text anywhere in JSON data holds a NUL or a lone surrogate: no file name or message can (the
+    reader refuses such a file, so no writer writes one)."""
     stack = [found]
     while stack:
         item = stack.pop()

@@ -71,6 +71,11 @@ def test_a_file_is_replaced_only_by_a_writer_of_its_own_kind(tmp_path: Path, wri
 def test_each_json_writer_puts_its_own_kind_s_mark(tmp_path: Path, kind: str, data: dict[str, int]) -> None:
     path = tmp_path / "o.json"
     path.unlink(missing_ok=True)  # one folder for every example
+    if any(ch == "\x00" or "\ud800" <= ch <= "\udfff" for key in data for ch in key):  # what the reader refuses
+        with pytest.raises(DipError, match=r"^cannot write .*: a text in it holds a NUL character or a lone surrogate$"):
+            save_json(path, data, kind)
+        assert not path.exists()
+        return
     save_json(path, data, kind)
     assert json.loads(path.read_text())[MARK_KEY] == mark(kind)
     assert [k for k in MARKED if is_ours(path, k)] == [kind]
