@@ -676,9 +676,10 @@ def resolve_model(
         one_of(weights, "--weights", ("ema", "raw"))
     if checkpoint is None and preset is not None and (weights is not None or trust):  # nothing to apply to: refused
         raise UsageError(f"--weights and --trust-checkpoint go with a checkpoint file; --preset {preset} has random weights")
+    if checkpoint is not None and preset is not None:  # a preset is a whole model: its config is no file's
+        raise UsageError(f"give a checkpoint or --preset {preset}, not both")
     if checkpoint is not None:
-        config = get_preset(preset) if preset is not None else None
-        return load_checkpoint(checkpoint, weights=weights or "ema", trust=trust, config=config, check=check)
+        return load_checkpoint(checkpoint, weights=weights or "ema", trust=trust, check=check)
     if preset is not None:
         config = get_preset(preset)
         _check_config(f"preset {preset}", config, check)

@@ -415,13 +415,15 @@ RESERVED = {  # under EXPORT_ROOT: the tool's own caches there (measure.autoback
     "auto-backend.json": "the --backend auto cache",
     "yardstick": "the yardstick reference folder",
 }
+ARTIFACT_FOLDER = "the folder of on-the-fly exports and caches"  # EXPORT_ROOT itself: no output takes its place
 
 
 def artifact_around(path: Path) -> str | None:
     """The artifact of this tool `path` would lie inside or be, named (an export, a shard folder, an export folder
     the tool makes on the fly under engines/ with its calibration cache, the tool's own caches there: the --backend
-    auto cache and the yardstick folder, which `path` may not be either); None if none. Artifacts are replaced or
-    read whole: nothing else goes inside one. Looked up by name and after resolving symlinks."""
+    auto cache and the yardstick folder, which `path` may not be either, nor engines/ itself); None if none.
+    Artifacts are replaced or read whole: nothing else goes inside one. Looked up by name and after resolving
+    symlinks."""
     export = enclosing_export(path)
     if export is not None:
         return f"the export {export}"
@@ -430,6 +432,8 @@ def artifact_around(path: Path) -> str | None:
         if parent.name.endswith(SHARD_FOLDER_SUFFIX):
             return f"the shard folder {parent}"
     root, resolved = (Path.cwd() / EXPORT_ROOT).resolve(), absolute.resolve()
+    if resolved == root:
+        return f"{ARTIFACT_FOLDER} {EXPORT_ROOT}"
     for name, what in RESERVED.items():
         if resolved == root / name or root / name in resolved.parents:
             return f"{what} {EXPORT_ROOT / name}"
@@ -444,7 +448,7 @@ def check_output_place(path: Path, what: str = "the output") -> None:
     """No output of any command lies inside an artifact of this tool, nor takes the place of one of its caches
     (`artifact_around`): it would be written once and block the artifact's next replacement or reading."""
     artifact = artifact_around(path)
-    if artifact is not None and artifact.startswith(tuple(RESERVED.values())):
+    if artifact is not None and artifact.startswith((*RESERVED.values(), ARTIFACT_FOLDER)):
         raise UsageError(f"{what} {path} takes the place of {artifact}, which only the tool writes; name another place")
     if artifact is not None:
         raise UsageError(f"{what} {path} lies inside {artifact}, which holds only the tool's own files; name a place outside it")

@@ -77,7 +77,6 @@ class ModelSource:
     export_precision: str | None = None
     export_target: str = "onnx"  # the runtime an export's graphs were made for: onnx, or trt (`--target trt`)
     weights: str = "ema"
-    preset: str | None = None
 
     def __post_init__(self) -> None:
         """A source made by hand holds what `DiPPipeline.load` would have put there, or is refused in one line."""
@@ -106,7 +105,7 @@ class ModelSource:
         file = Path(self.loaded.source)
         if self.loaded.stamp is None and not file.is_file():  # a preset: random weights from a fixed seed
             return f"{self.loaded.source}:seed0"
-        return f"{self.loaded.source_sha256()}:{self.weights}" + (f":{self.preset}" if self.preset else "")
+        return f"{self.loaded.source_sha256()}:{self.weights}"
 
 
 _REVISION = re.compile(r"[A-Za-z0-9][\w./-]{0,254}", re.ASCII)  # a Hub branch, tag, commit or refs/pr/N
@@ -173,7 +172,7 @@ def _export_source(
 
     check_is_export(target)  # a folder with no manifest is no export: nothing else about it is worth saying
     if checkpoint_options:
-        raise UsageError(f"{text} is an export folder: --weights, --trust-checkpoint and --preset go with a checkpoint file")
+        raise UsageError(f"{text} is an export folder: --weights and --trust-checkpoint go with a checkpoint file")
     check_key_apart([("the export folder", target)])  # the key, made during the run, would become a file of the export's
     manifest = read_manifest(target)
     if check is not None:
@@ -229,6 +228,8 @@ def _open_source(
 
         preset = exact_str(preset)
         get_preset(preset)
+        if model is not None:  # a preset is a whole model (random weights): never a config laid over a file's
+            raise UsageError(f"give a model (checkpoint, export folder or Hub name) or --preset {preset}, not both")
     if revision is not None:
         revision = exact_str(revision)
         if not isinstance(revision, str):
@@ -247,7 +248,7 @@ def _open_source(
             settle_export_swap(text)  # an export a killed swap left as its backup is back in place before it is read
         target = resolve_hub_checkpoint(text, revision) if hub else Path(text)
         if target.is_dir():
-            return _export_source(text, target, weights is not None or trust_checkpoint or preset is not None, check)
+            return _export_source(text, target, weights is not None or trust_checkpoint, check)
     elif revision is not None:
         raise UsageError("--revision goes with a Hugging Face Hub name (org/name)")
     loaded = resolve_model(target, preset, weights=weights, trust=trust_checkpoint, check=check)
@@ -255,7 +256,6 @@ def _open_source(
         loaded.name = hub_model_name(text, revision)
     return ModelSource(
         loaded.name, loaded.config, dict(loaded.sampling), loaded=loaded, path=target, weights=weights or "ema",
-        preset=preset if target is not None else None,
     )  # fmt: skip
 
 

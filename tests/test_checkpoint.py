@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from dip_export.checkpoint import infer_config, load_checkpoint, resolve_model, save_checkpoint
+from dip_export.config import get_preset
 from dip_export.errors import CheckpointError, UsageError
 from tests.conftest import lightning_checkpoint
 
@@ -102,7 +103,7 @@ def test_wrong_architecture_lists_the_problems(tmp_path, golden):
     bare = tmp_path / "golden.pt"
     torch.save(golden.state, bare)
     with pytest.raises(CheckpointError, match=r"config does not match the weights: hidden_size 384 \(weights: 96\)"):
-        resolve_model(bare, preset="dip-s-16")
+        load_checkpoint(bare, config=get_preset("dip-s-16"))
 
 
 def test_unknown_preset(tmp_path):

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 import dip_export.checkpoint
 import dip_export.hub
 from dip_export import DiPPipeline, cli
+from dip_export.checkpoint import resolve_model  # bound before `no_model` replaces the module's
 from dip_export.config import PRESETS
 from dip_export.errors import UsageError
 from dip_export.settings import FORECASTS, MAX_CLASS, MAX_SHIFT, SOLVERS
@@ -153,3 +154,29 @@ def test_the_api_call_refuses_before_any_engine(demo_pipe: DiPPipeline, monkeypa
     with pytest.raises(UsageError) as caught:
         demo_pipe(**{"seeds": [0], "classes": [1], **call})
     assert len(str(caught.value).splitlines()) == 1
+
+
+@FAST
+@given(
+    preset=st.sampled_from(sorted(PRESETS)), where=st.sampled_from(["org/name", "org/n/x.pt", "x.pt", "no.safetensors", "exp"])
+)
+def test_a_model_and_a_preset_together_are_refused_before_any_model(
+    tmp_path: Path, no_model: list, preset: str, where: str
+) -> None:
+    """A preset is a whole model (random weights): with a checkpoint, an export folder or a Hub name it is refused
+    as the pair it is, before the file is read or the Hub asked, on every command and in the Python API."""
+    (tmp_path / "x.pt").write_bytes(b"weights")
+    (tmp_path / "exp").mkdir(exist_ok=True)
+    model = where if where.startswith("org/") else str(tmp_path / where)
+    for main, extra in ((cli.sample_main, ["--out", tmp_path / "a.npz"]), (cli.bench_main, []),
+                        (cli.export_main, ["--output-dir", tmp_path / "e"])):  # fmt: skip
+        args = ["onnx", model] if main is cli.export_main else [model]
+        code, err = run(main, *args, "--preset", preset, *extra)
+        one_line(code, err, 2, f"--preset {preset}", "not both")
+    with pytest.raises(
+        UsageError, match=rf"^give a model \(checkpoint, export folder or Hub name\) or --preset {preset}, not both$"
+    ):
+        DiPPipeline.load(model, preset=preset)
+    with pytest.raises(UsageError, match=rf"^give a checkpoint or --preset {preset}, not both$"):
+        resolve_model(model, preset)  # the lower layer: the same pair refused
+    assert no_model == [] and not (tmp_path / "a.npz").exists() and not (tmp_path / "e").exists()

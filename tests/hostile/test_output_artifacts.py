@@ -32,8 +32,12 @@ from dip_export.io import (
 )
 from tests.test_hostile import SIZE, one_line, run
 
-# where an output goes -> whether that lies inside an artifact
-PLACES = {
+# where an output goes -> whether that lies inside an artifact (PLACE: takes the place of the tool's own folder)
+PLACE = "place"
+PLACES: dict[str, bool | str] = {
+    "engines": PLACE,  # the folder of on-the-fly exports and caches itself
+    "elink": PLACE,  # a symlink to it
+    "sub/../engines": PLACE,
     "plain/x": False,
     "exp/x": True,
     "exp/a/b/x": True,
@@ -57,6 +61,9 @@ def _artifacts(root: Path) -> None:
         (root / name / "manifest.json").write_text(json.dumps({"format": fmt}))
     if not (root / "link").exists():
         (root / "link").symlink_to(root / "exp")
+    if not (root / "elink").exists():
+        (root / "elink").symlink_to(root / "engines")
+    (root / "sub").mkdir(exist_ok=True)
     (root / "r.npz.parts").mkdir(exist_ok=True)
     (root / "engines").mkdir(exist_ok=True)
 
@@ -82,7 +89,11 @@ def test_an_output_is_refused_exactly_when_it_lies_inside_an_artifact(
     _artifacts(tmp_path)
     before = sorted(str(p) for p in tmp_path.rglob("*"))
     target = tmp_path / place
-    if PLACES[place]:
+    if PLACES[place] == PLACE:
+        own = r"takes the place of the folder of on-the-fly exports and caches engines|is a symlink"
+        with pytest.raises(UsageError, match=own):
+            _check(kind, target)
+    elif PLACES[place]:
         refused = r"lies inside the (export|shard folder|export folder) .*name a place outside it"
         with pytest.raises(UsageError, match=refused) as err:
             _check(kind, target)
@@ -156,7 +167,12 @@ def test_dip_export_writes_nothing_inside_an_artifact(tmp_path: Path, monkeypatc
     one_line(code, err, 2, "--output", "lies inside the export")
     code, err = run(cli.export_main, "trt", "--output-dir", exp, "--timing-cache", exp / "t.cache")
     one_line(code, err, 2, "--timing-cache", "lies inside the export")
+    for target in ("engines", "./engines/", tmp_path / "engines"):  # the tool's own folder: never an export
+        code, err = run(cli.export_main, "onnx", "--output-dir", target)
+        one_line(code, err, 2, "the output folder", "takes the place of the folder of on-the-fly exports")
     with pytest.raises(UsageError, match="lies inside the shard folder"):  # the Python API: the same check
         export_onnx(loaded, image_size=SIZE, output_dir=tmp_path / "r.npz.parts" / "e")
+    with pytest.raises(UsageError, match="takes the place of the folder of on-the-fly exports"):
+        export_onnx(loaded, image_size=SIZE, output_dir=Path("engines"))
     assert _listing(tmp_path) == before
     assert not os.path.exists(EXPORT_ROOT)

@@ -50,7 +50,7 @@ def test_left_out_a_preset_loads(tmp_path):
 
 @pytest.mark.parametrize("weights", ["ema", "raw"])
 def test_given_weights_with_an_export_folder_are_refused(pristine: Path, tmp_path: Path, weights: str) -> None:
-    with pytest.raises(UsageError, match="is an export folder: --weights, --trust-checkpoint and --preset go with"):
+    with pytest.raises(UsageError, match="is an export folder: --weights and --trust-checkpoint go with"):
         DiPPipeline.load(pristine, weights=weights)
     code, err = run(cli.sample_main, pristine, "--weights", weights, "--num-samples", "1", "--out", tmp_path / "o.npz")
     one_line(code, err, 2, "is an export folder: --weights")
