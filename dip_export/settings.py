@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from dip_export.errors import UsageError
+from dip_export.messages import visible
 from dip_export.runtime.catalog import CATALOG
 
 # Upper bounds checked before anything is allocated (a file or an argument cannot ask for terabytes).
@@ -121,8 +122,8 @@ def optional_bool(value: Any, what: str) -> bool | None:
 def one_of(value: Any, what: str, choices: Sequence[str]) -> str:
     value = exact_str(value)
     if not isinstance(value, str) or value not in choices:
-        shown = repr(value) if isinstance(value, str) else type(value).__name__
-        raise UsageError(f"{what} must be one of {', '.join(choices)}, got {shown[:60]}")
+        shown = plain_value(value, 60) if isinstance(value, str) else type(value).__name__
+        raise UsageError(f"{what} must be one of {', '.join(choices)}, got {shown}")
     return value
 
 
@@ -257,12 +258,15 @@ def int_text(number: int) -> str:
 
 
 def plain_value(value: Any, limit: int = 40) -> str:
-    """A short repr of a user's value for a message (the message itself is escaped where printed), made through the
-    builtin types' own slots: no method of a caller's class runs (its __repr__ may raise or lie), and an object of
-    another type is named by its type alone."""
+    """A short form of a user's value for a message, made through the builtin types' own slots: no method of a
+    caller's class runs (its __repr__ may raise or lie), and an object of another type is named by its type alone.
+    Text is quoted with its control characters escaped (`messages.visible`, which printing leaves as it is): no
+    exception carries one, and a value shows escaped once."""
     kind = type(value)
     if issubclass(kind, str):
-        text = str.__repr__(value)
+        raw = str.__str__(value)
+        text = visible(raw)
+        return f"'{text}'" if len(text) + 2 <= limit else "'" + visible(raw, limit + 2)  # cut between escapes
     elif kind is bool or _numpy_own(value, np.bool_):
         text = repr(bool(value))
     elif plain_int(value) is not None:

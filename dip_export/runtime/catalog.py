@@ -10,6 +10,8 @@ import importlib.util
 import sys
 from dataclasses import dataclass
 
+from dip_export.messages import visible
+
 
 @dataclass(frozen=True)
 class BackendInfo:
@@ -118,4 +120,4 @@ def check_packages(modules: tuple[str, ...], what: str, hint: str = "pip install
 
 def _shown(name: object) -> str:
     """A user's backend name as a message shows it: quoted and cut short, or only its kind when it is no string."""
-    return str.__repr__(name[:40]) if isinstance(name, str) else f"a {type(name).__name__}"
+    return f"'{visible(name[:40])}'" if isinstance(name, str) else f"a {type(name).__name__}"

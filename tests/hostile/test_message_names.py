@@ -56,3 +56,45 @@ def test_a_checkpoint_s_unexpected_weight_is_named_in_one_short_line(tmp_path: P
         load_checkpoint(path)
     text = str(caught.value)
     assert "unexpected: " in text and not UNSAFE.search(text) and len(text) < 400
+
+
+# ------------------------------------------------------------- escaped once: in the exception, never again in print
+
+ESCAPE = re.compile(r"\\(n|t|r|x[0-9a-f]{2}|u[0-9a-f]{4})")
+
+
+def _unescape(line: str) -> str:
+    return ESCAPE.sub(lambda m: {"n": "\n", "t": "\t", "r": "\r"}.get(m.group(1)) or chr(int(m.group(1)[1:], 16)), line)
+
+
+VALUE = st.text(st.sampled_from("abq[]/:. \x1b\x07\n\t\r\x7f\u2028"), min_size=1, max_size=20).filter(
+    lambda v: v.strip() == v and v.strip()
+)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(value=VALUE)
+def test_a_value_with_control_characters_is_escaped_once_in_the_exception_and_in_print(value: str) -> None:
+    from dip_export import cli
+    from dip_export.sampling import SamplerSettings
+    from tests.test_hostile import one_line, run
+
+    with pytest.raises(UsageError) as caught:
+        SamplerSettings(method=value)
+    text = str(caught.value)
+    assert not UNSAFE.search(text) and "\\\\" not in text and value in _unescape(text)
+    code, err = run(cli.sample_main, "--sampler", value, "--num-samples", "1", "--out", "never.npz")
+    one_line(code, err, 2, "sampler must be one of")
+    line = err.strip()
+    assert "\\\\" not in line and value in _unescape(line)  # once: `\x1b`, never `\\x1b`
+
+
+@pytest.mark.parametrize("name", ["org\\name", "a\\nb.pt", "c:\\x\\y.safetensors"])
+def test_a_path_with_a_backslash_is_printed_as_typed(tmp_path: Path, monkeypatch, name: str) -> None:
+    from dip_export import cli
+    from tests.test_hostile import one_line, run
+
+    monkeypatch.chdir(tmp_path)
+    code, err = run(cli.sample_main, name, "--num-samples", "1", "--out", "o.npz")
+    one_line(code, err, 1, name)  # as typed: a backslash is not doubled
+    assert name.replace("\\", "\\\\") not in err and not (tmp_path / "o.npz").exists()
