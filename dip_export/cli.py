@@ -24,6 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from dip_export.errors import DipError
 from dip_export.messages import safe_progress, say
+from dip_export.ownership import check_file_text
 from dip_export.runtime.catalog import BENCH_DEFAULT, backend_help
 from dip_export.settings import decimal_text, number_list, whole_text
 from dip_export.signals import dropped
@@ -270,17 +271,47 @@ def _number_parser(annotation: Any) -> Callable[[str], Any] | None:
     return None
 
 
+# the Path parameters that name one file (read or written) and those that name a folder: each is one or the other
+FILE_PARAMS = frozenset({"out", "class_file", "output", "json_out", "plot", "timing_cache"})
+FOLDER_PARAMS = frozenset({"png_dir", "output_dir", "source"})
+
+
+def file_path(text: Any) -> Path:
+    """The parser of every option naming a file: a name ending in '/' names a folder (a Path would drop the '/')."""
+    if isinstance(text, Path):  # a default, not typed by the user
+        return text
+    try:
+        check_file_text(text, "")
+    except DipError as err:
+        raise typer.BadParameter(str(err).strip()) from None
+    return Path(text)
+
+
+def _path_parser(name: str, annotation: Any) -> Callable[[str], Any] | None:
+    if typing.get_origin(annotation) in (types.UnionType, typing.Union):
+        kinds = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        annotation = kinds[0] if len(kinds) == 1 else None
+    if annotation is not Path:
+        return None
+    if name not in FILE_PARAMS | FOLDER_PARAMS:
+        raise TypeError(f"the Path parameter {name} is neither in FILE_PARAMS nor in FOLDER_PARAMS")
+    return file_path if name in FILE_PARAMS else None
+
+
 def strict_numbers(func: F) -> F:
-    """Give every int and float parameter of a command its strict parser (typer's own rounds "2.0" and takes "1_0")."""
+    """Give every int and float parameter of a command its strict parser (typer's own rounds "2.0" and takes "1_0"),
+    and every parameter naming a file its own (`file_path`)."""
     hints = typing.get_type_hints(inspect.unwrap(func), include_extras=True)  # evaluated once: typer sees these objects
-    for hint in hints.values():
+    for name, hint in hints.items():
         if typing.get_origin(hint) is not Annotated:
             continue
         base, *metadata = typing.get_args(hint)
-        parser = _number_parser(base)
+        parser = _number_parser(base) or _path_parser(name, base)
         for info in metadata:
             if parser is not None and isinstance(info, typer.models.ParameterInfo) and info.parser is None:
                 info.parser = parser
+                if parser is file_path and info.metavar is None:
+                    info.metavar = "<path>"  # as click shows a path it parses itself
     for target in {func, inspect.unwrap(func)}:
         target.__annotations__ = dict(hints)
     return func

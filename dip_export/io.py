@@ -25,6 +25,7 @@ from dip_export.ownership import (
     NPZ_COMMENT,
     PNG_KEY,
     PNG_KINDS,
+    check_file_text,
     check_free_space,
     check_output_name,
     check_outputs_apart,
@@ -115,6 +116,7 @@ def atomic_path(target: Path, kind: str | None = None) -> Iterator[Path]:
     for that kind, checked before and again after the block, and the new file must carry the mark itself.
     Inside `output_group()` the rename waits for the group's end, with the others.
     """
+    check_file_text(target)
     target = Path(target)
     check_output_file(target, probe=False)  # the temporary made below is the write test
     if kind is not None:
@@ -510,6 +512,7 @@ def check_output_file(path: Path, probe: bool = True) -> None:
     """A file output may be created or replace a regular file; never a folder. Checked before any work (and for
     every file the tool writes, its own inside its artifacts too: where a command's outputs may go is
     `check_outputs`)."""
+    check_file_text(path)
     path = Path(path)
     check_output_name(path)
     if path.is_symlink():

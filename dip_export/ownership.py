@@ -354,6 +354,13 @@ def check_replaceable_output(path: Path | str, kind: str) -> None:
 MAX_NEW_FOLDERS = 32  # folders an output path may create below the nearest existing one
 
 
+def check_file_text(text: Path | str, what: str = "the output") -> None:
+    """A file's name as typed: text ending in '/' (or '/.') names a folder, never a file (as the file system reads
+    it); a Path has already dropped the slash, so this sees only text."""
+    if isinstance(text, str) and (text.endswith("/") or text.endswith("/.") or text in (".", "..")):
+        raise UsageError(f"{what} {text} names a folder (it ends with '/'); a file goes there (drop the '/')")
+
+
 def check_output_name(path: Path) -> None:
     """The name fits the file system with the temporary's additions; the whole path too. Every component is
     measured before any is looked up (a lookup of a name too long fails with the OS's own error)."""
