@@ -579,6 +579,8 @@ def _check_config(source: str, config: DiPConfig, check: ConfigCheck | None) -> 
 
 
 def _check_is_file(path: Path) -> None:
+    if re.search("[\ud800-\udfff]", str(path)):  # bytes that are no UTF-8: no reader below takes such a name
+        raise CheckpointError(f"{path}: the file's name is not UTF-8 text; rename the file")
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder, not a checkpoint file (an export folder holds a manifest.json)")
     if path.exists() and not path.is_file():

@@ -201,3 +201,21 @@ def test_an_entry_that_is_no_tensor_is_refused_by_name_not_dropped(tmp_path: Pat
     code, err = run(cli.sample_main, path, "--num-samples", "1", "--steps", "2", "--out", tmp_path / "s.npz")
     one_line(code, err, 1, f"entry {key} among its weights is not a tensor")
     assert not (tmp_path / "s.npz").exists()
+
+
+@settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.binary(min_size=1, max_size=4).filter(lambda b: b"/" not in b and b"\x00" not in b and b not in (b".", b"..")),
+       suffix=st.sampled_from([".safetensors", ".pt"]))  # fmt: skip
+def test_a_checkpoint_named_in_bytes_that_are_no_utf8_is_one_line(tmp_path: Path, raw: bytes, suffix: str) -> None:
+    import os
+
+    name = os.fsdecode(raw + b"\xff" + suffix.encode())  # a lone surrogate stands for the byte that is no UTF-8
+    path = tmp_path / name
+    path.write_bytes(DEMO_CHECKPOINT.read_bytes() if suffix == ".safetensors" else b"\x80\x02")
+    with pytest.raises(CheckpointError, match="the file's name is not UTF-8 text; rename the file"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="not UTF-8 text"):
+        DiPPipeline.load(path, device="cpu")
+    code, err = run(cli.sample_main, path, "--num-samples", "1", "--out", tmp_path / "o.npz")
+    one_line(code, err, 1, "the file's name is not UTF-8 text")
+    assert not (tmp_path / "o.npz").exists()
