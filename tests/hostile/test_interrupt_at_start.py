@@ -65,6 +65,7 @@ PYTHON_SITE_PTH = (  # Python's site reports a Ctrl-C while it runs a .pth line,
     r"Error processing line \d+ of [^\n]+\.pth:\n\n  Traceback \(most recent call last\):\n"
     r"(?:    .*\n)*  KeyboardInterrupt\n\nRemainder of file ignored\n"
 )
+PYTHON_SITE_FATAL = r"(?:Error processing line \d+ of [^\n]+\.pth:\n\n)?Fatal Python error: init_import_site"
 NO_PACKAGE = r"Traceback \(most recent call last\):\n(?:  .*\n)*ModuleNotFoundError: No module named 'dip_export'\n"
 
 
@@ -83,7 +84,7 @@ def _outcome(done: subprocess.CompletedProcess) -> str:
         return "finished"
     if done.returncode == -signal.SIGINT and err == "":  # before Python's handler is in place, or after it is gone
         return "killed"
-    if err.startswith("Fatal Python error: init_import_site"):  # Python's own start (site), before any of ours
+    if re.match(PYTHON_SITE_FATAL, err):  # Python's own start (site, or its report on a .pth line), before any of ours
         return "python"
     if re.fullmatch(PYTHON_MAIN_LOADER, err):  # Python's own start (the script's loader), before any of ours
         return "python"

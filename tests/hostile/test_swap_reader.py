@@ -174,10 +174,24 @@ IN_THE_WAY = {
 }
 
 
-@pytest.mark.parametrize("reader", ["dip-sample", "api", "dip-export onnx"])
-@pytest.mark.parametrize("thing", sorted(IN_THE_WAY))
+@pytest.fixture(scope="module")
+def other(tmp_path_factory, loaded) -> Path:
+    """A valid export of this tool that is not the one a killed run was putting in place."""
+    folder = tmp_path_factory.mktemp("other") / "other"
+    export_onnx(loaded, precision="fp32", image_size=(SIZE[0] * 2, SIZE[1]), output_dir=folder)
+    return folder
+
+
+# every thing in the way once, every reader more than once (each case is two exports and a sampling run)
+CASES = [("empty folder", "dip-export onnx"), ("empty folder", "api"), ("user folder", "api"), ("file", "dip-sample"),
+         ("dangling link", "dip-export onnx"), ("export plus a file", "dip-sample"), ("another export", "api"),
+         ("another export", "dip-export onnx")]  # fmt: skip
+assert {thing for thing, _ in CASES} == set(IN_THE_WAY)
+
+
+@pytest.mark.parametrize(("thing", "reader"), CASES)
 def test_something_put_where_a_killed_swap_left_no_export_keeps_the_backup(tmp_path, monkeypatch, loaded, pristine,
-                                                                          reader, thing):  # fmt: skip
+                                                                          other, reader, thing):  # fmt: skip
     """Killed between the renames (the old export only in its backup), then anything at the export's name before the
     next run: that run refuses, naming the backup, and deletes nothing; once the thing is moved away the old export
     comes back."""
@@ -185,7 +199,7 @@ def test_something_put_where_a_killed_swap_left_no_export_keeps_the_backup(tmp_p
     work.mkdir()
     monkeypatch.chdir(work)
     shutil.copytree(pristine, work / "pristine")
-    export_onnx(loaded, precision="fp32", image_size=(SIZE[0] * 2, SIZE[1]), output_dir=work / "other")  # valid, not the new one
+    shutil.copytree(other, work / "other")
     target = work / "exp"
     old_inode = interrupted(monkeypatch, loaded, pristine, target, 1)
     IN_THE_WAY[thing](target)
