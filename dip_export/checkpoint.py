@@ -35,7 +35,7 @@ from dip_export.config import DiPConfig, check_sampling_defaults, get_preset
 from dip_export.errors import CheckpointError, DipError, UsageError
 from dip_export.messages import shortened
 from dip_export.model import DiP
-from dip_export.settings import name_text, one_of
+from dip_export.settings import exact_bool, name_text, one_of
 from dip_export.untrusted import (
     ChangedFileError,
     Stamp,
@@ -113,7 +113,7 @@ def _canonical(device: torch.device) -> torch.device:
 def _torch_load(path: Path, trust: bool) -> Any:
     _check_pickle_header(path)
     check_checkpoint_tensors(path)  # declared tensor sizes, before torch allocates any
-    if trust:
+    if trust is True:  # the only value that runs code (exact_bool at every entry)
         return _torch_load_with(path, weights_only=False)
     try:
         return _torch_load_with(path, weights_only=True)
@@ -506,6 +506,10 @@ def load_checkpoint(
     estimate) before the model is built: for safetensors from the header, before any tensor is read.
     Messages name the file as it was typed (`org//x.pt`, not the normalised `org/x.pt`).
     """
+    weights = one_of(weights, "--weights", ("ema", "raw"))
+    trust = exact_bool(trust, "trust_checkpoint")  # True only: "no" or 1 never runs a pickle's code
+    if config is not None and not isinstance(config, DiPConfig):
+        raise UsageError(f"config must be a DiPConfig, got {type(config).__name__}")
     typed, path = str(path), Path(path)
     try:
         return _load_checkpoint(path, weights, trust, config, check)
@@ -676,6 +680,7 @@ def resolve_model(
     """
     if weights is not None:  # given (None: ema where a file holds both)
         one_of(weights, "--weights", ("ema", "raw"))
+    trust = exact_bool(trust, "trust_checkpoint")  # True only: "no" or 1 never runs a pickle's code
     if checkpoint is None and preset is not None and (weights is not None or trust):  # nothing to apply to: refused
         raise UsageError(f"--weights and --trust-checkpoint go with a checkpoint file; --preset {preset} has random weights")
     if checkpoint is not None and preset is not None:  # a preset is a whole model: its config is no file's
