@@ -36,6 +36,7 @@ from dip_export.errors import CheckpointError, DipError, UsageError
 from dip_export.messages import shortened
 from dip_export.model import DiP
 from dip_export.settings import exact_bool, name_text, one_of
+from dip_export.text import visible
 from dip_export.untrusted import (
     ChangedFileError,
     Stamp,
@@ -527,7 +528,7 @@ def read_failure(err: OSError, name: str) -> CheckpointError:
 
 def as_typed(err: DipError, shown: str, typed: str) -> DipError:
     """`err` with its leading file name `shown` (a normalised path) given back as the user `typed` it."""
-    text = str(err)
+    text, shown = str(err), visible(shown)  # the message is escaped (errors.DipError): so is the name in it
     named = text.startswith(shown) and text[len(shown) : len(shown) + 1] in (":", " ", "")
     if typed != shown and err.args and text == err.args[0] and named:
         err.args = (typed + text[len(shown) :], *err.args[1:])

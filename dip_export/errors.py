@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from dip_export.text import visible
+
 
 class DipError(Exception):
-    """Root of every error the library raises on purpose."""
+    """Root of every error the library raises on purpose. Its message is escaped when it is made (`text.visible`):
+    a path, name or value in it, whoever typed or stored it, reaches an API caller with no control character, as
+    one line, and the CLI prints it escaped once."""
 
     exit_code = 1
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*(visible(arg) if isinstance(arg, str) else arg for arg in args))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "args":  # a message rewritten later (a file named as typed) is escaped the same way
+            value = tuple(visible(arg) if isinstance(arg, str) else arg for arg in value)
+        super().__setattr__(name, value)
 
 
 class UsageError(DipError):

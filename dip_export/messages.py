@@ -7,60 +7,24 @@ cut included. Content of user files is not echoed at all: messages name the file
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
 
+from dip_export.text import escaped, visible
+
 MAX_LINE = 300
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
-_NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
-
-
-def _shown(char: str) -> str:
-    """One character as printed: newline/tab/return as `\\n` `\\t` `\\r`, other controls as `\\xNN` or `\\uNNNN`,
-    anything else (a backslash too) as it is."""
-    if char in _NAMED:
-        return _NAMED[char]
-    if _CONTROL.match(char):
-        return f"\\x{ord(char):02x}" if ord(char) < 256 else f"\\u{ord(char):04x}"
-    return char
-
-
-def _escaped(raw: str) -> list[str]:
-    """Each character of `raw` as shown (`_shown`; a combining mark with no letter under it escaped too)."""
-    parts = [_shown(c) for c in raw]
-    for i, char in enumerate(raw):  # a mark with no letter to sit on would merge with the tool's own text
-        if unicodedata.category(char)[0] == "M" and (i == 0 or unicodedata.category(raw[i - 1])[0] not in "LMN"):
-            parts[i] = f"\\u{ord(char):04x}" if ord(char) <= 0xFFFF else f"\\U{ord(char):08x}"
-    return parts
-
-
-def visible(text: str, limit: int | None = None) -> str:
-    """`text` with every control character (and stray combining mark) escaped and nothing else changed: what a
-    message holds of a value from a file or a caller, so that no exception carries a control character.
-    Escaping is idempotent (a backslash is never doubled), so a value escaped here is escaped once when printed.
-    Longer than `limit` characters: cut to that many, "..." included, never inside an escape."""
-    parts = _escaped(text)
-    if limit is None or sum(map(len, parts)) <= limit:
-        return "".join(parts)
-    kept: list[str] = []
-    used = 3  # the "..."
-    for part in parts:
-        if used + len(part) > limit:
-            break
-        kept.append(part)
-        used += len(part)
-    return "".join(kept) + "..."
 
 
 def plain_line(text: object, limit: int = MAX_LINE) -> str:
-    """One line of visible characters (`visible`), every character kept: spaces as they are (a space opening or
+    """One line of visible characters (`text.visible`), every character kept: spaces as they are (a space opening or
     closing the line as `\\x20`, where it would not be seen). A line printed twice prints the same."""
-    raw = str(text)
-    parts = _escaped(raw)
+    try:
+        raw = text if isinstance(text, str) else str(text)
+    except Exception:  # a caller's object whose __str__ raises, an int too long for text
+        raw = f"a {type(text).__name__}"
+    parts = escaped(str.__str__(raw))
     for end in (0, len(parts) - 1):
         if parts and parts[end] == " ":
             parts[end] = "\\x20"
@@ -68,7 +32,9 @@ def plain_line(text: object, limit: int = MAX_LINE) -> str:
         return "".join(parts)
     # the middle goes (a long path), the start and the end (the reason) stay; an escape is never split
     note = f" ... ({len(raw)} more characters) ... "  # the longest the note can be: counts toward the limit
-    room = max(limit - len(note), 0)
+    if limit < len(note) + 8:  # no room for a note and some text around it: the start, cut
+        return visible(raw, limit)
+    room = limit - len(note)
     head: list[str] = []
     tail: list[str] = []
     used = 0

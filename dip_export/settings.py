@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from dip_export.errors import UsageError
-from dip_export.messages import visible
 from dip_export.runtime.catalog import CATALOG
+from dip_export.text import visible
 
 # Upper bounds checked before anything is allocated (a file or an argument cannot ask for terabytes).
 MAX_STEPS = 10_000  # sampler steps (network evaluations for all but Heun)

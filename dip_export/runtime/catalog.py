@@ -10,7 +10,7 @@ import importlib.util
 import sys
 from dataclasses import dataclass
 
-from dip_export.messages import visible
+from dip_export.text import visible
 
 
 @dataclass(frozen=True)

@@ -98,3 +98,33 @@ def test_a_path_with_a_backslash_is_printed_as_typed(tmp_path: Path, monkeypatch
     code, err = run(cli.sample_main, name, "--num-samples", "1", "--out", "o.npz")
     one_line(code, err, 1, name)  # as typed: a backslash is not doubled
     assert name.replace("\\", "\\\\") not in err and not (tmp_path / "o.npz").exists()
+
+
+# ------------------------------------------------------------- every exception of the package: escaped when made
+
+ERRORS = ["DipError", "UsageError", "CheckpointError", "ExportError", "NonFiniteError"]
+SEEN_AS_ITSELF = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb\ud800-\udfff]"
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(kind=st.sampled_from(ERRORS), text=st.text(max_size=60))
+def test_every_package_exception_holds_its_message_escaped_once(kind: str, text: str) -> None:
+    import dip_export.errors as errors
+    from dip_export.messages import plain_line
+
+    err = getattr(errors, kind)(f"{text}: refused")
+    message = str(err)
+    assert not SEEN_AS_ITSELF.search(message) and len(message.splitlines()) == 1
+    assert plain_line(message) == plain_line(plain_line(message))  # printing adds no second escape
+    err.args = (text,)  # rewritten later (a file named as typed): escaped the same way
+    assert not SEEN_AS_ITSELF.search(str(err))
+
+
+def test_a_non_tensor_entry_s_name_from_a_checkpoint_is_escaped(tmp_path: Path, golden) -> None:
+    path = tmp_path / "odd.pt"
+    torch.save({**golden.state, "\x1b[2Jevil\nkey": 5}, path)
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(path)
+    assert not UNSAFE.search(str(caught.value)) and "\\x1b[2Jevil\\nkey" in str(caught.value)
