@@ -656,8 +656,21 @@ def save_checkpoint(path: str | Path, model: DiP, sampling: Mapping[str, Any] | 
     from dip_export.io import atomic_path
     from dip_export.ownership import MARK_KEY, mark
 
-    meta = {META_CONFIG: json.dumps(model.cfg.to_dict()), META_SAMPLING: json.dumps(dict(sampling or {})),
-            MARK_KEY: mark("checkpoint")}  # fmt: skip
+    if not isinstance(model, DiP):
+        raise UsageError(f"save_checkpoint writes a DiP model, got {type(model).__name__}")
+    if Path(path).suffix != ".safetensors":  # the format written: a .pt name would be read as a pickle
+        raise UsageError(f"{path}: save_checkpoint writes safetensors; name the file .safetensors")
+    if sampling is not None and not isinstance(sampling, Mapping):
+        raise UsageError(f"sampling must be a mapping of sampler defaults, got {type(sampling).__name__}")
+    try:
+        text = json.dumps(dict(sampling or {}))
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"sampling defaults are not JSON values ({_first_line(err)})") from None
+    try:  # checked as the reader checks it: never a file this tool would then refuse
+        _stored_sampling(Path(path), text)
+    except DipError as err:
+        raise UsageError(f"sampling defaults refused: {err}") from None
+    meta = {META_CONFIG: json.dumps(model.cfg.to_dict()), META_SAMPLING: text, MARK_KEY: mark("checkpoint")}
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(Path(path), "checkpoint") as tmp:
         save_file(state, str(tmp), metadata=meta)

@@ -116,3 +116,23 @@ def test_a_pickle_with_objects_loads_with_and_without_trust(tmp_path, golden):
     torch.save({"state_dict": golden.state, "hparams": Path("x")}, path)
     assert _same_weights(load_checkpoint(path).model, golden.state)  # the Path stays an inert placeholder
     assert _same_weights(load_checkpoint(path, trust=True).model, golden.state)
+
+
+@pytest.mark.parametrize(
+    ("name", "model", "sampling", "words"),
+    [
+        ("m.safetensors", "golden", {"cfg": float("nan")}, "sampling defaults refused"),
+        ("m.safetensors", "golden", {"steps": "ten"}, "sampling defaults refused"),
+        ("m.safetensors", "golden", {"steps": object()}, "not JSON values"),
+        ("m.safetensors", "golden", [("steps", 4)], "must be a mapping"),
+        ("m.pt", "golden", {}, "name the file .safetensors"),
+        ("m.safetensors", None, {}, "writes a DiP model"),
+        ("m.safetensors", torch.nn.Linear(2, 2), {}, "writes a DiP model"),
+    ],
+)
+def test_save_checkpoint_writes_only_what_the_reader_takes(tmp_path, golden_model, name, model, sampling, words):
+    with pytest.raises(UsageError, match=words):
+        save_checkpoint(tmp_path / name, golden_model if model == "golden" else model, sampling)
+    assert list(tmp_path.iterdir()) == []
+    save_checkpoint(tmp_path / "ok.safetensors", golden_model, {"steps": 7, "cfg": 2.0})
+    assert load_checkpoint(tmp_path / "ok.safetensors").sampling == {"steps": 7, "cfg": 2.0}

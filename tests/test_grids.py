@@ -10,6 +10,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from safetensors import safe_open
+from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from dip_export.checkpoint import DEMO_CHECKPOINT, load_checkpoint, save_checkpoint
@@ -114,7 +116,13 @@ def test_a_stored_entry_is_replaced_not_duplicated_and_a_given_grid_wins():
 def test_bad_stored_grids_are_refused_with_one_line(golden_model, tmp_path, bad):
     entry = {"sampler": "ab2", "nfe": 3, "cfg": [1.0, 2.0], "shift": 1.0, "interval": [0.1, 1.0], "grid": [0, 0.3, 0.6, 1.0]}
     path = tmp_path / "m.safetensors"
-    save_checkpoint(path, golden_model, {"grids": [{**entry, **bad}]})
+    with pytest.raises(UsageError, match="sampling defaults refused"):  # the writer checks as the reader does
+        save_checkpoint(path, golden_model, {"grids": [{**entry, **bad}]})
+    assert not path.exists()
+    save_checkpoint(path, golden_model, {})
+    with safe_open(str(path), "pt") as f:  # the same file, its defaults written by another program
+        meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (no iteration)
+    save_file(state, str(path), metadata={**meta, "dip_sampling": json.dumps({"grids": [{**entry, **bad}]})})
     with pytest.raises(CheckpointError, match="bad stored sampling defaults"):
         load_checkpoint(path)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 
 from dip_export.budget import check_export
 from dip_export.checkpoint import LoadedModel
-from dip_export.errors import ExportError
+from dip_export.errors import ExportError, UsageError
 from dip_export.export.manifest import MANIFEST, Manifest, graph_opset, ownership_problem, read_manifest, write_manifest
 from dip_export.export.naming import VARIANTS, export_folder_name
 from dip_export.export.spec import SubModelSpec, backbone_inputs, io_specs
@@ -110,7 +111,19 @@ def export_onnx(
     console: Console | None = None,
 ) -> Path:
     """Write backbone.onnx, detailer.onnx and manifest.json into a folder, or nothing at all."""
+    from dip_export.generate import check_image_size, parse_image_size
+
+    if not isinstance(loaded, LoadedModel):
+        raise UsageError(f"export_onnx takes a LoadedModel (dip_export.checkpoint.resolve_model), got {type(loaded).__name__}")
+    if console is not None and not isinstance(console, Console):
+        raise UsageError(f"console must be a rich Console or None, got {type(console).__name__}")
+    if output_dir is not None and not isinstance(output_dir, str | os.PathLike):
+        raise UsageError(f"output_dir must be a folder path or None, got {type(output_dir).__name__}")
+    if output_dir is not None and not os.fspath(output_dir):  # "" would read as the working folder
+        raise UsageError("output_dir is empty; give a folder or None (the default under engines/)")
     precision, opset = _check_export_options(precision, opset)
+    image_size = parse_image_size(image_size)  # exact whole numbers, both sides bounded: (True, 32) is no size
+    check_image_size(*image_size, loaded.config.patch_size)
     check_export(loaded.config, *image_size)  # every export (dip-export, made on the fly, a sub-export) before tracing
     console = console or Console(stderr=True)
     out = Path(output_dir) if output_dir else default_export_dir(loaded.name, precision, image_size)
