@@ -87,6 +87,16 @@ class ModelSource:
         for field, kind in kinds.items():
             if not isinstance(getattr(self, field), kind):
                 raise UsageError(f"a ModelSource's {field} must be a {kind.__name__}, got {type(getattr(self, field)).__name__}")
+        if self.loaded is not None and self.config != self.loaded.config:  # what it says it runs is what it runs
+            raise UsageError("a ModelSource's config is not its loaded model's; make one with DiPPipeline.load(...)")
+        if self.export_dir is not None and (self.export_size is None or self.export_precision is None):
+            raise UsageError("a ModelSource of an export folder names its image size and precision; use DiPPipeline.load(...)")
+        from dip_export.config import check_sampling_defaults
+
+        try:  # the stored defaults a file would hold, checked as a file's are
+            check_sampling_defaults(self.sampling)
+        except (UsageError, ValueError, TypeError) as err:
+            raise UsageError(f"a ModelSource's sampling defaults are refused: {err}") from None
 
     @functools.cached_property
     def identity(self) -> str:

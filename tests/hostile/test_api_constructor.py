@@ -169,3 +169,18 @@ def test_console_none_prints_nothing_from_what_the_pipeline_makes(monkeypatch: p
     loud = DiPPipeline.load(backend="onnx", batch_size=2, console=Console(stderr=True))
     loud(**CALL)
     assert "wrote engines/dip-digits-32x32-fp32/" in capfd.readouterr().err  # a console given is used
+
+
+def test_a_hand_made_source_whose_parts_disagree_is_refused(tmp_path: Path) -> None:
+    from dip_export.config import DiPConfig
+    from dip_export.errors import UsageError
+
+    s = demo().source
+    with pytest.raises(UsageError, match="config is not its loaded model's"):
+        ModelSource(s.name, DiPConfig(), {}, loaded=s.loaded)  # a full-size config over the demo's weights
+    for sampling in ({"steps": "bogus"}, {"cfg": float("nan")}, {"nope": 1}):
+        with pytest.raises(UsageError, match="sampling defaults are refused"):
+            ModelSource(s.name, s.config, sampling, loaded=s.loaded)
+    with pytest.raises(UsageError, match="names its image size and precision"):
+        ModelSource(s.name, s.config, {}, export_dir=tmp_path / "nonexist")
+    assert ModelSource(s.name, s.config, {"steps": 7}, loaded=s.loaded).config == s.config

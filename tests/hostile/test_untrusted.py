@@ -133,11 +133,11 @@ def test_identity_covers_external_data_whatever_its_name(tmp_path: Path, export:
     (export / "manifest.json").write_text(json.dumps(manifest))
     from dip_export.config import DiPConfig
 
-    first = ModelSource("x", DiPConfig(), {}, export_dir=export).identity
+    first = ModelSource("x", DiPConfig(), {}, export_dir=export, export_size=(32, 32), export_precision="fp32").identity
     data = bytearray((export / "weights.bin").read_bytes())
     data[-1] ^= 1
     (export / "weights.bin").write_bytes(bytes(data))
-    assert ModelSource("x", DiPConfig(), {}, export_dir=export).identity != first
+    assert ModelSource("x", DiPConfig(), {}, export_dir=export, export_size=(32, 32), export_precision="fp32").identity != first
 
 
 def test_calibration_key_changes_when_the_checkpoint_is_replaced_in_place(tmp_path: Path, loaded) -> None:
