@@ -6,6 +6,8 @@ object array went into an .npz; grid, plan and size helpers failed with TypeErro
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -104,7 +106,7 @@ def test_plan_and_size_helpers_take_exact_ints(value):
         {},  # neither a loaded model nor an export folder
         {"export_dir": "engines/x"},  # text, not a Path
         {"loaded": object()},
-        {"export_dir": __import__("pathlib").Path("engines/x")},  # no image size or precision
+        {"export_dir": Path("engines/x")},  # no image size or precision
     ],
 )
 def test_a_hand_made_model_source_is_refused_in_one_line(fields):
