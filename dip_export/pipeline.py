@@ -726,7 +726,9 @@ class DiPPipeline:
 
     def __repr__(self) -> str:
         where = self.source.export_dir or (self.source.loaded.source if self.source.loaded else "?")
-        return f"DiPPipeline({self.name!r} from {where}, backend={self.spec}, device={self.device})"
+        from dip_export.text import visible
+
+        return f"DiPPipeline('{visible(self.name)}' from {visible(str(where))}, backend={self.spec}, device={self.device})"
 
 
 def _is_method(name: str) -> bool:
