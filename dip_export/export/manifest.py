@@ -26,7 +26,7 @@ from dip_export.ownership import (
 )
 from dip_export.runtime.catalog import ALL_PRECISIONS
 from dip_export.settings import BUILD_TARGETS, MAX_IMAGE_SIDE, OPSETS, int_text, name_text, plain_value, value_kind
-from dip_export.untrusted import Stamp, UntrustedFileError, contained, file_stamp, name_problem, read_json
+from dip_export.untrusted import Stamp, UntrustedFileError, contained, file_stamp, graph_files, name_problem, read_json
 
 MANIFEST = MANIFEST_NAME
 FORMAT = EXPORT_FORMAT_PREFIX + "1"
@@ -309,7 +309,12 @@ def check_graph(folder: Path, path: Path, role: str, manifest: Manifest) -> int:
     if problem:
         raise ExportError(f"{path}: {problem}")
     _check_computed(path, largest, manifest)
-    _check_recorded(folder, path, manifest)
+    try:
+        files = graph_files(folder, [path.relative_to(folder).as_posix()]) if path.is_relative_to(folder) else [path]
+    except UntrustedFileError as err:
+        raise ExportError(str(err)) from None
+    for file in files:
+        _check_recorded(folder, file, manifest)  # the graph and its external weights: each the file the export wrote
     return elements
 
 
@@ -460,7 +465,8 @@ def _load_small_external(model: Any, graph_dir: Path) -> None:
 
 
 def _check_recorded(folder: Path, path: Path, manifest: Manifest) -> None:
-    """A graph the manifest's contents list (with its size and sha256, as the export wrote it) is still that file."""
+    """A graph or its external weights: the manifest's contents list it (with its size and sha256, as the export wrote
+    it) and it is still that file."""
     rel = path.relative_to(folder).as_posix() if path.is_relative_to(folder) else None
     entry = manifest.contents.get(rel) if rel is not None else None
     if not isinstance(entry, dict):

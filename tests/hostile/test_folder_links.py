@@ -84,8 +84,9 @@ def _external_export(export: Path) -> Path:
     onnx.save_model(model, str(export / "backbone.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
                     location="backbone.onnx.data")  # fmt: skip
     manifest = json.loads((export / "manifest.json").read_text())  # the re-saved graph recorded as the export's
-    data = (export / "backbone.onnx").read_bytes()
-    manifest["contents"]["backbone.onnx"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    for name in ("backbone.onnx", "backbone.onnx.data"):  # the graph and its weights, each listed as written
+        data = (export / name).read_bytes()
+        manifest["contents"][name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     (export / "manifest.json").write_text(json.dumps(manifest))
     return export / "backbone.onnx.data"
 

@@ -123,21 +123,16 @@ def test_safetensors_metadata_nesting_names_the_file(tmp_path: Path, golden) -> 
 
 
 def test_identity_covers_external_data_whatever_its_name(tmp_path: Path, export: Path) -> None:
-    import onnx
-
-    graph = export / "backbone.onnx"
-    model = onnx.load(str(graph))
-    onnx.save_model(model, str(graph), save_as_external_data=True, location="weights.bin", size_threshold=0)
-    manifest = json.loads((export / "manifest.json").read_text())  # the re-saved graph recorded as the export's own
-    manifest["contents"]["backbone.onnx"] = {"size": graph.stat().st_size, "sha256": file_sha256(graph)}
-    (export / "manifest.json").write_text(json.dumps(manifest))
+    _external(export)  # the re-saved graph and its weights recorded as the export's own
     from dip_export.config import DiPConfig
 
     first = ModelSource("x", DiPConfig(), {}, export_dir=export, export_size=(32, 32), export_precision="fp32").identity
     data = bytearray((export / "weights.bin").read_bytes())
     data[-1] ^= 1
     (export / "weights.bin").write_bytes(bytes(data))
-    assert ModelSource("x", DiPConfig(), {}, export_dir=export, export_size=(32, 32), export_precision="fp32").identity != first
+    with pytest.raises(ExportError, match=r"weights\.bin: changed since export"):  # the weights are part of what is read
+        _ = ModelSource("x", DiPConfig(), {}, export_dir=export, export_size=(32, 32), export_precision="fp32").identity
+    assert first.startswith("export:")
 
 
 def test_calibration_key_changes_when_the_checkpoint_is_replaced_in_place(tmp_path: Path, loaded) -> None:
@@ -233,3 +228,44 @@ def test_manifest_text_fields_are_short_strings(export: Path, key: str, value: o
     (export / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(ExportError, match="at most"):
         read_manifest(export)
+
+
+def _external(export: Path, location: str = "weights.bin") -> Path:
+    """The backbone's weights moved to an external data file, listed in the manifest as the export's own."""
+    import onnx
+
+    graph = export / "backbone.onnx"
+    onnx.save_model(onnx.load(str(graph)), str(graph), save_as_external_data=True, location=location, size_threshold=0)
+    manifest = json.loads((export / "manifest.json").read_text())
+    for path in (graph, export / location):
+        manifest["contents"][path.name] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    return export / location
+
+
+@pytest.mark.parametrize("change", ["scaled", "unlisted"])
+def test_external_weights_rewritten_or_unlisted_are_refused_before_sampling(
+    tmp_path: Path, export: Path, no_sampling, change: str
+) -> None:
+    import numpy as np
+
+    from dip_export import DiPPipeline
+
+    data = _external(export)
+    DiPPipeline.load(export, device="cpu", backend="onnx")  # as written: taken
+    if change == "scaled":  # every weight x1.05, the size and modification time kept
+        stat = data.stat()
+        weights = np.frombuffer(data.read_bytes(), dtype=np.float32) * np.float32(1.05)
+        data.write_bytes(weights.tobytes())
+        os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        words = "changed since export"
+    else:
+        manifest = json.loads((export / "manifest.json").read_text())
+        del manifest["contents"]["weights.bin"]
+        (export / "manifest.json").write_text(json.dumps(manifest))
+        words = "not among the files"
+    with pytest.raises(ExportError, match=words):
+        DiPPipeline.load(export, device="cpu", backend="onnx")
+    code, err = run(cli.sample_main, export, "--steps", "2", "--num-samples", "1", "--out", tmp_path / "o.npz")
+    one_line(code, err, 1, "weights.bin", words)
+    assert not (tmp_path / "o.npz").exists()
