@@ -16,6 +16,7 @@ from dip_export import DiPPipeline, cli
 from dip_export.checkpoint import read_failure
 from dip_export.errors import CheckpointError
 from dip_export.ownership import KEY_ENV
+from dip_export.text import visible
 from tests.hostile.measured import measured_load
 from tests.test_hostile import one_line, run
 
@@ -27,7 +28,7 @@ FAILING = Path("/proc/self/mem")  # a regular file by stat whose read fails with
 def test_a_read_failure_is_one_error_naming_a_file(code, filename, name):
     err = read_failure(OSError(code, os.strerror(code), filename) if filename else OSError(code, os.strerror(code)), name)
     assert isinstance(err, CheckpointError)
-    assert str(err) == f"{filename or name}: cannot read it ({os.strerror(code)})"
+    assert str(err) == visible(f"{filename or name}: cannot read it ({os.strerror(code)})")  # escaped when made
 
 
 @pytest.mark.skipif(not FAILING.is_file(), reason="needs Linux's /proc/self/mem")

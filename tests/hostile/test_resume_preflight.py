@@ -25,6 +25,7 @@ from dip_export.io import atomic_path
 from dip_export.messages import plain_line, where
 from dip_export.pipeline import DiPPipeline
 from dip_export.runtime.backends import BackendSpec
+from dip_export.text import visible
 from tests.test_hostile import one_line, sample, waited_then_one_line
 
 BASE = ["--batch-size", "2", "--shard-batches", "1", "--steps", "2", "--device", "cpu"]
@@ -105,7 +106,7 @@ def test_the_shard_folder_holds_only_the_tools_regular_files(tmp_path_factory: p
         text = str(err)
         assert bad, f"a layout of the tool's own files was refused: {text}"
         assert len(plain_line(text).splitlines()) == 1 and str(folder) in text  # printed on one line
-        assert any(where(folder / name) in text for name in bad), text  # names an offending entry, as it is
+        assert any(visible(where(folder / name)) in text for name in bad), text  # names an offending entry, escaped
     else:
         assert not bad, f"accepted {bad}"
     assert _snapshot(folder) == before and elsewhere.read_bytes() == b"z"  # nothing deleted, opened or replaced
