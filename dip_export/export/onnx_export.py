@@ -101,16 +101,9 @@ def _check_export_options(precision: str, opset: int) -> tuple[str, int]:
     return one_of(precision, "--precision", [*DTYPES, "int8"]), exact_int(opset, "--opset", OPSETS.start, OPSETS.stop - 1)
 
 
-def export_onnx(
-    loaded: LoadedModel,
-    *,
-    precision: str = "fp32",
-    image_size: tuple[int, int],
-    opset: int = DEFAULT_OPSET,
-    output_dir: Path | None = None,
-    console: Console | None = None,
-) -> Path:
-    """Write backbone.onnx, detailer.onnx and manifest.json into a folder, or nothing at all."""
+def _check_export_arguments(loaded: Any, image_size: Any, output_dir: Any, console: Any) -> tuple[int, int]:
+    """export_onnx's other arguments, before any tracing: a LoadedModel, a Console or None, a folder path that is not
+    empty, and an image size of exact whole numbers the patch divides (returned as a pair)."""
     from dip_export.generate import check_image_size, parse_image_size
 
     if not isinstance(loaded, LoadedModel):
@@ -121,9 +114,23 @@ def export_onnx(
         raise UsageError(f"output_dir must be a folder path or None, got {type(output_dir).__name__}")
     if output_dir is not None and not os.fspath(output_dir):  # "" would read as the working folder
         raise UsageError("output_dir is empty; give a folder or None (the default under engines/)")
+    size = parse_image_size(image_size)  # exact whole numbers, both sides bounded: (True, 32) is no size
+    check_image_size(*size, loaded.config.patch_size)
+    return size
+
+
+def export_onnx(
+    loaded: LoadedModel,
+    *,
+    precision: str = "fp32",
+    image_size: tuple[int, int],
+    opset: int = DEFAULT_OPSET,
+    output_dir: Path | None = None,
+    console: Console | None = None,
+) -> Path:
+    """Write backbone.onnx, detailer.onnx and manifest.json into a folder, or nothing at all."""
+    image_size = _check_export_arguments(loaded, image_size, output_dir, console)
     precision, opset = _check_export_options(precision, opset)
-    image_size = parse_image_size(image_size)  # exact whole numbers, both sides bounded: (True, 32) is no size
-    check_image_size(*image_size, loaded.config.patch_size)
     check_export(loaded.config, *image_size)  # every export (dip-export, made on the fly, a sub-export) before tracing
     console = console or Console(stderr=True)
     out = Path(output_dir) if output_dir else default_export_dir(loaded.name, precision, image_size)
