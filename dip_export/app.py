@@ -242,10 +242,13 @@ def _tool_outputs(pipe: DiPPipeline) -> list[tuple[str, Path | None]]:
 
 
 def _sample_outputs(request: SampleRequest, world: World) -> list[tuple[str, Path | None]]:
-    """What dip-sample writes: the npz, its grid, --png-dir, and the shard folder of a resumable or torchrun run."""
+    """What dip-sample writes: the npz, its grid, --png-dir, and the shard folder of a resumable or torchrun run. The
+    shard folder's name is kept apart from the others by every run, resumable or not: a later --resume of the same
+    --out takes what is there as its shards."""
     out, sharded = request.out, world.size > 1 or request.resume
+    shards = "the shard folder" if sharded else "the shard folder of a --resume run of --out"
     return [("--out", out), ("the grid", out.with_suffix(".png")), ("--png-dir", request.png_dir),
-            ("the shard folder", out.with_name(out.name + ".parts") if sharded else None)]  # fmt: skip
+            (shards, out.with_name(out.name + ".parts"))]  # fmt: skip
 
 
 def _sample_count(request: SampleRequest) -> int:

@@ -32,6 +32,11 @@ class BudgetError(DipError):
     """A run or file that would need more memory or work than this machine allows."""
 
 
+class RunBudgetError(BudgetError, UsageError):
+    """A run, export or measurement whose asked-for size (batch, image size, evaluations) needs more than this machine
+    allows: a bad argument here, exit 2 (`UsageError`), where a file that declares too much is exit 1."""
+
+
 @dataclass(frozen=True)
 class RunShape:
     """What a sampling run's memory depends on."""
@@ -186,12 +191,15 @@ def _gpu_free(device: Any) -> int:
         return _ram_available()
 
 
-def check_memory(need: int, what: str, device: Any = None) -> None:
-    """Refuse, in one line naming both figures, a need above the limit."""
+def check_memory(need: int, what: str, device: Any = None, fixed: int | None = None) -> None:
+    """Refuse, in one line naming both figures, a need above the limit. `fixed`: the part of a run's need its model
+    takes whatever the sizes asked for; where that part fits, the sizes asked for are what does not (a bad
+    argument: RunBudgetError, exit 2), else the model is (BudgetError, exit 1, as for any file that holds too much)."""
     limit = memory_limit(device)
     if need > limit:
+        kind = RunBudgetError if fixed is not None and fixed <= limit else BudgetError
         where = "free GPU memory" if getattr(device, "type", None) == "cuda" else "available memory"
-        raise BudgetError(f"{what} needs about {gib(need)}, more than the {gib(limit)} of {where}; make it smaller")
+        raise kind(f"{what} needs about {gib(need)}, more than the {gib(limit)} of {where}; make it smaller")
 
 
 def check_run(
@@ -216,7 +224,8 @@ def check_run(
     kind = family(backend)
     if kind != "torch":
         what += (" on ONNX Runtime" if kind == "onnx" else " on TensorRT") + (" (its export made first)" if export else "")
-    check_memory(need, what, device)
+    fixed = weight_bytes(config) * (0 if resident else 1) + (EXPORT_FIXED_BYTES if export and kind != "torch" else 0)
+    check_memory(need, what, device, fixed)
 
 
 def check_weights(config: Any, source: str = "") -> None:
@@ -236,7 +245,8 @@ def export_bytes(config: Any, height: int, width: int) -> int:
 
 def check_export(config: Any, height: int, width: int) -> None:
     """An ONNX export of this config and image size fits in memory (before the model is built or traced)."""
-    check_memory(export_bytes(config, height, width), f"exporting {describe(config)} at {height}x{width}", None)
+    fixed = EXPORT_FIXED_BYTES + EXPORT_WEIGHT_COPIES * weight_bytes(config)  # the exporter and its weight copies
+    check_memory(export_bytes(config, height, width), f"exporting {describe(config)} at {height}x{width}", None, fixed)
 
 
 def trt_build_bytes(config: Any, height: int, width: int, max_batch: int) -> int:
@@ -248,7 +258,8 @@ def trt_build_bytes(config: Any, height: int, width: int, max_batch: int) -> int
 def check_trt_build(config: Any, height: int, width: int, max_batch: int, device: Any = None) -> None:
     """A TensorRT build of this export and batch profile fits in the GPU's free memory (before the builder starts)."""
     need = trt_build_bytes(config, height, width, max_batch)
-    check_memory(need, f"building TensorRT engines of {describe(config)} at {height}x{width} for batch {max_batch}", device)
+    what = f"building TensorRT engines of {describe(config)} at {height}x{width} for batch {max_batch}"
+    check_memory(need, what, device, (TRT_WEIGHT_COPIES - 1) * weight_bytes(config) + TRT_WORKSPACE)
 
 
 def check_work(evaluations: list[int], images: int, reference: int = 0) -> None:
@@ -257,7 +268,7 @@ def check_work(evaluations: list[int], images: int, reference: int = 0) -> None:
         raise UsageError("evaluation counts must be >= 1 (--nfe)")
     total = (sum(evaluations) + reference) * max(images, 1)
     if total > MAX_EVALUATIONS:
-        raise BudgetError(f"this measurement makes {total} network evaluations, more than the limit of {MAX_EVALUATIONS}")
+        raise RunBudgetError(f"this measurement makes {total} network evaluations, more than the limit of {MAX_EVALUATIONS}")
 
 
 def check_declared(elements: int, element_size: int, source: str, file_size: int | None = None) -> None:

@@ -35,7 +35,7 @@ from dip_export.config import DiPConfig, check_sampling_defaults, get_preset
 from dip_export.errors import CheckpointError, DipError, UsageError
 from dip_export.messages import shortened
 from dip_export.model import DiP
-from dip_export.settings import exact_bool, name_text, one_of
+from dip_export.settings import name_text, one_of, optional_callable, path_text, trust_flag
 from dip_export.text import visible
 from dip_export.untrusted import (
     ChangedFileError,
@@ -77,6 +77,27 @@ class LoadedModel:
     held_on: torch.device | None = field(default=None, compare=False, repr=False)  # the device a pipeline holds it on
     stamp: Stamp | None = field(default=None, compare=False, repr=False)  # the file as its weights were read
 
+    def __setattr__(self, field_name: str, value: Any) -> None:
+        """What names folders and is written into exports is checked whenever it is set, at creation or later: the
+        name (`naming.model_name_problem`: one part of a folder name, printed as itself), the recommended sampling
+        (as a stored file's, `check_sampling_defaults`) and the weights choice."""
+        if field_name == "name":
+            from dip_export.export.naming import model_name_problem
+
+            problem = model_name_problem(value) if type(value) is str else f"must be a string, got {type(value).__name__}"
+            if problem:
+                raise UsageError(f"the model's name {problem}")
+        elif field_name == "sampling":
+            if type(value) is not dict:
+                raise UsageError(f"a model's sampling must be a dict, got {type(value).__name__}")
+            try:
+                check_sampling_defaults(value)
+            except (ValueError, TypeError, DipError) as err:
+                raise UsageError(f"a model's sampling defaults are refused: {err}") from None
+        elif field_name == "weights":
+            value = one_of(value, "weights", ("ema", "raw"))
+        object.__setattr__(self, field_name, value)
+
     def source_sha256(self) -> str:
         """sha256 of the checkpoint file as its weights were read ("" for a preset); a file changed since is refused."""
         path = Path(self.source)
@@ -114,7 +135,7 @@ def _canonical(device: torch.device) -> torch.device:
 def _torch_load(path: Path, trust: bool) -> Any:
     _check_pickle_header(path)
     check_checkpoint_tensors(path)  # declared tensor sizes, before torch allocates any
-    if trust is True:  # the only value that runs code (exact_bool at every entry)
+    if trust is True:  # the only value that runs code (trust_flag at every entry)
         return _torch_load_with(path, weights_only=False)
     try:
         return _torch_load_with(path, weights_only=True)
@@ -508,16 +529,27 @@ def load_checkpoint(
     Messages name the file as it was typed (`org//x.pt`, not the normalised `org/x.pt`).
     """
     weights = one_of(weights, "--weights", ("ema", "raw"))
-    trust = exact_bool(trust, "trust_checkpoint")  # True only: "no" or 1 never runs a pickle's code
+    trust = trust_flag(trust)  # True only: "no" or 1 never runs a pickle's code
     if config is not None and not isinstance(config, DiPConfig):
         raise UsageError(f"config must be a DiPConfig, got {type(config).__name__}")
-    typed, path = str(path), Path(path)
+    check = optional_callable(check, "check", 2)
+    typed = path_text(path, "the checkpoint")
+    path = Path(typed)
     try:
         return _load_checkpoint(path, weights, trust, config, check)
     except DipError as err:
         raise as_typed(err, str(path), typed) from None
     except OSError as err:  # a disk or mount that fails mid-read: one line naming the file
         raise read_failure(err, typed) from None
+
+
+def _check_model_name(path: Path) -> None:
+    """The model is named after its file (`LoadedModel.name`): a name it cannot take is refused before the read."""
+    from dip_export.export.naming import model_name_problem
+
+    problem = model_name_problem(path.stem)
+    if problem:
+        raise CheckpointError(f"{path}: the model is named after its file, and that name {problem}; rename the file")
 
 
 def read_failure(err: OSError, name: str) -> CheckpointError:
@@ -537,6 +569,7 @@ def as_typed(err: DipError, shown: str, typed: str) -> DipError:
 
 def _load_checkpoint(path: Path, weights: str, trust: bool, config: DiPConfig | None, check: ConfigCheck | None) -> LoadedModel:
     _check_is_file(path)
+    _check_model_name(path)
     stamp = file_stamp(path)  # the file as read: what the model's identity is the content of
     given = config
     sampling: dict[str, Any] = {}
@@ -658,13 +691,14 @@ def save_checkpoint(path: str | Path, model: DiP, sampling: Mapping[str, Any] | 
 
     if not isinstance(model, DiP):
         raise UsageError(f"save_checkpoint writes a DiP model, got {type(model).__name__}")
+    path = path_text(path, "path")
     if Path(path).suffix != ".safetensors":  # the format written: a .pt name would be read as a pickle
         raise UsageError(f"{path}: save_checkpoint writes safetensors; name the file .safetensors")
     if sampling is not None and not isinstance(sampling, Mapping):
         raise UsageError(f"sampling must be a mapping of sampler defaults, got {type(sampling).__name__}")
     try:
-        text = json.dumps(dict(sampling or {}))
-    except (TypeError, ValueError) as err:
+        text = json.dumps(dict(sampling or {}), allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as err:
         raise UsageError(f"sampling defaults are not JSON values ({_first_line(err)})") from None
     try:  # checked as the reader checks it: never a file this tool would then refuse
         _stored_sampling(Path(path), text)
@@ -672,7 +706,10 @@ def save_checkpoint(path: str | Path, model: DiP, sampling: Mapping[str, Any] | 
         raise UsageError(f"sampling defaults refused: {err}") from None
     meta = {META_CONFIG: json.dumps(model.cfg.to_dict()), META_SAMPLING: text, MARK_KEY: mark("checkpoint")}
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(Path(path), "checkpoint") as tmp:
+    broken = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if broken is not None:  # the reader refuses such a file as damaged: it is never written
+        raise UsageError(f"the model's weights hold NaN or infinite values ({name_text(broken)}); nothing was written")
+    with atomic_path(path, "checkpoint") as tmp:  # as typed: text ending in '/' names a folder
         save_file(state, str(tmp), metadata=meta)
 
 
@@ -694,7 +731,9 @@ def resolve_model(
     """
     if weights is not None:  # given (None: ema where a file holds both)
         one_of(weights, "--weights", ("ema", "raw"))
-    trust = exact_bool(trust, "trust_checkpoint")  # True only: "no" or 1 never runs a pickle's code
+    trust = trust_flag(trust)  # True only: "no" or 1 never runs a pickle's code
+    if checkpoint is not None:
+        checkpoint = path_text(checkpoint, "the checkpoint")
     if checkpoint is None and preset is not None and (weights is not None or trust):  # nothing to apply to: refused
         raise UsageError(f"--weights and --trust-checkpoint go with a checkpoint file; --preset {preset} has random weights")
     if checkpoint is not None and preset is not None:  # a preset is a whole model: its config is no file's

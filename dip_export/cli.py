@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from dip_export.entry import OUTCOME
 from dip_export.errors import DipError
 from dip_export.messages import safe_progress, say
 from dip_export.ownership import check_file_text
@@ -215,9 +216,9 @@ def _say_interrupted(exit: Callable[[int], Any] | None = None) -> typing.NoRetur
     terminated = _Interrupt.received and _Interrupt.signum == signal.SIGTERM
     try:
         if terminated:
-            console.print("[red]terminated[/red]: nothing partial was kept")
+            console.print(f"[red]terminated[/red]: {OUTCOME}")
         else:
-            console.print("[red]interrupted[/red]: nothing partial was kept")
+            console.print(f"[red]interrupted[/red]: {OUTCOME}")
     finally:
         for signum, handler in previous.items():
             if handler is not None:

@@ -20,12 +20,16 @@ from dip_export.runtime.engine_io import ExportFiles
 from dip_export.sampling import Denoiser
 
 
-def export_files(folder: Path) -> ExportFiles:
-    """An export folder's manifest, as the data its engines need."""
+def export_files(folder: Path, identity: str = "") -> ExportFiles:
+    """An export folder's manifest, as the data its engines need; with `identity`, only the export that was read
+    then (`Manifest.identity`): files changed or swapped since are refused, not run under the old one's name."""
     from dip_export.export.manifest import read_manifest
     from dip_export.export.spec import io_specs
 
     manifest = read_manifest(folder)
+    if identity and manifest.identity != identity:
+        raise ExportError(f"{folder}: changed since it was loaded (its manifest or files are not the ones read then); "
+                          "load it again")  # fmt: skip
     return ExportFiles(
         folder=folder, precision=manifest.precision,
         graphs={role: folder / rel for role, rel in manifest.files.items()},
@@ -33,10 +37,11 @@ def export_files(folder: Path) -> ExportFiles:
     )  # fmt: skip
 
 
-def open_export(spec: BackendSpec, folder: Path, device: torch.device) -> Denoiser:
-    """The engine over an export folder; a graph its runtime rejects is one error naming the folder."""
+def open_export(spec: BackendSpec, folder: Path, device: torch.device, identity: str = "") -> Denoiser:
+    """The engine over an export folder (with `identity`: the one read then, `export_files`); a graph its runtime
+    rejects is one error naming the folder."""
     try:
-        return make_export_engine(spec, export_files(Path(folder)), device)
+        return make_export_engine(spec, export_files(Path(folder), identity), device)
     except DipError:
         raise
     except Exception as err:  # ONNX Runtime's and TensorRT's exception types share no base with ours

@@ -17,8 +17,9 @@ import sys
 
 from dip_export.signals import dropped
 
-INTERRUPTED = "interrupted: nothing partial was kept"
-TERMINATED = "terminated: nothing partial was kept"
+OUTCOME = "nothing partial was kept; what was finished before it stays"  # a swap already done is not undone
+INTERRUPTED = f"interrupted: {OUTCOME}"
+TERMINATED = f"terminated: {OUTCOME}"
 COMMANDS = ("dip-sample", "dip-export", "dip-bench")
 
 

@@ -23,6 +23,7 @@ from dip_export.ownership import (
     JSON_KINDS,
     MARK_KEY,
     NPZ_COMMENT,
+    OUTPUT_KINDS,
     PNG_KEY,
     PNG_KINDS,
     check_file_text,
@@ -71,6 +72,7 @@ def _tmp_tag(name: str, host: str, pid: int, create: bool) -> str | None:
     return hmac.new(key, f"{name}\0{host}\0{pid}".encode(), hashlib.sha256).hexdigest()[:16]
 
 
+PLACED_KINDS = frozenset(OUTPUT_KINDS) - {"auto-backend-cache"}  # a user's outputs (the cache lives in engines/)
 EXPORT_FORMAT_PREFIX = "dip-export/"  # the `format` of every manifest.json this tool writes
 MANIFEST_NAME = "manifest.json"
 
@@ -95,7 +97,8 @@ def remove_stale_temporaries(target: Path) -> None:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a folder this user may not write: the leftover stays, harmless
+                path.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:
@@ -109,7 +112,7 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_path(target: Path, kind: str | None = None) -> Iterator[Path]:
+def atomic_path(target: Path | str, kind: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds.
 
     With a `kind` (ownership.OUTPUT_KINDS) an existing `target` is replaced only if it carries this tool's mark
@@ -119,6 +122,8 @@ def atomic_path(target: Path, kind: str | None = None) -> Iterator[Path]:
     check_file_text(target)
     target = Path(target)
     check_output_file(target, probe=False)  # the temporary made below is the write test
+    if kind in PLACED_KINDS:  # a user's output, whoever calls the writer: never inside an artifact of the tool
+        check_output_place(target)
     if kind is not None:
         check_replaceable_output(target, kind)
     made = _folders_to_make(target.parent)
@@ -349,8 +354,12 @@ def check_space(needs: Iterable[tuple[Path, int]]) -> None:
 
 def settle_swap(target: Path, problem_of: Callable[[Path], str | None]) -> None:
     """A swap of `target` a killed run left is finished or undone (`ownership.recover_swap`); a journal not
-    provably this tool's is refused. Called before any work on a folder output."""
-    recover_swap(Path(os.path.abspath(target)), _alive, problem_of)
+    provably this tool's is refused. Then the temporaries killed runs of this tool left beside it go
+    (`remove_stale_temporaries`: the new export a swap was putting in place, a half-written one). Called before any
+    work on a folder output, and by every reader of an export before it is read."""
+    target = Path(os.path.abspath(target))
+    recover_swap(target, _alive, problem_of)
+    remove_stale_temporaries(target)
 
 
 def _swap_in(tmp: Path, target: Path) -> None:
@@ -417,6 +426,7 @@ RESERVED = {  # under EXPORT_ROOT: the tool's own caches there (measure.autoback
     "auto-backend.json": "the --backend auto cache",
     "yardstick": "the yardstick reference folder",
 }
+PACKAGE_FOLDER = Path(__file__).parent  # the installed package, its bundled demo model in it: never an output's place
 ARTIFACT_FOLDER = "the folder of on-the-fly exports and caches"  # EXPORT_ROOT itself: no output takes its place
 
 
@@ -430,6 +440,9 @@ def artifact_around(path: Path) -> str | None:
     if export is not None:
         return f"the export {export}"
     absolute = Path(os.path.abspath(path))
+    package = PACKAGE_FOLDER.resolve()
+    if package == absolute.resolve() or package in absolute.resolve().parents:
+        return f"the installed package {PACKAGE_FOLDER} (its demo model among its files)"
     for parent in [*absolute.parents, *absolute.resolve().parents]:
         if parent.name.endswith(SHARD_FOLDER_SUFFIX):
             return f"the shard folder {parent}"

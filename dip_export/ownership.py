@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from dip_export.errors import DipError, UsageError
+from dip_export.text import visible
 from dip_export.untrusted import read_regular
 
 MANIFEST_NAME = "manifest.json"
@@ -363,7 +365,13 @@ def check_file_text(text: Path | str, what: str = "the output") -> None:
 
 def check_output_name(path: Path) -> None:
     """The name fits the file system with the temporary's additions; the whole path too. Every component is
-    measured before any is looked up (a lookup of a name too long fails with the OS's own error)."""
+    measured before any is looked up (a lookup of a name too long fails with the OS's own error). A '..' after a
+    folder's name (`o/sub/../x.npz`) is refused: read by name it drops `sub`, the file system goes through it (a
+    folder to make, a link to follow); leading ones (`../x.npz`) are plain."""
+    parts = Path(path).parts
+    if any(part == ".." and before not in ("..", os.sep) for before, part in itertools.pairwise(parts)):
+        raise UsageError(f"{visible(str(path), 200)}: the output path goes into a folder and back out ('..' after a "
+                         "folder's name); name it without")  # fmt: skip
     path = Path(os.path.abspath(path))
     try:
         raw = os.fsencode(str(path))

@@ -44,7 +44,6 @@ from dip_export.settings import (
     SAMPLE_RULES,
     ImageSize,
     check_options,
-    exact_bool,
     exact_int,
     exact_str,
     given_options,
@@ -56,6 +55,7 @@ from dip_export.settings import (
     plain_items,
     plain_value,
     run_conditions,
+    trust_flag,
 )
 from dip_export.untrusted import MAX_NAME_BYTES, MAX_PATH_BYTES
 
@@ -77,6 +77,7 @@ class ModelSource:
     export_precision: str | None = None
     export_target: str = "onnx"  # the runtime an export's graphs were made for: onnx, or trt (`--target trt`)
     weights: str = "ema"
+    export_identity: str = ""  # an export's content as its graphs were read and checked (`Manifest.identity`)
 
     def __post_init__(self) -> None:
         """A source made by hand holds what `DiPPipeline.load` would have put there, or is refused in one line."""
@@ -100,17 +101,18 @@ class ModelSource:
 
     @functools.cached_property
     def identity(self) -> str:
-        """What the model *is*, by content: the sha256 of the checkpoint, or of an export's files.
+        """What the model *is*, by content: the sha256 of the checkpoint, or an export's as its graphs were read
+        (`Manifest.identity`: every file's sha256, checked as the graphs were read; an engine made later is made
+        of those same files, or refused: `engines.open_export`).
 
-        Computed on first use only (resume, --backend auto): a multi-GB file takes seconds to hash.
+        A checkpoint's is computed on first use only (resume, --backend auto): a multi-GB file takes seconds to hash.
         """
         if self.export_dir is not None:
-            from dip_export.export.manifest import MANIFEST, read_manifest
-            from dip_export.untrusted import content_identity, graph_files
+            if not self.export_identity:  # made by hand: the export as first read, which every engine must then be
+                from dip_export.export.manifest import read_manifest
 
-            folder = self.export_dir
-            files = [folder / MANIFEST, *graph_files(folder, read_manifest(folder).files.values())]
-            return "export:" + content_identity(files, root=folder)
+                object.__setattr__(self, "export_identity", read_manifest(self.export_dir).identity)
+            return "export:" + self.export_identity
         assert self.loaded is not None
         file = Path(self.loaded.source)
         if self.loaded.stamp is None and not file.is_file():  # a preset: random weights from a fixed seed
@@ -190,6 +192,7 @@ def _export_source(
     return ModelSource(
         name=manifest.name, config=manifest.config, sampling=dict(manifest.sampling), path=target, export_dir=target,
         export_size=manifest.image_size, export_precision=manifest.precision, export_target=manifest.target,
+        export_identity=manifest.identity,
     )  # fmt: skip
 
 
@@ -232,7 +235,7 @@ def _open_source(
 
     if weights is not None:  # given: it must apply (a checkpoint holding both); None: ema where there is a choice
         weights = one_of(weights, "--weights", ("ema", "raw"))
-    trust_checkpoint = exact_bool(trust_checkpoint, "trust_checkpoint")
+    trust_checkpoint = trust_flag(trust_checkpoint)
     if preset is not None:  # a name, checked before any Hub request or file read; plain text from here on
         from dip_export.config import get_preset
 
@@ -289,7 +292,7 @@ class LoadRequest:
         _check_console(console)
         request = cls(
             dev, optional_text(backend, "backend", 64), optional_text(revision, "revision"),
-            exact_bool(trust_checkpoint, "trust_checkpoint"),
+            trust_flag(trust_checkpoint),
             None if image_size is None else parse_image_size(image_size),  # 0, "" and False are not "the default"
             exact_int(batch_size, "batch_size", 1, MAX_BATCH), exact_int(num_samples, "num_samples", 1, MAX_SAMPLES),
         )  # fmt: skip
@@ -538,7 +541,8 @@ class DiPPipeline:
 
     def _make(self, spec: BackendSpec, size: tuple[int, int], batch: int) -> Denoiser:
         if self.source.export_dir is not None:
-            return open_export(spec, self.source.export_dir, self.device)
+            identity = self.source.identity.removeprefix("export:")  # what was read at load (or now, for the first time)
+            return open_export(spec, self.source.export_dir, self.device, identity=identity)
         assert self.source.loaded is not None
         console = self.console if self.console is not None else quiet_console()  # None: nothing printed, by any stage
         return make_engine(spec, self.source.loaded, size, self.device, console, batch=batch)

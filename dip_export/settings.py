@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
+import os
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -104,6 +105,14 @@ def exact_bool(value: Any, what: str) -> bool:
     if type(value) is not bool and not isinstance(value, np.bool_):
         raise UsageError(f"{what} must be True or False, got {type(value).__name__}")
     return bool(value)
+
+
+def trust_flag(value: Any, what: str = "trust_checkpoint") -> bool:
+    """The flag that lets a pickle run code: Python's own True or False and nothing else (no numpy or torch bool,
+    no 1, no "yes"), so that nothing but a deliberate `True` ever grants it."""
+    if type(value) is not bool:
+        raise UsageError(f"{what} must be True or False (a Python bool), got {type(value).__name__}")
+    return value
 
 
 def exact_str(value: Any) -> Any:
@@ -202,6 +211,7 @@ def image_size(value: Any, what: str = "image size") -> tuple[int, int]:
 # Numbers typed as text (CLI options, comma lists): ASCII digits, no `_`, no `0x`, no other scripts' digits, no
 # whitespace around them. No text value is trimmed anywhere: a list item, a name or a size with a space is refused.
 _WHOLE_TEXT = re.compile(r"[+-]?[0-9]{1,40}")
+_LONG_WHOLE_TEXT = re.compile(r"[+-]?[0-9]{41,}")
 _DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]{1,40}(?:\.[0-9]{0,40})?|\.[0-9]{1,40})(?:[eE][+-]?[0-9]{1,4})?")
 
 
@@ -211,6 +221,9 @@ class _TooSmall(UsageError):
 
 def whole_text(text: Any, what: str) -> int:
     """An integer typed as text: `12`, `-3`, `+4`; not `1.0`, `1_0`, `1e3`, ` 3` or `０`."""
+    if isinstance(text, str) and _LONG_WHOLE_TEXT.fullmatch(text):  # digits only, too many for any setting
+        digits = len(text.lstrip("+-"))
+        raise UsageError(f"{what} is a whole number of {digits} digits, beyond any limit of the tool")
     if not isinstance(text, str) or not _WHOLE_TEXT.fullmatch(text):
         raise UsageError(f"{what} must be a whole number, got {plain_value(text)}")
     return int(text)
@@ -316,6 +329,20 @@ def optional_text(value: Any, what: str, max_len: int = 1024) -> str | None:
     if value != value.strip():
         raise UsageError(f"{what} must not start or end with whitespace, got {plain_value(value)}")
     return value
+
+
+def path_text(value: Any, what: str) -> str:
+    """A path a caller gives (str, or an os.PathLike whose `__fspath__` runs once and gives text): never empty, no
+    NUL, at most 4096 characters; anything else, bytes too, is refused in one line (`what` names the argument)."""
+    if not issubclass(type(value), str | os.PathLike):
+        raise UsageError(f"{what} must be a path (text), got {type(value).__name__}")
+    try:
+        text = exact_str(value if issubclass(type(value), str) else os.fspath(value))
+    except Exception:  # a PathLike whose own __fspath__ fails
+        raise UsageError(f"{what} must be a path: this {type(value).__name__} gives no path") from None
+    if not isinstance(text, str) or not text or "\x00" in text or len(text) > 4096:
+        raise UsageError(f"{what} must be a path: got no text, empty text, a NUL byte or over 4096 characters")
+    return text
 
 
 def optional_callable(value: Any, what: str, args: int | None = None) -> Any:

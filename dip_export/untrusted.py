@@ -505,17 +505,6 @@ def read_lines(path: Path, *, what: str, max_bytes: int = MAX_TEXT_BYTES, max_li
     return lines
 
 
-def content_identity(files: Iterable[Path], root: Path | None = None) -> str:
-    """sha256 over the names (relative to `root`) and bytes of `files`: equal only for the same content."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for path in sorted(set(map(Path, files))):
-        name = os.path.relpath(path, root) if root is not None else path.name
-        digest.update(f"{name}\0{sha256_file(path)}\n".encode())
-    return digest.hexdigest()
-
-
 def graph_files(folder: Path, graphs: Iterable[str]) -> list[Path]:
     """Every file an export's graphs are made of: the graphs and all external data they name, inside `folder`."""
     import onnx

@@ -1,6 +1,7 @@
 """Train the bundled demo DiP on scikit-learn's digits (CPU, deterministic given --seed).
 
-    python scripts/train_digits.py --out dip_export/demo/dip-digits.safetensors
+    python scripts/train_digits.py --out dip-digits.safetensors
+    cp dip-digits.safetensors dip_export/demo/   # the package's folder is never an output of the tool itself
 
 The release's flow-matching objective: x_t = t x + (1 - t) noise, velocity target x - noise,
 t drawn logit-normally; 10% of labels dropped to the null class for guidance; EMA weights saved.
@@ -33,9 +34,7 @@ DEMO_CONFIG = DiPConfig(
 
 
 def train(
-    out: Annotated[Path, typer.Option(help="Where to write the weights (.safetensors).")] = Path(
-        "dip_export/demo/dip-digits.safetensors"
-    ),
+    out: Annotated[Path, typer.Option(help="Where to write the weights (.safetensors).")] = Path("dip-digits.safetensors"),
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 2400,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 64,
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 1e-3,

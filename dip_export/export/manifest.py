@@ -14,12 +14,12 @@ from typing import Any
 from dip_export.budget import parameter_count
 from dip_export.config import DiPConfig, check_sampling_defaults
 from dip_export.errors import DipError, ExportError, UsageError
+from dip_export.export.naming import model_name_problem
 from dip_export.io import EXPORT_FORMAT_PREFIX, MANIFEST_NAME, atomic_path, check_replaceable_folder, settle_swap
 from dip_export.ownership import (
     contents_mac,
     file_sha256,
     folder_contents,
-    journal_path,
     mac_problem,
     owner_key,
     unlisted_entries,
@@ -63,6 +63,16 @@ class Manifest:
     contents: dict[str, Any] = field(default_factory=dict)  # every other file of the folder: size and sha256
     owner_mac: str = ""  # HMAC of `contents` under this user's key: only then may the tool replace the folder
     format: str = FORMAT
+
+    @property
+    def identity(self) -> str:
+        """The export by content, as read: sha256 over every field, the listed files' sha256 among them (each graph and
+        its external data is checked against that list as it is read: `read_manifest`)."""
+        import hashlib
+
+        fields = marked_fields(self.to_json())  # the owner's mark aside: the same export for every user
+        text = json.dumps(fields, sort_keys=True, ensure_ascii=True, allow_nan=False)
+        return hashlib.sha256(text.encode()).hexdigest()
 
     @property
     def target(self) -> str:
@@ -185,8 +195,9 @@ def parse_manifest(data: Any) -> Manifest:
         raise ValueError(f"opset must be in {OPSETS.start}..{OPSETS.stop - 1}, got {int_text(data['opset'])}")
     for key in ("files", "source", "versions"):
         _typed(data, key, dict)
-    for key in ("verification", "sampling", "engines", "extra", "contents"):
+    for key in ("verification", "sampling", "engines", "extra"):
         _typed(data, key, dict, required=False)
+    _typed(data, "contents", dict)  # every file the export wrote, hashed: without it nothing proves the graphs are its
     _typed(data, "owner_mac", str, required=False)
     _check_name(data)
     _short_text(data["versions"], data["versions"], "versions.", 100)
@@ -199,7 +210,7 @@ def parse_manifest(data: Any) -> Manifest:
     if not isinstance(data["config"], dict):
         raise TypeError("config must be an object")
     _check_files(data["files"], required=ROLES)
-    _check_contents(data.get("contents", {}))
+    _check_contents(data["contents"], data["files"])
     for precision, entry in data.get("engines", {}).items():
         if not isinstance(entry, dict) or not isinstance(entry.get("files"), dict):
             raise ValueError(f"engines entry {plain_value(precision)} must be an object with files")
@@ -221,10 +232,12 @@ def parse_manifest(data: Any) -> Manifest:
 
 
 def _check_name(data: dict[str, Any]) -> None:
-    """The model's name: a short text that is one part of a folder name (the tool names its folders after it)."""
-    _short_text(data, ["name"], "", 200)
-    if data["name"] in ("", ".", "..") or "/" in data["name"]:
-        raise ValueError(f"name must be a model's name, one part of a folder name, got {plain_value(data['name'])}")
+    """The model's name: one the tool gives a model (`naming.model_name_problem`), as its folders are named after it."""
+    if not isinstance(data["name"], str):
+        raise TypeError(f"name must be a string, got {type(data['name']).__name__}")
+    problem = model_name_problem(data["name"])
+    if problem:
+        raise ValueError(f"name {problem}")
 
 
 def _short_text(table: dict[str, Any], keys: Iterable[str], what: str, limit: int) -> None:
@@ -258,15 +271,24 @@ def _check_files(files: dict[str, Any], required: tuple[str, ...] = ()) -> None:
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-def _check_contents(contents: dict[str, Any]) -> None:
-    """Each listed file as the export wrote it: a plain relative name, its size in bytes and its sha256."""
+def _check_contents(contents: dict[str, Any], files: dict[str, str]) -> None:
+    """Each listed file as the export wrote it: a plain relative name inside the folder, its size in bytes and its
+    sha256; every graph the manifest names is among them (its external data is checked against the list as the
+    graph is read: `_check_recorded`)."""
+    if not contents:
+        raise ValueError("contents lists no file: this export's files cannot be checked (export it again)")
     for rel, entry in contents.items():
         size = entry.get("size") if isinstance(entry, dict) else None
         digest = entry.get("sha256") if isinstance(entry, dict) else None
         sized = type(size) is int and size >= 0
-        if not plain_relative(rel) or not sized or not isinstance(digest, str) or not _SHA256.fullmatch(digest):
-            raise ValueError(f"contents entry {name_text(rel, r'[A-Za-z0-9_./-]{1,80}')} must be a plain file name with "
-                             "its size and sha256")  # fmt: skip
+        named = plain_relative(rel) and ".." not in rel.split("/") and "\\" not in rel
+        if not named or not sized or not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            raise ValueError(f"contents entry {name_text(rel, r'[A-Za-z0-9_./-]{1,80}')} must be a plain file name inside "
+                             "the folder with its size and sha256")  # fmt: skip
+    plain = {role: rel for role, rel in files.items() if plain_relative(rel) and ".." not in rel.split("/")}
+    unlisted = [role for role, rel in plain.items() if rel not in contents]  # others: refused by name (`inside`)
+    if unlisted:
+        raise ValueError(f"contents does not list the {plain_value(unlisted[0])} graph the manifest names")
 
 
 def plain_relative(rel: str) -> bool:
@@ -469,10 +491,8 @@ def _check_recorded(folder: Path, path: Path, manifest: Manifest) -> None:
     it) and it is still that file."""
     rel = path.relative_to(folder).as_posix() if path.is_relative_to(folder) else None
     entry = manifest.contents.get(rel) if rel is not None else None
-    if not isinstance(entry, dict):
-        if manifest.contents:  # a list that leaves this graph out: the graph is not one the export wrote
-            raise ExportError(f"{path}: not among the files {MANIFEST} lists as written by the export")
-        return  # no list at all (an export of an older version): the checks above are all there is
+    if not isinstance(entry, dict):  # a list that leaves this file out: it is not one the export wrote
+        raise ExportError(f"{path}: not among the files {MANIFEST} lists as written by the export")
     stamp = file_stamp(path)
     if stamp[2] != entry.get("size") or _sha256(str(path.resolve()), stamp) != entry.get("sha256"):
         raise ExportError(f"{path}: changed since export (its size or sha256 is not the one {MANIFEST} records)")
@@ -742,9 +762,7 @@ def ownership_problem(folder: Path) -> str | None:
     except (UntrustedFileError, ValueError, TypeError, KeyError, DipError) as err:
         reason = manifest_error(err).removeprefix(f"{folder / MANIFEST_NAME}: ")[:100]
         return f"its {MANIFEST_NAME} is not a valid one of this tool: {reason}"
-    listed = manifest.contents
-    if not listed:
-        return f"its {MANIFEST_NAME} lists no contents (written by an older version)"
+    listed = manifest.contents  # never empty (`parse_manifest`)
     try:
         extra = unlisted_entries(folder, listed)  # folders too: a user's empty folder is not the tool's to delete
     except OSError as err:
@@ -777,7 +795,5 @@ def settle_export_swap(path: Path | str) -> None:
     `.NAME.swap.json` beside it) is finished or undone, as every writer does first (`io.settle_swap`): the new
     export stays if it was in place, else the old one comes back from its backup. Only a journal proven this
     tool's, naming a backup that is an export of this tool, is acted on; any other is refused in one line and
-    nothing is renamed or deleted. Without a journal nothing is done."""
-    target = Path(os.path.abspath(path))
-    if os.path.lexists(journal_path(target)):
-        settle_swap(target, ownership_problem)
+    nothing is renamed or deleted. Then what killed runs of this tool left beside it goes (`io.settle_swap`)."""
+    settle_swap(Path(os.path.abspath(path)), ownership_problem)

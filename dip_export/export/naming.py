@@ -9,8 +9,23 @@ from __future__ import annotations
 import re
 
 from dip_export.settings import BUILD_PRECISIONS, BUILD_TARGETS
+from dip_export.text import visible
+
+MAX_MODEL_NAME = 200  # characters: with the size and variant, one part of a folder name
 
 CALIBRATION = "calib"
+
+
+def model_name_problem(name: str) -> str:
+    """Why `name` cannot be a model's name ("" when it can): it names the tool's folders (`export_folder_name`) and
+    is printed as it is, so it is one non-empty part of a folder name, short, with every character seen as itself."""
+    if name in ("", ".", "..") or "/" in name or "\0" in name:
+        return f"must be one part of a folder name, got '{visible(name, 80)}'"
+    if len(name) > MAX_MODEL_NAME:
+        return f"must be at most {MAX_MODEL_NAME} characters, got {len(name)}"
+    if visible(name) != name:
+        return f"holds a character that is not printed as itself: '{visible(name, 80)}'"
+    return ""
 
 
 def export_variant(precision: str, target: str = "onnx") -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ from dip_export.export.spec import SubModelSpec, backbone_inputs, io_specs
 from dip_export.io import EXPORT_ROOT, atomic_dir, settle_swap
 from dip_export.messages import say, say_lines
 from dip_export.model import DiP
-from dip_export.settings import OPSETS, exact_int, one_of
+from dip_export.settings import OPSETS, exact_int, exact_str, one_of, path_text
 
 if TYPE_CHECKING:
     from dip_export.export.calibration import CalibrationSettings
@@ -97,8 +96,13 @@ def export_file_bytes(config: Any, precision: str) -> int:
 
 
 def _check_export_options(precision: str, opset: int) -> tuple[str, int]:
-    """The two as plain values (a subclass's own methods never run again)."""
-    return one_of(precision, "--precision", [*DTYPES, "int8"]), exact_int(opset, "--opset", OPSETS.start, OPSETS.stop - 1)
+    """The two as plain values (a subclass's own methods never run again). An int8 export is quantized from the fp32
+    one (`quantize.ensure_int8_export`, `dip-export onnx --precision int8`): export_onnx itself writes float graphs."""
+    precision = exact_str(precision)
+    if precision == "int8":
+        raise UsageError("export_onnx writes fp32, fp16 or bf16 graphs; an int8 export is quantized from the fp32 one "
+                         "(dip_export.export.quantize.ensure_int8_export, or dip-export onnx --precision int8)")  # fmt: skip
+    return one_of(precision, "--precision", list(DTYPES)), exact_int(opset, "--opset", OPSETS.start, OPSETS.stop - 1)
 
 
 def _check_export_arguments(loaded: Any, image_size: Any, output_dir: Any, console: Any) -> tuple[int, int]:
@@ -110,10 +114,8 @@ def _check_export_arguments(loaded: Any, image_size: Any, output_dir: Any, conso
         raise UsageError(f"export_onnx takes a LoadedModel (dip_export.checkpoint.resolve_model), got {type(loaded).__name__}")
     if console is not None and not isinstance(console, Console):
         raise UsageError(f"console must be a rich Console or None, got {type(console).__name__}")
-    if output_dir is not None and not isinstance(output_dir, str | os.PathLike):
-        raise UsageError(f"output_dir must be a folder path or None, got {type(output_dir).__name__}")
-    if output_dir is not None and not os.fspath(output_dir):  # "" would read as the working folder
-        raise UsageError("output_dir is empty; give a folder or None (the default under engines/)")
+    if output_dir is not None:  # "" would read as the working folder
+        path_text(output_dir, "output_dir (a folder, or None for the default under engines/)")
     size = parse_image_size(image_size)  # exact whole numbers, both sides bounded: (True, 32) is no size
     check_image_size(*size, loaded.config.patch_size)
     return size
@@ -135,6 +137,7 @@ def export_onnx(
     console = console or Console(stderr=True)
     out = Path(output_dir) if output_dir else default_export_dir(loaded.name, precision, image_size)
     check_export_run(loaded, image_size, out, precision=precision)
+    source = source_info(loaded)  # before tracing: a checkpoint changed since it was read is refused now, not after
     specs = io_specs(loaded.config, *image_size)
     net = loaded.model if precision == "fp32" else copy.deepcopy(loaded.model).to(DTYPES[precision])
     wrappers = {"backbone": _Backbone(net, DTYPES[precision]).eval(), "detailer": _Detailer(net, DTYPES[precision]).eval()}
@@ -154,7 +157,7 @@ def export_onnx(
             image_size=image_size,
             config=loaded.config,
             files=files,
-            source=source_info(loaded),
+            source=source,
             versions=tool_versions(),
             opset=opset,
             verification=report,
@@ -481,6 +484,7 @@ def check_export_run(
 def ensure_export(loaded: LoadedModel, *, precision: str, image_size: tuple[int, int], console: Console | None = None) -> Path:
     """The cached export for this model, precision and size under engines/, made when missing or stale."""
     folder = default_export_dir(loaded.name, precision, image_size)
+    settle_swap(folder, ownership_problem)  # a swap a killed run left is finished or undone, its leftovers gone
     if is_current(folder, loaded, precision=precision, image_size=image_size):
         return folder
     return export_onnx(loaded, precision=precision, image_size=image_size, output_dir=folder, console=console)

@@ -37,7 +37,7 @@ def test_auto_is_refused_by_the_work_limit_before_it_measures(monkeypatch, tmp_p
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(autobackend, "measure", _never("the --backend auto measurement"))
     code, err = run(cli.bench_main, "--backends", "auto", "--steps", "10000", "--repeats", "1000")
-    _refused(code, err, "network evaluations", "more than the limit", expected=1)  # a budget refusal: exit 1
+    _refused(code, err, "network evaluations", "more than the limit", expected=2)  # too much work asked: exit 2
     assert not (tmp_path / "engines").exists()
 
 

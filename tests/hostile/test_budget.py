@@ -65,6 +65,30 @@ def test_each_limit_alone_holds_but_the_product_is_refused() -> None:
         check_run(XL, RunShape(4096, 2048, 2048))
 
 
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(st.integers(1, 1 << 36), st.integers(1, 4096), sides, st.sampled_from(["torch", "onnx"]), st.booleans())
+def test_a_refusal_blames_the_sizes_asked_for_only_where_the_model_alone_fits(
+    limit: int, batch: int, side: int, backend: str, export: bool
+) -> None:
+    """Exit 2 (a bad argument) where the model's own part of the need fits and the sizes asked for do not; exit 1
+    where the model alone does not fit, whatever was asked (as for any file that holds too much)."""
+    import os
+
+    from dip_export.budget import EXPORT_FIXED_BYTES, RunBudgetError, weight_bytes
+
+    os.environ["DIP_MEMORY_LIMIT"] = str(limit)
+    try:
+        check_run(XL, RunShape(batch, side, side), torch.device("cpu"), backend=backend, export=export)
+    except BudgetError as err:
+        fixed = weight_bytes(XL) + (EXPORT_FIXED_BYTES if export and backend == "onnx" else 0)
+        assert isinstance(err, RunBudgetError) == (fixed <= limit), (fixed, limit, str(err))
+        assert err.exit_code == (2 if fixed <= limit else 1) and isinstance(err, UsageError) == (fixed <= limit)
+    else:
+        assert run_bytes(XL, RunShape(batch, side, side), backend) <= limit
+    finally:
+        del os.environ["DIP_MEMORY_LIMIT"]
+
+
 # ---------------------------------------------------------------- surfaces
 
 
@@ -98,13 +122,13 @@ def test_api_call_refuses_a_long_class_or_seed_list_before_building_the_plan(
 def test_cli_sample_refuses_with_one_line(tmp_path: Path, no_sampling) -> None:
     code, err = run(cli.sample_main, "--preset", "dip-s-16", "--batch-size", "4096", "--image-size", "2048",
                     "--out", tmp_path / "o.npz")  # fmt: skip
-    one_line(code, err, 1, "needs about", "GiB")
+    one_line(code, err, 2, "needs about", "GiB")
     assert not (tmp_path / "o.npz").exists()
 
 
 MANY = ",".join(str(n) for n in range(5000, 10_001))  # each within the step bound, their total beyond the budget
 NFE_CASES = [("0", 2, "must be in 1..10000"), ("10,0", 2, "must be in 1..10000"),
-             ("50000000", 2, "must be in 1..10000"), (MANY, 1, "network evaluations")]  # fmt: skip
+             ("50000000", 2, "must be in 1..10000"), (MANY, 2, "network evaluations")]  # fmt: skip
 
 
 @pytest.mark.parametrize(("nfe", "code", "words"), NFE_CASES)

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from dip_export import DiPPipeline
 from dip_export.checkpoint import DEMO_CHECKPOINT, load_checkpoint, model_identity
 from dip_export.errors import DipError
-from dip_export.export.onnx_export import source_info
+from dip_export.export.onnx_export import export_onnx, source_info
 from dip_export.untrusted import ChangedFileError, sha256_file
 
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -80,8 +80,12 @@ def test_a_pipeline_whose_checkpoint_was_replaced_after_load_neither_exports_nor
         metadata = f.metadata()
     save_file(halved, str(tmp_path / "new.safetensors"), metadata=metadata)
     (tmp_path / "new.safetensors").replace(path)
-    with pytest.raises(DipError, match="changed after it was read"):
+    monkeypatch.setattr("torch.onnx.export", lambda *a, **k: pytest.fail("traced a model whose file has changed"))
+    with pytest.raises(DipError, match="changed after it was read"):  # before tracing, not after the export
         pipe(classes=[3], seeds=[5], steps=2, sampler="euler")
+    with pytest.raises(DipError, match="changed after it was read"):
+        export_onnx(torch_pipe.source.loaded, image_size=32, output_dir=tmp_path / "exp")
+    assert not (tmp_path / "exp").exists()
     with pytest.raises(DipError, match="changed after it was read"):
         torch_pipe.source.identity  # noqa: B018 (the content key of resume and --backend auto)
     assert sorted((tmp_path / "engines").rglob("*.onnx")) == []  # no export labelled with the new file

@@ -30,6 +30,19 @@ def test_whole_text_reads_every_integer_as_written(n):
     assert whole_text(f"+{n}" if n >= 0 else str(n), "x") == n
 
 
+@given(st.integers(min_value=41, max_value=6000), st.sampled_from(["", "+", "-"]), st.sampled_from("123456789"))
+def test_a_whole_number_of_too_many_digits_is_named_by_its_size(digits, sign, first):
+    """Digits only, too many for any limit: called a whole number of so many digits, never "not a whole number"."""
+    with pytest.raises(UsageError) as caught:
+        whole_text(sign + first + "0" * (digits - 1), "--steps")
+    assert str(caught.value) == f"--steps is a whole number of {digits} digits, beyond any limit of the tool"
+
+
+def test_a_huge_step_count_is_refused_by_its_size_on_the_command_line(tmp_path):
+    code, err = run(cli.sample_main, "--steps", "9" * 5000, "--out", tmp_path / "o.npz")
+    one_line(code, err, 2, "--steps", "is a whole number of 5000 digits")
+
+
 @given(st.text(max_size=8))
 def test_whole_text_takes_only_ascii_digits_with_a_sign(text):
     try:

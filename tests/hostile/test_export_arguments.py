@@ -45,8 +45,11 @@ def test_a_bad_image_size_is_refused_before_any_export(tmp_path: Path, loaded, n
     ("changes", "words"),
     [
         ({"console": 1}, "console must be a rich Console"),
-        ({"output_dir": ""}, "output_dir is empty"),
-        ({"output_dir": 3}, "output_dir must be a folder path"),
+        ({"output_dir": ""}, r"output_dir \(a folder, or None .*\) must be a path"),
+        ({"output_dir": 3}, r"output_dir \(a folder, or None .*\) must be a path \(text\), got int"),
+        ({"output_dir": b"/tmp/x"}, r"must be a path \(text\), got bytes"),
+        ({"output_dir": "/tmp/a\x00b"}, "a NUL byte"),
+        ({"precision": "int8"}, "int8"),
         ({"loaded": None}, "export_onnx takes a LoadedModel"),
         ({"loaded": "golden"}, "export_onnx takes a LoadedModel"),
     ],

@@ -46,12 +46,11 @@ def recorded() -> Iterator[list[tuple[int, int]]]:
 
 
 def _copy_with_config_side(pristine: Path, into: Path, side: int) -> Path:
-    """A hand-edited copy of a good export: config.image_size set to `side` (its list and mark dropped, as an
-    edit by hand leaves them stale)."""
+    """A hand-edited copy of a good export: config.image_size set to `side` (its mark dropped, as an edit by hand
+    leaves it stale; its list of files still holds)."""
     folder = Path(shutil.copytree(pristine, into / "exp"))
     path = folder / "manifest.json"
     data = json.loads(path.read_text())
-    data.pop("contents", None)
     data.pop("owner_mac", None)
     data["config"]["image_size"] = side
     path.write_text(json.dumps(data))

@@ -66,7 +66,7 @@ EDITS: dict[str, Callable[[onnx.ModelProto, Path], None]] = {
 
 def _edit(export: Path, name: str, edit: Callable[[onnx.ModelProto, Path], None], listed: bool) -> None:
     """Edit the detailer; `listed`: the manifest's contents take the new files (as a hand-edited manifest would),
-    else the manifest lists none (the form of an older version's export)."""
+    else the manifest is kept as the export wrote it (its list no longer the files': the form is refused first)."""
     path = export / "detailer.onnx"
     model = onnx.load(str(path))
     edit(model, export)
@@ -76,8 +76,6 @@ def _edit(export: Path, name: str, edit: Callable[[onnx.ModelProto, Path], None]
         for file in sorted({path, *export.glob("w.bin")}):
             data = file.read_bytes()
             manifest["contents"][file.name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    else:
-        del manifest["contents"]
     (export / "manifest.json").write_text(json.dumps(manifest))
 
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from dip_export import cli
+from dip_export.entry import INTERRUPTED
 from tests.test_hostile import run
 
 TRACER_LOG = "torch._subclasses.fake_tensor"  # where torch logs the error it made of the KeyboardInterrupt
@@ -81,7 +82,7 @@ def test_ctrl_c_wrapped_by_the_exporter_is_one_interrupted_line(
     out = tmp_path / "e"
     code, err = run(cli.export_main, "onnx", ckpt, "--image-size", "32x64", "--output-dir", out)
     assert code == 130, err
-    assert err.strip().splitlines() == ["interrupted: nothing partial was kept"]
+    assert err.strip().splitlines() == [INTERRUPTED]
     assert recorded == []  # torch's log of the wrapped interrupt reached no handler
     assert {name: logging.getLogger(name).level for name in levels} == levels  # levels are back after the export
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the CLI's handler is gone after the command
@@ -153,5 +154,5 @@ def test_ctrl_c_that_would_be_dropped_still_ends_the_command(kind: str, python_s
         sys.unraisablehook = previous
     assert code == 130
     assert unraisable == []  # nothing was printed as ignored
-    assert capsys.readouterr().err.strip().splitlines() == ["interrupted: nothing partial was kept"]
+    assert capsys.readouterr().err.strip().splitlines() == [INTERRUPTED]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

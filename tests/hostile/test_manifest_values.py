@@ -151,9 +151,13 @@ def _unusable(value: Any) -> bool:
 @pytest.mark.parametrize(
     ("change", "words"),
     [
-        (lambda d: d.update(name=""), "name must be a model's name"),
-        (lambda d: d.update(name=".."), "name must be a model's name"),
-        (lambda d: d.update(name="a/b"), "name must be a model's name"),
+        (lambda d: d.update(name=""), "name must be one part of a folder name"),
+        (lambda d: d.update(name=".."), "name must be one part of a folder name"),
+        (lambda d: d.update(name="a/b"), "name must be one part of a folder name"),
+        (lambda d: d.update(name="dip\x1b]0;owned\x07"), "not printed as itself"),
+        (lambda d: d.update(name="dip\ndigits"), "not printed as itself"),
+        (lambda d: d.update(name="dip\u202edigits"), "not printed as itself"),
+        (lambda d: d.update(name="d" * 201), "at most 200 characters"),
         (lambda d: d.update(name="dip\x00digits"), "NUL character"),
         (lambda d: d["verification"].update(tolerance=1e308, worst_rel=1e300), "verification.tolerance must be"),
         (lambda d: d["verification"].update(tolerance=0, worst_rel=0), "verification.tolerance must be"),
@@ -180,6 +184,9 @@ CONTENTS_CHANGES = {
     "an upper-case sha256": lambda c, g: c[g].update(sha256=c[g]["sha256"].upper()),
     "a name not plain": lambda c, g: c.update({"./" + g: c.pop(g)}),
     "the graph left out": lambda c, g: c.pop(g),
+    "no file listed": lambda c, g: c.clear(),
+    "a name leading outside": lambda c, g: c.update({"../" + g: dict(c[g])}),
+    "a name with a backslash": lambda c, g: c.update({"sub\\" + g: dict(c[g])}),
 }
 
 
@@ -193,8 +200,9 @@ def test_a_contents_list_that_does_not_record_the_graphs_as_written_is_refused(p
     assert graph in data["contents"]
     CONTENTS_CHANGES[change](data["contents"], graph)
     (folder / "manifest.json").write_text(json.dumps(data))
-    with pytest.raises(DipError, match=r"contents entry|not among the files"):
+    words = ("contents entry", "not among the files", "contents lists no file", "contents does not list")
+    with pytest.raises(DipError, match="|".join(words)):
         DiPPipeline.load(folder)(classes=[1], seeds=[0], steps=1, sampler="euler")
     code, err = run(cli.sample_main, folder, "--num-samples", "1", "--steps", "1", "--out", tmp_path / "o.npz")
-    assert code == 1 and ("contents entry" in err or "not among the files" in err), err
+    assert code == 1 and any(w in err for w in words) and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o.npz").exists()

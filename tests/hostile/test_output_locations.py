@@ -51,9 +51,12 @@ def test_outputs_are_refused_exactly_when_two_are_equal_or_nested(tmp_path: Path
         check_outputs_apart(given_paths)
 
 
-def test_dip_sample_png_dir_that_is_the_shard_folder_is_refused_the_first_time(tmp_path: Path, no_sampling) -> None:
+@pytest.mark.parametrize("resume", [["--resume"], []])
+def test_dip_sample_png_dir_that_is_the_shard_folder_is_refused_the_first_time(tmp_path: Path, no_sampling,
+                                                                              resume: list[str]) -> None:  # fmt: skip
+    """Without --resume too: a later --resume of the same --out would take the PNGs' folder for its shards."""
     out = tmp_path / "q.npz"
-    argv = ["--num-samples", "2", "--steps", "1", "--resume", "--out", out]
+    argv = ["--num-samples", "2", "--steps", "1", *resume, "--out", out]
     code, err = run(cli.sample_main, *argv, "--png-dir", tmp_path / "q.npz.parts")
     one_line(code, err, 2, "--png-dir", "q.npz.parts", "the shard folder")
     code, err = run(cli.sample_main, *argv, "--png-dir", tmp_path / "q.npz.parts" / "pics")

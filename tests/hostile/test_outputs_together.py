@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import dip_export.app
 from dip_export import io as dio
-from dip_export.entry import INTERRUPTED
+from dip_export.entry import INTERRUPTED, TERMINATED
 from tests.hostile.test_swap_journal import listing
 
 
@@ -93,7 +93,7 @@ def _installed(name: str) -> Path:
 def test_a_real_signal_while_outputs_are_written_leaves_all_or_none(tmp_path: Path, signum: int) -> None:
     """dip-sample writing 300 PNGs is signalled once the first temporary appears in --png-dir, a little later each
     time: it ends with every output in place (the signal came during the renames) or none, and never a temporary."""
-    words = {signal.SIGINT: INTERRUPTED, signal.SIGTERM: "terminated: nothing partial was kept"}
+    words = {signal.SIGINT: INTERRUPTED, signal.SIGTERM: TERMINATED}
     seen = set()
     for attempt in range(3):
         folder = tmp_path / str(attempt)

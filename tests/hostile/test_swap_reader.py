@@ -70,8 +70,9 @@ def dead_pid() -> int:
 
 
 def as_dead_run(target: Path) -> None:
-    """What the kill left, as a run that is no longer alive left it: the journal and the backup name that run's pid
-    (the killed run here is this test's own, still alive), signed and named exactly as the tool does."""
+    """What the kill left, as a run that is no longer alive left it: the journal, the backup and the staging copy of
+    the new export name that run's pid (the killed run here is this test's own, still alive), signed and named
+    exactly as the tool does."""
     journal = journal_path(target)
     data = json.loads(journal.read_text())
     pid = dead_pid()
@@ -80,6 +81,9 @@ def as_dead_run(target: Path) -> None:
         os.rename(target.parent / data["backup"], target.parent / backup)
     journal.unlink()
     _write_journal(journal, signed(Path(os.path.abspath(target)), backup, pid=pid, new=data["new"]))
+    staging = target.parent / backup_name(target.name, pid=pid, tail="staging_").replace(".old.", ".")
+    shutil.copytree(target.parent / backup if os.path.lexists(target.parent / backup) else target, staging)
+    # the new export as a SIGKILL leaves it beside the swap (the stand-in kill here lets the writer's clean-up run)
 
 
 def swap_leftovers(folder: Path) -> set[str]:
@@ -113,14 +117,14 @@ def test_reader_after_a_kill_finds_the_old_or_new_export(tmp_path, monkeypatch, 
     old_inode = interrupted(monkeypatch, loaded, pristine, target, renames_done)
     left = swap_leftovers(work)
     assert any(".old." in name for name in left)  # the backup: made empty first, then holding the old export
+    assert any(name.endswith(".staging_.tmp") for name in left)  # a killed run's copy of the new export
 
     READERS[reader](Path("exp"), work / "s.npz")
 
     assert target.is_dir() and not os.path.lexists(journal_path(target))
     assert (target.stat().st_ino == old_inode) == (renames_done < 2)  # the old export back, or the new one kept
     assert (work / "notes.txt").read_text() == "mine" and (work / ".exp.mine.tmp").is_dir()
-    backups = {name for name in left if ".old." in name}
-    assert swap_leftovers(work) == left - backups - {journal_path(target).name}  # only the swap's own backup went
+    assert swap_leftovers(work) == {".exp.mine.tmp"}  # the swap's backup, journal and staging copy gone, no other
 
 
 def test_reader_of_a_hub_shaped_path_asks_no_hub(tmp_path, monkeypatch, loaded, pristine, fake_hub):

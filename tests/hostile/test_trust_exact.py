@@ -1,6 +1,6 @@
 """The trust flag runs a pickle's code only when it is exactly True, at every entry that takes it: the Python API's
 DiPPipeline.load and the lower functions it is built on (load_checkpoint, resolve_model); "no", 1 and other
-truthy values are refused before the file is opened."""
+truthy values, and a numpy or torch True, are refused before the file is opened."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,7 +18,8 @@ from dip_export.checkpoint import load_checkpoint, resolve_model
 from dip_export.errors import UsageError
 
 NOT_BOOL = st.one_of(st.text(max_size=5), st.integers(), st.floats(allow_nan=False), st.just(None),
-                     st.lists(st.booleans(), max_size=2), st.just(np.int64(1)))  # fmt: skip
+                     st.lists(st.booleans(), max_size=2), st.just(np.int64(1)), st.just(np.bool_(True)),
+                     st.just(torch.tensor(True)), st.just(np.array(True)))  # fmt: skip
 
 
 class _Payload:

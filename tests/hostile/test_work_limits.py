@@ -26,7 +26,7 @@ def test_repeats_times_steps_is_refused_before_timing(monkeypatch, capsys):
 
     monkeypatch.setattr(bench, "run_bench", lambda *a, **k: pytest.fail("timing started"))
     code, err = _bench(["--repeats", "1000", "--steps", "10000", "--backends", "torch"], monkeypatch, capsys)
-    assert code == 1 and "network evaluations" in err
+    assert code == 2 and "network evaluations" in err
 
 
 @pytest.mark.parametrize("samplers", [",", " , ", "euler,,nope"])
