@@ -37,6 +37,7 @@ from dip_export.runtime.backends import BackendSpec
 from dip_export.sampling import Denoiser, SamplerSettings
 from dip_export.sampling.rules import checked_settings
 from dip_export.settings import (
+    BUILD_TARGETS,
     MAX_BATCH,
     MAX_IMAGE_SIDE,
     MAX_SAMPLES,
@@ -92,6 +93,16 @@ class ModelSource:
             raise UsageError("a ModelSource's config is not its loaded model's; make one with DiPPipeline.load(...)")
         if self.export_dir is not None and (self.export_size is None or self.export_precision is None):
             raise UsageError("a ModelSource of an export folder names its image size and precision; use DiPPipeline.load(...)")
+        one_of(self.weights, "a ModelSource's weights", ("ema", "raw"))
+        one_of(self.export_target, "a ModelSource's export_target", BUILD_TARGETS)
+        if self.export_dir is not None and self.export_size is not None:
+            from dip_export.export.manifest import PRECISIONS
+            from dip_export.generate import check_image_size, parse_image_size
+
+            one_of(self.export_precision, "a ModelSource's export_precision", PRECISIONS)
+            size = parse_image_size(self.export_size)
+            check_image_size(*size, self.config.patch_size)
+            object.__setattr__(self, "export_size", size)  # one form: (height, width)
         from dip_export.config import check_sampling_defaults
 
         try:  # the stored defaults a file would hold, checked as a file's are

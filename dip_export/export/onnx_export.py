@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -194,7 +196,7 @@ def export_submodel(module: nn.Module, spec: SubModelSpec, loaded: LoadedModel, 
     # torch.export-based exporter (the TorchScript one is deprecated). Measured against it on DiP-B/16 at
     # 256 px: 1223 backbone nodes instead of 3075, 49 detailer nodes instead of 150, the same error against
     # PyTorch; fp32, fp16 and bf16 all export and verify, so the TorchScript exporter is not kept.
-    with _quiet_exporter():
+    with _quiet_exporter(), _interrupts_kept():
         torch.onnx.export(
             module,
             args,
@@ -280,6 +282,33 @@ def _quiet_exporter() -> Iterator[None]:
     finally:
         for log, level in zip(logs, levels, strict=True):
             log.setLevel(level)
+
+
+@contextlib.contextmanager
+def _interrupts_kept() -> Iterator[None]:
+    """A Ctrl-C during the export ends it as an interrupt, whatever the exporter makes of it: torch.export catches
+    the KeyboardInterrupt where it lands (an import mid-trace) and raises its own error, many lines long. A SIGINT
+    seen in the block turns any error out of it back into KeyboardInterrupt (the CLI's line and exit 130; an API
+    caller's KeyboardInterrupt). Off the main thread, or with SIGINT not handled in Python, nothing changes."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield
+        return
+    seen: list[int] = []
+
+    def noting(signum: int, frame: Any) -> None:
+        seen.append(signum)
+        previous(signum, frame)  # type: ignore[operator]
+
+    signal.signal(signal.SIGINT, noting)
+    try:
+        yield
+    except Exception:
+        if seen:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _name_nodes_by_module(model: Any) -> None:

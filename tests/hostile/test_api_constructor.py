@@ -183,4 +183,15 @@ def test_a_hand_made_source_whose_parts_disagree_is_refused(tmp_path: Path) -> N
             ModelSource(s.name, s.config, sampling, loaded=s.loaded)
     with pytest.raises(UsageError, match="names its image size and precision"):
         ModelSource(s.name, s.config, {}, export_dir=tmp_path / "nonexist")
+    fields = {"export_dir": tmp_path / "e", "export_size": (32, 32), "export_precision": "fp32"}
+    for change, words in (
+        ({"weights": "bogus"}, "weights must be one of"),
+        ({"export_precision": "fp64"}, "fp64"),
+        ({"export_size": (0, -1)}, "height must be in"),
+        ({"export_size": "big"}, "image size"),
+        ({"export_size": (32, 36)}, "not a positive multiple"),
+        ({"export_target": "x"}, "export_target"),
+    ):
+        with pytest.raises(UsageError, match=words):
+            ModelSource(s.name, s.config, {}, **{**fields, **change})
     assert ModelSource(s.name, s.config, {"steps": 7}, loaded=s.loaded).config == s.config
