@@ -17,6 +17,9 @@ from dip_export.errors import NonFiniteError, UsageError
 from dip_export.settings import (
     FORECASTS,
     MAX_CFG,
+    MAX_IMAGE_SIDE,
+    MAX_SAMPLES,
+    MAX_SEED,
     MAX_SHIFT,
     MAX_STEPS,
     SOLVERS,
@@ -219,7 +222,10 @@ def check_stepped_grid(settings: SamplerSettings) -> None:
 
 
 def time_grid(steps: int, shift: float) -> Tensor:
-    """The release's grid: linspace(0, 1 - 1/N, N) then 1.0, time-shifted; (N + 1,) float32."""
+    """The release's grid: linspace(0, 1 - 1/N, N) then 1.0, time-shifted; (N + 1,) float32. Steps and shift are
+    checked as a run's are (whole steps in 1..MAX_STEPS, a finite shift in (0, MAX_SHIFT])."""
+    steps = exact_int(steps, "steps", 1, MAX_STEPS)
+    shift = finite_float(shift, "shift", 0.0, MAX_SHIFT, above_lo=True)
     t = torch.cat([torch.linspace(0, 1 - 1 / steps, steps), torch.ones(1)])
     return t / (t + (1 - t) * shift)
 
@@ -336,8 +342,18 @@ def runs_paired(settings: SamplerSettings, t: float, w: float | None = None) -> 
 
 
 def initial_noise(seeds: Sequence[int], height: int, width: int, channels: int = 3) -> Tensor:
-    """Noise exactly as the release draws it: one CPU generator per image, float32."""
-    return torch.stack([torch.randn((channels, height, width), generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+    """Noise exactly as the release draws it: one CPU generator per image, float32. Seeds are whole numbers in
+    0..MAX_SEED and the sizes a run may have; the bytes it makes are checked against memory before any is drawn."""
+    from dip_export.budget import check_memory
+
+    items = plain_items(seeds, "seeds", MAX_SAMPLES)
+    if items is None or not items or len(items) > MAX_SAMPLES:
+        raise UsageError(f"seeds must be a list of 1..{MAX_SAMPLES} whole numbers, got {type(seeds).__name__}")
+    seeds = [exact_int(s, "seed", 0, MAX_SEED) for s in items]
+    height, width = (exact_int(v, what, 1, MAX_IMAGE_SIDE) for v, what in ((height, "height"), (width, "width")))
+    channels = exact_int(channels, "channels", 1, 64)
+    check_memory(4 * len(seeds) * channels * height * width, f"initial noise for {len(seeds)} images", None, 0)
+    return torch.stack([torch.randn((channels, height, width), generator=torch.Generator().manual_seed(s)) for s in seeds])
 
 
 def to_uint8(x: Tensor) -> np.ndarray:
