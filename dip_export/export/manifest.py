@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import re
@@ -641,11 +642,13 @@ _DECIMAL = re.compile(r"[0-9]{1,19}")  # an external-data offset or length: what
 def _external_problem(graph: Any, graph_dir: Path) -> tuple[str, int]:
     """Each initializer's external data lies in a regular file `contained` in the export folder (named relative to
     it, never through a symlink), and its offset and length (or its declared bytes) fit in that file: checked
-    before ONNX Runtime reads any of it. A tensor marked as external names its file, and a length given is the
-    tensor's bytes. ("" if so, and the bytes of the distinct files, for `_declared_problem`.)"""
+    before ONNX Runtime reads any of it. A tensor marked as external names its file, a length given is the
+    tensor's bytes, and no two tensors share bytes of one file. ("" if so, and the bytes of the distinct files,
+    for `_declared_problem`.)"""
     from onnx import TensorProto
 
     sizes: dict[Path, int] = {}
+    ranges: dict[Path, list[tuple[int, int, int]]] = {}
     for number, tensor in enumerate(graph.initializer, 1):
         entries = {entry.key: entry.value for entry in tensor.external_data}
         if "location" not in entries:
@@ -678,6 +681,12 @@ def _external_problem(graph: Any, graph_dir: Path) -> tuple[str, int]:
             return f"external data of tensor #{number} declares more bytes than {data.name} holds", 0
         if "length" in entries and length != _tensor_bytes(tensor):  # the exporter writes the tensor's exact bytes
             return f"external data of tensor #{number} declares {length} bytes where the tensor has {_tensor_bytes(tensor)}", 0
+        ranges.setdefault(data, []).append((offset, offset + _tensor_bytes(tensor), number))
+    for spans in ranges.values():  # the exporter writes each tensor's bytes once, one after another
+        spans.sort()
+        for (_, end, first), (start, _, second) in itertools.pairwise(spans):
+            if start < end:
+                return f"external data of tensors #{first} and #{second} overlap in one file; refusing to read it", 0
     return "", sum(sizes.values())
 
 

@@ -45,6 +45,27 @@ def test_offset_and_length_must_fit_in_the_file(tmp_path: Path, offset: str | No
     assert SECRET not in problem and len(problem.splitlines()) <= 1
 
 
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(spans=st.lists(st.tuples(st.integers(0, 15), st.integers(1, 4)), min_size=1, max_size=4))
+def test_two_tensors_sharing_bytes_of_one_file_are_refused(tmp_path: Path, spans: list[tuple[int, int]]) -> None:
+    """Tensors of `elements` floats at `offset` (in floats) in one 64-byte file: taken exactly when no two share a byte."""
+    graph = _graph(tmp_path, {})
+    del graph.initializer[:]
+    for number, (offset, elements) in enumerate(spans):
+        tensor = TensorProto(name=f"w{number}", data_type=TensorProto.FLOAT, dims=(elements,))
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in {"location": "w.bin", "offset": str(4 * offset), "length": str(4 * elements)}.items():
+            tensor.external_data.add(key=key, value=value)
+        graph.initializer.append(tensor)
+    problem, _ = _external_problem(graph, tmp_path)
+    used = [set(range(o, o + n)) for o, n in spans]
+    fits = all(4 * (o + n) <= FILE_BYTES for o, n in spans)
+    apart = all(not (a & b) for i, a in enumerate(used) for b in used[i + 1 :])
+    assert (problem == "") == (fits and apart), problem
+    if fits and not apart:
+        assert "overlap in one file" in problem
+
+
 def _external(export: Path, length: str) -> None:
     """The backbone's weights moved to external data, the first external tensor's length set to `length`."""
     model = onnx.load(str(export / "backbone.onnx"))
