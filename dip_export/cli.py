@@ -14,6 +14,7 @@ import sys
 import threading
 import types
 import typing
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -23,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from dip_export.entry import OUTCOME
-from dip_export.errors import DipError
+from dip_export.errors import DipError, KeptFilesWarning
 from dip_export.messages import safe_progress, say
 from dip_export.ownership import check_file_text
 from dip_export.runtime.catalog import BENCH_DEFAULT, backend_help
@@ -175,13 +176,29 @@ def _finalised_init(frame: Any) -> bool:
     return first is not None and getattr(type(first), "__del__", None) is not None
 
 
+def _warnings_said() -> Callable[..., None]:
+    """A `warnings.showwarning` that says the tool's own warnings (`KeptFilesWarning`) as one line through `say`,
+    and shows any other as it was shown before."""
+    shown = warnings.showwarning
+
+    def show(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        if issubclass(category, KeptFilesWarning):
+            say(console, str(message), prefix="[yellow]warning:[/yellow] ")
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def handle_errors(func: F) -> F:
     """Turn library errors and Ctrl-C into one red line and an exit code. After a Ctrl-C, any exception that reaches
     here is the interruption (whatever a library turned the KeyboardInterrupt into): one line, exit 130."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with _Interrupt.watched():
+        with _Interrupt.watched(), warnings.catch_warnings():
+            warnings.simplefilter("always", KeptFilesWarning)
+            warnings.showwarning = _warnings_said()
             try:
                 done = func(*args, **kwargs)
             except Exception as err:

@@ -47,3 +47,8 @@ class MissingDependencyError(DipError):
     def __init__(self, package: str, hint: str, message: str | None = None) -> None:
         super().__init__(message or f"{package} is not installed: {hint}")
         self.package = package
+
+
+class KeptFilesWarning(UserWarning):
+    """Files the tool found where it was replacing its own output (put there by someone else meanwhile), kept and said:
+    the CLI prints it as one `warning:` line (`cli.handle_errors`)."""

@@ -15,6 +15,7 @@ checked before any work.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import itertools
@@ -24,12 +25,13 @@ import re
 import shutil
 import socket
 import struct
+import warnings
 import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from dip_export.errors import DipError, UsageError
+from dip_export.errors import DipError, KeptFilesWarning, UsageError
 from dip_export.text import visible
 from dip_export.untrusted import read_regular
 
@@ -57,6 +59,35 @@ def folder_contents(folder: Path) -> dict[str, dict[str, Any]]:
             raise DipError(f"{path}: not a regular file; an export holds only files")
         out[rel] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
     return out
+
+
+def remove_listed(folder: Path) -> list[str]:
+    """Delete an export of this tool that a swap has put aside, file by file: each file its manifest lists, while it
+    is still as listed (a regular file of that size and sha256), then the manifest, then the folders left empty.
+    What is left (a file someone put there, or changed, after the last check) is not the tool's to delete: its
+    names are returned, sorted, and it stays. A manifest that cannot be read leaves everything in place."""
+    from dip_export.untrusted import UntrustedFileError, read_json
+
+    try:
+        data = read_json(folder / MANIFEST_NAME, folder=folder, what="manifest")
+        listed = data["contents"] if isinstance(data, dict) and isinstance(data.get("contents"), dict) else {}
+    except (UntrustedFileError, DipError, OSError):
+        listed = {}
+    for rel, entry in listed.items():
+        path = folder / rel
+        same = isinstance(entry, dict) and not path.is_symlink() and path.is_file()
+        if same and path.stat().st_size == entry.get("size") and file_sha256(path) == entry.get("sha256"):
+            path.unlink()
+    if listed:
+        (folder / MANIFEST_NAME).unlink(missing_ok=True)
+    for root, dirs, _ in sorted(os.walk(folder, topdown=False), key=lambda walked: -len(walked[0])):
+        for name in dirs:
+            with contextlib.suppress(OSError):  # a folder still holding something stays
+                os.rmdir(os.path.join(root, name))
+    left = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*")) if folder.is_dir() else []
+    if not left and folder.is_dir():
+        folder.rmdir()
+    return left
 
 
 def unlisted_entries(folder: Path, listed: Iterable[str]) -> list[str]:
@@ -452,13 +483,20 @@ def swap_in(tmp: Path, target: Path, backup: Path, prefix: str | None = None) ->
         os.replace(backup, target)  # the earlier export goes back where it was
         journal.unlink(missing_ok=True)
         raise DipError(f"cannot write {target}: {err.strerror or err}") from None
-    spent = backup.with_name(".".join(backup.name.rsplit(".old.", 1)))  # a plain temporary: swept if a kill comes
-    try:
-        os.replace(backup, spent)
-    except OSError:
-        spent = backup
     journal.unlink(missing_ok=True)  # after: a backup (`.old.`) without its journal is kept, it may be the only copy
-    shutil.rmtree(spent, ignore_errors=True)
+    _put_aside(backup, target)
+
+
+def _put_aside(backup: Path, target: Path) -> None:
+    """The old export a swap replaced goes, its own files only (`remove_listed`); anything put into it while it was
+    being replaced stays, under a plain name beside the new export (`NAME.kept-PID`), and is said."""
+    left = remove_listed(backup)
+    if left:
+        kept = target.with_name(f"{target.name}.kept-{os.getpid()}")
+        with contextlib.suppress(OSError):
+            os.replace(backup, kept)
+        warnings.warn(f"{kept}: {len(left)} file(s) put into {target.name} while it was replaced are kept here "
+                      f"({', '.join(left[:3])})", KeptFilesWarning, stacklevel=2)  # fmt: skip
 
 
 def _journal_fields(target: Path, backup: str, host: str, pid: int, new: str = "") -> dict[str, Any]:
@@ -591,8 +629,8 @@ def recover_swap(target: Path, alive: Any, problem_of: Callable[[Path], str | No
         if os.path.lexists(backup) and any(backup.iterdir()) and (problem_of(target) or not _is_new(target, data["new"])):
             raise DipError(f"{target} is not the export a killed run was putting in place: the earlier export is kept "
                            f"beside it in {backup.name}; move {target.name} away and run again")  # fmt: skip
-        if os.path.lexists(backup):
-            shutil.rmtree(backup)  # the new export was in place (or the old one not yet moved): nothing is lost
+        if os.path.lexists(backup):  # the new export was in place (or the old one not yet moved): the old one goes
+            _put_aside(backup, target)
     elif os.path.lexists(backup):
         os.replace(backup, target)  # killed between the renames: the old export comes back
     journal.unlink()
