@@ -130,8 +130,10 @@ def marked_fields(data: Mapping[str, Any]) -> dict[str, Any]:
 def check_is_export(folder: Path) -> Path:
     """The path of the manifest a folder given as an export holds (a folder with none is refused: it is no export)."""
     path = Path(folder) / MANIFEST
-    if not path.is_file() and not path.is_symlink():
+    if not os.path.lexists(path):
         raise ExportError(f"{folder} is not an export folder (no {MANIFEST}); run `dip-export onnx` first")
+    if not path.is_file() and not path.is_symlink():  # a folder, a FIFO, a device: the reader refuses it by name
+        raise ExportError(f"{path}: not a regular file; an export's {MANIFEST} is one")
     return path
 
 

@@ -444,3 +444,16 @@ def test_a_folder_with_no_manifest_is_no_export_wherever_the_owner_key_lies(tmp_
     if where != "/":  # every output lies inside the root: refused as such first
         code, err = run(cli.sample_main, given, "--out", tmp_path / "x.npz")
         one_line(code, err, 1, "is not an export folder (no manifest.json)")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_manifest_that_is_no_regular_file_is_named_as_such(tmp_path, kind):
+    import os
+
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    os.mkfifo(folder / "manifest.json") if kind == "fifo" else (folder / "manifest.json").mkdir()
+    with pytest.raises(ExportError, match=r"manifest.json: not a regular file; an export's manifest.json is one$"):
+        DiPPipeline.load(folder)
+    code, err = run(cli.sample_main, folder, "--out", tmp_path / "x.npz")
+    one_line(code, err, 1, "manifest.json: not a regular file")
