@@ -38,6 +38,7 @@ from dip_export.runtime.torch_engine import resolve_device
 from dip_export.sampling import SamplerSettings
 from dip_export.settings import (
     BENCH_RULES,
+    CUDA_GRAPHS_RULE,
     MAX_CLASS,
     MAX_REPEATS,
     MAX_SAMPLES,
@@ -126,6 +127,7 @@ def run_sample(request: SampleRequest, console: Console, progress: Progress) -> 
     world = World.from_env()
     dev = world.device(resolve_device(request.device))
     _check_sample_request(request, world)
+    _check_graphs_asked(request.cuda_graphs, dev, request.backend)
     count = _sample_count(request)  # the images the run keeps, counted by the memory estimate before the model is built
     if request.png_dir is not None:  # the folder's files against the images the run writes, before the model
         check_output_folder(request.png_dir, lambda name: _png_index(name) < count, kind="sample-image")
@@ -267,11 +269,12 @@ def _sample_count(request: SampleRequest) -> int:
 
 def check_sampling_options(sampling: dict[str, Any]) -> None:
     """The sampling options given (dip-sample, dip-bench), each on its own: solver and forecast names, ranges of
-    steps, guidance, shift and interval, before any model is resolved; the checks between them need the model's
-    recommended values for the rest, and run when the settings are made (`DiPPipeline.sampler_settings`)."""
-    from dip_export.sampling.rules import field_values
+    steps, guidance, shift and interval, and a refresh interval longer than any run of the given steps, before any
+    model is resolved; the other checks between them need the model's recommended values or fitted time grids, and
+    run when the settings are made (`DiPPipeline.sampler_settings`)."""
+    from dip_export.sampling.rules import check_given_together, field_values
 
-    field_values({OVERRIDE_NAMES.get(name, name): value for name, value in sampling.items()})
+    check_given_together(field_values({OVERRIDE_NAMES.get(name, name): value for name, value in sampling.items()}))
 
 
 def _write_outputs(request: SampleRequest, images: np.ndarray) -> None:
@@ -445,6 +448,15 @@ def run_bench(request: BenchRequest, console: Console, progress: Progress) -> No
         _run_yardstick(loaded, settings, specs[0], request, dev, console)
         return
     _run_backends(loaded, specs, settings, request, dev, console, progress)
+
+
+def _check_graphs_asked(cuda_graphs: bool | None, dev: torch.device, backend: str | None) -> None:
+    """An explicit --cuda-graphs on a CPU device, or with a backend named that has none, refused before the model is
+    read or asked for (`settings.CUDA_GRAPHS_RULE`); where the backend is known only from the model (an export
+    folder, --backend auto), the pipeline checks it again once it is (`DiPPipeline.use_cuda_graphs`)."""
+    name = backend.partition(":")[0] if isinstance(backend, str) else ""
+    named = [name] if name and name != "auto" else []
+    check_options((CUDA_GRAPHS_RULE,), given_options({"--cuda-graphs": cuda_graphs}) | run_conditions(dev.type, named))
 
 
 def _check_bench_graphs(request: BenchRequest, dev: torch.device, specs: list[BackendSpec], auto: bool) -> None:

@@ -6,16 +6,15 @@ While the command loads, nothing has been written, so the process ends at once (
 the signal and the interpreter can catch or swallow the exit. The CLI puts its own handler in place for the run of
 a command (`cli.handle_errors`), and this one is back for the few statements after it; once the command is over
 (its outputs in place, its line out), both are ignored until the process ends. SIGTERM is taken wherever the OS
-default is in place, whatever SIGINT's (a job started with `&` in a script has SIGINT ignored). Before the first statement
-of this module runs (the interpreter's own start, `import dip_export`), a Ctrl-C is Python's own."""
+default is in place, whatever SIGINT's (a job started with `&` in a script has SIGINT ignored). The guard's first
+statements read no file (`_signal` is built in, `os` and `sys` are loaded at the interpreter's start); before they
+run (the interpreter's own start, the command script's own imports), a Ctrl-C is Python's own."""
 
 from __future__ import annotations
 
-import os
-import signal
+import _signal  # built in: nothing is read from disk before the guard is in place (`signal` itself is a file)
+import os  # os and sys: loaded by the interpreter's own start, a lookup here
 import sys
-
-from dip_export.signals import dropped
 
 OUTCOME = "nothing partial was kept; what was finished before it stays"  # a swap already done is not undone
 INTERRUPTED = f"interrupted: {OUTCOME}"
@@ -23,17 +22,21 @@ TERMINATED = f"terminated: {OUTCOME}"
 COMMANDS = ("dip-sample", "dip-export", "dip-bench")
 
 
+def _dropped(signum: int, frame: object) -> None:
+    """A second signal while the first one's line is written: nothing (`signals.dropped`, before it can load)."""
+
+
 def _interrupted(signum: int, frame: object) -> None:
     """The line (written by the OS call, which a second signal cannot break into), what was printed before it
     flushed, then exit 130 (143 for SIGTERM) at once."""
-    signal.signal(signal.SIGINT, dropped)  # a second Ctrl-C is dropped
-    signal.signal(signal.SIGTERM, dropped)
+    _signal.signal(_signal.SIGINT, _dropped)  # a second Ctrl-C is dropped
+    _signal.signal(_signal.SIGTERM, _dropped)
     for stream in (sys.stdout, sys.stderr):
         try:  # noqa: SIM105 (contextlib is not loaded yet)
             stream.flush()
         except Exception:  # a write the signal broke into, a closed pipe: what is buffered is lost, nothing else
             pass
-    line = TERMINATED if signum == signal.SIGTERM else INTERRUPTED
+    line = TERMINATED if signum == _signal.SIGTERM else INTERRUPTED
     try:  # noqa: SIM105
         os.write(2, f"{line}\n".encode())
     except OSError:
@@ -45,14 +48,14 @@ def _guard_loading() -> bool:
     """Install `_interrupted` for SIGINT where Python's own handler is in place and for SIGTERM where the OS default
     is, each on its own (a command started in the background of a script has SIGINT ignored, SIGTERM still to
     handle); nothing off the main thread, where signal.signal refuses. True when it is in place for either."""
-    takes = {signal.SIGINT: lambda handler: handler is signal.default_int_handler,
-             signal.SIGTERM: lambda handler: handler == signal.SIG_DFL}  # fmt: skip
+    takes = {_signal.SIGINT: lambda handler: handler is _signal.default_int_handler,
+             _signal.SIGTERM: lambda handler: handler == _signal.SIG_DFL}  # fmt: skip
     placed = False
     try:
         for signum, ours in takes.items():
-            handler = signal.getsignal(signum)
+            handler = _signal.getsignal(signum)
             if handler is _interrupted or ours(handler):
-                signal.signal(signum, _interrupted)
+                _signal.signal(signum, _interrupted)
                 placed = True
     except ValueError:  # not the main thread
         return False
@@ -67,6 +70,10 @@ def _as_command() -> bool:
 
 if _as_command():
     _guard_loading()  # before anything else loads
+
+import signal  # noqa: E402 (after the guard: a file to read)
+
+from dip_export.signals import dropped  # noqa: E402
 
 
 def _run(name: str) -> None:

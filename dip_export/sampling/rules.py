@@ -97,9 +97,24 @@ def grid_times(value: Any) -> tuple[float, ...] | None:
 def field_values(fields: dict[str, Any]) -> dict[str, Any]:
     """The given SamplerSettings fields, each checked on its own and normalised (None: not given, left out).
 
-    SamplerSettings runs it on every field; a command runs it on the options given, before any model is resolved
-    (the checks between fields, which need the model's recommended values, run when the settings are made)."""
+    SamplerSettings runs it on every field; a command runs it on the options given, before any model is resolved,
+    with the one check between them that no model can change (`check_given_together`); the others need the model's
+    recommended values, or its fitted time grids, and run when the settings are made."""
     return {name: FIELD_CHECKS[name](value) for name, value in fields.items() if value is not None and name in FIELD_CHECKS}
+
+
+def check_given_together(given: dict[str, Any]) -> None:
+    """Checks between given fields (`field_values`' output) that hold whatever the model: a refresh interval longer
+    than any run of the given steps (with the given solver, else the most evaluations a solver makes of them:
+    Heun's 2N - 1). A model's fitted grid changes step times, never the number of evaluations."""
+    if "cache_interval" not in given or "steps" not in given:
+        return
+    k, steps, method = given["cache_interval"], given["steps"], given.get("method")
+    total = 2 * steps - 1 if method in (None, "heun") else steps
+    if k > total:
+        run = f"{total} network evaluation{'s' * (total != 1)} of {method}" if method else f"at most {total} network evaluations"
+        raise TokenCacheNeverAppliesError(f"cache interval {k} is longer than the run ({run}, {steps} steps); give "
+                                          f"--cache-interval 1..{total}")  # fmt: skip
 
 
 # Checks of a run that need the sampler itself; `sampling.loop` (which imports these rules) registers them, and
