@@ -23,13 +23,12 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from dip_export.entry import OUTCOME
 from dip_export.errors import DipError, KeptFilesWarning
 from dip_export.messages import safe_progress, say
 from dip_export.ownership import check_file_text
 from dip_export.runtime.catalog import BENCH_DEFAULT, backend_help
 from dip_export.settings import decimal_text, number_list, whole_text
-from dip_export.signals import dropped
+from dip_export.signals import OUTCOME, dropped
 
 try:  # typer >= 0.20 carries its own click
     from typer._click.exceptions import ClickException
@@ -232,10 +231,7 @@ def _say_interrupted(exit: Callable[[int], Any] | None = None) -> typing.NoRetur
         previous = {}
     terminated = _Interrupt.received and _Interrupt.signum == signal.SIGTERM
     try:
-        if terminated:
-            console.print(f"[red]terminated[/red]: {OUTCOME}")
-        else:
-            console.print(f"[red]interrupted[/red]: {OUTCOME}")
+        say(console, OUTCOME, prefix="[red]terminated[/red]: " if terminated else "[red]interrupted[/red]: ")
     finally:
         for signum, handler in previous.items():
             if handler is not None:

@@ -16,9 +16,9 @@ import _signal  # built in: nothing is read from disk before the guard is in pla
 import os  # os and sys: loaded by the interpreter's own start, a lookup here
 import sys
 
-OUTCOME = "nothing partial was kept; what was finished before it stays"  # a swap already done is not undone
-INTERRUPTED = f"interrupted: {OUTCOME}"
-TERMINATED = f"terminated: {OUTCOME}"
+# `signals.OUTCOME`, spelled out here: nothing is read from disk before the guard (the commands print the same)
+INTERRUPTED = "interrupted: nothing partial was kept; what was finished before it stays"
+TERMINATED = "terminated: nothing partial was kept; what was finished before it stays"
 COMMANDS = ("dip-sample", "dip-export", "dip-bench")
 
 

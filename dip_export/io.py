@@ -36,6 +36,7 @@ from dip_export.ownership import (
     mark,
     owner_key,
     png_text,
+    put_aside,
     recover_swap,
     swap_in,
 )
@@ -81,10 +82,12 @@ def remove_stale_temporaries(target: Path) -> None:
     """Delete temporaries beside `target` left by processes of this host that no longer run (kill -9).
 
     Only names exactly of the form this module makes (`.NAME.HOST-PID-TAG.XXXXXXXX.tmp`) whose TAG is this
-    user's HMAC of name, host and pid are touched.
+    user's HMAC of name, host and pid are touched; a replaced export (`.spent.`) loses only its own files, as its
+    manifest lists them (`ownership.put_aside`).
     """
     host = socket.gethostname()
-    own = re.compile(rf"{re.escape(f'.{target.name}.{host}-')}([0-9]{{1,10}})-([0-9a-f]{{16}})\.(?:old\.)?[a-z0-9_]{{8}}\.tmp")
+    prefix = re.escape(f".{target.name}.{host}-")
+    own = re.compile(rf"{prefix}([0-9]{{1,10}})-([0-9a-f]{{16}})\.(?:old\.|spent\.)?[a-z0-9_]{{8}}\.tmp")
     swapping = journal_path(target).exists()  # its backup is the only copy until the swap is recovered
     for path in target.parent.glob(f".{glob.escape(target.name)}.{glob.escape(host)}-*.tmp"):
         match = own.fullmatch(path.name)
@@ -94,8 +97,10 @@ def remove_stale_temporaries(target: Path) -> None:
             continue  # a swap's backup whose journal is gone: it may be the only copy of an export, kept
         if match.group(2) != _tmp_tag(target.name, host, int(match.group(1)), create=False):
             continue  # not a name this tool made: a user's file, kept
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
+        if ".spent." in path.name and path.is_dir() and not path.is_symlink():
+            put_aside(path, target)  # a replaced export a kill left half-removed: its own files only
+        elif path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)  # a new export or file the killed run was writing: all its own
         else:
             with contextlib.suppress(OSError):  # a folder this user may not write: the leftover stays, harmless
                 path.unlink(missing_ok=True)

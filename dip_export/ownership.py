@@ -483,11 +483,16 @@ def swap_in(tmp: Path, target: Path, backup: Path, prefix: str | None = None) ->
         os.replace(backup, target)  # the earlier export goes back where it was
         journal.unlink(missing_ok=True)
         raise DipError(f"cannot write {target}: {err.strerror or err}") from None
+    spent = backup.with_name(".spent.".join(backup.name.rsplit(".old.", 1)))  # replaced: the tool's to remove
+    try:
+        os.replace(backup, spent)
+    except OSError:
+        spent = backup
     journal.unlink(missing_ok=True)  # after: a backup (`.old.`) without its journal is kept, it may be the only copy
-    _put_aside(backup, target)
+    put_aside(spent, target)  # a kill in the middle: the next run that writes or reads the export finishes it
 
 
-def _put_aside(backup: Path, target: Path) -> None:
+def put_aside(backup: Path, target: Path) -> None:
     """The old export a swap replaced goes, its own files only (`remove_listed`); anything put into it while it was
     being replaced stays, under a plain name beside the new export (`NAME.kept-PID`), and is said."""
     left = remove_listed(backup)
@@ -630,7 +635,7 @@ def recover_swap(target: Path, alive: Any, problem_of: Callable[[Path], str | No
             raise DipError(f"{target} is not the export a killed run was putting in place: the earlier export is kept "
                            f"beside it in {backup.name}; move {target.name} away and run again")  # fmt: skip
         if os.path.lexists(backup):  # the new export was in place (or the old one not yet moved): the old one goes
-            _put_aside(backup, target)
+            put_aside(backup, target)
     elif os.path.lexists(backup):
         os.replace(backup, target)  # killed between the renames: the old export comes back
     journal.unlink()

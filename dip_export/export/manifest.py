@@ -213,7 +213,7 @@ def parse_manifest(data: Any) -> Manifest:
     if not isinstance(data["config"], dict):
         raise TypeError("config must be an object")
     _check_files(data["files"], required=ROLES)
-    _check_contents(data["contents"], data["files"])
+    _check_contents(data["contents"])
     for precision, entry in data.get("engines", {}).items():
         if not isinstance(entry, dict) or not isinstance(entry.get("files"), dict):
             raise ValueError(f"engines entry {plain_value(precision)} must be an object with files")
@@ -274,10 +274,9 @@ def _check_files(files: dict[str, Any], required: tuple[str, ...] = ()) -> None:
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-def _check_contents(contents: dict[str, Any], files: dict[str, str]) -> None:
+def _check_contents(contents: dict[str, Any]) -> None:
     """Each listed file as the export wrote it: a plain relative name inside the folder, its size in bytes and its
-    sha256; every graph the manifest names is among them (its external data is checked against the list as the
-    graph is read: `_check_recorded`)."""
+    sha256. Every graph and its external data must be among them, checked as each is read (`_check_recorded`)."""
     if not contents:
         raise ValueError("contents lists no file: this export's files cannot be checked (export it again)")
     for rel, entry in contents.items():
@@ -288,10 +287,6 @@ def _check_contents(contents: dict[str, Any], files: dict[str, str]) -> None:
         if not named or not sized or not isinstance(digest, str) or not _SHA256.fullmatch(digest):
             raise ValueError(f"contents entry {name_text(rel, r'[A-Za-z0-9_./-]{1,80}')} must be a plain file name inside "
                              "the folder with its size and sha256")  # fmt: skip
-    plain = {role: rel for role, rel in files.items() if plain_relative(rel) and ".." not in rel.split("/")}
-    unlisted = [role for role, rel in plain.items() if rel not in contents]  # others: refused by name (`inside`)
-    if unlisted:
-        raise ValueError(f"contents does not list the {plain_value(unlisted[0])} graph the manifest names")
 
 
 def plain_relative(rel: str) -> bool:

@@ -238,11 +238,16 @@ def check_stepped_grid(settings: SamplerSettings) -> None:
 
 def time_grid(steps: int, shift: float) -> Tensor:
     """The release's grid: linspace(0, 1 - 1/N, N) then 1.0, time-shifted; (N + 1,) float32. Steps and shift are
-    checked as a run's are (whole steps in 1..MAX_STEPS, a finite shift in (0, MAX_SHIFT])."""
+    checked as a run's are (whole steps in 1..MAX_STEPS, a finite shift in (0, MAX_SHIFT]), and so is the grid: a
+    shift so small that two times fall on one float32 value (or on none) is refused (`check_stepped_grid`)."""
     steps = exact_int(steps, "steps", 1, MAX_STEPS)
     shift = finite_float(shift, "shift", 0.0, MAX_SHIFT, above_lo=True)
     t = torch.cat([torch.linspace(0, 1 - 1 / steps, steps), torch.ones(1)])
-    return t / (t + (1 - t) * shift)
+    grid = t / (t + (1 - t) * shift)
+    if not (bool(torch.isfinite(grid).all()) and bool((grid[1:] > grid[:-1]).all())):
+        raise UsageError(f"shift {shift:g} with {steps} steps puts two step times on one float32 value "
+                         "(or on none); give a larger --shift or fewer --steps")  # fmt: skip
+    return grid
 
 
 def solver_grid(settings: SamplerSettings) -> tuple[list[float], set[int]]:

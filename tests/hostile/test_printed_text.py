@@ -49,3 +49,10 @@ def test_no_formatted_text_printed_around_say():
             if call and any(isinstance(arg, ast.JoinedStr) for arg in node.args):
                 offenders.append(f"{path.name}:{node.lineno}")
     assert offenders == []
+
+
+def test_the_interrupted_lines_are_spelled_once_for_both_printers():
+    from dip_export.entry import INTERRUPTED, TERMINATED
+    from dip_export.signals import OUTCOME
+
+    assert (f"interrupted: {OUTCOME}", f"terminated: {OUTCOME}") == (INTERRUPTED, TERMINATED)
