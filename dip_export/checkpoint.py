@@ -96,6 +96,10 @@ class LoadedModel:
                 raise UsageError(f"a model's sampling defaults are refused: {err}") from None
         elif field_name == "weights":
             value = one_of(value, "weights", ("ema", "raw"))
+        elif field_name in _LOADED_TYPES and not isinstance(value, _LOADED_TYPES[field_name]):
+            kind = _LOADED_TYPES[field_name]
+            names = " or ".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
+            raise UsageError(f"a model's {field_name} must be a {names}, got {type(value).__name__}")
         object.__setattr__(self, field_name, value)
 
     def source_sha256(self) -> str:
@@ -123,6 +127,12 @@ class LoadedModel:
         was built of. Every cache and reuse of what the model computes keys on it: on-the-fly exports, calibration,
         reference images; two models with the same identity compute the same numbers."""
         return model_identity(self.source, self.weights, self.config, self.stamp)
+
+
+_LOADED_TYPES: dict[str, Any] = {  # LoadedModel's other fields, as load_checkpoint makes them
+    "model": DiP, "config": DiPConfig, "source": str, "size_assumed": bool,
+    "held_on": (torch.device, type(None)), "stamp": (tuple, type(None)),
+}  # fmt: skip
 
 
 def _canonical(device: torch.device) -> torch.device:
@@ -692,6 +702,7 @@ def save_checkpoint(path: str | Path, model: DiP, sampling: Mapping[str, Any] | 
     if not isinstance(model, DiP):
         raise UsageError(f"save_checkpoint writes a DiP model, got {type(model).__name__}")
     path = path_text(path, "path")
+    _check_model_name(Path(path))  # the reader names the model after the file: a name it refuses is never written
     if Path(path).suffix != ".safetensors":  # the format written: a .pt name would be read as a pickle
         raise UsageError(f"{path}: save_checkpoint writes safetensors; name the file .safetensors")
     if sampling is not None and not isinstance(sampling, Mapping):

@@ -40,6 +40,7 @@ from dip_export.ownership import (
     recover_swap,
     swap_in,
 )
+from dip_export.settings import path_text, plain_value
 from dip_export.untrusted import unusable_text
 
 
@@ -124,6 +125,8 @@ def atomic_path(target: Path | str, kind: str | None = None) -> Iterator[Path]:
     for that kind, checked before and again after the block, and the new file must carry the mark itself.
     Inside `output_group()` the rename waits for the group's end, with the others.
     """
+    if not isinstance(target, Path):  # a caller's path: text (or a path-like giving text), never bytes or a number
+        target = path_text(target, "the output path")
     check_file_text(target)
     target = Path(target)
     check_output_file(target, probe=False)  # the temporary made below is the write test
@@ -607,15 +610,21 @@ def save_json(path: Path, data: dict[str, object], kind: str) -> None:
     replaces only a file carrying the same mark."""
     import json
 
-    if kind not in JSON_KINDS:
-        raise ValueError(f"no JSON output kind {kind!r}")
+    if not isinstance(kind, str) or kind not in JSON_KINDS:
+        raise UsageError(f"no JSON output kind {plain_value(kind)}; one of {', '.join(JSON_KINDS)}")
+    if type(data) is not dict:
+        raise UsageError(f"a JSON output holds a dict, got {type(data).__name__}")
     if unusable_text(data):  # a name decoded from bytes that are not UTF-8, say: the reader would refuse the file
         raise DipError(f"cannot write {path}: a text in it holds a NUL character or a lone surrogate")
+    marked: dict[str, object] = {MARK_KEY: mark(kind)}  # the first field
+    marked.update(data)
+    marked[MARK_KEY] = mark(kind)
+    try:  # before any file is made: what the reader takes (no NaN, no other type, bounded nesting)
+        text = json.dumps(marked, indent=2, allow_nan=False) + "\n"
+    except (TypeError, ValueError, RecursionError) as err:
+        raise UsageError(f"cannot write {path}: its data are not JSON values ({str(err).splitlines()[0][:100]})") from None
     with atomic_path(path, kind) as tmp:
-        marked: dict[str, object] = {MARK_KEY: mark(kind)}  # the first field
-        marked.update(data)
-        marked[MARK_KEY] = mark(kind)
-        tmp.write_text(json.dumps(marked, indent=2) + "\n")
+        tmp.write_text(text)
 
 
 def png_info(kind: str) -> dict[str, str]:
@@ -667,6 +676,8 @@ def save_png(path: Path, image: np.ndarray, kind: str) -> None:
     import struct
     import zlib
 
+    if not isinstance(kind, str) or kind not in PNG_KINDS:
+        raise UsageError(f"no PNG output kind {plain_value(kind)}; one of {', '.join(PNG_KINDS)}")
     h, w, _ = check_pictures(image, "a PNG's picture", ndim=3).shape
     if max(h, w) >= 1 << 31:
         raise UsageError(f"a PNG's sides are below 2^31 pixels, got {h}x{w}")

@@ -480,7 +480,12 @@ def swap_in(tmp: Path, target: Path, backup: Path, prefix: str | None = None) ->
     try:
         os.replace(tmp, target)
     except OSError as err:
-        os.replace(backup, target)  # the earlier export goes back where it was
+        try:
+            os.replace(backup, target)  # the earlier export goes back where it was
+        except OSError:  # something was put at the export's name meanwhile: both exports kept, the journal too
+            raise DipError(f"{target}: something was put at this name while the export was being replaced; the "
+                           f"earlier export is kept in {backup.name}; move {target.name} away and run again (the next "
+                           "run puts the earlier export back)") from None  # fmt: skip
         journal.unlink(missing_ok=True)
         raise DipError(f"cannot write {target}: {err.strerror or err}") from None
     spent = backup.with_name(".spent.".join(backup.name.rsplit(".old.", 1)))  # replaced: the tool's to remove
@@ -632,8 +637,8 @@ def recover_swap(target: Path, alive: Any, problem_of: Callable[[Path], str | No
         # a backup holding the old export beside something that is not the new one (it came after the kill): the
         # backup is all there is (an empty backup: the swap had not moved the old export yet)
         if os.path.lexists(backup) and any(backup.iterdir()) and (problem_of(target) or not _is_new(target, data["new"])):
-            raise DipError(f"{target} is not the export a killed run was putting in place: the earlier export is kept "
-                           f"beside it in {backup.name}; move {target.name} away and run again")  # fmt: skip
+            raise DipError(f"{target} is not the export an unfinished replacement was putting in place: the earlier "
+                           f"export is kept beside it in {backup.name}; move {target.name} away and run again")  # fmt: skip
         if os.path.lexists(backup):  # the new export was in place (or the old one not yet moved): the old one goes
             put_aside(backup, target)
     elif os.path.lexists(backup):

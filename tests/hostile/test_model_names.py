@@ -86,3 +86,13 @@ def test_a_field_that_names_folders_is_checked_when_set_later_too(tmp_path: Path
     with pytest.raises(pytest.fail.Exception):  # the model as it was: its export would go ahead
         ensure_export(loaded, precision="fp32", image_size=(32, 64))
     assert sorted(p.name for p in tmp_path.parent.iterdir() if "evil" in p.name) == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("model", None), ("config", {}), ("source", 5), ("size_assumed", "no"), ("stamp", "x")]
+)
+def test_every_other_field_keeps_its_type(loaded, field, value) -> None:
+    before = getattr(loaded, field)
+    with pytest.raises(UsageError, match=f"a model's {field} must be a"):
+        setattr(loaded, field, value)
+    assert getattr(loaded, field) is before

@@ -208,7 +208,11 @@ def test_something_put_where_a_killed_swap_left_no_export_keeps_the_backup(tmp_p
     old_inode = interrupted(monkeypatch, loaded, pristine, target, 1)
     IN_THE_WAY[thing](target)
     before = listing(work)
-    words = ("is not the export a killed run was putting in place", "the earlier export is kept", "away and run again")
+    words = (
+        "is not the export an unfinished replacement was putting in place",
+        "the earlier export is kept",
+        "away and run again",
+    )
     if reader == "api":
         with pytest.raises(DipError, match=words[0]):
             DiPPipeline.load("exp")

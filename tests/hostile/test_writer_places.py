@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from dip_export.checkpoint import save_checkpoint
-from dip_export.errors import UsageError
+from dip_export.errors import CheckpointError, UsageError
 from dip_export.export.manifest import ownership_problem
 from dip_export.io import save_json, save_npz, save_png
 
@@ -62,3 +62,37 @@ def test_a_checkpoint_named_as_a_folder_or_with_broken_weights_is_never_written(
         with pytest.raises(UsageError, match="path must be a path"):
             save_checkpoint(bad, loaded.model)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("path", [5, b"/tmp/x.npz", None, "", "/tmp/a\x00b.npz"])
+def test_a_writers_path_that_is_no_text_is_one_line(tmp_path: Path, path) -> None:
+    image = np.zeros((1, 8, 8, 3), np.uint8)
+    for write in (lambda: save_npz(path, image), lambda: save_png(path, image[0], "samples-grid"),
+                  lambda: save_json(path, {"a": 1}, "bench-report")):  # fmt: skip
+        with pytest.raises(UsageError, match="the output path must be a path") as caught:
+            write()
+        assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "kind", "words"),
+    [({"a": float("nan")}, "bench-report", "not JSON values"), ({"a": object()}, "bench-report", "not JSON values"),
+     ([1, 2], "bench-report", "holds a dict"), ({"a": 1}, "nope", "no JSON output kind")],
+)  # fmt: skip
+def test_save_json_refuses_what_the_reader_would_before_any_file(tmp_path: Path, data, kind, words) -> None:
+    with pytest.raises(UsageError, match=words):
+        save_json(tmp_path / "r.json", data, kind)
+    deep: list = []
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(UsageError, match="not JSON values"):
+        save_json(tmp_path / "r.json", {"a": deep}, "bench-report")
+    with pytest.raises(UsageError, match="no PNG output kind"):
+        save_png(tmp_path / "p.png", np.zeros((8, 8, 3), np.uint8), "nope")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_checkpoint_refuses_a_name_its_reader_refuses(tmp_path: Path, loaded) -> None:
+    with pytest.raises(CheckpointError, match="rename the file") as caught:
+        save_checkpoint(tmp_path / "ctrl\x1b.safetensors", loaded.model)
+    assert "\x1b" not in str(caught.value) and list(tmp_path.iterdir()) == []
