@@ -10,6 +10,7 @@ import os
 import warnings
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -102,3 +103,31 @@ def test_dip_export_says_the_kept_files_in_one_line(tmp_path: Path, monkeypatch,
     warned = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(warned) == 1 and "notes\\x1b[2J.txt" in warned[0] and "\x1b" not in err, err
     assert (tmp_path / f"exp.kept-{os.getpid()}" / "notes\x1b[2J.txt").read_text() == "mine"
+
+
+def test_a_folder_put_at_the_exports_name_between_the_renames_is_named_and_nothing_is_lost(
+    tmp_path: Path, monkeypatch, loaded, pristine
+) -> None:
+    import shutil
+
+    import dip_export.ownership
+    from dip_export.errors import DipError
+
+    target = tmp_path / "exp"
+    shutil.copytree(pristine, target)
+    real = os.replace
+
+    def intruding(src, dst) -> None:  # another process renames its own folder onto the name, just before ours
+        if Path(dst) == target and Path(src).name.startswith(".exp.") and ".old." not in Path(src).name:
+            (target / "theirs").mkdir(parents=True, exist_ok=True)
+            (target / "theirs" / "data.txt").write_text("theirs")
+        real(src, dst)
+
+    monkeypatch.setattr(dip_export.ownership.os, "replace", intruding)
+    with pytest.raises(DipError, match="something was put at this name while the export was being replaced") as caught:
+        export_onnx(loaded, image_size=SIZE, output_dir=target)
+    assert "Directory not empty" not in str(caught.value)
+    monkeypatch.setattr(dip_export.ownership.os, "replace", real)
+    assert (target / "theirs" / "data.txt").read_text() == "theirs"  # theirs untouched
+    backups = [p for p in tmp_path.iterdir() if ".old." in p.name]
+    assert len(backups) == 1 and ownership_problem(backups[0]) is None  # the earlier export, whole
