@@ -248,7 +248,7 @@ def _sample_outputs(request: SampleRequest, world: World) -> list[tuple[str, Pat
     shard folder's name is kept apart from the others by every run, resumable or not: a later --resume of the same
     --out takes what is there as its shards."""
     out, sharded = request.out, world.size > 1 or request.resume
-    shards = "the shard folder" if sharded else "the shard folder of a --resume run of --out"
+    shards = "the shard folder" if sharded else "the shard folder (of a --resume run)"
     return [("--out", out), ("the grid", out.with_suffix(".png")), ("--png-dir", request.png_dir),
             (shards, out.with_name(out.name + ".parts"))]  # fmt: skip
 
