@@ -176,10 +176,10 @@ def _check_verification(report: dict[str, Any]) -> None:
         raise ValueError("verification.rows is empty: no comparison with PyTorch is recorded; export it again")
     worst, tolerance = report.get("worst_rel"), report.get("tolerance")
     numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (worst, tolerance))
-    if worst is not None and (not numbers or not worst <= tolerance):  # type: ignore[operator]
-        raise ValueError("verification.worst_rel is not within its tolerance: this export did not match PyTorch")
     if tolerance is not None and (not numbers or not 0 < tolerance <= MAX_TOLERANCE):  # type: ignore[operator]
         raise ValueError(f"verification.tolerance must be a number in (0, {MAX_TOLERANCE}]: a wider one checks nothing")
+    if worst is not None and (not numbers or not 0 <= worst <= tolerance):  # type: ignore[operator]
+        raise ValueError("verification.worst_rel is not within 0..its tolerance: this export did not match PyTorch")
 
 
 def parse_manifest(data: Any) -> Manifest:

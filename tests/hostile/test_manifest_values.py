@@ -206,3 +206,12 @@ def test_a_contents_list_that_does_not_record_the_graphs_as_written_is_refused(p
     code, err = run(cli.sample_main, folder, "--num-samples", "1", "--steps", "1", "--out", tmp_path / "o.npz")
     assert code == 1 and any(w in err for w in words) and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o.npz").exists()
+
+
+def test_a_negative_relative_error_is_no_verification(pristine, tmp_path):
+    folder = Path(shutil.copytree(pristine, tmp_path / "exp"))
+    data = _data(folder)
+    data["verification"].update(worst_rel=-1.0)
+    (folder / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(DipError, match=r"verification.worst_rel is not within 0..its tolerance"):
+        DiPPipeline.load(folder)
