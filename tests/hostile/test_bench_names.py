@@ -35,7 +35,8 @@ def test_the_table_shows_names_and_reasons_as_text(name, reason):
     text = out.getvalue()
     assert "\x1b" not in text and "\x07" not in text
     for shown in (name, reason):
-        if "[" in shown and "\\" not in shown and not any(c in shown for c in "\x1b\x07\n\t"):
+        plain = shown == shown.strip()  # a space that starts or ends a line is shown as \x20 there
+        if plain and "[" in shown and "\\" not in shown and not any(c in shown for c in "\x1b\x07\n\t"):
             assert shown in text  # brackets and all: nothing was taken as markup
 
 

@@ -84,7 +84,7 @@ def test_each_json_writer_puts_its_own_kind_s_mark(tmp_path: Path, kind: str, da
 def test_no_unnamed_kind_is_written() -> None:
     with pytest.raises(ValueError):
         mark("json")
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError, match="no JSON output kind 'json'"):
         save_json(Path("never.json"), {}, "json")
     assert not Path("never.json").exists()
 
