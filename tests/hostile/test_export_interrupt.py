@@ -28,10 +28,14 @@ def _swallowing_export(*args, **kwargs) -> None:
 
 def test_a_swallowed_interrupt_ends_the_export_as_an_interrupt(tmp_path: Path, monkeypatch, loaded) -> None:
     monkeypatch.setattr(torch.onnx, "export", _swallowing_export)
-    with pytest.raises(KeyboardInterrupt):
-        export_onnx(loaded, image_size=SIZE, output_dir=tmp_path / "exp")
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, whatever ran before this test
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            export_onnx(loaded, image_size=SIZE, output_dir=tmp_path / "exp")
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back as it was
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back as it was
 
 
 def test_an_exporter_error_without_an_interrupt_is_its_own(tmp_path: Path, monkeypatch, loaded) -> None:

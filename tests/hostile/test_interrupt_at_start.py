@@ -65,7 +65,13 @@ PYTHON_SITE_PTH = (  # Python's site reports a Ctrl-C while it runs a .pth line,
     r"Error processing line \d+ of [^\n]+\.pth:\n\n  Traceback \(most recent call last\):\n"
     r"(?:    .*\n)*  KeyboardInterrupt\n\nRemainder of file ignored\n"
 )
-PYTHON_SITE_FATAL = r"(?:Error processing line \d+ of [^\n]+\.pth:\n\n)?Fatal Python error: init_import_site"
+PYTHON_IMPORT_LOCK = (  # the import machinery's own report of a Ctrl-C in its lock callback, while site loads
+    r"Exception ignored in: <function _get_module_lock\.<locals>\.cb at 0x[0-9a-f]+>\n"
+    r"Traceback \(most recent call last\):\n(?:  File \"<frozen [^>]+>\", line \d+, in \S+\n)*KeyboardInterrupt: ?\n"
+)
+PYTHON_SITE_FATAL = (
+    rf"(?:{PYTHON_IMPORT_LOCK})?(?:Error processing line \d+ of [^\n]+\.pth:\n\n)?Fatal Python error: init_import_site"
+)
 NO_PACKAGE = r"Traceback \(most recent call last\):\n(?:  .*\n)*ModuleNotFoundError: No module named 'dip_export'\n"
 
 
