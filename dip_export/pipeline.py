@@ -53,6 +53,7 @@ from dip_export.settings import (
     optional_bool,
     optional_callable,
     optional_text,
+    path_text,
     plain_items,
     plain_value,
     run_conditions,
@@ -145,14 +146,9 @@ def _plain_ref(revision: str) -> bool:
 
 def model_text(model: Any) -> str:
     """A model argument as text: a path (str or os.PathLike) or a Hub name; nothing else, and never empty."""
-    if not issubclass(type(model), str | os.PathLike):
-        raise UsageError(f"model must be a path or a Hub name (text), got {type(model).__name__}")
-    try:
-        text = exact_str(model if issubclass(type(model), str) else os.fspath(model))
-    except Exception:  # a PathLike whose own __fspath__ fails
-        raise UsageError(f"model must be a path or a Hub name: this {type(model).__name__} gives no path") from None
-    if not isinstance(text, str) or not text.strip() or "\x00" in text or len(text) > 4096:
-        raise UsageError("model must be a path or a Hub name: got empty text, a NUL byte or over 4096 characters")
+    text = path_text(model, "model", "a path or a Hub name")
+    if not text.strip():
+        raise UsageError("model must be a path or a Hub name: got blank text")
     try:
         raw = os.fsencode(text)
     except UnicodeError:

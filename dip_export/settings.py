@@ -331,17 +331,18 @@ def optional_text(value: Any, what: str, max_len: int = 1024) -> str | None:
     return value
 
 
-def path_text(value: Any, what: str) -> str:
+def path_text(value: Any, what: str, kind: str = "a path") -> str:
     """A path a caller gives (str, or an os.PathLike whose `__fspath__` runs once and gives text): never empty, no
-    NUL, at most 4096 characters; anything else, bytes too, is refused in one line (`what` names the argument)."""
+    NUL, at most 4096 characters; anything else, bytes too, is refused in one line (`what` names the argument,
+    `kind` what it must be)."""
     if not issubclass(type(value), str | os.PathLike):
-        raise UsageError(f"{what} must be a path (text), got {type(value).__name__}")
+        raise UsageError(f"{what} must be {kind} (text), got {type(value).__name__}")
     try:
         text = exact_str(value if issubclass(type(value), str) else os.fspath(value))
     except Exception:  # a PathLike whose own __fspath__ fails
-        raise UsageError(f"{what} must be a path: this {type(value).__name__} gives no path") from None
+        raise UsageError(f"{what} must be {kind}: this {type(value).__name__} gives no path") from None
     if not isinstance(text, str) or not text or "\x00" in text or len(text) > 4096:
-        raise UsageError(f"{what} must be a path: got no text, empty text, a NUL byte or over 4096 characters")
+        raise UsageError(f"{what} must be {kind}: got no text, empty text, a NUL byte or over 4096 characters")
     return text
 
 
