@@ -141,15 +141,14 @@ def export_onnx(
     check_export_run(loaded, image_size, out, precision=precision)
     source = source_info(loaded)  # before tracing: a checkpoint changed since it was read is refused now, not after
     specs = io_specs(loaded.config, *image_size)
-    net = loaded.model if precision == "fp32" else copy.deepcopy(loaded.model).to(DTYPES[precision])
-    wrappers = {"backbone": _Backbone(net, DTYPES[precision]).eval(), "detailer": _Detailer(net, DTYPES[precision]).eval()}
+    wrappers = _wrappers(loaded.model, precision)
     started = time.perf_counter()
     with atomic_dir(out, problem_of=ownership_problem) as tmp:
         files = {}
         for role, spec in specs.items():
             with console.status(f"exporting {role} ({precision}) ..."):
                 files[role] = export_submodel(wrappers[role], spec, loaded, tmp, opset)
-        del net, wrappers
+        del wrappers  # a reduced-precision copy of the network is freed before verifying
         with console.status("verifying against PyTorch with ONNX Runtime ..."):
             report = verify_export(tmp, files, loaded.model, specs, precision)
         say_lines(console, format_report(report))
@@ -174,6 +173,13 @@ def export_onnx(
         write_manifest(tmp, manifest)
     say(console, f"wrote {out}/ ({', '.join(files.values())}, {MANIFEST})")
     return out
+
+
+def _wrappers(model: DiP, precision: str) -> dict[str, nn.Module]:
+    """The two sub-models to trace, in eval mode, over the network at `precision` (a copy unless fp32)."""
+    dtype = DTYPES[precision]
+    net = model if precision == "fp32" else copy.deepcopy(model).to(dtype)
+    return {"backbone": _Backbone(net, dtype).eval(), "detailer": _Detailer(net, dtype).eval()}
 
 
 def export_submodel(module: nn.Module, spec: SubModelSpec, loaded: LoadedModel, folder: Path, opset: int) -> str:
