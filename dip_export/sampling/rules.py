@@ -142,11 +142,7 @@ def check_token_cache(settings: SamplerSettings) -> None:
     conditional-only) and within the interval of the last; whether any evaluation of this run is one is decided
     by the run's own token schedule (host-side, stopping at the first evaluation that skips the backbone).
     """
-    k, total = settings.cache_interval, evaluations(settings)
-    if k > total:
-        raise TokenCacheNeverAppliesError(f"cache interval {k} is longer than the run ({total} network evaluation"
-                                          f"{'s' * (total != 1)} of {settings.method}, {settings.steps} steps); give "
-                                          f"--cache-interval 1..{total}")  # fmt: skip
+    check_given_together({"cache_interval": settings.cache_interval, "steps": settings.steps, "method": settings.method})
     for check in RUN_CHECKS:  # the checks that need the sampler's own schedule (registered by sampling.loop)
         check(settings)
 
