@@ -148,7 +148,7 @@ def model_text(model: Any) -> str:
     """A model argument as text: a path (str or os.PathLike) or a Hub name; nothing else, and never empty."""
     text = path_text(model, "model", "a path or a Hub name")
     if not text.strip():
-        raise UsageError("model must be a path or a Hub name: got blank text")
+        raise UsageError("model must be a path or a Hub name: got empty text (blank)")
     try:
         raw = os.fsencode(text)
     except UnicodeError:
