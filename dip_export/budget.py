@@ -290,6 +290,7 @@ _MARK = object()
 _MAX_COUNTED = 1 << 64  # a product past this is refused anyway; stops the arithmetic on absurd sizes
 MAX_PICKLE_ARGUMENT = 64 << 20  # one opcode's argument: a checkpoint's pickle holds structure (tensors are stored apart)
 MAX_CALL_BYTES = 64 << 20  # what a load's calls may allocate by size, and pass beyond twice the pickle read so far
+DIP_MARK = "s_embedder"  # a key part of every DiP state dict, and a module name in a whole model's pickle
 ZIP_SLACK = 1 << 20  # what a zip checkpoint's records may add up to beyond the file's own size (torch.save stores them)
 
 
@@ -341,6 +342,8 @@ class Declared:
     views: int = 0  # bytes of every tensor by its shape (what work on the tensors is proportional to)
     tensors: int = 0  # tensors rebuilt from a storage
     made: list[Any] = field(default_factory=list)  # the storages persistent ids declare, in order
+    names_dip: bool = False  # a text constant names DiP's patch embedder (`DIP_MARK`): every DiP pickle holds one
+    ended: bool = False  # a pickle was read to its STOP
 
     @property
     def bytes(self) -> int:
@@ -423,10 +426,8 @@ def _check_checkpoint_tensors(path: Any) -> None:
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             size = max(size, check_zip_records(archive.infolist(), str(path), size))  # what its records hold
-            # every record torch's reader could take for the pickle (it matches names in any case), read by its entry
-            pickles = [i for i in archive.infolist() if i.filename.rsplit("/", 1)[-1].lower() == "data.pkl"]
             found, storages = [], set()
-            for info in pickles:
+            for info in _zip_pickles(archive):
                 with archive.open(info) as f:
                     found.append(pickle_declared(_Bounded(f, info.file_size)))
                 storages |= _check_records_hold(archive, info.filename.rsplit("/", 1)[0], found[-1], path)
@@ -437,6 +438,29 @@ def _check_checkpoint_tensors(path: Any) -> None:
     check_declared(max((d.bytes for d in found), default=0), 1, str(path), file_size=size)
     views = max((d.views for d in found), default=0)  # tied weights view one storage twice: counted by shape here
     check_memory(views, f"{path}: its tensors by their shapes", None)
+
+
+def _zip_pickles(archive: Any) -> list[Any]:
+    """Every record torch's reader could take for the pickle (it matches names in any case)."""
+    return [i for i in archive.infolist() if i.filename.rsplit("/", 1)[-1].lower() == "data.pkl"]
+
+
+def names_no_dip(path: Any) -> bool:
+    """A zip checkpoint whose pickles, each read to its end, hold no text naming DiP's patch embedder (`DIP_MARK`):
+    it holds no DiP weights, known before torch's reader inflates any of its records. Any other file: False."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as archive:
+            scans = []
+            for info in _zip_pickles(archive):
+                with archive.open(info) as f:
+                    scans.append(pickle_declared(_Bounded(f, info.file_size)))
+    except Exception:  # anything the scan cannot read is torch's reader's to report
+        return False
+    return bool(scans) and all(d.ended and not d.names_dip for d in scans)
 
 
 def _check_compressed_records(records: Any, storages: set[str], path: Any) -> None:
@@ -570,6 +594,7 @@ def _scan_one(ops: Any, found: Declared) -> None:
     for op, arg, pos in ops:
         name = op.name
         if name == "STOP":
+            found.ended = True
             break
         if name in _CHANGERS:
             _change(name, stack)
@@ -581,6 +606,7 @@ def _scan_one(ops: Any, found: Declared) -> None:
             stack.append(_MARK)
         elif name in _CONSTANTS:
             stack.append(arg)
+            found.names_dip = found.names_dip or (isinstance(arg, str) and DIP_MARK in arg)
         elif name in ("GLOBAL", "STACK_GLOBAL"):
             if name == "STACK_GLOBAL":
                 name_, module = (stack.pop() if stack else None), (stack.pop() if stack else None)

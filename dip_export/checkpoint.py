@@ -29,6 +29,7 @@ from dip_export.budget import (
     check_declared,
     check_memory,
     check_weights,
+    names_no_dip,
     zip_mappable,
 )
 from dip_export.config import DiPConfig, check_sampling_defaults, get_preset
@@ -135,6 +136,9 @@ _LOADED_TYPES: dict[str, Any] = {  # LoadedModel's other fields, as load_checkpo
 }  # fmt: skip
 
 
+NO_WEIGHTS = "no DiP weights found (no key s_embedder.proj.weight)"
+
+
 def _canonical(device: torch.device) -> torch.device:
     """One name per device: cuda without an index is the current CUDA device."""
     if device.type == "cuda" and device.index is None:
@@ -145,6 +149,8 @@ def _canonical(device: torch.device) -> torch.device:
 def _torch_load(path: Path, trust: bool) -> Any:
     _check_pickle_header(path)
     check_checkpoint_tensors(path)  # declared tensor sizes, before torch allocates any
+    if not zip_mappable(path) and names_no_dip(path):  # torch would inflate its records whole to find that out
+        raise CheckpointError(f"{path}: {NO_WEIGHTS}")
     if trust is True:  # the only value that runs code (trust_flag at every entry)
         return _torch_load_with(path, weights_only=False)
     try:
@@ -404,7 +410,7 @@ def _tensors_only(state: Mapping[str, Any]) -> dict[str, Tensor]:
 
         raise CheckpointError(f"entry {other[0][:80]} among its weights is not a tensor ({value_kind(state[other[0]])[:60]})")
     if "s_embedder.proj.weight" not in tensors:
-        raise CheckpointError("no DiP weights found (no key s_embedder.proj.weight)")
+        raise CheckpointError(NO_WEIGHTS)
     dressed = next((k for k, v in tensors.items() if type(v) not in _PLAIN_TYPES or vars(v)), None)
     if dressed is not None:
         raise CheckpointError(f"weight {dressed[:80]} is not a plain tensor (it carries a type or attributes of the file's)")

@@ -18,6 +18,7 @@ from dip_export import DiPPipeline
 from dip_export.budget import BudgetError, zip_mappable
 from dip_export.checkpoint import build_model, load_checkpoint
 from dip_export.config import DiPConfig
+from dip_export.errors import CheckpointError
 from tests.test_hostile import one_line, sample
 
 FEW = settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -151,3 +152,64 @@ def test_a_large_compressed_record_no_pickle_names_is_refused(tmp_path: Path, pl
     assert not (tmp_path / "o.npz").exists()
     with pytest.raises(BudgetError, match="holds no tensor"):
         DiPPipeline.load(path, device="cpu")
+
+
+KEYS = st.text(st.characters(codec="ascii", exclude_characters="\0"), min_size=1, max_size=30)
+OTHER_KEYS = KEYS.filter(lambda k: "s_embedder" not in k and not k.startswith(("denoiser.", "ema_denoiser.")))  # no DiP
+
+
+def _saved(path: Path, keys: list[str], deflated: bool) -> Path:
+    """A dict of small tensors under `keys`, as torch.save writes it, then (when `deflated`) re-zipped compressed."""
+    stored = path.with_suffix(".stored.pt")
+    torch.save({k: torch.full((4, i + 1), float(i)) for i, k in enumerate(keys)}, stored)
+    return _rezip(stored, path) if deflated else stored
+
+
+@FEW
+@given(keys=st.lists(OTHER_KEYS, min_size=1, max_size=5, unique=True), deflated=st.booleans())
+def test_a_compressed_zip_naming_no_dip_is_refused_before_torch_reads_it(
+    tmp_path_factory: pytest.TempPathFactory, keys: list[str], deflated: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever its keys, a zip whose pickle names no `s_embedder` holds no DiP weights: the message is the same
+    whether it is stored or compressed, and a compressed one (which torch would inflate whole) is never given to torch."""
+    path = _saved(tmp_path_factory.mktemp("keys") / "c.pt", keys, deflated)
+    with monkeypatch.context() as patched, pytest.raises(CheckpointError) as err:
+        if deflated:
+            patched.setattr(torch, "load", _never)
+        load_checkpoint(path)
+    assert str(err.value) == f"{path}: no DiP weights found (no key s_embedder.proj.weight)"
+
+
+def _never(*args: object, **kwargs: object) -> None:
+    raise AssertionError("torch.load was called")
+
+
+@FEW
+@given(key=KEYS.map(lambda k: f"{k[:10]}s_embedder{k[10:]}"))
+def test_a_compressed_zip_naming_s_embedder_is_read_by_torch(
+    tmp_path_factory: pytest.TempPathFactory, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any text holding `s_embedder` (a key, a prefixed key, a module name of a whole model) leaves the file to torch."""
+    path = _saved(tmp_path_factory.mktemp("keys") / "c.pt", [key], deflated=True)
+    calls: list[Path] = []
+    real = torch.load
+    with monkeypatch.context() as patched, pytest.raises(CheckpointError):  # not a DiP all the same: no weights
+        patched.setattr(torch, "load", lambda f, **kw: calls.append(f) or real(f, **kw))
+        load_checkpoint(path)
+    assert calls == [path]
+
+
+def test_a_large_compressed_record_of_no_dip_is_never_inflated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small file whose one tensor is a large deflated record, under a key that is no DiP's: refused on every
+    surface before the record is inflated."""
+    stored = tmp_path / "big.stored.pt"
+    torch.save({"other.weight": torch.zeros(16 << 20)}, stored)  # 64 MiB of zeros
+    path = _rezip(stored, tmp_path / "big.pt")
+    stored.unlink()
+    assert path.stat().st_size < 1 << 20
+    monkeypatch.setattr(torch, "load", _never)
+    with pytest.raises(CheckpointError, match="no DiP weights found"):
+        DiPPipeline.load(path, device="cpu")
+    code, err = sample(path, "--steps", "2", "--num-samples", "1", "--out", tmp_path / "o.npz")
+    one_line(code, err, 1, str(path), "no DiP weights found")
+    assert not (tmp_path / "o.npz").exists()
