@@ -107,20 +107,22 @@ def _check_export_options(precision: str, opset: int) -> tuple[str, int]:
     return one_of(precision, "--precision", list(DTYPES)), exact_int(opset, "--opset", OPSETS.start, OPSETS.stop - 1)
 
 
-def _check_export_arguments(loaded: Any, image_size: Any, output_dir: Any, console: Any) -> tuple[int, int]:
+def _check_export_arguments(loaded: Any, image_size: Any, output_dir: Any, console: Any) -> tuple[tuple[int, int], Path | None]:
     """export_onnx's other arguments, before any tracing: a LoadedModel, a Console or None, a folder path that is not
-    empty, and an image size of exact whole numbers the patch divides (returned as a pair)."""
+    empty (read once: the path returned is the one checked), and an image size of exact whole numbers the patch
+    divides (returned as a pair)."""
     from dip_export.generate import check_image_size, parse_image_size
 
     if not isinstance(loaded, LoadedModel):
         raise UsageError(f"export_onnx takes a LoadedModel (dip_export.checkpoint.resolve_model), got {type(loaded).__name__}")
     if console is not None and not isinstance(console, Console):
         raise UsageError(f"console must be a rich Console or None, got {type(console).__name__}")
+    out = None
     if output_dir is not None:  # "" would read as the working folder
-        path_text(output_dir, "output_dir (a folder, or None for the default under engines/)")
+        out = Path(path_text(output_dir, "output_dir (a folder, or None for the default under engines/)"))
     size = parse_image_size(image_size)  # exact whole numbers, both sides bounded: (True, 32) is no size
     check_image_size(*size, loaded.config.patch_size)
-    return size
+    return size, out
 
 
 def export_onnx(
@@ -133,11 +135,11 @@ def export_onnx(
     console: Console | None = None,
 ) -> Path:
     """Write backbone.onnx, detailer.onnx and manifest.json into a folder, or nothing at all."""
-    image_size = _check_export_arguments(loaded, image_size, output_dir, console)
+    image_size, given = _check_export_arguments(loaded, image_size, output_dir, console)
     precision, opset = _check_export_options(precision, opset)
     check_export(loaded.config, *image_size)  # every export (dip-export, made on the fly, a sub-export) before tracing
     console = console or Console(stderr=True)
-    out = Path(output_dir) if output_dir else default_export_dir(loaded.name, precision, image_size)
+    out = given if given is not None else default_export_dir(loaded.name, precision, image_size)
     check_export_run(loaded, image_size, out, precision=precision)
     source = source_info(loaded)  # before tracing: a checkpoint changed since it was read is refused now, not after
     specs = io_specs(loaded.config, *image_size)

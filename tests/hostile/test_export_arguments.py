@@ -60,3 +60,42 @@ def test_other_bad_arguments_are_refused_before_any_export(tmp_path: Path, monke
     with pytest.raises(UsageError, match=words):
         export_onnx(arguments.pop("loaded"), **arguments)
     assert list(tmp_path.iterdir()) == []
+
+
+class _Stop(Exception):
+    pass
+
+
+@settings(max_examples=20, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    truth=st.sampled_from(["raises", "false", "true", "none"]),
+    names=st.lists(st.text("abc", min_size=1, max_size=5), min_size=2, max_size=2, unique=True),
+)
+def test_a_path_like_output_dir_is_read_once_and_never_tested_for_truth(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loaded, truth: str, names: list[str]
+) -> None:
+    """The folder the export goes to is the one the first `__fspath__` gave, whatever the object says later or
+    its `__bool__` says (False would have sent the export to the default folder)."""
+    calls: list[str] = []
+
+    class Changing:
+        def __fspath__(self) -> str:
+            calls.append(names[len(calls) % 2])
+            return str(tmp_path / calls[-1])
+
+        if truth != "none":
+
+            def __bool__(self) -> bool:
+                if truth == "raises":
+                    raise RuntimeError("asked for its truth")
+                return truth == "true"
+
+    def stop(loaded, size, out, **kwargs) -> None:
+        raise _Stop(out)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(onnx_export, "check_export_run", stop)
+        with pytest.raises(_Stop) as caught:
+            export_onnx(loaded, image_size=(32, 32), output_dir=Changing())
+    assert calls == [names[0]]
+    assert caught.value.args[0] == tmp_path / names[0]
