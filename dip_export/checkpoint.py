@@ -9,13 +9,15 @@ file whose weights themselves cannot be read that way needs `trust=True` (`--tru
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import json
 import math
 import pickle
 import re
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,11 +79,22 @@ class LoadedModel:
     weights: str = "ema"  # which weights of a training checkpoint were taken (ema | raw)
     held_on: torch.device | None = field(default=None, compare=False, repr=False)  # the device a pipeline holds it on
     stamp: Stamp | None = field(default=None, compare=False, repr=False)  # the file as its weights were read
+    # the module's weights as the source gave them (`weights_signature`); another signature: changed in memory since
+    as_read: tuple[Any, ...] = field(default=(), init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "as_read", weights_signature(self.model))
 
     def __setattr__(self, field_name: str, value: Any) -> None:
         """What names folders and is written into exports is checked whenever it is set, at creation or later: the
         name (`naming.model_name_problem`: one part of a folder name, printed as itself), the recommended sampling
-        (as a stored file's, `check_sampling_defaults`) and the weights choice."""
+        (as a stored file's, `check_sampling_defaults`) and the weights choice. The config is always the one the
+        module was built of. A module set after creation is not the source's (`identity` says so)."""
+        if field_name == "as_read":
+            raise UsageError("a model's as_read is what its source gave; it is not set by hand")
+        if field_name in ("model", "config"):
+            _check_built_of(value if field_name == "model" else getattr(self, "model", None),
+                            value if field_name == "config" else getattr(self, "config", None))  # fmt: skip
         if field_name == "name":
             from dip_export.export.naming import model_name_problem
 
@@ -126,8 +139,48 @@ class LoadedModel:
         """What defines this model's numbers, as one value: the source's content (sha256 of the file; a preset by
         name, its weights drawn from a fixed seed), which weights were taken from it, and the config the network
         was built of. Every cache and reuse of what the model computes keys on it: on-the-fly exports, calibration,
-        reference images; two models with the same identity compute the same numbers."""
+        reference images; two models with the same identity compute the same numbers. A module whose weights
+        changed in memory since (another module set, `load_state_dict`, an optimizer's step, a tensor's `.data`
+        replaced) is known by its weights' content instead (`weights_digest`), never by its source's."""
+        if self.as_read != weights_signature(self.model):
+            return "weights:" + weights_digest(self.model, self.config)
         return model_identity(self.source, self.weights, self.config, self.stamp)
+
+    @contextlib.contextmanager
+    def moving(self) -> Iterator[None]:
+        """Around the tool's own move of the module to a device (a torch engine's): weights as the source gave them
+        before the move are still its after it (the move replaces each tensor's storage, not its values)."""
+        unchanged = self.as_read == weights_signature(self.model)
+        yield
+        if unchanged:
+            object.__setattr__(self, "as_read", weights_signature(self.model))
+
+
+def weights_signature(model: torch.nn.Module) -> tuple[Any, ...]:
+    """What any change of a module's weights in memory changes, read without touching their values: the module
+    object, and each parameter's and buffer's name, object, storage, version counter (which every in-place
+    operation, an optimizer's step and `load_state_dict` advance), dtype and shape. An in-place write through a
+    tensor's `.data` (which torch counts nowhere) is not seen."""
+    tensors = itertools.chain(model.named_parameters(), model.named_buffers())
+    return (id(model), *((name, id(t), t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for name, t in tensors))
+
+
+def weights_digest(model: torch.nn.Module, config: DiPConfig) -> str:
+    """sha256 of what defines a module's numbers: its config and every tensor of its state (names, dtypes, shapes,
+    bytes), whatever chose them."""
+    digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"\0{name}\0{flat.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return digest.hexdigest()
+
+
+def _check_built_of(model: Any, config: Any) -> None:
+    """A LoadedModel's config is the one its module was built of (`DiP.cfg`): exports, budgets and checks read the
+    config, engines run the module."""
+    if isinstance(model, DiP) and isinstance(config, DiPConfig) and model.cfg != config:
+        raise UsageError("a model's config must be the one its module was built of (model.cfg); make a new LoadedModel")
 
 
 _LOADED_TYPES: dict[str, Any] = {  # LoadedModel's other fields, as load_checkpoint makes them

@@ -324,7 +324,7 @@ def check_graph(folder: Path, path: Path, role: str, manifest: Manifest) -> int:
         raise ExportError(f"{folder}: unknown sub-model {plain_value(role)} in the manifest")
     io = tuple((t.name, tuple(d if isinstance(d, int) else None for d in t.shape)) for t in spec.inputs + spec.outputs)
     problem, elements, largest = _graph_problem(str(path.resolve()), file_stamp(path), str(folder.resolve()),
-                                                manifest.precision, io, manifest.config.num_classes,
+                                                manifest.precision, io, _config_dims(manifest.config, role),
                                                 manifest.opset, manifest.target)  # fmt: skip
     if problem:
         raise ExportError(f"{path}: {problem}")
@@ -508,7 +508,7 @@ def _graph_problem(
     folder: str,
     precision: str,
     io: tuple[Any, ...],
-    num_classes: int,
+    config_dims: tuple[int, int, int],
     opset: int,
     target: str = "onnx",
 ) -> tuple[str, int, tuple[int, int, int]]:
@@ -524,7 +524,7 @@ def _graph_problem(
         return f"not a readable ONNX model ({type(err).__name__})", 0, (0, 0, 0)
     graph = model.graph
     elements = sum(math.prod(max(int(d), 0) for d in tensor.dims) for tensor in graph.initializer)
-    problem = _structure_problem(graph, model, stamp[2], path, precision, io, num_classes, opset, target)
+    problem = _structure_problem(graph, model, stamp[2], path, precision, io, config_dims, opset, target)
     if problem:
         return problem, elements, (0, 0, 0)
     weight = max((math.prod(max(int(d), 0) for d in tensor.dims) for tensor in graph.initializer), default=0)
@@ -539,7 +539,7 @@ def _structure_problem(
     graph_path: str,
     precision: str,
     io: tuple[Any, ...],
-    num_classes: int,
+    config_dims: tuple[int, int, int],
     opset: int,
     target: str = "onnx",
 ) -> str:
@@ -560,10 +560,35 @@ def _structure_problem(
         dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in found[name].type.tensor_type.shape.dim)
         if len(dims) != len(want) or any(w is not None and d != w for d, w in zip(dims, want, strict=True)):
             return f"{name} has shape {list(dims)}, the manifest's config and image size give {list(want)}"
-    for tensor in graph.initializer:  # the label table: num_classes rows + the null class
+    problem = _config_problem(graph, *config_dims)
+    return problem or _precision_problem(model, precision) or _target_problem(model, precision, target)
+
+
+def _config_dims(config: DiPConfig, role: str) -> tuple[int, int, int]:
+    """What `_config_problem` reads off a sub-model's weights: the classes, the heads and each head's width (the
+    backbone's; 0 for the detailer, which holds no attention)."""
+    heads = config.num_heads if role == "backbone" else 0
+    return config.num_classes, heads, config.head_dim if heads else 0
+
+
+def _config_problem(graph: Any, num_classes: int, num_heads: int, head_dim: int) -> str:
+    """The manifest's config against the graph's weights where it sets their shapes: the label table (num_classes
+    rows + the null class) and, in a backbone, the attention's query and key norms (each one head wide): the memory
+    estimate counts attention scores per head, so a config with fewer heads than the graph computes would
+    understate it."""
+    norms = 0
+    for tensor in graph.initializer:
         if tensor.name.endswith("embedding_table.weight") and tensor.dims and tensor.dims[0] != num_classes + 1:
             return f"the graph has {tensor.dims[0] - 1} classes, the manifest's config says {num_classes}"
-    return _precision_problem(model, precision) or _target_problem(model, precision, target)
+        if head_dim and tensor.name.endswith(("attn.q_norm.weight", "attn.k_norm.weight")):
+            norms += 1
+            if list(tensor.dims) != [head_dim]:
+                width = tensor.dims[0] if len(tensor.dims) == 1 and tensor.dims[0] > 0 else 0
+                held = f"heads {width} wide" if width else f"attention norms of shape {list(tensor.dims)[:4]}"
+                return f"the graph has {held}, the manifest's config says {num_heads} heads of {head_dim}"
+    if head_dim and not norms:
+        return "the graph holds no attention norm weights (attn.q_norm / attn.k_norm): not the exporter's backbone"
+    return ""
 
 
 def _target_problem(model: Any, precision: str, target: str) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dip_export.checkpoint import LoadedModel, is_demo
+from dip_export.checkpoint import LoadedModel, is_demo, weights_digest
 from dip_export.generate import SamplePlan, generate, make_plan
 from dip_export.measure.harness import psnr, timed_call
 from dip_export.ownership import MARK, contents_mac, mac_problem, owner_key
@@ -116,12 +116,7 @@ def model_identity(loaded: LoadedModel) -> str:
     """sha256 of what defines the model's numbers: its config and every tensor of its state (names, dtypes,
     shapes, bytes). Whatever chose them (a checkpoint's EMA or raw weights, a preset's random ones, a config
     given over the stored one, weights changed in memory) is in it; the file's name is not."""
-    digest = hashlib.sha256(json.dumps(loaded.config.to_dict(), sort_keys=True).encode())
-    for name, tensor in sorted(loaded.model.state_dict().items()):
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"\0{name}\0{flat.dtype}\0{tuple(tensor.shape)}\0".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
-    return digest.hexdigest()
+    return weights_digest(loaded.model, loaded.config)
 
 
 def reference_key(loaded: LoadedModel, plan: SamplePlan, y: Yardstick, settings: SamplerSettings, device: torch.device) -> str:

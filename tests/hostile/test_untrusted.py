@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -269,3 +270,57 @@ def test_external_weights_rewritten_or_unlisted_are_refused_before_sampling(
     code, err = run(cli.sample_main, export, "--steps", "2", "--num-samples", "1", "--out", tmp_path / "o.npz")
     one_line(code, err, 1, "weights.bin", words)
     assert not (tmp_path / "o.npz").exists()
+
+
+# ---- the heads a manifest's config names are the graph's: the memory estimate counts attention scores per head
+
+
+def _heads_changed(pristine: Path, folder: Path, heads: int) -> Path:
+    folder = Path(shutil.copytree(pristine, folder))
+    data = json.loads((folder / "manifest.json").read_text())
+    data["config"]["num_heads"] = heads
+    (folder / "manifest.json").write_text(json.dumps(data))
+    return folder
+
+
+@settings(max_examples=12, deadline=None)
+@given(data=st.data())
+def test_a_manifest_naming_other_heads_than_its_graph_is_refused(tmp_path_factory, pristine, data) -> None:
+    from dip_export import DiPPipeline
+
+    config = read_manifest(pristine).config
+    divisors = [
+        n for n in range(1, config.hidden_size + 1) if config.hidden_size % (4 * n) == 0 and n != config.num_heads
+    ]  # fmt: skip (a head: 4k wide, 2D RoPE)
+    heads = data.draw(st.sampled_from(divisors))
+    folder = _heads_changed(pristine, tmp_path_factory.mktemp("h") / "exp", heads)
+    shown = f"the manifest's config says {heads} heads of {config.hidden_size // heads}"
+    with pytest.raises(ExportError, match=f"heads {config.head_dim} wide, {shown}"):
+        read_manifest(folder)
+    with pytest.raises(ExportError, match=shown):
+        DiPPipeline.load(folder, device="cpu")
+    code, err = run(cli.sample_main, folder, "--steps", "2", "--num-samples", "1", "--out", folder.parent / "o.npz")
+    one_line(code, err, 1, shown)
+    assert not (folder.parent / "o.npz").exists()
+
+
+def test_the_heads_are_read_off_the_backbone_graph_norm_weights() -> None:
+    """`_config_problem` on hand-made initializer lists: every query/key norm is one head wide, and a backbone
+    holds at least one (a graph without them gives nothing to check the heads against)."""
+    from onnx import helper
+
+    from dip_export.export.manifest import _config_problem
+
+    def graph(*shapes: tuple[str, list[int]]):
+        inits = [helper.make_tensor(name, 1, dims, [0.0] * int(np.prod(dims))) for name, dims in shapes]
+        return helper.make_graph([], "g", [], [], inits)
+
+    good = graph(
+        ("m.blocks.0.attn.q_norm.weight", [32]), ("m.blocks.0.attn.k_norm.weight", [32]), ("y.embedding_table.weight", [11, 2])
+    )
+    assert _config_problem(good, 10, 4, 32) == ""
+    assert "says 2 heads of 64" in _config_problem(good, 10, 2, 64)
+    assert "9 classes" in _config_problem(graph(("y.embedding_table.weight", [10, 2])), 10, 4, 32)
+    assert "no attention norm" in _config_problem(graph(("m.blocks.0.attn.norm.weight", [32])), 10, 4, 32)
+    assert _config_problem(graph(("m.enc1.weight", [4, 3])), 10, 0, 0) == ""  # the detailer: no heads to check
+    assert "attention norms of shape [2, 16]" in _config_problem(graph(("a.attn.k_norm.weight", [2, 16])), 10, 4, 32)
