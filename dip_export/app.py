@@ -18,6 +18,7 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
+from dip_export.budget import GRID_IMAGES
 from dip_export.engines import make_engine
 from dip_export.errors import ExportError, UsageError
 from dip_export.generate import SamplePlan, check_run_limits, check_seed, make_plan, parse_image_size, parse_int_list
@@ -283,7 +284,7 @@ def _write_outputs(request: SampleRequest, images: np.ndarray) -> None:
     out = request.out
     with output_group():
         save_npz(out, images)
-        save_png(out.with_suffix(".png"), image_grid(images[:256]), "samples-grid")
+        save_png(out.with_suffix(".png"), image_grid(images[:GRID_IMAGES]), "samples-grid")
         if request.png_dir is not None:
             for i, image in enumerate(images):
                 save_png(request.png_dir / _png_name(i), image, "sample-image")

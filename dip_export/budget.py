@@ -110,11 +110,30 @@ def run_bytes(config: Any, shape: RunShape, backend: str | None = "torch") -> in
     kept = solver + images
     times, over = TORCH_ACTIVATION_MARGIN
     call = block + attention + TORCH_DETAILER_MAPS * detailer_map
-    torch_need = weight_bytes(config) + call * times // over + TORCH_RUN_BYTES + kept
+    written = grid_bytes(min(shape.samples, GRID_IMAGES), shape.height, shape.width)  # once sampling is done
+    torch_need = weight_bytes(config) + max(call * times // over, written) + TORCH_RUN_BYTES + kept
     if family(backend) == "torch":
         return torch_need
     graph = ORT_ACTIVATION_FACTOR * (block + 3 * detailer_map) + ORT_ATTENTION_COPIES * attention
     return max(torch_need, 2 * weight_bytes(config) + graph + ORT_SESSION_BYTES + kept)  # it runs the same operations
+
+
+GRID_IMAGES = 256  # the most images dip-sample's grid picture shows
+GRID_COLUMNS = 10  # images a grid row holds (the demo's digits 0-9 line up in columns)
+GRID_MIN_CELL = 96  # smaller images are enlarged in a grid (nearest neighbour) so that 32 px digits are readable
+GRID_GUTTER = 2  # pixels between a grid's images
+
+
+def grid_bytes(count: int, height: int, width: int, min_cell: int = GRID_MIN_CELL, columns: int = GRID_COLUMNS) -> int:
+    """Peak bytes of making a grid picture of `count` images (`io.image_grid`) and writing it as a PNG: the images
+    enlarged to `min_cell` and the grid, then the grid with its PNG rows and their compressed bytes."""
+    scale = max(1, -(-min_cell // max(height, width, 1)))
+    h, w = height * scale, width * scale
+    cols = max(1, min(count, columns))
+    rows = -(-count // cols)
+    grid = (rows * (h + GRID_GUTTER) + GRID_GUTTER) * (cols * (w + GRID_GUTTER) + GRID_GUTTER) * 3
+    scaled = count * h * w * 3 if scale > 1 else 0
+    return max(scaled + grid, 3 * grid)
 
 
 def parameter_count(config: Any) -> int:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dip_export.budget import GRID_COLUMNS, GRID_GUTTER, GRID_MIN_CELL, check_memory, grid_bytes
 from dip_export.errors import DipError, UsageError
 from dip_export.ownership import (
     JSON_KINDS,
@@ -640,10 +641,6 @@ def remove_output(path: Path, kind: str) -> None:
     Path(path).unlink(missing_ok=True)
 
 
-GRID_COLUMNS = 10  # one row per cycle of ten classes (the demo's digits 0-9 line up in columns)
-GRID_MIN_CELL = 96  # smaller images are enlarged (nearest neighbour) so a grid of 32 px digits is readable
-
-
 def image_grid(images: np.ndarray, columns: int | None = None, min_cell: int = GRID_MIN_CELL) -> np.ndarray:
     """(N, H, W, 3) uint8 -> one (rows*H', cols*W', 3) picture with 2-pixel gutters.
 
@@ -655,13 +652,14 @@ def image_grid(images: np.ndarray, columns: int | None = None, min_cell: int = G
     n, h, w, c = check_pictures(images, "images for a grid").shape
     columns = None if columns is None else exact_int(columns, "grid columns", 1, 1 << 20)
     min_cell = exact_int(min_cell, "grid cell size", 1, 4096)
+    check_memory(grid_bytes(n, h, w, min_cell, columns or GRID_COLUMNS), f"a grid picture of {n} images of {h}x{w}")
     scale = max(1, -(-min_cell // max(h, w)))
     if scale > 1:
         images = images.repeat(scale, axis=1).repeat(scale, axis=2)
         h, w = h * scale, w * scale
     cols = max(1, min(n, columns or GRID_COLUMNS))
     rows = -(-n // cols)
-    pad = 2
+    pad = GRID_GUTTER
     grid = np.zeros((rows * (h + pad) + pad, cols * (w + pad) + pad, c), dtype=np.uint8)
     for i, img in enumerate(images):
         r, q = divmod(i, cols)
@@ -681,6 +679,7 @@ def save_png(path: Path, image: np.ndarray, kind: str) -> None:
     h, w, _ = check_pictures(image, "a PNG's picture", ndim=3).shape
     if max(h, w) >= 1 << 31:
         raise UsageError(f"a PNG's sides are below 2^31 pixels, got {h}x{w}")
+    check_memory(2 * image.nbytes, f"writing a PNG of {h}x{w}")  # its rows joined, then compressed
     raw = b"".join(b"\x00" + image[r].tobytes() for r in range(h))
 
     def chunk(tag: bytes, data: bytes) -> bytes:
