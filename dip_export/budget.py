@@ -110,7 +110,7 @@ def run_bytes(config: Any, shape: RunShape, backend: str | None = "torch") -> in
     kept = solver + images
     times, over = TORCH_ACTIVATION_MARGIN
     call = block + attention + TORCH_DETAILER_MAPS * detailer_map
-    written = grid_bytes(min(shape.samples, GRID_IMAGES), shape.height, shape.width)  # once sampling is done
+    written = grid_bound(min(shape.samples, GRID_IMAGES), shape.height, shape.width)  # once sampling is done
     torch_need = weight_bytes(config) + max(call * times // over, written) + TORCH_RUN_BYTES + kept
     if family(backend) == "torch":
         return torch_need
@@ -134,6 +134,14 @@ def grid_bytes(count: int, height: int, width: int, min_cell: int = GRID_MIN_CEL
     grid = (rows * (h + GRID_GUTTER) + GRID_GUTTER) * (cols * (w + GRID_GUTTER) + GRID_GUTTER) * 3
     scaled = count * h * w * 3 if scale > 1 else 0
     return max(scaled + grid, 3 * grid)
+
+
+def grid_bound(count: int, height: int, width: int) -> int:
+    """At least `grid_bytes`, and growing with every factor (the grid itself shrinks where a larger image is enlarged
+    less): an enlarged image is less than `GRID_MIN_CELL` larger than its longer side, and its copy is smaller
+    than the grid that holds it."""
+    side = max(height, width) + GRID_MIN_CELL
+    return grid_bytes(count, side, side, min_cell=1)
 
 
 def parameter_count(config: Any) -> int:

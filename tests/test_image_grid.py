@@ -5,7 +5,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dip_export.budget import GRID_IMAGES, BudgetError, RunShape, grid_bytes, run_bytes, weight_bytes
+from dip_export.budget import GRID_IMAGES, BudgetError, RunShape, grid_bound, grid_bytes, run_bytes, weight_bytes
 from dip_export.config import get_preset
 from dip_export.io import image_grid
 
@@ -71,3 +71,10 @@ def test_a_runs_estimate_holds_its_grid_beside_its_images(samples: int, side: in
     config = get_preset("dip-s-16")
     need = run_bytes(config, RunShape.sampling(batch, side, side, samples))
     assert need >= weight_bytes(config) + samples * side * side * 3 + grid_bytes(min(samples, GRID_IMAGES), side, side)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 300), h=st.integers(1, 600), w=st.integers(1, 600), dh=st.integers(0, 100), dn=st.integers(0, 10))
+def test_the_runs_grid_bound_covers_the_grid_and_grows(n: int, h: int, w: int, dh: int, dn: int) -> None:
+    assert grid_bound(n, h, w) >= grid_bytes(n, h, w)
+    assert grid_bound(n + dn, h + dh, w) >= grid_bound(n, h, w)
