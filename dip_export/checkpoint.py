@@ -767,7 +767,11 @@ def save_checkpoint(path: str | Path, model: DiP, sampling: Mapping[str, Any] | 
     if sampling is not None and not isinstance(sampling, Mapping):
         raise UsageError(f"sampling must be a mapping of sampler defaults, got {type(sampling).__name__}")
     try:
-        text = json.dumps(dict(sampling or {}), allow_nan=False)
+        plain = dict(sampling or {})
+    except Exception:  # a caller's mapping whose own methods fail
+        raise UsageError(f"sampling: this {type(sampling).__name__} cannot be read as a mapping") from None
+    try:
+        text = json.dumps(plain, allow_nan=False)
     except (TypeError, ValueError, RecursionError) as err:
         raise UsageError(f"sampling defaults are not JSON values ({_first_line(err)})") from None
     try:  # checked as the reader checks it: never a file this tool would then refuse
@@ -775,12 +779,28 @@ def save_checkpoint(path: str | Path, model: DiP, sampling: Mapping[str, Any] | 
     except DipError as err:
         raise UsageError(f"sampling defaults refused: {err}") from None
     meta = {META_CONFIG: json.dumps(model.cfg.to_dict()), META_SAMPLING: text, MARK_KEY: mark("checkpoint")}
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = _state_to_write(model)
     broken = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
     if broken is not None:  # the reader refuses such a file as damaged: it is never written
         raise UsageError(f"the model's weights hold NaN or infinite values ({name_text(broken)}); nothing was written")
     with atomic_path(path, "checkpoint") as tmp:  # as typed: text ending in '/' names a folder
         save_file(state, str(tmp), metadata=meta)
+
+
+def _state_to_write(model: DiP) -> dict[str, Tensor]:
+    """The module's weights, checked as the reader checks what it reads (the architecture's names and shapes, dense
+    real floating-point tensors): never a file this tool would then refuse."""
+    try:
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    except Exception:  # a subclass's own state_dict, or its tensors, failing
+        raise UsageError(f"the model's weights cannot be read (its {type(model).__name__}.state_dict failed)") from None
+    try:
+        with torch.device("meta"):  # the architecture's names and shapes, no memory for its weights
+            check_state_dict(DiP(model.cfg), state)
+        _tensors_only(state)
+    except CheckpointError as err:
+        raise UsageError(f"the model is not one its reader takes ({err}); nothing was written") from None
+    return state
 
 
 def is_demo(loaded: LoadedModel) -> bool:

@@ -13,11 +13,13 @@ from typing import Any
 import torch
 
 from dip_export.checkpoint import LoadedModel
-from dip_export.errors import DipError, ExportError
+from dip_export.errors import DipError, ExportError, UsageError
 from dip_export.messages import shortened
 from dip_export.runtime.backends import BackendSpec, make_export_engine, make_torch_engine
 from dip_export.runtime.engine_io import ExportFiles
+from dip_export.runtime.torch_engine import resolve_device
 from dip_export.sampling import Denoiser
+from dip_export.settings import path_text
 
 
 def export_files(folder: Path, identity: str = "") -> ExportFiles:
@@ -26,6 +28,9 @@ def export_files(folder: Path, identity: str = "") -> ExportFiles:
     from dip_export.export.manifest import read_manifest
     from dip_export.export.spec import io_specs
 
+    folder = Path(path_text(folder, "the export folder"))  # a caller's text or path-like, read once
+    if type(identity) is not str:
+        raise UsageError(f"identity must be text (Manifest.identity), got {type(identity).__name__}")
     manifest = read_manifest(folder)
     if identity and manifest.identity != identity:
         raise ExportError(f"{folder}: changed since it was loaded (its manifest or files are not the ones read then); "
@@ -40,8 +45,12 @@ def export_files(folder: Path, identity: str = "") -> ExportFiles:
 def open_export(spec: BackendSpec, folder: Path, device: torch.device, identity: str = "") -> Denoiser:
     """The engine over an export folder (with `identity`: the one read then, `export_files`); a graph its runtime
     rejects is one error naming the folder."""
+    # text, or a BackendSpec read as its text (one made by hand: a known name and precision); anything else refused
+    spec = BackendSpec.parse(str(spec) if type(spec) is BackendSpec else spec)
+    device = resolve_device(str(device) if isinstance(device, torch.device) else device)
+    files = export_files(folder, identity)
     try:
-        return make_export_engine(spec, export_files(Path(folder), identity), device)
+        return make_export_engine(spec, files, device)
     except DipError:
         raise
     except Exception as err:  # ONNX Runtime's and TensorRT's exception types share no base with ours

@@ -13,8 +13,9 @@ import signal
 import socket
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,7 @@ from dip_export.ownership import (
     recover_swap,
     swap_in,
 )
-from dip_export.settings import path_text, plain_value
+from dip_export.settings import exact_str, path_text, plain_value
 from dip_export.untrusted import unusable_text
 
 
@@ -126,6 +127,8 @@ def atomic_path(target: Path | str, kind: str | None = None) -> Iterator[Path]:
     for that kind, checked before and again after the block, and the new file must carry the mark itself.
     Inside `output_group()` the rename waits for the group's end, with the others.
     """
+    if kind is not None:
+        kind = output_kind(kind, OUTPUT_KINDS, "marked")
     if not isinstance(target, Path):  # a caller's path: text (or a path-like giving text), never bytes or a number
         target = path_text(target, "the output path")
     check_file_text(target)
@@ -611,8 +614,7 @@ def save_json(path: Path, data: dict[str, object], kind: str) -> None:
     replaces only a file carrying the same mark."""
     import json
 
-    if not isinstance(kind, str) or kind not in JSON_KINDS:
-        raise UsageError(f"no JSON output kind {plain_value(kind)}; one of {', '.join(JSON_KINDS)}")
+    kind = output_kind(kind, JSON_KINDS, "JSON")
     if type(data) is not dict:
         raise UsageError(f"a JSON output holds a dict, got {type(data).__name__}")
     if unusable_text(data):  # a name decoded from bytes that are not UTF-8, say: the reader would refuse the file
@@ -624,8 +626,33 @@ def save_json(path: Path, data: dict[str, object], kind: str) -> None:
         text = json.dumps(marked, indent=2, allow_nan=False) + "\n"
     except (TypeError, ValueError, RecursionError) as err:
         raise UsageError(f"cannot write {path}: its data are not JSON values ({str(err).splitlines()[0][:100]})") from None
+    _check_readable_json(path, text)
     with atomic_path(path, kind) as tmp:
         tmp.write_text(text)
+
+
+def _check_readable_json(path: Path, text: str) -> None:
+    """JSON text the tool's own reader takes (`untrusted.read_json`: its size, nesting, each key once), checked
+    before any file is made: the tool never writes a file it would then refuse to read."""
+    from dip_export.untrusted import MAX_JSON_BYTES, UntrustedFileError, parse_json
+
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_JSON_BYTES:
+        raise UsageError(f"cannot write {path}: its JSON would take {size} bytes, more than its reader takes ({MAX_JSON_BYTES})")
+    try:
+        parse_json(text, "")
+    except UntrustedFileError as err:
+        raise UsageError(f"cannot write {path}: its reader would refuse it ({str(err).removeprefix(': ')})") from None
+
+
+def output_kind(kind: Any, kinds: Collection[str], what: str) -> str:
+    """One of `kinds`, as plain text: a caller's str subclass is read through str's own slot (none of its methods
+    runs, its hash neither)."""
+    kind = exact_str(kind)
+    if type(kind) is not str or kind not in kinds:
+        shown = plain_value(kind) if type(kind) is str else type(kind).__name__
+        raise UsageError(f"no {what} output kind {shown}; one of {', '.join(kinds)}")
+    return kind
 
 
 def png_info(kind: str) -> dict[str, str]:
@@ -674,8 +701,7 @@ def save_png(path: Path, image: np.ndarray, kind: str) -> None:
     import struct
     import zlib
 
-    if not isinstance(kind, str) or kind not in PNG_KINDS:
-        raise UsageError(f"no PNG output kind {plain_value(kind)}; one of {', '.join(PNG_KINDS)}")
+    kind = output_kind(kind, PNG_KINDS, "PNG")
     h, w, _ = check_pictures(image, "a PNG's picture", ndim=3).shape
     if max(h, w) >= 1 << 31:
         raise UsageError(f"a PNG's sides are below 2^31 pixels, got {h}x{w}")

@@ -76,7 +76,7 @@ class BackendSpec:
     precision: str
 
     @classmethod
-    def parse(cls, text: str) -> BackendSpec:
+    def parse(cls, text: Any) -> BackendSpec:
         text = exact_str(text)
         if not isinstance(text, str):
             raise UsageError(f"a backend is text (name[:precision]), got {type(text).__name__}")
@@ -133,6 +133,9 @@ def make_torch_engine(spec: BackendSpec, loaded: LoadedModel, device: torch.devi
 
 
 def make_export_engine(spec: BackendSpec, export: ExportFiles, device: torch.device) -> Denoiser:
-    """The engine of a backend that runs an export folder (ONNX Runtime or TensorRT)."""
+    """The engine of a backend that runs an export folder (ONNX Runtime or TensorRT): ONNX Runtime runs the graphs
+    of its own precision only (TensorRT builds its precision's plans from an fp32 export)."""
     check_runs_from(spec, export=True)
+    if spec.name == "onnx" and spec.precision != export.precision:
+        raise UsageError(f"{export.folder} is a {export.precision} export; backend {spec} runs {spec.precision} graphs")
     return spec.backend.make(export, spec.precision, device)
