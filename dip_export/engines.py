@@ -14,6 +14,7 @@ import torch
 
 from dip_export.checkpoint import LoadedModel
 from dip_export.errors import DipError, ExportError, UsageError
+from dip_export.io import MANIFEST_NAME
 from dip_export.messages import shortened
 from dip_export.runtime.backends import BackendSpec, make_export_engine, make_torch_engine
 from dip_export.runtime.engine_io import ExportFiles
@@ -38,7 +39,8 @@ def export_files(folder: Path, identity: str = "") -> ExportFiles:
     return ExportFiles(
         folder=folder, precision=manifest.precision,
         graphs={role: folder / rel for role, rel in manifest.files.items()},
-        io=io_specs(manifest.config, *manifest.image_size), engines=dict(manifest.engines),
+        io=io_specs(manifest.config, *manifest.image_size), engines=dict(manifest.engines), identity=manifest.identity,
+        listed=tuple(sorted(manifest.contents)),
     )  # fmt: skip
 
 
@@ -50,12 +52,36 @@ def open_export(spec: BackendSpec, folder: Path, device: torch.device, identity:
     device = resolve_device(str(device) if isinstance(device, torch.device) else device)
     files = export_files(folder, identity)
     try:
-        return make_export_engine(spec, files, device)
+        return _engine_over(spec, files, device)
     except DipError:
         raise
     except Exception as err:  # ONNX Runtime's and TensorRT's exception types share no base with ours
         first = shortened((str(err).strip().splitlines() or [""])[0])
         raise ExportError(f"{folder}: the {spec.name} runtime cannot load this export ({type(err).__name__}: {first})") from None
+
+
+def _engine_over(spec: BackendSpec, files: ExportFiles, device: torch.device) -> Denoiser:
+    """The engine over an export's checked files, refused if the folder changed while its runtime read them: the
+    runtime opens each graph by its path, one after the other, so an export replaced meanwhile would pair one
+    export's backbone with another's detailer."""
+    before = _stamps(files)
+    engine = make_export_engine(spec, files, device)
+    if _stamps(files) != before:  # each file the very one it was (a file replaced by the same bytes too)
+        raise ExportError(f"{files.folder}: changed while its graphs were being opened; load it again")
+    export_files(files.folder, files.identity)  # and still the export that was checked
+    return engine
+
+
+def _stamps(files: ExportFiles) -> list[Any]:
+    from dip_export.untrusted import file_stamp
+
+    stamps: list[Any] = []
+    for name in (MANIFEST_NAME, *files.listed):
+        try:
+            stamps.append(file_stamp(files.folder / name))
+        except OSError:
+            stamps.append(None)  # gone: differs from a file that was there
+    return stamps
 
 
 def make_engine(
@@ -66,7 +92,7 @@ def make_engine(
         return make_torch_engine(spec, loaded, device)
     folder = _trt_folder(spec, loaded, size, device, console, batch) if spec.backend.needs_tensorrt else None
     folder = folder or _onnx_folder(spec, loaded, size, console)
-    return make_export_engine(spec, export_files(folder), device)
+    return _engine_over(spec, export_files(folder), device)
 
 
 def _onnx_folder(spec: BackendSpec, loaded: LoadedModel, size: tuple[int, int], console: Any) -> Path:

@@ -46,3 +46,5 @@ class ExportFiles:
     graphs: dict[str, Path]  # role (backbone, detailer) -> ONNX file
     io: Mapping[str, SubModelIO]  # role -> its inputs and outputs
     engines: dict[str, dict[str, Any]] = field(default_factory=dict)  # TensorRT precision -> recorded plans
+    identity: str = ""  # the manifest's identity as its files were checked (`Manifest.identity`)
+    listed: tuple[str, ...] = ()  # the folder's files its manifest lists (graphs, external data, plans)
