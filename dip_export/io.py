@@ -401,6 +401,8 @@ def check_replaceable_folder(target: Path, problem_of: Callable[[Path], str | No
     if target.exists() and not target.is_dir():
         raise UsageError(f"{target} exists and is not a folder; refusing to replace it (name a new folder)")
     check_output_place(target, "the output folder")
+    if target.is_dir():
+        remove_stale_in(target)
     problem = problem_of(target) if target.is_dir() and any(target.iterdir()) else None
     if problem:
         raise UsageError(
@@ -522,15 +524,40 @@ def check_writable_parent(path: Path, probe: bool = True) -> None:
         probe_write(anchor, path)
 
 
+PROBE_NAME = "dip-export-probe"  # what a write probe's temporary is named beside (`_tmp_prefix`)
+
+
 def probe_write(folder: Path, path: Path) -> None:
-    """Make and remove an empty file of our own in `folder`: permissions alone miss read-only and virtual file systems."""
+    """Make and remove an empty file of our own in `folder`: permissions alone miss read-only and virtual file systems.
+    It is a tagged temporary (`_tmp_prefix`), made and removed with Ctrl-C and SIGTERM held: one a kill left is
+    removed by the next probe there, or by any check of that folder as an output (`remove_stale_in`)."""
+    probe = Path(folder) / PROBE_NAME
+    with contextlib.suppress(OSError):
+        remove_stale_temporaries(probe)
+    with uninterrupted():
+        try:
+            fd, name = tempfile.mkstemp(prefix=_tmp_prefix(probe), suffix=".tmp", dir=folder)
+        except OSError as err:
+            why = err.strerror or type(err).__name__
+            raise UsageError(f"cannot write {path}: {folder} does not take new files ({why})") from None
+        os.close(fd)
+        os.unlink(name)
+
+
+def remove_stale_in(folder: Path) -> None:
+    """The tool's own temporaries in `folder` that processes no longer running left (a kill): removed as
+    `remove_stale_temporaries` removes them beside each name they were made for. A folder checked as an output
+    is never refused for what the tool itself left there."""
+    own = re.compile(
+        rf"\.(.+)\.{re.escape(socket.gethostname())}-[0-9]{{1,10}}-[0-9a-f]{{16}}\.(?:old\.|spent\.)?[a-z0-9_]{{8}}\.tmp"
+    )
     try:
-        fd, name = tempfile.mkstemp(prefix=".dip-export-probe-", dir=folder)
-    except OSError as err:
-        why = err.strerror or type(err).__name__
-        raise UsageError(f"cannot write {path}: {folder} does not take new files ({why})") from None
-    os.close(fd)
-    os.unlink(name)
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for target in sorted({m.group(1) for name in names if (m := own.fullmatch(name))}):
+        with contextlib.suppress(OSError):
+            remove_stale_temporaries(Path(folder) / target)
 
 
 def check_output_file(path: Path, probe: bool = True) -> None:
@@ -558,6 +585,8 @@ def check_output_folder(folder: Path, allowed: Callable[[str], bool], kind: str 
         raise UsageError(f"{folder} is a symlink; an output folder is never written through one (name another folder)")
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"{folder} exists and is not a folder")
+    if folder.is_dir():
+        remove_stale_in(folder)
     if folder.is_dir() and kind is not None:
         for path in sorted(folder.iterdir()):
             if allowed(path.name):
