@@ -91,7 +91,8 @@ def remove_stale_temporaries(target: Path) -> None:
     host = socket.gethostname()
     prefix = re.escape(f".{target.name}.{host}-")
     own = re.compile(rf"{prefix}([0-9]{{1,10}})-([0-9a-f]{{16}})\.(?:old\.|spent\.)?[a-z0-9_]{{8}}\.tmp")
-    swapping = journal_path(target).exists()  # its backup is the only copy until the swap is recovered
+    swapping = os.path.lexists(journal_path(target))  # its backup is the only copy until the swap is recovered (a name
+    # too long for a journal beside it: none)
     for path in target.parent.glob(f".{glob.escape(target.name)}.{glob.escape(host)}-*.tmp"):
         match = own.fullmatch(path.name)
         if match is None or _alive(int(match.group(1))) or (swapping and ".old." in path.name):
