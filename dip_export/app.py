@@ -586,7 +586,7 @@ def _run_headline(
     )  # fmt: skip
     from dip_export.measure.yardstick import REFERENCE_STEPS
 
-    sampler = fast_sampler(recommended, pipe.source.sampling)
+    sampler = fast_sampler(recommended, pipe.source.checked_sampling())
     release = release_recipe(sampler, dev)
     runs = request.warmup + max(request.repeats, request.max_repeats) + 1  # + the stage-profiling run
     evals = [evaluations_per_image(sampler), release.evaluations()]

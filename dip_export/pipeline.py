@@ -111,6 +111,17 @@ class ModelSource:
         except (UsageError, ValueError, TypeError) as err:
             raise UsageError(f"a ModelSource's sampling defaults are refused: {err}") from None
 
+    def checked_sampling(self) -> dict[str, Any]:
+        """The stored sampling defaults, checked again where they are used: a dict is changed in place past any
+        check made when it was set."""
+        from dip_export.config import check_sampling_defaults
+
+        try:
+            check_sampling_defaults(self.sampling)
+        except (UsageError, ValueError, TypeError) as err:
+            raise UsageError(f"the model's sampling defaults were changed since it was loaded and are refused: {err}") from None
+        return self.sampling
+
     @functools.cached_property
     def identity(self) -> str:
         """What the model *is*, by content: the sha256 of the checkpoint, or an export's as its graphs were read
@@ -608,14 +619,14 @@ class DiPPipeline:
         if fields.get("token_forecast", "off") != "off" and chosen.cache_interval == 1:
             raise UsageError("--token-forecast forecasts between backbone refreshes: give --cache-interval 2 or more with it")
         if settings is None and not {"method", "steps", "grid"} & set(fields):  # the model's recommendation
-            chosen = with_fitted_solver(chosen, self.source.sampling)  # its fitted grid for this guidance, if any
-        return with_stored_grid(chosen, self.source.sampling)  # a fitted grid where one matches
+            chosen = with_fitted_solver(chosen, self.source.checked_sampling())  # its fitted grid for this guidance
+        return with_stored_grid(chosen, self.source.checked_sampling())  # a fitted grid where one matches
 
     def recommended_settings(self) -> SamplerSettings:
         """The model's recommended sampler settings (stored with the checkpoint or export), else the defaults."""
         from dip_export.sampling.rules import stored_settings
 
-        return stored_settings(self.source.sampling)
+        return stored_settings(self.source.checked_sampling())
 
     def plan(
         self,

@@ -45,7 +45,7 @@ def exact_int(value: Any, what: str, lo: int, hi: int) -> int:
     Always a plain Python int: arithmetic on a numpy integer (a uint8 seed + i) would wrap around silently."""
     number = plain_int(value)
     if number is None:
-        raise UsageError(f"{what} must be an integer, got {type(value).__name__}")
+        raise UsageError(f"{what} must be an integer, got {type_name(value)}")
     if not lo <= number <= hi:
         raise UsageError(f"{what} must be in {lo}..{hi}, got {int_text(number)}")
     return number
@@ -91,7 +91,7 @@ def finite_float(value: Any, what: str, lo: float, hi: float, *, above_lo: bool 
     """A finite number in lo..hi (above lo when `above_lo`): ints and floats pass, bools and strings do not."""
     number = plain_float(value)  # a plain float: no numpy float arithmetic downstream
     if number is None:
-        raise UsageError(f"{what} must be a number, got {type(value).__name__}")  # a Fraction or Decimal is no float
+        raise UsageError(f"{what} must be a number, got {type_name(value)}")  # a Fraction or Decimal is no float
     # a longdouble 1e-400 is not the zero it would silently become (numpy's own types only: no caller code runs)
     if number == 0 and _numpy_own(value, np.floating) and bool(value != 0):
         raise UsageError(f"{what} is too small to be a float (nonzero, nearer 0 than any float), got {plain_value(value)}")
@@ -103,7 +103,7 @@ def finite_float(value: Any, what: str, lo: float, hi: float, *, above_lo: bool 
 def exact_bool(value: Any, what: str) -> bool:
     """True or False only: "no", 0 and None are not booleans."""
     if type(value) is not bool and not isinstance(value, np.bool_):
-        raise UsageError(f"{what} must be True or False, got {type(value).__name__}")
+        raise UsageError(f"{what} must be True or False, got {type_name(value)}")
     return bool(value)
 
 
@@ -111,8 +111,15 @@ def trust_flag(value: Any, what: str = "trust_checkpoint") -> bool:
     """The flag that lets a pickle run code: Python's own True or False and nothing else (no numpy or torch bool,
     no 1, no "yes"), so that nothing but a deliberate `True` ever grants it."""
     if type(value) is not bool:
-        raise UsageError(f"{what} must be True or False (a Python bool), got {type(value).__name__}")
+        raise UsageError(f"{what} must be True or False (a Python bool), got {type_name(value)}")
     return value
+
+
+def type_name(value: Any) -> str:
+    """A value's type as a message names it: a builtin's bare name (int, str), any other's with its module
+    (numpy.bool, numpy.int64, decimal.Decimal), so that a numpy bool is never named "bool" where a bool is refused."""
+    kind = type(value)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 
 
 def exact_str(value: Any) -> Any:
@@ -124,14 +131,14 @@ def exact_str(value: Any) -> Any:
 def optional_bool(value: Any, what: str) -> bool | None:
     """None (not given: the default), True or False; "no", 0 and 1 are none of them."""
     if value is not None and type(value) is not bool and not isinstance(value, np.bool_):
-        raise UsageError(f"{what} must be True, False or None, got {type(value).__name__}")
+        raise UsageError(f"{what} must be True, False or None, got {type_name(value)}")
     return None if value is None else bool(value)
 
 
 def one_of(value: Any, what: str, choices: Sequence[str]) -> str:
     value = exact_str(value)
     if not isinstance(value, str) or value not in choices:
-        shown = plain_value(value, 60) if isinstance(value, str) else type(value).__name__
+        shown = plain_value(value, 60) if isinstance(value, str) else type_name(value)
         raise UsageError(f"{what} must be one of {', '.join(choices)}, got {shown}")
     return value
 
@@ -140,7 +147,7 @@ def list_items(text: Any, what: str) -> list[str]:
     """'a,b' -> ['a', 'b'], each item as typed (" a" stays " a"); no item may be empty (`a,,b`, `a,`, `,a`, ``)."""
     text = exact_str(text)
     if not isinstance(text, str):
-        raise UsageError(f"{what} must be comma-separated names, got {type(text).__name__}")
+        raise UsageError(f"{what} must be comma-separated names, got {type_name(text)}")
     items = text.split(",")
     if not all(items):
         where = "is empty" if text == "" else "holds an empty item (two commas, or one at an end)"
@@ -165,7 +172,7 @@ def int_list(values: Any, what: str, lo: int, hi: int) -> tuple[int, ...]:
     """
     items = values if type(values) is range else plain_items(values, what, MAX_SAMPLES)  # numpy ints become ints
     if items is None:  # text and bytes-like values too: b"\x07" is no list of classes
-        raise UsageError(f"{what} must be a list of integers, got {type(values).__name__}")
+        raise UsageError(f"{what} must be a list of integers, got {type_name(values)}")
     values = items
     if not 1 <= len(values) <= MAX_SAMPLES:
         shown = len(values) if len(values) <= MAX_SAMPLES else f"over {MAX_SAMPLES}"
@@ -198,7 +205,7 @@ def image_size(value: Any, what: str = "image size") -> tuple[int, int]:
         h, w = exact_int(pair[0], f"{what} height", 1, MAX_IMAGE_SIDE), exact_int(pair[1], f"{what} width", 1, MAX_IMAGE_SIDE)
     else:
         items = plain_items(value, what, 2) if issubclass(type(value), tuple | list) else None
-        kind = type(value).__name__ + (f" of {len(items)}" if items is not None else "")
+        kind = type_name(value) + (f" of {len(items)}" if items is not None else "")
         raise UsageError(f"{what} must be an integer N, text N or HxW, or a pair (H, W) of integers, got {kind}")
     if min(h, w) < 1:
         raise UsageError(f"{what} must be N or HxW with positive sides, got {plain_value(value)}")
@@ -245,7 +252,7 @@ def decimal_text(text: Any, what: str) -> float:
 def number_list(text: Any, what: str, parse: Callable[[Any, str], Any], count: int | None = None, form: str = "") -> list[Any]:
     """'a,b,c' -> [parse(a), ...] with `whole_text` or `decimal_text`; `count` items exactly when given."""
     if not isinstance(text, str):
-        raise UsageError(f"{what} must be text, got {type(text).__name__}")
+        raise UsageError(f"{what} must be text, got {type_name(text)}")
     parts = text.split(",")  # " 1" is refused by `parse` like any text that is not a number
     if count is not None and len(parts) != count:
         raise UsageError(f"{what} must be {form or f'{count} comma-separated numbers'}, got {plain_value(text)}")
@@ -311,7 +318,7 @@ def device_name(value: Any) -> str:
     """auto, cpu, cuda or cuda:N (text only)."""
     value = exact_str(value)
     if not isinstance(value, str) or not (value in DEVICES or _CUDA_INDEX.fullmatch(value)):
-        shown = plain_value(value) if isinstance(value, str) else type(value).__name__
+        shown = plain_value(value) if isinstance(value, str) else type_name(value)
         raise UsageError(f"unknown device {shown}; use auto, cpu or cuda")
     return value
 
@@ -324,7 +331,7 @@ def optional_text(value: Any, what: str, max_len: int = 1024) -> str | None:
     value = exact_str(value)
     if not isinstance(value, str) or not value or len(value) > max_len:
         shown = f"text of 1..{max_len} characters"
-        got = type(value).__name__ if not isinstance(value, str) else f"{len(value)} characters"
+        got = type_name(value) if not isinstance(value, str) else f"{len(value)} characters"
         raise UsageError(f"{what} must be None or {shown}, got {got}")
     if value != value.strip():
         raise UsageError(f"{what} must not start or end with whitespace, got {plain_value(value)}")
@@ -336,11 +343,11 @@ def path_text(value: Any, what: str, kind: str = "a path") -> str:
     NUL, at most 4096 characters; anything else, bytes too, is refused in one line (`what` names the argument,
     `kind` what it must be)."""
     if not issubclass(type(value), str | os.PathLike):
-        raise UsageError(f"{what} must be {kind} (text), got {type(value).__name__}")
+        raise UsageError(f"{what} must be {kind} (text), got {type_name(value)}")
     try:
         text = exact_str(value if issubclass(type(value), str) else os.fspath(value))
     except Exception:  # a PathLike whose own __fspath__ fails
-        raise UsageError(f"{what} must be {kind}: this {type(value).__name__} gives no path") from None
+        raise UsageError(f"{what} must be {kind}: this {type_name(value)} gives no path") from None
     if not isinstance(text, str) or not text or "\x00" in text or len(text) > 4096:
         raise UsageError(f"{what} must be {kind}: got no text, empty text, a NUL byte or over 4096 characters")
     return text
@@ -355,7 +362,7 @@ def optional_callable(value: Any, what: str, args: int | None = None) -> Any:
     if value is None:
         return None
     if not callable(value) or not callable(inspect.getattr_static(type(value), "__call__", None)):
-        raise UsageError(f"{what} must be callable or None, got {type(value).__name__}")
+        raise UsageError(f"{what} must be callable or None, got {type_name(value)}")
     if args is None:
         return value
     try:
@@ -430,7 +437,7 @@ def _forecasts() -> tuple[str, ...]:
 
 def value_kind(value: Any) -> str:
     """What a stored value is, without its content: 'a str of 12 characters', 'an int', 'a list of 3'."""
-    name = type(value).__name__
+    name = type_name(value)
     if isinstance(value, str):  # the builtin's own length: a subclass's __len__ does not run
         return f"a {name} of {str.__len__(value)} characters"
     if isinstance(value, list):
@@ -443,7 +450,7 @@ def value_kind(value: Any) -> str:
 def parse_sampling_defaults(data: Any) -> dict[str, Any]:
     """Recommended sampler settings stored in a file: a JSON object whose known keys are within the limits."""
     if not isinstance(data, dict):
-        raise UsageError(f"sampling defaults must be a JSON object, got {type(data).__name__}")
+        raise UsageError(f"sampling defaults must be a JSON object, got {type_name(data)}")
     for key, value in data.items():
         if key not in SAMPLING_DEFAULTS:  # a key no version writes: a damaged or foreign file, not one to half-trust
             raise UsageError(f"an unknown stored sampling default (key {list(data).index(key) + 1} of {len(data)}); known: "

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from dip_export.budget import check_export
 from dip_export.checkpoint import LoadedModel
+from dip_export.config import check_sampling_defaults
 from dip_export.errors import ExportError, UsageError
 from dip_export.export.manifest import MANIFEST, Manifest, graph_opset, ownership_problem, read_manifest, write_manifest
 from dip_export.export.naming import VARIANTS, export_folder_name
@@ -117,6 +118,10 @@ def _check_export_arguments(loaded: Any, image_size: Any, output_dir: Any, conso
         raise UsageError(f"export_onnx takes a LoadedModel (dip_export.checkpoint.resolve_model), got {type(loaded).__name__}")
     if console is not None and not isinstance(console, Console):
         raise UsageError(f"console must be a rich Console or None, got {type(console).__name__}")
+    try:  # written into the manifest: checked as its reader checks it (a dict changed in place since it was set)
+        check_sampling_defaults(loaded.sampling)
+    except (UsageError, ValueError, TypeError) as err:
+        raise UsageError(f"the model's sampling defaults are refused: {err}") from None
     out = None
     if output_dir is not None:  # "" would read as the working folder
         out = Path(path_text(output_dir, "output_dir (a folder, or None for the default under engines/)"))

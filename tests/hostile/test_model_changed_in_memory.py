@@ -97,3 +97,21 @@ def test_an_export_of_changed_weights_is_never_reused_for_the_file(tmp_path: Pat
     assert np.abs(changed_images.astype(int) - eager.astype(int)).max() > 50  # the other module's pictures
     recorded = read_manifest(tmp_path / "engines" / "dip-digits-32x32-fp32").source["identity"]
     assert recorded == resolve_model(None).identity
+
+
+@pytest.mark.parametrize("change", [("grids", [{"x": 1}]), ("steps", "eight"), ("cfg", float("nan")), ("unknown", 1)])
+def test_sampling_defaults_changed_in_place_are_checked_where_used(tmp_path: Path, change: tuple) -> None:
+    """A stored-defaults dict changed in place, past the check made when it was set: refused in one line where a
+    call reads it, and where an export would write it."""
+    from dip_export.export.onnx_export import export_onnx
+
+    key, value = change
+    pipe = DiPPipeline.load(device="cpu")
+    pipe.source.sampling[key] = value
+    with pytest.raises(UsageError, match="changed since it was loaded and are refused"):
+        pipe(classes=[1], seeds=[0], steps=2)
+    loaded = resolve_model(None)
+    loaded.sampling[key] = value
+    with pytest.raises(UsageError, match="the model's sampling defaults are refused"):
+        export_onnx(loaded, image_size=(32, 32), output_dir=tmp_path / "e")
+    assert not (tmp_path / "e").exists()

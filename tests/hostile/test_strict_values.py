@@ -26,7 +26,7 @@ NOT_TEXT = st.one_of(
 @given(st.integers(min_value=-(10**400), max_value=10**400) | st.fractions())
 def test_finite_float_never_crashes_on_big_or_exact_numbers(value):
     if isinstance(value, fractions.Fraction):  # an exact rational is no float: refused as Decimal is
-        with pytest.raises(UsageError, match="must be a number, got Fraction"):
+        with pytest.raises(UsageError, match="must be a number, got fractions.Fraction"):
             finite_float(value, "x", 0.0, 100.0)
         return
     try:
@@ -122,3 +122,16 @@ def test_sampler_settings_refuse_huge_numbers_in_one_line(value):
 
     with pytest.raises(UsageError):
         SamplerSettings(cfg=value)
+
+
+@settings(max_examples=40, deadline=None)
+@given(value=st.sampled_from([np.True_, np.False_, np.int64(1), np.float32(1.0), np.uint8(3), fractions.Fraction(1, 2)]))
+def test_a_refused_value_of_another_library_is_named_with_its_module(value: object) -> None:
+    """numpy's bool refused where a Python bool is asked is never named "bool" (the message would contradict
+    itself); every type outside the builtins is named with its module."""
+    from dip_export.settings import trust_flag, type_name
+
+    expected = f"{type(value).__module__}.{type(value).__qualname__}"
+    assert type_name(value) == expected and "." in expected
+    with pytest.raises(UsageError, match=f"got {expected}$"):
+        trust_flag(value, "trust_checkpoint")
