@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -366,3 +368,21 @@ def test_a_build_lists_only_what_it_wrote_so_a_users_file_is_never_adopted(expor
     assert "notes.txt" in ownership_problem(export_copy)
     (export_copy / "notes.txt").unlink()
     assert ownership_problem(export_copy) is None  # the engines themselves are listed with their hashes
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(size=st.integers(0, 4096))
+def test_a_timing_cache_is_read_only_at_a_timing_caches_size(tmp_path, monkeypatch, size):
+    """A file past a timing cache's size (a user's large file named by mistake) is refused unread, in one line."""
+    from dip_export.export import trt_build
+
+    monkeypatch.setattr(trt_build, "MAX_TIMING_CACHE", 1024)
+    path = tmp_path / "cache.bin"
+    with path.open("wb") as f:
+        f.truncate(size)
+    if size > 1024:
+        with pytest.raises(UsageError, match=f"holds {size} bytes, more than a timing cache") as err:
+            trt_build._timing_cache_bytes(path)
+        assert "\n" not in str(err.value)
+    else:
+        assert trt_build._timing_cache_bytes(path) == bytes(size)

@@ -142,21 +142,34 @@ def check_timing_cache(path: Path | None) -> None:
     check_output_file(path)  # no symlink, no folder, a writable place
     if not path.exists():
         return
+    data = _timing_cache_bytes(path)
     trt = _tensorrt()
     config = trt.Builder(trt.Logger(trt.Logger.ERROR)).create_builder_config()
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise UsageError(f"--timing-cache {path}: cannot read it ({err.strerror or err})") from None
     if config.create_timing_cache(data) is None:
         raise UsageError(
             f"--timing-cache {path} exists and is not a TensorRT timing cache; refusing to replace it (name another file)"
         )
 
 
+MAX_TIMING_CACHE = 256 << 20  # a TensorRT timing cache holds tactic timings: a few MB for a whole network
+
+
+def _timing_cache_bytes(path: Path) -> bytes:
+    """A timing cache's bytes, read only when its size is one a timing cache has."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_TIMING_CACHE:
+            raise UsageError(f"--timing-cache {path} holds {size} bytes, more than a timing cache ({MAX_TIMING_CACHE}); "
+                             "refusing to read it (name another file)")  # fmt: skip
+        with path.open("rb") as f:
+            return f.read(MAX_TIMING_CACHE + 1)[:MAX_TIMING_CACHE]
+    except OSError as err:
+        raise UsageError(f"--timing-cache {path}: cannot read it ({err.strerror or err})") from None
+
+
 def _load_timing_cache(trt: Any, config: Any, timing_cache: Path | None, console: Console | None) -> None:
     """The saved cache when TensorRT accepts it; an empty one when it was made on another GPU or version."""
-    cache_bytes = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
+    cache_bytes = _timing_cache_bytes(timing_cache) if timing_cache is not None and timing_cache.is_file() else b""
     cache = config.create_timing_cache(cache_bytes)  # None (and a logged error) for a corrupt file
     if cache is not None and config.set_timing_cache(cache, False):
         return

@@ -67,7 +67,7 @@ def test_the_call_and_generate_refuse_before_any_work():
         pipe(classes=[1], seeds=[0], settings=Unchecked(steps=-4))
     with pytest.raises(UsageError, match=r"steps must be in 1\.\."):
         pipe.generate(pipe.plan([1], [0]), Unchecked(steps=-4))
-    with pytest.raises(UsageError, match="guidance scale must be a number, got fractions.Fraction"):
+    with pytest.raises(UsageError, match=r"guidance scale must be a number, got fractions\.Fraction"):
         pipe(classes=[1], seeds=[0], cfg=fractions.Fraction(3, 2), steps=2)
-    with pytest.raises(UsageError, match="must be a number, got decimal.Decimal"):
+    with pytest.raises(UsageError, match=r"must be a number, got decimal\.Decimal"):
         pipe(classes=[1], seeds=[0], cfg=decimal.Decimal("1.5"), steps=2)
