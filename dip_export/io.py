@@ -88,6 +88,7 @@ def remove_stale_temporaries(target: Path) -> None:
     user's HMAC of name, host and pid are touched; a replaced export (`.spent.`) loses only its own files, as its
     manifest lists them (`ownership.put_aside`).
     """
+    finish_groups(target.parent)  # a killed group's renames first: its temporaries are files to put in place
     host = socket.gethostname()
     prefix = re.escape(f".{target.name}.{host}-")
     own = re.compile(rf"{prefix}([0-9]{{1,10}})-([0-9a-f]{{16}})\.(?:old\.|spent\.)?[a-z0-9_]{{8}}\.tmp")
@@ -196,6 +197,7 @@ def output_group() -> Iterator[None]:
         yield
         return
     pending: list[tuple[Path, Path, str | None, list[Path]]] = []
+    journals: list[Path] = []
     _GROUP.pending, done = pending, False
     try:
         yield
@@ -204,6 +206,7 @@ def output_group() -> Iterator[None]:
             if kind is not None:
                 check_replaceable_output(target, kind)  # still the tool's after the work
         with uninterrupted():
+            journals = _write_group_journals(pending) if len(pending) > 1 else []
             for tmp, target, _, _ in pending:
                 _rename_into_place(tmp, target)
             done = True
@@ -214,6 +217,93 @@ def output_group() -> Iterator[None]:
                 tmp.unlink(missing_ok=True)
                 if not done:
                     _remove_made(made)
+            for journal in journals:
+                journal.unlink(missing_ok=True)
+
+
+GROUP_JOURNAL = "dip-export-group"  # what a group's journal is named as (`_tmp_prefix`'s host, pid and tag)
+GROUP_MARK = "dip-export/output-group-journal"
+MAX_GROUP_JOURNAL = 64 << 20  # a group of 10^5 PNGs lists ~25 MB of paths
+
+
+def _group_journal_name(pid: int) -> str:
+    host = socket.gethostname()
+    return f".{GROUP_JOURNAL}.{host}-{pid}-{_tmp_tag(GROUP_JOURNAL, host, pid, create=True) or 'untagged'}.json"
+
+
+def _write_group_journals(pending: list[tuple[Path, Path, str | None, list[Path]]]) -> list[Path]:
+    """Before a group's renames: the list of them (each temporary and the file it becomes) in every folder the group
+    writes to, so that a kill among the renames is finished by the next run that looks at any of those folders
+    (`finish_groups`): the group lands whole, never half new and half old."""
+    import json
+
+    folders = sorted({os.path.abspath(target.parent) for _, target, _, _ in pending})
+    entries = [{"tmp": os.path.abspath(tmp), "target": os.path.abspath(target), "kind": kind} for tmp, target, kind, _ in pending]
+    text = json.dumps({MARK_KEY: GROUP_MARK, "folders": folders, "entries": entries})
+    name, written = _group_journal_name(os.getpid()), []
+    try:
+        for folder in folders:
+            fd, part = tempfile.mkstemp(prefix=_tmp_prefix(Path(folder) / name), suffix=".tmp", dir=folder)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.replace(part, Path(folder) / name)
+            written.append(Path(folder) / name)
+    except OSError as err:
+        for journal in written:
+            journal.unlink(missing_ok=True)
+        raise DipError(f"cannot write into {folder}: {err.strerror or err}") from None
+    return written
+
+
+def finish_groups(folder: Path) -> None:
+    """Finish the renames of output groups that this user's runs, killed since, had begun in `folder`: every listed
+    temporary still there becomes its file (where that file is still this tool's of its kind; a user's file put there
+    since stays, and the temporary goes as a stale one). Only journals named with this user's tag for a process
+    that no longer runs are read, and only temporaries named as that process's are renamed, within their folder."""
+    from dip_export.untrusted import UntrustedFileError, parse_json
+
+    host = socket.gethostname()
+    named = re.compile(rf"\.{re.escape(GROUP_JOURNAL)}\.{re.escape(host)}-([0-9]{{1,10}})-([0-9a-f]{{16}})\.json")
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return
+    for name in names:
+        match = named.fullmatch(name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        pid = int(match.group(1))
+        if match.group(2) != _tmp_tag(GROUP_JOURNAL, host, pid, create=False):
+            continue  # not a name this user's runs make: a user's file, kept
+        journal = Path(folder) / name
+        try:
+            with journal.open("rb") as f:
+                data = parse_json(f.read(MAX_GROUP_JOURNAL + 1), str(journal))
+            _finish_group(data, pid)
+        except (OSError, UntrustedFileError, TypeError, KeyError, AttributeError):
+            continue  # not readable as a journal of this tool: kept, never acted on
+        for other in data["folders"]:
+            with contextlib.suppress(OSError, TypeError):
+                (Path(other) / name).unlink(missing_ok=True)
+
+
+def _finish_group(data: Any, pid: int) -> None:
+    if data.get(MARK_KEY) != GROUP_MARK:
+        raise KeyError(MARK_KEY)
+    host = socket.gethostname()
+    for entry in data["entries"]:
+        tmp, target, kind = Path(entry["tmp"]), Path(entry["target"]), entry["kind"]
+        tag = _tmp_tag(target.name, host, pid, create=False)
+        own = re.compile(rf"{re.escape(f'.{target.name}.{host}-{pid}-{tag}.')}[a-z0-9_]{{8}}\.tmp")
+        if tmp.parent != target.parent or not own.fullmatch(tmp.name) or tmp.is_symlink() or not tmp.is_file():
+            continue  # renamed already, or not that run's own temporary: nothing to do
+        try:
+            if kind is not None:
+                check_replaceable_output(target, kind)
+            os.replace(tmp, target)
+        except (DipError, OSError):  # what is at the target now stays; the temporary, that run's own, goes
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
 
 HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -552,6 +642,7 @@ def remove_stale_in(folder: Path) -> None:
     own = re.compile(
         rf"\.(.+)\.{re.escape(socket.gethostname())}-[0-9]{{1,10}}-[0-9a-f]{{16}}\.(?:old\.|spent\.)?[a-z0-9_]{{8}}\.tmp"
     )
+    finish_groups(folder)
     try:
         names = os.listdir(folder)
     except OSError:
