@@ -107,11 +107,13 @@ def run_bytes(config: Any, shape: RunShape, backend: str | None = "torch") -> in
     detailer_map = rows * config.detailer_width * pixels * 4  # one width-channel map at full resolution
     solver = shape.batch * config.in_channels * pixels * 4 * SOLVER_COPIES
     images = shape.samples * pixels * 3
-    kept = solver + images
+    # the grid picture dip-sample makes of the first images once sampling is done: counted beside the activations
+    # (a bound of the larger of the two that grows with every factor)
+    written = grid_bound(min(shape.samples, GRID_IMAGES), shape.height, shape.width)
+    kept = solver + images + written
     times, over = TORCH_ACTIVATION_MARGIN
     call = block + attention + TORCH_DETAILER_MAPS * detailer_map
-    written = grid_bound(min(shape.samples, GRID_IMAGES), shape.height, shape.width)  # once sampling is done
-    torch_need = weight_bytes(config) + max(call * times // over, written) + TORCH_RUN_BYTES + kept
+    torch_need = weight_bytes(config) + call * times // over + TORCH_RUN_BYTES + kept
     if family(backend) == "torch":
         return torch_need
     graph = ORT_ACTIVATION_FACTOR * (block + 3 * detailer_map) + ORT_ATTENTION_COPIES * attention
