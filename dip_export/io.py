@@ -52,11 +52,12 @@ def _umask() -> int:
     return mask
 
 
-def _tmp_prefix(target: Path) -> str:
+def _tmp_prefix(target: Path, create: bool = True) -> str:
     """Temporaries carry host, pid and a tag under the owner key: a leftover of a killed run of this tool can be
-    told from a live one, and from a user's file that merely looks like one (only a tagged name is ever deleted)."""
+    told from a live one, and from a user's file that merely looks like one (only a tagged name is ever deleted).
+    `create` False: the key is never made for it (a check before the key's own place is checked)."""
     host, pid = socket.gethostname(), os.getpid()
-    return f".{target.name}.{host}-{pid}-{_tmp_tag(target.name, host, pid, create=True) or 'untagged'}."
+    return f".{target.name}.{host}-{pid}-{_tmp_tag(target.name, host, pid, create=create) or 'untagged'}."
 
 
 def temporary_pattern(target: str) -> str:
@@ -627,7 +628,7 @@ def probe_write(folder: Path, path: Path) -> None:
         remove_stale_temporaries(probe)
     with uninterrupted():
         try:
-            fd, name = tempfile.mkstemp(prefix=_tmp_prefix(probe), suffix=".tmp", dir=folder)
+            fd, name = tempfile.mkstemp(prefix=_tmp_prefix(probe, create=False), suffix=".tmp", dir=folder)
         except OSError as err:
             why = err.strerror or type(err).__name__
             raise UsageError(f"cannot write {path}: {folder} does not take new files ({why})") from None
