@@ -56,10 +56,12 @@ META_CONFIG = "dip_config"  # safetensors metadata key: JSON of DiPConfig
 META_SAMPLING = "dip_sampling"  # safetensors metadata key: JSON of recommended sampler settings
 PREFIXES = ("model.", "module.", "_orig_mod.")
 MAX_LISTED = 8
+CODE_NAME = r"[A-Za-z_][A-Za-z0-9_.]{0,59}"  # a module and class a pickle names, shown as it is (else quoted, cut)
 WEIGHT_NAME = r"[A-Za-z0-9_.]{1,120}"  # a weight's name shown as it is in messages; any other is quoted and escaped
 MAX_SAFETENSORS_HEADER = 16 << 20  # a DiP's header: the released DiP-XL/16's is ~50 KB, the demo's 9.8 KB
 MAX_HEADER_TENSORS = 20_000  # a DiP (EMA and raw weights together) has a few hundred tensors
 MAX_TENSOR_DIMS = 8  # a DiP tensor has at most 4 dimensions
+MAX_TENSOR_SIDE = 1 << 32  # a DiP tensor's longest side is its class table or MLP width: far below
 SAFETENSORS_SIZES = {"F64": 8, "I64": 8, "U64": 8, "C64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2,
                      "U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}  # fmt: skip
 # Called before a model is built with its config and the image size a run defaults to: the config's own image_size
@@ -146,6 +148,12 @@ class LoadedModel:
             return "weights:" + weights_digest(self.model, self.config)
         return model_identity(self.source, self.weights, self.config, self.stamp)
 
+    def module(self) -> DiP:
+        """The module, checked where it is used: its config is still this model's (a module's `cfg` set since would
+        have it traced or run as another architecture than its weights)."""
+        _check_built_of(self.model, self.config)
+        return self.model
+
     @contextlib.contextmanager
     def moving(self) -> Iterator[None]:
         """Around the tool's own move of the module to a device (a torch engine's): weights as the source gave them
@@ -218,7 +226,7 @@ def _torch_load(path: Path, trust: bool) -> Any:
     except _Unreadable:
         if not inert_pickle.replaced:
             raise
-        names = ", ".join(sorted(inert_pickle.replaced)[:3])
+        names = ", ".join(name_text(n, CODE_NAME) for n in sorted(inert_pickle.replaced)[:3])
         raise CheckpointError(
             f"{path}: its weights cannot be read without running code it names ({names}); "
             "if you trust this file, pass --trust-checkpoint"
@@ -368,8 +376,8 @@ def _header_entry(path: Path, index: int, entry: Any) -> tuple[tuple[int, ...], 
     """One safetensors header entry's shape and bytes, checked; named by its number (its name is file content)."""
     bad = f"{path}: truncated or not a safetensors file (header entry {index}"
     shape = entry.get("shape") if isinstance(entry, dict) else None
-    if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
-        raise CheckpointError(f"{bad} has no valid shape)")
+    if not isinstance(shape, list) or not all(type(n) is int and 0 <= n <= MAX_TENSOR_SIDE for n in shape):
+        raise CheckpointError(f"{bad} has no valid shape)")  # a side past any DiP's is none (also beside a 0)
     if len(shape) > MAX_TENSOR_DIMS:
         raise CheckpointError(
             f"{path}: header entry {index} has {len(shape)} dimensions, more than a DiP tensor's ({MAX_TENSOR_DIMS} at most)"
@@ -402,7 +410,8 @@ def _weights_of(obj: Any) -> Any:
     from dip_export.inert_pickle import Inert
 
     if isinstance(obj, Inert):
-        raise CheckpointError(f"it holds an object of the file's code ({obj.qualified_name}), not a dict of tensors; "
+        code = name_text(obj.qualified_name, CODE_NAME)
+        raise CheckpointError(f"it holds an object of the file's code ({code}), not a dict of tensors; "
                               "if you trust this file, pass --trust-checkpoint")  # fmt: skip
     return obj.state_dict() if isinstance(obj, torch.nn.Module) else obj
 
@@ -451,7 +460,7 @@ def _tensors_only(state: Mapping[str, Any]) -> dict[str, Tensor]:
     tensors = {k: v for k, v in state.items() if isinstance(v, Tensor)}
     coded = sorted(k for k, v in state.items() if isinstance(v, Inert))  # one is enough: never read as "missing"
     if coded:
-        names = sorted({state[k].qualified_name for k in coded})
+        names = sorted({name_text(state[k].qualified_name, CODE_NAME) for k in coded})
         one = "s_embedder.proj.weight" in tensors
         what = f"weight {coded[0][:80]} is an object that needs" if one else "its weights are objects that need"
         raise CheckpointError(
@@ -526,7 +535,7 @@ def infer_config(state: Mapping[str, Tensor]) -> DiPConfig:
         )
     except KeyError as err:
         raise CheckpointError(f"cannot infer the DiP architecture from the weights (missing {err})") from None
-    except (ValueError, IndexError, ZeroDivisionError, UsageError) as err:
+    except (ValueError, IndexError, ZeroDivisionError, OverflowError, UsageError) as err:
         raise CheckpointError(f"cannot infer the DiP architecture from the weights ({_first_line(err)})") from None
 
 
@@ -783,7 +792,8 @@ def save_checkpoint(path: str | Path, model: DiP, sampling: Mapping[str, Any] | 
     broken = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
     if broken is not None:  # the reader refuses such a file as damaged: it is never written
         raise UsageError(f"the model's weights hold NaN or infinite values ({name_text(broken)}); nothing was written")
-    with atomic_path(path, "checkpoint") as tmp:  # as typed: text ending in '/' names a folder
+    size = sum(v.numel() * v.element_size() for v in state.values()) + len(json.dumps(meta)) + (1 << 20)  # + header
+    with atomic_path(path, "checkpoint", size=size) as tmp:  # as typed: text ending in '/' names a folder
         save_file(state, str(tmp), metadata=meta)
 
 

@@ -123,12 +123,13 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_path(target: Path | str, kind: str | None = None) -> Iterator[Path]:
+def atomic_path(target: Path | str, kind: str | None = None, size: int = 0) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds.
 
     With a `kind` (ownership.OUTPUT_KINDS) an existing `target` is replaced only if it carries this tool's mark
     for that kind, checked before and again after the block, and the new file must carry the mark itself.
-    Inside `output_group()` the rename waits for the group's end, with the others.
+    Inside `output_group()` the rename waits for the group's end, with the others. `size`: the bytes the block
+    will write at most, checked against the free space there before anything is made.
     """
     if kind is not None:
         kind = output_kind(kind, OUTPUT_KINDS, "marked")
@@ -141,6 +142,8 @@ def atomic_path(target: Path | str, kind: str | None = None) -> Iterator[Path]:
         check_output_place(target)
     if kind is not None:
         check_replaceable_output(target, kind)
+    if size:
+        check_free_space(target, size)
     made = _folders_to_make(target.parent)
     tmp: Path | None = None
     try:
@@ -724,7 +727,7 @@ def save_npz(path: Path, images: np.ndarray) -> None:
 
     images = check_pictures(images, "samples for an .npz")
 
-    with atomic_path(path, "npz") as tmp:
+    with atomic_path(path, "npz", size=images.nbytes + (1 << 16)) as tmp:  # stored, not compressed: its bytes
         with tmp.open("wb") as f:
             np.savez(f, arr_0=images)
         with zipfile.ZipFile(tmp, "a") as archive:
@@ -749,7 +752,7 @@ def save_json(path: Path, data: dict[str, object], kind: str) -> None:
     except (TypeError, ValueError, RecursionError) as err:
         raise UsageError(f"cannot write {path}: its data are not JSON values ({str(err).splitlines()[0][:100]})") from None
     _check_readable_json(path, text)
-    with atomic_path(path, kind) as tmp:
+    with atomic_path(path, kind, size=len(text.encode("utf-8", "surrogatepass"))) as tmp:
         tmp.write_text(text)
 
 
@@ -836,5 +839,5 @@ def save_png(path: Path, image: np.ndarray, kind: str) -> None:
     header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
     data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"tEXt", png_text(kind))
             + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))  # fmt: skip
-    with atomic_path(path, kind) as tmp:
+    with atomic_path(path, kind, size=len(data)) as tmp:
         tmp.write_bytes(data)

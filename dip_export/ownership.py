@@ -392,6 +392,8 @@ def check_file_text(text: Path | str, what: str = "the output") -> None:
     it); a Path has already dropped the slash, so this sees only text."""
     if isinstance(text, str) and (text.endswith("/") or text.endswith("/.") or text in (".", "..")):
         raise UsageError(f"{what} {text} names a folder (it ends with '/'); a file goes there (drop the '/')")
+    if "\x00" in str(text):  # a Path holds one as given; no file system takes it
+        raise UsageError(f"{what}'s path holds a NUL character; no file can be named so")
 
 
 def check_output_name(path: Path) -> None:

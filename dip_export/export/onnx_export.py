@@ -118,6 +118,7 @@ def _check_export_arguments(loaded: Any, image_size: Any, output_dir: Any, conso
         raise UsageError(f"export_onnx takes a LoadedModel (dip_export.checkpoint.resolve_model), got {type(loaded).__name__}")
     if console is not None and not isinstance(console, Console):
         raise UsageError(f"console must be a rich Console or None, got {type(console).__name__}")
+    loaded.module()  # its module still of its config
     try:  # written into the manifest: checked as its reader checks it (a dict changed in place since it was set)
         check_sampling_defaults(loaded.sampling)
     except (UsageError, ValueError, TypeError) as err:

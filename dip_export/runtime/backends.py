@@ -129,7 +129,7 @@ def make_torch_engine(spec: BackendSpec, loaded: LoadedModel, device: torch.devi
     if spec.backend.runs_from != "model":
         raise UsageError(f"backend {spec.name} runs from an export folder, not a checkpoint")
     with loaded.moving():  # the engine moves the module to the device: its weights stay the source's
-        return spec.backend.make(loaded.model, spec.precision, device)
+        return spec.backend.make(loaded.module(), spec.precision, device)
 
 
 def make_export_engine(spec: BackendSpec, export: ExportFiles, device: torch.device) -> Denoiser:

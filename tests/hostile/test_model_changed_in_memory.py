@@ -115,3 +115,17 @@ def test_sampling_defaults_changed_in_place_are_checked_where_used(tmp_path: Pat
     with pytest.raises(UsageError, match="the model's sampling defaults are refused"):
         export_onnx(loaded, image_size=(32, 32), output_dir=tmp_path / "e")
     assert not (tmp_path / "e").exists()
+
+
+def test_a_module_cfg_set_after_load_is_refused_where_the_module_is_used(tmp_path: Path) -> None:
+    import dataclasses
+
+    from dip_export.export.onnx_export import export_onnx
+
+    loaded = resolve_model(None)
+    loaded.model.cfg = dataclasses.replace(loaded.config, num_heads=8)
+    with pytest.raises(UsageError, match="the one its module was built of"):
+        export_onnx(loaded, image_size=(32, 32), output_dir=tmp_path / "e")
+    with pytest.raises(UsageError, match="the one its module was built of"):
+        make_torch_engine(BackendSpec("torch", "fp32"), loaded, torch.device("cpu"))
+    assert not (tmp_path / "e").exists()

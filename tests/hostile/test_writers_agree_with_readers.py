@@ -186,3 +186,53 @@ def test_open_export_takes_text_as_every_entry(demo_export: Path) -> None:
     x = torch.zeros(1, 3, 32, 32)
     tokens = engine.backbone(x, torch.full((1,), 0.5), torch.zeros(1, dtype=torch.long))
     assert np.isfinite(np.asarray(tokens)).all()
+
+
+# ---- every writer declares what it writes: checked against the free space before anything is made
+
+WRITERS = ["npz", "png", "json", "checkpoint"]
+
+
+def _write(kind: str, path: Path, n: int) -> None:
+    import numpy as np
+
+    if kind == "npz":
+        io.save_npz(path, np.zeros((n, 8, 8, 3), np.uint8))
+    elif kind == "png":
+        io.save_png(path, np.random.default_rng(0).integers(0, 256, (n, 8, 3), dtype=np.uint8), "sample-image")
+    elif kind == "json":
+        io.save_json(path, {"x": "a" * n}, "bench-report")
+    else:
+        save_checkpoint(path, resolve_model(None).model)
+
+
+@FEW
+@given(kind=st.sampled_from(WRITERS), n=st.integers(1, 2000), free=st.integers(0, 40 << 20))
+def test_a_writer_refuses_before_writing_past_the_free_space(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, kind: str, n: int, free: int
+) -> None:
+    import shutil
+    from collections import namedtuple
+
+    folder = tmp_path_factory.mktemp("w")
+    path = folder / {"npz": "o.npz", "png": "o.png", "json": "o.json", "checkpoint": "m.safetensors"}[kind]
+    usage = namedtuple("usage", "total used free")
+    with monkeypatch.context() as patched:
+        patched.setattr(shutil, "disk_usage", lambda _: usage(1 << 40, 0, free))
+        try:
+            _write(kind, path, n)
+        except DipError as err:
+            assert "free" in str(err) and "nothing was written" in str(err)
+            assert os.listdir(folder) == []
+            return
+    assert path.stat().st_size + (16 << 20) <= free  # written: it fit, with the margin kept
+
+
+@pytest.mark.parametrize("kind", WRITERS)
+def test_a_path_holding_a_nul_is_refused_by_every_writer(tmp_path: Path, kind: str) -> None:
+    name = {"npz": "o\x00.npz", "png": "o\x00.png", "json": "o\x00.json", "checkpoint": "m\x00.safetensors"}[kind]
+    with pytest.raises(UsageError, match="NUL"):
+        _write(kind, tmp_path / name, 2)
+    with pytest.raises(UsageError, match="NUL"), io.atomic_path(tmp_path / name):
+        pass
+    assert os.listdir(tmp_path) == []
