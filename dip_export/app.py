@@ -826,7 +826,7 @@ def run_schedule(request: ScheduleRequest, console: Console, progress: Progress)
 def _check_schedule_request(request: ScheduleRequest) -> Any:
     """The fit's settings, after every check that needs no model (output, counts, band, seed, solver)."""
     from dip_export.budget import MAX_SCHEDULE_BATCH
-    from dip_export.checkpoint import DEMO_CHECKPOINT
+    from dip_export.checkpoint import DEMO_CHECKPOINT, check_checkpoint_name
     from dip_export.measure.yardstick import GridFit
     from dip_export.sampling.fitgrid import GridFamily, SearchSettings
     from dip_export.sampling.reference import FIT_SCORES
@@ -834,6 +834,7 @@ def _check_schedule_request(request: ScheduleRequest) -> Any:
     r = request
     if r.output.suffix != ".safetensors":
         raise UsageError(f"--output must name a .safetensors file, got {r.output}")
+    check_checkpoint_name(r.output)  # what save_checkpoint will refuse after the fit, refused before it
     check_output_file(r.output)
     check_not_input(r.output, [r.model.model, DEMO_CHECKPOINT])  # never over the input, nor over the bundled model
     check_replaceable_output(r.output, "checkpoint")

@@ -621,6 +621,14 @@ def load_checkpoint(
         raise read_failure(err, typed) from None
 
 
+def check_checkpoint_name(path: Path) -> None:
+    """A name `save_checkpoint` writes (every surface checks it before its work): one its reader takes, the model
+    named after it (`_check_model_name`), and .safetensors (a .pt name would be read as a pickle)."""
+    _check_model_name(path)
+    if path.suffix != ".safetensors":
+        raise UsageError(f"{path}: save_checkpoint writes safetensors; name the file .safetensors")
+
+
 def _check_model_name(path: Path) -> None:
     """The model is named after its file (`LoadedModel.name`): a name it cannot take is refused before the read."""
     from dip_export.export.naming import model_name_problem
@@ -770,9 +778,7 @@ def save_checkpoint(path: str | Path, model: DiP, sampling: Mapping[str, Any] | 
     if not isinstance(model, DiP):
         raise UsageError(f"save_checkpoint writes a DiP model, got {type(model).__name__}")
     path = path_text(path, "path")
-    _check_model_name(Path(path))  # the reader names the model after the file: a name it refuses is never written
-    if Path(path).suffix != ".safetensors":  # the format written: a .pt name would be read as a pickle
-        raise UsageError(f"{path}: save_checkpoint writes safetensors; name the file .safetensors")
+    check_checkpoint_name(Path(path))
     if sampling is not None and not isinstance(sampling, Mapping):
         raise UsageError(f"sampling must be a mapping of sampler defaults, got {type(sampling).__name__}")
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dip_export.checkpoint
@@ -304,3 +304,14 @@ def test_an_export_made_from_a_checkpoint_needs_the_exporter(monkeypatch: pytest
     monkeypatch.setattr(catalog, "installed", lambda module: module != "onnxscript" and real(module))
     assert "onnxscript is not installed" in (catalog.unavailable_reason("onnx", from_model=True) or "")
     assert catalog.unavailable_reason("onnx", from_model=False) is None  # an export folder runs without it
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stem=st.sampled_from(["a\x07", "x\x1b[2J", "r\u202eb", "t\tab", "n" * 201, "ok\u200b"]))
+def test_schedule_refuses_a_name_its_writer_would_refuse_before_the_fit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                       nothing_built: None, stem: str) -> None:  # fmt: skip
+    """The schedule's checkpoint is named as save_checkpoint names it (the model after its file): a name the writer
+    refuses after minutes of fitting is refused before anything is built."""
+    monkeypatch.chdir(tmp_path)
+    code, err = run(cli.export_main, "schedule", "--output", f"{stem}.safetensors")
+    one_line(code, err, 1, "the model is named after its file")
