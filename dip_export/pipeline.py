@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dip_export.checkpoint import LoadedModel
+from dip_export.checkpoint import LoadedModel, weights_signature
 from dip_export.config import DiPConfig
 from dip_export.engines import make_engine, open_export
 from dip_export.errors import DipError, UsageError
@@ -387,7 +387,7 @@ class DiPPipeline:
         default = source.export_size or parse_image_size(source.config.image_size)
         self._image_size = self._size(default if image_size is None else image_size)  # an export's size is fixed
         self._auto_pending = False
-        self._engines: dict[tuple[int, int, int], Denoiser] = {}
+        self._engines: dict[tuple[Any, ...], Denoiser] = {}
         if source.loaded is not None:  # last: a refused pipeline holds nothing
             source.loaded.hold(device)  # its engines move the module to this device: never under another pipeline
 
@@ -577,7 +577,9 @@ class DiPPipeline:
         if self._auto_pending:
             self._choose_auto(size, batch)
             self._auto_pending = False
-        key = (*size, batch if self.spec.name == "trt" else 0)  # only TensorRT's profile depends on the batch
+        key: tuple[Any, ...] = (*size, batch if self.spec.name == "trt" else 0)  # TensorRT's profile: the batch
+        if self.source.loaded is not None and self.spec.backend.runs_from == "export":  # made from the module's
+            key += weights_signature(self.source.loaded.model)  # weights as they were: changed since, made again
         if key not in self._engines:
             self._engines.clear()  # one engine alive at a time: a size change frees the last one
             self._engines[key] = self._make(self.spec, size, batch)

@@ -129,3 +129,26 @@ def test_a_module_cfg_set_after_load_is_refused_where_the_module_is_used(tmp_pat
     with pytest.raises(UsageError, match="the one its module was built of"):
         make_torch_engine(BackendSpec("torch", "fp32"), loaded, torch.device("cpu"))
     assert not (tmp_path / "e").exists()
+
+
+def test_a_pipelines_engine_follows_its_modules_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An engine made from the module's weights (an on-the-fly export) is made again once they change, back and
+    forth: every call's pictures are those of the weights as they are then (the torch backend's)."""
+    monkeypatch.chdir(tmp_path)
+    args = {"classes": [1, 2], "seeds": [0, 1], "steps": 2}
+    onnx, eager = DiPPipeline.load(device="cpu", backend="onnx"), DiPPipeline.load(device="cpu", backend="torch")
+    assert onnx.source.loaded is not None and eager.source.loaded is not None
+    first = onnx(**args)
+    original = {k: v.clone() for k, v in onnx.source.loaded.model.state_dict().items()}
+    for change in ("scaled", "restored", "scaled again"):
+        with torch.no_grad():
+            if change == "restored":
+                onnx.source.loaded.model.load_state_dict(original)
+            else:
+                for p in onnx.source.loaded.model.blocks[0].parameters():
+                    p.mul_(0.5)
+        eager.source.loaded.model.load_state_dict(onnx.source.loaded.model.state_dict())
+        got, want = onnx(**args), eager(**args)
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 2, change
+        if change == "restored":
+            assert np.abs(got.astype(int) - first.astype(int)).max() <= 2
