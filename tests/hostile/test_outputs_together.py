@@ -63,11 +63,11 @@ def test_a_write_that_stops_at_any_file_leaves_none_of_the_group(
     before = listing(folder)
     real, calls = dio.atomic_path.__wrapped__, [0]  # type: ignore[attr-defined]
 
-    def stopping(target: Path, kind: str | None = None):  # the (fail_at)th file of the group fails as it is written
+    def stopping(target: Path, kind: str | None = None, size: int = 0):  # the (fail_at)th file of the group fails
         calls[0] += 1
         if calls[0] - 1 == fail_at:
             raise failure("stopped")
-        return real(target, kind)
+        return real(target, kind, size)
 
     import contextlib
 
