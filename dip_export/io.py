@@ -122,15 +122,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def atomic_path(target: Path | str, kind: str | None = None, size: int = 0) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds.
-
-    With a `kind` (ownership.OUTPUT_KINDS) an existing `target` is replaced only if it carries this tool's mark
-    for that kind, checked before and again after the block, and the new file must carry the mark itself.
-    Inside `output_group()` the rename waits for the group's end, with the others. `size`: the bytes the block
-    will write at most, checked against the free space there before anything is made.
-    """
+def _checked_output(target: Path | str, kind: str | None, size: int) -> tuple[Path, str | None]:
+    """`atomic_path`'s checks before anything is made: the kind, the path, its place, what it replaces, the space."""
     if kind is not None:
         kind = output_kind(kind, OUTPUT_KINDS, "marked")
     if not isinstance(target, Path):  # a caller's path: text (or a path-like giving text), never bytes or a number
@@ -144,6 +137,19 @@ def atomic_path(target: Path | str, kind: str | None = None, size: int = 0) -> I
         check_replaceable_output(target, kind)
     if size:
         check_free_space(target, size)
+    return target, kind
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path | str, kind: str | None = None, size: int = 0) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds.
+
+    With a `kind` (ownership.OUTPUT_KINDS) an existing `target` is replaced only if it carries this tool's mark
+    for that kind, checked before and again after the block, and the new file must carry the mark itself.
+    Inside `output_group()` the rename waits for the group's end, with the others. `size`: the bytes the block
+    will write at most, checked against the free space there before anything is made.
+    """
+    target, kind = _checked_output(target, kind, size)
     made = _folders_to_make(target.parent)
     tmp: Path | None = None
     try:
