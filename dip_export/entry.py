@@ -7,8 +7,9 @@ the signal and the interpreter can catch or swallow the exit. The CLI puts its o
 a command (`cli.handle_errors`), and this one is back for the few statements after it; once the command is over
 (its outputs in place, its line out), both are ignored until the process ends. SIGTERM is taken wherever the OS
 default is in place, whatever SIGINT's (a job started with `&` in a script has SIGINT ignored). The guard's first
-statements read no file (`_signal` is built in, `os` and `sys` are loaded at the interpreter's start); before they
-run (the interpreter's own start, the command script's own imports), a Ctrl-C is Python's own."""
+statements read no file (`_signal` is built in, `os` and `sys` are loaded at the interpreter's start); until the
+handler is in place (the interpreter's own start, the command script's own imports, the guard's own condition and
+call), a Ctrl-C is Python's own."""
 
 from __future__ import annotations
 

@@ -108,19 +108,27 @@ def _outcome(done: subprocess.CompletedProcess) -> str:
     raise AssertionError(f"exit {done.returncode}: {err[-3000:]!r}")
 
 
+GUARD_CALLS = ("_as_command", "_guard_loading")  # what the module-level guard calls, in entry.py
+
+
 def _before_the_guard(err: str) -> bool:
     """A KeyboardInterrupt raised before `dip_export.entry` installs its handler: every frame is the script's
-    import line, the import machinery's, or module-level code of the package or `entry` above the guard."""
+    import line, the import machinery's, module-level code of the package or `entry` up to the guard's own call, or
+    the two functions that guard calls (its condition, and the install itself before its `signal` call took)."""
     from dip_export import entry
 
     guard = next(n for n, line in enumerate(Path(entry.__file__).read_text().splitlines(), 1) if line == "if _as_command():")
     frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', err)
     if not err.startswith("Traceback") or err.strip().splitlines()[-1] != "KeyboardInterrupt" or not frames:
         return False
+    in_entry = [(int(line), function) for file, line, function in frames if file.endswith("dip_export/entry.py")]
+    at_module = [line for line, function in in_entry if function == "<module>"]
     for file, line, function in frames:
         if file.startswith("<frozen") or Path(file).name in COMMANDS or file.endswith("dip_export/__init__.py"):
             continue
-        if file.endswith("dip_export/entry.py") and function == "<module>" and int(line) <= guard:
+        if file.endswith("dip_export/entry.py") and function == "<module>" and int(line) <= guard + 1:
+            continue
+        if file.endswith("dip_export/entry.py") and function in GUARD_CALLS and at_module and at_module[0] <= guard + 1:
             continue
         return False
     return True
