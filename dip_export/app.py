@@ -819,7 +819,7 @@ def run_schedule(request: ScheduleRequest, console: Console, progress: Progress)
             style="yellow")  # fmt: skip
     if request.recommend:
         sampling = recommended(sampling, fit.start())
-    save_checkpoint(request.output, loaded.model, sampling)
+    save_checkpoint(request.output, loaded.module(), sampling)
     say(console, f"wrote {request.output}")
 
 

@@ -83,6 +83,8 @@ class LoadedModel:
     stamp: Stamp | None = field(default=None, compare=False, repr=False)  # the file as its weights were read
     # the module's weights as the source gave them (`weights_signature`); another signature: changed in memory since
     as_read: tuple[Any, ...] = field(default=(), init=False, compare=False, repr=False)
+    # the signature its module last had where `module()` found it the architecture's; () before the first check
+    checked_as: tuple[Any, ...] = field(default=(), init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "as_read", weights_signature(self.model))
@@ -92,31 +94,12 @@ class LoadedModel:
         name (`naming.model_name_problem`: one part of a folder name, printed as itself), the recommended sampling
         (as a stored file's, `check_sampling_defaults`) and the weights choice. The config is always the one the
         module was built of. A module set after creation is not the source's (`identity` says so)."""
-        if field_name == "as_read":
-            raise UsageError("a model's as_read is what its source gave; it is not set by hand")
+        if field_name in ("as_read", "checked_as"):
+            raise UsageError(f"a model's {field_name} is the tool's own record; it is not set by hand")
         if field_name in ("model", "config"):
             _check_built_of(value if field_name == "model" else getattr(self, "model", None),
                             value if field_name == "config" else getattr(self, "config", None))  # fmt: skip
-        if field_name == "name":
-            from dip_export.export.naming import model_name_problem
-
-            problem = model_name_problem(value) if type(value) is str else f"must be a string, got {type(value).__name__}"
-            if problem:
-                raise UsageError(f"the model's name {problem}")
-        elif field_name == "sampling":
-            if type(value) is not dict:
-                raise UsageError(f"a model's sampling must be a dict, got {type(value).__name__}")
-            try:
-                check_sampling_defaults(value)
-            except (ValueError, TypeError, DipError) as err:
-                raise UsageError(f"a model's sampling defaults are refused: {err}") from None
-        elif field_name == "weights":
-            value = one_of(value, "weights", ("ema", "raw"))
-        elif field_name in _LOADED_TYPES and not isinstance(value, _LOADED_TYPES[field_name]):
-            kind = _LOADED_TYPES[field_name]
-            names = " or ".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
-            raise UsageError(f"a model's {field_name} must be a {names}, got {type(value).__name__}")
-        object.__setattr__(self, field_name, value)
+        object.__setattr__(self, field_name, _field_value(field_name, value))
 
     def source_sha256(self) -> str:
         """sha256 of the checkpoint file as its weights were read ("" for a preset); a file changed since is refused."""
@@ -149,9 +132,18 @@ class LoadedModel:
         return model_identity(self.source, self.weights, self.config, self.stamp)
 
     def module(self) -> DiP:
-        """The module, checked where it is used: its config is still this model's (a module's `cfg` set since would
-        have it traced or run as another architecture than its weights)."""
+        """The module, checked where the tool uses it (an engine, an export, a calibration, a reference): every field
+        still one the setter takes (set around it too), its config still this model's (a module's `cfg` set since
+        would have it traced or run as another architecture than its weights), and, whenever its signature is not the
+        one last checked, its modules and weights those its config builds (`check_module`): a module changed in memory
+        into another architecture is refused in one line before any work, never traced, run or exported."""
+        for name in _RECHECKED:
+            _field_value(name, getattr(self, name, None))
         _check_built_of(self.model, self.config)
+        signature = weights_signature(self.model)
+        if signature != self.checked_as:
+            check_module(self.model)
+            object.__setattr__(self, "checked_as", signature)
         return self.model
 
     @contextlib.contextmanager
@@ -166,11 +158,57 @@ class LoadedModel:
 
 def weights_signature(model: torch.nn.Module) -> tuple[Any, ...]:
     """What any change of a module's weights in memory changes, read without touching their values: the module
-    object, and each parameter's and buffer's name, object, storage, version counter (which every in-place
-    operation, an optimizer's step and `load_state_dict` advance), dtype and shape. An in-place write through a
-    tensor's `.data` (which torch counts nowhere) is not seen."""
+    object, each submodule's name and object, and each parameter's and buffer's name, object, storage, version
+    counter (which every in-place operation, an optimizer's step and `load_state_dict` advance), dtype, shape and
+    device. An in-place write through a tensor's `.data` (which torch counts nowhere) is not seen."""
+    modules = tuple((name, id(m)) for name, m in model.named_modules())
     tensors = itertools.chain(model.named_parameters(), model.named_buffers())
-    return (id(model), *((name, id(t), t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for name, t in tensors))
+    return (id(model), modules, *((name, id(t), t.data_ptr(), t._version, t.dtype, tuple(t.shape), str(t.device))
+                                  for name, t in tensors))  # fmt: skip
+
+
+def check_module(model: DiP) -> None:
+    """A module is what its config builds: the same submodules by name and type, the same weights by name and shape,
+    each a dense float32 tensor, all on one device (what `build_model` makes, and what the engines, the exporter and
+    the writer take). A UsageError names the first difference."""
+    try:
+        with torch.device("meta"):  # the architecture's modules, names and shapes, no memory for its weights
+            fresh = DiP(model.cfg)
+        built = {name: type(m) for name, m in fresh.named_modules() if name}
+        held = {name: type(m) for name, m in model.named_modules() if name}
+        state = model.state_dict()
+    except Exception:  # a module of the caller's whose own methods fail
+        raise UsageError("the model's modules cannot be read (its named_modules or state_dict failed)") from None
+    problem = _module_problem(built, held)
+    if problem is None:
+        try:
+            check_state_dict(fresh, state)
+        except CheckpointError as err:
+            problem = str(err)
+    if problem is None:
+        odd = next((k for k, t in state.items() if not (t.layout == torch.strided and not t.is_nested
+                                                          and t.dtype == torch.float32)), None)  # fmt: skip
+        devices = {t.device for t in state.values()}
+        if odd is not None:
+            tensor = state[odd]
+            problem = f"weight {name_text(odd, WEIGHT_NAME)} is {tensor.dtype}, {tensor.layout}; the model takes dense float32"
+        elif len(devices) > 1:
+            problem = f"its weights are on {len(devices)} devices ({', '.join(sorted(map(str, devices)))[:80]})"
+    if problem is not None:
+        raise UsageError(f"the model in memory is not the one its config builds ({problem}); nothing was run")
+
+
+def _module_problem(built: dict[str, type], held: dict[str, type]) -> str | None:
+    missing, extra = [n for n in built if n not in held], [n for n in held if n not in built]
+    if missing or extra:
+        which, names = ("missing", missing) if missing else ("not in the architecture", extra)
+        more = f" (+{len(names) - 1} more)" if len(names) > 1 else ""
+        return f"module {name_text(names[0], WEIGHT_NAME)} {which}{more}"
+    odd = next((n for n in built if held[n] is not built[n]), None)
+    if odd is not None:
+        kind = name_text(held[odd].__name__, CODE_NAME)
+        return f"module {name_text(odd, WEIGHT_NAME)} is {kind}, not {built[odd].__name__}"
+    return None
 
 
 def weights_digest(model: torch.nn.Module, config: DiPConfig) -> str:
@@ -195,6 +233,31 @@ _LOADED_TYPES: dict[str, Any] = {  # LoadedModel's other fields, as load_checkpo
     "model": DiP, "config": DiPConfig, "source": str, "size_assumed": bool,
     "held_on": (torch.device, type(None)), "stamp": (tuple, type(None)),
 }  # fmt: skip
+_RECHECKED = ("model", "config", "name", "source", "sampling", "size_assumed", "weights")  # what `module()` checks again
+
+
+def _field_value(field_name: str, value: Any) -> Any:
+    """A LoadedModel field's value as its setter takes it (the weights choice as its plain text), or a UsageError."""
+    if field_name == "name":
+        from dip_export.export.naming import model_name_problem
+
+        problem = model_name_problem(value) if type(value) is str else f"must be a string, got {type(value).__name__}"
+        if problem:
+            raise UsageError(f"the model's name {problem}")
+    elif field_name == "sampling":
+        if type(value) is not dict:
+            raise UsageError(f"a model's sampling must be a dict, got {type(value).__name__}")
+        try:
+            check_sampling_defaults(value)
+        except (ValueError, TypeError, DipError) as err:
+            raise UsageError(f"the model's sampling defaults are refused: {err}") from None
+    elif field_name == "weights":
+        return one_of(value, "weights", ("ema", "raw"))
+    elif field_name in _LOADED_TYPES and not isinstance(value, _LOADED_TYPES[field_name]):
+        kind = _LOADED_TYPES[field_name]
+        names = " or ".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
+        raise UsageError(f"a model's {field_name} must be a {names}, got {type(value).__name__}")
+    return value
 
 
 NO_WEIGHTS = "no DiP weights found (no key s_embedder.proj.weight)"

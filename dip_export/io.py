@@ -41,6 +41,7 @@ from dip_export.ownership import (
     put_aside,
     recover_swap,
     swap_in,
+    temporary_names,
 )
 from dip_export.settings import exact_str, path_text, plain_value
 from dip_export.untrusted import unusable_text
@@ -62,8 +63,8 @@ def _tmp_prefix(target: Path, create: bool = True) -> str:
 
 def temporary_pattern(target: str) -> str:
     """A regex of the names `atomic_path` gives its temporaries beside a file whose name matches regex `target`,
-    made by any host and process (`_tmp_prefix`, then mkstemp's eight characters and `.tmp`)."""
-    return rf"\.(?:{target})\.[^/]+-[0-9]{{1,10}}-(?:[0-9a-f]{{16}}|untagged)\.[a-z0-9_]{{8}}\.tmp"
+    made by any host and process (`ownership.temporary_names`)."""
+    return temporary_names(f"(?:{target})", role="").pattern
 
 
 def _tmp_tag(name: str, host: str, pid: int, create: bool) -> str | None:
@@ -91,19 +92,18 @@ def remove_stale_temporaries(target: Path) -> None:
     """
     finish_groups(target.parent)  # a killed group's renames first: its temporaries are files to put in place
     host = socket.gethostname()
-    prefix = re.escape(f".{target.name}.{host}-")
-    own = re.compile(rf"{prefix}([0-9]{{1,10}})-([0-9a-f]{{16}})\.(?:old\.|spent\.)?[a-z0-9_]{{8}}\.tmp")
+    own = temporary_names(re.escape(target.name), re.escape(host), tag="[0-9a-f]{16}")
     swapping = os.path.lexists(journal_path(target))  # its backup is the only copy until the swap is recovered (a name
     # too long for a journal beside it: none)
     for path in target.parent.glob(f".{glob.escape(target.name)}.{glob.escape(host)}-*.tmp"):
         match = own.fullmatch(path.name)
-        if match is None or _alive(int(match.group(1))) or (swapping and ".old." in path.name):
+        if match is None or _alive(int(match["pid"])) or (swapping and match["role"] == "old."):
             continue
-        if ".old." in path.name and path.is_dir() and not path.is_symlink() and any(path.iterdir()):
+        if match["role"] == "old." and path.is_dir() and not path.is_symlink() and any(path.iterdir()):
             continue  # a swap's backup whose journal is gone: it may be the only copy of an export, kept
-        if match.group(2) != _tmp_tag(target.name, host, int(match.group(1)), create=False):
+        if match["tag"] != _tmp_tag(target.name, host, int(match["pid"]), create=False):
             continue  # not a name this tool made: a user's file, kept
-        if ".spent." in path.name and path.is_dir() and not path.is_symlink():
+        if match["role"] == "spent." and path.is_dir() and not path.is_symlink():
             put_aside(path, target)  # a replaced export a kill left half-removed: its own files only
         elif path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)  # a new export or file the killed run was writing: all its own
@@ -304,7 +304,7 @@ def _finish_group(data: Any, pid: int) -> None:
     for entry in data["entries"]:
         tmp, target, kind = Path(entry["tmp"]), Path(entry["target"]), entry["kind"]
         tag = _tmp_tag(target.name, host, pid, create=False)
-        own = re.compile(rf"{re.escape(f'.{target.name}.{host}-{pid}-{tag}.')}[a-z0-9_]{{8}}\.tmp")
+        own = temporary_names(re.escape(target.name), re.escape(host), str(pid), re.escape(str(tag)), role="")
         if tmp.parent != target.parent or not own.fullmatch(tmp.name) or tmp.is_symlink() or not tmp.is_file():
             continue  # renamed already, or not that run's own temporary: nothing to do
         try:
@@ -649,15 +649,13 @@ def remove_stale_in(folder: Path) -> None:
     """The tool's own temporaries in `folder` that processes no longer running left (a kill): removed as
     `remove_stale_temporaries` removes them beside each name they were made for. A folder checked as an output
     is never refused for what the tool itself left there."""
-    own = re.compile(
-        rf"\.(.+)\.{re.escape(socket.gethostname())}-[0-9]{{1,10}}-[0-9a-f]{{16}}\.(?:old\.|spent\.)?[a-z0-9_]{{8}}\.tmp"
-    )
+    own = temporary_names(host=re.escape(socket.gethostname()), tag="[0-9a-f]{16}")
     finish_groups(folder)
     try:
         names = os.listdir(folder)
     except OSError:
         return
-    for target in sorted({m.group(1) for name in names if (m := own.fullmatch(name))}):
+    for target in sorted({m["target"] for name in names if (m := own.fullmatch(name))}):
         with contextlib.suppress(OSError):
             remove_stale_temporaries(Path(folder) / target)
 

@@ -575,10 +575,21 @@ def _sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+ANY_HOST, ANY_PID, ANY_TAG = r"[^/\x00-\x1f]+", "[0-9]{1,10}", "[0-9a-f]{16}|untagged"
+
+
+def temporary_names(target: str = ".+", host: str = ANY_HOST, pid: str = ANY_PID, tag: str = ANY_TAG,
+                    role: str = "(?:old\\.|spent\\.)?") -> re.Pattern[str]:  # fmt: skip
+    """The one scheme of the names the tool gives its temporaries, `.NAME.HOST-PID-TAG.[old.|spent.]XXXXXXXX.tmp`
+    (`io._tmp_prefix`, then mkstemp's or mkdtemp's eight characters), each part a regex: the groups `target`,
+    `host`, `pid`, `tag` and `role` (`old.` a swap's backup, `spent.` a replaced export, empty a new file or folder)."""
+    return re.compile(rf"\.(?P<target>{target})\.(?P<host>{host})-(?P<pid>{pid})-(?P<tag>{tag})\.(?P<role>{role})"
+                      r"[a-z0-9_]{8}\.tmp")  # fmt: skip
+
+
 def _backup_pattern(target: Path) -> re.Pattern[str]:
     """Exactly the names `io._swap_in` gives a backup of `target`: `.NAME.HOST-PID-TAG.old.XXXXXXXX.tmp`."""
-    return re.compile(rf"\.{re.escape(target.name)}\.(?P<host>[^/\x00-\x1f]+)-(?P<pid>[0-9]+)-(?:[0-9a-f]{{16}}|untagged)"
-                      rf"\.old\.[a-z0-9_]{{8}}\.tmp")  # fmt: skip
+    return temporary_names(re.escape(target.name), role=r"old\.")
 
 
 def _journal_problem(target: Path, journal: Path, problem_of: Callable[[Path], str | None]) -> tuple[str | None, dict[str, Any]]:

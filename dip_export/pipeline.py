@@ -360,6 +360,17 @@ _HOW_TO_CHANGE = {
 }
 
 
+def _no_other_arguments(extra: tuple[Any, ...], unknown: dict[str, Any]) -> None:
+    """`DiPPipeline.load`'s arguments past its own: one line, as for every other bad argument (not a TypeError)."""
+    if extra or unknown:
+        what = (
+            f"{len(extra)} more positional argument(s)"
+            if extra
+            else "argument(s) " + ", ".join(plain_value(k) for k in sorted(unknown)[:8])
+        )
+        raise UsageError(f"DiPPipeline.load takes the model and keyword settings; it has no {what}")
+
+
 class DiPPipeline:
     """A DiP model on one backend and device, ready to turn classes and seeds into images.
 
@@ -472,13 +483,7 @@ class DiPPipeline:
             num_samples: images the run will keep; the memory estimate counts them before the model is built.
             console: a rich Console for export progress and messages (None: quiet).
         """
-        if extra or unknown:  # one line, as for every other bad argument (not Python's TypeError)
-            what = (
-                f"{len(extra)} more positional argument(s)"
-                if extra
-                else "argument(s) " + ", ".join(plain_value(k) for k in sorted(unknown)[:8])
-            )
-            raise UsageError(f"DiPPipeline.load takes the model and keyword settings; it has no {what}")
+        _no_other_arguments(extra, unknown)
         model = model_argument(model)  # a PathLike's own __fspath__ runs once, here
         request = LoadRequest.checked(
             model, backend=backend, device=device, trust_checkpoint=trust_checkpoint, revision=revision,
@@ -578,8 +583,8 @@ class DiPPipeline:
             self._choose_auto(size, batch)
             self._auto_pending = False
         key: tuple[Any, ...] = (*size, batch if self.spec.name == "trt" else 0)  # TensorRT's profile: the batch
-        if self.source.loaded is not None and self.spec.backend.runs_from == "export":  # made from the module's
-            key += weights_signature(self.source.loaded.model)  # weights as they were: changed since, made again
+        if self.source.loaded is not None:  # made from (or of) the module as it was: changed since, made again (and
+            key += weights_signature(self.source.loaded.model)  # checked again, `LoadedModel.module`)
         if key not in self._engines:
             self._engines.clear()  # one engine alive at a time: a size change frees the last one
             self._engines[key] = self._make(self.spec, size, batch)

@@ -77,7 +77,7 @@ def collect(loaded: LoadedModel, size: tuple[int, int], settings: CalibrationSet
     rng = np.random.default_rng(settings.seed)
     seeds = [settings.seed + i for i in range(settings.samples)]
     classes = torch.from_numpy(rng.integers(0, loaded.config.num_classes, settings.samples))
-    recorder = _Recorder(loaded.model)
+    recorder = _Recorder(loaded.module())
     sampler = SamplerSettings(steps=settings.steps, cfg=settings.cfg, skip_uncond=False)
     sample(recorder, initial_noise(seeds, *size), classes, loaded.config.null_class, sampler)
     return {

@@ -25,7 +25,6 @@ from torch import Tensor, nn
 
 from dip_export.budget import check_export
 from dip_export.checkpoint import LoadedModel
-from dip_export.config import check_sampling_defaults
 from dip_export.errors import ExportError, UsageError
 from dip_export.export.manifest import MANIFEST, Manifest, graph_opset, ownership_problem, read_manifest, write_manifest
 from dip_export.export.naming import VARIANTS, export_folder_name
@@ -118,11 +117,7 @@ def _check_export_arguments(loaded: Any, image_size: Any, output_dir: Any, conso
         raise UsageError(f"export_onnx takes a LoadedModel (dip_export.checkpoint.resolve_model), got {type(loaded).__name__}")
     if console is not None and not isinstance(console, Console):
         raise UsageError(f"console must be a rich Console or None, got {type(console).__name__}")
-    loaded.module()  # its module still of its config
-    try:  # written into the manifest: checked as its reader checks it (a dict changed in place since it was set)
-        check_sampling_defaults(loaded.sampling)
-    except (UsageError, ValueError, TypeError) as err:
-        raise UsageError(f"the model's sampling defaults are refused: {err}") from None
+    loaded.module()  # its module still of its config, its fields (the sampling written into the manifest) as set
     out = None
     if output_dir is not None:  # "" would read as the working folder
         out = Path(path_text(output_dir, "output_dir (a folder, or None for the default under engines/)"))
@@ -149,7 +144,7 @@ def export_onnx(
     check_export_run(loaded, image_size, out, precision=precision)
     source = source_info(loaded)  # before tracing: a checkpoint changed since it was read is refused now, not after
     specs = io_specs(loaded.config, *image_size)
-    wrappers = _wrappers(loaded.model, precision)
+    wrappers = _wrappers(loaded.module(), precision)
     started = time.perf_counter()
     with atomic_dir(out, problem_of=ownership_problem) as tmp:
         files = {}
@@ -158,7 +153,7 @@ def export_onnx(
                 files[role] = export_submodel(wrappers[role], spec, loaded, tmp, opset)
         del wrappers  # a reduced-precision copy of the network is freed before verifying
         with console.status("verifying against PyTorch with ONNX Runtime ..."):
-            report = verify_export(tmp, files, loaded.model, specs, precision)
+            report = verify_export(tmp, files, loaded.module(), specs, precision)
         say_lines(console, format_report(report))
         manifest = Manifest(
             name=loaded.name,
@@ -203,7 +198,7 @@ def export_submodel(module: nn.Module, spec: SubModelSpec, loaded: LoadedModel, 
     else:
         x = torch.from_numpy(feeds["x"])
         with torch.no_grad():
-            tokens = loaded.model.backbone(x, torch.from_numpy(feeds["t"]), torch.from_numpy(feeds["y"]))
+            tokens = loaded.module().backbone(x, torch.from_numpy(feeds["t"]), torch.from_numpy(feeds["y"]))
         args = (x, tokens)
     path = folder / f"{spec.name}.onnx"
     before = set(folder.iterdir())

@@ -359,7 +359,7 @@ def _verify_quantized(
     """The quantized graphs against PyTorch by RMS relative error; above the tolerance an error (nothing is written)."""
     specs = io_specs(loaded.config, *image_size)
     with console.status("verifying against PyTorch ..."):
-        report = verify_export(folder, files, loaded.model, specs, "fp32")
+        report = verify_export(folder, files, loaded.module(), specs, "fp32")
     tolerance = FP8_TOLERANCE if fp8 else INT8_TOLERANCE
     report["metric"], report["tolerance"] = "rel_rms", tolerance
     report["worst_rel"] = max(r["rel_rms"] for r in report["rows"])

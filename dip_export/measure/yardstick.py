@@ -116,7 +116,7 @@ def model_identity(loaded: LoadedModel) -> str:
     """sha256 of what defines the model's numbers: its config and every tensor of its state (names, dtypes,
     shapes, bytes). Whatever chose them (a checkpoint's EMA or raw weights, a preset's random ones, a config
     given over the stored one, weights changed in memory) is in it; the file's name is not."""
-    return weights_digest(loaded.model, loaded.config)
+    return weights_digest(loaded.module(), loaded.config)
 
 
 def reference_key(loaded: LoadedModel, plan: SamplePlan, y: Yardstick, settings: SamplerSettings, device: torch.device) -> str:
@@ -144,7 +144,7 @@ def reference_images(
     never replaced. `on_step`: after every sampler step of the computation (none when cached).
     """
     if device is None:
-        device = next(loaded.model.parameters()).device
+        device = next(loaded.module().parameters()).device
     settings = ref_solver.reference_settings(base, REFERENCE_STEPS)
     key = reference_key(loaded, plan, y, settings, device)
     path = check_cache_folder() / f"{loaded.name}-{key[:16]}.npz"
