@@ -410,6 +410,7 @@ def run_bench(request: BenchRequest, console: Console, progress: Progress) -> No
     specs = [BackendSpec.parse(b) for b in names if b != "auto"]
     dev = resolve_device(request.device)
     _check_bench_graphs(request, dev, specs, auto="auto" in names or request.headline)
+    _check_bench_runnable(request, dev, specs, auto="auto" in names or request.headline)
     if request.samplers is not None or request.headline:  # the reference cache, before a model is read
         from dip_export.measure.yardstick import check_cache_folder
 
@@ -458,6 +459,20 @@ def _check_graphs_asked(cuda_graphs: bool | None, dev: torch.device, backend: st
     name = backend.partition(":")[0] if isinstance(backend, str) else ""
     named = [name] if name and name != "auto" else []
     check_options((CUDA_GRAPHS_RULE,), given_options({"--cuda-graphs": cuda_graphs}) | run_conditions(dev.type, named))
+
+
+def _check_bench_runnable(request: BenchRequest, dev: torch.device, specs: list[BackendSpec], auto: bool) -> None:
+    """A backend named that cannot run here (its device, its packages) is a row skipped with its reason beside the
+    others; but where none named can (`--backends trt:fp16` on a CPU device, the yardstick's one backend), the run
+    would time nothing that was asked: refused before any work, as dip-sample refuses it."""
+    from dip_export.runtime.backends import unavailable_reason
+
+    if auto or request.backends is None:
+        return
+    reasons = [(spec, unavailable_reason(spec, dev, from_model=True)) for spec in specs]
+    if reasons and all(reason is not None for _, reason in reasons):
+        spec, reason = reasons[0]
+        raise UsageError(f"--backends: none named runs on {dev.type} ({spec}: {reason}); name a backend this device runs")
 
 
 def _check_bench_graphs(request: BenchRequest, dev: torch.device, specs: list[BackendSpec], auto: bool) -> None:

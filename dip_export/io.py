@@ -75,7 +75,7 @@ def _tmp_tag(name: str, host: str, pid: int, create: bool) -> str | None:
         return None
     if key is None:
         return None
-    return hmac.new(key, f"{name}\0{host}\0{pid}".encode(), hashlib.sha256).hexdigest()[:16]
+    return hmac.new(key, f"{name}\0{host}\0{pid}".encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:16]
 
 
 PLACED_KINDS = frozenset(OUTPUT_KINDS) - {"auto-backend-cache"}  # a user's outputs (the cache lives in engines/)

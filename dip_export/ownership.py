@@ -410,6 +410,11 @@ def check_output_name(path: Path) -> None:
         raw = os.fsencode(str(path))
     except UnicodeError:
         raise UsageError("the output path is not text the file system can encode") from None
+    try:  # the tool writes its outputs' names into journals, tags and manifests as UTF-8 text
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"{visible(str(path), 200)}: the output path holds bytes that are not UTF-8 text; "
+                         "name it in UTF-8") from None  # fmt: skip
     for part in raw.split(b"/")[:-1]:
         if len(part) > 255:
             raise UsageError(f"{os.fsdecode(part)[:60]}...: a folder name in the output path is too long (at most 255 bytes)")
