@@ -87,19 +87,29 @@ class LoadedModel:
     checked_as: tuple[Any, ...] = field(default=(), init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "as_read", weights_signature(self.model))
+        object.__setattr__(self, "as_read", self._as_now())
+
+    def _as_now(self) -> tuple[Any, ...]:
+        """What `as_read` records: the module's weights (`weights_signature`) and where they were read from (source,
+        weights choice, file stamp); anything of it other than at load makes the model known by its weights alone."""
+        return (weights_signature(self.model), self.source, self.weights, self.stamp)
 
     def __setattr__(self, field_name: str, value: Any) -> None:
         """What names folders and is written into exports is checked whenever it is set, at creation or later: the
         name (`naming.model_name_problem`: one part of a folder name, printed as itself), the recommended sampling
         (as a stored file's, `check_sampling_defaults`) and the weights choice. The config is always the one the
-        module was built of. A module set after creation is not the source's (`identity` says so)."""
+        module was built of. A module set after creation is not the source's (`identity` says so); where the weights
+        were read from (source, weights choice, file stamp) is not set after creation at all."""
         if field_name in ("as_read", "checked_as"):
             raise UsageError(f"a model's {field_name} is the tool's own record; it is not set by hand")
         if field_name in ("model", "config"):
             _check_built_of(value if field_name == "model" else getattr(self, "model", None),
                             value if field_name == "config" else getattr(self, "config", None))  # fmt: skip
-        object.__setattr__(self, field_name, _field_value(field_name, value))
+        value = _field_value(field_name, value)
+        if field_name in _READ_AS and field_name in self.__dict__ and value != self.__dict__[field_name]:
+            raise UsageError(f"a model's {field_name} is where its weights were read from; it is not set after loading "
+                             "(load the model again, or make a new LoadedModel)")  # fmt: skip
+        object.__setattr__(self, field_name, value)
 
     def source_sha256(self) -> str:
         """sha256 of the checkpoint file as its weights were read ("" for a preset); a file changed since is refused."""
@@ -127,8 +137,8 @@ class LoadedModel:
         reference images; two models with the same identity compute the same numbers. A module whose weights
         changed in memory since (another module set, `load_state_dict`, an optimizer's step, a tensor's `.data`
         replaced) is known by its weights' content instead (`weights_digest`), never by its source's."""
-        if self.as_read != weights_signature(self.model):
-            return "weights:" + weights_digest(self.model, self.config)
+        if self.as_read != self._as_now():  # its weights' own content, once they are the architecture's (`module`)
+            return "weights:" + weights_digest(self.module(), self.config)
         return model_identity(self.source, self.weights, self.config, self.stamp)
 
     def module(self) -> DiP:
@@ -150,36 +160,73 @@ class LoadedModel:
     def moving(self) -> Iterator[None]:
         """Around the tool's own move of the module to a device (a torch engine's): weights as the source gave them
         before the move are still its after it (the move replaces each tensor's storage, not its values)."""
-        unchanged = self.as_read == weights_signature(self.model)
+        unchanged = self.as_read == self._as_now()
         yield
         if unchanged:
-            object.__setattr__(self, "as_read", weights_signature(self.model))
+            object.__setattr__(self, "as_read", self._as_now())
 
 
 def weights_signature(model: torch.nn.Module) -> tuple[Any, ...]:
-    """What any change of a module's weights in memory changes, read without touching their values: the module
-    object, each submodule's name and object, and each parameter's and buffer's name, object, storage, version
-    counter (which every in-place operation, an optimizer's step and `load_state_dict` advance), dtype, shape and
-    device. An in-place write through a tensor's `.data` (which torch counts nowhere) is not seen."""
-    modules = tuple((name, id(m)) for name, m in model.named_modules())
+    """What any change of a module's weights or architecture in memory changes, read without touching their values:
+    the module object, each submodule's name, object, settings (`_module_settings`) and hooks, the hooks every module
+    runs, and each parameter's and buffer's name, object, storage, version counter (which every in-place operation,
+    an optimizer's step and `load_state_dict` advance), dtype, shape, layout and device. An in-place write through a
+    tensor's `.data` (which torch counts nowhere) is not seen."""
+    modules = tuple((name, id(m), _module_settings(m), _hooks(m)) for name, m in model.named_modules())
     tensors = itertools.chain(model.named_parameters(), model.named_buffers())
-    return (id(model), modules, *((name, id(t), t.data_ptr(), t._version, t.dtype, tuple(t.shape), str(t.device))
-                                  for name, t in tensors))  # fmt: skip
+    return (id(model), modules, _global_hooks(), *((name, id(t), _storage(t), t._version, t.dtype, tuple(t.shape),
+                                                    t.layout, str(t.device)) for name, t in tensors))  # fmt: skip
+
+
+def _storage(tensor: Tensor) -> Any:
+    """Where a tensor's values live (a sparse or nested one has no one data pointer: its layout stands for it)."""
+    try:
+        return tensor.data_ptr()
+    except RuntimeError:
+        return ("no storage", str(tensor.layout))
+
+
+_PLAIN_SETTING = (bool, int, float, str, tuple, type(None), DiPConfig)
+
+
+def _module_settings(module: torch.nn.Module) -> tuple[Any, ...]:
+    """A module's own settings (its public attributes: `num_heads`, a convolution's `padding`, an activation's
+    `approximate`), as values where plain and as (type, object) otherwise (a function set as its `forward`)."""
+    return tuple(sorted((k, v if isinstance(v, _PLAIN_SETTING) else (type(v).__name__, id(v)))
+                        for k, v in vars(module).items() if not k.startswith("_") and k != "training"))  # fmt: skip
+
+
+def _hooks(module: torch.nn.Module) -> int:
+    """How many hooks a module holds (forward, backward, state-dict: each of torch's `_*hooks*` tables)."""
+    return sum(len(v) for k, v in vars(module).items() if "hooks" in k and isinstance(v, dict))
+
+
+def _global_hooks() -> int:
+    """Hooks torch runs around every module's call (`register_module_forward_hook` and its kin)."""
+    from torch.nn.modules import module as torch_module
+
+    names = [n for n in vars(torch_module) if n.startswith("_global_") and "hooks" in n]
+    return sum(len(table) for n in names if isinstance(table := getattr(torch_module, n), dict))
 
 
 def check_module(model: DiP) -> None:
-    """A module is what its config builds: the same submodules by name and type, the same weights by name and shape,
-    each a dense float32 tensor, all on one device (what `build_model` makes, and what the engines, the exporter and
-    the writer take). A UsageError names the first difference."""
+    """A module is what its config builds: the same submodules by name, type and settings, no hooks, the same weights
+    by name and shape, each a dense float32 tensor, all on one CPU or CUDA device (what `build_model` makes, and what
+    the engines, the exporter and the writer take). A UsageError names the first difference."""
     try:
         with torch.device("meta"):  # the architecture's modules, names and shapes, no memory for its weights
             fresh = DiP(model.cfg)
-        built = {name: type(m) for name, m in fresh.named_modules() if name}
-        held = {name: type(m) for name, m in model.named_modules() if name}
+        built = {name: (type(m), _module_settings(m)) for name, m in fresh.named_modules() if name}
+        held = {name: (type(m), _module_settings(m)) for name, m in model.named_modules() if name}
+        hooked = next(((name, _hooks(m)) for name, m in model.named_modules() if _hooks(m)), None)
         state = model.state_dict()
     except Exception:  # a module of the caller's whose own methods fail
         raise UsageError("the model's modules cannot be read (its named_modules or state_dict failed)") from None
     problem = _module_problem(built, held)
+    if problem is None and hooked is not None:
+        problem = f"module {name_text(hooked[0] or 'DiP', WEIGHT_NAME)} holds {hooked[1]} hook(s); remove them"
+    if problem is None and _global_hooks():
+        problem = f"{_global_hooks()} global module hook(s) are registered with torch; remove them"
     if problem is None:
         try:
             check_state_dict(fresh, state)
@@ -194,20 +241,27 @@ def check_module(model: DiP) -> None:
             problem = f"weight {name_text(odd, WEIGHT_NAME)} is {tensor.dtype}, {tensor.layout}; the model takes dense float32"
         elif len(devices) > 1:
             problem = f"its weights are on {len(devices)} devices ({', '.join(sorted(map(str, devices)))[:80]})"
+        elif devices and next(iter(devices)).type not in ("cpu", "cuda"):
+            problem = f"its weights are on the {next(iter(devices)).type} device, which holds no values; move it to cpu or cuda"
     if problem is not None:
         raise UsageError(f"the model in memory is not the one its config builds ({problem}); nothing was run")
 
 
-def _module_problem(built: dict[str, type], held: dict[str, type]) -> str | None:
+def _module_problem(built: dict[str, tuple[type, Any]], held: dict[str, tuple[type, Any]]) -> str | None:
     missing, extra = [n for n in built if n not in held], [n for n in held if n not in built]
     if missing or extra:
         which, names = ("missing", missing) if missing else ("not in the architecture", extra)
         more = f" (+{len(names) - 1} more)" if len(names) > 1 else ""
         return f"module {name_text(names[0], WEIGHT_NAME)} {which}{more}"
-    odd = next((n for n in built if held[n] is not built[n]), None)
+    odd = next((n for n in built if held[n][0] is not built[n][0]), None)
     if odd is not None:
-        kind = name_text(held[odd].__name__, CODE_NAME)
-        return f"module {name_text(odd, WEIGHT_NAME)} is {kind}, not {built[odd].__name__}"
+        kind = name_text(held[odd][0].__name__, CODE_NAME)
+        return f"module {name_text(odd, WEIGHT_NAME)} is {kind}, not {built[odd][0].__name__}"
+    odd = next((n for n in built if held[n][1] != built[n][1]), None)
+    if odd is not None:
+        theirs, ours, none = dict(held[odd][1]), dict(built[odd][1]), object()
+        key = next(k for k in sorted(set(theirs) | set(ours)) if theirs.get(k, none) != ours.get(k, none))
+        return f"module {name_text(odd, WEIGHT_NAME)}'s {name_text(key, WEIGHT_NAME)} is not the one its config builds"
     return None
 
 
@@ -233,6 +287,7 @@ _LOADED_TYPES: dict[str, Any] = {  # LoadedModel's other fields, as load_checkpo
     "model": DiP, "config": DiPConfig, "source": str, "size_assumed": bool,
     "held_on": (torch.device, type(None)), "stamp": (tuple, type(None)),
 }  # fmt: skip
+_READ_AS = ("source", "weights", "stamp")  # where the weights were read from: fixed once the model is made
 _RECHECKED = ("model", "config", "name", "source", "sampling", "size_assumed", "weights")  # what `module()` checks again
 
 

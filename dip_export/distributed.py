@@ -26,7 +26,7 @@ from dip_export.errors import DipError, UsageError
 from dip_export.generate import SamplePlan
 from dip_export.io import atomic_path, save_npz, temporary_pattern
 from dip_export.messages import say, shortened, where
-from dip_export.settings import plain_value, whole_text
+from dip_export.settings import exact_str, plain_value, type_name, whole_text
 from dip_export.untrusted import ArraySchema, ArraySpec, UntrustedFileError, read_npz
 
 SETTINGS_FILE = "settings.json"
@@ -67,7 +67,7 @@ class World:
         1..MAX_WORLD_SIZE, RANK and LOCAL_RANK 0..WORLD_SIZE-1 (whole numbers as `settings.whole_text` reads them);
         with more than one process also MASTER_ADDR and MASTER_PORT, where the process group meets. Else one
         UsageError naming the variable."""
-        env = os.environ if env is None else env
+        env = _world_env(os.environ if env is None else env)
         size = _env_number(env, "WORLD_SIZE", 1, 1, MAX_WORLD_SIZE, f"1..{MAX_WORLD_SIZE}")
         within = f"0..WORLD_SIZE-1 (WORLD_SIZE is {size})"
         rank = _env_number(env, "RANK", 0, 0, size - 1, within)
@@ -138,6 +138,28 @@ def join_timeout(backend: str) -> timedelta:
 
     nccl = getattr(constants, "default_pg_nccl_timeout", None) if backend == "nccl" else None
     return nccl or constants.default_pg_timeout
+
+
+WORLD_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _world_env(env: Any) -> dict[str, str]:
+    """The variables a world reads from a mapping of names to text (the environment's, or a caller's), read once as
+    plain text; anything else is one UsageError."""
+    if not isinstance(env, Mapping):
+        raise UsageError(f"the environment must be a mapping of names to text, got {type_name(env)}")
+    found = {}
+    for name in WORLD_VARIABLES:
+        try:
+            value = env.get(name)
+        except Exception:  # a caller's mapping whose own get fails
+            raise UsageError(f"the environment's {name} cannot be read from this {type_name(env)}") from None
+        if value is not None:
+            text = exact_str(value)
+            if type(text) is not str:
+                raise UsageError(f"{name} must be text, got {type_name(value)}")
+            found[name] = text
+    return found
 
 
 def _env_number(env: Mapping[str, str], name: str, default: int, lo: int, hi: int, within: str) -> int:

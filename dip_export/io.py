@@ -44,7 +44,7 @@ from dip_export.ownership import (
     temporary_names,
 )
 from dip_export.settings import exact_str, path_text, plain_value
-from dip_export.untrusted import unusable_text
+from dip_export.untrusted import MAX_JSON_BYTES, JsonShapeError, json_items, unusable_text
 
 
 def _umask() -> int:
@@ -212,14 +212,15 @@ def output_group() -> Iterator[None]:
     try:
         yield
         _GROUP.pending = None
-        for _, target, kind, _ in pending:
-            if kind is not None:
-                check_replaceable_output(target, kind)  # still the tool's after the work
-        with uninterrupted():
-            journals = _write_group_journals(pending) if len(pending) > 1 else []
-            for tmp, target, _, _ in pending:
-                _rename_into_place(tmp, target)
-            done = True
+        with _folders_locked([target.parent for _, target, _, _ in pending]):  # another run's group: before or after
+            for _, target, kind, _ in pending:
+                if kind is not None:
+                    check_replaceable_output(target, kind)  # still the tool's after the work
+            with uninterrupted():
+                journals = _write_group_journals(pending) if len(pending) > 1 else []
+                for tmp, target, _, _ in pending:
+                    _rename_into_place(tmp, target)
+                done = True
     finally:
         _GROUP.pending = None
         with uninterrupted():
@@ -229,6 +230,32 @@ def output_group() -> Iterator[None]:
                     _remove_made(made)
             for journal in journals:
                 journal.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _folders_locked(folders: Iterable[Path]) -> Iterator[None]:
+    """An exclusive advisory lock (flock) on each folder an output group writes to, taken in one order: two runs'
+    groups into the same folders check and rename one after the other, never interleaved (one run's npz beside the
+    other's grid). Waiting for it can be interrupted; a platform or file system that takes no lock gets none."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system
+        yield
+        return
+    fds: list[int] = []
+    try:
+        for folder in sorted({os.path.abspath(f) for f in folders}):
+            try:
+                fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            except OSError:
+                continue
+            fds.append(fd)
+            with contextlib.suppress(OSError):  # a file system without locks
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        for fd in fds:
+            os.close(fd)  # the lock goes with it
 
 
 GROUP_JOURNAL = "dip-export-group"  # what a group's journal is named as (`_tmp_prefix`'s host, pid and tag)
@@ -746,6 +773,10 @@ def save_json(path: Path, data: dict[str, object], kind: str) -> None:
     kind = output_kind(kind, JSON_KINDS, "JSON")
     if type(data) is not dict:
         raise UsageError(f"a JSON output holds a dict, got {type(data).__name__}")
+    try:  # bounded before any text is made: a dict holding itself, or one shared 2^60 times over, is refused
+        json_items(data, MAX_JSON_BYTES // 4)  # each value takes 4 bytes or more of the indented text
+    except JsonShapeError as err:
+        raise UsageError(f"cannot write {path}: its data are no JSON its reader takes ({err})") from None
     if unusable_text(data):  # a name decoded from bytes that are not UTF-8, say: the reader would refuse the file
         raise DipError(f"cannot write {path}: a text in it holds a NUL character or a lone surrogate")
     marked: dict[str, object] = {MARK_KEY: mark(kind)}  # the first field

@@ -83,6 +83,11 @@ class ModelSource:
 
     def __post_init__(self) -> None:
         """A source made by hand holds what `DiPPipeline.load` would have put there, or is refused in one line."""
+        self.check()
+
+    def check(self) -> None:
+        """`__post_init__`'s checks, made again where a pipeline uses the source (`plan`, `engine`): a field set
+        around the frozen setter since is refused as one given at creation."""
         if (self.loaded is None) == (self.export_dir is None):
             raise UsageError("a ModelSource holds exactly one of `loaded` and `export_dir`; make one with DiPPipeline.load(...)")
         kinds = {"name": str, "config": DiPConfig, "sampling": dict, "weights": str, "export_target": str}
@@ -572,6 +577,7 @@ class DiPPipeline:
 
     def engine(self, size: tuple[int, int] | None = None, batch: int | None = None) -> Denoiser:
         """The engine for an image size (made once; exports happen here, cached under engines/)."""
+        self.source.check()
         if size is not None:
             pair = plain_items(size, "size", 2) if issubclass(type(size), tuple | list) else None
             if pair is None or len(pair) != 2:
@@ -647,6 +653,7 @@ class DiPPipeline:
 
         `seed` (default 0) is the first seed of num_samples, or of classes without seeds; with seeds it is refused.
         """
+        self.source.check()  # what the plan is checked against is what the engine runs
         _check_plan_options(classes, seeds, num_samples, seed)
         first = 0 if seed is None else exact_int(seed, "seed", 0, MAX_SEED)  # a plain int: a uint8 seed + i would wrap
         return make_plan(self.config.num_classes, classes=classes, seeds=seeds, num_samples=num_samples, seed=first)

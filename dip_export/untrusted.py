@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -239,19 +240,49 @@ _UNUSABLE = re.compile("[\x00\ud800-\udfff]")
 
 def unusable_text(found: Any) -> bool:
     """Whether a key or text anywhere in JSON data holds a NUL or a lone surrogate: no file name or message can (the
-    reader refuses such a file, so no writer writes one)."""
-    stack = [found]
+    reader refuses such a file, so no writer writes one). Each list and dict is looked into once (a caller's data
+    may share one, or hold itself)."""
+    stack, seen = [found], set()
     while stack:
         item = stack.pop()
         if isinstance(item, str):
             if _UNUSABLE.search(item):
                 return True
-        elif isinstance(item, dict):
-            stack.extend(item)
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
+        elif isinstance(item, dict | list):
+            if id(item) in seen:
+                continue
+            seen.add(id(item))
+            stack.extend(itertools.chain(item, item.values()) if isinstance(item, dict) else item)
     return False
+
+
+class JsonShapeError(ValueError):
+    """Data a writer cannot write as JSON: a list or dict that holds itself, or more items than its reader takes."""
+
+
+def json_items(data: Any, limit: int) -> int:
+    """How many values the JSON text of `data` holds (a list or dict held n times counts n times), each list and dict
+    walked once; a JsonShapeError for one that holds itself, or past `limit` values (before any text is made)."""
+    counts: dict[int, int] = {}  # a finished list or dict: the values its text holds, itself included
+    open_now: set[int] = set()  # the lists and dicts on the path being walked
+    stack: list[tuple[Any, bool]] = [(data, False)]
+    while stack:
+        item, finished = stack.pop()
+        if not isinstance(item, dict | list):
+            continue
+        children = list(itertools.chain(item, item.values())) if isinstance(item, dict) else item
+        if finished:
+            counts[id(item)] = 1 + sum(counts.get(id(c), 1) for c in children)
+            open_now.discard(id(item))
+            if counts[id(item)] > limit:
+                raise JsonShapeError(f"it would hold more than {limit} values")
+        elif id(item) in open_now:
+            raise JsonShapeError("a list or dict in it holds itself")
+        elif id(item) not in counts:
+            open_now.add(id(item))
+            stack.append((item, True))
+            stack.extend((c, False) for c in children)
+    return counts.get(id(data), 1)
 
 
 def read_json(

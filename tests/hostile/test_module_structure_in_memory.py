@@ -24,8 +24,9 @@ from dip_export.errors import DipError, UsageError
 from dip_export.export.onnx_export import export_onnx
 from dip_export.runtime.backends import BackendSpec, make_torch_engine
 
-FEW = settings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
-CHANGES = ["identity", "narrower", "appended block", "dropped block", "half", "bf16 data", "zeros data", "integer buffer"]
+FEW = settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+CHANGES = ["identity", "narrower", "appended block", "dropped block", "half", "bf16 data", "zeros data", "integer buffer",
+           "meta", "sparse", "setting", "forward hook", "pre hook", "forward set", "activation setting"]  # fmt: skip
 
 
 def _change(model: torch.nn.Module, how: str, index: int) -> None:
@@ -49,8 +50,25 @@ def _change(model: torch.nn.Module, how: str, index: int) -> None:
         weight.data = weight.data.bfloat16()
     elif how == "zeros data":
         weight.data = torch.zeros(3 + index % 5, 2)
-    else:
+    elif how == "integer buffer":
         model.register_buffer(f"steps{index}", torch.zeros(2, dtype=torch.int64))
+    elif how == "meta":
+        model.to("meta")
+    elif how == "sparse":
+        setattr(parent, leaf, torch.nn.Linear(linear.in_features, linear.out_features))
+        getattr(parent, leaf).weight = torch.nn.Parameter(linear.weight.detach().to_sparse())
+    elif how == "setting":  # a number that shapes the computation, with every weight as it was
+        attention = model.blocks[index % len(model.blocks)].attn
+        attention.num_heads, attention.head_dim = attention.num_heads * 2, attention.head_dim // 2
+    elif how == "forward hook":
+        linear.register_forward_hook(lambda module, args, out: out * 0 + 0.7)
+    elif how == "pre hook":
+        linear.register_forward_pre_hook(lambda module, args: None)
+    elif how == "forward set":
+        linear.forward = lambda x: x
+    else:
+        activation = next(m for m in model.modules() if isinstance(m, torch.nn.SiLU))
+        activation.inplace = True
 
 
 @FEW
@@ -136,3 +154,53 @@ def test_the_tools_own_records_are_not_set_by_hand() -> None:
         with pytest.raises(UsageError, match="not set by hand"):
             setattr(loaded, name, ())
     assert isinstance(loaded, LoadedModel)
+
+
+def test_a_global_module_hook_is_refused_while_registered() -> None:
+    pipe = DiPPipeline.load(device="cpu", backend="torch")
+    first = pipe(classes=[1], seeds=[0], steps=2)
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda module, args, out: None)
+    try:
+        with pytest.raises(UsageError, match="global module hook"):
+            pipe(classes=[1], seeds=[0], steps=2)
+    finally:
+        handle.remove()
+    assert np.array_equal(pipe(classes=[1], seeds=[0], steps=2), first)
+
+
+@pytest.mark.parametrize(("field", "value"), [("stamp", None), ("source", "other.safetensors"), ("weights", "raw")])
+def test_where_the_weights_were_read_from_is_not_set_after_loading(tmp_path: Path, field: str, value) -> None:
+    """An identity is the source's only while source, weights choice and file stamp are those of the load: a stamp
+    dropped or a source renamed would have the export of these weights recorded as another file's and reused for it."""
+    loaded = resolve_model(None)
+    before = loaded.identity
+    with pytest.raises(UsageError, match="not set after loading"):
+        setattr(loaded, field, value)
+    setattr(loaded, field, getattr(loaded, field))  # its own value again: nothing changes
+    assert loaded.identity == before
+    object.__setattr__(loaded, field, value)  # around the setter: known by its weights alone from now on
+    assert loaded.identity.startswith("weights:")
+
+
+def test_a_source_config_set_around_its_setter_is_refused_where_used() -> None:
+    import dataclasses
+
+    pipe = DiPPipeline.load(device="cpu", backend="torch")
+    other = dataclasses.replace(pipe.source.config, num_classes=1000)
+    object.__setattr__(pipe.source, "config", other)
+    with pytest.raises(UsageError, match="config is not its loaded model's"):
+        pipe(classes=[999], seeds=[0], steps=2)
+    with pytest.raises(UsageError, match="config is not its loaded model's"):
+        pipe.engine()
+
+
+@pytest.mark.parametrize("forecast", ["linear", "quadratic"])
+def test_a_settings_object_asking_a_forecast_with_no_cache_is_refused_as_the_overrides_are(forecast: str) -> None:
+    from dip_export.sampling.rules import SamplerSettings
+
+    with pytest.raises(UsageError, match="forecasts between backbone refreshes"):
+        SamplerSettings(steps=4, method="euler", cache_interval=1, token_forecast=forecast)
+    pipe = DiPPipeline.load(device="cpu", backend="torch")
+    with pytest.raises(UsageError, match="forecasts between backbone refreshes"):
+        pipe(classes=[1], seeds=[0], steps=4, sampler="euler", token_forecast=forecast)
+    assert SamplerSettings(steps=4, cache_interval=2, token_forecast=forecast).token_forecast == forecast

@@ -21,7 +21,7 @@ from rich.console import Console
 import dip_export.distributed as distributed
 from dip_export import cli
 from dip_export.distributed import MAX_PORT, World
-from dip_export.errors import DipError
+from dip_export.errors import DipError, UsageError
 from dip_export.messages import plain_line
 from tests.test_hostile import run, waited_then_one_line
 
@@ -125,3 +125,14 @@ def test_dip_sample_refuses_an_address_that_does_not_resolve(tmp_path: Path, mon
     assert code == 1 and line.startswith("error: rank 0 of 2: MASTER_ADDR of nonexistent.invalid:29997 does not resolve (")
     assert line.endswith("); no process group can meet there") and "waiting" not in err
     assert not (tmp_path / "t.npz").exists()
+
+
+@pytest.mark.parametrize(
+    "env",
+    [[("WORLD_SIZE", "2")], "WORLD_SIZE=2", {"WORLD_SIZE": 2}, {"RANK": b"0"}, {"WORLD_SIZE": "2", "MASTER_ADDR": 1},
+     {"LOCAL_RANK": 0.0}, 5, None.__class__],
+)  # fmt: skip
+def test_an_environment_of_another_shape_is_one_line(env) -> None:
+    with pytest.raises(UsageError) as err:
+        World.from_env(env)
+    assert "\n" not in str(err.value) and type(err.value) is UsageError
