@@ -744,7 +744,14 @@ def run_export_trt(
 ) -> None:  # fmt: skip
     """dip-export trt: TensorRT engines for an export folder (SOURCE, --output-dir, or the newest under engines/)."""
     from dip_export.export.onnx_export import EXPORT_ROOT
-    from dip_export.export.trt_build import BatchProfile, build_trt, check_build_options, check_timing_cache, export_for_source
+    from dip_export.export.trt_build import (
+        BatchProfile,
+        build_trt,
+        check_build_options,
+        check_precision_supported,
+        check_timing_cache,
+        export_for_source,
+    )  # fmt: skip
     from dip_export.runtime.catalog import check_available
     from dip_export.runtime.trt_support import gpu_identity, import_tensorrt
 
@@ -760,7 +767,7 @@ def run_export_trt(
     check_available("trt", from_model=from_model)  # what is missing comes first, before an export is made
     if source is not None:
         import_tensorrt()
-        gpu_identity()
+        check_precision_supported(precision, gpu_identity()[1])  # this GPU builds it: before the export it builds from
         check_timing_cache(timing_cache)
         output_dir = export_for_source(source, console, max_batch=profile.max)
     build_trt(

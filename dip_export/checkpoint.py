@@ -741,8 +741,12 @@ def load_checkpoint(
 
 def check_checkpoint_name(path: Path) -> None:
     """A name `save_checkpoint` writes (every surface checks it before its work): one its reader takes, the model
-    named after it (`_check_model_name`), and .safetensors (a .pt name would be read as a pickle)."""
-    _check_model_name(path)
+    named after it (`_check_model_name`), and .safetensors (a .pt name would be read as a pickle). A name to write is
+    an argument: refused as a bad argument is (UsageError), not as a bad file."""
+    try:
+        _check_model_name(path)
+    except CheckpointError as err:
+        raise UsageError(str(err)) from None
     if path.suffix != ".safetensors":
         raise UsageError(f"{path}: save_checkpoint writes safetensors; name the file .safetensors")
 

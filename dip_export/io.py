@@ -165,6 +165,8 @@ def atomic_path(target: Path | str, kind: str | None = None, size: int = 0) -> I
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result should read like any new file
         with _write_errors(target, tmp):
             yield tmp
+        if not tmp.is_symlink():  # a writer that made the file anew at the name (safetensors does) made it 0600
+            os.chmod(tmp, 0o666 & ~_umask())
         if kind is not None:
             if not is_ours(tmp, kind):
                 raise DipError(f"cannot write {target}: the new file lacks this tool's mark")

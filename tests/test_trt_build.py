@@ -386,3 +386,21 @@ def test_a_timing_cache_is_read_only_at_a_timing_caches_size(tmp_path, monkeypat
         assert "\n" not in str(err.value)
     else:
         assert trt_build._timing_cache_bytes(path) == bytes(size)
+
+
+@pytest.mark.parametrize(("flag", "capability", "words"), [("--fp8", (7, 5), "fp8 needs compute capability 8.9"),
+                                                           ("--fp8", (8, 6), "fp8 needs compute capability 8.9"),
+                                                           ("--bf16", (7, 5), "bf16 needs compute capability 8.0")])  # fmt: skip
+def test_a_precision_this_gpu_cannot_build_is_refused_before_the_export_from_a_checkpoint(tmp_path, monkeypatch, flag,
+                                                                                         capability, words):  # fmt: skip
+    """From a checkpoint SOURCE, the export it builds from takes minutes: the GPU's precision is checked first."""
+    import dip_export.export.trt_build as trt_build
+    from dip_export.checkpoint import DEMO_CHECKPOINT
+
+    FakeCuda(capability=capability).install(monkeypatch)
+    fake_tensorrt.install(monkeypatch)
+    monkeypatch.setattr(trt_build, "export_for_source", lambda *a, **k: pytest.fail("exported before the precision check"))
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(export_app, ["trt", flag, str(DEMO_CHECKPOINT)])
+    assert result.exit_code == 2 and words in result.output, result.output
+    assert not (tmp_path / "engines").exists()

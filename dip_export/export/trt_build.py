@@ -263,11 +263,11 @@ def build_trt(
     check_timing_cache(timing_cache)
     device = torch.device("cuda" if device is None else device)
     gpu, capability = gpu_identity(device)
+    check_precision_supported(precision, capability)
     folder = find_export(root, output_dir)
     check_outputs_apart([("the export folder", folder)])  # the engines go inside it: the owner key is made only apart
     if output_dir is None:
         say(console, f"building from {folder} (the most recent export under {root}/)")
-    check_precision_supported(precision, capability)
     manifest = read_manifest(folder)
     existing = _reusable(manifest, folder, precision, trt.__version__, gpu, profile, opt_level, covering)
     if existing is not None:

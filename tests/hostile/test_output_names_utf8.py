@@ -88,7 +88,7 @@ def test_every_command_refuses_one_before_work(tmp_path: Path, monkeypatch, main
     name = str(tmp_path / _name("o", raw, suffix))
     code, err = run(main, *args, option, name)
     if option == "--output":  # a model file: named after it, its name is refused first (as its reader refuses it)
-        one_line(code, err, 1, "not printed as itself")
+        one_line(code, err, 2, "not printed as itself")
     else:
         one_line(code, err, 2, "not UTF-8 text")
     assert os.listdir(tmp_path) == []
