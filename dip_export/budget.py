@@ -81,7 +81,8 @@ ORT_SESSION_BYTES = 96 << 20  # a session's fixed cost: the graph, its optimised
 TORCH_DETAILER_MAPS = 6  # full-resolution maps of the detailer held at once: a skip, the upsampled map, their
 # concatenation (two) and the last convolution with its activation
 TORCH_ACTIVATION_MARGIN = (3, 2)  # x1.5 over one call: the sampler's own copies and the allocator's rounding
-TORCH_RUN_BYTES = 48 << 20  # a run's fixed cost over an idle process: the model's modules, kernels and thread pools
+TORCH_RUN_BYTES = 128 << 20  # a run's fixed cost over an idle process: the model's modules, kernels and thread pools,
+# and the modules torch loads for the architecture check's meta-device model (`checkpoint.check_module`: ~70 MB)
 EXPORT_FIXED_BYTES = 224 << 20  # the exporter's modules and the traced program, kept for the rest of the process
 
 

@@ -17,6 +17,7 @@ import math
 import pickle
 import re
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,13 +82,20 @@ class LoadedModel:
     weights: str = "ema"  # which weights of a training checkpoint were taken (ema | raw)
     held_on: torch.device | None = field(default=None, compare=False, repr=False)  # the device a pipeline holds it on
     stamp: Stamp | None = field(default=None, compare=False, repr=False)  # the file as its weights were read
-    # the module's weights as the source gave them (`weights_signature`); another signature: changed in memory since
-    as_read: tuple[Any, ...] = field(default=(), init=False, compare=False, repr=False)
-    # the signature its module last had where `module()` found it the architecture's; () before the first check
-    checked_as: tuple[Any, ...] = field(default=(), init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "as_read", self._as_now())
+        _record(self, "as_read", self._as_now())
+
+    @property
+    def as_read(self) -> tuple[Any, ...]:
+        """The module's weights and where they were read from, as at load (`_as_now`); another: changed since.
+        Kept outside the object (`_RECORDS`): nothing set on it changes the record."""
+        return _RECORDS.get(id(self), {}).get("as_read", ())
+
+    @property
+    def checked_as(self) -> tuple[Any, ...]:
+        """The signature its module last had where `module()` found it the architecture's; () before the first check."""
+        return _RECORDS.get(id(self), {}).get("checked_as", ())
 
     def _as_now(self) -> tuple[Any, ...]:
         """What `as_read` records: the module's weights (`weights_signature`) and where they were read from (source,
@@ -153,7 +161,7 @@ class LoadedModel:
         signature = weights_signature(self.model)
         if signature != self.checked_as:
             check_module(self.model)
-            object.__setattr__(self, "checked_as", signature)
+            _record(self, "checked_as", signature)
         return self.model
 
     @contextlib.contextmanager
@@ -163,7 +171,19 @@ class LoadedModel:
         unchanged = self.as_read == self._as_now()
         yield
         if unchanged:
-            object.__setattr__(self, "as_read", self._as_now())
+            _record(self, "as_read", self._as_now())
+
+
+_RECORDS: dict[int, dict[str, tuple[Any, ...]]] = {}  # each live LoadedModel's records, by id (gone with it)
+
+
+def _record(loaded: LoadedModel, key: str, value: tuple[Any, ...]) -> None:
+    """Keep one of the tool's records of `loaded` outside it (a copy of the object has none: known by its weights
+    alone, checked on use); the entry goes when the object does, before its id can be another's."""
+    if id(loaded) not in _RECORDS:
+        _RECORDS[id(loaded)] = {}
+        weakref.finalize(loaded, _RECORDS.pop, id(loaded), None)
+    _RECORDS[id(loaded)][key] = value
 
 
 def weights_signature(model: torch.nn.Module) -> tuple[Any, ...]:
@@ -216,8 +236,8 @@ def check_module(model: DiP) -> None:
     try:
         with torch.device("meta"):  # the architecture's modules, names and shapes, no memory for its weights
             fresh = DiP(model.cfg)
-        built = {name: (type(m), _module_settings(m)) for name, m in fresh.named_modules() if name}
-        held = {name: (type(m), _module_settings(m)) for name, m in model.named_modules() if name}
+        built = {name: (type(m), _module_settings(m)) for name, m in fresh.named_modules()}  # "": the model itself
+        held = {name: (type(m), _module_settings(m)) for name, m in model.named_modules()}
         hooked = next(((name, _hooks(m)) for name, m in model.named_modules() if _hooks(m)), None)
         state = model.state_dict()
     except Exception:  # a module of the caller's whose own methods fail
@@ -253,7 +273,7 @@ def _module_problem(built: dict[str, tuple[type, Any]], held: dict[str, tuple[ty
         which, names = ("missing", missing) if missing else ("not in the architecture", extra)
         more = f" (+{len(names) - 1} more)" if len(names) > 1 else ""
         return f"module {name_text(names[0], WEIGHT_NAME)} {which}{more}"
-    odd = next((n for n in built if held[n][0] is not built[n][0]), None)
+    odd = next((n for n in built if n and held[n][0] is not built[n][0]), None)  # the model: a DiP of any class
     if odd is not None:
         kind = name_text(held[odd][0].__name__, CODE_NAME)
         return f"module {name_text(odd, WEIGHT_NAME)} is {kind}, not {built[odd][0].__name__}"
@@ -261,7 +281,8 @@ def _module_problem(built: dict[str, tuple[type, Any]], held: dict[str, tuple[ty
     if odd is not None:
         theirs, ours, none = dict(held[odd][1]), dict(built[odd][1]), object()
         key = next(k for k in sorted(set(theirs) | set(ours)) if theirs.get(k, none) != ours.get(k, none))
-        return f"module {name_text(odd, WEIGHT_NAME)}'s {name_text(key, WEIGHT_NAME)} is not the one its config builds"
+        where = f"module {name_text(odd, WEIGHT_NAME)}'s" if odd else "the model's"
+        return f"{where} {name_text(key, WEIGHT_NAME)} is not the one its config builds"
     return None
 
 

@@ -314,4 +314,4 @@ def test_schedule_refuses_a_name_its_writer_would_refuse_before_the_fit(tmp_path
     refuses after minutes of fitting is refused before anything is built."""
     monkeypatch.chdir(tmp_path)
     code, err = run(cli.export_main, "schedule", "--output", f"{stem}.safetensors")
-    one_line(code, err, 1, "the model is named after its file")
+    one_line(code, err, 2, "the model is named after its file")  # a bad argument

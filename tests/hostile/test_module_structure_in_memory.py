@@ -204,3 +204,32 @@ def test_a_settings_object_asking_a_forecast_with_no_cache_is_refused_as_the_ove
     with pytest.raises(UsageError, match="forecasts between backbone refreshes"):
         pipe(classes=[1], seeds=[0], steps=4, sampler="euler", token_forecast=forecast)
     assert SamplerSettings(steps=4, cache_interval=2, token_forecast=forecast).token_forecast == forecast
+
+
+@pytest.mark.parametrize("name", ["detailer", "backbone", "forward"])
+def test_a_method_set_on_the_model_itself_is_refused(name: str) -> None:
+    pipe = DiPPipeline.load(device="cpu", backend="torch")
+    first = pipe(classes=[1], seeds=[0], steps=2)
+    assert pipe.source.loaded is not None
+    model = pipe.source.loaded.model
+    setattr(model, name, lambda *args, **kwargs: None)
+    with pytest.raises(UsageError, match=f"the model's {name} is not the one its config builds"):
+        pipe(classes=[1], seeds=[0], steps=2)
+    delattr(model, name)
+    assert np.array_equal(pipe(classes=[1], seeds=[0], steps=2), first)
+
+
+def test_the_tools_records_live_outside_the_model() -> None:
+    """Nothing set on a LoadedModel, by any means, changes what the tool recorded of it at load or at its last check."""
+    import copy
+
+    loaded = resolve_model(None)
+    identity, read = loaded.identity, loaded.as_read
+    with torch.no_grad():
+        loaded.model.blocks[0].attn.qkv.weight.mul_(0.0)
+    for name in ("as_read", "checked_as"):
+        with pytest.raises(AttributeError):
+            object.__setattr__(loaded, name, read)
+    assert loaded.identity != identity and loaded.identity.startswith("weights:")
+    twin = copy.copy(loaded)  # no records of its own: known by its weights, checked on use
+    assert twin.as_read == () and twin.identity == loaded.identity

@@ -149,6 +149,9 @@ def test_bench_on_cuda_refuses_cuda_graphs_only_where_no_named_backend_has_them(
 
     monkeypatch.setattr(dip_export.app, "resolve_device", lambda _: torch.device("cuda"))
     monkeypatch.setattr(DiPPipeline, "load", classmethod(reached))
+    import dip_export.runtime.backends as backends_module  # a CUDA machine with the GPU packages installed
+
+    monkeypatch.setattr(backends_module, "unavailable_reason", lambda *a, **k: None)
     code, err = _bench("--backends", backends)
     if refused:
         one_line(code, err, 2, "--cuda-graphs does not apply to backend onnx")
