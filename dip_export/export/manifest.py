@@ -205,6 +205,9 @@ def parse_manifest(data: Any) -> Manifest:
     _check_name(data)
     _short_text(data["versions"], data["versions"], "versions.", 100)
     _short_text(data["source"], data["source"], "source.", 4096)  # an absolute checkpoint path and its sha256
+    digest = data["source"].get("sha256", "")
+    if not isinstance(digest, str) or not (digest == "" or _SHA256.fullmatch(digest)):
+        raise ValueError("source.sha256 must be a checkpoint's sha256 (64 hex digits) or empty")
     if data["precision"] not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {plain_value(data['precision'])}")
     size = data["image_size"]
@@ -283,7 +286,7 @@ def _check_contents(contents: dict[str, Any]) -> None:
         size = entry.get("size") if isinstance(entry, dict) else None
         digest = entry.get("sha256") if isinstance(entry, dict) else None
         sized = type(size) is int and size >= 0
-        named = plain_relative(rel) and ".." not in rel.split("/") and "\\" not in rel
+        named = plain_relative(rel) and ".." not in rel.split("/") and "\\" not in rel and rel != MANIFEST
         if not named or not sized or not isinstance(digest, str) or not _SHA256.fullmatch(digest):
             raise ValueError(f"contents entry {name_text(rel, r'[A-Za-z0-9_./-]{1,80}')} must be a plain file name inside "
                              "the folder with its size and sha256")  # fmt: skip

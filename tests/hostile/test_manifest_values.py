@@ -215,3 +215,27 @@ def test_a_negative_relative_error_is_no_verification(pristine, tmp_path):
     (folder / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(DipError, match=r"verification.worst_rel is not within 0..its tolerance"):
         DiPPipeline.load(folder)
+
+
+DIGESTS = st.one_of(st.text(max_size=70), st.integers(), st.none()).filter(lambda d: not (isinstance(d, str) and len(d) == 64))
+
+
+@FAST
+@given(digest=DIGESTS)
+    digest=st.one_of(st.text(max_size=70), st.integers(), st.none()).filter(lambda d: not (isinstance(d, str) and len(d) == 64))
+)
+def test_a_source_sha256_is_a_checkpoints_digest_or_empty(pristine: Path, digest: Any) -> None:
+    data = _data(pristine)
+    data["source"]["sha256"] = digest
+    if digest == "":
+        parse_manifest(data)
+        return
+    with pytest.raises((ValueError, TypeError)):
+        parse_manifest(data)
+
+
+def test_the_contents_never_list_the_manifest_itself(pristine: Path) -> None:
+    data = _data(pristine)
+    data["contents"]["manifest.json"] = {"size": 1, "sha256": "0" * 64}
+    with pytest.raises(ValueError, match=r"contents entry manifest\.json"):
+        parse_manifest(data)
