@@ -222,8 +222,6 @@ DIGESTS = st.one_of(st.text(max_size=70), st.integers(), st.none()).filter(lambd
 
 @FAST
 @given(digest=DIGESTS)
-    digest=st.one_of(st.text(max_size=70), st.integers(), st.none()).filter(lambda d: not (isinstance(d, str) and len(d) == 64))
-)
 def test_a_source_sha256_is_a_checkpoints_digest_or_empty(pristine: Path, digest: Any) -> None:
     data = _data(pristine)
     data["source"]["sha256"] = digest
