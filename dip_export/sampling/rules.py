@@ -136,17 +136,13 @@ class TokenCacheNeverAppliesError(UsageError):
 
 
 def check_token_cache(settings: SamplerSettings) -> None:
-    """Refuse a refresh interval longer than the run and a forecast that no evaluation of the run would make (a
-    linear or quadratic one with every evaluation a refresh, too).
+    """Refuse a refresh interval longer than the run and a forecast that no evaluation of the run would make.
 
     A forecast through n backbone results is made at an evaluation after n refreshes of its kind (paired or
     conditional-only) and within the interval of the last; whether any evaluation of this run is one is decided
     by the run's own token schedule (host-side, stopping at the first evaluation that skips the backbone).
     """
     check_given_together({"cache_interval": settings.cache_interval, "steps": settings.steps, "method": settings.method})
-    if settings.token_forecast in ("linear", "quadratic") and settings.cache_interval == 1:  # "auto": per solver
-        raise TokenCacheNeverAppliesError(f"token forecast {settings.token_forecast} forecasts between backbone refreshes: "
-                                          "give a cache interval of 2 or more with it (--cache-interval)")  # fmt: skip
     for check in RUN_CHECKS:  # the checks that need the sampler's own schedule (registered by sampling.loop)
         check(settings)
 

@@ -50,9 +50,11 @@ def test_load_refuses(kwargs):
         {"classes": [1], "seeds": [1], "cfg": 10**400},
     ],
 )
-def test_call_refuses_before_sampling(pipe, kwargs):
-    calls = []
-    pipe.source.loaded.model.register_forward_pre_hook(lambda *a: calls.append(1))
+def test_call_refuses_before_sampling(pipe, kwargs, monkeypatch):
+    from dip_export.model import DiP
+
+    calls, backbone = [], DiP.backbone
+    monkeypatch.setattr(DiP, "backbone", lambda self, *a: calls.append(1) or backbone(self, *a))  # the class's: no hook
     with pytest.raises(UsageError):
         pipe(steps=1, **kwargs)
     assert calls == []  # refused before the network ran

@@ -194,18 +194,6 @@ def test_a_source_config_set_around_its_setter_is_refused_where_used() -> None:
         pipe.engine()
 
 
-@pytest.mark.parametrize("forecast", ["linear", "quadratic"])
-def test_a_settings_object_asking_a_forecast_with_no_cache_is_refused_as_the_overrides_are(forecast: str) -> None:
-    from dip_export.sampling.rules import SamplerSettings
-
-    with pytest.raises(UsageError, match="forecasts between backbone refreshes"):
-        SamplerSettings(steps=4, method="euler", cache_interval=1, token_forecast=forecast)
-    pipe = DiPPipeline.load(device="cpu", backend="torch")
-    with pytest.raises(UsageError, match="forecasts between backbone refreshes"):
-        pipe(classes=[1], seeds=[0], steps=4, sampler="euler", token_forecast=forecast)
-    assert SamplerSettings(steps=4, cache_interval=2, token_forecast=forecast).token_forecast == forecast
-
-
 @pytest.mark.parametrize("name", ["detailer", "backbone", "forward"])
 def test_a_method_set_on_the_model_itself_is_refused(name: str) -> None:
     pipe = DiPPipeline.load(device="cpu", backend="torch")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from dip_export.checkpoint import save_checkpoint
-from dip_export.errors import CheckpointError, UsageError
+from dip_export.errors import UsageError
 from dip_export.export.manifest import ownership_problem
 from dip_export.io import save_json, save_npz, save_png
 
@@ -93,6 +93,6 @@ def test_save_json_refuses_what_the_reader_would_before_any_file(tmp_path: Path,
 
 
 def test_save_checkpoint_refuses_a_name_its_reader_refuses(tmp_path: Path, loaded) -> None:
-    with pytest.raises(CheckpointError, match="rename the file") as caught:
+    with pytest.raises(UsageError, match="rename the file") as caught:
         save_checkpoint(tmp_path / "ctrl\x1b.safetensors", loaded.model)
     assert "\x1b" not in str(caught.value) and list(tmp_path.iterdir()) == []
