@@ -242,11 +242,11 @@ def check_module(model: DiP) -> None:
         state = model.state_dict()
     except Exception:  # a module of the caller's whose own methods fail
         raise UsageError("the model's modules cannot be read (its named_modules or state_dict failed)") from None
-    problem = _module_problem(built, held)
+    problem, everywhere = _module_problem(built, held), _global_hooks()
     if problem is None and hooked is not None:
         problem = f"module {name_text(hooked[0] or 'DiP', WEIGHT_NAME)} holds {hooked[1]} hook(s); remove them"
-    if problem is None and _global_hooks():
-        problem = f"{_global_hooks()} global module hook(s) are registered with torch; remove them"
+    if problem is None and everywhere:
+        problem = f"{everywhere} global module hook(s) are registered with torch; remove them"
     if problem is None:
         try:
             check_state_dict(fresh, state)

@@ -162,11 +162,10 @@ def atomic_path(target: Path | str, kind: str | None = None, size: int = 0) -> I
                 raise DipError(f"cannot write {target}: {err.strerror or err}") from None
             os.close(fd)
             tmp = Path(tmp_name)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result should read like any new file
         with _write_errors(target, tmp):
             yield tmp
-        if not tmp.is_symlink():  # a writer that made the file anew at the name (safetensors does) made it 0600
-            os.chmod(tmp, 0o666 & ~_umask())
+        if not tmp.is_symlink():  # mkstemp makes 0600 (so does a writer that makes the file anew at the name, as
+            os.chmod(tmp, 0o666 & ~_umask())  # safetensors does): the result reads like any new file
         if kind is not None:
             if not is_ours(tmp, kind):
                 raise DipError(f"cannot write {target}: the new file lacks this tool's mark")

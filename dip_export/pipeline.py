@@ -376,6 +376,17 @@ def _no_other_arguments(extra: tuple[Any, ...], unknown: dict[str, Any]) -> None
         raise UsageError(f"DiPPipeline.load takes the model and keyword settings; it has no {what}")
 
 
+def _check_auto_cache(backend: str | None) -> None:
+    """`--backend auto`'s cache under engines/, checked before a model is read or a Hub request made (other backends:
+    nothing to check)."""
+    if backend != "auto":
+        return
+    from dip_export.export.onnx_export import EXPORT_ROOT
+    from dip_export.measure.autobackend import check_cache
+
+    check_cache(EXPORT_ROOT)
+
+
 class DiPPipeline:
     """A DiP model on one backend and device, ready to turn classes and seeds into images.
 
@@ -494,20 +505,14 @@ class DiPPipeline:
             model, backend=backend, device=device, trust_checkpoint=trust_checkpoint, revision=revision,
             image_size=image_size, batch_size=batch_size, num_samples=num_samples, console=console,
         )  # fmt: skip
-        if request.backend == "auto":  # its cache, before a model is read or a Hub request made
-            from dip_export.export.onnx_export import EXPORT_ROOT
-            from dip_export.measure.autobackend import check_cache
-
-            check_cache(EXPORT_ROOT)
+        _check_auto_cache(request.backend)  # before a model is read or a Hub request made
         source = open_source(
-            model, preset=preset, weights=weights, trust_checkpoint=request.trust, revision=request.revision,
-            check=request.fits,
+            model, preset=preset, weights=weights, trust_checkpoint=request.trust, revision=request.revision, check=request.fits,
         )  # fmt: skip
-        size = request.size_of(source)
         auto = request.backend == "auto"  # decided on first use (engine()), after the caller's cheap checks; until then
         # torch for a checkpoint, and what an export folder holds (refused now if that cannot run)
         spec = _backend_for(source, None if auto else request.backend)  # the constructor checks it against the device
-        pipe = cls(source, spec, request.device, console, image_size=size, batch_size=request.batch_size)
+        pipe = cls(source, spec, request.device, console, image_size=request.size_of(source), batch_size=request.batch_size)
         pipe._auto_pending = auto
         pipe.check_budget(request.num_samples)
         return pipe

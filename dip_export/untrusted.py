@@ -248,7 +248,7 @@ def unusable_text(found: Any) -> bool:
         if isinstance(item, str):
             if _UNUSABLE.search(item):
                 return True
-        elif isinstance(item, dict | list):
+        elif isinstance(item, dict | list | tuple):  # a tuple: written as a list
             if id(item) in seen:
                 continue
             seen.add(id(item))
@@ -268,7 +268,7 @@ def json_items(data: Any, limit: int) -> int:
     stack: list[tuple[Any, bool]] = [(data, False)]
     while stack:
         item, finished = stack.pop()
-        if not isinstance(item, dict | list):
+        if not isinstance(item, dict | list | tuple):  # a tuple: written as a list
             continue
         children = list(itertools.chain(item, item.values())) if isinstance(item, dict) else item
         if finished:

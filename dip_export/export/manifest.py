@@ -204,10 +204,7 @@ def parse_manifest(data: Any) -> Manifest:
     _typed(data, "owner_mac", str, required=False)
     _check_name(data)
     _short_text(data["versions"], data["versions"], "versions.", 100)
-    _short_text(data["source"], data["source"], "source.", 4096)  # an absolute checkpoint path and its sha256
-    digest = data["source"].get("sha256", "")
-    if not isinstance(digest, str) or not (digest == "" or _SHA256.fullmatch(digest)):
-        raise ValueError("source.sha256 must be a checkpoint's sha256 (64 hex digits) or empty")
+    _check_source(data["source"])
     if data["precision"] not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {plain_value(data['precision'])}")
     size = data["image_size"]
@@ -225,16 +222,27 @@ def parse_manifest(data: Any) -> Manifest:
         raise KeyError("verification")
     _check_verification(data["verification"])
     check_sampling_defaults(data.get("sampling", {}))
-    target = data.get("extra", {}).get("target", "onnx")
-    if not isinstance(target, str) or target not in BUILD_TARGETS:
-        raise ValueError(f"extra.target must be one of {', '.join(BUILD_TARGETS)}, got {value_kind(target)}")
-    if target != "onnx" and data["precision"] not in ("int8", "fp8"):  # what `--target` takes (BuildSettings)
-        raise ValueError(f"extra.target {target} goes with an int8 or fp8 export, not {data['precision']}")
+    _check_target(data.get("extra", {}).get("target", "onnx"), data["precision"])
     manifest = Manifest.from_json(data)
     patch = manifest.config.patch_size
     if any(v % patch for v in manifest.image_size):
         raise ValueError(f"image_size {size} is not a multiple of the patch size {patch}")
     return manifest
+
+
+def _check_source(source: dict[str, Any]) -> None:
+    """The checkpoint an export was made from: short text values, its sha256 a digest (or empty: a preset, the demo)."""
+    _short_text(source, source, "source.", 4096)  # an absolute checkpoint path and its sha256
+    if not (source.get("sha256", "") == "" or _SHA256.fullmatch(source["sha256"])):
+        raise ValueError("source.sha256 must be a checkpoint's sha256 (64 hex digits) or empty")
+
+
+def _check_target(target: Any, precision: str) -> None:
+    """`extra.target`: the runtime the graphs were made for, other than onnx only for an int8 or fp8 export."""
+    if not isinstance(target, str) or target not in BUILD_TARGETS:
+        raise ValueError(f"extra.target must be one of {', '.join(BUILD_TARGETS)}, got {value_kind(target)}")
+    if target != "onnx" and precision not in ("int8", "fp8"):  # what `--target` takes (BuildSettings)
+        raise ValueError(f"extra.target {target} goes with an int8 or fp8 export, not {precision}")
 
 
 def _check_name(data: dict[str, Any]) -> None:

@@ -144,7 +144,8 @@ def export_onnx(
     check_export_run(loaded, image_size, out, precision=precision)
     source = source_info(loaded)  # before tracing: a checkpoint changed since it was read is refused now, not after
     specs = io_specs(loaded.config, *image_size)
-    wrappers = _wrappers(loaded.module(), precision)
+    module = loaded.module()  # checked once, here: the module traced and verified against
+    wrappers = _wrappers(module, precision)
     started = time.perf_counter()
     with atomic_dir(out, problem_of=ownership_problem) as tmp:
         files = {}
@@ -153,7 +154,7 @@ def export_onnx(
                 files[role] = export_submodel(wrappers[role], spec, loaded, tmp, opset)
         del wrappers  # a reduced-precision copy of the network is freed before verifying
         with console.status("verifying against PyTorch with ONNX Runtime ..."):
-            report = verify_export(tmp, files, loaded.module(), specs, precision)
+            report = verify_export(tmp, files, module, specs, precision)
         say_lines(console, format_report(report))
         manifest = Manifest(
             name=loaded.name,
